@@ -1,0 +1,101 @@
+//! Serves one backend on a bound listener: the event API, `grpc.health.v1` and server
+//! reflection (v1 and v1alpha), until the shutdown future completes; then it reports
+//! NOT_SERVING, ends open streams and drains in-flight requests.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use eventsys::v1::event_service_server::EventServiceServer;
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::ServingStatus;
+
+use crate::{
+    service::EventsApi,
+    stats::{MeterLayer, Stats},
+    store::EventStore,
+    subscription::Feed,
+};
+
+/// A backend's dependencies and settings.
+pub struct Backend {
+    store: Arc<dyn EventStore>,
+    poll_interval: Duration,
+}
+
+impl Backend {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+
+    /// How often subscriptions look for events published by other processes (default 100 ms).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read the listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `backend` on `listener` until `shutdown` completes, then drains and returns.
+pub async fn serve(
+    listener: TcpListener,
+    backend: Backend,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let stats = Arc::new(Stats::default());
+    let streams = CancellationToken::new();
+    let feed = Feed {
+        store: backend.store,
+        stats: stats.clone(),
+        published: Arc::new(Notify::new()),
+        poll_interval: backend.poll_interval,
+        shutdown: streams.clone(),
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<EventServiceServer<EventsApi>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(eventsys::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let drain = async move {
+        shutdown.await;
+        tracing::info!(%addr, "shutting down: NOT_SERVING, ending streams, draining requests");
+        health
+            .set_not_serving::<EventServiceServer<EventsApi>>()
+            .await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        streams.cancel();
+    };
+
+    tracing::info!(%addr, "listening");
+    Server::builder()
+        .layer(MeterLayer::new(stats, addr.port()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(EventServiceServer::new(EventsApi::new(feed)))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain)
+        .await?;
+    tracing::info!(%addr, "stopped");
+    Ok(())
+}

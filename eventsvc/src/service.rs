@@ -1,0 +1,176 @@
+//! The `events.v1.EventService` implementation: validates each request, calls the store, and
+//! maps store errors to gRPC statuses (the one place that mapping lives).
+
+use std::sync::Arc;
+
+use eventsys::v1::{self, event_service_server::EventService};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    convert,
+    stats::{self, Stats},
+    store::{EventStore, StoreError},
+    subscription::{EventStream, Feed},
+    validate::{self, FieldError},
+};
+
+pub struct EventsApi {
+    store: Arc<dyn EventStore>,
+    stats: Arc<Stats>,
+    feed: Feed,
+}
+
+impl EventsApi {
+    pub fn new(feed: Feed) -> Self {
+        Self {
+            store: feed.store.clone(),
+            stats: feed.stats.clone(),
+            feed,
+        }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Status::not_found("event not found"),
+            StoreError::InvalidCursor => {
+                Status::invalid_argument("page_token is not a token this service issued")
+            }
+            // Details stay in the log: driver messages and file paths are not for clients.
+            StoreError::Unavailable { .. } => {
+                tracing::warn!(error = %err, "store unavailable");
+                Status::unavailable("store unavailable, try again")
+            }
+            StoreError::Corrupt { .. } | StoreError::Internal { .. } => {
+                tracing::error!(error = %err, "store failure");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+impl From<FieldError> for Status {
+    fn from(err: FieldError) -> Self {
+        Status::invalid_argument(err.0)
+    }
+}
+
+#[tonic::async_trait]
+impl EventService for EventsApi {
+    async fn create_event(
+        &self,
+        request: Request<v1::CreateEventRequest>,
+    ) -> Result<Response<v1::Event>, Status> {
+        let new = validate::create(request.into_inner())?;
+        let event = self.store.create(new).await?;
+        Ok(Response::new(convert::event(event)))
+    }
+
+    async fn get_event(
+        &self,
+        request: Request<v1::GetEventRequest>,
+    ) -> Result<Response<v1::Event>, Status> {
+        let req = request.into_inner();
+        let id = validate::id(&req.id)?;
+        let owner = validate::owner(req.user_id)?;
+        let event = self.store.get(id, owner).await?;
+        Ok(Response::new(convert::event(event)))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<v1::ListEventsRequest>,
+    ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        let req = request.into_inner();
+        let owner = validate::owner(req.user_id)?;
+        let limit = validate::limit(req.limit)?;
+        let cursor = Some(req.page_token).filter(|t| !t.is_empty());
+        let page = self.store.list(owner, limit, cursor).await?;
+        Ok(Response::new(v1::ListEventsResponse {
+            events: page.events.into_iter().map(convert::event).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_event(
+        &self,
+        request: Request<v1::UpdateEventRequest>,
+    ) -> Result<Response<v1::Event>, Status> {
+        let req = request.into_inner();
+        let id = validate::id(&req.id)?;
+        let owner = validate::owner(req.user_id)?;
+        let patch = validate::patch(req.title, req.description, req.completed)?;
+        let event = self.store.update(id, owner, patch).await?;
+        Ok(Response::new(convert::event(event)))
+    }
+
+    async fn delete_event(
+        &self,
+        request: Request<v1::DeleteEventRequest>,
+    ) -> Result<Response<v1::DeleteEventResponse>, Status> {
+        let req = request.into_inner();
+        let id = validate::id(&req.id)?;
+        let owner = validate::owner(req.user_id)?;
+        self.store.delete(id, owner).await?;
+        Ok(Response::new(v1::DeleteEventResponse {}))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<v1::PublishRequest>,
+    ) -> Result<Response<v1::Event>, Status> {
+        let new = validate::publish(request.into_inner())?;
+        let event = self.store.publish(new).await?;
+        self.feed.published.notify_waiters();
+        Ok(Response::new(convert::event(event)))
+    }
+
+    async fn list_topic_events(
+        &self,
+        request: Request<v1::ListTopicEventsRequest>,
+    ) -> Result<Response<v1::ListTopicEventsResponse>, Status> {
+        let req = request.into_inner();
+        validate::topic(&req.topic)?;
+        let limit = validate::limit(req.limit)?;
+        // One extra event tells whether more follow.
+        let mut events = self
+            .store
+            .events_after(&req.topic, req.after_seq, limit + 1)
+            .await?;
+        let more = events.len() > limit;
+        events.truncate(limit);
+        Ok(Response::new(v1::ListTopicEventsResponse {
+            events: events.into_iter().map(convert::event).collect(),
+            more,
+        }))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        validate::topic(&req.topic)?;
+        Ok(Response::new(self.feed.subscribe(req.topic, req.after_seq)))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<v1::StatsRequest>,
+    ) -> Result<Response<v1::StatsResponse>, Status> {
+        let uptime = self.stats.uptime();
+        Ok(Response::new(v1::StatsResponse {
+            in_flight: self.stats.in_flight(),
+            request_count: self.stats.requests(),
+            uptime: Some(prost_types::Duration {
+                seconds: uptime.as_secs() as i64,
+                nanos: uptime.subsec_nanos() as i32,
+            }),
+            resident_memory_bytes: stats::resident_memory(),
+            subscribers: self.stats.subscribers(),
+        }))
+    }
+}

@@ -1,0 +1,222 @@
+//! Backend load figures for the `Stats` rpc, and the tower layer that keeps them and logs each
+//! request. A request counts as in flight until its response body ends, so an open `Subscribe`
+//! stream is load for as long as it is open, not just until its headers go out.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use tower::{Layer, Service};
+
+/// Only the event API is load; health probes and reflection would swamp the figures.
+const METERED_PREFIX: &str = "/events.v1.EventService/";
+const STATS_PATH: &str = "/events.v1.EventService/Stats";
+
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    in_flight: AtomicU64,
+    requests: AtomicU64,
+    subscribers: AtomicU64,
+}
+
+/// An open subscription, counted until dropped.
+#[derive(Debug)]
+pub struct Subscriber(Arc<Stats>);
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The owned form of `Gauge`, for response bodies that outlive the request's future.
+#[derive(Debug)]
+struct InFlight(Arc<Stats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            subscribers: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn subscribers(&self) -> u64 {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Marks an open subscription until the returned guard is dropped.
+    pub fn subscriber(self: &Arc<Self>) -> Subscriber {
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        Subscriber(self.clone())
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// Resident memory of this process in bytes, from `/proc/self/status` (0 elsewhere).
+pub fn resident_memory() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Layer that meters and logs every event-API request of one backend.
+#[derive(Clone)]
+pub struct MeterLayer {
+    stats: Arc<Stats>,
+    port: u16,
+}
+
+impl MeterLayer {
+    pub fn new(stats: Arc<Stats>, port: u16) -> Self {
+        Self { stats, port }
+    }
+}
+
+impl<S> Layer<S> for MeterLayer {
+    type Service = Meter<S>;
+
+    fn layer(&self, inner: S) -> Meter<S> {
+        Meter {
+            inner,
+            stats: self.stats.clone(),
+            port: self.port,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Meter<S> {
+    inner: S,
+    stats: Arc<Stats>,
+    port: u16,
+}
+
+impl<S, B> Service<http::Request<B>> for Meter<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        let metered = path.starts_with(METERED_PREFIX) && path != STATS_PATH;
+        let rpc = path.rsplit('/').next().unwrap_or_default().to_owned();
+        let guard = metered.then(|| self.stats.begin());
+        let port = self.port;
+        let started = Instant::now();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map_or(tonic::Code::Ok, tonic::Code::from);
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+            if metered {
+                tracing::info!(backend = port, rpc, ?code, elapsed_ms, "request");
+            } else {
+                tracing::debug!(backend = port, rpc, ?code, elapsed_ms, "request");
+            }
+            let Some(guard) = guard else {
+                return Ok(response);
+            };
+            let (parts, body) = response.into_parts();
+            // The guard lives in the body, so it drops when the stream ends or is abandoned.
+            let body = body.map_frame(move |frame| {
+                let _ = &guard;
+                frame
+            });
+            Ok(http::Response::from_parts(
+                parts,
+                tonic::body::Body::new(body),
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_count_while_alive() {
+        let stats = Arc::new(Stats::default());
+        let a = stats.begin();
+        let b = stats.begin();
+        let sub = stats.subscriber();
+        assert_eq!(
+            (stats.in_flight(), stats.requests(), stats.subscribers()),
+            (2, 2, 1)
+        );
+        drop((a, sub));
+        assert_eq!(
+            (stats.in_flight(), stats.requests(), stats.subscribers()),
+            (1, 2, 0)
+        );
+        drop(b);
+        assert_eq!(stats.in_flight(), 0);
+    }
+
+    #[test]
+    fn reads_resident_memory() {
+        if cfg!(target_os = "linux") {
+            assert!(resident_memory() > 1024 * 1024);
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The storage boundary: the `EventStore` trait every backend talks to, the domain types it
+//! speaks, its typed errors, and the store URI that picks an implementation at start-up.
+
+pub mod sqlite;
+
+use std::{path::PathBuf, sync::Arc};
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use uuid::Uuid;
+
+pub use sqlite::SqliteStore;
+
+/// An arbitrary JSON object, the type of an event's `data`.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: Uuid,
+    pub user_id: String,
+    pub title: String,
+    pub description: String,
+    pub completed: bool,
+    pub created_at: DateTime<Utc>,
+    /// Empty when the event is not on a topic.
+    pub topic: String,
+    pub data: Option<JsonObject>,
+    /// Set on published events only.
+    pub time: Option<DateTime<Utc>>,
+    /// Position in the topic's stream; 0 for events that were not published.
+    pub seq: u64,
+}
+
+/// What a client supplies to create or publish an event; the store assigns the rest.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewEvent {
+    pub user_id: String,
+    pub title: String,
+    pub description: String,
+    pub completed: bool,
+    pub topic: String,
+    pub data: Option<JsonObject>,
+}
+
+/// The fields an update replaces; every other field is left as stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventPatch {
+    pub title: String,
+    pub description: String,
+    pub completed: bool,
+}
+
+/// One page of `EventStore::list`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// Opaque cursor for the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+impl NewEvent {
+    /// Gives the event its identity. Timestamps are cut to milliseconds, the finest precision
+    /// every store keeps, so what a write returns equals what a later read returns.
+    pub fn into_event(self, seq: Option<u64>) -> Event {
+        let now = Utc::now().trunc_subsecs(3);
+        Event {
+            id: Uuid::new_v4(),
+            user_id: self.user_id,
+            title: self.title,
+            description: self.description,
+            completed: self.completed,
+            created_at: now,
+            topic: self.topic,
+            data: self.data,
+            time: seq.map(|_| now),
+            seq: seq.unwrap_or(0),
+        }
+    }
+}
+
+/// Errors every store reports, whatever its engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("event not found")]
+    NotFound,
+    #[error("invalid page token")]
+    InvalidCursor,
+    /// The store cannot serve right now (busy, unreachable); the call may succeed elsewhere or
+    /// later.
+    #[error("store unavailable during {op}: {reason}")]
+    Unavailable { op: &'static str, reason: String },
+    #[error("stored event {id} is unreadable: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("store failure during {op}: {source}")]
+    Internal {
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where events live. Object safe so the implementation is chosen at start-up and shared as
+/// `Arc<dyn EventStore>`; every method is safe to call from many tasks and processes at once.
+///
+/// `owner` scopes a call to one user's events: `None` means any event.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Stores an event without a `seq` or `time`.
+    async fn create(&self, event: NewEvent) -> Result<Event>;
+    async fn get(&self, id: Uuid, owner: Option<String>) -> Result<Event>;
+    /// Events in creation order; `cursor` is a previous page's `next`.
+    async fn list(
+        &self,
+        owner: Option<String>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<EventPage>;
+    /// Replaces title, description and completed; returns the event as now stored.
+    async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event>;
+    async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()>;
+    /// Stores an event on `event.topic` with the topic's next `seq`. Seqs are strictly
+    /// increasing per topic across every process sharing the store, never reused, and a reader
+    /// never sees seq `n + 1` before seq `n` is visible.
+    async fn publish(&self, event: NewEvent) -> Result<Event>;
+    /// Up to `limit` published events of `topic` with `seq > after_seq`, in `seq` order.
+    async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>>;
+}
+
+/// Which store to open, parsed from `--store` / `STORE_URI` / `MONGO_URI`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUri {
+    /// `sqlite://PATH`: a relative (`sqlite://data/events.db`) or absolute
+    /// (`sqlite:///var/lib/events.db`) path to the database file.
+    Sqlite(PathBuf),
+    /// `mongodb://…` or `mongodb+srv://…`, kept whole for the driver.
+    Mongo(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UriError {
+    #[error("store URI {0:?} has no scheme: expected sqlite://PATH or mongodb://HOST")]
+    NoScheme(String),
+    #[error("store URI scheme {0:?} is not supported: expected sqlite:// or mongodb://")]
+    Scheme(String),
+    #[error("store URI {0:?} names no database file")]
+    EmptyPath(String),
+}
+
+impl std::str::FromStr for StoreUri {
+    type Err = UriError;
+
+    fn from_str(uri: &str) -> Result<Self, UriError> {
+        let uri = uri.trim();
+        let Some((scheme, rest)) = uri.split_once("://") else {
+            return Err(UriError::NoScheme(uri.to_owned()));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" if rest.is_empty() => Err(UriError::EmptyPath(uri.to_owned())),
+            "sqlite" => Ok(Self::Sqlite(PathBuf::from(rest))),
+            "mongodb" | "mongodb+srv" => Ok(Self::Mongo(uri.to_owned())),
+            other => Err(UriError::Scheme(other.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreUri {
+    /// Never prints a MongoDB URI's credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Self::Mongo(uri) => {
+                let (scheme, rest) = uri.split_once("://").unwrap_or(("mongodb", uri));
+                let hosts = rest.rsplit_once('@').map_or(rest, |(_, hosts)| hosts);
+                write!(f, "{scheme}://{hosts}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open SQLite store {path}: {reason}")]
+    Sqlite { path: PathBuf, reason: String },
+    #[error("the MongoDB store is not available in this build yet; use a sqlite:// store URI")]
+    MongoUnsupported,
+}
+
+/// Opens the store a URI names, ready to serve (schema migrated, indexes built).
+pub async fn open(uri: &StoreUri) -> Result<Arc<dyn EventStore>, OpenError> {
+    match uri {
+        StoreUri::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path.clone()).await?)),
+        StoreUri::Mongo(_) => Err(OpenError::MongoUnsupported),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_store_uris() {
+        assert_eq!(
+            "sqlite://data/events.db".parse(),
+            Ok(StoreUri::Sqlite("data/events.db".into()))
+        );
+        assert_eq!(
+            "sqlite:///var/lib/ev.db".parse(),
+            Ok(StoreUri::Sqlite("/var/lib/ev.db".into()))
+        );
+        assert_eq!(
+            "mongodb+srv://u:p@cluster.example/x".parse(),
+            Ok(StoreUri::Mongo(
+                "mongodb+srv://u:p@cluster.example/x".into()
+            ))
+        );
+        assert!(matches!(
+            "data/events.db".parse::<StoreUri>(),
+            Err(UriError::NoScheme(_))
+        ));
+        assert!(matches!(
+            "postgres://x".parse::<StoreUri>(),
+            Err(UriError::Scheme(s)) if s == "postgres"
+        ));
+        assert!(matches!(
+            "sqlite://".parse::<StoreUri>(),
+            Err(UriError::EmptyPath(_))
+        ));
+    }
+
+    #[test]
+    fn display_hides_credentials() {
+        let uri: StoreUri = "mongodb://admin:secret@db1:27017,db2/?replicaSet=rs0"
+            .parse()
+            .unwrap();
+        assert_eq!(uri.to_string(), "mongodb://db1:27017,db2/?replicaSet=rs0");
+    }
+
+    #[test]
+    fn published_events_get_seq_and_time() {
+        let plain = NewEvent::default().into_event(None);
+        assert_eq!((plain.seq, plain.time), (0, None));
+        let published = NewEvent::default().into_event(Some(7));
+        assert_eq!(published.seq, 7);
+        assert_eq!(published.time, Some(published.created_at));
+        assert_eq!(published.created_at.timestamp_subsec_nanos() % 1_000_000, 0);
+    }
+}

@@ -1,0 +1,482 @@
+//! `EventStore` on an embedded SQLite file that several backend processes share: WAL mode, a busy
+//! timeout, a versioned schema migrated at start, and `seq` allocated inside the insert's write
+//! transaction. Every call runs on tokio's blocking pool over a small connection pool.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use super::{
+    Event, EventPage, EventPatch, EventStore, JsonObject, NewEvent, OpenError, Result, StoreError,
+};
+
+/// Concurrent SQLite connections per process. Readers proceed in parallel under WAL; writers
+/// serialise on the database lock whatever this is.
+const POOL_SIZE: usize = 4;
+
+/// How long a connection waits for another process's write lock before reporting Unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations; `PRAGMA user_version` records how many have been applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: events, with the two read paths indexed, and the per-topic seq counter. The counter
+    // lives apart from the events so deleting a topic's newest event never lets its seq be
+    // handed out again.
+    "CREATE TABLE events (
+         pk          INTEGER PRIMARY KEY AUTOINCREMENT,
+         id          TEXT    NOT NULL UNIQUE,
+         user_id     TEXT    NOT NULL,
+         title       TEXT    NOT NULL,
+         description TEXT    NOT NULL,
+         completed   INTEGER NOT NULL,
+         created_at  INTEGER NOT NULL,
+         topic       TEXT    NOT NULL,
+         data        TEXT,
+         time        INTEGER,
+         seq         INTEGER
+     );
+     CREATE INDEX events_by_user ON events (user_id, pk);
+     CREATE UNIQUE INDEX events_by_topic_seq ON events (topic, seq) WHERE seq IS NOT NULL;
+     CREATE TABLE topics (
+         topic    TEXT    PRIMARY KEY,
+         last_seq INTEGER NOT NULL
+     ) WITHOUT ROWID;",
+];
+
+const COLUMNS: &str =
+    "pk, id, user_id, title, description, completed, created_at, topic, data, time, seq";
+
+/// A shared SQLite database file.
+pub struct SqliteStore {
+    path: PathBuf,
+    idle: Arc<Mutex<Vec<Connection>>>,
+    permits: Arc<Semaphore>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates its schema. Safe to call
+    /// from several processes at once: migration runs in an exclusive write transaction.
+    pub async fn open(path: PathBuf) -> Result<Self, OpenError> {
+        let fail = |path: &Path, reason: String| OpenError::Sqlite {
+            path: path.to_owned(),
+            reason,
+        };
+        let target = path.clone();
+        let opened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || -> Result<Vec<Connection>, OpenError> {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| fail(&path, e.to_string()))?;
+                }
+                let mut first = connect(&path).map_err(|e| fail(&path, e.to_string()))?;
+                migrate(&mut first).map_err(|e| fail(&path, e))?;
+                let mut conns = vec![first];
+                for _ in 1..POOL_SIZE {
+                    conns.push(connect(&path).map_err(|e| fail(&path, e.to_string()))?);
+                }
+                Ok(conns)
+            })
+            .await
+            .map_err(|e| fail(&target, e.to_string()))??
+        };
+        Ok(Self {
+            path,
+            idle: Arc::new(Mutex::new(opened)),
+            permits: Arc::new(Semaphore::new(POOL_SIZE)),
+        })
+    }
+
+    /// Runs `f` on a pooled connection on the blocking pool.
+    async fn run<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let permit =
+            self.permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| StoreError::Unavailable {
+                    op,
+                    reason: "store closed".into(),
+                })?;
+        let idle = self.idle.clone();
+        let path = self.path.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let pooled = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            // A connection is lost only if `f` panicked while holding it; replace it.
+            let mut conn = match pooled {
+                Some(conn) => conn,
+                None => connect(&path).map_err(|e| sql_error(op, e))?,
+            };
+            let result = f(&mut conn);
+            idle.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+            result
+        })
+        .await;
+        joined.map_err(|e| StoreError::Internal {
+            op,
+            source: Box::new(e),
+        })?
+    }
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL lets readers run beside the one writer, across processes. FULL syncs the WAL on every
+    // commit: an acknowledged write survives a crash of the process and of the machine.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    let version: usize = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > MIGRATIONS.len() {
+        return Err(format!(
+            "schema version {version} is newer than this build understands ({})",
+            MIGRATIONS.len()
+        ));
+    }
+    for (step, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)
+            .map_err(|e| format!("migration {} failed: {e}", step + 1))?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())
+        .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())
+}
+
+/// Busy and I/O conditions are the store being unavailable (worth retrying elsewhere or later);
+/// anything else is a fault in this process.
+fn sql_error(op: &'static str, err: rusqlite::Error) -> StoreError {
+    let transient = matches!(
+        err.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly
+        )
+    );
+    if transient {
+        StoreError::Unavailable {
+            op,
+            reason: err.to_string(),
+        }
+    } else {
+        StoreError::Internal {
+            op,
+            source: Box::new(err),
+        }
+    }
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A row as read, before the checks that turn it into an `Event`.
+struct RawRow {
+    pk: i64,
+    id: String,
+    event: Event,
+    data: Option<String>,
+    created_at: i64,
+    time: Option<i64>,
+}
+
+fn raw_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        pk: row.get(0)?,
+        id: row.get(1)?,
+        event: Event {
+            id: Uuid::nil(),
+            user_id: row.get(2)?,
+            title: row.get(3)?,
+            description: row.get(4)?,
+            completed: row.get(5)?,
+            created_at: DateTime::UNIX_EPOCH,
+            topic: row.get(7)?,
+            data: None,
+            time: None,
+            seq: row.get::<_, Option<i64>>(10)?.unwrap_or(0).max(0) as u64,
+        },
+        data: row.get(8)?,
+        created_at: row.get(6)?,
+        time: row.get(9)?,
+    })
+}
+
+impl RawRow {
+    fn into_event(self) -> Result<(i64, Event)> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: self.id.clone(),
+            reason,
+        };
+        let mut event = self.event;
+        event.id = Uuid::parse_str(&self.id).map_err(|e| corrupt(format!("id: {e}")))?;
+        let at = |ms: i64| {
+            DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt(format!("timestamp {ms}")))
+        };
+        event.created_at = at(self.created_at)?;
+        event.time = self.time.map(at).transpose()?;
+        event.data = match &self.data {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str::<JsonObject>(text)
+                    .map_err(|e| corrupt(format!("data: {e}")))?,
+            ),
+        };
+        Ok((self.pk, event))
+    }
+}
+
+fn insert(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
+    let data = e
+        .data
+        .as_ref()
+        .map(|d| serde_json::Value::Object(d.clone()).to_string());
+    conn.execute(
+        "INSERT INTO events (id, user_id, title, description, completed, created_at, topic, data, time, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            e.id.to_string(),
+            e.user_id,
+            e.title,
+            e.description,
+            e.completed,
+            millis(e.created_at),
+            e.topic,
+            data,
+            e.time.map(millis),
+            (e.seq > 0).then_some(e.seq as i64),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Runs a query returning event rows and converts them.
+fn query_events(
+    conn: &Connection,
+    op: &'static str,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(i64, Event)>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| sql_error(op, e))?;
+    let rows = stmt
+        .query_map(params, raw_row)
+        .map_err(|e| sql_error(op, e))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| sql_error(op, e))?;
+    rows.into_iter().map(RawRow::into_event).collect()
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn create(&self, new: NewEvent) -> Result<Event> {
+        let event = new.into_event(None);
+        self.run("create", move |conn| {
+            insert(conn, &event).map_err(|e| sql_error("create", e))?;
+            Ok(event)
+        })
+        .await
+    }
+
+    async fn get(&self, id: Uuid, owner: Option<String>) -> Result<Event> {
+        self.run("get", move |conn| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)"
+            );
+            query_events(conn, "get", &sql, params![id.to_string(), owner])?
+                .pop()
+                .map(|(_, e)| e)
+                .ok_or(StoreError::NotFound)
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        owner: Option<String>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<EventPage> {
+        let after: i64 = match cursor {
+            None => 0,
+            Some(c) => c
+                .parse()
+                .ok()
+                .filter(|pk| *pk >= 0)
+                .ok_or(StoreError::InvalidCursor)?,
+        };
+        self.run("list", move |conn| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events WHERE (?1 IS NULL OR user_id = ?1) AND pk > ?2
+                 ORDER BY pk LIMIT ?3"
+            );
+            // One extra row tells whether another page follows.
+            let mut rows = query_events(conn, "list", &sql, params![owner, after, limit + 1])?;
+            let next = if rows.len() > limit {
+                rows.truncate(limit);
+                rows.last().map(|(pk, _)| pk.to_string())
+            } else {
+                None
+            };
+            Ok(EventPage {
+                events: rows.into_iter().map(|(_, e)| e).collect(),
+                next,
+            })
+        })
+        .await
+    }
+
+    async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
+        self.run("update", move |conn| {
+            let sql = format!(
+                "UPDATE events SET title = ?3, description = ?4, completed = ?5
+                 WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2) RETURNING {COLUMNS}"
+            );
+            let args = params![
+                id.to_string(),
+                owner,
+                patch.title,
+                patch.description,
+                patch.completed
+            ];
+            let raw = conn
+                .query_row(&sql, args, raw_row)
+                .optional()
+                .map_err(|e| sql_error("update", e))?;
+            raw.ok_or(StoreError::NotFound)?
+                .into_event()
+                .map(|(_, e)| e)
+        })
+        .await
+    }
+
+    async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
+        self.run("delete", move |conn| {
+            let deleted = conn
+                .execute(
+                    "DELETE FROM events WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)",
+                    params![id.to_string(), owner],
+                )
+                .map_err(|e| sql_error("delete", e))?;
+            if deleted == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn publish(&self, new: NewEvent) -> Result<Event> {
+        self.run("publish", move |conn| {
+            let fail = |e| sql_error("publish", e);
+            // IMMEDIATE takes the write lock up front, so the counter read-modify-write can
+            // never fail half way with a stale snapshot; the seq is visible to readers only
+            // when the event row commits with it.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(fail)?;
+            let seq: i64 = tx
+                .query_row(
+                    "INSERT INTO topics (topic, last_seq) VALUES (?1, 1)
+                     ON CONFLICT (topic) DO UPDATE SET last_seq = last_seq + 1
+                     RETURNING last_seq",
+                    params![new.topic],
+                    |row| row.get(0),
+                )
+                .map_err(fail)?;
+            let event = new.into_event(Some(seq as u64));
+            insert(&tx, &event).map_err(fail)?;
+            tx.commit().map_err(fail)?;
+            Ok(event)
+        })
+        .await
+    }
+
+    async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        let topic = topic.to_owned();
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        self.run("events_after", move |conn| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM events WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            );
+            let rows = query_events(conn, "events_after", &sql, params![topic, after, limit])?;
+            Ok(rows.into_iter().map(|(_, e)| e).collect())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reopening_keeps_schema_and_rejects_newer_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/events.db");
+        let store = SqliteStore::open(path.clone()).await.unwrap();
+        let created = store.create(NewEvent::default()).await.unwrap();
+        drop(store);
+
+        let store = SqliteStore::open(path.clone()).await.unwrap();
+        assert_eq!(store.get(created.id, None).await.unwrap(), created);
+        drop(store);
+
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(path).await.err().unwrap().to_string();
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreadable_rows_are_reported_not_panicked_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = SqliteStore::open(path.clone()).await.unwrap();
+        let created = store.create(NewEvent::default()).await.unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE events SET data = '[1,2' WHERE id = ?1",
+            [created.id.to_string()],
+        )
+        .unwrap();
+        let err = store.get(created.id, None).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn malformed_cursor_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("e.db")).await.unwrap();
+        for bad in ["x", "-3", ""] {
+            let err = store.list(None, 10, Some(bad.into())).await.unwrap_err();
+            assert!(matches!(err, StoreError::InvalidCursor), "{bad}: {err:?}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Request validation: turns wire requests into store inputs, or into an error whose message
+//! names the offending field. Limits are checked here, once, before anything reaches a store.
+
+use eventsys::v1;
+use prost::Message;
+use uuid::Uuid;
+
+use crate::{
+    convert,
+    store::{EventPatch, NewEvent},
+};
+
+/// Longest `title` or `description`, in bytes.
+pub const MAX_TEXT: usize = 64 * 1024;
+/// Largest `data` object, in protobuf-encoded bytes.
+pub const MAX_DATA: usize = 256 * 1024;
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC: usize = 256;
+/// Longest user id, in bytes.
+pub const MAX_USER_ID: usize = 256;
+/// Page size when a request asks for 0, and the largest page.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+/// A request field that is not acceptable; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FieldError(pub String);
+
+fn too_long(field: &str, max: usize, got: usize) -> FieldError {
+    FieldError(format!("{field} must be at most {max} bytes (got {got})"))
+}
+
+/// Quotes client input in an error message without echoing a huge value back.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        Some((cut, _)) => format!("{:?}…", &s[..cut]),
+        None => format!("{s:?}"),
+    }
+}
+
+/// A topic name: 1..=256 bytes of `[A-Za-z0-9._:-]`.
+pub fn topic(topic: &str) -> Result<(), FieldError> {
+    if topic.is_empty() {
+        // The REST contract's wording, which existing clients show to people.
+        return Err(FieldError("Topic cannot be empty".into()));
+    }
+    if topic.len() > MAX_TOPIC {
+        return Err(too_long("topic", MAX_TOPIC, topic.len()));
+    }
+    if let Some(bad) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(FieldError(format!(
+            "topic may only contain A-Z a-z 0-9 . _ : - (found {bad:?} in {})",
+            quoted(topic)
+        )));
+    }
+    Ok(())
+}
+
+/// An event id: a UUID in any of its usual spellings.
+pub fn id(id: &str) -> Result<Uuid, FieldError> {
+    Uuid::parse_str(id).map_err(|_| FieldError(format!("id must be a UUID (got {})", quoted(id))))
+}
+
+/// The optional owner scope: empty means every user.
+pub fn owner(user_id: String) -> Result<Option<String>, FieldError> {
+    if user_id.len() > MAX_USER_ID {
+        return Err(too_long("user_id", MAX_USER_ID, user_id.len()));
+    }
+    Ok(Some(user_id).filter(|u| !u.is_empty()))
+}
+
+/// A page size: 0 asks for the default.
+pub fn limit(limit: u32) -> Result<usize, FieldError> {
+    match limit as usize {
+        0 => Ok(DEFAULT_PAGE),
+        n if n > MAX_PAGE => Err(FieldError(format!(
+            "limit must be at most {MAX_PAGE} (got {n})"
+        ))),
+        n => Ok(n),
+    }
+}
+
+fn text(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.len() > MAX_TEXT {
+        return Err(too_long(field, MAX_TEXT, value.len()));
+    }
+    Ok(())
+}
+
+fn fields(
+    user_id: String,
+    title: String,
+    description: String,
+    completed: bool,
+    topic: String,
+    data: Option<prost_types::Struct>,
+) -> Result<NewEvent, FieldError> {
+    if user_id.len() > MAX_USER_ID {
+        return Err(too_long("user_id", MAX_USER_ID, user_id.len()));
+    }
+    text("title", &title)?;
+    text("description", &description)?;
+    let data = match data {
+        None => None,
+        Some(data) if data.encoded_len() > MAX_DATA => {
+            return Err(too_long("data", MAX_DATA, data.encoded_len()));
+        }
+        // An empty object is "no data", as the REST contract omits it.
+        Some(data) => Some(convert::json_object(data)?).filter(|d| !d.is_empty()),
+    };
+    Ok(NewEvent {
+        user_id,
+        title,
+        description,
+        completed,
+        topic,
+        data,
+    })
+}
+
+pub fn create(req: v1::CreateEventRequest) -> Result<NewEvent, FieldError> {
+    if !req.topic.is_empty() {
+        topic(&req.topic)?;
+    }
+    fields(
+        req.user_id,
+        req.title,
+        req.description,
+        req.completed,
+        req.topic,
+        req.data,
+    )
+}
+
+pub fn publish(req: v1::PublishRequest) -> Result<NewEvent, FieldError> {
+    topic(&req.topic)?;
+    fields(
+        req.user_id,
+        req.title,
+        req.description,
+        req.completed,
+        req.topic,
+        req.data,
+    )
+}
+
+pub fn patch(
+    title: String,
+    description: String,
+    completed: bool,
+) -> Result<EventPatch, FieldError> {
+    text("title", &title)?;
+    text("description", &description)?;
+    Ok(EventPatch {
+        title,
+        description,
+        completed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics() {
+        assert!(topic("orders.eu-west:v1_2").is_ok());
+        assert_eq!(topic("").unwrap_err().0, "Topic cannot be empty");
+        assert!(topic(&"a".repeat(256)).is_ok());
+        assert!(
+            topic(&"a".repeat(257))
+                .unwrap_err()
+                .0
+                .starts_with("topic must be at most 256")
+        );
+        let err = topic("a b").unwrap_err().0;
+        assert!(
+            err.starts_with("topic may only contain") && err.contains("' '"),
+            "{err}"
+        );
+        assert!(topic("naïve").is_err());
+    }
+
+    #[test]
+    fn ids_and_owners() {
+        let u = Uuid::new_v4();
+        assert_eq!(id(&u.to_string()), Ok(u));
+        let err = id(&"x".repeat(1000)).unwrap_err().0;
+        assert!(
+            err.starts_with("id must be a UUID") && err.len() < 100,
+            "{err}"
+        );
+        assert_eq!(owner(String::new()), Ok(None));
+        assert_eq!(owner("u1".into()), Ok(Some("u1".into())));
+        assert!(owner("u".repeat(257)).unwrap_err().0.starts_with("user_id"));
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(limit(0), Ok(DEFAULT_PAGE));
+        assert_eq!(limit(1000), Ok(1000));
+        assert!(limit(1001).is_err());
+    }
+
+    #[test]
+    fn text_and_data_sizes() {
+        let ok = v1::CreateEventRequest {
+            title: "t".repeat(MAX_TEXT),
+            ..Default::default()
+        };
+        assert!(create(ok).is_ok());
+        let long = v1::CreateEventRequest {
+            description: "d".repeat(MAX_TEXT + 1),
+            ..Default::default()
+        };
+        assert!(
+            create(long)
+                .unwrap_err()
+                .0
+                .starts_with("description must be at most")
+        );
+
+        let big = convert::json_struct(
+            &serde_json::json!({ "blob": "x".repeat(MAX_DATA) })
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let req = v1::PublishRequest {
+            topic: "t".into(),
+            data: Some(big),
+            ..Default::default()
+        };
+        assert!(
+            publish(req)
+                .unwrap_err()
+                .0
+                .starts_with("data must be at most")
+        );
+    }
+
+    #[test]
+    fn publish_requires_topic_and_create_checks_one_if_given() {
+        let err = publish(v1::PublishRequest::default()).unwrap_err();
+        assert_eq!(err.0, "Topic cannot be empty");
+        assert!(create(v1::CreateEventRequest::default()).is_ok());
+        let bad = v1::CreateEventRequest {
+            topic: "no spaces".into(),
+            ..Default::default()
+        };
+        assert!(create(bad).is_err());
+    }
+}

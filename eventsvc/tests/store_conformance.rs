@@ -1,0 +1,373 @@
+//! The `EventStore` contract, written once against the trait and run against every store:
+//! SQLite always, MongoDB wherever `EVENTSVC_TEST_MONGO_URI` points at a server.
+
+use std::{collections::HashSet, sync::Arc};
+
+use eventsvc::store::{EventPatch, EventStore, JsonObject, NewEvent, StoreError};
+use serde_json::json;
+use uuid::Uuid;
+
+/// A store under test and whatever keeps it alive (a temporary directory, a database to drop).
+pub struct Fixture {
+    pub store: Arc<dyn EventStore>,
+    /// A second, independent handle on the same data: another connection pool, as another
+    /// process would have.
+    pub other: Arc<dyn EventStore>,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+fn event(user: &str, title: &str) -> NewEvent {
+    NewEvent {
+        user_id: user.into(),
+        title: title.into(),
+        description: format!("about {title}"),
+        ..NewEvent::default()
+    }
+}
+
+fn on_topic(topic: &str, title: &str) -> NewEvent {
+    NewEvent {
+        topic: topic.into(),
+        ..event("pub", title)
+    }
+}
+
+fn object(value: serde_json::Value) -> JsonObject {
+    value.as_object().cloned().expect("an object")
+}
+
+pub async fn crud_round_trip(f: Fixture) {
+    let s = f.store;
+    let new = NewEvent {
+        completed: true,
+        topic: "labels.only".into(),
+        data: Some(object(json!({"k": [1, 2.5, "x", null, {"deep": true}]}))),
+        ..event("u1", "first")
+    };
+    let created = s.create(new.clone()).await.unwrap();
+    assert_eq!(created.user_id, "u1");
+    assert_eq!(created.title, "first");
+    assert!(created.completed);
+    assert_eq!(created.data, new.data);
+    assert_eq!(
+        (created.seq, created.time),
+        (0, None),
+        "create does not publish"
+    );
+    assert_eq!(created.id.get_version_num(), 4);
+    assert_eq!(s.get(created.id, None).await.unwrap(), created);
+
+    let patch = EventPatch {
+        title: "renamed".into(),
+        description: "new words".into(),
+        completed: false,
+    };
+    let updated = s.update(created.id, None, patch.clone()).await.unwrap();
+    assert_eq!(updated.title, "renamed");
+    assert_eq!(updated.description, "new words");
+    assert!(!updated.completed);
+    fn untouched(e: &eventsvc::store::Event) -> impl PartialEq + std::fmt::Debug + '_ {
+        (
+            e.id,
+            &e.user_id,
+            e.created_at,
+            &e.topic,
+            &e.data,
+            e.seq,
+            e.time,
+        )
+    }
+    assert_eq!(untouched(&updated), untouched(&created));
+    assert_eq!(s.get(created.id, None).await.unwrap(), updated);
+
+    s.delete(created.id, None).await.unwrap();
+    assert!(matches!(
+        s.get(created.id, None).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.delete(created.id, None).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.update(created.id, None, patch).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.get(Uuid::new_v4(), None).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn user_scoping(f: Fixture) {
+    let s = f.store;
+    let alice = s.create(event("alice", "a1")).await.unwrap();
+    let bob = s.create(event("bob", "b1")).await.unwrap();
+    let alice2 = s.create(event("alice", "a2")).await.unwrap();
+    let owner = |u: &str| Some(u.to_string());
+
+    assert_eq!(s.get(alice.id, owner("alice")).await.unwrap(), alice);
+    assert!(matches!(
+        s.get(alice.id, owner("bob")).await,
+        Err(StoreError::NotFound)
+    ));
+    let patch = EventPatch {
+        title: "hijacked".into(),
+        ..EventPatch::default()
+    };
+    assert!(matches!(
+        s.update(alice.id, owner("bob"), patch).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.delete(alice.id, owner("bob")).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.get(alice.id, None).await.unwrap(),
+        alice,
+        "left untouched"
+    );
+
+    let ids =
+        |page: eventsvc::store::EventPage| page.events.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list(owner("alice"), 100, None).await.unwrap()),
+        [alice.id, alice2.id]
+    );
+    assert_eq!(
+        ids(s.list(owner("bob"), 100, None).await.unwrap()),
+        [bob.id]
+    );
+    assert!(
+        s.list(owner("nobody"), 100, None)
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    assert_eq!(
+        ids(s.list(None, 100, None).await.unwrap()),
+        [alice.id, bob.id, alice2.id]
+    );
+    s.delete(bob.id, owner("bob")).await.unwrap();
+}
+
+pub async fn list_pages_in_creation_order(f: Fixture) {
+    let s = f.store;
+    let mut made = Vec::new();
+    for i in 0..25 {
+        let user = if i % 2 == 0 { "even" } else { "odd" };
+        made.push(s.create(event(user, &format!("e{i}"))).await.unwrap().id);
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = s.list(None, 10, cursor).await.unwrap();
+        pages += 1;
+        assert!(page.events.len() <= 10);
+        seen.extend(page.events.iter().map(|e| e.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, made);
+
+    let evens = s.list(Some("even".into()), 5, None).await.unwrap();
+    assert_eq!(evens.events.len(), 5);
+    let rest = s.list(Some("even".into()), 100, evens.next).await.unwrap();
+    assert_eq!(rest.events.len(), 8);
+    assert!(rest.events.iter().all(|e| e.user_id == "even"));
+    assert_eq!(rest.next, None);
+    assert!(matches!(
+        s.list(None, 10, Some("garbage".into())).await,
+        Err(StoreError::InvalidCursor)
+    ));
+}
+
+pub async fn publish_orders_per_topic_and_never_reuses_seq(f: Fixture) {
+    let s = f.store;
+    for i in 1..=5u64 {
+        assert_eq!(
+            s.publish(on_topic("a", &format!("a{i}")))
+                .await
+                .unwrap()
+                .seq,
+            i
+        );
+        if i <= 3 {
+            assert_eq!(
+                s.publish(on_topic("b", &format!("b{i}")))
+                    .await
+                    .unwrap()
+                    .seq,
+                i
+            );
+        }
+    }
+    let published = s.events_after("a", 0, 100).await.unwrap();
+    assert_eq!(
+        published.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(
+        published
+            .iter()
+            .all(|e| e.topic == "a" && e.time == Some(e.created_at))
+    );
+    let after = s.events_after("a", 2, 2).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+    assert!(s.events_after("a", 5, 100).await.unwrap().is_empty());
+    assert!(
+        s.events_after("nothing-here", 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Events created with a topic label are not part of the topic's stream.
+    s.create(on_topic("a", "not published")).await.unwrap();
+    assert_eq!(s.events_after("a", 0, 100).await.unwrap().len(), 5);
+
+    // Deleting the newest event must not hand its seq out again: a subscriber that already saw
+    // seq 5 would otherwise skip the next event.
+    s.delete(published[4].id, None).await.unwrap();
+    assert_eq!(s.publish(on_topic("a", "a6")).await.unwrap().seq, 6);
+}
+
+pub async fn concurrent_publishers_get_strictly_increasing_seqs(f: Fixture) {
+    const WRITERS: usize = 8;
+    const EACH: usize = 40;
+    let handles = [f.store.clone(), f.other.clone()];
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = handles[w % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..EACH {
+                let e = store
+                    .publish(on_topic("race", &format!("w{w}-{i}")))
+                    .await
+                    .unwrap();
+                seqs.push(e.seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let seqs = task.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one writer's seqs go up: {seqs:?}"
+        );
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    let expected: Vec<u64> = (1..=(WRITERS * EACH) as u64).collect();
+    assert_eq!(all, expected, "every seq handed out exactly once, no gaps");
+
+    // Readers on either handle see the same order.
+    for store in handles {
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let batch = store.events_after("race", after, 64).await.unwrap();
+            let Some(last) = batch.last() else { break };
+            after = last.seq;
+            seen.extend(batch.iter().map(|e| e.seq));
+        }
+        assert_eq!(seen, expected);
+    }
+}
+
+pub async fn unicode_and_large_payloads(f: Fixture) {
+    let s = f.store;
+    let title = "événement ✓ 事件 حدث 🎉 \u{0} tab\tquote\"".to_string();
+    let long = "ж".repeat(32 * 1024); // 64 KiB of two-byte characters
+    let data = object(json!({
+        "emoji": "👩‍👩‍👧‍👦",
+        "blob": "x".repeat(200 * 1024),
+        "nested": {"list": (0..1000).collect::<Vec<_>>(), "ключ": "значение"},
+        "float": 1.0e-7,
+        "big": 9_007_199_254_740_991_i64,
+    }));
+    let new = NewEvent {
+        user_id: "用户-1".into(),
+        title: title.clone(),
+        description: long.clone(),
+        data: Some(data.clone()),
+        ..NewEvent::default()
+    };
+    let created = s.create(new.clone()).await.unwrap();
+    let read = s.get(created.id, Some("用户-1".into())).await.unwrap();
+    assert_eq!(read, created);
+    assert_eq!(read.title, title);
+    assert_eq!(read.description, long);
+    assert_eq!(read.data, Some(data));
+
+    let published = s
+        .publish(NewEvent {
+            topic: "unicode".into(),
+            ..new
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.events_after("unicode", 0, 1).await.unwrap(), [published]);
+}
+
+pub async fn ids_are_unique(f: Fixture) {
+    let s = f.store;
+    let mut ids = HashSet::new();
+    for i in 0..50 {
+        assert!(ids.insert(s.create(event("u", &i.to_string())).await.unwrap().id));
+    }
+}
+
+/// Declares one `#[tokio::test]` per contract case for a store, given an async expression
+/// that yields `Option<Fixture>` (`None`: the store's server is not available here).
+macro_rules! conformance {
+    ($store:ident, $fixture:expr) => {
+        mod $store {
+            use super::*;
+            conformance!(@cases $fixture;
+                crud_round_trip,
+                user_scoping,
+                list_pages_in_creation_order,
+                publish_orders_per_topic_and_never_reuses_seq,
+                concurrent_publishers_get_strictly_increasing_seqs,
+                unicode_and_large_payloads,
+                ids_are_unique,
+            );
+        }
+    };
+    (@cases $fixture:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if let Some(fixture) = $fixture.await {
+                    super::$case(fixture).await;
+                }
+            }
+        )+
+    };
+}
+
+async fn sqlite() -> Option<Fixture> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("events.db");
+    let store = eventsvc::store::SqliteStore::open(path.clone())
+        .await
+        .unwrap();
+    let other = eventsvc::store::SqliteStore::open(path).await.unwrap();
+    Some(Fixture {
+        store: Arc::new(store),
+        other: Arc::new(other),
+        _keep: Box::new(dir),
+    })
+}
+
+conformance!(sqlite_store, sqlite());
