@@ -1,11 +1,15 @@
 //! Serves one backend on a bound listener: the event API, `grpc.health.v1` and server
 //! reflection (v1 and v1alpha), until the shutdown future completes; then it reports
-//! NOT_SERVING, ends open streams and drains in-flight requests.
+//! NOT_SERVING, ends open streams and drains in-flight requests, closing whatever is still open
+//! when the drain deadline passes.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use eventsys::v1::event_service_server::EventServiceServer;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, oneshot},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
@@ -21,6 +25,7 @@ use crate::{
 pub struct Backend {
     store: Arc<dyn EventStore>,
     poll_interval: Duration,
+    drain_timeout: Duration,
 }
 
 impl Backend {
@@ -28,7 +33,16 @@ impl Backend {
         Self {
             store,
             poll_interval: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// How long shutdown waits for in-flight requests before closing their connections
+    /// (default 10 s). Streams this backend owns end at once; this bounds clients' own long
+    /// calls, such as a health `Watch`.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
     }
 
     /// How often subscriptions look for events published by other processes (default 100 ms).
@@ -75,6 +89,7 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let (draining_tx, draining) = oneshot::channel::<()>();
     let drain = async move {
         shutdown.await;
         tracing::info!(%addr, "shutting down: NOT_SERVING, ending streams, draining requests");
@@ -85,17 +100,28 @@ pub async fn serve(
             .set_service_status("", ServingStatus::NotServing)
             .await;
         streams.cancel();
+        let _ = draining_tx.send(());
+    };
+    let deadline = async move {
+        match draining.await {
+            Ok(()) => tokio::time::sleep(backend.drain_timeout).await,
+            // The server ended before shutdown began; its own result is what matters.
+            Err(_) => std::future::pending().await,
+        }
     };
 
     tracing::info!(%addr, "listening");
-    Server::builder()
+    let server = Server::builder()
         .layer(MeterLayer::new(stats, addr.port()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(EventServiceServer::new(EventsApi::new(feed)))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain)
-        .await?;
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);
+    tokio::select! {
+        served = server => served?,
+        () = deadline => tracing::warn!(%addr, "drain deadline passed: closing open connections"),
+    }
     tracing::info!(%addr, "stopped");
     Ok(())
 }

@@ -167,11 +167,11 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .map_or(tonic::Code::Ok, tonic::Code::from);
-            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+            let elapsed = started.elapsed();
             if metered {
-                tracing::info!(backend = port, rpc, ?code, elapsed_ms, "request");
+                tracing::info!(backend = port, rpc, ?code, ?elapsed, "request");
             } else {
-                tracing::debug!(backend = port, rpc, ?code, elapsed_ms, "request");
+                tracing::debug!(backend = port, rpc, ?code, ?elapsed, "request");
             }
             let Some(guard) = guard else {
                 return Ok(response);
