@@ -1,6 +1,11 @@
-//! The `events.v1` gRPC contract, generated from `proto/` by the top-level `build.rs`: message
-//! types, the tonic client and server, and the descriptor set that backs server reflection.
+//! The `events.v1` gRPC contract, generated from `proto/` by the top-level `build.rs` (message
+//! types, tonic client and server, the descriptor set behind server reflection), and the small
+//! pieces both binaries share: JSON ↔ `Struct`, and (feature `process`) process plumbing.
 #![forbid(unsafe_code)]
+
+pub mod json;
+#[cfg(feature = "process")]
+pub mod process;
 
 /// Package `events.v1`.
 pub mod v1 {

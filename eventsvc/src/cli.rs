@@ -2,17 +2,14 @@
 //! and the one-line reasons it exits with.
 
 use std::{
-    io::IsTerminal,
     net::{IpAddr, SocketAddr},
     process::ExitCode,
+    time::Duration,
 };
 
 use clap::Parser;
-use tokio::{
-    net::TcpListener,
-    signal::unix::{SignalKind, signal},
-};
-use tracing_subscriber::EnvFilter;
+use eventsys::process::{self, SetupError};
+use tokio::net::TcpListener;
 
 use crate::{
     server::{Backend, ServeError, serve},
@@ -41,6 +38,11 @@ pub struct Config {
     /// MongoDB URI, the store when --store is not given.
     #[arg(long, env = "MONGO_URI", hide_env_values = true)]
     pub mongo_uri: Option<String>,
+
+    /// TEST ONLY: delay every event-API response by this many milliseconds, to make this
+    /// backend look slow to the gateway's balancer. Never set it in production.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub test_latency_ms: u64,
 }
 
 impl Config {
@@ -56,10 +58,8 @@ impl Config {
 
 #[derive(Debug, thiserror::Error)]
 enum Fatal {
-    #[error("invalid .env file: {0}")]
-    DotEnv(#[from] dotenvy::Error),
-    #[error("invalid RUST_LOG: {0}")]
-    LogFilter(#[from] tracing_subscriber::filter::ParseError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     #[error("invalid store: {0}")]
     Uri(#[from] UriError),
     #[error(transparent)]
@@ -69,7 +69,7 @@ enum Fatal {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start: {0}")]
+    #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -77,13 +77,12 @@ enum Fatal {
 
 /// Entry point of the `eventsvc` binary.
 pub fn main() -> ExitCode {
-    match dotenvy::dotenv() {
-        Err(err) if !err.not_found() => return fail(&Fatal::DotEnv(err)),
-        _ => {}
+    if let Err(err) = process::load_dotenv() {
+        return fail(&err.into());
     }
     let config = Config::parse();
-    if let Err(err) = init_tracing() {
-        return fail(&err);
+    if let Err(err) = process::init_tracing() {
+        return fail(&err.into());
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -100,25 +99,10 @@ fn fail(err: &Fatal) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); colour only on a terminal.
-fn init_tracing() -> Result<(), Fatal> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
-        _ => EnvFilter::new("info"),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    Ok(())
-}
-
 async fn run(config: Config) -> Result<(), Fatal> {
     let uri = config.store_uri()?;
-    // Signal handlers first: a SIGTERM during start-up must not kill the process abruptly.
-    let mut terminate = signal(SignalKind::terminate()).map_err(Fatal::Runtime)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(Fatal::Runtime)?;
+    // Installed first: a SIGTERM during start-up must not kill the process abruptly.
+    let shutdown = process::shutdown_signal()?;
 
     tracing::info!(store = %uri, "opening store");
     let store = store::open(&uri).await?;
@@ -126,14 +110,14 @@ async fn run(config: Config) -> Result<(), Fatal> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Fatal::Bind { addr, source })?;
-
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            _ = interrupt.recv() => tracing::info!("SIGINT received"),
-        }
-    };
-    serve(listener, Backend::new(store), shutdown).await?;
+    let backend = Backend::new(store).added_latency(Duration::from_millis(config.test_latency_ms));
+    if config.test_latency_ms > 0 {
+        tracing::warn!(
+            ms = config.test_latency_ms,
+            "test-only latency added to every response"
+        );
+    }
+    serve(listener, backend, shutdown).await?;
     Ok(())
 }
 

@@ -2,9 +2,8 @@
 //! JSON objects as `google.protobuf.Struct`.
 
 use chrono::{DateTime, Utc};
-use eventsys::v1;
-use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
-use serde_json::Value as Json;
+use eventsys::{json, v1};
+use prost_types::Timestamp;
 
 use crate::{
     store::{Event, JsonObject},
@@ -27,97 +26,44 @@ pub fn event(e: Event) -> v1::Event {
         completed: e.completed,
         created_at: Some(timestamp(e.created_at)),
         topic: e.topic,
-        data: e.data.as_ref().map(json_struct),
+        data: e.data.as_ref().map(json::to_struct),
         time: e.time.map(timestamp),
         seq: e.seq,
     }
 }
 
-/// A `Struct` as a JSON object. Fails only on numbers JSON cannot carry (NaN, ±inf).
-pub fn json_object(s: Struct) -> Result<JsonObject, FieldError> {
-    s.fields
-        .into_iter()
-        .map(|(k, v)| Ok((k, json(v)?)))
-        .collect()
-}
-
-fn json(v: Value) -> Result<Json, FieldError> {
-    Ok(match v.kind {
-        None | Some(Kind::NullValue(_)) => Json::Null,
-        Some(Kind::BoolValue(b)) => Json::Bool(b),
-        Some(Kind::StringValue(s)) => Json::String(s),
-        Some(Kind::NumberValue(n)) => {
-            // Integral values stay integers so `{"n": 3}` reads back as 3, not 3.0.
-            let number = if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
-                Some(serde_json::Number::from(n as i64))
-            } else {
-                serde_json::Number::from_f64(n)
-            };
-            Json::Number(number.ok_or_else(|| {
-                FieldError(format!("data must hold finite numbers only (got {n})"))
-            })?)
-        }
-        Some(Kind::StructValue(s)) => Json::Object(json_object(s)?),
-        Some(Kind::ListValue(l)) => {
-            Json::Array(l.values.into_iter().map(json).collect::<Result<_, _>>()?)
-        }
-    })
-}
-
-pub fn json_struct(object: &JsonObject) -> Struct {
-    Struct {
-        fields: object.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
-    }
-}
-
-fn value(v: &Json) -> Value {
-    let kind = match v {
-        Json::Null => Kind::NullValue(0),
-        Json::Bool(b) => Kind::BoolValue(*b),
-        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Json::String(s) => Kind::StringValue(s.clone()),
-        Json::Array(items) => Kind::ListValue(ListValue {
-            values: items.iter().map(value).collect(),
-        }),
-        Json::Object(o) => Kind::StructValue(json_struct(o)),
-    };
-    Value { kind: Some(kind) }
+/// An event's `data` from the wire; `FieldError` for numbers JSON cannot carry.
+pub fn json_object(data: prost_types::Struct) -> Result<JsonObject, FieldError> {
+    json::from_struct(data).map_err(|e| FieldError(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn json_round_trips_through_struct() {
-        let original = json!({
-            "n": 3, "neg": -7, "f": 2.5, "s": "héllo ✓", "b": true, "z": null,
-            "list": [1, "two", [3.5], {"k": false}], "nested": {"deep": {"x": []}}
-        });
-        let object = original.as_object().unwrap();
-        let back = json_object(json_struct(object)).unwrap();
-        assert_eq!(Json::Object(back), original);
-    }
-
-    #[test]
-    fn non_finite_numbers_are_rejected() {
-        let s = Struct {
-            fields: [(
-                "x".to_string(),
-                Value {
-                    kind: Some(Kind::NumberValue(f64::NAN)),
-                },
-            )]
-            .into(),
-        };
-        assert!(json_object(s).unwrap_err().0.contains("finite"));
-    }
 
     #[test]
     fn timestamps_keep_subsecond_precision() {
         let t = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
         let ts = timestamp(t);
         assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_000_000));
+    }
+
+    #[test]
+    fn non_finite_data_is_a_field_error() {
+        let data = prost_types::Struct {
+            fields: [(
+                "x".to_string(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
+                },
+            )]
+            .into(),
+        };
+        assert!(
+            json_object(data)
+                .unwrap_err()
+                .0
+                .starts_with("data must hold finite")
+        );
     }
 }

@@ -26,6 +26,7 @@ pub struct Backend {
     store: Arc<dyn EventStore>,
     poll_interval: Duration,
     drain_timeout: Duration,
+    added_latency: Duration,
 }
 
 impl Backend {
@@ -34,7 +35,15 @@ impl Backend {
             store,
             poll_interval: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(10),
+            added_latency: Duration::ZERO,
         }
+    }
+
+    /// Test-only: delays every event-API response by `latency`, to exercise the gateway's
+    /// balancing against a slow backend. Health and reflection are not delayed.
+    pub fn added_latency(mut self, latency: Duration) -> Self {
+        self.added_latency = latency;
+        self
     }
 
     /// How long shutdown waits for in-flight requests before closing their connections
@@ -69,6 +78,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let (drain_timeout, added_latency) = (backend.drain_timeout, backend.added_latency);
     let stats = Arc::new(Stats::default());
     let streams = CancellationToken::new();
     let feed = Feed {
@@ -104,7 +114,7 @@ pub async fn serve(
     };
     let deadline = async move {
         match draining.await {
-            Ok(()) => tokio::time::sleep(backend.drain_timeout).await,
+            Ok(()) => tokio::time::sleep(drain_timeout).await,
             // The server ended before shutdown began; its own result is what matters.
             Err(_) => std::future::pending().await,
         }
@@ -112,7 +122,7 @@ pub async fn serve(
 
     tracing::info!(%addr, "listening");
     let server = Server::builder()
-        .layer(MeterLayer::new(stats, addr.port()))
+        .layer(MeterLayer::new(stats, addr.port(), added_latency))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     convert,
-    stats::{self, Stats},
+    stats::Stats,
     store::{EventStore, StoreError},
     subscription::{EventStream, Feed},
     validate::{self, FieldError},
@@ -169,7 +169,7 @@ impl EventService for EventsApi {
                 seconds: uptime.as_secs() as i64,
                 nanos: uptime.subsec_nanos() as i32,
             }),
-            resident_memory_bytes: stats::resident_memory(),
+            resident_memory_bytes: eventsys::process::resident_memory(),
             subscribers: self.stats.subscribers(),
         }))
     }

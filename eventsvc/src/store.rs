@@ -11,8 +11,7 @@ use uuid::Uuid;
 
 pub use sqlite::SqliteStore;
 
-/// An arbitrary JSON object, the type of an event's `data`.
-pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+pub use eventsys::json::JsonObject;
 
 /// A stored event.
 #[derive(Debug, Clone, PartialEq)]

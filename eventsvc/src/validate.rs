@@ -224,7 +224,7 @@ mod tests {
                 .starts_with("description must be at most")
         );
 
-        let big = convert::json_struct(
+        let big = eventsys::json::to_struct(
             &serde_json::json!({ "blob": "x".repeat(MAX_DATA) })
                 .as_object()
                 .unwrap()

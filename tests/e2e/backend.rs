@@ -14,12 +14,12 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::support::{Backend, binary, grpcurl, grpcurl_call};
+use crate::support::{Process, binary, grpcurl, grpcurl_call};
 
 #[tokio::test]
 async fn grpcurl_lists_services_and_round_trips_an_event() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&dir.path().join("events.db")).await;
+    let backend = Process::backend(&dir.path().join("events.db")).await;
     let addr = backend.addr.to_string();
 
     let list = grpcurl(&["-plaintext", &addr, "list"]).await;
@@ -108,7 +108,7 @@ async fn grpcurl_lists_services_and_round_trips_an_event() {
 #[tokio::test]
 async fn reflection_v1_and_health_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&dir.path().join("events.db")).await;
+    let backend = Process::backend(&dir.path().join("events.db")).await;
 
     let mut reflection = ServerReflectionClient::new(backend.channel().await);
     let request = ServerReflectionRequest {
@@ -148,7 +148,7 @@ async fn reflection_v1_and_health_are_served() {
 #[tokio::test]
 async fn sigterm_reports_not_serving_ends_streams_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut backend = Backend::start(&dir.path().join("events.db")).await;
+    let mut backend = Process::backend(&dir.path().join("events.db")).await;
     let mut client = backend.client().await;
 
     let mut health = HealthClient::new(backend.channel().await);

@@ -1,6 +1,8 @@
 //! End-to-end tests: the real binaries as separate processes on ephemeral ports, the real
-//! SQLite store, and real clients (grpcurl, tonic).
+//! SQLite store, and real clients (grpcurl, tonic, an HTTP client, an SSE client).
 
 mod backend;
+mod gateway_balancing;
+mod gateway_contract;
 mod shared_store;
 mod support;

@@ -7,7 +7,7 @@ use eventsys::v1::{self, event_service_client::EventServiceClient};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::support::Backend;
+use crate::support::Process;
 
 fn publish(topic: &str, title: String) -> v1::PublishRequest {
     v1::PublishRequest {
@@ -39,9 +39,10 @@ async fn topic_history(client: &mut EventServiceClient<Channel>, topic: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_backends_on_one_file_share_events_and_seq_order() {
+    let _exclusive = crate::support::EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("shared.db");
-    let (a, b) = tokio::join!(Backend::start(&db), Backend::start(&db));
+    let (a, b) = tokio::join!(Process::backend(&db), Process::backend(&db));
     let (mut via_a, mut via_b) = (a.client().await, b.client().await);
 
     let created = via_a
@@ -134,9 +135,10 @@ async fn two_backends_on_one_file_share_events_and_seq_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_subscriber_on_one_backend_sees_publishes_through_another_in_order() {
+    let _exclusive = crate::support::EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("shared.db");
-    let (a, b) = tokio::join!(Backend::start(&db), Backend::start(&db));
+    let (a, b) = tokio::join!(Process::backend(&db), Process::backend(&db));
     let (mut via_a, mut via_b) = (a.client().await, b.client().await);
 
     for i in 1..=3 {
@@ -181,9 +183,10 @@ async fn a_subscriber_on_one_backend_sees_publishes_through_another_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_writes_loses_no_acknowledged_write() {
+    let _exclusive = crate::support::EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
-    let mut victim = Backend::start(&db).await;
+    let mut victim = Process::backend(&db).await;
     let client = victim.client().await;
 
     // Writers report each acknowledged write; they stop at their first failure, which comes
@@ -230,7 +233,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         acknowledged.push(ack);
     }
 
-    let survivor = Backend::start(&db).await;
+    let survivor = Process::backend(&db).await;
     let mut client = survivor.client().await;
     for (id, _) in &acknowledged {
         let found = client

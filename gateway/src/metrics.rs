@@ -1,0 +1,208 @@
+//! Request metrics and the access log: a middleware that counts and times every routed request,
+//! and `/metrics` in Prometheus text format, with the balancer's view of each backend.
+
+use std::{
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
+    time::Instant,
+};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderValue, header::CONTENT_TYPE};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::{endpoint::BACKEND_HEADER, pool::Pool, state::AppState};
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    backend_healthy: IntGaugeVec,
+    backend_in_flight: IntGaugeVec,
+    backend_cost: GaugeVec,
+    backend_calls: IntGaugeVec,
+    backend_unreachable: IntGaugeVec,
+    in_flight: AtomicI64,
+    total: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_http_request_duration_seconds",
+                "Time to the response head (the stream's start for SSE)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["backend"]).expect("valid metric")
+        };
+        let backend_healthy = gauge(
+            "gateway_backend_healthy",
+            "1 when the balancer holds the backend",
+        );
+        let backend_in_flight = gauge(
+            "gateway_backend_in_flight",
+            "Calls sent to the backend and not finished, open streams included",
+        );
+        let backend_calls = gauge(
+            "gateway_backend_calls",
+            "Calls sent to the backend since it was discovered",
+        );
+        let backend_unreachable = gauge(
+            "gateway_backend_unreachable_calls",
+            "Calls that found the backend unreachable since it was discovered",
+        );
+        let backend_cost = GaugeVec::new(
+            Opts::new(
+                "gateway_backend_peak_ewma_cost",
+                "PeakEwma cost the balancer last computed: latency estimate in ns x (pending + 1)",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(backend_healthy.clone()),
+            Box::new(backend_in_flight.clone()),
+            Box::new(backend_calls.clone()),
+            Box::new(backend_unreachable.clone()),
+            Box::new(backend_cost.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            requests,
+            latency,
+            backend_healthy,
+            backend_in_flight,
+            backend_cost,
+            backend_calls,
+            backend_unreachable,
+            in_flight: AtomicI64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    /// HTTP requests being handled now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// HTTP requests received since start.
+    pub fn total_requests(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition, with backend gauges read from the pool now.
+    pub fn render(&self, pool: &Pool) -> String {
+        for gauge in [
+            &self.backend_healthy,
+            &self.backend_in_flight,
+            &self.backend_calls,
+        ] {
+            gauge.reset();
+        }
+        self.backend_unreachable.reset();
+        self.backend_cost.reset();
+        for (stats, _) in pool.members() {
+            let label = [stats.addr.to_string()];
+            let label = [label[0].as_str()];
+            self.backend_healthy
+                .with_label_values(&label)
+                .set(i64::from(stats.healthy()));
+            self.backend_in_flight
+                .with_label_values(&label)
+                .set(stats.in_flight() as i64);
+            self.backend_calls
+                .with_label_values(&label)
+                .set(stats.attempts() as i64);
+            self.backend_unreachable
+                .with_label_values(&label)
+                .set(stats.failures() as i64);
+            self.backend_cost
+                .with_label_values(&label)
+                .set(stats.cost());
+        }
+        let mut out = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %err, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+pub async fn scrape(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(&state.pool);
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// Counts, times and logs each routed request.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let metrics = &state.metrics;
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    metrics.total.fetch_add(1, Ordering::Relaxed);
+    metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let response = next.run(request).await;
+    metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+
+    let elapsed = started.elapsed();
+    let status = response.status();
+    metrics
+        .requests
+        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .inc();
+    metrics
+        .latency
+        .with_label_values(&[route.as_str()])
+        .observe(elapsed.as_secs_f64());
+    let backend = response
+        .headers()
+        .get(BACKEND_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info!(%method, %path, status = status.as_u16(), backend, ?elapsed, "request");
+    response
+}

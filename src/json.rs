@@ -1,0 +1,98 @@
+//! JSON objects as `google.protobuf.Struct` and back: how an event's `data` crosses the wire.
+
+use prost_types::{ListValue, Struct, Value, value::Kind};
+use serde_json::Value as Json;
+
+/// An arbitrary JSON object, the type of an event's `data`.
+pub type JsonObject = serde_json::Map<String, Json>;
+
+/// A `Struct` held a number JSON cannot carry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("data must hold finite numbers only (got {0})")]
+pub struct NonFiniteNumber(pub f64);
+
+/// A `Struct` as a JSON object. Fails only on numbers JSON cannot carry (NaN, ±inf).
+pub fn from_struct(s: Struct) -> Result<JsonObject, NonFiniteNumber> {
+    s.fields
+        .into_iter()
+        .map(|(k, v)| Ok((k, from_value(v)?)))
+        .collect()
+}
+
+fn from_value(v: Value) -> Result<Json, NonFiniteNumber> {
+    Ok(match v.kind {
+        None | Some(Kind::NullValue(_)) => Json::Null,
+        Some(Kind::BoolValue(b)) => Json::Bool(b),
+        Some(Kind::StringValue(s)) => Json::String(s),
+        Some(Kind::NumberValue(n)) => {
+            // Integral values stay integers so `{"n": 3}` reads back as 3, not 3.0.
+            let number = if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+                Some(serde_json::Number::from(n as i64))
+            } else {
+                serde_json::Number::from_f64(n)
+            };
+            Json::Number(number.ok_or(NonFiniteNumber(n))?)
+        }
+        Some(Kind::StructValue(s)) => Json::Object(from_struct(s)?),
+        Some(Kind::ListValue(l)) => Json::Array(
+            l.values
+                .into_iter()
+                .map(from_value)
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// A JSON object as a `Struct`. Numbers become doubles, as `Struct` has no integers.
+pub fn to_struct(object: &JsonObject) -> Struct {
+    Struct {
+        fields: object
+            .iter()
+            .map(|(k, v)| (k.clone(), to_value(v)))
+            .collect(),
+    }
+}
+
+fn to_value(v: &Json) -> Value {
+    let kind = match v {
+        Json::Null => Kind::NullValue(0),
+        Json::Bool(b) => Kind::BoolValue(*b),
+        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Json::String(s) => Kind::StringValue(s.clone()),
+        Json::Array(items) => Kind::ListValue(ListValue {
+            values: items.iter().map(to_value).collect(),
+        }),
+        Json::Object(o) => Kind::StructValue(to_struct(o)),
+    };
+    Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trips_through_struct() {
+        let original = json!({
+            "n": 3, "neg": -7, "f": 2.5, "s": "héllo ✓", "b": true, "z": null,
+            "list": [1, "two", [3.5], {"k": false}], "nested": {"deep": {"x": []}}
+        });
+        let back = from_struct(to_struct(original.as_object().unwrap())).unwrap();
+        assert_eq!(Json::Object(back), original);
+    }
+
+    #[test]
+    fn non_finite_numbers_are_rejected() {
+        let s = Struct {
+            fields: [(
+                "x".to_string(),
+                Value {
+                    kind: Some(Kind::NumberValue(f64::INFINITY)),
+                },
+            )]
+            .into(),
+        };
+        assert!(from_struct(s).unwrap_err().to_string().contains("finite"));
+    }
+}

@@ -1,0 +1,80 @@
+//! Process plumbing shared by the binaries: `.env` loading, `tracing` set-up from `RUST_LOG`,
+//! SIGINT/SIGTERM as a shutdown future, and resident memory for the stats endpoints.
+
+use std::io::IsTerminal;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("invalid .env file: {0}")]
+    DotEnv(#[from] dotenvy::Error),
+    #[error("invalid RUST_LOG: {0}")]
+    LogFilter(#[from] tracing_subscriber::filter::ParseError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Reads `.env` in the working directory into the environment, if there is one.
+pub fn load_dotenv() -> Result<(), SetupError> {
+    match dotenvy::dotenv() {
+        Err(err) if !err.not_found() => Err(err.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); colour only on a terminal.
+pub fn init_tracing() -> Result<(), SetupError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
+        _ => EnvFilter::new("info"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed when this is called,
+/// so call it before start-up work that a signal must not interrupt abruptly.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, SetupError> {
+    let mut terminate = signal(SignalKind::terminate()).map_err(SetupError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(SetupError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
+
+/// Resident memory of this process in bytes, from `/proc/self/status` (0 elsewhere).
+pub fn resident_memory() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_resident_memory() {
+        if cfg!(target_os = "linux") {
+            assert!(super::resident_memory() > 1024 * 1024);
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The REST contract of `../shared/API.md` through the real gateway over three real backends:
+//! every endpoint and every failure row, field by field.
+
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{System, http, served_by};
+
+/// Asserts the contract's error shape: same text under `error` and `message`, and the code.
+async fn assert_error(response: reqwest::Response, status: u16, code: &str, text: &str) {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "{:?}",
+        response.url().path()
+    );
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["error"], body["message"], "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(text),
+        "{message:?} should contain {text:?}"
+    );
+    assert!(
+        !message.contains("/tmp") && !message.contains("sqlite"),
+        "{message}"
+    );
+}
+
+fn assert_timestamp(value: &Value) {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("timestamp string, got {value}"));
+    let parsed = chrono::DateTime::parse_from_rfc3339(text).unwrap();
+    assert_eq!(parsed.offset().local_minus_utc(), 0, "UTC: {text}");
+    assert!(
+        text.ends_with('Z') && text.contains('.'),
+        "fractional, Z: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_endpoint_and_failure_row_of_the_contract() {
+    let _exclusive = crate::support::EXCLUSIVE.lock().await;
+    let system = System::start(3, &[]).await;
+    let client = http();
+    let url = |p: &str| system.url(p);
+
+    // POST /events: no Content-Type (old clients send none), client id and unknown fields
+    // ignored.
+    let create = json!({
+        "id": "client-chosen", "userId": "alice", "title": "Launch", "description": "v1",
+        "completed": false, "topic": "releases", "data": {"env": "prod", "n": 3}, "extra": true
+    });
+    let response = client
+        .post(url("/events"))
+        .body(create.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(served_by(&response).starts_with("127.0.0.1:"));
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_ne!(id, "client-chosen");
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+    for (field, expected) in [
+        ("userId", json!("alice")),
+        ("title", json!("Launch")),
+        ("description", json!("v1")),
+        ("completed", json!(false)),
+        ("topic", json!("releases")),
+        ("data", json!({"env": "prod", "n": 3})),
+    ] {
+        assert_eq!(created[field], expected, "{field}");
+    }
+    assert_timestamp(&created["createdAt"]);
+    assert!(
+        created.get("time").is_none() && created.get("seq").is_none(),
+        "{created}"
+    );
+    assert!(created.get("extra").is_none());
+
+    let bob: Value = client
+        .post(url("/events"))
+        .json(&json!({"userId": "bob", "title": "Bob's"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        bob.get("topic").is_none() && bob.get("data").is_none(),
+        "omitted when empty: {bob}"
+    );
+
+    // POST /events failures.
+    let post = |body: &'static str| client.post(url("/events")).body(body).send();
+    assert_error(
+        post("{not json").await.unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+        "invalid JSON",
+    )
+    .await;
+    assert_error(
+        post(r#"{"completed": "yes"}"#).await.unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+        "boolean",
+    )
+    .await;
+    assert_error(
+        post(r#"{"data": [1, 2]}"#).await.unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+        "invalid JSON",
+    )
+    .await;
+    assert_error(
+        post("").await.unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+        "invalid JSON",
+    )
+    .await;
+    let huge = json!({"title": "x".repeat(1024 * 1024 + 1)}).to_string();
+    let response = client.post(url("/events")).body(huge).send().await.unwrap();
+    assert_error(response, 413, "RESOURCE_EXHAUSTED", "larger than").await;
+    let long_title = json!({"title": "x".repeat(70 * 1024)}).to_string();
+    let response = client
+        .post(url("/events"))
+        .body(long_title)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "INVALID_ARGUMENT", "title must be at most").await;
+
+    // GET /events, scoped and not; [] rather than null.
+    let list = |q: &'static str| client.get(url(&format!("/events{q}"))).send();
+    let alice: Value = list("?userId=alice").await.unwrap().json().await.unwrap();
+    assert_eq!(alice, json!([created]));
+    let nobody = list("?userId=nobody").await.unwrap();
+    assert_eq!(nobody.status(), StatusCode::OK);
+    assert_eq!(nobody.text().await.unwrap(), "[]");
+    let all: Value = list("").await.unwrap().json().await.unwrap();
+    assert_eq!(all, json!([created, bob]));
+
+    // GET /events/{id}.
+    let get = |path: String| client.get(url(&path)).send();
+    let read: Value = get(format!("/events/{id}?userId=alice"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read, created);
+    let read: Value = get(format!("/events/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read, created);
+    for path in [
+        format!("/events/{id}?userId=bob"),
+        format!("/events/{}", uuid::Uuid::new_v4()),
+        "/events/not-a-uuid".to_owned(),
+    ] {
+        assert_error(
+            get(path).await.unwrap(),
+            404,
+            "NOT_FOUND",
+            "event not found",
+        )
+        .await;
+    }
+
+    // PUT /events/{id}: exactly title, description and completed change.
+    let put = |path: String, body: Value| client.put(url(&path)).body(body.to_string()).send();
+    let update = json!({"title": "Launched", "description": "v1.0", "completed": true,
+                        "topic": "ignored", "userId": "mallory", "data": {"ignored": 1}});
+    let response = put(format!("/events/{id}?userId=alice"), update.clone())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"message": "event updated successfully"})
+    );
+    let after: Value = get(format!("/events/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut expected = created.clone();
+    expected["title"] = json!("Launched");
+    expected["description"] = json!("v1.0");
+    expected["completed"] = json!(true);
+    assert_eq!(after, expected);
+    assert_error(
+        put(format!("/events/{id}?userId=bob"), update.clone())
+            .await
+            .unwrap(),
+        404,
+        "NOT_FOUND",
+        "event not found",
+    )
+    .await;
+    assert_error(
+        put(format!("/events/{}", uuid::Uuid::new_v4()), update)
+            .await
+            .unwrap(),
+        404,
+        "NOT_FOUND",
+        "event not found",
+    )
+    .await;
+    let response = client
+        .put(url(&format!("/events/{id}")))
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "INVALID_ARGUMENT", "invalid JSON").await;
+    let response = put(format!("/events/{id}"), json!({"completed": 1}))
+        .await
+        .unwrap();
+    assert_error(response, 400, "INVALID_ARGUMENT", "invalid JSON").await;
+
+    // DELETE /events/{id}.
+    let delete = |path: String| client.delete(url(&path)).send();
+    assert_error(
+        delete(format!("/events/{id}?userId=bob")).await.unwrap(),
+        404,
+        "NOT_FOUND",
+        "event not found",
+    )
+    .await;
+    let response = delete(format!("/events/{id}?userId=alice")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert!(response.bytes().await.unwrap().is_empty());
+    assert_error(
+        delete(format!("/events/{id}")).await.unwrap(),
+        404,
+        "NOT_FOUND",
+        "event not found",
+    )
+    .await;
+    assert_error(
+        get(format!("/events/{id}")).await.unwrap(),
+        404,
+        "NOT_FOUND",
+        "event not found",
+    )
+    .await;
+
+    // POST /publish.
+    let publish = |body: Value| client.post(url("/publish")).body(body.to_string()).send();
+    let response = publish(json!({"title": "no topic"})).await.unwrap();
+    assert_error(response, 400, "INVALID_ARGUMENT", "Topic cannot be empty").await;
+    let body: Value = publish(json!({"topic": ""}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["error"], "Topic cannot be empty",
+        "the old clients read this key"
+    );
+    assert_error(
+        publish(json!({"topic": "has space"})).await.unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+        "topic may only contain",
+    )
+    .await;
+    let response = client
+        .post(url("/publish"))
+        .body("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "INVALID_ARGUMENT", "invalid JSON").await;
+    let mut published = Vec::new();
+    for i in 1..=3u64 {
+        let response = publish(json!({"topic": "orders", "userId": "shop", "title": format!("order {i}"), "data": {"i": i}}))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "Event broadcasted");
+        assert_eq!(body["seq"], i);
+        published.push(body["id"].as_str().unwrap().to_owned());
+    }
+
+    // GET /topic-events/{topic}: oldest first, with time and seq.
+    let history: Value = client
+        .get(url("/topic-events/orders"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let history = history.as_array().unwrap();
+    assert_eq!(history.len(), 3);
+    for (i, event) in history.iter().enumerate() {
+        assert_eq!(event["id"], published[i].as_str());
+        assert_eq!(event["seq"], i as u64 + 1);
+        assert_eq!(event["topic"], "orders");
+        assert_eq!(event["data"], json!({"i": i + 1}));
+        assert_timestamp(&event["time"]);
+        assert_timestamp(&event["createdAt"]);
+    }
+    let empty = client.get(url("/topic-events/quiet")).send().await.unwrap();
+    assert_eq!(empty.text().await.unwrap(), "[]");
+    let bad = client
+        .get(url("/topic-events/bad%20topic"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 400, "INVALID_ARGUMENT", "topic may only contain").await;
+
+    // GET /subscribe/{topic}: SSE frames `event: message`, `id: <seq>`, `data: <event>`.
+    let response = client.get(url("/subscribe/orders")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut stream = response.bytes_stream().eventsource();
+    for (i, event) in history.iter().enumerate() {
+        let frame = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("replayed event")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.event, "message");
+        assert_eq!(frame.id, (i + 1).to_string());
+        assert_eq!(&serde_json::from_str::<Value>(&frame.data).unwrap(), event);
+    }
+    drop(stream);
+    let bad = client
+        .get(url("/subscribe/no%20spaces"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 400, "INVALID_ARGUMENT", "topic may only contain").await;
+    let bad = client
+        .get(url("/subscribe/orders"))
+        .header("Last-Event-ID", "seven")
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 400, "INVALID_ARGUMENT", "Last-Event-ID").await;
+
+    // /load, /benchmark, /memstats keep their old shapes.
+    let load: Value = client
+        .get(url("/load"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(load["in_flight"].is_u64(), "{load}");
+    assert_eq!(load["backends"].as_array().unwrap().len(), 3);
+    let bench: Value = client
+        .get(url("/benchmark"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(bench["uptime"].as_str().unwrap().ends_with('s'), "{bench}");
+    assert!(bench["request_count"].as_u64().unwrap() > 20, "{bench}");
+    assert!(bench["avg_req_per_s"].as_f64().unwrap() > 0.0, "{bench}");
+    let mem: Value = client
+        .get(url("/memstats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(mem["alloc"].as_u64().unwrap() > 4 * 1024 * 1024, "{mem}");
+
+    // /metrics in Prometheus text.
+    let metrics = client
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "gateway_http_requests_total{method=\"POST\",route=\"/events\",status=\"201\"}",
+        "gateway_http_request_duration_seconds_bucket",
+        "gateway_backend_healthy{",
+        "gateway_backend_in_flight{",
+        "gateway_backend_peak_ewma_cost{",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+
+    // Cross-origin: any origin, the old service's methods.
+    let preflight = client
+        .request(Method::OPTIONS, url("/events"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "PUT")
+        .header("Access-Control-Request-Headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let methods = preflight.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
+        assert!(methods.contains(method), "{methods}");
+    }
+    let simple = client
+        .get(url("/events"))
+        .header("Origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(simple.headers()["access-control-allow-origin"], "*");
+
+    // Unknown routes and methods answer in the same JSON shape.
+    let response = client.get(url("/nope")).send().await.unwrap();
+    assert_error(response, 404, "NOT_FOUND", "no such endpoint").await;
+    let response = client.patch(url("/publish")).send().await.unwrap();
+    assert_error(response, 405, "UNIMPLEMENTED", "method not allowed").await;
+}
