@@ -5,7 +5,6 @@ use std::process::Command;
 
 fn refused(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--port", "0"])
         .args(args)
         .env("RUST_LOG", "info")
         .env_remove("BACKENDS")
@@ -19,15 +18,15 @@ fn refused(args: &[&str]) -> String {
 #[test]
 fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
     assert_eq!(
-        refused(&["--backends", "no-port"]),
+        refused(&["--port", "0", "--backends", "no-port"]),
         "gateway: invalid --backends: \"no-port\" is not host:port"
     );
     assert_eq!(
-        refused(&["--backends", ""]),
+        refused(&["--port", "0", "--backends", ""]),
         "gateway: invalid --backends: no backend given"
     );
     assert_eq!(
-        refused(&["--health-interval", "0s"]),
+        refused(&["--port", "0", "--health-interval", "0s"]),
         "gateway: invalid --health-interval: must be more than zero"
     );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
