@@ -26,14 +26,22 @@ pub fn load_dotenv() -> Result<(), SetupError> {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); colour only on a terminal.
 pub fn init_tracing() -> Result<(), SetupError> {
+    init_tracing_to(std::io::stderr, std::io::stderr().is_terminal())
+}
+
+/// Logs to `writer`, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing_to<W>(writer: W, ansi: bool) -> Result<(), SetupError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
         _ => EnvFilter::new("info"),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer)
+        .with_ansi(ansi)
         .init();
     Ok(())
 }

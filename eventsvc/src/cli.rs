@@ -77,10 +77,20 @@ enum Fatal {
 
 /// Entry point of the `eventsvc` binary.
 pub fn main() -> ExitCode {
+    main_from(std::env::args_os())
+}
+
+/// Runs with the given command line (program name first), as `eventsvc` would; the launcher's
+/// multi-call binary enters here.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     if let Err(err) = process::load_dotenv() {
         return fail(&err.into());
     }
-    let config = Config::parse();
+    let config = Config::parse_from(args);
     if let Err(err) = process::init_tracing() {
         return fail(&err.into());
     }

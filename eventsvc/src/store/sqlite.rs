@@ -89,8 +89,7 @@ impl SqliteStore {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| fail(&path, e.to_string()))?;
                 }
-                let mut first = connect(&path).map_err(|e| fail(&path, e.to_string()))?;
-                migrate(&mut first).map_err(|e| fail(&path, e))?;
+                let first = initialise(&path).map_err(|e| fail(&path, e.to_string()))?;
                 let mut conns = vec![first];
                 for _ in 1..POOL_SIZE {
                     conns.push(connect(&path).map_err(|e| fail(&path, e.to_string()))?);
@@ -156,26 +155,49 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), String> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| e.to_string())?;
-    let version: usize = tx
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(|e| e.to_string())?;
+#[derive(Debug, thiserror::Error)]
+enum InitError {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    #[error("schema version {0} is newer than this build understands ({max})", max = MIGRATIONS.len())]
+    NewerSchema(usize),
+}
+
+/// Opens the first connection and migrates the schema. Processes opening a new file at the same
+/// moment contend for the locks that switching it to WAL takes, and SQLite reports that as
+/// "database is locked" without consulting the busy handler: such attempts are retried.
+fn initialise(path: &Path) -> Result<Connection, InitError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let attempt = connect(path)
+            .map_err(InitError::from)
+            .and_then(|mut conn| migrate(&mut conn).map(|()| conn));
+        match attempt {
+            Err(InitError::Sql(err))
+                if matches!(
+                    err.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(LOCK_RETRY * 10);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), InitError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: usize = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if version > MIGRATIONS.len() {
-        return Err(format!(
-            "schema version {version} is newer than this build understands ({})",
-            MIGRATIONS.len()
-        ));
+        return Err(InitError::NewerSchema(version));
     }
-    for (step, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        tx.execute_batch(sql)
-            .map_err(|e| format!("migration {} failed: {e}", step + 1))?;
+    for sql in MIGRATIONS.iter().skip(version) {
+        tx.execute_batch(sql)?;
     }
-    tx.pragma_update(None, "user_version", MIGRATIONS.len())
-        .map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| e.to_string())
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Busy and I/O conditions are the store being unavailable (worth retrying elsewhere or later);
@@ -465,6 +487,19 @@ mod tests {
         drop(conn);
         let err = SqliteStore::open(path).await.err().unwrap().to_string();
         assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn backends_opening_a_new_file_together_all_succeed() {
+        // Several backends starting at once on a fresh file race to switch it to WAL.
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..25 {
+            let path = dir.path().join(format!("fresh-{round}.db"));
+            let opens = (0..4).map(|_| SqliteStore::open(path.clone()));
+            for opened in futures::future::join_all(opens).await {
+                opened.unwrap();
+            }
+        }
     }
 
     #[tokio::test]

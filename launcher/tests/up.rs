@@ -1,0 +1,265 @@
+//! `eventsys up` end to end: the real launcher binary starts real backends and a real gateway on
+//! free ports; a request goes through; a backend killed with `kill -9` is restarted; SIGTERM
+//! stops everything and leaves no process behind, and so does killing the launcher itself.
+
+use std::{collections::HashMap, net::SocketAddr, path::Path, process::Stdio, time::Duration};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Launcher {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    rest: SocketAddr,
+    backends: Vec<SocketAddr>,
+    /// Every child pid the launcher has reported starting, by child name.
+    pids: HashMap<String, Vec<i32>>,
+}
+
+fn command(data: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventsys"));
+    command
+        .current_dir(data)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("STORE_URI")
+        .env_remove("MONGO_URI")
+        .env_remove("HOST")
+        .env_remove("GATEWAY_PORT")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// The `pid=` of a `started child=NAME pid=N` line.
+fn started(line: &str) -> Option<(String, i32)> {
+    let rest = line.split_once("started child=")?.1;
+    let mut words = rest.split_whitespace();
+    let name = words.next()?.to_owned();
+    let pid = words.find_map(|w| w.strip_prefix("pid="))?.parse().ok()?;
+    Some((name, pid))
+}
+
+impl Launcher {
+    async fn start(data: &Path) -> Launcher {
+        let mut child = command(data)
+            .args([
+                "up",
+                "--backends",
+                "3",
+                "--base-port",
+                "0",
+                "--gateway-port",
+                "0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start eventsys up");
+        let (tx, lines) = mpsc::unbounded_channel();
+        let stdout = child.stdout.take().expect("piped");
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut launcher = Launcher {
+            child,
+            lines,
+            rest: "0.0.0.0:0".parse().unwrap(),
+            backends: Vec::new(),
+            pids: HashMap::new(),
+        };
+        let rest = launcher
+            .expect(|l| l.split_once("REST API  http://").map(|(_, r)| r.to_owned()))
+            .await;
+        launcher.rest = rest.trim_end_matches("/events").parse().unwrap();
+        let grpc = launcher
+            .expect(|l| l.split_once("gRPC      ").map(|(_, r)| r.to_owned()))
+            .await;
+        launcher.backends = grpc
+            .split_whitespace()
+            .take_while(|w| !w.starts_with('('))
+            .map(|a| a.parse().unwrap())
+            .collect();
+        launcher
+    }
+
+    /// Reads output until `found` matches a line, noting child pids on the way.
+    async fn expect<T>(&mut self, found: impl Fn(&str) -> Option<T>) -> T {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let line = self.lines.recv().await.expect("launcher output ended");
+                println!("{line}");
+                if let Some((name, pid)) = started(&line) {
+                    self.pids.entry(name).or_default().push(pid);
+                }
+                if let Some(hit) = found(&line) {
+                    return hit;
+                }
+            }
+        })
+        .await
+        .expect("expected launcher output")
+    }
+
+    fn all_pids(&self) -> Vec<i32> {
+        self.pids.values().flatten().copied().collect()
+    }
+}
+
+/// Whether a process is gone (or a zombie nobody has reaped yet: it runs no code).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+async fn all_gone(pids: &[i32]) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if pids.iter().all(|p| gone(*p)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_restarts_a_killed_backend_and_stops_without_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut launcher = Launcher::start(dir.path()).await;
+    assert_eq!(launcher.backends.len(), 3);
+    assert!(
+        dir.path().join("data/events.db").exists(),
+        "store under ./data by default"
+    );
+
+    let client = http();
+    let base = format!("http://{}", launcher.rest);
+    let created: Value = client
+        .post(format!("{base}/events"))
+        .json(&json!({"userId": "u", "title": "through the launcher"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let got = client
+        .get(format!("{base}/events/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+
+    // kill -9 one backend: the launcher restarts it on the same port.
+    let first = launcher.pids["backend-1"][0];
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    launcher
+        .expect(|l| l.contains("exited unexpectedly").then_some(()))
+        .await;
+    let again = launcher
+        .expect(|l| started(l).filter(|(n, _)| n == "backend-1").map(|(_, p)| p))
+        .await;
+    assert_ne!(again, first);
+    let port = launcher.backends[0].port();
+    launcher
+        .expect(|l| {
+            l.contains(&format!("listening addr=127.0.0.1:{port}"))
+                .then_some(())
+        })
+        .await;
+    let got = client
+        .get(format!("{base}/events/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+
+    // SIGTERM: everything stops, gateway first, and nothing is left running.
+    let pids = launcher.all_pids();
+    assert_eq!(
+        pids.len(),
+        5,
+        "3 backends, 1 restart, 1 gateway: {:?}",
+        launcher.pids
+    );
+    kill(
+        Pid::from_raw(launcher.child.id().unwrap() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(WAIT, launcher.child.wait())
+        .await
+        .expect("launcher stops")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    while let Ok(line) = launcher.lines.try_recv() {
+        println!("{line}");
+    }
+    assert!(all_gone(&pids).await, "children left running: {pids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_die_with_a_killed_launcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut launcher = Launcher::start(dir.path()).await;
+    let pids = launcher.all_pids();
+    assert_eq!(pids.len(), 4);
+    launcher.child.start_kill().unwrap();
+    launcher.child.wait().await.unwrap();
+    assert!(all_gone(&pids).await, "orphans left running: {pids:?}");
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_reported_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = command(dir.path())
+        .args(["up", "--backends", "2", "--gateway-port", "0"])
+        .args(["--base-port", &port.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .trim()
+            .starts_with(&format!("eventsys: port {port} is already in use")),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("started"),
+        "nothing started"
+    );
+    assert!(!dir.path().join("data").exists(), "not even the store");
+}
