@@ -68,6 +68,11 @@ pub struct UpArgs {
 
 /// Entry point of the `eventsys` binary.
 pub fn main() -> ExitCode {
+    // Before parsing: flags fall back to variables that `.env` may set.
+    if let Err(err) = eventsys::process::load_dotenv() {
+        eprintln!("eventsys: {err}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let program = |name: &str| std::iter::once(OsString::from(format!("eventsys {name}")));
     match cli.command {

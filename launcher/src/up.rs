@@ -125,9 +125,6 @@ pub fn main(args: UpArgs) -> ExitCode {
         eprintln!("eventsys: {err}");
         ExitCode::FAILURE
     };
-    if let Err(err) = process::load_dotenv() {
-        return fail(err.into());
-    }
     let plan = match Plan::new(args) {
         Ok(plan) => plan,
         Err(err) => return fail(err),

@@ -230,7 +230,17 @@ async fn up_serves_restarts_a_killed_backend_and_stops_without_leftovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_die_with_a_killed_launcher() {
     let dir = tempfile::tempdir().unwrap();
+    // `.env` in the working directory is honoured, as the old service's was.
+    std::fs::write(
+        dir.path().join(".env"),
+        "STORE_URI=sqlite://from-dotenv/events.db\n",
+    )
+    .unwrap();
     let mut launcher = Launcher::start(dir.path()).await;
+    assert!(
+        dir.path().join("from-dotenv/events.db").exists(),
+        ".env chose the store"
+    );
     let pids = launcher.all_pids();
     assert_eq!(pids.len(), 4);
     launcher.child.start_kill().unwrap();
