@@ -137,10 +137,12 @@ pub struct Tagged {
 }
 
 impl Tagged {
+    /// The status of a call its backend never completed: the connection failed before or
+    /// during the response. Marked so callers can take the backend out and retry elsewhere.
     fn unreachable(
         stats: &BackendStats,
         name: &HeaderValue,
-        err: tonic::transport::Error,
+        err: &dyn std::fmt::Display,
     ) -> Status {
         stats.failures.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(backend = %stats.addr, error = %err, "backend unreachable");
@@ -163,7 +165,7 @@ impl Service<http::Request<Body>> for Tagged {
         let (stats, name) = (&self.stats, &self.name);
         self.channel
             .poll_ready(cx)
-            .map_err(|e| Self::unreachable(stats, name, e))
+            .map_err(|e| Self::unreachable(stats, name, &e))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
@@ -175,17 +177,23 @@ impl Service<http::Request<Body>> for Tagged {
         Box::pin(async move {
             let mut response = call
                 .await
-                .map_err(|e| Self::unreachable(&stats, &name, e))?;
-            response.headers_mut().insert(BACKEND_HEADER, name);
+                .map_err(|e| Self::unreachable(&stats, &name, &e))?;
+            response.headers_mut().insert(BACKEND_HEADER, name.clone());
             if streaming {
                 response.extensions_mut().insert(Streaming);
             }
-            // In flight until the body ends, so an open stream shows in `/load`.
+            // In flight until the body ends, so an open stream shows in `/load`. A gRPC error
+            // arrives as trailers, never as a body error: a body error is the connection
+            // failing mid-response.
             Ok(response.map(|body| {
-                Body::new(body.map_frame(move |frame| {
-                    let _ = &guard;
-                    frame
-                }))
+                let lost = move |err: Status| Self::unreachable(&stats, &name, &err);
+                Body::new(
+                    body.map_frame(move |frame| {
+                        let _ = &guard;
+                        frame
+                    })
+                    .map_err(lost),
+                )
             }))
         })
     }
