@@ -12,6 +12,7 @@ use eventsys::process::{self, SetupError};
 use tokio::net::TcpListener;
 
 use crate::{
+    feed::FeedSettings,
     server::{Backend, ServeError, serve},
     store::{self, OpenError, StoreUri, UriError},
 };
@@ -38,6 +39,16 @@ pub struct Config {
     /// MongoDB URI, the store when --store is not given.
     #[arg(long, env = "MONGO_URI", hide_env_values = true)]
     pub mongo_uri: Option<String>,
+
+    /// Live events queued per subscriber; one that falls further behind catches up from the
+    /// store instead (nothing is lost).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub subscriber_buffer: u32,
+
+    /// A subscriber more than this many events behind its topic is closed, with an error
+    /// telling it to subscribe again from its last seq.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_subscriber_lag: u64,
 
     /// TEST ONLY: delay every event-API response by this many milliseconds, to make this
     /// backend look slow to the gateway's balancer. Never set it in production.
@@ -120,7 +131,13 @@ async fn run(config: Config) -> Result<(), Fatal> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Fatal::Bind { addr, source })?;
-    let backend = Backend::new(store).added_latency(Duration::from_millis(config.test_latency_ms));
+    let feed = FeedSettings {
+        buffer: config.subscriber_buffer as usize,
+        max_lag: config.max_subscriber_lag,
+    };
+    let backend = Backend::new(store)
+        .feed(feed)
+        .added_latency(Duration::from_millis(config.test_latency_ms));
     if config.test_latency_ms > 0 {
         tracing::warn!(
             ms = config.test_latency_ms,

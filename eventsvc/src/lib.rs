@@ -4,11 +4,11 @@
 
 pub mod cli;
 pub mod convert;
+pub mod feed;
 pub mod server;
 pub mod service;
 pub mod stats;
 pub mod store;
-pub mod subscription;
 pub mod validate;
 
 pub use server::{Backend, ServeError, serve};

@@ -6,25 +6,22 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use eventsys::v1::event_service_server::EventServiceServer;
-use tokio::{
-    net::TcpListener,
-    sync::{Notify, oneshot},
-};
+use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
+    feed::{Feed, FeedSettings},
     service::EventsApi,
     stats::{MeterLayer, Stats},
     store::EventStore,
-    subscription::Feed,
 };
 
 /// A backend's dependencies and settings.
 pub struct Backend {
     store: Arc<dyn EventStore>,
-    poll_interval: Duration,
+    feed: FeedSettings,
     drain_timeout: Duration,
     added_latency: Duration,
 }
@@ -33,7 +30,7 @@ impl Backend {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
         Self {
             store,
-            poll_interval: Duration::from_millis(100),
+            feed: FeedSettings::default(),
             drain_timeout: Duration::from_secs(10),
             added_latency: Duration::ZERO,
         }
@@ -54,9 +51,9 @@ impl Backend {
         self
     }
 
-    /// How often subscriptions look for events published by other processes (default 100 ms).
-    pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
+    /// Subscriber buffering and lag limit (default: 256 queued events, 10,000 behind).
+    pub fn feed(mut self, settings: FeedSettings) -> Self {
+        self.feed = settings;
         self
     }
 }
@@ -81,13 +78,12 @@ pub async fn serve(
     let (drain_timeout, added_latency) = (backend.drain_timeout, backend.added_latency);
     let stats = Arc::new(Stats::default());
     let streams = CancellationToken::new();
-    let feed = Feed {
-        store: backend.store,
-        stats: stats.clone(),
-        published: Arc::new(Notify::new()),
-        poll_interval: backend.poll_interval,
-        shutdown: streams.clone(),
-    };
+    let feed = Feed::new(
+        backend.store.clone(),
+        stats.clone(),
+        backend.feed,
+        streams.clone(),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EventServiceServer<EventsApi>>().await;
@@ -122,11 +118,15 @@ pub async fn serve(
 
     tracing::info!(%addr, "listening");
     let server = Server::builder()
-        .layer(MeterLayer::new(stats, addr.port(), added_latency))
+        .layer(MeterLayer::new(stats.clone(), addr.port(), added_latency))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(EventServiceServer::new(EventsApi::new(feed)))
+        .add_service(EventServiceServer::new(EventsApi::new(
+            backend.store,
+            stats.clone(),
+            feed,
+        )))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);
     tokio::select! {
         served = server => served?,

@@ -8,9 +8,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     convert,
+    feed::{EventStream, Feed},
     stats::Stats,
     store::{EventStore, StoreError},
-    subscription::{EventStream, Feed},
     validate::{self, FieldError},
 };
 
@@ -21,12 +21,8 @@ pub struct EventsApi {
 }
 
 impl EventsApi {
-    pub fn new(feed: Feed) -> Self {
-        Self {
-            store: feed.store.clone(),
-            stats: feed.stats.clone(),
-            feed,
-        }
+    pub fn new(store: Arc<dyn EventStore>, stats: Arc<Stats>, feed: Feed) -> Self {
+        Self { store, stats, feed }
     }
 }
 
@@ -122,7 +118,6 @@ impl EventService for EventsApi {
     ) -> Result<Response<v1::Event>, Status> {
         let new = validate::publish(request.into_inner())?;
         let event = self.store.publish(new).await?;
-        self.feed.published.notify_waiters();
         Ok(Response::new(convert::event(event)))
     }
 

@@ -7,6 +7,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
+use futures::stream::BoxStream;
 use uuid::Uuid;
 
 pub use sqlite::SqliteStore;
@@ -126,6 +127,10 @@ pub trait EventStore: Send + Sync + 'static {
     async fn publish(&self, event: NewEvent) -> Result<Event>;
     /// Up to `limit` published events of `topic` with `seq > after_seq`, in `seq` order.
     async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>>;
+    /// The change feed: every event published from the moment this returns, by any process
+    /// sharing the store, in commit order (so in `seq` order per topic). A backend runs one
+    /// follower for all its subscribers. The stream ends only after yielding an error.
+    async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>>;
 }
 
 /// Which store to open, parsed from `--store` / `STORE_URI` / `MONGO_URI`.

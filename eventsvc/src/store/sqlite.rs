@@ -2,6 +2,8 @@
 //! timeout, a versioned schema migrated at start, and `seq` allocated inside the insert's write
 //! transaction. Every call runs on tokio's blocking pool over a small connection pool.
 
+mod follow;
+
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
@@ -10,8 +12,9 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use super::{
@@ -72,6 +75,8 @@ pub struct SqliteStore {
     path: PathBuf,
     idle: Arc<Mutex<Vec<Connection>>>,
     permits: Arc<Semaphore>,
+    /// Woken by this process's publishes, so its followers need not wait for their next poll.
+    published: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -103,6 +108,7 @@ impl SqliteStore {
             path,
             idle: Arc::new(Mutex::new(opened)),
             permits: Arc::new(Semaphore::new(POOL_SIZE)),
+            published: Arc::new(Notify::new()),
         })
     }
 
@@ -427,29 +433,32 @@ impl EventStore for SqliteStore {
     }
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {
-        self.run("publish", move |conn| {
-            let fail = |e| sql_error("publish", e);
-            // IMMEDIATE takes the write lock up front, so the counter read-modify-write can
-            // never fail half way with a stale snapshot; the seq is visible to readers only
-            // when the event row commits with it.
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(fail)?;
-            let seq: i64 = tx
-                .query_row(
-                    "INSERT INTO topics (topic, last_seq) VALUES (?1, 1)
+        let published = self
+            .run("publish", move |conn| {
+                let fail = |e| sql_error("publish", e);
+                // IMMEDIATE takes the write lock up front, so the counter read-modify-write can
+                // never fail half way with a stale snapshot; the seq is visible to readers only
+                // when the event row commits with it.
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(fail)?;
+                let seq: i64 = tx
+                    .query_row(
+                        "INSERT INTO topics (topic, last_seq) VALUES (?1, 1)
                      ON CONFLICT (topic) DO UPDATE SET last_seq = last_seq + 1
                      RETURNING last_seq",
-                    params![new.topic],
-                    |row| row.get(0),
-                )
-                .map_err(fail)?;
-            let event = new.into_event(Some(seq as u64));
-            insert(&tx, &event).map_err(fail)?;
-            tx.commit().map_err(fail)?;
-            Ok(event)
-        })
-        .await
+                        params![new.topic],
+                        |row| row.get(0),
+                    )
+                    .map_err(fail)?;
+                let event = new.into_event(Some(seq as u64));
+                insert(&tx, &event).map_err(fail)?;
+                tx.commit().map_err(fail)?;
+                Ok(event)
+            })
+            .await?;
+        self.published.notify_waiters();
+        Ok(published)
     }
 
     async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
@@ -463,6 +472,10 @@ impl EventStore for SqliteStore {
             Ok(rows.into_iter().map(|(_, e)| e).collect())
         })
         .await
+    }
+
+    async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>> {
+        follow::follow(self.path.clone(), self.published.clone()).await
     }
 }
 

@@ -1,0 +1,395 @@
+//! Topic streams for this backend's subscribers. One follower of the store's change feed runs
+//! while anyone is subscribed and fans each event out to that topic's subscribers through
+//! bounded queues. A subscription registers before it replays, so nothing published meanwhile
+//! is missed; duplicates at the seam are dropped by `seq`; a gap or an overflowed queue is
+//! filled from the store. Only a subscriber too far behind is closed, told how to resume.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use eventsys::v1;
+use futures::StreamExt;
+use tokio::sync::{Notify, mpsc, mpsc::error::TrySendError, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::{
+    convert,
+    stats::Stats,
+    store::{Event, EventStore},
+};
+
+/// Events read from the store per catch-up query.
+const BATCH: usize = 256;
+/// Events queued towards one gRPC client; beyond it the subscription waits for the client.
+const CLIENT_BUFFER: usize = 64;
+/// A follower with no subscriber left stops after this long.
+const IDLE_STOP: Duration = Duration::from_secs(1);
+
+pub type EventStream = ReceiverStream<Result<v1::Event, Status>>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct FeedSettings {
+    /// Live events queued per subscriber before it counts as behind and catches up from the
+    /// store instead.
+    pub buffer: usize,
+    /// A subscriber more than this many events behind its topic is closed (it may resume).
+    pub max_lag: u64,
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        Self {
+            buffer: 256,
+            max_lag: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Follower {
+    Stopped,
+    Starting,
+    Running,
+    Failed(String),
+}
+
+struct Slot {
+    tx: mpsc::Sender<Arc<Event>>,
+    lagged: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Topic {
+    /// The newest `seq` the follower has seen on this topic.
+    head: u64,
+    slots: HashMap<u64, Slot>,
+}
+
+struct Hub {
+    topics: HashMap<String, Topic>,
+    next_id: u64,
+    follower: watch::Sender<Follower>,
+}
+
+struct Shared {
+    store: Arc<dyn EventStore>,
+    stats: Arc<Stats>,
+    settings: FeedSettings,
+    shutdown: CancellationToken,
+    hub: Mutex<Hub>,
+    /// Woken when the last subscriber leaves.
+    emptied: Notify,
+}
+
+#[derive(Clone)]
+pub struct Feed(Arc<Shared>);
+
+/// A subscriber's place in the hub; leaving it (drop) unregisters.
+struct Registration {
+    feed: Feed,
+    topic: String,
+    id: u64,
+    rx: mpsc::Receiver<Arc<Event>>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut hub = self.feed.hub();
+        if let Some(topic) = hub.topics.get_mut(&self.topic) {
+            topic.slots.remove(&self.id);
+            if topic.slots.is_empty() {
+                hub.topics.remove(&self.topic);
+            }
+        }
+        if hub.topics.is_empty() {
+            self.feed.0.emptied.notify_waiters();
+        }
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("backend is shutting down: subscribe again with after_seq")
+}
+
+impl Feed {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        stats: Arc<Stats>,
+        settings: FeedSettings,
+        shutdown: CancellationToken,
+    ) -> Feed {
+        Feed(Arc::new(Shared {
+            store,
+            stats,
+            settings,
+            shutdown,
+            hub: Mutex::new(Hub {
+                topics: HashMap::new(),
+                next_id: 0,
+                follower: watch::Sender::new(Follower::Stopped),
+            }),
+            emptied: Notify::new(),
+        }))
+    }
+
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        self.0.hub.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a stream of `topic`'s events with `seq > after_seq`: stored ones, then live.
+    pub fn subscribe(&self, topic: String, after_seq: u64) -> EventStream {
+        let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+        let feed = self.clone();
+        tokio::spawn(async move {
+            let _open = feed.0.stats.subscriber();
+            if let Err(status) = feed.serve(topic, after_seq, &tx).await {
+                // The client may already be gone; then there is no one to tell.
+                let _ = tx.try_send(Err(status));
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
+    /// Joins the hub, starting the follower if none runs, and waits until it follows.
+    async fn register(&self, topic: &str) -> Result<Registration, Status> {
+        let (tx, rx) = mpsc::channel(self.0.settings.buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let (id, mut follower) = {
+            let mut hub = self.hub();
+            let id = hub.next_id;
+            hub.next_id += 1;
+            let slot = Slot {
+                tx,
+                lagged: lagged.clone(),
+            };
+            hub.topics
+                .entry(topic.to_owned())
+                .or_default()
+                .slots
+                .insert(id, slot);
+            if matches!(
+                *hub.follower.borrow(),
+                Follower::Stopped | Follower::Failed(_)
+            ) {
+                hub.follower.send_replace(Follower::Starting);
+                tokio::spawn(self.clone().follow());
+            }
+            (id, hub.follower.subscribe())
+        };
+        let registration = Registration {
+            feed: self.clone(),
+            topic: topic.to_owned(),
+            id,
+            rx,
+            lagged,
+        };
+        let state = follower
+            .wait_for(|s| !matches!(s, Follower::Starting))
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(Follower::Stopped);
+        match state {
+            Follower::Running => Ok(registration),
+            Follower::Failed(reason) => Err(Status::unavailable(reason)),
+            _ => Err(Status::unavailable("change feed stopped: subscribe again")),
+        }
+    }
+
+    /// The follower: dispatches the store's change feed to subscribers until nobody is
+    /// subscribed, the backend shuts down, or the feed fails.
+    async fn follow(self) {
+        let state = |s| self.hub().follower.send_replace(s);
+        let mut feed = match self.0.store.follow().await {
+            Ok(feed) => feed,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot follow the store");
+                self.fail(Status::from(err).message().to_owned());
+                return;
+            }
+        };
+        state(Follower::Running);
+        tracing::debug!("following the store for subscribers");
+        let mut idle_since = None;
+        loop {
+            let emptied = self.0.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            let idle = self.hub().topics.is_empty();
+            let stop_at = match (idle, idle_since) {
+                (false, _) => {
+                    idle_since = None;
+                    None
+                }
+                (true, Some(since)) => Some(since + IDLE_STOP),
+                (true, None) => {
+                    let now = tokio::time::Instant::now();
+                    idle_since = Some(now);
+                    Some(now + IDLE_STOP)
+                }
+            };
+            tokio::select! {
+                _ = self.0.shutdown.cancelled() => {
+                    state(Follower::Stopped);
+                    return;
+                }
+                _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => {
+                    // Decided under the lock, so a subscriber joining now finds either this
+                    // follower still running or none (and starts one).
+                    let hub = self.hub();
+                    if hub.topics.is_empty() {
+                        hub.follower.send_replace(Follower::Stopped);
+                        tracing::debug!("no subscriber left: stopped following");
+                        return;
+                    }
+                }
+                _ = &mut emptied => {}
+                next = feed.next() => match next {
+                    Some(Ok(event)) => self.dispatch(event),
+                    Some(Err(err)) => {
+                        tracing::error!(error = %err, "change feed failed");
+                        self.fail(Status::from(err).message().to_owned());
+                        return;
+                    }
+                    None => {
+                        self.fail("change feed ended".to_owned());
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Ends every subscription (each resubscribes from its last `seq`).
+    fn fail(&self, reason: String) {
+        let mut hub = self.hub();
+        hub.topics.clear();
+        hub.follower.send_replace(Follower::Failed(format!(
+            "{reason}: subscribe again with after_seq"
+        )));
+    }
+
+    fn dispatch(&self, event: Event) {
+        let event = Arc::new(event);
+        let mut hub = self.hub();
+        let Some(topic) = hub.topics.get_mut(&event.topic) else {
+            return;
+        };
+        topic.head = topic.head.max(event.seq);
+        topic
+            .slots
+            .retain(|_, slot| match slot.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                // It catches up from the store when it reads on.
+                Err(TrySendError::Full(_)) => {
+                    slot.lagged.store(true, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            });
+    }
+
+    fn head(&self, topic: &str) -> u64 {
+        self.hub().topics.get(topic).map_or(0, |t| t.head)
+    }
+
+    /// Sends one event; `Ok(false)` when the client is gone.
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<Result<v1::Event, Status>>,
+        event: &Event,
+    ) -> Result<bool, Status> {
+        tokio::select! {
+            _ = self.0.shutdown.cancelled() => Err(shutting_down()),
+            sent = tx.send(Ok(convert::event(event.clone()))) => Ok(sent.is_ok()),
+        }
+    }
+
+    /// Sends every stored event after `last`; returns the new last `seq`, or `None` when the
+    /// client is gone.
+    async fn catch_up(
+        &self,
+        topic: &str,
+        mut last: u64,
+        tx: &mpsc::Sender<Result<v1::Event, Status>>,
+    ) -> Result<Option<u64>, Status> {
+        loop {
+            let events = tokio::select! {
+                _ = self.0.shutdown.cancelled() => return Err(shutting_down()),
+                events = self.0.store.events_after(topic, last, BATCH) => events?,
+            };
+            let full = events.len() == BATCH;
+            for event in &events {
+                if !self.send(tx, event).await? {
+                    return Ok(None);
+                }
+                last = event.seq;
+            }
+            if !full {
+                return Ok(Some(last));
+            }
+        }
+    }
+
+    /// One subscription; `Ok` when the client went away, else the status that ends it.
+    async fn serve(
+        &self,
+        topic: String,
+        after_seq: u64,
+        tx: &mpsc::Sender<Result<v1::Event, Status>>,
+    ) -> Result<(), Status> {
+        let mut registration = self.register(&topic).await?;
+        let Some(mut last) = self.catch_up(&topic, after_seq, tx).await? else {
+            return Ok(());
+        };
+        loop {
+            let next = tokio::select! {
+                _ = self.0.shutdown.cancelled() => return Err(shutting_down()),
+                _ = tx.closed() => return Ok(()),
+                next = registration.rx.recv() => next,
+            };
+            let Some(event) = next else {
+                let reason = match &*self.hub().follower.borrow() {
+                    Follower::Failed(reason) => reason.clone(),
+                    _ => "change feed stopped: subscribe again with after_seq".to_owned(),
+                };
+                return Err(Status::unavailable(reason));
+            };
+            let gap = event.seq > last + 1;
+            if registration.lagged.swap(false, Ordering::Relaxed) {
+                let behind = self.head(&topic).saturating_sub(last);
+                if behind > self.0.settings.max_lag {
+                    tracing::warn!(%topic, last, behind, "subscriber too far behind: closing it");
+                    return Err(Status::resource_exhausted(format!(
+                        "subscriber fell {behind} events behind (limit {}): subscribe again \
+                         with after_seq={last}",
+                        self.0.settings.max_lag
+                    )));
+                }
+                tracing::debug!(%topic, last, behind, "subscriber fell behind: catching up from the store");
+                // What is queued is in the store too; reading on from there loses nothing.
+                while registration.rx.try_recv().is_ok() {}
+            } else if event.seq <= last {
+                continue;
+            } else if !gap {
+                if !self.send(tx, &event).await? {
+                    return Ok(());
+                }
+                last = event.seq;
+                continue;
+            }
+            match self.catch_up(&topic, last, tx).await? {
+                Some(caught_up) => last = caught_up,
+                None => return Ok(()),
+            }
+        }
+    }
+}
