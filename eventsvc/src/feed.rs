@@ -374,7 +374,7 @@ impl Feed {
                         self.0.settings.max_lag
                     )));
                 }
-                tracing::debug!(%topic, last, behind, "subscriber fell behind: catching up from the store");
+                tracing::info!(%topic, last, behind, "subscriber fell behind: catching up from the store");
                 // What is queued is in the store too; reading on from there loses nothing.
                 while registration.rx.try_recv().is_ok() {}
             } else if event.seq <= last {

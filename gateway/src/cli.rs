@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub sse_keep_alive: Duration,
 
+    /// Close SSE streams after this long (clients reconnect with Last-Event-ID); no limit by
+    /// default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub sse_max_duration: Option<Duration>,
+
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -139,6 +144,7 @@ impl Config {
                 request_timeout: self.request_timeout,
                 no_backend_wait: self.no_backend_wait,
                 sse_keep_alive: self.sse_keep_alive,
+                sse_max_duration: self.sse_max_duration,
                 body_limit: BODY_LIMIT,
             },
             drain_timeout: self.drain_timeout,

@@ -223,16 +223,25 @@ impl TrackCompletion<Handle, http::Response<Body>> for Completion {
     }
 }
 
-/// A backend as the balancer holds it.
+/// What a balancer weighs backends by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Balancing {
+    /// Requests: PeakEwma latency × outstanding calls, differences under `floor` ignored.
+    Latency { floor: Duration },
+    /// Subscriptions: open streams. They last for hours, so how fast a backend answered a
+    /// moment ago says little about where the next one belongs; how many it carries does.
+    OpenStreams,
+}
+
+/// A backend as a balancer holds it.
 pub struct Endpoint {
     inner: PeakEwma<Tagged, Completion>,
     stats: Arc<BackendStats>,
-    floor_ns: f64,
+    balancing: Balancing,
 }
 
 impl Endpoint {
-    /// `latency_floor`: latency differences below it are treated as noise (see `Load`).
-    pub fn new(channel: Channel, stats: Arc<BackendStats>, latency_floor: Duration) -> Self {
+    pub fn new(channel: Channel, stats: Arc<BackendStats>, balancing: Balancing) -> Self {
         let name = HeaderValue::from_str(&stats.addr.to_string()).expect("socket address is ASCII");
         let tagged = Tagged {
             channel,
@@ -243,7 +252,7 @@ impl Endpoint {
         Self {
             inner,
             stats,
-            floor_ns: latency_floor.as_nanos() as f64,
+            balancing,
         }
     }
 }
@@ -266,24 +275,29 @@ impl Service<http::Request<Body>> for Endpoint {
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Floored(f64);
 
-/// PeakEwma's cost, latency estimate × (pending + 1), but never below floor × (pending + 1).
-/// When requests come one at a time every backend has nothing pending, and raw PeakEwma then
-/// ranks backends by their last few latency samples: on loopback, scheduling noise of a
-/// millisecond decides, and a backend whose last sample was unlucky gets nothing until the
-/// estimate decays. Below the floor, backends tie on outstanding requests and p2c's random
-/// pair order spreads the traffic; above it (a backend tens of milliseconds slower), PeakEwma
-/// decides as usual.
+/// For requests: PeakEwma's cost, latency estimate × (pending + 1), but never below floor ×
+/// (pending + 1). When requests come one at a time every backend has nothing pending, and raw
+/// PeakEwma then ranks backends by their last few latency samples: on loopback, scheduling
+/// noise of a millisecond decides, and a backend whose last sample was unlucky gets nothing
+/// until the estimate decays. Below the floor, backends tie on outstanding requests and p2c's
+/// random pair order spreads the traffic; above it (a backend tens of milliseconds slower),
+/// PeakEwma decides as usual. For subscriptions: the open streams.
 impl Load for Endpoint {
     type Metric = Floored;
 
     fn load(&self) -> Floored {
-        let ewma = cost_value(self.inner.load());
-        let unary = self.stats.in_flight().saturating_sub(self.stats.streams());
-        let cost = ewma.max(self.floor_ns * (unary + 1) as f64);
-        self.stats
-            .cost_bits
-            .store(cost.to_bits(), Ordering::Relaxed);
-        Floored(cost)
+        match self.balancing {
+            Balancing::Latency { floor } => {
+                let ewma = cost_value(self.inner.load());
+                let unary = self.stats.in_flight().saturating_sub(self.stats.streams());
+                let cost = ewma.max(floor.as_nanos() as f64 * (unary + 1) as f64);
+                self.stats
+                    .cost_bits
+                    .store(cost.to_bits(), Ordering::Relaxed);
+                Floored(cost)
+            }
+            Balancing::OpenStreams => Floored(self.stats.streams() as f64),
+        }
     }
 }
 
@@ -300,16 +314,20 @@ fn cost_value(cost: Cost) -> f64 {
 mod tests {
     use super::*;
 
-    fn endpoint(floor: Duration) -> (Endpoint, Arc<BackendStats>) {
+    fn endpoint(balancing: Balancing) -> (Endpoint, Arc<BackendStats>) {
         let channel = Channel::from_static("http://127.0.0.1:9").connect_lazy();
         let stats = Arc::new(BackendStats::new("127.0.0.1:9".parse().unwrap()));
-        (Endpoint::new(channel, stats.clone(), floor), stats)
+        (Endpoint::new(channel, stats.clone(), balancing), stats)
+    }
+
+    fn latency(floor: Duration) -> Balancing {
+        Balancing::Latency { floor }
     }
 
     #[tokio::test]
     async fn cost_is_peak_ewma_above_the_floor() {
         // Pins the `Cost` format this relies on: a tower upgrade that changes it fails here.
-        let (endpoint, stats) = endpoint(Duration::from_nanos(1));
+        let (endpoint, stats) = endpoint(latency(Duration::from_nanos(1)));
         let Floored(cost) = endpoint.load();
         // The estimate starts at the default RTT and has decayed a hair since.
         let default = DEFAULT_RTT.as_nanos() as f64;
@@ -319,8 +337,7 @@ mod tests {
 
     #[tokio::test]
     async fn cost_is_floored_and_grows_with_outstanding_unary_calls_only() {
-        let floor = Duration::from_millis(5);
-        let (endpoint, stats) = endpoint(floor);
+        let (endpoint, stats) = endpoint(latency(Duration::from_millis(5)));
         assert_eq!(endpoint.load(), Floored(5e6));
         let unary = [
             InFlight::new(stats.clone(), false),
@@ -331,5 +348,19 @@ mod tests {
         drop(unary);
         assert_eq!(endpoint.load(), Floored(5e6));
         assert_eq!((stats.in_flight(), stats.streams()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn subscriptions_are_weighed_by_open_streams() {
+        let (endpoint, stats) = endpoint(Balancing::OpenStreams);
+        assert_eq!(endpoint.load(), Floored(0.0));
+        let _unary = InFlight::new(stats.clone(), false);
+        let streams = [
+            InFlight::new(stats.clone(), true),
+            InFlight::new(stats.clone(), true),
+        ];
+        assert_eq!(endpoint.load(), Floored(2.0));
+        drop(streams);
+        assert_eq!(endpoint.load(), Floored(0.0));
     }
 }

@@ -28,6 +28,7 @@ pub struct Metrics {
     backend_cost: GaugeVec,
     backend_calls: IntGaugeVec,
     backend_unreachable: IntGaugeVec,
+    sse_resumes: IntCounterVec,
     in_flight: AtomicI64,
     total: AtomicU64,
 }
@@ -88,6 +89,15 @@ impl Metrics {
             &["backend"],
         )
         .expect("valid metric");
+        let sse_resumes = IntCounterVec::new(
+            Opts::new(
+                "gateway_sse_resumes_total",
+                "SSE streams taken up again from their last seq: slow_client (paused until the \
+                 client drained its buffer) or backend_lost (moved to another backend)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -96,6 +106,7 @@ impl Metrics {
             Box::new(backend_calls.clone()),
             Box::new(backend_unreachable.clone()),
             Box::new(backend_cost.clone()),
+            Box::new(sse_resumes.clone()),
         ] {
             registry
                 .register(collector)
@@ -110,9 +121,15 @@ impl Metrics {
             backend_cost,
             backend_calls,
             backend_unreachable,
+            sse_resumes,
             in_flight: AtomicI64::new(0),
             total: AtomicU64::new(0),
         }
+    }
+
+    /// Counts an SSE stream taken up again from its last seq, and why.
+    pub fn sse_resumed(&self, reason: &str) {
+        self.sse_resumes.with_label_values(&[reason]).inc();
     }
 
     /// HTTP requests being handled now.

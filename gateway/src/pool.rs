@@ -23,7 +23,7 @@ use tonic_health::pb::{
 };
 use tower::{BoxError, Service, balance::p2c::Balance, buffer::Buffer, discover::Change};
 
-use crate::endpoint::{BackendStats, Endpoint};
+use crate::endpoint::{BackendStats, Balancing, Endpoint};
 
 type Discovered = BoxStream<'static, Result<Change<SocketAddr, Endpoint>, Infallible>>;
 type Balanced = Balance<Discovered, http::Request<Body>>;
@@ -77,9 +77,40 @@ struct Member {
     checker: CancellationToken,
 }
 
-pub struct Pool {
-    balanced: BalancedChannel,
+/// Which balancer a call goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Unary calls, balanced by latency and outstanding calls.
+    Requests,
+    /// Subscriptions, balanced by open streams.
+    Streams,
+}
+
+/// One p2c balancer over the pool's healthy backends.
+struct Balancer {
+    channel: BalancedChannel,
     changes: mpsc::UnboundedSender<Change<SocketAddr, Endpoint>>,
+}
+
+impl Balancer {
+    fn new() -> Balancer {
+        let (changes, discovered) = mpsc::unbounded_channel();
+        let discovered: Discovered = UnboundedReceiverStream::new(discovered).map(Ok).boxed();
+        Balancer {
+            channel: BalancedChannel(Buffer::new(Balance::new(discovered), BUFFER)),
+            changes,
+        }
+    }
+
+    fn send(&self, change: Change<SocketAddr, Endpoint>) {
+        // The receiver lives in the balancer, which lives as long as the pool.
+        let _ = self.changes.send(change);
+    }
+}
+
+pub struct Pool {
+    requests: Balancer,
+    streams: Balancer,
     members: Mutex<HashMap<SocketAddr, Member>>,
     /// How many backends the balancer holds.
     ready: watch::Sender<usize>,
@@ -91,12 +122,9 @@ impl Pool {
     /// Builds the balancer and starts resolving and health-checking `config.backends`. Must be
     /// called inside a tokio runtime; the tasks stop when `shutdown` is cancelled.
     pub fn start(config: PoolConfig, shutdown: CancellationToken) -> Arc<Pool> {
-        let (changes, discovered) = mpsc::unbounded_channel();
-        let discovered: Discovered = UnboundedReceiverStream::new(discovered).map(Ok).boxed();
-        let balanced = BalancedChannel(Buffer::new(Balance::new(discovered), BUFFER));
         let pool = Arc::new(Pool {
-            balanced,
-            changes,
+            requests: Balancer::new(),
+            streams: Balancer::new(),
             members: Mutex::new(HashMap::new()),
             ready: watch::Sender::new(0),
             config,
@@ -106,9 +134,14 @@ impl Pool {
         pool
     }
 
-    /// A gRPC client whose every call goes to the backend the balancer picks.
-    pub fn client(&self) -> Client {
-        EventServiceClient::new(self.balanced.clone()).max_decoding_message_size(16 * 1024 * 1024)
+    /// A gRPC client whose every call goes to the backend `route`'s balancer picks.
+    pub fn client(&self, route: Route) -> Client {
+        let balancer = match route {
+            Route::Requests => &self.requests,
+            Route::Streams => &self.streams,
+        };
+        EventServiceClient::new(balancer.channel.clone())
+            .max_decoding_message_size(16 * 1024 * 1024)
     }
 
     /// Waits up to `deadline` for the balancer to hold at least one backend.
@@ -150,22 +183,19 @@ impl Pool {
             return false;
         }
         member.inserted = healthy;
-        let change = if healthy {
-            // A fresh endpoint: its latency estimate starts over, as the backend may have
-            // restarted.
-            Change::Insert(
-                addr,
-                Endpoint::new(
-                    member.channel.clone(),
-                    member.stats.clone(),
-                    self.config.latency_floor,
-                ),
-            )
+        if healthy {
+            // Fresh endpoints: latency estimates start over, as the backend may have restarted.
+            let endpoint =
+                |balancing| Endpoint::new(member.channel.clone(), member.stats.clone(), balancing);
+            let floor = self.config.latency_floor;
+            self.requests
+                .send(Change::Insert(addr, endpoint(Balancing::Latency { floor })));
+            self.streams
+                .send(Change::Insert(addr, endpoint(Balancing::OpenStreams)));
         } else {
-            Change::Remove(addr)
-        };
-        // The receiver lives in the balancer, which lives as long as the pool.
-        let _ = self.changes.send(change);
+            self.requests.send(Change::Remove(addr));
+            self.streams.send(Change::Remove(addr));
+        }
         let inserted = members.values().filter(|m| m.inserted).count();
         self.ready.send_replace(inserted);
         true
@@ -237,7 +267,8 @@ impl Pool {
                 tracing::info!(backend = %addr, "backend no longer resolves: removed");
                 member.checker.cancel();
                 if member.inserted {
-                    let _ = self.changes.send(Change::Remove(addr));
+                    self.requests.send(Change::Remove(addr));
+                    self.streams.send(Change::Remove(addr));
                 }
             }
         }

@@ -15,7 +15,7 @@ use axum::{
 use eventsys::v1;
 use http::HeaderMap;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, mpsc::error::TrySendError};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
@@ -23,6 +23,7 @@ use crate::{
     endpoint::BACKEND_HEADER,
     error::ApiError,
     json::EventJson,
+    pool::Route,
     state::{Answer, AppState, Retry},
 };
 
@@ -87,7 +88,7 @@ async fn open(
         after_seq,
     };
     state
-        .call(Retry::Once, move |mut client| {
+        .call_on(Route::Streams, Retry::Once, move |mut client| {
             let request = request.clone();
             async move { client.subscribe(request).await }
         })
@@ -107,19 +108,34 @@ async fn relay(
     mut source: Answer<Streaming<v1::Event>>,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
+    let ends = state
+        .settings
+        .sse_max_duration
+        .map(|d| tokio::time::Instant::now() + d);
     loop {
         let next = tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tx.closed() => return,
+            // The client reconnects with Last-Event-ID and loses nothing.
+            _ = tokio::time::sleep_until(ends.unwrap_or_else(tokio::time::Instant::now)), if ends.is_some() => return,
             next = source.message.message() => next,
         };
         match next {
             Ok(Some(event)) => {
-                last = event.seq;
-                let Some(frame) = frame(event) else { continue };
-                tokio::select! {
-                    _ = state.shutdown.cancelled() => return,
-                    sent = tx.send(Ok(frame)) => if sent.is_err() { return },
+                let seq = event.seq;
+                let Some(frame) = frame(event) else {
+                    last = seq;
+                    continue;
+                };
+                match tx.try_send(Ok(frame)) {
+                    Ok(()) => last = seq,
+                    Err(TrySendError::Closed(_)) => return,
+                    Err(TrySendError::Full(_)) => {
+                        match resume_when_drained(&state, &topic, last, &tx, source, ends).await {
+                            Some(next) => source = next,
+                            None => return,
+                        }
+                    }
                 }
             }
             ended => {
@@ -133,6 +149,7 @@ async fn relay(
                 if let Some(addr) = from {
                     state.pool.eject(addr);
                 }
+                state.metrics.sse_resumed("backend_lost");
                 match reopen(&state, &topic, last, &tx).await {
                     Some(next) => source = next,
                     None => return,
@@ -140,6 +157,29 @@ async fn relay(
             }
         }
     }
+}
+
+/// The client reads slower than events arrive. Unread events would sit in the backend
+/// connection's HTTP/2 flow-control window, which every request to that backend shares, so the
+/// backend stream is let go; once the client has drained half its buffer, the stream is taken
+/// up again from `last` (the backend replays what was missed from its store).
+async fn resume_when_drained(
+    state: &AppState,
+    topic: &str,
+    last: u64,
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+    source: Answer<Streaming<v1::Event>>,
+    ends: Option<tokio::time::Instant>,
+) -> Option<Answer<Streaming<v1::Event>>> {
+    drop(source);
+    tracing::debug!(%topic, last_seq = last, "slow SSE client: pausing its backend stream");
+    tokio::select! {
+        _ = state.shutdown.cancelled() => return None,
+        _ = tokio::time::sleep_until(ends.unwrap_or_else(tokio::time::Instant::now)), if ends.is_some() => return None,
+        drained = tx.reserve_many(BUFFER / 2) => drained.ok()?,
+    };
+    state.metrics.sse_resumed("slow_client");
+    reopen(state, topic, last, tx).await
 }
 
 /// Subscribes again after `last`, backing off while no backend can take the stream.

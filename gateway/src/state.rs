@@ -17,7 +17,7 @@ use crate::{
     endpoint::{BACKEND_HEADER, UNREACHABLE},
     error::ApiError,
     metrics::Metrics,
-    pool::{Client, Pool},
+    pool::{Client, Pool, Route},
 };
 
 /// Timing settings of the HTTP side.
@@ -29,6 +29,9 @@ pub struct Settings {
     pub no_backend_wait: Duration,
     /// Interval of SSE keep-alive comments.
     pub sse_keep_alive: Duration,
+    /// Longest an SSE stream stays open (the client then reconnects with `Last-Event-ID`);
+    /// `None`: no limit.
+    pub sse_max_duration: Option<Duration>,
     /// Largest request body; larger ones get 413.
     pub body_limit: usize,
 }
@@ -71,7 +74,21 @@ pub fn unreachable_backend(status: &Status) -> Option<SocketAddr> {
 }
 
 impl AppState {
+    /// A unary call through the request balancer.
     pub async fn call<T, F, Fut>(&self, retry: Retry, call: F) -> Result<Answer<T>, ApiError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_on(Route::Requests, retry, call).await
+    }
+
+    pub async fn call_on<T, F, Fut>(
+        &self,
+        route: Route,
+        retry: Retry,
+        call: F,
+    ) -> Result<Answer<T>, ApiError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -83,7 +100,9 @@ impl AppState {
             if !self.pool.wait_ready(self.settings.no_backend_wait).await {
                 return Err(ApiError::no_backend());
             }
-            let status = match tokio::time::timeout_at(deadline, call(self.pool.client())).await {
+            let status = match tokio::time::timeout_at(deadline, call(self.pool.client(route)))
+                .await
+            {
                 Err(_) => return Err(ApiError::new(Code::DeadlineExceeded, "request timed out")),
                 Ok(Ok(response)) => {
                     let backend = response

@@ -4,5 +4,6 @@
 mod backend;
 mod gateway_balancing;
 mod gateway_contract;
+mod pubsub;
 mod shared_store;
 mod support;

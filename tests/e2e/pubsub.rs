@@ -1,0 +1,393 @@
+//! Topic streams across backends, through the real gateway's SSE endpoint: every subscriber
+//! gets every event in `seq` order exactly once, whichever backend it is on, across reconnects,
+//! the death of its backend and its own slowness.
+
+use std::time::Duration;
+
+use eventsource_stream::{Event as Frame, EventStreamError, Eventsource};
+use eventsys::v1;
+use futures::{Stream, StreamExt};
+use nix::sys::signal::Signal;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::support::{EXCLUSIVE, Process, System, http, served_by};
+
+type Frames =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Frame, EventStreamError<reqwest::Error>>> + Send>>;
+
+/// Opens an SSE stream; returns it with the backend serving it.
+async fn subscribe(url: String, last_event_id: Option<u64>) -> (Frames, String) {
+    let mut request = http().get(url);
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    // SSE streams outlive the shared client's request timeout.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let request = request.build().unwrap();
+    let response = client.execute(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let backend = served_by(&response);
+    (response.bytes_stream().eventsource().boxed(), backend)
+}
+
+/// Reads `n` events; returns their seqs (checked against `id:` and the JSON body).
+async fn read(frames: &mut Frames, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    while seqs.len() < n {
+        let frame = tokio::time::timeout(Duration::from_secs(30), frames.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} events", seqs.len()))
+            .expect("stream open")
+            .expect("valid SSE");
+        assert_eq!(frame.event, "message");
+        let body: Value = serde_json::from_str(&frame.data).unwrap();
+        let seq = body["seq"].as_u64().unwrap();
+        assert_eq!(frame.id, seq.to_string());
+        seqs.push(seq);
+    }
+    seqs
+}
+
+/// Publishes `n` events on `topic` through `base` from `concurrency` publishers; returns how
+/// many were acknowledged.
+async fn publish(base: &str, topic: &str, n: usize, concurrency: usize, payload: usize) -> usize {
+    let mut publishers = JoinSet::new();
+    for p in 0..concurrency {
+        let (url, topic) = (format!("{base}/publish"), topic.to_owned());
+        publishers.spawn(async move {
+            let client = http();
+            let mut acked = 0;
+            for i in (p..n).step_by(concurrency) {
+                let body = json!({"topic": topic, "title": format!("event {i}"), "data": {"pad": "x".repeat(payload)}});
+                if let Ok(r) = client.post(&url).json(&body).send().await
+                    && r.status() == StatusCode::OK
+                {
+                    acked += 1;
+                }
+            }
+            acked
+        });
+    }
+    publishers.join_all().await.into_iter().sum()
+}
+
+fn in_order(seqs: &[u64], from: u64) {
+    let expected: Vec<u64> = (from..from + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "every event once, in seq order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_on_three_backends_each_get_all_1000_events_in_order() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let system = System::start(3, &[]).await;
+    // One gateway pinned to each backend, so each subscriber is served by a different one;
+    // publishes go through the balanced gateway to all three.
+    let mut pinned = Vec::new();
+    for backend in &system.backends {
+        pinned.push(Process::gateway(&[backend.addr], &[]).await);
+    }
+    let mut streams = Vec::new();
+    for gateway in &pinned {
+        let url = format!("http://{}/subscribe/fanout", gateway.addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        // A pinned gateway answers 503 until its health check has passed.
+        let (frames, backend) = loop {
+            let probe = http()
+                .get(format!("http://{}/load", gateway.addr))
+                .send()
+                .await
+                .unwrap();
+            let load: Value = probe.json().await.unwrap();
+            if load["backends"][0]["healthy"] == true {
+                break subscribe(url, None).await;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pinned gateway never ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        streams.push((frames, backend));
+    }
+    let served: std::collections::HashSet<_> = streams.iter().map(|(_, b)| b.clone()).collect();
+    assert_eq!(served.len(), 3, "one subscriber per backend: {served:?}");
+
+    let acked = publish(&system.url(""), "fanout", 1000, 8, 16).await;
+    assert_eq!(acked, 1000);
+    for (mut frames, backend) in streams {
+        let seqs = read(&mut frames, 1000).await;
+        in_order(&seqs, 1);
+        println!("subscriber on {backend}: 1000 events in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconnecting_with_last_event_id_resumes_right_after_it() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let system = System::start(3, &[]).await;
+    assert_eq!(publish(&system.url(""), "resume", 20, 2, 0).await, 20);
+
+    let (mut frames, _) = subscribe(system.url("/subscribe/resume"), Some(10)).await;
+    in_order(&read(&mut frames, 10).await, 11);
+    assert_eq!(publish(&system.url(""), "resume", 5, 1, 0).await, 5);
+    in_order(&read(&mut frames, 5).await, 21);
+
+    // A browser's first connection passes the id in the URL instead.
+    let (mut frames, _) = subscribe(system.url("/subscribe/resume?lastEventId=23"), None).await;
+    in_order(&read(&mut frames, 2).await, 24);
+    // The header wins when both are given (a browser reconnecting keeps the original URL).
+    let (mut frames, _) = subscribe(system.url("/subscribe/resume?lastEventId=3"), Some(24)).await;
+    in_order(&read(&mut frames, 1).await, 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_continues_without_gap_when_its_backend_is_killed() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let system = System::start(3, &[]).await;
+    let (mut frames, serving) = subscribe(system.url("/subscribe/crash"), None).await;
+    let victim = system
+        .backends
+        .iter()
+        .position(|b| b.addr.to_string() == serving)
+        .unwrap();
+
+    let base = system.url("");
+    let publisher = tokio::spawn(async move { publish(&base, "crash", 400, 2, 0).await });
+    let mut seqs = read(&mut frames, 100).await;
+    system.backends[victim].signal(Signal::SIGKILL);
+    let acked = publisher.await.unwrap();
+
+    // Every stored event arrives, in order, once: publishes caught by the kill may have
+    // failed (they are never retried), so the store says how many there are.
+    let stored: Value = http()
+        .get(system.url("/topic-events/crash"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored = stored.as_array().unwrap().len();
+    assert!(
+        stored >= acked && acked >= 350,
+        "stored {stored}, acknowledged {acked}"
+    );
+    seqs.extend(read(&mut frames, stored - seqs.len()).await);
+    in_order(&seqs, 1);
+    assert!(
+        system
+            .gateway
+            .logs()
+            .contains("subscription lost: resubscribing"),
+        "the stream moved to another backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_that_stop_reading_still_get_every_event() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    // Large events and a small backend buffer, so stalled readers overflow every buffer
+    // between them and the store.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let backend = Process::backend_with(&db, &["--subscriber-buffer", "8"]).await;
+    let gateway = Process::gateway(&[backend.addr], &[]).await;
+    let base = format!("http://{}", gateway.addr);
+    // An SSE client through the gateway, and a gRPC client straight at the backend (on its
+    // own connection, which its unread data fills).
+    let (mut frames, _) = loop {
+        let load: Value = http()
+            .get(format!("{base}/load"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if load["backends"][0]["healthy"] == true {
+            break subscribe(format!("{base}/subscribe/slow"), None).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut direct = backend
+        .client()
+        .await
+        .subscribe(v1::SubscribeRequest {
+            topic: "slow".into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(publish(&base, "slow", 800, 8, 32 * 1024).await, 800);
+    in_order(&read(&mut frames, 800).await, 1);
+    for expected in 1..=800 {
+        assert_eq!(direct.message().await.unwrap().unwrap().seq, expected);
+    }
+
+    // Both fell behind and caught up: the gateway by pausing its backend stream, the backend
+    // by reading from its store.
+    let metrics = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let paused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_sse_resumes_total{reason=\"slow_client\"} "))
+        .map_or(0, |n| n.parse::<u64>().unwrap());
+    assert!(
+        paused > 0,
+        "the SSE client fell behind at the gateway:\n{metrics}"
+    );
+    assert!(
+        backend
+            .logs()
+            .contains("subscriber fell behind: catching up from the store"),
+        "the gRPC client fell behind at the backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Process::backend_with(
+        &dir.path().join("events.db"),
+        &["--subscriber-buffer", "4", "--max-subscriber-lag", "50"],
+    )
+    .await;
+    // Its own connection with a small HTTP/2 window (tonic's default takes 2 MiB before the
+    // backend has to hold anything back), which its unread data fills.
+    let channel = tonic::transport::Channel::from_shared(backend.url())
+        .unwrap()
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(64 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut subscriber = v1::event_service_client::EventServiceClient::new(channel);
+    let mut client = backend.client().await;
+    let mut stream = subscriber
+        .subscribe(v1::SubscribeRequest {
+            topic: "laggard".into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..600 {
+        let request = v1::PublishRequest {
+            topic: "laggard".into(),
+            title: format!("{i}"),
+            data: Some(eventsys::json::to_struct(
+                json!({"pad": "x".repeat(2048)}).as_object().unwrap(),
+            )),
+            ..Default::default()
+        };
+        client.publish(request).await.unwrap();
+    }
+    let mut last = 0;
+    let status = loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), stream.message()).await;
+        match next.unwrap_or_else(|_| panic!("stalled after seq {last}, never closed")) {
+            Ok(Some(event)) => {
+                assert_eq!(event.seq, last + 1);
+                last = event.seq;
+            }
+            Ok(None) => panic!("stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains(&format!("after_seq={last}")),
+        "{}",
+        status.message()
+    );
+    assert!(last < 600);
+
+    // Resuming where it was told loses nothing.
+    let mut resumed = client
+        .subscribe(v1::SubscribeRequest {
+            topic: "laggard".into(),
+            after_seq: last,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for expected in last + 1..=600 {
+        assert_eq!(resumed.message().await.unwrap().unwrap().seq, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscriptions_are_spread_over_the_backends_by_open_streams() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let system = System::start(3, &[]).await;
+    let mut open = Vec::new();
+    let mut per_backend = std::collections::HashMap::<String, usize>::new();
+    for i in 0..30 {
+        let (frames, backend) =
+            subscribe(system.url(&format!("/subscribe/spread-{}", i % 4)), None).await;
+        *per_backend.entry(backend).or_default() += 1;
+        open.push(frames);
+    }
+    println!("30 subscriptions: {per_backend:?}");
+    assert_eq!(per_backend.len(), 3, "{per_backend:?}");
+    assert!(per_backend.values().all(|n| *n >= 8), "{per_backend:?}");
+    let load: Value = http()
+        .get(system.url("/load"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let subscribers: u64 = load["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["subscribers"].as_u64().unwrap())
+        .sum();
+    assert_eq!(subscribers, 30, "{load}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sse_max_duration_ends_streams_that_resume_losslessly() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Process::backend(&dir.path().join("events.db")).await;
+    let gateway = Process::gateway(&[backend.addr], &["--sse-max-duration", "500ms"]).await;
+    let base = format!("http://{}", gateway.addr);
+    let (mut frames, _) = loop {
+        let load: Value = http()
+            .get(format!("{base}/load"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if load["backends"][0]["healthy"] == true {
+            break subscribe(format!("{base}/subscribe/short"), None).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(publish(&base, "short", 3, 1, 0).await, 3);
+    in_order(&read(&mut frames, 3).await, 1);
+    let ended = tokio::time::timeout(Duration::from_secs(5), frames.next()).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the stream ends after --sse-max-duration"
+    );
+    let (mut frames, _) = subscribe(format!("{base}/subscribe/short"), Some(3)).await;
+    assert_eq!(publish(&base, "short", 1, 1, 0).await, 1);
+    in_order(&read(&mut frames, 1).await, 4);
+}
