@@ -30,6 +30,7 @@ impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => Status::not_found("event not found"),
+            StoreError::Unsupported(reason) => Status::failed_precondition(reason),
             StoreError::InvalidCursor => {
                 Status::invalid_argument("page_token is not a token this service issued")
             }

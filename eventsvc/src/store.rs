@@ -1,6 +1,7 @@
 //! The storage boundary: the `EventStore` trait every backend talks to, the domain types it
 //! speaks, its typed errors, and the store URI that picks an implementation at start-up.
 
+pub mod mongo;
 pub mod sqlite;
 
 use std::{path::PathBuf, sync::Arc};
@@ -10,6 +11,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use futures::stream::BoxStream;
 use uuid::Uuid;
 
+pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 
 pub use eventsys::json::JsonObject;
@@ -90,6 +92,9 @@ pub enum StoreError {
     /// later.
     #[error("store unavailable during {op}: {reason}")]
     Unavailable { op: &'static str, reason: String },
+    /// The store cannot do this at all as configured; the message says what would.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("stored event {id} is unreadable: {reason}")]
     Corrupt { id: String, reason: String },
     #[error("store failure during {op}: {source}")]
@@ -188,15 +193,15 @@ impl std::fmt::Display for StoreUri {
 pub enum OpenError {
     #[error("cannot open SQLite store {path}: {reason}")]
     Sqlite { path: PathBuf, reason: String },
-    #[error("the MongoDB store is not available in this build yet; use a sqlite:// store URI")]
-    MongoUnsupported,
+    #[error("cannot open MongoDB store: {reason}")]
+    Mongo { reason: String },
 }
 
 /// Opens the store a URI names, ready to serve (schema migrated, indexes built).
 pub async fn open(uri: &StoreUri) -> Result<Arc<dyn EventStore>, OpenError> {
     match uri {
         StoreUri::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path.clone()).await?)),
-        StoreUri::Mongo(_) => Err(OpenError::MongoUnsupported),
+        StoreUri::Mongo(uri) => Ok(Arc::new(MongoStore::open(uri).await?)),
     }
 }
 

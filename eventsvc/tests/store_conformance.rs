@@ -14,6 +14,8 @@ pub struct Fixture {
     /// process would have.
     pub other: Arc<dyn EventStore>,
     _keep: Box<dyn std::any::Any + Send>,
+    /// Run after the case (dropping a test database).
+    cleanup: Option<futures::future::BoxFuture<'static, ()>>,
 }
 
 fn event(user: &str, title: &str) -> NewEvent {
@@ -348,8 +350,12 @@ macro_rules! conformance {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                if let Some(fixture) = $fixture.await {
+                if let Some(mut fixture) = $fixture.await {
+                    let cleanup = fixture.cleanup.take();
                     super::$case(fixture).await;
+                    if let Some(cleanup) = cleanup {
+                        cleanup.await;
+                    }
                 }
             }
         )+
@@ -367,7 +373,36 @@ async fn sqlite() -> Option<Fixture> {
         store: Arc::new(store),
         other: Arc::new(other),
         _keep: Box::new(dir),
+        cleanup: None,
+    })
+}
+
+/// The MongoDB store on a fresh database of the server `EVENTSVC_TEST_MONGO_URI` names (a
+/// replica set, for the change feed and transactions), dropped afterwards. Without one, says
+/// SKIPPED where it is seen (stderr directly: the test harness captures `eprintln!`).
+async fn mongo() -> Option<Fixture> {
+    use std::io::Write;
+    let Ok(uri) = std::env::var("EVENTSVC_TEST_MONGO_URI") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: MongoDB conformance case (set EVENTSVC_TEST_MONGO_URI to a replica set to run it)"
+        );
+        return None;
+    };
+    let database = format!("eventsvc_test_{}", Uuid::new_v4().simple());
+    let open = || eventsvc::store::MongoStore::open_database(&uri, Some(&database));
+    let store = open().await.expect("open MongoDB store");
+    let other = open().await.expect("open MongoDB store");
+    let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
+    Some(Fixture {
+        store: Arc::new(store),
+        other: Arc::new(other),
+        _keep: Box::new(()),
+        cleanup: Some(Box::pin(async move {
+            let _ = client.database(&database).drop().await;
+        })),
     })
 }
 
 conformance!(sqlite_store, sqlite());
+conformance!(mongo_store, mongo());

@@ -1,0 +1,435 @@
+//! `EventStore` on MongoDB (`fullApp.events`, the old service's collection). A topic's `seq`
+//! comes from a counters collection (`findOneAndUpdate` + `$inc`); on a replica set the
+//! increment and the insert share a transaction, so `seq` order is commit order, and the
+//! change feed is a change stream. Writes use majority write concern on a replica set.
+
+mod document;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use mongodb::{
+    Client, ClientSession, Collection, IndexModel,
+    bson::{Document, doc},
+    error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT},
+    options::{
+        ClientOptions, CollectionOptions, IndexOptions, ReturnDocument, TransactionOptions,
+        WriteConcern,
+    },
+};
+use uuid::Uuid;
+
+use super::{Event, EventPage, EventPatch, EventStore, NewEvent, OpenError, Result, StoreError};
+pub use document::{from_document, to_document};
+
+/// The old service's database, used when the URI names none.
+pub const DEFAULT_DATABASE: &str = "fullApp";
+const EVENTS: &str = "events";
+const COUNTERS: &str = "counters";
+/// How long start-up waits for a server before failing with a reason.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at a transaction that keeps meeting transient conflicts.
+const TRANSACTION_ATTEMPTS: usize = 20;
+
+/// The sentence a subscriber gets when the server cannot stream changes.
+pub const NEEDS_REPLICA_SET: &str = "MongoDB change streams need a replica set: start mongod \
+     with --replSet rs0 and run rs.initiate() once (see README, Running on MongoDB)";
+
+pub struct MongoStore {
+    client: Client,
+    events: Collection<Document>,
+    counters: Collection<Document>,
+    /// Replica set (or sharded cluster): transactions, change streams, majority writes.
+    replicated: bool,
+}
+
+/// The database a URI names, or the old service's.
+pub fn database_name(options: &ClientOptions) -> String {
+    options
+        .default_database
+        .clone()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_owned())
+}
+
+/// Errors that say the server cannot be reached (now) are `Unavailable`, so the gateway
+/// retries elsewhere; anything else is a fault.
+fn mongo_error(op: &'static str, err: mongodb::error::Error) -> StoreError {
+    let unreachable = matches!(
+        *err.kind,
+        ErrorKind::Io(_)
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::DnsResolve { .. }
+    ) || err.contains_label("RetryableWriteError")
+        || err.contains_label(TRANSIENT_TRANSACTION_ERROR);
+    if unreachable {
+        StoreError::Unavailable {
+            op,
+            reason: err.to_string(),
+        }
+    } else {
+        StoreError::Internal {
+            op,
+            source: Box::new(err),
+        }
+    }
+}
+
+/// The first line of a driver error, for a one-line start-up failure.
+fn one_line(err: &mongodb::error::Error) -> String {
+    let text = err.to_string();
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
+}
+
+fn scope(id: Uuid, owner: Option<String>) -> Document {
+    let mut filter = doc! {"id": id.to_string()};
+    if let Some(owner) = owner {
+        filter.insert("userId", owner);
+    }
+    filter
+}
+
+impl MongoStore {
+    /// Connects, checks the server answers, learns whether it is replicated, and creates the
+    /// indexes. Fails fast with a one-line reason.
+    pub async fn open(uri: &str) -> Result<Self, OpenError> {
+        Self::open_database(uri, None).await
+    }
+
+    /// As `open`, in `database` rather than the URI's (or the default) database.
+    pub async fn open_database(uri: &str, database: Option<&str>) -> Result<Self, OpenError> {
+        let fail = |reason: String| OpenError::Mongo { reason };
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .map_err(|e| fail(format!("invalid URI: {}", one_line(&e))))?;
+        options
+            .server_selection_timeout
+            .get_or_insert(CONNECT_TIMEOUT);
+        options
+            .app_name
+            .get_or_insert_with(|| "eventsvc".to_owned());
+        let database_name = database.map_or_else(|| database_name(&options), str::to_owned);
+        let client = Client::with_options(options).map_err(|e| fail(one_line(&e)))?;
+        let database = client.database(&database_name);
+        let hello = database
+            .run_command(doc! {"hello": 1})
+            .await
+            .map_err(|e| fail(format!("cannot reach the server: {}", one_line(&e))))?;
+        let replicated = hello.contains_key("setName") || hello.get_str("msg") == Ok("isdbgrid");
+        let collection_options = || {
+            let write_concern = replicated.then(WriteConcern::majority);
+            CollectionOptions::builder()
+                .write_concern(write_concern)
+                .build()
+        };
+        let events = database.collection_with_options::<Document>(EVENTS, collection_options());
+        let counters = database.collection_with_options::<Document>(COUNTERS, collection_options());
+        let indexes = [
+            IndexModel::builder()
+                .keys(doc! {"id": 1})
+                .options(IndexOptions::builder().unique(true).build())
+                .build(),
+            IndexModel::builder()
+                .keys(doc! {"userId": 1, "_id": 1})
+                .build(),
+            IndexModel::builder()
+                .keys(doc! {"topic": 1, "seq": 1})
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .partial_filter_expression(doc! {"seq": {"$exists": true}})
+                        .build(),
+                )
+                .build(),
+        ];
+        events
+            .create_indexes(indexes)
+            .await
+            .map_err(|e| fail(format!("cannot create indexes: {}", one_line(&e))))?;
+        tracing::info!(database = %database_name, replicated, "MongoDB store ready");
+        Ok(Self {
+            client,
+            events,
+            counters,
+            replicated,
+        })
+    }
+
+    async fn find(
+        &self,
+        op: &'static str,
+        filter: Document,
+        sort: Document,
+        limit: usize,
+    ) -> Result<Vec<Document>> {
+        self.events
+            .find(filter)
+            .sort(sort)
+            .limit(limit as i64)
+            .await
+            .map_err(|e| mongo_error(op, e))?
+            .try_collect()
+            .await
+            .map_err(|e| mongo_error(op, e))
+    }
+
+    /// Increments the topic's counter and inserts the event with it, in `session`.
+    async fn publish_in(
+        &self,
+        session: Option<&mut ClientSession>,
+        new: &NewEvent,
+    ) -> mongodb::error::Result<Event> {
+        let increment = self
+            .counters
+            .find_one_and_update(
+                doc! {"_id": format!("topic:{}", new.topic)},
+                doc! {"$inc": {"seq": 1_i64}},
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After);
+        let counter = match session {
+            Some(session) => {
+                let counter = increment.session(&mut *session).await?;
+                let event = self.stamp(new, counter)?;
+                let document = to_document(&event).map_err(mongodb::error::Error::custom)?;
+                self.events
+                    .insert_one(document)
+                    .session(&mut *session)
+                    .await?;
+                return Ok(event);
+            }
+            None => increment.await?,
+        };
+        let event = self.stamp(new, counter)?;
+        let document = to_document(&event).map_err(mongodb::error::Error::custom)?;
+        self.events.insert_one(document).await?;
+        Ok(event)
+    }
+
+    fn stamp(&self, new: &NewEvent, counter: Option<Document>) -> mongodb::error::Result<Event> {
+        let seq = counter
+            .and_then(|c| c.get_i64("seq").ok())
+            .ok_or_else(|| mongodb::error::Error::custom("topic counter returned no seq"))?;
+        Ok(new.clone().into_event(Some(seq as u64)))
+    }
+
+    /// The counter increment and the insert in one transaction, retried on transient
+    /// conflicts (two publishers on one topic), so `seq` order is commit order.
+    async fn publish_transaction(&self, new: &NewEvent) -> mongodb::error::Result<Event> {
+        let mut session = self.client.start_session().await?;
+        let options = TransactionOptions::builder()
+            .write_concern(WriteConcern::majority())
+            .build();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            session
+                .start_transaction()
+                .with_options(options.clone())
+                .await?;
+            let event = match self.publish_in(Some(&mut session), new).await {
+                Ok(event) => event,
+                Err(err) => {
+                    let _ = session.abort_transaction().await;
+                    if err.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                        && attempt < TRANSACTION_ATTEMPTS
+                    {
+                        continue;
+                    }
+                    return Err(err);
+                }
+            };
+            loop {
+                match session.commit_transaction().await {
+                    Ok(()) => return Ok(event),
+                    Err(err) if err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
+                    Err(err)
+                        if err.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                            && attempt < TRANSACTION_ATTEMPTS =>
+                    {
+                        break;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for MongoStore {
+    async fn create(&self, new: NewEvent) -> Result<Event> {
+        let event = new.into_event(None);
+        self.events
+            .insert_one(to_document(&event)?)
+            .await
+            .map_err(|e| mongo_error("create", e))?;
+        Ok(event)
+    }
+
+    async fn get(&self, id: Uuid, owner: Option<String>) -> Result<Event> {
+        let found = self
+            .events
+            .find_one(scope(id, owner))
+            .await
+            .map_err(|e| mongo_error("get", e))?;
+        from_document(&found.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn list(
+        &self,
+        owner: Option<String>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<EventPage> {
+        let mut filter = Document::new();
+        if let Some(owner) = owner {
+            filter.insert("userId", owner);
+        }
+        if let Some(token) = cursor {
+            filter.insert("_id", doc! {"$gt": document::parse_page_token(&token)?});
+        }
+        // One extra document tells whether another page follows.
+        let mut found = self
+            .find("list", filter, doc! {"_id": 1}, limit + 1)
+            .await?;
+        let next = if found.len() > limit {
+            found.truncate(limit);
+            found.last().and_then(document::page_token)
+        } else {
+            None
+        };
+        Ok(EventPage {
+            events: found.iter().map(from_document).collect::<Result<_>>()?,
+            next,
+        })
+    }
+
+    async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
+        let set = doc! {"$set": {
+            "title": patch.title,
+            "description": patch.description,
+            "completed": patch.completed,
+        }};
+        let updated = self
+            .events
+            .find_one_and_update(scope(id, owner), set)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(|e| mongo_error("update", e))?;
+        from_document(&updated.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
+        let deleted = self
+            .events
+            .delete_one(scope(id, owner))
+            .await
+            .map_err(|e| mongo_error("delete", e))?;
+        if deleted.deleted_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, new: NewEvent) -> Result<Event> {
+        // A standalone server has no transactions: two publishers racing on one topic may then
+        // commit seqs out of order (subscriptions need a replica set anyway).
+        let published = if self.replicated {
+            self.publish_transaction(&new).await
+        } else {
+            self.publish_in(None, &new).await
+        };
+        published.map_err(|e| mongo_error("publish", e))
+    }
+
+    async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let filter = doc! {"topic": topic, "seq": {"$gt": after}};
+        let found = self
+            .find("events_after", filter, doc! {"seq": 1}, limit)
+            .await?;
+        found.iter().map(from_document).collect()
+    }
+
+    async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>> {
+        if !self.replicated {
+            return Err(StoreError::Unsupported(NEEDS_REPLICA_SET.to_owned()));
+        }
+        let pipeline = [doc! {"$match": {
+            "operationType": "insert",
+            "fullDocument.seq": {"$exists": true},
+        }}];
+        let changes = self
+            .events
+            .watch()
+            .pipeline(pipeline)
+            .await
+            .map_err(|e| mongo_error("follow", e))?;
+        Ok(changes
+            .map(|change| {
+                let change = change.map_err(|e| mongo_error("follow", e))?;
+                let document = change.full_document.ok_or_else(|| StoreError::Internal {
+                    op: "follow",
+                    source: "insert event without its document".into(),
+                })?;
+                from_document(&document)
+            })
+            .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_database_is_the_uris_or_the_old_services() {
+        let named = ClientOptions::parse("mongodb://db.example:27017/events_prod")
+            .await
+            .unwrap();
+        assert_eq!(database_name(&named), "events_prod");
+        let unnamed = ClientOptions::parse("mongodb://db.example:27017/?replicaSet=rs0")
+            .await
+            .unwrap();
+        assert_eq!(database_name(&unnamed), "fullApp");
+    }
+
+    #[tokio::test]
+    async fn bad_uris_fail_fast_with_one_line() {
+        for uri in [
+            "mongodb://",
+            "mongodb://host:notaport",
+            "mongodb://h/?replicaSet",
+        ] {
+            let err = MongoStore::open(uri)
+                .await
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(
+                err.contains("invalid URI") && !err.contains('\n'),
+                "{uri}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn lost_connections_are_unavailable_and_the_rest_internal() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = mongo_error("get", mongodb::error::Error::from(refused));
+        assert!(
+            matches!(err, StoreError::Unavailable { op: "get", .. }),
+            "{err:?}"
+        );
+        let err = mongo_error("get", mongodb::error::Error::custom("bug"));
+        assert!(matches!(err, StoreError::Internal { .. }), "{err:?}");
+    }
+}
