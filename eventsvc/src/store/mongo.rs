@@ -153,6 +153,13 @@ impl MongoStore {
             .create_indexes(indexes)
             .await
             .map_err(|e| fail(format!("cannot create indexes: {}", one_line(&e))))?;
+        // Created up front: creating a collection inside a transaction (the first publish)
+        // needs MongoDB 4.4 or later. "Already exists" is fine.
+        if let Err(err) = database.create_collection(COUNTERS).await
+            && !matches!(&*err.kind, ErrorKind::Command(c) if c.code == 48)
+        {
+            return Err(fail(format!("cannot create {COUNTERS}: {}", one_line(&err))));
+        }
         tracing::info!(database = %database_name, replicated, "MongoDB store ready");
         Ok(Self {
             client,
