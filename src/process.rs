@@ -16,6 +16,38 @@ pub enum SetupError {
     Signals(#[source] std::io::Error),
 }
 
+/// A server binary's whole `main`: `.env`, flags (`parse`), logging, a runtime, then `run`.
+/// Any failure exits 1 with one line, `NAME: reason`.
+pub fn run_main<C, E, Fut>(
+    name: &str,
+    parse: impl FnOnce() -> C,
+    run: impl FnOnce(C) -> Fut,
+) -> std::process::ExitCode
+where
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let fail = |reason: &dyn std::fmt::Display| {
+        eprintln!("{name}: {reason}");
+        std::process::ExitCode::FAILURE
+    };
+    if let Err(err) = load_dotenv() {
+        return fail(&err);
+    }
+    let config = parse();
+    if let Err(err) = init_tracing() {
+        return fail(&err);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&format!("cannot start the runtime: {err}")),
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
 /// Reads `.env` in the working directory into the environment, if there is one.
 pub fn load_dotenv() -> Result<(), SetupError> {
     match dotenvy::dotenv() {

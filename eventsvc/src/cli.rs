@@ -80,8 +80,6 @@ enum Fatal {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start the runtime: {0}")]
-    Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
@@ -98,26 +96,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    if let Err(err) = process::load_dotenv() {
-        return fail(&err.into());
-    }
-    let config = Config::parse_from(args);
-    if let Err(err) = process::init_tracing() {
-        return fail(&err.into());
-    }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => return fail(&Fatal::Runtime(err)),
-    };
-    match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(&err),
-    }
-}
-
-fn fail(err: &Fatal) -> ExitCode {
-    eprintln!("eventsvc: {err}");
-    ExitCode::FAILURE
+    process::run_main("eventsvc", || Config::parse_from(args), run)
 }
 
 async fn run(config: Config) -> Result<(), Fatal> {

@@ -107,6 +107,27 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+impl StoreError {
+    /// A database driver's error: `Unavailable` when the driver says the store cannot serve
+    /// right now (worth retrying elsewhere or later), else a fault in this process.
+    pub fn from_driver<E>(op: &'static str, err: E, unavailable: bool) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if unavailable {
+            Self::Unavailable {
+                op,
+                reason: err.to_string(),
+            }
+        } else {
+            Self::Internal {
+                op,
+                source: Box::new(err),
+            }
+        }
+    }
+}
+
 /// Where events live. Object safe so the implementation is chosen at start-up and shared as
 /// `Arc<dyn EventStore>`; every method is safe to call from many tasks and processes at once.
 ///

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::support::{EXCLUSIVE, Process, System, http, served_by};
+use crate::support::{EXCLUSIVE, Process, System, http, served_by, wait_gateway_ready};
 
 type Frames =
     std::pin::Pin<Box<dyn Stream<Item = Result<Frame, EventStreamError<reqwest::Error>>> + Send>>;
@@ -90,25 +90,9 @@ async fn subscribers_on_three_backends_each_get_all_1000_events_in_order() {
     }
     let mut streams = Vec::new();
     for gateway in &pinned {
-        let url = format!("http://{}/subscribe/fanout", gateway.addr);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        // A pinned gateway answers 503 until its health check has passed.
-        let (frames, backend) = loop {
-            let probe = http()
-                .get(format!("http://{}/load", gateway.addr))
-                .send()
-                .await
-                .unwrap();
-            let load: Value = probe.json().await.unwrap();
-            if load["backends"][0]["healthy"] == true {
-                break subscribe(url, None).await;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "pinned gateway never ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        wait_gateway_ready(gateway.addr).await;
+        let (frames, backend) =
+            subscribe(format!("http://{}/subscribe/fanout", gateway.addr), None).await;
         streams.push((frames, backend));
     }
     let served: std::collections::HashSet<_> = streams.iter().map(|(_, b)| b.clone()).collect();
@@ -197,20 +181,8 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
     let base = format!("http://{}", gateway.addr);
     // An SSE client through the gateway, and a gRPC client straight at the backend (on its
     // own connection, which its unread data fills).
-    let (mut frames, _) = loop {
-        let load: Value = http()
-            .get(format!("{base}/load"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if load["backends"][0]["healthy"] == true {
-            break subscribe(format!("{base}/subscribe/slow"), None).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    wait_gateway_ready(gateway.addr).await;
+    let (mut frames, _) = subscribe(format!("{base}/subscribe/slow"), None).await;
     let mut direct = backend
         .client()
         .await
@@ -366,20 +338,8 @@ async fn sse_max_duration_ends_streams_that_resume_losslessly() {
     let backend = Process::backend(&dir.path().join("events.db")).await;
     let gateway = Process::gateway(&[backend.addr], &["--sse-max-duration", "500ms"]).await;
     let base = format!("http://{}", gateway.addr);
-    let (mut frames, _) = loop {
-        let load: Value = http()
-            .get(format!("{base}/load"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if load["backends"][0]["healthy"] == true {
-            break subscribe(format!("{base}/subscribe/short"), None).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    wait_gateway_ready(gateway.addr).await;
+    let (mut frames, _) = subscribe(format!("{base}/subscribe/short"), None).await;
     assert_eq!(publish(&base, "short", 3, 1, 0).await, 3);
     in_order(&read(&mut frames, 3).await, 1);
     let ended = tokio::time::timeout(Duration::from_secs(5), frames.next()).await;

@@ -272,6 +272,26 @@ impl System {
     }
 }
 
+/// Waits until the gateway at `addr` reports all its backends healthy (`/load`).
+pub async fn wait_gateway_ready(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(response) = http().get(format!("http://{addr}/load")).send().await
+            && let Ok(load) = response.json::<serde_json::Value>().await
+            && let Some(backends) = load["backends"].as_array()
+            && !backends.is_empty()
+            && backends.iter().all(|b| b["healthy"] == true)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway {addr} never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The backend a gateway response names in `x-backend`.
 pub fn served_by(response: &reqwest::Response) -> String {
     response

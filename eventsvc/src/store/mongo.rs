@@ -64,17 +64,7 @@ fn mongo_error(op: &'static str, err: mongodb::error::Error) -> StoreError {
             | ErrorKind::DnsResolve { .. }
     ) || err.contains_label("RetryableWriteError")
         || err.contains_label(TRANSIENT_TRANSACTION_ERROR);
-    if unreachable {
-        StoreError::Unavailable {
-            op,
-            reason: err.to_string(),
-        }
-    } else {
-        StoreError::Internal {
-            op,
-            source: Box::new(err),
-        }
-    }
+    StoreError::from_driver(op, err, unreachable)
 }
 
 /// The first line of a driver error, for a one-line start-up failure.
@@ -158,7 +148,10 @@ impl MongoStore {
         if let Err(err) = database.create_collection(COUNTERS).await
             && !matches!(&*err.kind, ErrorKind::Command(c) if c.code == 48)
         {
-            return Err(fail(format!("cannot create {COUNTERS}: {}", one_line(&err))));
+            return Err(fail(format!(
+                "cannot create {COUNTERS}: {}",
+                one_line(&err)
+            )));
         }
         tracing::info!(database = %database_name, replicated, "MongoDB store ready");
         Ok(Self {

@@ -220,17 +220,7 @@ fn sql_error(op: &'static str, err: rusqlite::Error) -> StoreError {
                 | ErrorCode::ReadOnly
         )
     );
-    if transient {
-        StoreError::Unavailable {
-            op,
-            reason: err.to_string(),
-        }
-    } else {
-        StoreError::Internal {
-            op,
-            source: Box::new(err),
-        }
-    }
+    StoreError::from_driver(op, err, transient)
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {
