@@ -2,6 +2,7 @@
 //! SQLite store, and real clients (grpcurl, tonic, an HTTP client, an SSE client).
 
 mod backend;
+mod bench;
 mod gateway_balancing;
 mod gateway_contract;
 mod pubsub;

@@ -30,6 +30,7 @@ fn sources(binary: &str) -> &'static [&'static str] {
     match binary {
         "eventsvc" => &["eventsvc/src", "src", "proto", "build.rs"],
         "gateway" => &["gateway/src", "src", "proto", "build.rs"],
+        "bench" => &["bench/src", "src", "proto", "build.rs"],
         other => panic!("unknown binary {other}"),
     }
 }
@@ -47,7 +48,8 @@ fn newest(path: &Path) -> Option<std::time::SystemTime> {
 }
 
 /// Path of a binary of this workspace. `cargo test` from the workspace root builds the binaries
-/// of every member that has integration tests (each has: `eventsvc/tests`, `gateway/tests`)
+/// of every member that has integration tests (each has: `eventsvc/tests`, `gateway/tests`,
+/// `bench/tests`)
 /// before it runs any test, next to the test executables' `deps/` folder;
 /// `cargo test --test e2e` alone does not, so a binary older than its sources is refused
 /// rather than silently tested.

@@ -1,0 +1,203 @@
+//! The `bench` command line: target, workload, a live progress bar on a terminal, and the
+//! report (a table, or `--json`). Exits 1 if any request failed or a subscriber missed events.
+
+use std::{io::IsTerminal, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    modes::{self, Endpoint, Limit},
+    report::Recorder,
+    target::Target,
+};
+
+/// Load tool for the event system: drives the gateway's REST API (or the backends directly
+/// over gRPC) and reports throughput, latency percentiles, errors and spread over backends.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
+pub struct Cli {
+    /// The gateway.
+    #[arg(long, default_value = "http://127.0.0.1:3000", conflicts_with = "grpc")]
+    gateway: String,
+
+    /// Backends to call directly over gRPC instead (comma-separated host:port), round robin.
+    #[arg(long, value_delimiter = ',')]
+    grpc: Vec<String>,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// The old test client: U users, each doing I rounds of create, update, get, delete, list.
+    Mix {
+        #[arg(long, default_value_t = 10)]
+        users: u32,
+        #[arg(long, default_value_t = 50)]
+        iterations: u32,
+    },
+    /// One endpoint at a fixed concurrency.
+    Closed {
+        #[arg(long, value_enum, default_value = "get")]
+        endpoint: Endpoint,
+        #[arg(long, default_value_t = 16)]
+        concurrency: u32,
+        /// Stop after this long…
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", conflicts_with = "requests")]
+        duration: Duration,
+        /// …or after this many requests.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Event to GET (default: one created for the run).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// One endpoint at a fixed arrival rate (open loop).
+    Rate {
+        #[arg(long, value_enum, default_value = "get")]
+        endpoint: Endpoint,
+        /// Requests per second.
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", conflicts_with = "requests")]
+        duration: Duration,
+        #[arg(long)]
+        requests: Option<u64>,
+    },
+    /// S SSE subscribers on one topic, P publishes: publish-to-delivery latency, and a check
+    /// that every subscriber got every event once, in order.
+    Fanout {
+        #[arg(long, default_value_t = 100)]
+        subscribers: u32,
+        #[arg(long, default_value_t = 1000)]
+        publishes: u32,
+        #[arg(long, default_value_t = 4)]
+        publishers: u32,
+    },
+}
+
+fn limit(duration: Duration, requests: Option<u64>) -> Limit {
+    requests.map_or(Limit::Duration(duration), Limit::Requests)
+}
+
+/// Entry point of the `bench` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("bench: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress(recorder: Arc<Recorder>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {pos} requests ({per_sec})")
+            .expect("valid template"),
+    );
+    let ticking = bar.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            ticking.set_position(recorder.completed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (bar, task)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let target = Arc::new(if cli.grpc.is_empty() {
+        Target::rest(&cli.gateway)
+    } else {
+        Target::grpc(&cli.grpc).await?
+    });
+    let recorder = Arc::new(Recorder::default());
+    let (bar, ticker) = progress(recorder.clone());
+    let (elapsed, mode, fanout) = match cli.workload {
+        Workload::Mix { users, iterations } => {
+            let elapsed = modes::mix(target, recorder.clone(), users, iterations).await;
+            (
+                elapsed,
+                format!("mix ({users} users × {iterations} iterations)"),
+                None,
+            )
+        }
+        Workload::Closed {
+            endpoint,
+            concurrency,
+            duration,
+            requests,
+            id,
+        } => {
+            let limit = limit(duration, requests);
+            let elapsed =
+                modes::closed(target, recorder.clone(), endpoint, concurrency, limit, id).await?;
+            (
+                elapsed,
+                format!("closed {endpoint:?} × {concurrency}"),
+                None,
+            )
+        }
+        Workload::Rate {
+            endpoint,
+            rate,
+            duration,
+            requests,
+        } => {
+            let limit = limit(duration, requests);
+            let elapsed = modes::rate(target, recorder.clone(), endpoint, rate, limit).await?;
+            (elapsed, format!("rate {endpoint:?} at {rate}/s"), None)
+        }
+        Workload::Fanout {
+            subscribers,
+            publishes,
+            publishers,
+        } => {
+            let (elapsed, delivery, whole) =
+                modes::fanout(target, recorder.clone(), subscribers, publishes, publishers).await?;
+            let mode = format!("fanout {subscribers} subscribers × {publishes} publishes");
+            (elapsed, mode, Some((delivery, whole)))
+        }
+    };
+    ticker.abort();
+    bar.finish_and_clear();
+
+    let mut report = recorder.report(&mode, elapsed);
+    let mut incomplete = false;
+    if let Some((delivery, whole)) = fanout {
+        incomplete = !whole;
+        report.extra = delivery.extra;
+    }
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    if report.failed() > 0 || incomplete {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,261 @@
+//! What the load is sent to: the gateway's REST API, or the backends directly over gRPC
+//! (round robin, for comparing the gateway's cost). Every operation times itself and says
+//! which backend served it.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
+
+use eventsys::v1::{self, event_service_client::EventServiceClient};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::report::Outcome;
+
+pub enum Target {
+    Rest {
+        base: String,
+        client: reqwest::Client,
+    },
+    Grpc {
+        backends: Vec<(String, EventServiceClient<Channel>)>,
+        next: AtomicUsize,
+    },
+}
+
+/// An operation's outcome and, for a create, the new event's id.
+pub type Done = (Outcome, Option<String>);
+
+impl Target {
+    pub fn rest(base: &str) -> Target {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(1024)
+            .build()
+            .expect("HTTP client");
+        Target::Rest {
+            base: base.trim_end_matches('/').to_owned(),
+            client,
+        }
+    }
+
+    pub async fn grpc(addrs: &[String]) -> Result<Target, String> {
+        let mut backends = Vec::new();
+        for addr in addrs {
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .map_err(|e| format!("{addr}: {e}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            backends.push((addr.clone(), EventServiceClient::new(channel)));
+        }
+        Ok(Target::Grpc {
+            backends,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn base(&self) -> Option<&str> {
+        match self {
+            Target::Rest { base, .. } => Some(base),
+            Target::Grpc { .. } => None,
+        }
+    }
+
+    async fn http(
+        &self,
+        request: reqwest::RequestBuilder,
+        expect: u16,
+    ) -> (Outcome, Option<Value>) {
+        let started = Instant::now();
+        let sent = request.send().await;
+        let (error, backend, body) = match sent {
+            Err(err) => (Some(format!("transport: {}", short(&err))), None, None),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let backend = response
+                    .headers()
+                    .get("x-backend")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = response.json::<Value>().await.ok();
+                let error = (status != expect).then(|| format!("HTTP {status}"));
+                (error, backend, body)
+            }
+        };
+        let outcome = Outcome {
+            latency: started.elapsed(),
+            error,
+            backend,
+        };
+        (outcome, body)
+    }
+
+    async fn rpc<T, F, Fut>(&self, call: F) -> (Outcome, Option<T>)
+    where
+        F: FnOnce(EventServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let Target::Grpc { backends, next } = self else {
+            unreachable!("rpc on a REST target");
+        };
+        let (addr, client) = &backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()];
+        let started = Instant::now();
+        let result = call(client.clone()).await;
+        let outcome = Outcome {
+            latency: started.elapsed(),
+            error: result
+                .as_ref()
+                .err()
+                .map(|s| format!("gRPC {:?}", s.code())),
+            backend: Some(addr.clone()),
+        };
+        (outcome, result.ok().map(tonic::Response::into_inner))
+    }
+
+    pub async fn create(&self, user: &str, title: &str) -> Done {
+        match self {
+            Target::Rest { base, client } => {
+                let body = json!({"userId": user, "title": title, "description": "bench"});
+                let (outcome, body) = self
+                    .http(client.post(format!("{base}/events")).json(&body), 201)
+                    .await;
+                let id = body.and_then(|b| b["id"].as_str().map(str::to_owned));
+                (outcome, id)
+            }
+            Target::Grpc { .. } => {
+                let request = v1::CreateEventRequest {
+                    user_id: user.into(),
+                    title: title.into(),
+                    description: "bench".into(),
+                    ..Default::default()
+                };
+                let (outcome, event) = self
+                    .rpc(|mut c| async move { c.create_event(request).await })
+                    .await;
+                (outcome, event.map(|e| e.id))
+            }
+        }
+    }
+
+    pub async fn get(&self, id: &str, user: &str) -> Outcome {
+        match self {
+            Target::Rest { base, client } => {
+                self.http(client.get(format!("{base}/events/{id}?userId={user}")), 200)
+                    .await
+                    .0
+            }
+            Target::Grpc { .. } => {
+                let request = v1::GetEventRequest {
+                    id: id.into(),
+                    user_id: user.into(),
+                };
+                self.rpc(|mut c| async move { c.get_event(request).await })
+                    .await
+                    .0
+            }
+        }
+    }
+
+    pub async fn update(&self, id: &str, user: &str) -> Outcome {
+        match self {
+            Target::Rest { base, client } => {
+                let body = json!({"title": "updated", "description": "bench", "completed": true});
+                let request = client
+                    .put(format!("{base}/events/{id}?userId={user}"))
+                    .json(&body);
+                self.http(request, 200).await.0
+            }
+            Target::Grpc { .. } => {
+                let request = v1::UpdateEventRequest {
+                    id: id.into(),
+                    user_id: user.into(),
+                    title: "updated".into(),
+                    description: "bench".into(),
+                    completed: true,
+                };
+                self.rpc(|mut c| async move { c.update_event(request).await })
+                    .await
+                    .0
+            }
+        }
+    }
+
+    pub async fn delete(&self, id: &str, user: &str) -> Outcome {
+        match self {
+            Target::Rest { base, client } => {
+                self.http(
+                    client.delete(format!("{base}/events/{id}?userId={user}")),
+                    204,
+                )
+                .await
+                .0
+            }
+            Target::Grpc { .. } => {
+                let request = v1::DeleteEventRequest {
+                    id: id.into(),
+                    user_id: user.into(),
+                };
+                self.rpc(|mut c| async move { c.delete_event(request).await })
+                    .await
+                    .0
+            }
+        }
+    }
+
+    pub async fn list(&self, user: &str) -> Outcome {
+        match self {
+            Target::Rest { base, client } => {
+                self.http(client.get(format!("{base}/events?userId={user}")), 200)
+                    .await
+                    .0
+            }
+            Target::Grpc { .. } => {
+                let request = v1::ListEventsRequest {
+                    user_id: user.into(),
+                    ..Default::default()
+                };
+                self.rpc(|mut c| async move { c.list_events(request).await })
+                    .await
+                    .0
+            }
+        }
+    }
+
+    /// Publishes with `data.sentAtMicros`, so subscribers can time delivery.
+    pub async fn publish(&self, topic: &str, sent_at_micros: u128) -> Outcome {
+        match self {
+            Target::Rest { base, client } => {
+                let body = json!({"topic": topic, "title": "bench", "data": {"sentAtMicros": sent_at_micros as u64}});
+                self.http(client.post(format!("{base}/publish")).json(&body), 200)
+                    .await
+                    .0
+            }
+            Target::Grpc { .. } => {
+                let data = json!({"sentAtMicros": sent_at_micros as u64});
+                let request = v1::PublishRequest {
+                    topic: topic.into(),
+                    title: "bench".into(),
+                    data: data.as_object().map(eventsys::json::to_struct),
+                    ..Default::default()
+                };
+                self.rpc(|mut c| async move { c.publish(request).await })
+                    .await
+                    .0
+            }
+        }
+    }
+}
+
+/// A transport error's gist, without the URL it repeats.
+fn short(err: &reqwest::Error) -> String {
+    if err.is_connect() {
+        "connect".into()
+    } else if err.is_timeout() {
+        "timeout".into()
+    } else {
+        "request".into()
+    }
+}
