@@ -174,6 +174,27 @@ pub async fn rate(
     Ok(started.elapsed())
 }
 
+/// How many events `topic` holds, asked of the gateway (retried: it may be busy).
+async fn stored(client: &reqwest::Client, base: &str, topic: &str) -> Result<u32, String> {
+    let mut last_error = String::new();
+    for _ in 0..10 {
+        match client
+            .get(format!("{base}/topic-events/{topic}"))
+            .send()
+            .await
+        {
+            Ok(response) if response.status().is_success() => {
+                let events: Vec<Value> = response.json().await.map_err(|e| e.to_string())?;
+                return Ok(events.len() as u32);
+            }
+            Ok(response) => last_error = format!("HTTP {}", response.status()),
+            Err(err) => last_error = err.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!("cannot count the topic's events: {last_error}"))
+}
+
 /// `subscribers` SSE streams on a fresh topic, `publishes` events published through the
 /// gateway; every delivery is timed from its publish. Returns the delivery report and whether
 /// every stream got every event, once, in order.
@@ -207,14 +228,25 @@ pub async fn fanout(
         }
         streams.push(response);
     }
+    // How many events the topic holds once publishing is over: every subscriber must get
+    // exactly those. (Not the acknowledged count: a publish whose response was lost may still
+    // have been stored.)
+    let (acked_tx, acked) = tokio::sync::watch::channel(None::<u32>);
     let mut readers = JoinSet::new();
     for response in streams {
         let delivery = delivery.clone();
+        let mut acked = acked.clone();
         readers.spawn(async move {
             let mut events = response.bytes_stream().eventsource();
             let (mut last, mut received, mut disorder) = (0u64, 0u32, 0u32);
-            while received < publishes {
-                let next = tokio::time::timeout(Duration::from_secs(30), events.next()).await;
+            loop {
+                if acked.borrow().is_some_and(|n| received >= n) {
+                    break;
+                }
+                let next = tokio::select! {
+                    next = tokio::time::timeout(Duration::from_secs(30), events.next()) => next,
+                    _ = acked.changed() => continue,
+                };
                 let Ok(Some(Ok(frame))) = next else { break };
                 let Ok(body) = serde_json::from_str::<Value>(&frame.data) else {
                     continue;
@@ -256,9 +288,11 @@ pub async fn fanout(
     }
     publishing.join_all().await;
     let elapsed = started.elapsed();
+    let published = stored(&client, &base, &topic).await?;
+    let _ = acked_tx.send(Some(published));
     let results = readers.join_all().await;
 
-    let complete = results.iter().filter(|(got, _)| *got == publishes).count();
+    let complete = results.iter().filter(|(got, _)| *got == published).count();
     let delivered: u64 = results.iter().map(|(got, _)| u64::from(*got)).sum();
     let disorder: u64 = results.iter().map(|(_, d)| u64::from(*d)).sum();
     let report = delivery.report("fanout delivery", started.elapsed());

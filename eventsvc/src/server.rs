@@ -18,6 +18,9 @@ use crate::{
     store::EventStore,
 };
 
+/// Concurrent HTTP/2 streams (calls, open subscriptions) one client connection may carry.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100_000;
+
 /// A backend's dependencies and settings.
 pub struct Backend {
     store: Arc<dyn EventStore>,
@@ -118,6 +121,9 @@ pub async fn serve(
 
     tracing::info!(%addr, "listening");
     let server = Server::builder()
+        // A gateway carries every subscription to this backend over one HTTP/2 connection;
+        // hyper's default of 200 streams per connection would cap subscribers at 200.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(MeterLayer::new(stats.clone(), addr.port(), added_latency))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -12,6 +12,7 @@ use eventsys::process::{self, SetupError};
 use tokio::net::TcpListener;
 
 use crate::{
+    endpoint::Balancing,
     pool::PoolConfig,
     server::{GatewayConfig, serve},
     state::Settings,
@@ -65,6 +66,11 @@ pub struct Config {
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     pub latency_floor: Duration,
 
+    /// How requests are balanced: p2c over PeakEwma latency (the default); the others exist
+    /// to compare against it (see BENCHMARKS.md).
+    #[arg(long, value_enum, default_value = "peak-ewma")]
+    pub balancer: Policy,
+
     /// Interval of SSE keep-alive comments.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub sse_keep_alive: Duration,
@@ -77,6 +83,16 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// p2c over PeakEwma latency × outstanding calls, floored by --latency-floor.
+    PeakEwma,
+    /// p2c over outstanding calls.
+    Pending,
+    /// p2c over calls sent, which keeps counts equal like round robin.
+    RoundRobin,
 }
 
 /// Largest request body (the contract's 1 MiB).
@@ -136,7 +152,13 @@ impl Config {
                 health_timeout: self.health_timeout,
                 resolve_interval: self.resolve_interval,
                 connect_timeout: self.health_timeout,
-                latency_floor: self.latency_floor,
+                balancing: match self.balancer {
+                    Policy::PeakEwma => Balancing::Latency {
+                        floor: self.latency_floor,
+                    },
+                    Policy::Pending => Balancing::Pending,
+                    Policy::RoundRobin => Balancing::Count,
+                },
             },
             settings: Settings {
                 request_timeout: self.request_timeout,

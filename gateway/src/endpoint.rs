@@ -231,6 +231,10 @@ pub enum Balancing {
     /// Subscriptions: open streams. They last for hours, so how fast a backend answered a
     /// moment ago says little about where the next one belongs; how many it carries does.
     OpenStreams,
+    /// For comparison: outstanding calls only (p2c on pending requests).
+    Pending,
+    /// For comparison: calls sent so far, which keeps the counts equal as round robin does.
+    Count,
 }
 
 /// A backend as a balancer holds it.
@@ -297,6 +301,11 @@ impl Load for Endpoint {
                 Floored(cost)
             }
             Balancing::OpenStreams => Floored(self.stats.streams() as f64),
+            Balancing::Pending => {
+                let unary = self.stats.in_flight().saturating_sub(self.stats.streams());
+                Floored(unary as f64)
+            }
+            Balancing::Count => Floored(self.stats.attempts() as f64),
         }
     }
 }

@@ -52,6 +52,10 @@ impl Service<http::Request<Body>> for BalancedChannel {
     }
 }
 
+/// Health checks in a row that must miss their deadline before a backend that still accepts
+/// connections is taken out.
+const SLOW_ANSWERS_TO_REMOVE: u32 = 3;
+
 /// Requests that may wait for the balancer at once; beyond this, callers wait for a slot.
 const BUFFER: usize = 1024;
 
@@ -64,8 +68,8 @@ pub struct PoolConfig {
     pub health_timeout: Duration,
     pub resolve_interval: Duration,
     pub connect_timeout: Duration,
-    /// Latency differences below this are noise to the balancer.
-    pub latency_floor: Duration,
+    /// How requests are balanced (subscriptions always go by open streams).
+    pub balancing: Balancing,
 }
 
 /// One resolved backend address.
@@ -187,9 +191,8 @@ impl Pool {
             // Fresh endpoints: latency estimates start over, as the backend may have restarted.
             let endpoint =
                 |balancing| Endpoint::new(member.channel.clone(), member.stats.clone(), balancing);
-            let floor = self.config.latency_floor;
             self.requests
-                .send(Change::Insert(addr, endpoint(Balancing::Latency { floor })));
+                .send(Change::Insert(addr, endpoint(self.config.balancing)));
             self.streams
                 .send(Change::Insert(addr, endpoint(Balancing::OpenStreams)));
         } else {
@@ -287,8 +290,8 @@ impl Pool {
     }
 
     /// Health-checks one address until cancelled: `grpc.health.v1` Check of the event service
-    /// with a short deadline. One failed check removes the backend, one passed check restores
-    /// it.
+    /// with a short deadline. A failed check removes the backend (a missed deadline only the
+    /// third in a row), one passed check restores it.
     async fn check_forever(
         self: Arc<Self>,
         addr: SocketAddr,
@@ -296,6 +299,7 @@ impl Pool {
         stop: CancellationToken,
     ) {
         let mut health = HealthClient::new(channel);
+        let mut slow_answers = 0;
         let mut tick = tokio::time::interval(self.config.health_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -312,6 +316,17 @@ impl Pool {
                 &outcome,
                 Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32
             );
+            // A backend that refuses or says NOT_SERVING is out at once; one that is only slow
+            // to answer may just be busy (a burst of fan-out on a loaded machine), and taking
+            // every busy backend out would turn load into an outage.
+            slow_answers = if outcome.is_err() {
+                slow_answers + 1
+            } else {
+                0
+            };
+            if outcome.is_err() && slow_answers < SLOW_ANSWERS_TO_REMOVE {
+                continue;
+            }
             if self.set_health(addr, healthy) {
                 if healthy {
                     tracing::info!(backend = %addr, "backend healthy: receiving traffic");
