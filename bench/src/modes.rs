@@ -301,7 +301,7 @@ pub async fn fanout(
     extra.insert(
         "complete".into(),
         json!(format!(
-            "{complete} of {subscribers} got all {publishes} events"
+            "{complete} of {subscribers} got all {published} stored events"
         )),
     );
     extra.insert("delivered".into(), json!(delivered));
