@@ -112,13 +112,17 @@ fn progress(recorder: Arc<Recorder>) -> (ProgressBar, tokio::task::JoinHandle<()
         ProgressBar::hidden()
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed_precise} {pos} requests ({per_sec})")
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {pos} requests {msg}")
             .expect("valid template"),
     );
     let ticking = bar.clone();
     let task = tokio::spawn(async move {
+        let started = std::time::Instant::now();
         loop {
-            ticking.set_position(recorder.completed());
+            let done = recorder.completed();
+            ticking.set_position(done);
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            ticking.set_message(format!("({rate:.0} req/s)"));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });

@@ -81,7 +81,10 @@ async fn reports_exactly_the_requests_the_gateway_served() {
     .await;
     assert!(ok, "{report}");
     assert_eq!(report["extra"]["delivered"].as_u64(), Some(250), "{report}");
-    assert_eq!(report["extra"]["complete"], "5 of 5 got all 50 stored events");
+    assert_eq!(
+        report["extra"]["complete"],
+        "5 of 5 got all 50 stored events"
+    );
     assert_eq!(served(&system, "POST", "/publish", 200).await, 50);
 }
 
