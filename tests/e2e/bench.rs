@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::support::{EXCLUSIVE, System, binary, http};
+use crate::support::{EXCLUSIVE, System, binary, metric};
 
 async fn bench(system: &System, args: &[&str]) -> (bool, Value) {
     let out = tokio::process::Command::new(binary("bench"))
@@ -23,21 +23,10 @@ async fn bench(system: &System, args: &[&str]) -> (bool, Value) {
 
 /// The gateway's own count of requests to `route` that got `status`.
 async fn served(system: &System, method: &str, route: &str, status: u16) -> u64 {
-    let metrics = http()
-        .get(system.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let key = format!(
-        "gateway_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} "
+    let series = format!(
+        "gateway_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}}"
     );
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .map_or(0, |n| n.trim().parse().unwrap())
+    metric(system.gateway.addr, &series).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

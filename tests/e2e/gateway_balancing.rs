@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Process, System, http, served_by};
+use crate::support::{Process, System, http, metric, served_by};
 
 async fn create(client: &reqwest::Client, system: &System, title: &str) -> String {
     let response = client
@@ -100,22 +100,6 @@ async fn a_slow_backend_gets_little_traffic_under_concurrent_load() {
         "slow backend {slow} got too much: {}",
         shares(&counts)
     );
-}
-
-/// Requests `gateway_backend_calls` for one backend from `/metrics`.
-async fn calls_sent_to(client: &reqwest::Client, system: &System, backend: &str) -> u64 {
-    let text = client
-        .get(system.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("gateway_backend_calls{{backend=\"{backend}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |n| n.trim().parse().unwrap())
 }
 
 /// One response the load saw: when, from which backend, to what, with which status.
@@ -249,9 +233,10 @@ async fn a_killed_backend_is_routed_around_then_used_again_after_restart() {
     system.backends[0].exit_within(Duration::from_secs(5)).await;
     // Within 1 s of the kill the gateway stops sending it anything.
     tokio::time::sleep(Duration::from_secs(1).saturating_sub(killed_at.elapsed())).await;
-    let calls_at_1s = calls_sent_to(&client, &system, &victim).await;
+    let calls = format!("gateway_backend_calls{{backend=\"{victim}\"}}");
+    let calls_at_1s = metric(system.gateway.addr, &calls).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let calls_later = calls_sent_to(&client, &system, &victim).await;
+    let calls_later = metric(system.gateway.addr, &calls).await;
     assert_eq!(
         calls_at_1s, calls_later,
         "traffic still sent to the killed backend after 1 s"

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::support::{EXCLUSIVE, Process, System, http, served_by, wait_gateway_ready};
+use crate::support::{EXCLUSIVE, Process, System, http, metric, served_by, wait_gateway_ready};
 
 type Frames =
     std::pin::Pin<Box<dyn Stream<Item = Result<Frame, EventStreamError<reqwest::Error>>> + Send>>;
@@ -202,21 +202,10 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
 
     // Both fell behind and caught up: the gateway by pausing its backend stream, the backend
     // by reading from its store.
-    let metrics = http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let paused = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("gateway_sse_resumes_total{reason=\"slow_client\"} "))
-        .map_or(0, |n| n.parse::<u64>().unwrap());
+    let slow_client = "gateway_sse_resumes_total{reason=\"slow_client\"}";
     assert!(
-        paused > 0,
-        "the SSE client fell behind at the gateway:\n{metrics}"
+        metric(gateway.addr, slow_client).await > 0,
+        "the SSE client fell behind at the gateway"
     );
     assert!(
         backend

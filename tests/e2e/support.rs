@@ -294,6 +294,23 @@ pub async fn wait_gateway_ready(addr: SocketAddr) {
     }
 }
 
+/// One series of the gateway's `/metrics`, named as Prometheus prints it (with its labels);
+/// 0 when the gateway has not counted anything for it yet.
+pub async fn metric(gateway: SocketAddr, series: &str) -> u64 {
+    let text = http()
+        .get(format!("http://{gateway}/metrics"))
+        .send()
+        .await
+        .expect("metrics reachable")
+        .text()
+        .await
+        .expect("metrics text");
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().expect("a whole-number series"))
+}
+
 /// The backend a gateway response names in `x-backend`.
 pub fn served_by(response: &reqwest::Response) -> String {
     response
