@@ -3,12 +3,18 @@
 # release builds on loopback ports 13000 and 15000-15003 (stops what it starts). Prints the
 # figures as it goes; each `bench` line is the exact command behind one row.
 #   bash bench/benchmarks.sh            (about 3 minutes after the build)
+# To compare two builds of the servers in one session with the same load tool:
+#   SERVERS=/path/to/old/release SECTIONS="1 2" bash bench/benchmarks.sh
+# (SERVERS: a folder with `eventsvc` and `gateway`; SECTIONS: which of 1-4 to run.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
 # 10,000 SSE streams need 10,000+ descriptors in the bench client and in the gateway.
 ulimit -n "$(ulimit -Hn)"
-BIN=target/release
+BIN=${SERVERS:-target/release}
+BENCH=target/release/bench
+SECTIONS=${SECTIONS:-1 2 3 4}
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 DATA=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
@@ -20,7 +26,7 @@ gateway() { "$BIN/gateway" --port 13000 --backends "$1" "${@:2}" & GATEWAY=$!; P
 stop_gateway() { kill "$GATEWAY"; wait "$GATEWAY" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-run() { echo "\$ bench $*" >&2; "$BIN/bench" --json "$@"; }
+run() { echo "\$ bench $*" >&2; "$BENCH" --json "$@"; }
 summary() { python3 -c '
 import json, sys
 r = json.load(sys.stdin)
@@ -33,8 +39,10 @@ for k, v in r["extra"].items(): print(f"  {k}: {v}")
 ALL=127.0.0.1:15000,127.0.0.1:15001,127.0.0.1:15002
 echo "== machine: open files $(ulimit -n); $(nproc) cores, $(awk '/MemTotal/ {print int($2/1048576)}' /proc/meminfo) GiB, $(uname -sr)"
 
-echo "== 1. gateway vs direct gRPC (3 backends, concurrency 32, 10 s each)"
+echo "== servers from $BIN"
 backend 15000; backend 15001; backend 15002; gateway "$ALL"
+if section 1; then
+echo "== 1. gateway vs direct gRPC (3 backends, concurrency 32, 10 s each)"
 for endpoint in get post; do
   before=$(cpu_ticks "$GATEWAY")
   report=$(run --gateway http://127.0.0.1:13000 closed --endpoint "$endpoint" --concurrency 32 --duration 10s || true)
@@ -44,10 +52,14 @@ for endpoint in get post; do
   python3 -c "print(f'  gateway CPU: {($after - $before) / 100:.2f} s for $requests requests = {($after - $before) * 10000 / max($requests, 1):.1f} µs/request')"
   run --grpc "$ALL" closed --endpoint "$endpoint" --concurrency 32 --duration 10s | summary || true
 done
+fi
 
+if section 4; then
 echo "== 4. the old client's mix (10 users × 50 iterations) through the gateway"
 run --gateway http://127.0.0.1:13000 mix --users 10 --iterations 50 | summary || true
+fi
 
+if section 3; then
 echo "== 3. fan-out: SSE subscribers through the gateway, publish-to-delivery latency, gateway memory"
 for spec in "1000 200" "10000 50"; do
   set -- $spec
@@ -60,8 +72,10 @@ for spec in "1000 200" "10000 50"; do
   peak=$(sort -n "$DATA/rss.$1" | tail -1)
   python3 -c "print(f'  gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) * 1024 / $1:.0f} bytes per open stream')"
 done
+fi
 stop_gateway
 
+section 2 || exit 0
 echo "== 2. balancing with one backend slowed by 20 ms (--test-latency-ms), concurrency 32, 10 s each"
 backend 15003
 FOURTH=$BACKEND

@@ -1,9 +1,10 @@
 //! The `events.v1` gRPC contract, generated from `proto/` by the top-level `build.rs` (message
 //! types, tonic client and server, the descriptor set behind server reflection), and the small
 //! pieces both binaries share: JSON ↔ `Struct`, and (feature `process`) process plumbing.
-#![forbid(unsafe_code)]
 
 pub mod json;
+#[cfg(feature = "process")]
+pub mod listen;
 #[cfg(feature = "process")]
 pub mod process;
 

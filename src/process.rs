@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+use crate::listen::Inherited;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("invalid .env file: {0}")]
@@ -14,14 +16,17 @@ pub enum SetupError {
     LogFilter(#[from] tracing_subscriber::filter::ParseError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot use the listening socket handed over: {0}")]
+    Inherited(#[source] std::io::Error),
 }
 
-/// A server binary's whole `main`: `.env`, flags (`parse`), logging, a runtime, then `run`.
-/// Any failure exits 1 with one line, `NAME: reason`.
+/// A server binary's whole `main`: `.env`, flags (`parse`), a listening socket handed over by a
+/// supervisor (taken while the process has one thread), logging, a runtime, then `run`. Any
+/// failure exits 1 with one line, `NAME: reason`.
 pub fn run_main<C, E, Fut>(
     name: &str,
     parse: impl FnOnce() -> C,
-    run: impl FnOnce(C) -> Fut,
+    run: impl FnOnce(C, Inherited) -> Fut,
 ) -> std::process::ExitCode
 where
     Fut: Future<Output = Result<(), E>>,
@@ -35,6 +40,10 @@ where
         return fail(&err);
     }
     let config = parse();
+    let inherited = match Inherited::take() {
+        Ok(inherited) => inherited,
+        Err(err) => return fail(&SetupError::Inherited(err)),
+    };
     if let Err(err) = init_tracing() {
         return fail(&err);
     }
@@ -42,7 +51,7 @@ where
         Ok(runtime) => runtime,
         Err(err) => return fail(&format!("cannot start the runtime: {err}")),
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, inherited)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }

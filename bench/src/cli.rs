@@ -16,7 +16,7 @@ use crate::{
 /// over gRPC) and reports throughput, latency percentiles, errors and spread over backends.
 #[derive(Debug, Parser)]
 #[command(name = "bench", version)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The gateway.
     #[arg(long, default_value = "http://127.0.0.1:3000", conflicts_with = "grpc")]
     gateway: String,
@@ -88,7 +88,17 @@ fn limit(duration: Duration, requests: Option<u64>) -> Limit {
 
 /// Entry point of the `bench` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// Runs with the given command line (program name first), as `bench` would; the launcher's
+/// multi-call binary enters here (`eventsys bench`).
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -21,7 +21,7 @@ use crate::{
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// GET one event.
     Get,
     /// POST a new event.
@@ -32,7 +32,7 @@ pub enum Endpoint {
 
 /// When a closed or rate run stops.
 #[derive(Debug, Clone, Copy)]
-pub enum Limit {
+pub(crate) enum Limit {
     Requests(u64),
     Duration(Duration),
 }
@@ -48,7 +48,7 @@ fn micros_now() -> u128 {
         .map_or(0, |d| d.as_micros())
 }
 
-pub async fn mix(
+pub(crate) async fn mix(
     target: Arc<Target>,
     recorder: Arc<Recorder>,
     users: u32,
@@ -96,7 +96,7 @@ async fn fixture(target: &Target, user: &str) -> Result<String, String> {
     }
 }
 
-pub async fn closed(
+pub(crate) async fn closed(
     target: Arc<Target>,
     recorder: Arc<Recorder>,
     endpoint: Endpoint,
@@ -138,7 +138,7 @@ pub async fn closed(
 }
 
 /// Open loop: requests start on schedule whether or not earlier ones have finished.
-pub async fn rate(
+pub(crate) async fn rate(
     target: Arc<Target>,
     recorder: Arc<Recorder>,
     endpoint: Endpoint,
@@ -198,7 +198,7 @@ async fn stored(client: &reqwest::Client, base: &str, topic: &str) -> Result<u32
 /// `subscribers` SSE streams on a fresh topic, `publishes` events published through the
 /// gateway; every delivery is timed from its publish. Returns the delivery report and whether
 /// every stream got every event, once, in order.
-pub async fn fanout(
+pub(crate) async fn fanout(
     target: Arc<Target>,
     recorder: Arc<Recorder>,
     subscribers: u32,

@@ -16,7 +16,7 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// One finished request.
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub latency: Duration,
     /// `None` when it succeeded; otherwise what went wrong (an HTTP status, a gRPC code, a
     /// transport error).
@@ -34,12 +34,12 @@ struct Tally {
 
 /// Collects outcomes from many tasks.
 #[derive(Default)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     tally: Mutex<Tally>,
 }
 
 impl Recorder {
-    pub fn record(&self, outcome: Outcome) {
+    pub(crate) fn record(&self, outcome: Outcome) {
         let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         let micros = (outcome.latency.as_micros() as u64).clamp(1, 60_000_000);
         tally
@@ -55,12 +55,12 @@ impl Recorder {
         }
     }
 
-    pub fn completed(&self) -> u64 {
+    pub(crate) fn completed(&self) -> u64 {
         let tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         tally.ok + tally.errors.values().sum::<u64>()
     }
 
-    pub fn report(&self, mode: &str, elapsed: Duration) -> Report {
+    pub(crate) fn report(&self, mode: &str, elapsed: Duration) -> Report {
         let tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         let latency = tally.latency.clone().unwrap_or_else(histogram);
         let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
@@ -87,7 +87,7 @@ impl Recorder {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -97,7 +97,7 @@ pub struct Latency {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub mode: String,
     pub requests: u64,
     pub ok: u64,
@@ -114,11 +114,11 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn failed(&self) -> u64 {
+    pub(crate) fn failed(&self) -> u64 {
         self.errors.values().sum()
     }
 
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let mut out = String::new();
         let mut line = |s: String| {
             out.push_str(&s);

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use crate::report::Outcome;
 
-pub enum Target {
+pub(crate) enum Target {
     Rest {
         base: String,
         client: reqwest::Client,
@@ -25,10 +25,10 @@ pub enum Target {
 }
 
 /// An operation's outcome and, for a create, the new event's id.
-pub type Done = (Outcome, Option<String>);
+pub(crate) type Done = (Outcome, Option<String>);
 
 impl Target {
-    pub fn rest(base: &str) -> Target {
+    pub(crate) fn rest(base: &str) -> Target {
         let client = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(1024)
@@ -40,7 +40,7 @@ impl Target {
         }
     }
 
-    pub async fn grpc(addrs: &[String]) -> Result<Target, String> {
+    pub(crate) async fn grpc(addrs: &[String]) -> Result<Target, String> {
         let mut backends = Vec::new();
         for addr in addrs {
             let channel = Channel::from_shared(format!("http://{addr}"))
@@ -57,7 +57,7 @@ impl Target {
         })
     }
 
-    pub fn base(&self) -> Option<&str> {
+    pub(crate) fn base(&self) -> Option<&str> {
         match self {
             Target::Rest { base, .. } => Some(base),
             Target::Grpc { .. } => None,
@@ -115,7 +115,7 @@ impl Target {
         (outcome, result.ok().map(tonic::Response::into_inner))
     }
 
-    pub async fn create(&self, user: &str, title: &str) -> Done {
+    pub(crate) async fn create(&self, user: &str, title: &str) -> Done {
         match self {
             Target::Rest { base, client } => {
                 let body = json!({"userId": user, "title": title, "description": "bench"});
@@ -140,7 +140,7 @@ impl Target {
         }
     }
 
-    pub async fn get(&self, id: &str, user: &str) -> Outcome {
+    pub(crate) async fn get(&self, id: &str, user: &str) -> Outcome {
         match self {
             Target::Rest { base, client } => {
                 self.http(client.get(format!("{base}/events/{id}?userId={user}")), 200)
@@ -159,7 +159,7 @@ impl Target {
         }
     }
 
-    pub async fn update(&self, id: &str, user: &str) -> Outcome {
+    pub(crate) async fn update(&self, id: &str, user: &str) -> Outcome {
         match self {
             Target::Rest { base, client } => {
                 let body = json!({"title": "updated", "description": "bench", "completed": true});
@@ -183,7 +183,7 @@ impl Target {
         }
     }
 
-    pub async fn delete(&self, id: &str, user: &str) -> Outcome {
+    pub(crate) async fn delete(&self, id: &str, user: &str) -> Outcome {
         match self {
             Target::Rest { base, client } => {
                 self.http(
@@ -205,7 +205,7 @@ impl Target {
         }
     }
 
-    pub async fn list(&self, user: &str) -> Outcome {
+    pub(crate) async fn list(&self, user: &str) -> Outcome {
         match self {
             Target::Rest { base, client } => {
                 self.http(client.get(format!("{base}/events?userId={user}")), 200)
@@ -225,7 +225,7 @@ impl Target {
     }
 
     /// Publishes with `data.sentAtMicros`, so subscribers can time delivery.
-    pub async fn publish(&self, topic: &str, sent_at_micros: u128) -> Outcome {
+    pub(crate) async fn publish(&self, topic: &str, sent_at_micros: u128) -> Outcome {
         match self {
             Target::Rest { base, client } => {
                 let body = json!({"topic": topic, "title": "bench", "data": {"sentAtMicros": sent_at_micros as u64}});

@@ -1,5 +1,4 @@
-//! The `bench` binary's argument handling. (Being an integration test of this package also
-//! makes `cargo test` build the binary that the workspace's end-to-end tests run.)
+//! The standalone `bench` binary's argument handling.
 
 use std::process::Command;
 

@@ -3,13 +3,16 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     process::ExitCode,
     time::Duration,
 };
 
-use clap::Parser;
-use eventsys::process::{self, SetupError};
-use tokio::net::TcpListener;
+use clap::{Args, Parser};
+use eventsys::{
+    listen::{Inherited, Origin},
+    process::{self, SetupError},
+};
 
 use crate::{
     feed::FeedSettings,
@@ -17,54 +20,69 @@ use crate::{
     store::{self, OpenError, StoreUri, UriError},
 };
 
-const DEFAULT_STORE: &str = "sqlite://data/events.db";
-
-/// gRPC event backend (events.v1) over a store shared with its sibling backends.
-#[derive(Debug, Parser)]
-#[command(name = "eventsvc", version)]
-pub struct Config {
-    /// Address to listen on (0.0.0.0 to accept connections from other machines).
-    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
-    pub host: IpAddr,
-
-    /// Port to listen on; 0 picks a free one (the chosen address is logged).
-    #[arg(long, env = "PORT", default_value_t = 5000)]
-    pub port: u16,
-
-    /// Store URI: sqlite://PATH or mongodb://… [default: sqlite://data/events.db, or
+/// Which store to open: `--store`, else `MONGO_URI`, else SQLite under `--data-dir`. Shared by
+/// `eventsvc` and `eventsys up`, which hands the choice to its backends.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Store URI: sqlite://PATH or mongodb://… [default: sqlite://DATA_DIR/events.db, or
     /// MONGO_URI when that is set]
-    #[arg(long, env = "STORE_URI")]
+    #[arg(long, env = "STORE_URI", hide_env_values = true)]
     pub store: Option<String>,
 
     /// MongoDB URI, the store when --store is not given.
     #[arg(long, env = "MONGO_URI", hide_env_values = true)]
     pub mongo_uri: Option<String>,
 
+    /// Folder of the embedded SQLite store, used when neither of the above is given.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+impl StoreArgs {
+    /// The chosen store as written (it may hold credentials: never log it, use `uri()`'s
+    /// `Display`).
+    pub fn chosen(&self) -> String {
+        match (&self.store, &self.mongo_uri) {
+            (Some(store), _) => store.clone(),
+            (None, Some(mongo)) => mongo.clone(),
+            (None, None) => format!("sqlite://{}", self.data_dir.join("events.db").display()),
+        }
+    }
+
+    pub fn uri(&self) -> Result<StoreUri, UriError> {
+        self.chosen().parse()
+    }
+}
+
+/// gRPC event backend (events.v1) over a store shared with its sibling backends.
+#[derive(Debug, Parser)]
+#[command(name = "eventsvc", version)]
+pub(crate) struct Config {
+    /// Address to listen on (0.0.0.0 to accept connections from other machines).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub(crate) host: IpAddr,
+
+    /// Port to listen on; 0 picks a free one (the chosen address is logged).
+    #[arg(long, env = "PORT", default_value_t = 5000)]
+    pub(crate) port: u16,
+
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+
     /// Live events queued per subscriber; one that falls further behind catches up from the
     /// store instead (nothing is lost).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
-    pub subscriber_buffer: u32,
+    pub(crate) subscriber_buffer: u32,
 
     /// A subscriber more than this many events behind its topic is closed, with an error
     /// telling it to subscribe again from its last seq.
     #[arg(long, default_value_t = 10_000)]
-    pub max_subscriber_lag: u64,
+    pub(crate) max_subscriber_lag: u64,
 
     /// TEST ONLY: delay every event-API response by this many milliseconds, to make this
     /// backend look slow to the gateway's balancer. Never set it in production.
     #[arg(long, value_name = "MS", default_value_t = 0)]
-    pub test_latency_ms: u64,
-}
-
-impl Config {
-    /// `--store`, else `MONGO_URI`, else the embedded default.
-    pub fn store_uri(&self) -> Result<StoreUri, UriError> {
-        self.store
-            .as_deref()
-            .or(self.mongo_uri.as_deref())
-            .unwrap_or(DEFAULT_STORE)
-            .parse()
-    }
+    pub(crate) test_latency_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,17 +117,21 @@ where
     process::run_main("eventsvc", || Config::parse_from(args), run)
 }
 
-async fn run(config: Config) -> Result<(), Fatal> {
-    let uri = config.store_uri()?;
+async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
+    let uri = config.store.uri()?;
     // Installed first: a SIGTERM during start-up must not kill the process abruptly.
     let shutdown = process::shutdown_signal()?;
 
     tracing::info!(store = %uri, "opening store");
     let store = store::open(&uri).await?;
     let addr = SocketAddr::new(config.host, config.port);
-    let listener = TcpListener::bind(addr)
+    let (listener, origin) = inherited
+        .listen(addr)
         .await
         .map_err(|source| Fatal::Bind { addr, source })?;
+    if origin == Origin::Inherited {
+        tracing::debug!("serving on the listening socket handed over by the supervisor");
+    }
     let feed = FeedSettings {
         buffer: config.subscriber_buffer as usize,
         max_lag: config.max_subscriber_lag,
@@ -137,17 +159,14 @@ mod tests {
 
     #[test]
     fn store_precedence() {
-        let mut c = config(&[]);
+        let mut c = config(&["--data-dir", "data"]).store;
         c.mongo_uri = None;
         c.store = None;
-        assert_eq!(c.store_uri(), Ok(StoreUri::Sqlite("data/events.db".into())));
+        assert_eq!(c.uri(), Ok(StoreUri::Sqlite("data/events.db".into())));
         c.mongo_uri = Some("mongodb://m:27017".into());
-        assert_eq!(
-            c.store_uri(),
-            Ok(StoreUri::Mongo("mongodb://m:27017".into()))
-        );
+        assert_eq!(c.uri(), Ok(StoreUri::Mongo("mongodb://m:27017".into())));
         c.store = Some("sqlite:///tmp/x.db".into());
-        assert_eq!(c.store_uri(), Ok(StoreUri::Sqlite("/tmp/x.db".into())));
+        assert_eq!(c.uri(), Ok(StoreUri::Sqlite("/tmp/x.db".into())));
     }
 
     #[test]

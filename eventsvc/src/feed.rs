@@ -33,7 +33,7 @@ const CLIENT_BUFFER: usize = 64;
 /// A follower with no subscriber left stops after this long.
 const IDLE_STOP: Duration = Duration::from_secs(1);
 
-pub type EventStream = ReceiverStream<Result<v1::Event, Status>>;
+pub(crate) type EventStream = ReceiverStream<Result<v1::Event, Status>>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct FeedSettings {
@@ -90,7 +90,7 @@ struct Shared {
 }
 
 #[derive(Clone)]
-pub struct Feed(Arc<Shared>);
+pub(crate) struct Feed(Arc<Shared>);
 
 /// A subscriber's place in the hub; leaving it (drop) unregisters.
 struct Registration {
@@ -121,7 +121,7 @@ fn shutting_down() -> Status {
 }
 
 impl Feed {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn EventStore>,
         stats: Arc<Stats>,
         settings: FeedSettings,
@@ -146,7 +146,7 @@ impl Feed {
     }
 
     /// Starts a stream of `topic`'s events with `seq > after_seq`: stored ones, then live.
-    pub fn subscribe(&self, topic: String, after_seq: u64) -> EventStream {
+    pub(crate) fn subscribe(&self, topic: String, after_seq: u64) -> EventStream {
         let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
         let feed = self.clone();
         tokio::spawn(async move {

@@ -1,14 +1,15 @@
 //! eventsvc: the gRPC event backend. Several run side by side over one shared store; each serves
 //! event CRUD, publish, topic history and subscriptions, plus health and reflection.
-#![forbid(unsafe_code)]
 
-pub mod cli;
-pub mod convert;
-pub mod feed;
-pub mod server;
-pub mod service;
-pub mod stats;
+mod cli;
+mod convert;
+mod feed;
+mod server;
+mod service;
+mod stats;
 pub mod store;
-pub mod validate;
+mod validate;
 
+pub use cli::{StoreArgs, main, main_from};
+pub use feed::FeedSettings;
 pub use server::{Backend, ServeError, serve};

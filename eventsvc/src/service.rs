@@ -14,14 +14,14 @@ use crate::{
     validate::{self, FieldError},
 };
 
-pub struct EventsApi {
+pub(crate) struct EventsApi {
     store: Arc<dyn EventStore>,
     stats: Arc<Stats>,
     feed: Feed,
 }
 
 impl EventsApi {
-    pub fn new(store: Arc<dyn EventStore>, stats: Arc<Stats>, feed: Feed) -> Self {
+    pub(crate) fn new(store: Arc<dyn EventStore>, stats: Arc<Stats>, feed: Feed) -> Self {
         Self { store, stats, feed }
     }
 }

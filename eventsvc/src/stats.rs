@@ -11,16 +11,20 @@ use std::{
     time::{Duration, Instant},
 };
 
+use eventsys::v1::event_service_server::SERVICE_NAME;
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-/// Only the event API is load; health probes and reflection would swamp the figures.
-const METERED_PREFIX: &str = "/events.v1.EventService/";
-const STATS_PATH: &str = "/events.v1.EventService/Stats";
+/// The event API's method paths are `/SERVICE_NAME/Method`.
+fn event_api_method(path: &str) -> Option<&str> {
+    path.strip_prefix('/')?
+        .strip_prefix(SERVICE_NAME)?
+        .strip_prefix('/')
+}
 
 #[derive(Debug)]
-pub struct Stats {
+pub(crate) struct Stats {
     started: Instant,
     in_flight: AtomicU64,
     requests: AtomicU64,
@@ -29,7 +33,7 @@ pub struct Stats {
 
 /// An open subscription, counted until dropped.
 #[derive(Debug)]
-pub struct Subscriber(Arc<Stats>);
+pub(crate) struct Subscriber(Arc<Stats>);
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
@@ -59,24 +63,24 @@ impl Default for Stats {
 }
 
 impl Stats {
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    pub fn requests(&self) -> u64 {
+    pub(crate) fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
 
-    pub fn subscribers(&self) -> u64 {
+    pub(crate) fn subscribers(&self) -> u64 {
         self.subscribers.load(Ordering::Relaxed)
     }
 
-    pub fn uptime(&self) -> Duration {
+    pub(crate) fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// Marks an open subscription until the returned guard is dropped.
-    pub fn subscriber(self: &Arc<Self>) -> Subscriber {
+    pub(crate) fn subscriber(self: &Arc<Self>) -> Subscriber {
         self.subscribers.fetch_add(1, Ordering::Relaxed);
         Subscriber(self.clone())
     }
@@ -90,7 +94,7 @@ impl Stats {
 
 /// Layer that meters and logs every event-API request of one backend.
 #[derive(Clone)]
-pub struct MeterLayer {
+pub(crate) struct MeterLayer {
     stats: Arc<Stats>,
     port: u16,
     added_latency: Duration,
@@ -99,7 +103,7 @@ pub struct MeterLayer {
 impl MeterLayer {
     /// `added_latency` delays every event-API response: a test-only knob that makes this
     /// backend look slow to the gateway's balancer.
-    pub fn new(stats: Arc<Stats>, port: u16, added_latency: Duration) -> Self {
+    pub(crate) fn new(stats: Arc<Stats>, port: u16, added_latency: Duration) -> Self {
         Self {
             stats,
             port,
@@ -122,7 +126,7 @@ impl<S> Layer<S> for MeterLayer {
 }
 
 #[derive(Clone)]
-pub struct Meter<S> {
+pub(crate) struct Meter<S> {
     inner: S,
     stats: Arc<Stats>,
     port: u16,
@@ -144,7 +148,9 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
-        let metered = path.starts_with(METERED_PREFIX) && path != STATS_PATH;
+        // Only the event API is load; health probes and reflection would swamp the figures,
+        // and so would the Stats calls that read them.
+        let metered = event_api_method(path).is_some_and(|method| method != "Stats");
         let rpc = path.rsplit('/').next().unwrap_or_default().to_owned();
         let guard = metered.then(|| self.stats.begin());
         let port = self.port;

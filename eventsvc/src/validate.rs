@@ -5,27 +5,29 @@ use eventsys::v1;
 use prost::Message;
 use uuid::Uuid;
 
-use crate::{
-    convert,
-    store::{EventPatch, NewEvent},
-};
+use crate::store::{EventPatch, JsonObject, NewEvent};
 
 /// Longest `title` or `description`, in bytes.
-pub const MAX_TEXT: usize = 64 * 1024;
+pub(crate) const MAX_TEXT: usize = 64 * 1024;
 /// Largest `data` object, in protobuf-encoded bytes.
-pub const MAX_DATA: usize = 256 * 1024;
+pub(crate) const MAX_DATA: usize = 256 * 1024;
 /// Longest topic name, in bytes.
-pub const MAX_TOPIC: usize = 256;
+pub(crate) const MAX_TOPIC: usize = 256;
 /// Longest user id, in bytes.
-pub const MAX_USER_ID: usize = 256;
+pub(crate) const MAX_USER_ID: usize = 256;
 /// Page size when a request asks for 0, and the largest page.
-pub const DEFAULT_PAGE: usize = 100;
-pub const MAX_PAGE: usize = 1000;
+pub(crate) const DEFAULT_PAGE: usize = 100;
+pub(crate) const MAX_PAGE: usize = 1000;
 
 /// A request field that is not acceptable; the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct FieldError(pub String);
+
+/// An event's `data` from the wire; `FieldError` for numbers JSON cannot carry.
+fn json_object(data: prost_types::Struct) -> Result<JsonObject, FieldError> {
+    eventsys::json::from_struct(data).map_err(|e| FieldError(e.to_string()))
+}
 
 fn too_long(field: &str, max: usize, got: usize) -> FieldError {
     FieldError(format!("{field} must be at most {max} bytes (got {got})"))
@@ -40,7 +42,7 @@ fn quoted(s: &str) -> String {
 }
 
 /// A topic name: 1..=256 bytes of `[A-Za-z0-9._:-]`.
-pub fn topic(topic: &str) -> Result<(), FieldError> {
+pub(crate) fn topic(topic: &str) -> Result<(), FieldError> {
     if topic.is_empty() {
         // The REST contract's wording, which existing clients show to people.
         return Err(FieldError("Topic cannot be empty".into()));
@@ -61,12 +63,12 @@ pub fn topic(topic: &str) -> Result<(), FieldError> {
 }
 
 /// An event id: a UUID in any of its usual spellings.
-pub fn id(id: &str) -> Result<Uuid, FieldError> {
+pub(crate) fn id(id: &str) -> Result<Uuid, FieldError> {
     Uuid::parse_str(id).map_err(|_| FieldError(format!("id must be a UUID (got {})", quoted(id))))
 }
 
 /// The optional owner scope: empty means every user.
-pub fn owner(user_id: String) -> Result<Option<String>, FieldError> {
+pub(crate) fn owner(user_id: String) -> Result<Option<String>, FieldError> {
     if user_id.len() > MAX_USER_ID {
         return Err(too_long("user_id", MAX_USER_ID, user_id.len()));
     }
@@ -74,7 +76,7 @@ pub fn owner(user_id: String) -> Result<Option<String>, FieldError> {
 }
 
 /// A page size: 0 asks for the default.
-pub fn limit(limit: u32) -> Result<usize, FieldError> {
+pub(crate) fn limit(limit: u32) -> Result<usize, FieldError> {
     match limit as usize {
         0 => Ok(DEFAULT_PAGE),
         n if n > MAX_PAGE => Err(FieldError(format!(
@@ -110,7 +112,7 @@ fn fields(
             return Err(too_long("data", MAX_DATA, data.encoded_len()));
         }
         // An empty object is "no data", as the REST contract omits it.
-        Some(data) => Some(convert::json_object(data)?).filter(|d| !d.is_empty()),
+        Some(data) => Some(json_object(data)?).filter(|d| !d.is_empty()),
     };
     Ok(NewEvent {
         user_id,
@@ -122,7 +124,7 @@ fn fields(
     })
 }
 
-pub fn create(req: v1::CreateEventRequest) -> Result<NewEvent, FieldError> {
+pub(crate) fn create(req: v1::CreateEventRequest) -> Result<NewEvent, FieldError> {
     if !req.topic.is_empty() {
         topic(&req.topic)?;
     }
@@ -136,7 +138,7 @@ pub fn create(req: v1::CreateEventRequest) -> Result<NewEvent, FieldError> {
     )
 }
 
-pub fn publish(req: v1::PublishRequest) -> Result<NewEvent, FieldError> {
+pub(crate) fn publish(req: v1::PublishRequest) -> Result<NewEvent, FieldError> {
     topic(&req.topic)?;
     fields(
         req.user_id,
@@ -148,7 +150,7 @@ pub fn publish(req: v1::PublishRequest) -> Result<NewEvent, FieldError> {
     )
 }
 
-pub fn patch(
+pub(crate) fn patch(
     title: String,
     description: String,
     completed: bool,
@@ -253,5 +255,24 @@ mod tests {
             ..Default::default()
         };
         assert!(create(bad).is_err());
+    }
+
+    #[test]
+    fn non_finite_data_is_a_field_error() {
+        let data = prost_types::Struct {
+            fields: [(
+                "x".to_string(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
+                },
+            )]
+            .into(),
+        };
+        assert!(
+            json_object(data)
+                .unwrap_err()
+                .0
+                .starts_with("data must hold finite")
+        );
     }
 }

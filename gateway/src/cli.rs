@@ -8,28 +8,29 @@ use std::{
 };
 
 use clap::Parser;
-use eventsys::process::{self, SetupError};
-use tokio::net::TcpListener;
+use eventsys::{
+    listen::{Inherited, Origin},
+    process::{self, SetupError},
+};
 
 use crate::{
-    endpoint::Balancing,
-    pool::PoolConfig,
+    http::Settings,
     server::{GatewayConfig, serve},
-    state::Settings,
+    upstream::{Balancing, UpstreamConfig},
 };
 
 /// REST + SSE gateway over the eventsvc backends, balanced by power-of-two-choices over
 /// PeakEwma latency.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version)]
-pub struct Config {
+pub(crate) struct Config {
     /// Address to listen on (0.0.0.0 to accept connections from other machines).
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
-    pub host: IpAddr,
+    pub(crate) host: IpAddr,
 
     /// Port to listen on; 0 picks a free one (the chosen address is logged).
     #[arg(long, env = "PORT", default_value_t = 3000)]
-    pub port: u16,
+    pub(crate) port: u16,
 
     /// Backends as comma-separated host:port; a name resolving to several addresses (a
     /// Kubernetes headless service) stands for all of them and is re-resolved periodically.
@@ -39,54 +40,54 @@ pub struct Config {
         value_delimiter = ',',
         default_value = "127.0.0.1:5000,127.0.0.1:5001,127.0.0.1:5002"
     )]
-    pub backends: Vec<String>,
+    pub(crate) backends: Vec<String>,
 
     /// Longest a request may take before it gets 504 (SSE streams excepted).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
 
     /// Longest a request waits for a healthy backend before it gets 503.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub no_backend_wait: Duration,
+    pub(crate) no_backend_wait: Duration,
 
     /// Interval of the active health checks.
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
-    pub health_interval: Duration,
+    pub(crate) health_interval: Duration,
 
     /// Deadline of one health check; a backend that misses it is taken out.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub health_timeout: Duration,
+    pub(crate) health_timeout: Duration,
 
     /// Interval of re-resolving backend names.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub resolve_interval: Duration,
+    pub(crate) resolve_interval: Duration,
 
     /// Latency differences between backends below this are treated as noise: the balancer
     /// then goes by outstanding requests. Above it, PeakEwma's latency estimate decides.
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
-    pub latency_floor: Duration,
+    pub(crate) latency_floor: Duration,
 
     /// How requests are balanced: p2c over PeakEwma latency (the default); the others exist
     /// to compare against it (see BENCHMARKS.md).
     #[arg(long, value_enum, default_value = "peak-ewma")]
-    pub balancer: Policy,
+    pub(crate) balancer: Policy,
 
     /// Interval of SSE keep-alive comments.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-    pub sse_keep_alive: Duration,
+    pub(crate) sse_keep_alive: Duration,
 
     /// Close SSE streams after this long (clients reconnect with Last-Event-ID); no limit by
     /// default.
     #[arg(long, value_parser = humantime::parse_duration)]
-    pub sse_max_duration: Option<Duration>,
+    pub(crate) sse_max_duration: Option<Duration>,
 
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Policy {
+pub(crate) enum Policy {
     /// p2c over PeakEwma latency × outstanding calls, floored by --latency-floor.
     PeakEwma,
     /// p2c over outstanding calls.
@@ -146,7 +147,7 @@ impl Config {
             }
         }
         Ok(GatewayConfig {
-            pool: PoolConfig {
+            upstream: UpstreamConfig {
                 backends,
                 health_interval: self.health_interval,
                 health_timeout: self.health_timeout,
@@ -159,10 +160,10 @@ impl Config {
                     Policy::Pending => Balancing::Pending,
                     Policy::RoundRobin => Balancing::Count,
                 },
-            },
-            settings: Settings {
                 request_timeout: self.request_timeout,
                 no_backend_wait: self.no_backend_wait,
+            },
+            settings: Settings {
                 sse_keep_alive: self.sse_keep_alive,
                 sse_max_duration: self.sse_max_duration,
                 body_limit: BODY_LIMIT,
@@ -187,14 +188,18 @@ where
     process::run_main("gateway", || Config::parse_from(args), run)
 }
 
-async fn run(config: Config) -> Result<(), Fatal> {
+async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
     let gateway = config.validate()?;
     let shutdown = process::shutdown_signal()?;
     let addr = SocketAddr::new(config.host, config.port);
-    let listener = TcpListener::bind(addr)
+    let (listener, origin) = inherited
+        .listen(addr)
         .await
         .map_err(|source| Fatal::Bind { addr, source })?;
-    tracing::info!(backends = ?gateway.pool.backends, "balancing over");
+    if origin == Origin::Inherited {
+        tracing::debug!("serving on the listening socket handed over by the supervisor");
+    }
+    tracing::info!(backends = ?gateway.upstream.backends, "balancing over");
     serve(listener, gateway, shutdown)
         .await
         .map_err(Fatal::Serve)
@@ -211,7 +216,7 @@ mod tests {
     #[test]
     fn backends_must_be_host_and_port() {
         let ok = parse(&["--backends", "127.0.0.1:5000, events.svc:5001,[::1]:5002"]);
-        assert_eq!(ok.validate().unwrap().pool.backends.len(), 3);
+        assert_eq!(ok.validate().unwrap().upstream.backends.len(), 3);
         for bad in ["127.0.0.1", ":5000", "host:0", "host:http", ","] {
             let err = parse(&["--backends", bad])
                 .validate()

@@ -1,5 +1,4 @@
-//! The `gateway` binary's configuration errors. (Being an integration test of this package also
-//! makes `cargo test` build the binary that the workspace's end-to-end tests start.)
+//! The standalone `gateway` binary's configuration errors, each a one-line reason.
 
 use std::process::Command;
 

@@ -1,19 +1,19 @@
 //! One supervised child process (a backend or the gateway): started as this same binary with a
-//! subcommand, its output relayed to the console, its listening address learned from its log,
-//! restarted with backoff when it crashes and given up on when it keeps crashing, stopped with
-//! SIGTERM (SIGKILL after a grace period) when the launcher stops.
+//! subcommand and the listening socket the launcher bound for it (fd 3, `LISTEN_FDS=1`), its
+//! output relayed to the console, restarted on the same socket with backoff when it crashes,
+//! given up on (and its socket closed) when it keeps crashing, stopped with SIGTERM (SIGKILL
+//! after a grace period) when the launcher stops.
 
 use std::{
     collections::VecDeque,
-    net::{IpAddr, SocketAddr},
+    net::{SocketAddr, TcpListener},
+    os::fd::OwnedFd,
     process::{ExitStatus, Stdio},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU16, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
+use command_fds::{CommandFdExt, FdMapping};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -21,7 +21,6 @@ use nix::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},
-    sync::watch,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +28,9 @@ use crate::{
     console::{Console, Label},
     lifeline::PARENT_ENV,
 };
+
+/// The fd a child finds its listening socket at (systemd's `SD_LISTEN_FDS_START`).
+const LISTEN_FD: i32 = 3;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -41,79 +43,100 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// What to run.
-#[derive(Debug, Clone)]
-pub struct Spec {
-    pub name: String,
+#[derive(Debug)]
+pub(crate) struct Spec {
+    pub(crate) name: String,
     /// `backend` or `gateway`.
-    pub subcommand: &'static str,
-    pub host: IpAddr,
-    /// 0 until the first incarnation has picked one; restarts keep the same port.
-    pub port: u16,
-    pub args: Vec<String>,
+    pub(crate) subcommand: &'static str,
+    /// The socket every incarnation serves on.
+    pub(crate) listener: TcpListener,
+    pub(crate) args: Vec<String>,
+    /// Variables set for the child (kept out of its command line, which anyone can read).
+    pub(crate) env: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{name} {reason}")]
-pub struct GaveUp {
-    pub name: String,
-    pub reason: String,
+pub(crate) struct GaveUp {
+    pub(crate) name: String,
+    pub(crate) reason: String,
 }
 
-pub struct Supervised {
-    spec: Spec,
-    port: AtomicU16,
+pub(crate) struct Supervised {
+    name: String,
+    subcommand: &'static str,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    addr: SocketAddr,
+    /// Held while the child may be restarted; closed when it is given up on, so that clients
+    /// are refused instead of waiting in a backlog nobody will accept.
+    listener: Mutex<Option<TcpListener>>,
     label: Label,
     console: Arc<Console>,
-    /// Where the current incarnation listens, once it says so; `None` while it is down.
-    listening: watch::Sender<Option<SocketAddr>>,
     last_line: Mutex<String>,
 }
 
 impl Supervised {
-    pub fn new(spec: Spec, label: Label, console: Arc<Console>) -> Arc<Self> {
-        Arc::new(Self {
-            port: AtomicU16::new(spec.port),
-            spec,
+    pub(crate) fn new(
+        spec: Spec,
+        label: Label,
+        console: Arc<Console>,
+    ) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            addr: spec.listener.local_addr()?,
+            name: spec.name,
+            subcommand: spec.subcommand,
+            args: spec.args,
+            env: spec.env,
+            listener: Mutex::new(Some(spec.listener)),
             label,
             console,
-            listening: watch::Sender::new(None),
             last_line: Mutex::new(String::new()),
-        })
+        }))
     }
 
-    pub fn name(&self) -> &str {
-        &self.spec.name
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
-    /// Follows where the child listens.
-    pub fn listening(&self) -> watch::Receiver<Option<SocketAddr>> {
-        self.listening.subscribe()
+    /// Where the child serves: the launcher's socket, the same for every incarnation.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A copy of the listening socket for the next incarnation.
+    fn socket(&self) -> std::io::Result<OwnedFd> {
+        let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        let listener = listener
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("its socket is closed"))?;
+        Ok(listener.try_clone()?.into())
     }
 
     fn spawn(self: &Arc<Self>) -> std::io::Result<Child> {
         let exe = std::env::current_exe()?;
-        // The listening line is how the launcher learns a child's address, so it is kept
-        // whatever RUST_LOG says.
-        let filter = match std::env::var("RUST_LOG") {
-            Ok(spec) if !spec.is_empty() => {
-                format!("{spec},eventsvc::server=info,gateway::server=info")
-            }
-            _ => "info".to_owned(),
+        let socket = FdMapping {
+            parent_fd: self.socket()?,
+            child_fd: LISTEN_FD,
         };
-        let mut child = Command::new(exe)
-            .arg(self.spec.subcommand)
-            .arg("--host")
-            .arg(self.spec.host.to_string())
-            .arg("--port")
-            .arg(self.port.load(Ordering::Relaxed).to_string())
-            .args(&self.spec.args)
+        let mut command = Command::new(exe);
+        command
+            .arg(self.subcommand)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(PARENT_ENV, std::process::id().to_string())
-            .env("RUST_LOG", filter)
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDNAMES", &self.name)
+            // No pid check: the child's pid is not known before it is spawned.
+            .env_remove("LISTEN_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        command
+            .fd_mappings(vec![socket])
+            .map_err(|_| std::io::Error::other("fd 3 mapped twice"))?;
+        let mut child = command.spawn()?;
         if let Some(out) = child.stdout.take() {
             tokio::spawn(self.clone().relay(out));
         }
@@ -123,14 +146,10 @@ impl Supervised {
         Ok(child)
     }
 
-    /// Copies the child's output to the console, watching for its listening address.
+    /// Copies the child's output to the console.
     async fn relay(self: Arc<Self>, output: impl AsyncRead + Unpin) {
         let mut lines = BufReader::new(output).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(addr) = listening_addr(&line) {
-                self.port.store(addr.port(), Ordering::Relaxed);
-                self.listening.send_replace(Some(addr));
-            }
             self.console.line(&self.label, &line);
             *self
                 .last_line
@@ -141,12 +160,27 @@ impl Supervised {
 
     /// Runs the child until `stop` is cancelled, restarting it when it exits on its own.
     /// `force` cancelled means stop without waiting for a graceful drain.
-    pub async fn supervise(
+    pub(crate) async fn supervise(
         self: Arc<Self>,
         stop: CancellationToken,
         force: CancellationToken,
     ) -> Result<(), GaveUp> {
-        let name = self.spec.name.clone();
+        let outcome = self.clone().run(stop, force).await;
+        if outcome.is_err() {
+            self.listener
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
+        outcome
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        force: CancellationToken,
+    ) -> Result<(), GaveUp> {
+        let name = self.name.clone();
         let mut crashes = VecDeque::new();
         let mut backoff = FIRST_BACKOFF;
         loop {
@@ -163,7 +197,6 @@ impl Supervised {
                     return Ok(());
                 }
             };
-            self.listening.send_replace(None);
             let status = describe(status);
             let now = Instant::now();
             crashes.push_back(now);
@@ -209,13 +242,12 @@ impl Supervised {
         let status = match exited {
             Some(status) => status,
             None => {
-                tracing::warn!(child = %self.spec.name, "did not stop in time: killing it");
+                tracing::warn!(child = %self.name, "did not stop in time: killing it");
                 let _ = child.start_kill();
                 child.wait().await
             }
         };
-        self.listening.send_replace(None);
-        tracing::info!(child = %self.spec.name, status = %describe(status), "stopped");
+        tracing::info!(child = %self.name, status = %describe(status), "stopped");
     }
 }
 
@@ -223,26 +255,5 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
     match status {
         Ok(status) => status.to_string(),
         Err(err) => format!("unknown exit: {err}"),
-    }
-}
-
-/// The address from a server's `listening addr=…` log line.
-pub fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let (_, rest) = line.split_once("listening addr=")?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_listening_lines() {
-        let line = "2026-01-01T00:00:00Z  INFO eventsvc::server: listening addr=127.0.0.1:5001";
-        assert_eq!(
-            listening_addr(line),
-            Some("127.0.0.1:5001".parse().unwrap())
-        );
-        assert_eq!(listening_addr("INFO eventsvc::cli: opening store"), None);
     }
 }

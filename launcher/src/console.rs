@@ -10,12 +10,12 @@ const COLOURS: [&str; 6] = ["36", "33", "35", "32", "34", "91"];
 
 /// Who a line comes from.
 #[derive(Debug, Clone)]
-pub struct Label {
+pub(crate) struct Label {
     name: String,
     colour: &'static str,
 }
 
-pub struct Console {
+pub(crate) struct Console {
     colour: bool,
     width: usize,
     out: Mutex<io::Stdout>,
@@ -23,7 +23,7 @@ pub struct Console {
 
 impl Console {
     /// `names`: every label that will be used, so prefixes line up.
-    pub fn new(names: &[String]) -> Arc<Console> {
+    pub(crate) fn new(names: &[String]) -> Arc<Console> {
         let colour = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let width = names.iter().map(String::len).max().unwrap_or(0);
         Arc::new(Console {
@@ -34,14 +34,14 @@ impl Console {
     }
 
     /// The label for the `index`-th name, with its colour.
-    pub fn label(&self, name: &str, index: usize) -> Label {
+    pub(crate) fn label(&self, name: &str, index: usize) -> Label {
         Label {
             name: name.to_owned(),
             colour: COLOURS[index % COLOURS.len()],
         }
     }
 
-    pub fn line(&self, label: &Label, text: &str) {
+    pub(crate) fn line(&self, label: &Label, text: &str) {
         let prefix = format!("{:>width$} |", label.name, width = self.width);
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         // A closed stdout (the launcher piped into `head`) must not stop the system.
@@ -55,14 +55,14 @@ impl Console {
 }
 
 /// `io::Write` for the launcher's own `tracing` output: whole lines go to the console.
-pub struct LabelledWriter {
+pub(crate) struct LabelledWriter {
     console: Arc<Console>,
     label: Label,
     pending: Vec<u8>,
 }
 
 impl LabelledWriter {
-    pub fn new(console: Arc<Console>, label: Label) -> Self {
+    pub(crate) fn new(console: Arc<Console>, label: Label) -> Self {
         Self {
             console,
             label,

@@ -7,10 +7,10 @@ use nix::{
 };
 
 /// Set by the launcher on its children: its own process id.
-pub const PARENT_ENV: &str = "EVENTSYS_LAUNCHER_PID";
+pub(crate) const PARENT_ENV: &str = "EVENTSYS_LAUNCHER_PID";
 
 /// In a child of the launcher, arranges to be stopped when the launcher dies.
-pub fn follow_parent() {
+pub(crate) fn follow_parent() {
     let Some(parent) = std::env::var(PARENT_ENV)
         .ok()
         .and_then(|p| p.parse::<i32>().ok())

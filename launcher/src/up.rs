@@ -1,6 +1,7 @@
-//! `eventsys up`: checks the ports, starts the backends and waits until each reports healthy,
-//! starts the gateway in front of them, prints where everything is, and on Ctrl-C or SIGTERM
-//! stops the gateway first (it drains), then the backends.
+//! `eventsys up`: binds every port itself (a taken one stops everything before it starts),
+//! starts the backends on their sockets and waits until each reports healthy, starts the
+//! gateway in front of them, prints where everything is, and on Ctrl-C or SIGTERM stops the
+//! gateway first (it drains), then the backends.
 
 use std::{
     io::IsTerminal,
@@ -18,14 +19,12 @@ use tokio::{
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
 use crate::{
     child::{GaveUp, Spec, Supervised},
     cli::UpArgs,
     console::{Console, LabelledWriter},
+    probe,
 };
 
 /// How long a child may take to listen and report healthy at start-up.
@@ -45,6 +44,8 @@ enum Fatal {
     },
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot use the socket of port {port}: {source}")]
+    Socket { port: u16, source: std::io::Error },
     #[error("{0} did not become ready within {START_TIMEOUT:?}")]
     NotReady(String),
     #[error(transparent)]
@@ -56,8 +57,15 @@ enum Fatal {
 /// What `up` will start.
 struct Plan {
     args: UpArgs,
+    /// The store as chosen (it may hold credentials: children get it in their environment).
     store: String,
     backend_ports: Vec<u16>,
+}
+
+/// The sockets `up` serves on, bound before anything starts.
+struct Sockets {
+    backends: Vec<TcpListener>,
+    gateway: TcpListener,
 }
 
 impl Plan {
@@ -65,13 +73,9 @@ impl Plan {
         if args.count == 0 {
             return Err(Fatal::Config("--backends must be at least 1".into()));
         }
-        let store = match (&args.store, &args.mongo_uri) {
-            (Some(store), _) => store.clone(),
-            (None, Some(mongo)) => mongo.clone(),
-            (None, None) => format!("sqlite://{}", args.data_dir.join("events.db").display()),
-        };
-        store
-            .parse::<StoreUri>()
+        let store = args.store.chosen();
+        args.store
+            .uri()
             .map_err(|e| Fatal::Config(format!("invalid store: {e}")))?;
         let backend_ports = if args.base_port == 0 {
             vec![0; usize::from(args.count)]
@@ -98,14 +102,21 @@ impl Plan {
         })
     }
 
-    /// Fails, naming the port, if any fixed port is taken; run before anything starts.
-    fn check_ports(&self) -> Result<(), Fatal> {
-        let ports = self.backend_ports.iter().chain([&self.args.gateway_port]);
-        for &port in ports.filter(|p| **p != 0) {
+    /// Binds every port (0: a free one), failing on the first one that is taken. The
+    /// children serve on these very sockets, so nothing can take a port in between.
+    fn bind(&self) -> Result<Sockets, Fatal> {
+        let bind = |port| {
             let addr = SocketAddr::new(self.args.host, port);
-            TcpListener::bind(addr).map_err(|source| Fatal::PortInUse { port, addr, source })?;
-        }
-        Ok(())
+            TcpListener::bind(addr).map_err(|source| Fatal::PortInUse { port, addr, source })
+        };
+        Ok(Sockets {
+            backends: self
+                .backend_ports
+                .iter()
+                .map(|&port| bind(port))
+                .collect::<Result<_, _>>()?,
+            gateway: bind(self.args.gateway_port)?,
+        })
     }
 
     fn backend_names(&self) -> Vec<String> {
@@ -120,7 +131,7 @@ impl Plan {
     }
 }
 
-pub fn main(args: UpArgs) -> ExitCode {
+pub(crate) fn main(args: UpArgs) -> ExitCode {
     let fail = |err: Fatal| {
         eprintln!("eventsys: {err}");
         ExitCode::FAILURE
@@ -129,9 +140,10 @@ pub fn main(args: UpArgs) -> ExitCode {
         Ok(plan) => plan,
         Err(err) => return fail(err),
     };
-    if let Err(err) = plan.check_ports() {
-        return fail(err);
-    }
+    let sockets = match plan.bind() {
+        Ok(sockets) => sockets,
+        Err(err) => return fail(err),
+    };
     let mut names = vec!["eventsys".to_owned(), "gateway".to_owned()];
     names.extend(plan.backend_names());
     let console = Console::new(&names);
@@ -152,7 +164,7 @@ pub fn main(args: UpArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail(Fatal::Runtime(err)),
     };
-    match runtime.block_on(run(plan, console)) {
+    match runtime.block_on(run(plan, sockets, console)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");
@@ -207,7 +219,7 @@ impl Fleet {
     }
 }
 
-async fn run(plan: Plan, console: Arc<Console>) -> Result<(), Fatal> {
+async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), Fatal> {
     let mut terminate = signal(SignalKind::terminate()).map_err(SetupError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(SetupError::Signals)?;
     let (report, gave_up) = mpsc::unbounded_channel();
@@ -220,27 +232,26 @@ async fn run(plan: Plan, console: Arc<Console>) -> Result<(), Fatal> {
         gave_up,
         report,
     };
-    let host = plan.args.host;
-    for (i, (name, port)) in plan
+    for (i, (name, listener)) in plan
         .backend_names()
         .into_iter()
-        .zip(&plan.backend_ports)
+        .zip(sockets.backends)
         .enumerate()
     {
         let spec = Spec {
             name: name.clone(),
             subcommand: "backend",
-            host,
-            port: *port,
-            args: vec!["--store".into(), plan.store.clone()],
+            listener,
+            args: Vec::new(),
+            env: vec![("STORE_URI", plan.store.clone())],
         };
-        let child = Supervised::new(spec, console.label(&name, i + 2), console.clone());
+        let child = supervised(spec, console.label(&name, i + 2), &console)?;
         let task = fleet.supervise(&child, &fleet.stop_backends);
         fleet.backends.push((child, task));
     }
 
     let started = tokio::select! {
-        started = start(&plan, &console, &mut fleet) => started,
+        started = start(&plan, sockets.gateway, &console, &mut fleet) => started,
         _ = terminate.recv() => Err(Fatal::Config("stopped during start-up (SIGTERM)".into())),
         _ = interrupt.recv() => Err(Fatal::Config("stopped during start-up (SIGINT)".into())),
     };
@@ -265,14 +276,32 @@ async fn run(plan: Plan, console: Arc<Console>) -> Result<(), Fatal> {
     outcome
 }
 
-/// Waits for every backend to listen and report healthy, then starts the gateway over them.
-async fn start(plan: &Plan, console: &Arc<Console>, fleet: &mut Fleet) -> Result<(), Fatal> {
+fn supervised(
+    spec: Spec,
+    label: crate::console::Label,
+    console: &Arc<Console>,
+) -> Result<Arc<Supervised>, Fatal> {
+    let port = spec.listener.local_addr().map_or(0, |a| a.port());
+    Supervised::new(spec, label, console.clone()).map_err(|source| Fatal::Socket { port, source })
+}
+
+/// Waits for every backend to report healthy, then starts the gateway over them and waits
+/// until it answers.
+async fn start(
+    plan: &Plan,
+    gateway: TcpListener,
+    console: &Arc<Console>,
+    fleet: &mut Fleet,
+) -> Result<(), Fatal> {
     let mut addrs = Vec::new();
     for (child, task) in &mut fleet.backends {
-        let addr = tokio::select! {
-            ready = ready(child) => ready?,
+        let addr = child.addr();
+        tokio::select! {
+            ready = tokio::time::timeout(START_TIMEOUT, probe::until_backend_ready(addr)) => {
+                ready.map_err(|_| Fatal::NotReady(child.name().to_owned()))?;
+            }
             ended = &mut *task => return Err(ended_early(child.name(), ended)),
-        };
+        }
         addrs.push(addr);
     }
     let list = addrs
@@ -283,25 +312,19 @@ async fn start(plan: &Plan, console: &Arc<Console>, fleet: &mut Fleet) -> Result
     let spec = Spec {
         name: "gateway".into(),
         subcommand: "gateway",
-        host: plan.args.host,
-        port: plan.args.gateway_port,
+        listener: gateway,
         args: vec!["--backends".into(), list],
+        env: Vec::new(),
     };
-    let gateway = Supervised::new(spec, console.label("gateway", 1), console.clone());
+    let gateway = supervised(spec, console.label("gateway", 1), console)?;
     let mut task = fleet.supervise(&gateway, &fleet.stop_gateway);
-    let mut listening = gateway.listening();
-    let waited = tokio::time::timeout(START_TIMEOUT, async {
-        tokio::select! {
-            addr = listening.wait_for(Option::is_some) => Ok(addr.ok().and_then(|a| *a)),
-            ended = &mut task => Err(ended_early("gateway", ended)),
+    let rest = gateway.addr();
+    tokio::select! {
+        ready = tokio::time::timeout(START_TIMEOUT, probe::until_gateway_ready(rest)) => {
+            ready.map_err(|_| Fatal::NotReady("gateway".into()))?;
         }
-    })
-    .await;
-    let rest = match waited {
-        Ok(Ok(Some(addr))) => addr,
-        Ok(Err(err)) => return Err(err),
-        _ => return Err(Fatal::NotReady("gateway".into())),
-    };
+        ended = &mut task => return Err(ended_early("gateway", ended)),
+    }
     fleet.gateway = Some((gateway, task));
     summary(console, plan, rest, &addrs);
     Ok(())
@@ -312,43 +335,6 @@ fn ended_early(name: &str, ended: Result<Result<(), GaveUp>, tokio::task::JoinEr
         Ok(Err(gave_up)) => gave_up.into(),
         _ => Fatal::NotReady(name.to_owned()),
     }
-}
-
-/// Where a backend listens, once it answers its health check with SERVING.
-async fn ready(child: &Supervised) -> Result<SocketAddr, Fatal> {
-    let not_ready = || Fatal::NotReady(child.name().to_owned());
-    tokio::time::timeout(START_TIMEOUT, async {
-        let mut listening = child.listening();
-        loop {
-            let addr = listening
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| not_ready())?
-                .expect("waited for Some");
-            if serving(addr).await {
-                return Ok(addr);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .map_err(|_| not_ready())?
-}
-
-async fn serving(addr: SocketAddr) -> bool {
-    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{addr}")) else {
-        return false;
-    };
-    let Ok(channel) = channel.connect().await else {
-        return false;
-    };
-    let request = HealthCheckRequest {
-        service: "events.v1.EventService".into(),
-    };
-    matches!(
-        HealthClient::new(channel).check(request).await,
-        Ok(response) if response.get_ref().status == ServingStatus::Serving as i32
-    )
 }
 
 fn summary(console: &Console, plan: &Plan, rest: SocketAddr, backends: &[SocketAddr]) {

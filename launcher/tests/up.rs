@@ -121,6 +121,15 @@ impl Launcher {
     }
 }
 
+/// The socket a child serves on: its fd 3 (`socket:[inode]`), handed over by the launcher.
+fn listening_socket(pid: i32) -> String {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/3"))
+        .unwrap_or_else(|e| panic!("child {pid} has no fd 3: {e}"));
+    let link = link.to_string_lossy().into_owned();
+    assert!(link.starts_with("socket:["), "fd 3 of {pid} is {link}");
+    link
+}
+
 /// Whether a process is gone (or a zombie nobody has reaped yet: it runs no code).
 fn gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -179,8 +188,9 @@ async fn up_serves_restarts_a_killed_backend_and_stops_without_leftovers() {
         .unwrap();
     assert_eq!(got.status(), 200);
 
-    // kill -9 one backend: the launcher restarts it on the same port.
+    // kill -9 one backend: the launcher restarts it on the very socket it bound for it.
     let first = launcher.pids["backend-1"][0];
+    let socket = listening_socket(first);
     kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
     launcher
         .expect(|l| l.contains("exited unexpectedly").then_some(()))
@@ -189,13 +199,11 @@ async fn up_serves_restarts_a_killed_backend_and_stops_without_leftovers() {
         .expect(|l| started(l).filter(|(n, _)| n == "backend-1").map(|(_, p)| p))
         .await;
     assert_ne!(again, first);
-    let port = launcher.backends[0].port();
-    launcher
-        .expect(|l| {
-            l.contains(&format!("listening addr=127.0.0.1:{port}"))
-                .then_some(())
-        })
-        .await;
+    assert_eq!(
+        listening_socket(again),
+        socket,
+        "the restarted backend serves on the socket its predecessor had"
+    );
     let got = client
         .get(format!("{base}/events/{id}"))
         .send()

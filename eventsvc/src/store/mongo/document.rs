@@ -102,11 +102,11 @@ pub fn from_document(d: &Document) -> Result<Event, StoreError> {
 }
 
 /// The page token of a listing: the last document's `_id`.
-pub fn page_token(d: &Document) -> Option<String> {
+pub(super) fn page_token(d: &Document) -> Option<String> {
     d.get_object_id("_id").ok().map(|oid| oid.to_hex())
 }
 
-pub fn parse_page_token(token: &str) -> Result<ObjectId, StoreError> {
+pub(super) fn parse_page_token(token: &str) -> Result<ObjectId, StoreError> {
     ObjectId::parse_str(token).map_err(|_| StoreError::InvalidCursor)
 }
 

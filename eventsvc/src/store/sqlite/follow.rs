@@ -18,7 +18,7 @@ use crate::store::{Event, Result, StoreError};
 
 /// How often to look for commits by other processes; this process's own publishes wake the
 /// follower at once.
-pub const POLL: Duration = Duration::from_millis(10);
+pub(super) const POLL: Duration = Duration::from_millis(10);
 const BATCH: usize = 512;
 
 /// Where the follower stands: the last `data_version` it read at and the last row it passed.
@@ -49,7 +49,7 @@ fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// Starts following from the newest row now stored.
-pub async fn follow(
+pub(super) async fn follow(
     path: PathBuf,
     published: Arc<Notify>,
 ) -> Result<BoxStream<'static, Result<Event>>> {

@@ -1,29 +1,28 @@
 //! Errors as REST clients see them: the contract's JSON body (`error` and `message` with the same
-//! text, `code` the gRPC status name) and the one mapping from gRPC codes to HTTP statuses.
+//! text, `code` the gRPC status name), the one mapping from gRPC codes to HTTP statuses, and the
+//! conversions into it from the call policy's errors and from extractor rejections.
 
 use axum::{
     Json,
+    extract::rejection::{BytesRejection, PathRejection, QueryRejection},
     response::{IntoResponse, Response},
 };
-use http::{HeaderValue, StatusCode};
-use tonic::{Code, Status};
+use http::StatusCode;
+use tonic::Code;
 
-use crate::endpoint::{BACKEND_HEADER, UNREACHABLE};
+use crate::upstream::{Backend, CallError, Failure};
 
 #[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
     /// The backend that produced the error, when one did.
-    pub backend: Option<HeaderValue>,
-    /// The error came from a retry: an earlier attempt failed without a response, so it may
-    /// or may not have taken effect.
-    pub after_retry: bool,
+    pub(crate) backend: Option<Backend>,
 }
 
 /// HTTP status and gRPC status name for a gRPC code (the usual gateway table).
-pub fn http_status(code: Code) -> (StatusCode, &'static str) {
+pub(crate) fn http_status(code: Code) -> (StatusCode, &'static str) {
     match code {
         Code::Ok => (StatusCode::OK, "OK"),
         Code::InvalidArgument => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
@@ -49,53 +48,49 @@ pub fn http_status(code: Code) -> (StatusCode, &'static str) {
 }
 
 impl ApiError {
-    pub fn new(code: Code, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
         let (status, name) = http_status(code);
         Self {
             status,
             code: name,
             message: message.into(),
             backend: None,
-            after_retry: false,
         }
     }
 
     /// An error the gateway itself answers with, outside the gRPC table (413, 404 route, …).
-    pub fn http(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn http(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
             backend: None,
-            after_retry: false,
         }
     }
 
-    pub fn no_backend() -> Self {
+    pub(crate) fn no_backend() -> Self {
         Self::new(Code::Unavailable, "no backend available")
     }
 
-    pub fn not_found() -> Self {
+    pub(crate) fn not_found() -> Self {
         Self::new(Code::NotFound, "event not found")
     }
 
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, message)
     }
 }
 
-impl From<Status> for ApiError {
-    fn from(status: Status) -> Self {
-        let backend = status
-            .metadata()
-            .get(BACKEND_HEADER)
-            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+impl From<CallError> for ApiError {
+    fn from(err: CallError) -> Self {
+        let (status, backend) = match err.failure {
+            Failure::NoBackend | Failure::Unreachable => return Self::no_backend(),
+            Failure::TimedOut => return Self::new(Code::DeadlineExceeded, "request timed out"),
+            Failure::Status { status, backend } => (status, backend),
+        };
         // Backends word their errors for clients; transport and internal failures carry
         // driver text and addresses, which stay in the log.
         let message = match status.code() {
-            Code::Unavailable if status.metadata().get(UNREACHABLE).is_some() => {
-                "no backend available".to_owned()
-            }
             Code::Unknown | Code::Internal | Code::DataLoss => {
                 tracing::error!(code = ?status.code(), message = status.message(), "backend call failed");
                 "internal error".to_owned()
@@ -109,6 +104,24 @@ impl From<Status> for ApiError {
     }
 }
 
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request(rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        Self::bad_request(rejection.body_text())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({
@@ -116,17 +129,14 @@ impl IntoResponse for ApiError {
             "message": self.message,
             "code": self.code,
         });
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(backend) = self.backend {
-            response.headers_mut().insert(BACKEND_HEADER, backend);
-        }
-        response
+        (self.status, self.backend, Json(body)).into_response()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Status;
 
     #[test]
     fn grpc_codes_map_to_the_gateway_table() {
@@ -153,14 +163,32 @@ mod tests {
         }
     }
 
+    fn answered(status: Status) -> ApiError {
+        ApiError::from(CallError {
+            failure: Failure::Status {
+                status,
+                backend: None,
+            },
+            retried: false,
+        })
+    }
+
     #[test]
     fn internal_details_do_not_reach_clients() {
-        let err = ApiError::from(Status::internal("disk I/O error at /var/lib/events.db"));
+        let err = answered(Status::internal("disk I/O error at /var/lib/events.db"));
         assert_eq!(
             (err.status.as_u16(), err.message.as_str()),
             (500, "internal error")
         );
-        let err = ApiError::from(Status::not_found("event not found"));
+        let err = answered(Status::not_found("event not found"));
         assert_eq!((err.status.as_u16(), err.code), (404, "NOT_FOUND"));
+        let err = ApiError::from(CallError {
+            failure: Failure::Unreachable,
+            retried: true,
+        });
+        assert_eq!(
+            (err.status.as_u16(), err.message.as_str()),
+            (503, "no backend available")
+        );
     }
 }

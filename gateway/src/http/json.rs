@@ -7,21 +7,21 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// An event as REST clients read it.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EventJson {
-    pub id: String,
-    pub user_id: String,
-    pub title: String,
-    pub description: String,
-    pub completed: bool,
-    pub created_at: String,
+pub(crate) struct EventJson {
+    pub(crate) id: String,
+    pub(crate) user_id: String,
+    pub(crate) title: String,
+    pub(crate) description: String,
+    pub(crate) completed: bool,
+    pub(crate) created_at: String,
     #[serde(skip_serializing_if = "String::is_empty")]
-    pub topic: String,
+    pub(crate) topic: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<JsonObject>,
+    pub(crate) data: Option<JsonObject>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub time: Option<String>,
+    pub(crate) time: Option<String>,
     #[serde(skip_serializing_if = "is_zero")]
-    pub seq: u64,
+    pub(crate) seq: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -68,34 +68,34 @@ where
 /// The body of `POST /events` and `POST /publish`. Unknown fields, `id` included, are ignored.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct EventInput {
+pub(crate) struct EventInput {
     #[serde(deserialize_with = "nullable")]
-    pub user_id: String,
+    pub(crate) user_id: String,
     #[serde(deserialize_with = "nullable")]
-    pub title: String,
+    pub(crate) title: String,
     #[serde(deserialize_with = "nullable")]
-    pub description: String,
+    pub(crate) description: String,
     #[serde(deserialize_with = "nullable")]
-    pub completed: bool,
+    pub(crate) completed: bool,
     #[serde(deserialize_with = "nullable")]
-    pub topic: String,
-    pub data: Option<JsonObject>,
+    pub(crate) topic: String,
+    pub(crate) data: Option<JsonObject>,
 }
 
 /// The body of `PUT /events/{id}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct UpdateInput {
+pub(crate) struct UpdateInput {
     #[serde(deserialize_with = "nullable")]
-    pub title: String,
+    pub(crate) title: String,
     #[serde(deserialize_with = "nullable")]
-    pub description: String,
+    pub(crate) description: String,
     #[serde(deserialize_with = "nullable")]
-    pub completed: bool,
+    pub(crate) completed: bool,
 }
 
 impl EventInput {
-    pub fn into_create(self) -> v1::CreateEventRequest {
+    pub(crate) fn into_create(self) -> v1::CreateEventRequest {
         v1::CreateEventRequest {
             user_id: self.user_id,
             title: self.title,
@@ -106,7 +106,7 @@ impl EventInput {
         }
     }
 
-    pub fn into_publish(self) -> v1::PublishRequest {
+    pub(crate) fn into_publish(self) -> v1::PublishRequest {
         v1::PublishRequest {
             topic: self.topic,
             user_id: self.user_id,

@@ -14,7 +14,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::support::{Process, binary, grpcurl, grpcurl_call};
+use crate::support::{EVENTSYS, Process, grpcurl, grpcurl_call};
 
 #[tokio::test]
 async fn grpcurl_lists_services_and_round_trips_an_event() {
@@ -198,11 +198,13 @@ async fn sigterm_reports_not_serving_ends_streams_and_exits_cleanly() {
 /// Runs the binary with a bad configuration: it must exit non-zero at once, its last stderr
 /// line the reason.
 async fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut command = Command::new(binary("eventsvc"));
+    let mut command = Command::new(EVENTSYS);
+    command.arg("backend");
     command
         .args(args)
         .env_remove("STORE_URI")
         .env_remove("MONGO_URI")
+        .env_remove("DATA_DIR")
         .env_remove("PORT")
         .env("RUST_LOG", "info")
         .kill_on_drop(true);

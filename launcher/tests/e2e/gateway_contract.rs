@@ -1,5 +1,5 @@
 //! The REST contract of `../shared/API.md` through the real gateway over three real backends:
-//! every endpoint and every failure row, field by field.
+//! every endpoint and every failure row, field by field, one test per endpoint.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{System, http, served_by};
+use crate::support::{EXCLUSIVE, System, http, served_by};
 
 /// Asserts the contract's error shape: same text under `error` and `message`, and the code.
 async fn assert_error(response: reqwest::Response, status: u16, code: &str, text: &str) {
@@ -50,19 +50,63 @@ fn assert_timestamp(value: &Value) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_endpoint_and_failure_row_of_the_contract() {
-    let _exclusive = crate::support::EXCLUSIVE.lock().await;
-    let system = System::start(3, &[]).await;
-    let client = http();
-    let url = |p: &str| system.url(p);
+/// A system of three backends behind a gateway, started for one test.
+async fn system() -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    System,
+    reqwest::Client,
+) {
+    let exclusive = EXCLUSIVE.lock().await;
+    (exclusive, System::start(3, &[]).await, http())
+}
 
+/// `POST /events` of `body`, which must succeed: the created event.
+async fn create(client: &reqwest::Client, system: &System, body: Value) -> Value {
+    let response = client
+        .post(system.url("/events"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+/// Publishes three events on `orders`, checking each answer: their ids.
+async fn publish_three(client: &reqwest::Client, system: &System) -> Vec<String> {
+    let publish = |body: Value| {
+        client
+            .post(system.url("/publish"))
+            .body(body.to_string())
+            .send()
+    };
+    let mut published = Vec::new();
+    for i in 1..=3u64 {
+        let response = publish(json!({"topic": "orders", "userId": "shop", "title": format!("order {i}"), "data": {"i": i}}))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "Event broadcasted");
+        assert_eq!(body["seq"], i);
+        published.push(body["id"].as_str().unwrap().to_owned());
+    }
+    published
+}
+
+const ALICE: &str = r#"{"id": "client-chosen", "userId": "alice", "title": "Launch", "description": "v1", "completed": false, "topic": "releases", "data": {"env": "prod", "n": 3}, "extra": true}"#;
+
+fn alice() -> Value {
+    serde_json::from_str(ALICE).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn post_events_stores_what_the_contract_says_and_ignores_the_rest() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
     // POST /events: no Content-Type (old clients send none), client id and unknown fields
     // ignored.
-    let create = json!({
-        "id": "client-chosen", "userId": "alice", "title": "Launch", "description": "v1",
-        "completed": false, "topic": "releases", "data": {"env": "prod", "n": 3}, "extra": true
-    });
+    let create = alice();
     let response = client
         .post(url("/events"))
         .body(create.to_string())
@@ -105,7 +149,12 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
         bob.get("topic").is_none() && bob.get("data").is_none(),
         "omitted when empty: {bob}"
     );
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn post_events_rejects_bad_bodies_with_the_contract_error() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
     // POST /events failures.
     let post = |body: &'static str| client.post(url("/events")).body(body).send();
     assert_error(
@@ -147,7 +196,14 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
         .await
         .unwrap();
     assert_error(response, 400, "INVALID_ARGUMENT", "title must be at most").await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_events_lists_one_user_or_everyone_as_an_array() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
+    let created = create(&client, &system, alice()).await;
+    let bob = create(&client, &system, json!({"userId": "bob", "title": "Bob's"})).await;
     // GET /events, scoped and not; [] rather than null.
     let list = |q: &'static str| client.get(url(&format!("/events{q}"))).send();
     let alice: Value = list("?userId=alice").await.unwrap().json().await.unwrap();
@@ -157,7 +213,14 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
     assert_eq!(nobody.text().await.unwrap(), "[]");
     let all: Value = list("").await.unwrap().json().await.unwrap();
     assert_eq!(all, json!([created, bob]));
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_event_reads_it_for_its_owner_only() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
+    let created = create(&client, &system, alice()).await;
+    let id = created["id"].as_str().unwrap().to_owned();
     // GET /events/{id}.
     let get = |path: String| client.get(url(&path)).send();
     let read: Value = get(format!("/events/{id}?userId=alice"))
@@ -187,7 +250,15 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
         )
         .await;
     }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn put_event_changes_exactly_title_description_and_completed() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
+    let created = create(&client, &system, alice()).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let get = |path: String| client.get(url(&path)).send();
     // PUT /events/{id}: exactly title, description and completed change.
     let put = |path: String, body: Value| client.put(url(&path)).body(body.to_string()).send();
     let update = json!({"title": "Launched", "description": "v1.0", "completed": true,
@@ -240,7 +311,15 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
         .await
         .unwrap();
     assert_error(response, 400, "INVALID_ARGUMENT", "invalid JSON").await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_event_removes_it_for_its_owner_only() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
+    let created = create(&client, &system, alice()).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let get = |path: String| client.get(url(&path)).send();
     // DELETE /events/{id}.
     let delete = |path: String| client.delete(url(&path)).send();
     assert_error(
@@ -267,7 +346,12 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
         "event not found",
     )
     .await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publish_numbers_events_per_topic_and_rejects_bad_topics() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
     // POST /publish.
     let publish = |body: Value| client.post(url("/publish")).body(body.to_string()).send();
     let response = publish(json!({"title": "no topic"})).await.unwrap();
@@ -296,18 +380,14 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
         .await
         .unwrap();
     assert_error(response, 400, "INVALID_ARGUMENT", "invalid JSON").await;
-    let mut published = Vec::new();
-    for i in 1..=3u64 {
-        let response = publish(json!({"topic": "orders", "userId": "shop", "title": format!("order {i}"), "data": {"i": i}}))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["status"], "Event broadcasted");
-        assert_eq!(body["seq"], i);
-        published.push(body["id"].as_str().unwrap().to_owned());
-    }
+    publish_three(&client, &system).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topic_events_lists_a_topic_oldest_first() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
+    let published = publish_three(&client, &system).await;
     // GET /topic-events/{topic}: oldest first, with time and seq.
     let history: Value = client
         .get(url("/topic-events/orders"))
@@ -335,7 +415,22 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
         .await
         .unwrap();
     assert_error(bad, 400, "INVALID_ARGUMENT", "topic may only contain").await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribe_streams_the_topic_as_server_sent_events() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
+    publish_three(&client, &system).await;
+    let history: Value = client
+        .get(url("/topic-events/orders"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let history = history.as_array().unwrap();
     // GET /subscribe/{topic}: SSE frames `event: message`, `id: <seq>`, `data: <event>`.
     let response = client.get(url("/subscribe/orders")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -370,7 +465,20 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
         .await
         .unwrap();
     assert_error(bad, 400, "INVALID_ARGUMENT", "Last-Event-ID").await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn load_benchmark_and_memstats_keep_their_old_shapes() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
+    for i in 0..21 {
+        create(
+            &client,
+            &system,
+            json!({"userId": "u", "title": format!("e{i}")}),
+        )
+        .await;
+    }
     // /load, /benchmark, /memstats keep their old shapes.
     let load: Value = client
         .get(url("/load"))
@@ -402,7 +510,13 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
         .await
         .unwrap();
     assert!(mem["alloc"].as_u64().unwrap() > 4 * 1024 * 1024, "{mem}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_are_prometheus_text() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
+    create(&client, &system, alice()).await;
     // /metrics in Prometheus text.
     let metrics = client
         .get(url("/metrics"))
@@ -421,7 +535,12 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_origin_may_call_with_the_old_services_methods() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
     // Cross-origin: any origin, the old service's methods.
     let preflight = client
         .request(Method::OPTIONS, url("/events"))
@@ -446,7 +565,12 @@ async fn every_endpoint_and_failure_row_of_the_contract() {
         .await
         .unwrap();
     assert_eq!(simple.headers()["access-control-allow-origin"], "*");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_routes_and_methods_answer_in_the_error_shape() {
+    let (_exclusive, system, client) = system().await;
+    let url = |p: &str| system.url(p);
     // Unknown routes and methods answer in the same JSON shape.
     let response = client.get(url("/nope")).send().await.unwrap();
     assert_error(response, 404, "NOT_FOUND", "no such endpoint").await;

@@ -3,10 +3,11 @@
 
 use serde_json::Value;
 
-use crate::support::{EXCLUSIVE, System, binary, metric};
+use crate::support::{EVENTSYS, EXCLUSIVE, System, metric};
 
 async fn bench(system: &System, args: &[&str]) -> (bool, Value) {
-    let out = tokio::process::Command::new(binary("bench"))
+    let out = tokio::process::Command::new(EVENTSYS)
+        .arg("bench")
         .args(["--gateway", &system.url(""), "--json"])
         .args(args)
         .output()

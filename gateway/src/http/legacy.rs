@@ -1,42 +1,23 @@
 //! `/load`, `/benchmark` and `/memstats`: the old service's shapes, now for the whole system
 //! (gateway and healthy backends), each with a per-backend breakdown.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use axum::{Json, extract::State};
-use eventsys::v1::{self, event_service_client::EventServiceClient};
+use eventsys::v1;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{endpoint::BackendStats, state::AppState};
+use super::AppState;
+use crate::upstream::BackendSnapshot;
 
 const STATS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A backend with what its `Stats` rpc said, when it is healthy and answered in time.
-struct Report {
-    stats: Arc<BackendStats>,
-    answer: Option<v1::StatsResponse>,
-}
+type Report = (BackendSnapshot, Option<v1::StatsResponse>);
 
 async fn reports(state: &AppState) -> Vec<Report> {
-    let asks = state
-        .pool
-        .members()
-        .into_iter()
-        .map(|(stats, channel)| async move {
-            let answer = if stats.healthy() {
-                let mut client = EventServiceClient::new(channel);
-                tokio::time::timeout(STATS_TIMEOUT, client.stats(v1::StatsRequest {}))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(tonic::Response::into_inner)
-            } else {
-                None
-            };
-            Report { stats, answer }
-        });
-    futures::future::join_all(asks).await
+    state.upstream.backend_stats(STATS_TIMEOUT).await
 }
 
 fn uptime(report: &v1::StatsResponse) -> Duration {
@@ -47,7 +28,7 @@ fn uptime(report: &v1::StatsResponse) -> Duration {
 
 /// A duration as Go's `time.Duration.String()` prints it (`1h2m3.5s`, `250ms`), the old
 /// `/benchmark` format.
-pub fn go_duration(d: Duration) -> String {
+pub(crate) fn go_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         return format!("{}µs", d.as_micros());
@@ -83,20 +64,20 @@ struct Backend {
 fn breakdown(reports: &[Report], figures: impl Fn(&v1::StatsResponse) -> Value) -> Vec<Backend> {
     reports
         .iter()
-        .map(|r| Backend {
-            backend: r.stats.addr.to_string(),
-            healthy: r.answer.is_some(),
-            figures: r.answer.as_ref().map_or(json!({}), &figures),
+        .map(|(snapshot, answer)| Backend {
+            backend: snapshot.backend.to_string(),
+            healthy: answer.is_some(),
+            figures: answer.as_ref().map_or(json!({}), &figures),
         })
         .collect()
 }
 
 /// `{"in_flight": N}`: calls being served by the healthy backends, open streams included.
-pub async fn load(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn load(State(state): State<AppState>) -> Json<Value> {
     let reports = reports(&state).await;
     let total: u64 = reports
         .iter()
-        .filter_map(|r| r.answer.as_ref())
+        .filter_map(|(_, answer)| answer.as_ref())
         .map(|a| a.in_flight)
         .sum();
     Json(json!({
@@ -110,7 +91,7 @@ pub async fn load(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `{"uptime", "request_count", "avg_req_per_s"}` of the gateway, which every request passes.
-pub async fn benchmark(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn benchmark(State(state): State<AppState>) -> Json<Value> {
     let reports = reports(&state).await;
     let up = state.started.elapsed();
     let count = state.metrics.total_requests();
@@ -127,12 +108,12 @@ pub async fn benchmark(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `{"alloc": bytes}`: resident memory of the gateway plus the healthy backends.
-pub async fn memstats(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn memstats(State(state): State<AppState>) -> Json<Value> {
     let reports = reports(&state).await;
     let gateway = eventsys::process::resident_memory();
     let backends: u64 = reports
         .iter()
-        .filter_map(|r| r.answer.as_ref())
+        .filter_map(|(_, answer)| answer.as_ref())
         .map(|a| a.resident_memory_bytes)
         .sum();
     Json(json!({

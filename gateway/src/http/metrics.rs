@@ -17,9 +17,10 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::{endpoint::BACKEND_HEADER, pool::Pool, state::AppState};
+use super::AppState;
+use crate::upstream::{Backend, BackendSnapshot};
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
@@ -40,7 +41,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -128,22 +129,22 @@ impl Metrics {
     }
 
     /// Counts an SSE stream taken up again from its last seq, and why.
-    pub fn sse_resumed(&self, reason: &str) {
+    pub(crate) fn sse_resumed(&self, reason: &str) {
         self.sse_resumes.with_label_values(&[reason]).inc();
     }
 
     /// HTTP requests being handled now.
-    pub fn in_flight(&self) -> i64 {
+    pub(crate) fn in_flight(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// HTTP requests received since start.
-    pub fn total_requests(&self) -> u64 {
+    pub(crate) fn total_requests(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition, with backend gauges read from the pool now.
-    pub fn render(&self, pool: &Pool) -> String {
+    /// The Prometheus text exposition, with the backends' gauges as given.
+    pub(crate) fn render(&self, backends: &[BackendSnapshot]) -> String {
         for gauge in [
             &self.backend_healthy,
             &self.backend_in_flight,
@@ -153,24 +154,24 @@ impl Metrics {
         }
         self.backend_unreachable.reset();
         self.backend_cost.reset();
-        for (stats, _) in pool.members() {
-            let label = [stats.addr.to_string()];
+        for backend in backends {
+            let label = [backend.backend.to_string()];
             let label = [label[0].as_str()];
             self.backend_healthy
                 .with_label_values(&label)
-                .set(i64::from(stats.healthy()));
+                .set(i64::from(backend.healthy));
             self.backend_in_flight
                 .with_label_values(&label)
-                .set(stats.in_flight() as i64);
+                .set(backend.in_flight as i64);
             self.backend_calls
                 .with_label_values(&label)
-                .set(stats.attempts() as i64);
+                .set(backend.attempts as i64);
             self.backend_unreachable
                 .with_label_values(&label)
-                .set(stats.failures() as i64);
+                .set(backend.failures as i64);
             self.backend_cost
                 .with_label_values(&label)
-                .set(stats.cost());
+                .set(backend.cost);
         }
         let mut out = Vec::new();
         if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
@@ -180,8 +181,8 @@ impl Metrics {
     }
 }
 
-pub async fn scrape(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(&state.pool);
+pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(&state.upstream.backends());
     let mut response = body.into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -191,7 +192,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
 }
 
 /// Counts, times and logs each routed request.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let metrics = &state.metrics;
     let route = request
         .extensions()
@@ -215,11 +216,19 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .latency
         .with_label_values(&[route.as_str()])
         .observe(elapsed.as_secs_f64());
-    let backend = response
-        .headers()
-        .get(BACKEND_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    tracing::info!(%method, %path, status = status.as_u16(), backend, ?elapsed, "request");
+    let backend = response.extensions().get::<Backend>().copied();
+    tracing::info!(%method, %path, status = status.as_u16(), backend = %Served(backend), ?elapsed, "request");
     response
+}
+
+/// The serving backend in the access log, `-` when none served the request.
+struct Served(Option<Backend>);
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(backend) => backend.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }

@@ -3,100 +3,57 @@
 //! `?lastEventId=`. When the backend serving the stream ends it (shutdown, crash), the stream
 //! continues on another backend from the last `seq` delivered, so the client sees no gap.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, time::Duration};
 
 use axum::{
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::State,
     response::{
-        IntoResponse, Response,
+        IntoResponse,
         sse::{Event, KeepAlive, Sse},
     },
 };
 use eventsys::v1;
-use http::HeaderMap;
-use serde::Deserialize;
 use tokio::sync::{mpsc, mpsc::error::TrySendError};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use crate::{
-    endpoint::BACKEND_HEADER,
-    error::ApiError,
+use super::{
+    ApiError, AppState,
+    extract::{ResumeAfter, Topic},
     json::EventJson,
-    pool::Route,
-    state::{Answer, AppState, Retry},
 };
+use crate::upstream::Answer;
 
 /// Events buffered for a client that reads slowly; the relay then waits for it.
 const BUFFER: usize = 64;
 const RESUBSCRIBE_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(50), Duration::from_secs(2));
 
-#[derive(Debug, Default, Deserialize)]
-pub struct Resume {
-    #[serde(rename = "lastEventId")]
-    last_event_id: Option<String>,
-}
+type Source = Answer<Streaming<v1::Event>>;
 
-/// The `seq` to resume after: the `Last-Event-ID` header (what a browser sends when it
-/// reconnects), else `?lastEventId=`, else 0 (the whole topic).
-fn resume_point(headers: &HeaderMap, query: Resume) -> Result<u64, ApiError> {
-    let given = match headers.get("last-event-id") {
-        Some(value) => Some(value.to_str().unwrap_or("?").trim().to_owned()),
-        None => query.last_event_id,
-    };
-    match given.as_deref() {
-        None | Some("") => Ok(0),
-        Some(id) => id.parse().map_err(|_| {
-            ApiError::bad_request(format!(
-                "Last-Event-ID must be an event seq number (got {id:?})"
-            ))
-        }),
-    }
-}
-
-pub async fn subscribe(
+/// `GET /subscribe/{topic}` → 200 `text/event-stream`.
+pub(crate) async fn subscribe(
     State(state): State<AppState>,
-    Path(topic): Path<String>,
-    query: Result<Query<Resume>, QueryRejection>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let after = resume_point(&headers, query)?;
+    Topic(topic): Topic,
+    ResumeAfter(after): ResumeAfter,
+) -> Result<impl IntoResponse, ApiError> {
     // Opened before the response starts, so a bad topic or no backend is a plain HTTP error.
     let first = open(&state, &topic, after).await?;
-    let backend = first.backend.clone();
+    let backend = first.backend;
     let (tx, rx) = mpsc::channel(BUFFER);
     tokio::spawn(relay(state.clone(), topic, after, first, tx));
 
     let events = Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(state.settings.sse_keep_alive));
-    let mut response = events.into_response();
-    if let Some(backend) = backend {
-        response.headers_mut().insert(BACKEND_HEADER, backend);
-    }
-    Ok(response)
+    Ok((backend, events))
 }
 
-async fn open(
-    state: &AppState,
-    topic: &str,
-    after_seq: u64,
-) -> Result<Answer<Streaming<v1::Event>>, ApiError> {
+async fn open(state: &AppState, topic: &str, after_seq: u64) -> Result<Source, ApiError> {
     let request = v1::SubscribeRequest {
         topic: topic.to_owned(),
         after_seq,
     };
-    state
-        .call_on(Route::Streams, Retry::Once, move |mut client| {
-            let request = request.clone();
-            async move { client.subscribe(request).await }
-        })
-        .await
-}
-
-fn backend_addr(answer: &Answer<Streaming<v1::Event>>) -> Option<SocketAddr> {
-    answer.backend.as_ref()?.to_str().ok()?.parse().ok()
+    Ok(state.upstream.call(request).await?)
 }
 
 /// Forwards events to the client until it leaves or the gateway shuts down, moving to another
@@ -105,7 +62,7 @@ async fn relay(
     state: AppState,
     topic: String,
     mut last: u64,
-    mut source: Answer<Streaming<v1::Event>>,
+    mut source: Source,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
     let ends = state
@@ -143,12 +100,10 @@ async fn relay(
                     Err(status) => format!("{:?}: {}", status.code(), status.message()),
                     _ => "stream closed".to_owned(),
                 };
-                let from = backend_addr(&source);
+                // A backend that became unreachable has taken itself out already; one that
+                // ended the stream itself (draining) is taken out by its health checks.
+                let from = source.backend;
                 tracing::info!(%topic, last_seq = last, backend = ?from, %reason, "subscription lost: resubscribing");
-                // The backend is going away or broken; the health checks restore it if not.
-                if let Some(addr) = from {
-                    state.pool.eject(addr);
-                }
                 state.metrics.sse_resumed("backend_lost");
                 match reopen(&state, &topic, last, &tx).await {
                     Some(next) => source = next,
@@ -168,9 +123,9 @@ async fn resume_when_drained(
     topic: &str,
     last: u64,
     tx: &mpsc::Sender<Result<Event, Infallible>>,
-    source: Answer<Streaming<v1::Event>>,
+    source: Source,
     ends: Option<tokio::time::Instant>,
-) -> Option<Answer<Streaming<v1::Event>>> {
+) -> Option<Source> {
     drop(source);
     tracing::debug!(%topic, last_seq = last, "slow SSE client: pausing its backend stream");
     tokio::select! {
@@ -188,7 +143,7 @@ async fn reopen(
     topic: &str,
     last: u64,
     tx: &mpsc::Sender<Result<Event, Infallible>>,
-) -> Option<Answer<Streaming<v1::Event>>> {
+) -> Option<Source> {
     let (mut backoff, max) = RESUBSCRIBE_BACKOFF;
     loop {
         match open(state, topic, last).await {
@@ -216,27 +171,5 @@ fn frame(event: v1::Event) -> Option<Event> {
             tracing::error!(seq, error = %err, "cannot encode event");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_wins_over_query_and_bad_ids_are_rejected() {
-        let mut headers = HeaderMap::new();
-        let q = |id: &str| Resume {
-            last_event_id: Some(id.into()),
-        };
-        assert_eq!(resume_point(&headers, Resume::default()).unwrap(), 0);
-        assert_eq!(resume_point(&headers, q("7")).unwrap(), 7);
-        headers.insert("last-event-id", "12".parse().unwrap());
-        assert_eq!(resume_point(&headers, q("7")).unwrap(), 12);
-        headers.insert("last-event-id", "x1".parse().unwrap());
-        assert_eq!(
-            resume_point(&headers, q("7")).unwrap_err().status.as_u16(),
-            400
-        );
     }
 }

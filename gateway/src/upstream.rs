@@ -1,0 +1,103 @@
+//! The gateway's upstream: discovery and health checking of the backends, one p2c balancer for
+//! requests (our PeakEwma load) and one for subscriptions (open streams), and the call policy.
+//! Its one-way interface is `Upstream::call` with typed answers and errors; it knows nothing
+//! of HTTP.
+
+mod backend;
+mod balancer;
+mod call;
+mod discovery;
+mod endpoint;
+mod ewma;
+mod membership;
+
+use std::{sync::Arc, time::Duration};
+
+use eventsys::v1::{self, event_service_client::EventServiceClient};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use backend::{Backend, BackendSnapshot};
+pub(crate) use call::{Answer, CallError, Failure};
+pub(crate) use endpoint::Balancing;
+
+use balancer::BalancedChannel;
+use membership::Membership;
+
+/// How the upstream finds, checks and calls backends.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamConfig {
+    /// `host:port` names; each may resolve to several addresses.
+    pub(crate) backends: Vec<String>,
+    pub(crate) health_interval: Duration,
+    pub(crate) health_timeout: Duration,
+    pub(crate) resolve_interval: Duration,
+    pub(crate) connect_timeout: Duration,
+    /// How requests are balanced (subscriptions always go by open streams).
+    pub(crate) balancing: Balancing,
+    /// Longest a unary call may take, retry included.
+    pub(crate) request_timeout: Duration,
+    /// Longest a call waits for some backend to be healthy.
+    pub(crate) no_backend_wait: Duration,
+}
+
+/// The shared handle on the backends.
+#[derive(Clone)]
+pub(crate) struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: BalancedChannel,
+    streams: BalancedChannel,
+    membership: Arc<Membership>,
+    config: Arc<UpstreamConfig>,
+}
+
+impl Upstream {
+    /// Builds the balancers and starts resolving and health-checking `config.backends`. Must
+    /// be called inside a tokio runtime; the tasks stop when `shutdown` is cancelled.
+    pub(crate) fn start(config: UpstreamConfig, shutdown: CancellationToken) -> Upstream {
+        let (membership, [requests, streams]) = Membership::new(config.balancing);
+        let config = Arc::new(config);
+        tokio::spawn(discovery::run(membership.clone(), config.clone(), shutdown));
+        Upstream {
+            inner: Arc::new(Inner {
+                requests: BalancedChannel::new(requests),
+                streams: BalancedChannel::new(streams),
+                membership,
+                config,
+            }),
+        }
+    }
+
+    /// Every known backend's figures, healthy or not, in address order.
+    pub(crate) fn backends(&self) -> Vec<BackendSnapshot> {
+        self.inner.membership.snapshots()
+    }
+
+    /// Every known backend with what its `Stats` rpc says, when it is healthy and answers
+    /// within `timeout`.
+    pub(crate) async fn backend_stats(
+        &self,
+        timeout: Duration,
+    ) -> Vec<(BackendSnapshot, Option<v1::StatsResponse>)> {
+        let asks =
+            self.inner
+                .membership
+                .channels()
+                .into_iter()
+                .map(|(snapshot, channel)| async move {
+                    if !snapshot.healthy {
+                        return (snapshot, None);
+                    }
+                    let mut client = EventServiceClient::new(channel);
+                    let answer = tokio::time::timeout(timeout, client.stats(v1::StatsRequest {}))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .map(tonic::Response::into_inner);
+                    (snapshot, answer)
+                });
+        futures::future::join_all(asks).await
+    }
+}

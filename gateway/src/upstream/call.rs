@@ -1,0 +1,184 @@
+//! The one way the gateway calls a backend: wait briefly for a healthy backend, bound the call
+//! by the request timeout, and send an rpc that is safe to repeat once more elsewhere when its
+//! backend is unavailable. Which rpcs are safe to repeat is said once, with the rpc.
+
+use std::future::Future;
+
+use eventsys::v1::{self, event_service_client::EventServiceClient};
+use tonic::{Code, Status, Streaming};
+
+use super::{Backend, Upstream, balancer::BalancedChannel, endpoint::CallFailure};
+
+/// The gRPC client every call goes through: a balancer behind it picks the backend.
+pub(crate) type Client = EventServiceClient<BalancedChannel>;
+
+/// Which balancer a call goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Unary calls, balanced by latency and outstanding calls.
+    Requests,
+    /// Subscriptions, balanced by open streams.
+    Streams,
+}
+
+/// Whether a call that failed for want of a backend may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Creates and publishes: sending one twice could store it twice.
+    Never,
+    /// Reads, updates and deletes.
+    Once,
+}
+
+/// One rpc of `events.v1.EventService` as the gateway sends it.
+pub(crate) trait Rpc: Clone + Send + 'static {
+    type Reply: Send + 'static;
+    const RETRY: Retry;
+    const ROUTE: Route = Route::Requests;
+    fn send(
+        self,
+        client: Client,
+    ) -> impl Future<Output = Result<tonic::Response<Self::Reply>, Status>> + Send;
+}
+
+macro_rules! rpc {
+    ($request:ty => $reply:ty, $method:ident, $retry:expr $(, $route:expr)?) => {
+        impl Rpc for $request {
+            type Reply = $reply;
+            const RETRY: Retry = $retry;
+            $(const ROUTE: Route = $route;)?
+            async fn send(self, mut client: Client) -> Result<tonic::Response<$reply>, Status> {
+                client.$method(self).await
+            }
+        }
+    };
+}
+
+rpc!(v1::CreateEventRequest => v1::Event, create_event, Retry::Never);
+rpc!(v1::PublishRequest => v1::Event, publish, Retry::Never);
+rpc!(v1::GetEventRequest => v1::Event, get_event, Retry::Once);
+rpc!(v1::ListEventsRequest => v1::ListEventsResponse, list_events, Retry::Once);
+rpc!(v1::UpdateEventRequest => v1::Event, update_event, Retry::Once);
+rpc!(v1::DeleteEventRequest => v1::DeleteEventResponse, delete_event, Retry::Once);
+rpc!(v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, list_topic_events, Retry::Once);
+rpc!(v1::SubscribeRequest => Streaming<v1::Event>, subscribe, Retry::Once, Route::Streams);
+
+/// A backend's reply and the backend that gave it.
+#[derive(Debug)]
+pub(crate) struct Answer<T> {
+    pub(crate) message: T,
+    pub(crate) backend: Option<Backend>,
+}
+
+/// Why a call has no answer.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// No backend was healthy within the wait.
+    NoBackend,
+    /// The call ran past the request timeout.
+    TimedOut,
+    /// The backend the call went to could not be reached (it is out of the balancers now).
+    Unreachable,
+    /// A backend (named when known) answered with an error.
+    Status {
+        status: Status,
+        backend: Option<Backend>,
+    },
+}
+
+/// A call's failure, and whether it came from a retry: an earlier attempt failed without an
+/// answer, so it may or may not have taken effect.
+#[derive(Debug)]
+pub(crate) struct CallError {
+    pub(crate) failure: Failure,
+    pub(crate) retried: bool,
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        let mut source = std::error::Error::source(&status);
+        while let Some(err) = source {
+            match err.downcast_ref::<CallFailure>() {
+                Some(CallFailure::Unreachable(_)) => return Failure::Unreachable,
+                Some(CallFailure::Answered(backend)) => {
+                    let backend = Some(*backend);
+                    return Failure::Status { status, backend };
+                }
+                None => source = err.source(),
+            }
+        }
+        Failure::Status {
+            status,
+            backend: None,
+        }
+    }
+}
+
+impl Failure {
+    /// Unavailable, whoever said so: another backend may answer.
+    fn may_retry(&self) -> bool {
+        match self {
+            Failure::Unreachable => true,
+            Failure::Status { status, .. } => status.code() == Code::Unavailable,
+            Failure::NoBackend | Failure::TimedOut => false,
+        }
+    }
+}
+
+impl Upstream {
+    /// Sends `request` to the backend its route's balancer picks; an rpc that is safe to
+    /// repeat goes once more elsewhere if that backend is unavailable. The request is cloned
+    /// only for that second attempt.
+    pub(crate) async fn call<R: Rpc>(&self, request: R) -> Result<Answer<R::Reply>, CallError> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
+        let again = (R::RETRY == Retry::Once).then(|| request.clone());
+        let failure = match self.attempt(request, deadline).await {
+            Ok(answer) => return Ok(answer),
+            Err(failure) => failure,
+        };
+        match again {
+            Some(request) if failure.may_retry() => {
+                tracing::debug!(?failure, "retrying on another backend");
+                self.attempt(request, deadline)
+                    .await
+                    .map_err(|failure| CallError {
+                        failure,
+                        retried: true,
+                    })
+            }
+            _ => Err(CallError {
+                failure,
+                retried: false,
+            }),
+        }
+    }
+
+    async fn attempt<R: Rpc>(
+        &self,
+        request: R,
+        deadline: tokio::time::Instant,
+    ) -> Result<Answer<R::Reply>, Failure> {
+        let inner = &self.inner;
+        if !inner
+            .membership
+            .wait_ready(inner.config.no_backend_wait)
+            .await
+        {
+            return Err(Failure::NoBackend);
+        }
+        let channel = match R::ROUTE {
+            Route::Requests => &inner.requests,
+            Route::Streams => &inner.streams,
+        };
+        let client =
+            EventServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
+        match tokio::time::timeout_at(deadline, request.send(client)).await {
+            Err(_) => Err(Failure::TimedOut),
+            Ok(Ok(response)) => Ok(Answer {
+                backend: response.extensions().get::<Backend>().copied(),
+                message: response.into_inner(),
+            }),
+            Ok(Err(status)) => Err(status.into()),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! How backends come and go: names are re-resolved periodically (a DNS name may stand for many
+//! backends), and every address is health-checked (`grpc.health.v1`) with a deadline; a
+//! check's outcome inserts the backend into the balancers or removes it.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use eventsys::v1::event_service_server::SERVICE_NAME;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use super::{Backend, UpstreamConfig, membership::Membership};
+
+/// Health checks in a row that must miss their deadline before a backend that still accepts
+/// connections is taken out.
+const SLOW_ANSWERS_TO_REMOVE: u32 = 3;
+
+/// Resolves and checks backends until `shutdown`.
+pub(crate) async fn run(
+    membership: Arc<Membership>,
+    config: Arc<UpstreamConfig>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.resolve_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => resolve(&membership, &config, &shutdown).await,
+        }
+    }
+    membership.stop_checkers();
+}
+
+/// Resolves every configured name; adds addresses that appeared and drops those that went.
+/// A name that fails to resolve keeps its previous addresses: DNS trouble must not empty the
+/// pool.
+async fn resolve(
+    membership: &Arc<Membership>,
+    config: &Arc<UpstreamConfig>,
+    shutdown: &CancellationToken,
+) {
+    let mut seen = HashSet::new();
+    let mut failed = false;
+    for name in &config.backends {
+        match tokio::net::lookup_host(name.as_str()).await {
+            Ok(addrs) => seen.extend(addrs.map(Backend)),
+            Err(err) => {
+                failed = true;
+                tracing::warn!(backend = %name, error = %err, "cannot resolve backend");
+            }
+        }
+    }
+    for &backend in &seen {
+        if membership.contains(backend) {
+            continue;
+        }
+        let channel = channel(backend, config.connect_timeout);
+        let checker = shutdown.child_token();
+        tracing::info!(%backend, "backend discovered");
+        membership.add(backend, channel.clone(), checker.clone());
+        tokio::spawn(check(
+            membership.clone(),
+            config.clone(),
+            backend,
+            channel,
+            checker,
+        ));
+    }
+    if !failed {
+        membership.retain(|b| seen.contains(&b));
+    }
+}
+
+fn channel(backend: Backend, connect_timeout: Duration) -> Channel {
+    Channel::from_shared(format!("http://{backend}"))
+        .expect("a socket address makes a valid URI")
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+/// Health-checks one address until cancelled: `grpc.health.v1` Check of the event service
+/// with a short deadline. A failed check removes the backend (a missed deadline only the third
+/// in a row), one passed check restores it.
+async fn check(
+    membership: Arc<Membership>,
+    config: Arc<UpstreamConfig>,
+    backend: Backend,
+    channel: Channel,
+    stop: CancellationToken,
+) {
+    let mut health = HealthClient::new(channel);
+    let mut slow_answers = 0;
+    let mut tick = tokio::time::interval(config.health_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let request = HealthCheckRequest {
+            service: SERVICE_NAME.into(),
+        };
+        let outcome = tokio::time::timeout(config.health_timeout, health.check(request)).await;
+        let healthy = matches!(
+            &outcome,
+            Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32
+        );
+        // A backend that refuses or says NOT_SERVING is out at once; one that is only slow to
+        // answer may just be busy (a burst of fan-out on a loaded machine), and taking every
+        // busy backend out would turn load into an outage.
+        slow_answers = if outcome.is_err() {
+            slow_answers + 1
+        } else {
+            0
+        };
+        if outcome.is_err() && slow_answers < SLOW_ANSWERS_TO_REMOVE {
+            continue;
+        }
+        if membership.set_health(backend, healthy) {
+            if healthy {
+                tracing::info!(%backend, "backend healthy: receiving traffic");
+            } else {
+                let reason = match outcome {
+                    Ok(Ok(response)) => format!("status {:?}", response.get_ref().status()),
+                    Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+                    Err(_) => format!("no answer within {:?}", config.health_timeout),
+                };
+                tracing::warn!(%backend, %reason, "backend unhealthy: removed");
+            }
+        }
+    }
+}

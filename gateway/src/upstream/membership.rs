@@ -1,0 +1,188 @@
+//! Which backends the balancers hold: every resolved address with its channel and counters,
+//! and the one place that inserts a backend into both balancers or removes it from them
+//! (`Change::Insert` / `Change::Remove`), whether a health check or an endpoint asks.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use futures::{StreamExt, stream::BoxStream};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tower::discover::Change;
+
+use super::{
+    backend::{Backend, BackendSnapshot, BackendStats},
+    endpoint::{Balancing, Endpoint},
+};
+
+/// What a balancer discovers its endpoints from.
+pub(crate) type Discovered = BoxStream<'static, Result<Change<Backend, Endpoint>, Infallible>>;
+
+/// One resolved backend address.
+struct Member {
+    channel: Channel,
+    stats: Arc<BackendStats>,
+    /// Whether the balancers hold it now.
+    inserted: bool,
+    checker: CancellationToken,
+}
+
+pub(crate) struct Membership {
+    members: Mutex<HashMap<Backend, Member>>,
+    requests: mpsc::UnboundedSender<Change<Backend, Endpoint>>,
+    streams: mpsc::UnboundedSender<Change<Backend, Endpoint>>,
+    /// How many backends the balancers hold.
+    ready: watch::Sender<usize>,
+    /// How requests are weighed (subscriptions always go by open streams).
+    balancing: Balancing,
+}
+
+impl Membership {
+    /// The membership and what the request and stream balancers discover from it.
+    pub(crate) fn new(balancing: Balancing) -> (Arc<Membership>, [Discovered; 2]) {
+        let (requests, for_requests) = mpsc::unbounded_channel();
+        let (streams, for_streams) = mpsc::unbounded_channel();
+        let membership = Arc::new(Membership {
+            members: Mutex::new(HashMap::new()),
+            requests,
+            streams,
+            ready: watch::Sender::new(0),
+            balancing,
+        });
+        let discovered = |rx| UnboundedReceiverStream::new(rx).map(Ok).boxed();
+        (
+            membership,
+            [discovered(for_requests), discovered(for_streams)],
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Backend, Member>> {
+        self.members.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `backend` is known already.
+    pub(crate) fn contains(&self, backend: Backend) -> bool {
+        self.lock().contains_key(&backend)
+    }
+
+    /// Adds a newly resolved address, out of the balancers until its first passed check.
+    pub(crate) fn add(&self, backend: Backend, channel: Channel, checker: CancellationToken) {
+        let stats = Arc::new(BackendStats::new(backend));
+        self.lock().insert(
+            backend,
+            Member {
+                channel,
+                stats,
+                inserted: false,
+                checker,
+            },
+        );
+    }
+
+    /// Drops every address not in `keep`, stopping its health checks.
+    pub(crate) fn retain(&self, keep: impl Fn(Backend) -> bool) {
+        let mut members = self.lock();
+        let gone: Vec<Backend> = members.keys().filter(|b| !keep(**b)).copied().collect();
+        for backend in gone {
+            if let Some(member) = members.remove(&backend) {
+                tracing::info!(%backend, "backend no longer resolves: removed");
+                member.checker.cancel();
+                if member.inserted {
+                    self.send(Change::Remove(backend), Change::Remove(backend));
+                }
+            }
+        }
+        self.publish_ready(&members);
+    }
+
+    /// Stops every health checker (at shutdown).
+    pub(crate) fn stop_checkers(&self) {
+        for member in self.lock().values() {
+            member.checker.cancel();
+        }
+    }
+
+    /// Takes a backend out at once, after a call to it found it unreachable. Its health
+    /// checker puts it back when it answers again.
+    pub(crate) fn eject(self: &Arc<Self>, backend: Backend) {
+        if self.set_health(backend, false) {
+            tracing::warn!(%backend, "backend unreachable: taken out until it answers health checks");
+        }
+    }
+
+    /// Records a backend's health, inserting it into or removing it from both balancers on a
+    /// change. Returns whether anything changed.
+    pub(crate) fn set_health(self: &Arc<Self>, backend: Backend, healthy: bool) -> bool {
+        let mut members = self.lock();
+        let Some(member) = members.get_mut(&backend) else {
+            return false;
+        };
+        member.stats.set_healthy(healthy);
+        if member.inserted == healthy {
+            return false;
+        }
+        member.inserted = healthy;
+        if healthy {
+            // Fresh endpoints: latency estimates start over, as the backend may have restarted.
+            let endpoint = |balancing| {
+                Endpoint::new(
+                    member.channel.clone(),
+                    member.stats.clone(),
+                    balancing,
+                    self.clone(),
+                )
+            };
+            self.send(
+                Change::Insert(backend, endpoint(self.balancing)),
+                Change::Insert(backend, endpoint(Balancing::OpenStreams)),
+            );
+        } else {
+            self.send(Change::Remove(backend), Change::Remove(backend));
+        }
+        self.publish_ready(&members);
+        true
+    }
+
+    fn send(&self, requests: Change<Backend, Endpoint>, streams: Change<Backend, Endpoint>) {
+        // The receivers live in the balancers, which live as long as the gateway.
+        let _ = self.requests.send(requests);
+        let _ = self.streams.send(streams);
+    }
+
+    fn publish_ready(&self, members: &HashMap<Backend, Member>) {
+        let inserted = members.values().filter(|m| m.inserted).count();
+        self.ready.send_replace(inserted);
+    }
+
+    /// Waits up to `deadline` for the balancers to hold at least one backend.
+    pub(crate) async fn wait_ready(&self, deadline: Duration) -> bool {
+        let mut ready = self.ready.subscribe();
+        tokio::time::timeout(deadline, ready.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Every known backend's figures, in address order.
+    pub(crate) fn snapshots(&self) -> Vec<BackendSnapshot> {
+        let mut list: Vec<_> = self.lock().values().map(|m| m.stats.snapshot()).collect();
+        list.sort_by_key(|s| s.backend);
+        list
+    }
+
+    /// Every known backend with a direct channel to it (for per-backend calls such as Stats).
+    pub(crate) fn channels(&self) -> Vec<(BackendSnapshot, Channel)> {
+        let mut list: Vec<_> = self
+            .lock()
+            .values()
+            .map(|m| (m.stats.snapshot(), m.channel.clone()))
+            .collect();
+        list.sort_by_key(|(s, _)| s.backend);
+        list
+    }
+}
