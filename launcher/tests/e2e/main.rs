@@ -1,8 +1,10 @@
-//! End-to-end tests: the real binaries as separate processes on ephemeral ports, the real
-//! SQLite store, and real clients (grpcurl, tonic, an HTTP client, an SSE client).
+//! End-to-end tests: the real servers of the `eventsys` binary as separate processes on
+//! ephemeral ports, the real SQLite store, and real clients (grpcurl, tonic, an HTTP client, an
+//! SSE client).
 
 mod backend;
 mod bench;
+mod cli;
 mod gateway_balancing;
 mod gateway_contract;
 mod pubsub;

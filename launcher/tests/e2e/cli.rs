@@ -1,0 +1,86 @@
+//! Command lines refused before anything is served: the gateway's configuration errors, each
+//! a one-line reason; a handed-over socket that is not there; and the load tool's arguments.
+
+use std::process::Command;
+
+use crate::support::EVENTSYS;
+
+fn refused(subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(EVENTSYS)
+        .arg(subcommand)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("BACKENDS")
+        .env_remove("PORT")
+        .env_remove("LISTEN_FDS")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run eventsys");
+    assert!(!out.status.success(), "{args:?} must be refused");
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+}
+
+#[test]
+fn bad_gateway_configuration_exits_non_zero_with_a_one_line_reason() {
+    let gateway = |args: &[&str]| refused("gateway", args, &[]);
+    assert_eq!(
+        gateway(&["--port", "0", "--backends", "no-port"]),
+        "gateway: invalid --backends: \"no-port\" is not host:port"
+    );
+    assert_eq!(
+        gateway(&["--port", "0", "--backends", ""]),
+        "gateway: invalid --backends: no backend given"
+    );
+    assert_eq!(
+        gateway(&["--port", "0", "--health-interval", "0s"]),
+        "gateway: invalid --health-interval: must be more than zero"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port().to_string();
+    let reason = gateway(&["--port", &port]);
+    let last = reason.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("gateway: cannot listen on 127.0.0.1:{port}")),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_socket_promised_but_not_handed_over_is_a_one_line_reason() {
+    // `LISTEN_FDS=1` with nothing at fd 3: neither server may fall back to binding a port the
+    // supervisor did not give it.
+    for (subcommand, name) in [("gateway", "gateway"), ("backend", "eventsvc")] {
+        let reason = refused(subcommand, &[], &[("LISTEN_FDS", "1")]);
+        assert!(
+            reason.starts_with(&format!(
+                "{name}: cannot use the listening socket handed over:"
+            )) && !reason.contains('\n'),
+            "{reason}"
+        );
+    }
+}
+
+#[test]
+fn the_load_tool_fails_against_a_gateway_that_is_not_there() {
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = Command::new(EVENTSYS)
+        .args(["bench", "--gateway", &format!("http://{nowhere}")])
+        .args(["closed", "--endpoint", "list", "--requests", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("5 × transport: connect"), "{stdout}");
+}
+
+#[test]
+fn the_load_tool_refuses_conflicting_limits() {
+    let out = Command::new(EVENTSYS)
+        .args(["bench", "closed", "--duration", "1s", "--requests", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
