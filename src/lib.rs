@@ -2,6 +2,8 @@
 //! types, tonic client and server, the descriptor set behind server reflection), and the small
 //! pieces both binaries share: JSON ↔ `Struct`, and (feature `process`) process plumbing.
 
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod json;
 #[cfg(feature = "process")]
 pub mod listen;

@@ -5,11 +5,13 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
+    sync::Arc,
     time::Duration,
 };
 
 use clap::{Args, Parser};
 use eventsys::{
+    auth::{AuthArgs, AuthError},
     listen::{Inherited, Origin},
     process::{self, SetupError},
 };
@@ -83,6 +85,13 @@ pub(crate) struct Config {
     /// backend look slow to the gateway's balancer. Never set it in production.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub(crate) test_latency_ms: u64,
+
+    /// Do not serve gRPC server reflection (v1 and v1alpha).
+    #[arg(long)]
+    pub(crate) no_reflection: bool,
+
+    #[command(flatten)]
+    pub(crate) auth: AuthArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +109,8 @@ enum Fatal {
     },
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// Entry point of the `eventsvc` binary.
@@ -122,8 +133,6 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
     // Installed first: a SIGTERM during start-up must not kill the process abruptly.
     let shutdown = process::shutdown_signal()?;
 
-    tracing::info!(store = %uri, "opening store");
-    let store = store::open(&uri).await?;
     let addr = SocketAddr::new(config.host, config.port);
     let (listener, origin) = inherited
         .listen(addr)
@@ -132,11 +141,21 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
     if origin == Origin::Inherited {
         tracing::debug!("serving on the listening socket handed over by the supervisor");
     }
+    let listening = listener
+        .local_addr()
+        .map_err(|source| Fatal::Bind { addr, source })?;
+    // Before the store is touched: an exposed anonymous backend must not start at all.
+    let auth = Arc::new(config.auth.build(&[listening])?);
+
+    tracing::info!(store = %uri, "opening store");
+    let store = store::open(&uri).await?;
     let feed = FeedSettings {
         buffer: config.subscriber_buffer as usize,
         max_lag: config.max_subscriber_lag,
     };
     let backend = Backend::new(store)
+        .auth(auth)
+        .reflection(!config.no_reflection)
         .feed(feed)
         .added_latency(Duration::from_millis(config.test_latency_ms));
     if config.test_latency_ms > 0 {

@@ -1,6 +1,7 @@
 //! eventsvc: the gRPC event backend. Several run side by side over one shared store; each serves
 //! event CRUD, publish, topic history and subscriptions, plus health and reflection.
 
+mod auth;
 mod cli;
 mod convert;
 mod feed;

@@ -5,13 +5,14 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use eventsys::v1::event_service_server::EventServiceServer;
+use eventsys::{auth::Auth, v1::event_service_server::EventServiceServer};
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
+    auth::Verify,
     feed::{Feed, FeedSettings},
     service::EventsApi,
     stats::{MeterLayer, Stats},
@@ -27,6 +28,8 @@ pub struct Backend {
     feed: FeedSettings,
     drain_timeout: Duration,
     added_latency: Duration,
+    auth: Arc<Auth>,
+    reflection: bool,
 }
 
 impl Backend {
@@ -36,7 +39,21 @@ impl Backend {
             feed: FeedSettings::default(),
             drain_timeout: Duration::from_secs(10),
             added_latency: Duration::ZERO,
+            auth: Arc::new(Auth::anonymous()),
+            reflection: true,
         }
+    }
+
+    /// Token mode or anonymous (the default), and the policy.
+    pub fn auth(mut self, auth: Arc<Auth>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Whether server reflection is served (default: yes).
+    pub fn reflection(mut self, on: bool) -> Self {
+        self.reflection = on;
+        self
     }
 
     /// Test-only: delays every event-API response by `latency`, to exercise the gateway's
@@ -95,8 +112,14 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(eventsys::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = if backend.reflection {
+        (
+            Some(reflection().build_v1()?),
+            Some(reflection().build_v1alpha()?),
+        )
+    } else {
+        (None, None)
+    };
 
     let (draining_tx, draining) = oneshot::channel::<()>();
     let drain = async move {
@@ -126,13 +149,12 @@ pub async fn serve(
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(MeterLayer::new(stats.clone(), addr.port(), added_latency))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(EventServiceServer::new(EventsApi::new(
-            backend.store,
-            stats.clone(),
-            feed,
-        )))
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
+        .add_service(EventServiceServer::with_interceptor(
+            EventsApi::new(backend.store, stats.clone(), feed, backend.auth.clone()),
+            Verify(backend.auth),
+        ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);
     tokio::select! {
         served = server => served?,

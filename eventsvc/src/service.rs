@@ -3,10 +3,14 @@
 
 use std::sync::Arc;
 
-use eventsys::v1::{self, event_service_server::EventService};
+use eventsys::{
+    auth::Auth,
+    v1::{self, event_service_server::EventService},
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::{Who, denied},
     convert,
     feed::{EventStream, Feed},
     stats::Stats,
@@ -18,11 +22,31 @@ pub(crate) struct EventsApi {
     store: Arc<dyn EventStore>,
     stats: Arc<Stats>,
     feed: Feed,
+    auth: Arc<Auth>,
 }
 
 impl EventsApi {
-    pub(crate) fn new(store: Arc<dyn EventStore>, stats: Arc<Stats>, feed: Feed) -> Self {
-        Self { store, stats, feed }
+    pub(crate) fn new(
+        store: Arc<dyn EventStore>,
+        stats: Arc<Stats>,
+        feed: Feed,
+        auth: Arc<Auth>,
+    ) -> Self {
+        Self {
+            store,
+            stats,
+            feed,
+            auth,
+        }
+    }
+
+    /// Topic history and subscriptions: a subscribe right, or a public topic.
+    fn may_read(&self, who: &Who, topic: &str) -> Result<(), Status> {
+        match &who.0 {
+            Some(caller) => self.auth.may_read(caller, topic).map_err(denied),
+            None if self.auth.public_topic(topic) => Ok(()),
+            None => Err(Status::unauthenticated("a token is required")),
+        }
     }
 }
 
@@ -59,7 +83,10 @@ impl EventService for EventsApi {
         &self,
         request: Request<v1::CreateEventRequest>,
     ) -> Result<Response<v1::Event>, Status> {
-        let new = validate::create(request.into_inner())?;
+        let who = Who::of(&request);
+        let mut req = request.into_inner();
+        req.user_id = who.caller()?.owner(&req.user_id).map_err(denied)?;
+        let new = validate::create(req)?;
         let event = self.store.create(new).await?;
         Ok(Response::new(convert::event(event)))
     }
@@ -68,9 +95,10 @@ impl EventService for EventsApi {
         &self,
         request: Request<v1::GetEventRequest>,
     ) -> Result<Response<v1::Event>, Status> {
+        let who = Who::of(&request);
         let req = request.into_inner();
         let id = validate::id(&req.id)?;
-        let owner = validate::owner(req.user_id)?;
+        let owner = validate::owner(who.caller()?.owner(&req.user_id).map_err(denied)?)?;
         let event = self.store.get(id, owner).await?;
         Ok(Response::new(convert::event(event)))
     }
@@ -79,8 +107,9 @@ impl EventService for EventsApi {
         &self,
         request: Request<v1::ListEventsRequest>,
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        let who = Who::of(&request);
         let req = request.into_inner();
-        let owner = validate::owner(req.user_id)?;
+        let owner = validate::owner(who.caller()?.owner(&req.user_id).map_err(denied)?)?;
         let limit = validate::limit(req.limit)?;
         let cursor = Some(req.page_token).filter(|t| !t.is_empty());
         let page = self.store.list(owner, limit, cursor).await?;
@@ -94,9 +123,10 @@ impl EventService for EventsApi {
         &self,
         request: Request<v1::UpdateEventRequest>,
     ) -> Result<Response<v1::Event>, Status> {
+        let who = Who::of(&request);
         let req = request.into_inner();
         let id = validate::id(&req.id)?;
-        let owner = validate::owner(req.user_id)?;
+        let owner = validate::owner(who.caller()?.owner(&req.user_id).map_err(denied)?)?;
         let patch = validate::patch(req.title, req.description, req.completed)?;
         let event = self.store.update(id, owner, patch).await?;
         Ok(Response::new(convert::event(event)))
@@ -106,9 +136,10 @@ impl EventService for EventsApi {
         &self,
         request: Request<v1::DeleteEventRequest>,
     ) -> Result<Response<v1::DeleteEventResponse>, Status> {
+        let who = Who::of(&request);
         let req = request.into_inner();
         let id = validate::id(&req.id)?;
-        let owner = validate::owner(req.user_id)?;
+        let owner = validate::owner(who.caller()?.owner(&req.user_id).map_err(denied)?)?;
         self.store.delete(id, owner).await?;
         Ok(Response::new(v1::DeleteEventResponse {}))
     }
@@ -117,7 +148,12 @@ impl EventService for EventsApi {
         &self,
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::Event>, Status> {
-        let new = validate::publish(request.into_inner())?;
+        let who = Who::of(&request);
+        let mut req = request.into_inner();
+        let caller = who.caller()?;
+        caller.may_publish(&req.topic).map_err(denied)?;
+        req.user_id = caller.owner(&req.user_id).map_err(denied)?;
+        let new = validate::publish(req)?;
         let event = self.store.publish(new).await?;
         Ok(Response::new(convert::event(event)))
     }
@@ -126,8 +162,10 @@ impl EventService for EventsApi {
         &self,
         request: Request<v1::ListTopicEventsRequest>,
     ) -> Result<Response<v1::ListTopicEventsResponse>, Status> {
+        let who = Who::of(&request);
         let req = request.into_inner();
         validate::topic(&req.topic)?;
+        self.may_read(&who, &req.topic)?;
         let limit = validate::limit(req.limit)?;
         // One extra event tells whether more follow.
         let mut events = self
@@ -148,15 +186,21 @@ impl EventService for EventsApi {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = Who::of(&request);
         let req = request.into_inner();
         validate::topic(&req.topic)?;
+        self.may_read(&who, &req.topic)?;
         Ok(Response::new(self.feed.subscribe(req.topic, req.after_seq)))
     }
 
     async fn stats(
         &self,
-        _request: Request<v1::StatsRequest>,
+        request: Request<v1::StatsRequest>,
     ) -> Result<Response<v1::StatsResponse>, Status> {
+        if !self.auth.public_ops() {
+            let who = Who::of(&request);
+            self.auth.may_operate(who.caller()?).map_err(denied)?;
+        }
         let uptime = self.stats.uptime();
         Ok(Response::new(v1::StatsResponse {
             in_flight: self.stats.in_flight(),

@@ -4,11 +4,13 @@
 use std::{
     net::{IpAddr, SocketAddr},
     process::ExitCode,
+    sync::Arc,
     time::Duration,
 };
 
 use clap::Parser;
 use eventsys::{
+    auth::{Auth, AuthArgs, AuthError},
     listen::{Inherited, Origin},
     process::{self, SetupError},
 };
@@ -84,6 +86,9 @@ pub(crate) struct Config {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) drain_timeout: Duration,
+
+    #[command(flatten)]
+    pub(crate) auth: AuthArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -114,9 +119,12 @@ enum Fatal {
     },
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl Config {
+    /// Everything but the auth policy, which needs the address actually listened on.
     fn validate(&self) -> Result<GatewayConfig, Fatal> {
         let backends: Vec<String> = self
             .backends
@@ -169,6 +177,7 @@ impl Config {
                 body_limit: BODY_LIMIT,
             },
             drain_timeout: self.drain_timeout,
+            auth: Arc::new(Auth::anonymous()),
         })
     }
 }
@@ -189,7 +198,7 @@ where
 }
 
 async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
-    let gateway = config.validate()?;
+    let mut gateway = config.validate()?;
     let shutdown = process::shutdown_signal()?;
     let addr = SocketAddr::new(config.host, config.port);
     let (listener, origin) = inherited
@@ -199,6 +208,8 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
     if origin == Origin::Inherited {
         tracing::debug!("serving on the listening socket handed over by the supervisor");
     }
+    let listening = listener.local_addr().map_err(Fatal::Serve)?;
+    gateway.auth = Arc::new(config.auth.build(&[listening])?);
     tracing::info!(backends = ?gateway.upstream.backends, "balancing over");
     serve(listener, gateway, shutdown)
         .await

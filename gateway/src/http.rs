@@ -2,6 +2,7 @@
 //! endpoints, `/metrics`), its extractors, its error body and the `x-backend` header. It
 //! calls backends only through `upstream::Upstream` and never sees gRPC metadata.
 
+mod auth;
 mod error;
 mod extract;
 mod json;

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use eventsys::auth::Auth;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,8 @@ pub struct GatewayConfig {
     pub(crate) settings: Settings,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub(crate) drain_timeout: Duration,
+    /// Token mode or anonymous, and the policy.
+    pub(crate) auth: Arc<Auth>,
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes.
@@ -35,6 +38,7 @@ pub async fn serve(
     let upstream = Upstream::start(config.upstream, stop.clone());
     let state = AppState {
         upstream,
+        auth: config.auth,
         settings: Arc::new(config.settings),
         metrics: Arc::new(Metrics::new()),
         started: Instant::now(),

@@ -17,7 +17,7 @@ use eventsys::v1::{self, event_service_client::EventServiceClient};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use backend::{Backend, BackendSnapshot};
-pub(crate) use call::{Answer, CallError, Failure};
+pub(crate) use call::{Answer, Bearer, CallError, Failure};
 pub(crate) use endpoint::Balancing;
 
 use balancer::BalancedChannel;
@@ -80,6 +80,7 @@ impl Upstream {
     pub(crate) async fn backend_stats(
         &self,
         timeout: Duration,
+        bearer: Option<&Bearer>,
     ) -> Vec<(BackendSnapshot, Option<v1::StatsResponse>)> {
         let asks =
             self.inner
@@ -91,7 +92,13 @@ impl Upstream {
                         return (snapshot, None);
                     }
                     let mut client = EventServiceClient::new(channel);
-                    let answer = tokio::time::timeout(timeout, client.stats(v1::StatsRequest {}))
+                    let mut request = tonic::Request::new(v1::StatsRequest {});
+                    if let Some(Bearer(token)) = bearer
+                        && let Ok(value) = format!("Bearer {token}").parse()
+                    {
+                        request.metadata_mut().insert("authorization", value);
+                    }
+                    let answer = tokio::time::timeout(timeout, client.stats(request))
                         .await
                         .ok()
                         .and_then(Result::ok)

@@ -5,6 +5,7 @@
 use std::{ffi::OsString, net::IpAddr, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
+use eventsys::auth::{AuthArgs, Claims, EventsClaim, sign_hs256};
 
 use crate::up;
 
@@ -37,6 +38,36 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Print a token signed with the configured HMAC secret (JWT_SECRET or --jwt-secret-file),
+    /// for development and tests.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TokenArgs {
+    /// The user (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Topic patterns the token may publish to, comma-separated (`orders`, `orders.*`, `*`).
+    #[arg(long, value_delimiter = ',')]
+    publish: Vec<String>,
+    /// Topic patterns the token may read (history and SSE), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    subscribe: Vec<String>,
+    /// May use the operational endpoints.
+    #[arg(long)]
+    admin: bool,
+    /// Lifetime.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+    /// `iss` to put in the token.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// `aud` to put in the token.
+    #[arg(long)]
+    audience: Option<String>,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -59,6 +90,9 @@ pub(crate) struct UpArgs {
 
     #[command(flatten)]
     pub(crate) store: eventsvc::StoreArgs,
+
+    #[command(flatten)]
+    pub(crate) auth: AuthArgs,
 }
 
 /// Entry point of the `eventsys` binary.
@@ -80,7 +114,50 @@ pub fn main() -> ExitCode {
             gateway::main_from(program("gateway").chain(args))
         }
         Some(Command::Bench { args }) => bench::main_from(program("bench").chain(args)),
+        Some(Command::Token(args)) => token(args),
         Some(Command::Up(args)) => up::main(args),
         None => up::main(cli.up),
+    }
+}
+
+/// `eventsys token`: prints a signed token, or a one-line reason.
+fn token(args: TokenArgs) -> ExitCode {
+    let secret = match args.auth.secret() {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            eprintln!(
+                "eventsys: token signs with an HMAC secret: set JWT_SECRET or --jwt-secret-file"
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(err) => {
+            eprintln!("eventsys: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let claims = Claims {
+        sub: args.sub,
+        exp: (now + args.ttl).as_secs(),
+        nbf: None,
+        iss: args.issuer,
+        aud: args.audience,
+        events: EventsClaim {
+            publish: args.publish,
+            subscribe: args.subscribe,
+            admin: args.admin,
+        },
+    };
+    match sign_hs256(&secret, &claims) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("eventsys: {err}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -89,6 +89,15 @@ impl Plan {
             }
             (args.base_port..=last as u16).collect()
         };
+        // Protected mode and the key, checked before anything starts.
+        let listeners: Vec<SocketAddr> = backend_ports
+            .iter()
+            .chain([&args.gateway_port])
+            .map(|&port| SocketAddr::new(args.host, port))
+            .collect();
+        args.auth
+            .build(&listeners)
+            .map_err(|e| Fatal::Config(e.to_string()))?;
         if args.gateway_port != 0 && backend_ports.contains(&args.gateway_port) {
             return Err(Fatal::Config(format!(
                 "gateway port {} is also a backend port",
@@ -243,7 +252,10 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
             subcommand: "backend",
             listener,
             args: Vec::new(),
-            env: vec![("STORE_URI", plan.store.clone())],
+            env: [("STORE_URI", plan.store.clone())]
+                .into_iter()
+                .chain(plan.args.auth.to_env())
+                .collect(),
         };
         let child = supervised(spec, console.label(&name, i + 2), &console)?;
         let task = fleet.supervise(&child, &fleet.stop_backends);
@@ -314,7 +326,7 @@ async fn start(
         subcommand: "gateway",
         listener: gateway,
         args: vec!["--backends".into(), list],
-        env: Vec::new(),
+        env: plan.args.auth.to_env(),
     };
     let gateway = supervised(spec, console.label("gateway", 1), console)?;
     let mut task = fleet.supervise(&gateway, &fleet.stop_gateway);

@@ -7,7 +7,7 @@ use axum::{
     extract::rejection::{BytesRejection, PathRejection, QueryRejection},
     response::{IntoResponse, Response},
 };
-use http::StatusCode;
+use http::{HeaderValue, StatusCode, header};
 use tonic::Code;
 
 use crate::upstream::{Backend, CallError, Failure};
@@ -19,6 +19,8 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     /// The backend that produced the error, when one did.
     pub(crate) backend: Option<Backend>,
+    /// `WWW-Authenticate` of a 401.
+    pub(crate) challenge: Option<&'static str>,
 }
 
 /// HTTP status and gRPC status name for a gRPC code (the usual gateway table).
@@ -55,6 +57,7 @@ impl ApiError {
             code: name,
             message: message.into(),
             backend: None,
+            challenge: None,
         }
     }
 
@@ -65,6 +68,7 @@ impl ApiError {
             code,
             message: message.into(),
             backend: None,
+            challenge: None,
         }
     }
 
@@ -88,6 +92,13 @@ impl From<CallError> for ApiError {
             Failure::TimedOut => return Self::new(Code::DeadlineExceeded, "request timed out"),
             Failure::Status { status, backend } => (status, backend),
         };
+        // The backends apply the same token rules; their refusals keep the HTTP shape.
+        if status.code() == Code::Unauthenticated {
+            return ApiError {
+                challenge: Some(r#"Bearer realm="events", error="invalid_token""#),
+                ..Self::new(Code::Unauthenticated, "invalid token")
+            };
+        }
         // Backends word their errors for clients; transport and internal failures carry
         // driver text and addresses, which stay in the log.
         let message = match status.code() {
@@ -129,7 +140,10 @@ impl IntoResponse for ApiError {
             "message": self.message,
             "code": self.code,
         });
-        (self.status, self.backend, Json(body)).into_response()
+        let challenge = self
+            .challenge
+            .map(|c| [(header::WWW_AUTHENTICATE, HeaderValue::from_static(c))]);
+        (self.status, self.backend, challenge, Json(body)).into_response()
     }
 }
 

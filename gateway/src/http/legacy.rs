@@ -8,7 +8,7 @@ use eventsys::v1;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::{ApiError, AppState, auth::Credentials};
 use crate::upstream::BackendSnapshot;
 
 const STATS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -16,8 +16,11 @@ const STATS_TIMEOUT: Duration = Duration::from_millis(500);
 /// A backend with what its `Stats` rpc said, when it is healthy and answered in time.
 type Report = (BackendSnapshot, Option<v1::StatsResponse>);
 
-async fn reports(state: &AppState) -> Vec<Report> {
-    state.upstream.backend_stats(STATS_TIMEOUT).await
+async fn reports(state: &AppState, who: &Credentials) -> Vec<Report> {
+    state
+        .upstream
+        .backend_stats(STATS_TIMEOUT, who.bearer.as_ref())
+        .await
 }
 
 fn uptime(report: &v1::StatsResponse) -> Duration {
@@ -73,29 +76,37 @@ fn breakdown(reports: &[Report], figures: impl Fn(&v1::StatsResponse) -> Value) 
 }
 
 /// `{"in_flight": N}`: calls being served by the healthy backends, open streams included.
-pub(crate) async fn load(State(state): State<AppState>) -> Json<Value> {
-    let reports = reports(&state).await;
+pub(crate) async fn load(
+    State(state): State<AppState>,
+    who: Credentials,
+) -> Result<Json<Value>, ApiError> {
+    who.may_operate(&state)?;
+    let reports = reports(&state, &who).await;
     let total: u64 = reports
         .iter()
         .filter_map(|(_, answer)| answer.as_ref())
         .map(|a| a.in_flight)
         .sum();
-    Json(json!({
+    Ok(Json(json!({
         "in_flight": total,
         "gateway": {"in_flight": state.metrics.in_flight()},
         "backends": breakdown(&reports, |a| json!({
             "in_flight": a.in_flight,
             "subscribers": a.subscribers,
         })),
-    }))
+    })))
 }
 
 /// `{"uptime", "request_count", "avg_req_per_s"}` of the gateway, which every request passes.
-pub(crate) async fn benchmark(State(state): State<AppState>) -> Json<Value> {
-    let reports = reports(&state).await;
+pub(crate) async fn benchmark(
+    State(state): State<AppState>,
+    who: Credentials,
+) -> Result<Json<Value>, ApiError> {
+    who.may_operate(&state)?;
+    let reports = reports(&state, &who).await;
     let up = state.started.elapsed();
     let count = state.metrics.total_requests();
-    Json(json!({
+    Ok(Json(json!({
         "uptime": go_duration(up),
         "request_count": count,
         "avg_req_per_s": per_second(count, up),
@@ -104,23 +115,27 @@ pub(crate) async fn benchmark(State(state): State<AppState>) -> Json<Value> {
             "request_count": a.request_count,
             "avg_req_per_s": per_second(a.request_count, uptime(a)),
         })),
-    }))
+    })))
 }
 
 /// `{"alloc": bytes}`: resident memory of the gateway plus the healthy backends.
-pub(crate) async fn memstats(State(state): State<AppState>) -> Json<Value> {
-    let reports = reports(&state).await;
+pub(crate) async fn memstats(
+    State(state): State<AppState>,
+    who: Credentials,
+) -> Result<Json<Value>, ApiError> {
+    who.may_operate(&state)?;
+    let reports = reports(&state, &who).await;
     let gateway = eventsys::process::resident_memory();
     let backends: u64 = reports
         .iter()
         .filter_map(|(_, answer)| answer.as_ref())
         .map(|a| a.resident_memory_bytes)
         .sum();
-    Json(json!({
+    Ok(Json(json!({
         "alloc": gateway + backends,
         "gateway": {"alloc": gateway},
         "backends": breakdown(&reports, |a| json!({"alloc": a.resident_memory_bytes})),
-    }))
+    })))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use super::AppState;
+use super::{ApiError, AppState, auth::Credentials};
 use crate::upstream::{Backend, BackendSnapshot};
 
 pub(crate) struct Metrics {
@@ -181,14 +181,18 @@ impl Metrics {
     }
 }
 
-pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
+pub(crate) async fn scrape(
+    State(state): State<AppState>,
+    who: Credentials,
+) -> Result<Response, ApiError> {
+    who.may_operate(&state)?;
     let body = state.metrics.render(&state.upstream.backends());
     let mut response = body.into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    response
+    Ok(response)
 }
 
 /// Counts, times and logs each routed request.

@@ -19,10 +19,11 @@ use tonic::Streaming;
 
 use super::{
     ApiError, AppState,
+    auth::Credentials,
     extract::{ResumeAfter, Topic},
     json::EventJson,
 };
-use crate::upstream::Answer;
+use crate::upstream::{Answer, Bearer};
 
 /// Events buffered for a client that reads slowly; the relay then waits for it.
 const BUFFER: usize = 64;
@@ -34,37 +35,57 @@ type Source = Answer<Streaming<v1::Event>>;
 /// `GET /subscribe/{topic}` → 200 `text/event-stream`.
 pub(crate) async fn subscribe(
     State(state): State<AppState>,
+    who: Credentials,
     Topic(topic): Topic,
     ResumeAfter(after): ResumeAfter,
 ) -> Result<impl IntoResponse, ApiError> {
+    who.may_read(&state, &topic)?;
+    let stream = Stream {
+        state: state.clone(),
+        topic,
+        bearer: who.bearer,
+    };
     // Opened before the response starts, so a bad topic or no backend is a plain HTTP error.
-    let first = open(&state, &topic, after).await?;
+    let first = stream.open(after).await?;
     let backend = first.backend;
     let (tx, rx) = mpsc::channel(BUFFER);
-    tokio::spawn(relay(state.clone(), topic, after, first, tx));
+    tokio::spawn(relay(stream, after, first, tx));
 
     let events = Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(state.settings.sse_keep_alive));
     Ok((backend, events))
 }
 
-async fn open(state: &AppState, topic: &str, after_seq: u64) -> Result<Source, ApiError> {
-    let request = v1::SubscribeRequest {
-        topic: topic.to_owned(),
-        after_seq,
-    };
-    Ok(state.upstream.call(request).await?)
+/// One client's subscription: what to subscribe to, and as whom.
+struct Stream {
+    state: AppState,
+    topic: String,
+    bearer: Option<Bearer>,
+}
+
+impl Stream {
+    async fn open(&self, after_seq: u64) -> Result<Source, ApiError> {
+        let request = v1::SubscribeRequest {
+            topic: self.topic.clone(),
+            after_seq,
+        };
+        Ok(self
+            .state
+            .upstream
+            .call(request, self.bearer.as_ref())
+            .await?)
+    }
 }
 
 /// Forwards events to the client until it leaves or the gateway shuts down, moving to another
 /// backend whenever the current one ends the stream.
 async fn relay(
-    state: AppState,
-    topic: String,
+    stream: Stream,
     mut last: u64,
     mut source: Source,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
+    let (state, topic) = (&stream.state, &stream.topic);
     let ends = state
         .settings
         .sse_max_duration
@@ -88,7 +109,7 @@ async fn relay(
                     Ok(()) => last = seq,
                     Err(TrySendError::Closed(_)) => return,
                     Err(TrySendError::Full(_)) => {
-                        match resume_when_drained(&state, &topic, last, &tx, source, ends).await {
+                        match resume_when_drained(&stream, last, &tx, source, ends).await {
                             Some(next) => source = next,
                             None => return,
                         }
@@ -105,7 +126,7 @@ async fn relay(
                 let from = source.backend;
                 tracing::info!(%topic, last_seq = last, backend = ?from, %reason, "subscription lost: resubscribing");
                 state.metrics.sse_resumed("backend_lost");
-                match reopen(&state, &topic, last, &tx).await {
+                match reopen(&stream, last, &tx).await {
                     Some(next) => source = next,
                     None => return,
                 }
@@ -119,14 +140,14 @@ async fn relay(
 /// backend stream is let go; once the client has drained half its buffer, the stream is taken
 /// up again from `last` (the backend replays what was missed from its store).
 async fn resume_when_drained(
-    state: &AppState,
-    topic: &str,
+    stream: &Stream,
     last: u64,
     tx: &mpsc::Sender<Result<Event, Infallible>>,
     source: Source,
     ends: Option<tokio::time::Instant>,
 ) -> Option<Source> {
     drop(source);
+    let (state, topic) = (&stream.state, &stream.topic);
     tracing::debug!(%topic, last_seq = last, "slow SSE client: pausing its backend stream");
     tokio::select! {
         _ = state.shutdown.cancelled() => return None,
@@ -134,20 +155,26 @@ async fn resume_when_drained(
         drained = tx.reserve_many(BUFFER / 2) => drained.ok()?,
     };
     state.metrics.sse_resumed("slow_client");
-    reopen(state, topic, last, tx).await
+    reopen(stream, last, tx).await
 }
 
-/// Subscribes again after `last`, backing off while no backend can take the stream.
+/// Subscribes again after `last`, backing off while no backend can take the stream. A token
+/// that no longer passes (it expired while the stream was open) ends the stream: the client
+/// reconnects with a fresh one and `Last-Event-ID`.
 async fn reopen(
-    state: &AppState,
-    topic: &str,
+    stream: &Stream,
     last: u64,
     tx: &mpsc::Sender<Result<Event, Infallible>>,
 ) -> Option<Source> {
+    let (state, topic) = (&stream.state, &stream.topic);
     let (mut backoff, max) = RESUBSCRIBE_BACKOFF;
     loop {
-        match open(state, topic, last).await {
+        match stream.open(last).await {
             Ok(answer) => return Some(answer),
+            Err(err) if err.status.is_client_error() => {
+                tracing::info!(%topic, error = %err.message, "subscription refused: ending the stream");
+                return None;
+            }
             Err(err) => tracing::warn!(%topic, error = %err.message, "resubscribe failed"),
         }
         tokio::select! {

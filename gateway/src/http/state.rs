@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration, time::Instant};
 
+use eventsys::auth::Auth;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
@@ -23,6 +24,8 @@ pub(crate) struct Settings {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) upstream: Upstream,
+    /// Token mode or anonymous, and the policy.
+    pub(crate) auth: Arc<Auth>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) started: Instant,

@@ -2,10 +2,10 @@
 //! by the request timeout, and send an rpc that is safe to repeat once more elsewhere when its
 //! backend is unavailable. Which rpcs are safe to repeat is said once, with the rpc.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use eventsys::v1::{self, event_service_client::EventServiceClient};
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status, Streaming, metadata::MetadataValue};
 
 use super::{Backend, Upstream, balancer::BalancedChannel, endpoint::CallFailure};
 
@@ -30,13 +30,18 @@ pub(crate) enum Retry {
     Once,
 }
 
+/// A caller's token, forwarded to the backends (which apply the same rules) as
+/// `authorization: Bearer …` metadata.
+#[derive(Debug, Clone)]
+pub(crate) struct Bearer(pub(crate) Arc<str>);
+
 /// One rpc of `events.v1.EventService` as the gateway sends it.
-pub(crate) trait Rpc: Clone + Send + 'static {
+pub(crate) trait Rpc: Clone + Send + Sized + 'static {
     type Reply: Send + 'static;
     const RETRY: Retry;
     const ROUTE: Route = Route::Requests;
     fn send(
-        self,
+        request: tonic::Request<Self>,
         client: Client,
     ) -> impl Future<Output = Result<tonic::Response<Self::Reply>, Status>> + Send;
 }
@@ -47,8 +52,11 @@ macro_rules! rpc {
             type Reply = $reply;
             const RETRY: Retry = $retry;
             $(const ROUTE: Route = $route;)?
-            async fn send(self, mut client: Client) -> Result<tonic::Response<$reply>, Status> {
-                client.$method(self).await
+            async fn send(
+                request: tonic::Request<Self>,
+                mut client: Client,
+            ) -> Result<tonic::Response<$reply>, Status> {
+                client.$method(request).await
             }
         }
     };
@@ -129,17 +137,21 @@ impl Upstream {
     /// Sends `request` to the backend its route's balancer picks; an rpc that is safe to
     /// repeat goes once more elsewhere if that backend is unavailable. The request is cloned
     /// only for that second attempt.
-    pub(crate) async fn call<R: Rpc>(&self, request: R) -> Result<Answer<R::Reply>, CallError> {
+    pub(crate) async fn call<R: Rpc>(
+        &self,
+        request: R,
+        bearer: Option<&Bearer>,
+    ) -> Result<Answer<R::Reply>, CallError> {
         let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
         let again = (R::RETRY == Retry::Once).then(|| request.clone());
-        let failure = match self.attempt(request, deadline).await {
+        let failure = match self.attempt(request, bearer, deadline).await {
             Ok(answer) => return Ok(answer),
             Err(failure) => failure,
         };
         match again {
             Some(request) if failure.may_retry() => {
                 tracing::debug!(?failure, "retrying on another backend");
-                self.attempt(request, deadline)
+                self.attempt(request, bearer, deadline)
                     .await
                     .map_err(|failure| CallError {
                         failure,
@@ -155,7 +167,8 @@ impl Upstream {
 
     async fn attempt<R: Rpc>(
         &self,
-        request: R,
+        message: R,
+        bearer: Option<&Bearer>,
         deadline: tokio::time::Instant,
     ) -> Result<Answer<R::Reply>, Failure> {
         let inner = &self.inner;
@@ -172,7 +185,14 @@ impl Upstream {
         };
         let client =
             EventServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
-        match tokio::time::timeout_at(deadline, request.send(client)).await {
+        let mut request = tonic::Request::new(message);
+        if let Some(Bearer(token)) = bearer {
+            // A token that is not a valid header value was refused at the edge already.
+            if let Ok(value) = MetadataValue::try_from(format!("Bearer {token}")) {
+                request.metadata_mut().insert("authorization", value);
+            }
+        }
+        match tokio::time::timeout_at(deadline, R::send(request, client)).await {
             Err(_) => Err(Failure::TimedOut),
             Ok(Ok(response)) => Ok(Answer {
                 backend: response.extensions().get::<Backend>().copied(),

@@ -10,3 +10,4 @@ mod gateway_contract;
 mod pubsub;
 mod shared_store;
 mod support;
+mod token;

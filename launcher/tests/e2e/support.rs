@@ -171,11 +171,12 @@ impl Process {
                     Ok(r) if r.get_ref().status == ServingStatus::Serving as i32
                 )
             }
+            // Any answer: in token mode `/metrics` is 401 without an admin token.
             Server::Gateway => http()
                 .get(format!("{}/metrics", self.url()))
                 .send()
                 .await
-                .is_ok_and(|r| r.status().is_success()),
+                .is_ok(),
         }
     }
 
@@ -230,6 +231,8 @@ pub(crate) struct System {
     pub backends: Vec<Process>,
     pub gateway: Process,
     pub db: PathBuf,
+    /// Sent with `/metrics` reads in token mode.
+    admin_token: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -252,9 +255,36 @@ impl System {
             backends,
             gateway,
             db,
+            admin_token: None,
             _dir: dir,
         };
         system.wait_healthy(addrs.len()).await;
+        system
+    }
+
+    /// `n` backends and a gateway all started with `extra` (e.g. the auth flags); `/metrics`
+    /// is read with `admin_token`.
+    pub(crate) async fn start_with(
+        n: usize,
+        extra: &[&str],
+        admin_token: Option<String>,
+        dir: tempfile::TempDir,
+    ) -> System {
+        let db = dir.path().join("events.db");
+        let mut backends = Vec::new();
+        for _ in 0..n {
+            backends.push(Process::backend_with(&db, extra).await);
+        }
+        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+        let gateway = Process::gateway(&addrs, extra).await;
+        let system = System {
+            backends,
+            gateway,
+            db,
+            admin_token,
+            _dir: dir,
+        };
+        system.wait_healthy(n).await;
         system
     }
 
@@ -267,7 +297,11 @@ impl System {
         let client = http();
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(response) = client.get(self.url("/metrics")).send().await {
+            let mut request = client.get(self.url("/metrics"));
+            if let Some(token) = &self.admin_token {
+                request = request.bearer_auth(token);
+            }
+            if let Ok(response) = request.send().await {
                 let text = response.text().await.unwrap_or_default();
                 let healthy = text
                     .lines()

@@ -1,0 +1,404 @@
+//! Token mode end to end: three backends and a gateway started with `--auth jwt` and a secret
+//! file, tokens minted by `eventsys token`, real HTTP, SSE and grpcurl clients. Every process's
+//! log is checked for the tokens afterwards.
+
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{EVENTSYS, EXCLUSIVE, System, grpcurl, http};
+
+const SECRET: &str = "a test secret that is long enough for HS256";
+
+struct Tokens {
+    alice: String,
+    bob: String,
+    admin: String,
+}
+
+/// `eventsys token` with the test secret.
+fn mint(secret_file: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(EVENTSYS)
+        .arg("token")
+        .arg("--jwt-secret-file")
+        .arg(secret_file)
+        .args(args)
+        .env_remove("JWT_SECRET")
+        .output()
+        .expect("eventsys token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn system() -> (tokio::sync::MutexGuard<'static, ()>, System, Tokens) {
+    let exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let tokens = Tokens {
+        alice: mint(
+            &secret,
+            &[
+                "--sub",
+                "alice",
+                "--publish",
+                "orders.*",
+                "--subscribe",
+                "orders.*",
+            ],
+        ),
+        bob: mint(&secret, &["--sub", "bob", "--subscribe", "orders.eu"]),
+        admin: mint(&secret, &["--sub", "ops", "--admin", "--subscribe", "*"]),
+    };
+    let secret = secret.display().to_string();
+    let flags = [
+        "--auth",
+        "jwt",
+        "--jwt-secret-file",
+        &secret,
+        "--public-topics",
+        "news.*",
+    ];
+    let system = System::start_with(3, &flags, Some(tokens.admin.clone()), dir).await;
+    (exclusive, system, tokens)
+}
+
+/// Asserts a 401 with the Bearer challenge and the contract's error body.
+async fn assert_401(response: reqwest::Response, invalid: bool) {
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.starts_with(r#"Bearer realm="events""#),
+        "{challenge}"
+    );
+    assert_eq!(
+        challenge.contains(r#"error="invalid_token""#),
+        invalid,
+        "{challenge}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "UNAUTHENTICATED", "{body}");
+}
+
+async fn assert_403(response: reqwest::Response) {
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "PERMISSION_DENIED", "{body}");
+}
+
+/// No process of the system logged any of the tokens.
+fn assert_no_token_logged(system: &System, tokens: &Tokens) {
+    let logs = std::iter::once(&system.gateway)
+        .chain(&system.backends)
+        .map(|p| p.logs())
+        .collect::<String>();
+    assert!(!logs.is_empty());
+    for token in [&tokens.alice, &tokens.bob, &tokens.admin] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!logs.contains(signature), "a token reached a log line");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_user_sees_and_changes_only_their_own_events() {
+    let (_exclusive, system, tokens) = system().await;
+    let client = http();
+    let url = |p: &str| system.url(p);
+
+    let created: Value = client
+        .post(url("/events"))
+        .bearer_auth(&tokens.alice)
+        .body(json!({"title": "mine"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        created["userId"], "alice",
+        "an absent userId means the caller"
+    );
+    let id = created["id"].as_str().unwrap().to_owned();
+    let event = url(&format!("/events/{id}"));
+
+    // Bob: not found, for reads, updates and deletes alike.
+    let bob = |r: reqwest::RequestBuilder| r.bearer_auth(&tokens.bob).send();
+    assert_eq!(bob(client.get(&event)).await.unwrap().status(), 404);
+    let update = json!({"title": "theirs", "description": "", "completed": true}).to_string();
+    assert_eq!(
+        bob(client.put(&event).body(update.clone()))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(bob(client.delete(&event)).await.unwrap().status(), 404);
+    let listed: Value = bob(client.get(url("/events")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!([]));
+    // Naming another user is refused, in the query and in a body.
+    assert_403(bob(client.get(url("/events?userId=alice"))).await.unwrap()).await;
+    assert_403(
+        bob(client.get(format!("{event}?userId=alice")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let as_alice = json!({"userId": "alice", "title": "forged"}).to_string();
+    assert_403(
+        bob(client.post(url("/events")).body(as_alice))
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    // Alice: her list, her event, her update and delete.
+    let alice = |r: reqwest::RequestBuilder| r.bearer_auth(&tokens.alice).send();
+    let listed: Value = alice(client.get(url("/events")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!([created]));
+    assert_eq!(
+        alice(client.put(&event).body(update))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(alice(client.delete(&event)).await.unwrap().status(), 204);
+
+    // No token, a bad one, garbage: 401.
+    assert_401(client.get(url("/events")).send().await.unwrap(), false).await;
+    let forged = format!("{}x", tokens.alice);
+    assert_401(
+        client
+            .get(url("/events"))
+            .bearer_auth(&forged)
+            .send()
+            .await
+            .unwrap(),
+        true,
+    )
+    .await;
+    assert_401(
+        client
+            .get(url("/events"))
+            .bearer_auth("garbage")
+            .send()
+            .await
+            .unwrap(),
+        true,
+    )
+    .await;
+    assert_no_token_logged(&system, &tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_follow_the_token_claims_and_public_topics_are_open() {
+    let (_exclusive, system, tokens) = system().await;
+    let client = http();
+    let url = |p: &str| system.url(p);
+    let publish = |token: &str, topic: &str| {
+        client
+            .post(url("/publish"))
+            .bearer_auth(token)
+            .body(json!({"topic": topic, "title": "t"}).to_string())
+            .send()
+    };
+    assert_eq!(
+        publish(&tokens.alice, "orders.eu").await.unwrap().status(),
+        200
+    );
+    // Outside the claims: 403, and nothing stored.
+    assert_403(publish(&tokens.bob, "orders.eu").await.unwrap()).await;
+    assert_403(publish(&tokens.alice, "orders").await.unwrap()).await;
+    let history = |token: &str, topic: &str| {
+        client
+            .get(url(&format!("/topic-events/{topic}")))
+            .bearer_auth(token)
+            .send()
+    };
+    let stored: Value = history(&tokens.admin, "orders.eu")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.as_array().unwrap().len(),
+        1,
+        "the refused publishes stored nothing"
+    );
+    let stored: Value = history(&tokens.admin, "orders")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored, json!([]));
+    // Reading outside the claims: 403; a public topic without any token.
+    assert_403(history(&tokens.bob, "orders.us").await.unwrap()).await;
+    let sse = client
+        .get(url("/subscribe/orders.us"))
+        .bearer_auth(&tokens.bob)
+        .send();
+    assert_403(sse.await.unwrap()).await;
+    let public = client
+        .get(url("/topic-events/news.today"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 200);
+    assert_401(
+        client
+            .get(url("/topic-events/orders.eu"))
+            .send()
+            .await
+            .unwrap(),
+        false,
+    )
+    .await;
+
+    // SSE, as EventSource sends it: the token in the query, or in the cookie.
+    let first_frame = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut frames = response.bytes_stream().eventsource();
+        let frame = tokio::time::timeout(Duration::from_secs(10), frames.next())
+            .await
+            .expect("a replayed event")
+            .unwrap()
+            .unwrap();
+        serde_json::from_str::<Value>(&frame.data).unwrap()
+    };
+    let by_query = url(&format!("/subscribe/orders.eu?access_token={}", tokens.bob));
+    assert_eq!(
+        first_frame(client.get(by_query)).await["topic"],
+        "orders.eu"
+    );
+    let by_cookie = client
+        .get(url("/subscribe/orders.eu"))
+        .header("cookie", format!("events_token={}", tokens.bob));
+    assert_eq!(first_frame(by_cookie).await["topic"], "orders.eu");
+    // A query token on a write is not a token.
+    let write = url(&format!("/publish?access_token={}", tokens.alice));
+    let response = client
+        .post(write)
+        .body(json!({"topic": "orders.eu"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_401(response, false).await;
+
+    // Operations: admin only.
+    assert_401(client.get(url("/metrics")).send().await.unwrap(), false).await;
+    assert_403(
+        client
+            .get(url("/metrics"))
+            .bearer_auth(&tokens.alice)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let load = client
+        .get(url("/load"))
+        .bearer_auth(&tokens.admin)
+        .send()
+        .await
+        .unwrap();
+    let load: Value = load.json().await.unwrap();
+    let backends = load["backends"].as_array().unwrap();
+    assert!(backends.iter().all(|b| b["healthy"] == true), "{load}");
+    assert_no_token_logged(&system, &tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backends_apply_the_same_rules_to_grpc_callers() {
+    let (_exclusive, system, tokens) = system().await;
+    let addr = system.backends[0].addr.to_string();
+    let call = |token: Option<&str>, method: &str, body: Value| {
+        let header = token.map(|t| format!("authorization: Bearer {t}"));
+        let addr = addr.clone();
+        let method = format!("events.v1.EventService/{method}");
+        async move {
+            let mut args = vec!["-plaintext".to_owned(), "-d".to_owned(), body.to_string()];
+            if let Some(header) = header {
+                args.extend(["-H".to_owned(), header]);
+            }
+            args.extend([addr, method]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = grpcurl(&args).await;
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        }
+    };
+    let (ok, out) = call(None, "ListEvents", json!({})).await;
+    assert!(!ok && out.contains("Unauthenticated"), "{out}");
+    let (ok, out) = call(
+        Some(&tokens.alice),
+        "CreateEvent",
+        json!({"title": "via grpc"}),
+    )
+    .await;
+    assert!(ok, "{out}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["userId"], "alice");
+    let get = json!({"id": created["id"]});
+    let (ok, out) = call(Some(&tokens.bob), "GetEvent", get.clone()).await;
+    assert!(!ok && out.contains("NotFound"), "{out}");
+    let (ok, out) = call(Some(&tokens.alice), "GetEvent", get).await;
+    assert!(ok, "{out}");
+    let (ok, out) = call(Some(&tokens.bob), "ListEvents", json!({"userId": "alice"})).await;
+    assert!(!ok && out.contains("PermissionDenied"), "{out}");
+    let (ok, out) = call(Some(&tokens.bob), "Publish", json!({"topic": "orders.eu"})).await;
+    assert!(!ok && out.contains("PermissionDenied"), "{out}");
+    let (ok, out) = call(Some("garbage"), "ListEvents", json!({})).await;
+    assert!(!ok && out.contains("Unauthenticated"), "{out}");
+    // Health stays open, for probes.
+    let health = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]).await;
+    assert!(health.status.success());
+    assert_no_token_logged(&system, &tokens);
+}
+
+#[test]
+fn anonymous_mode_refuses_a_non_loopback_address() {
+    for (subcommand, name) in [("backend", "eventsvc"), ("gateway", "gateway")] {
+        let out = std::process::Command::new(EVENTSYS)
+            .args([subcommand, "--host", "0.0.0.0", "--port", "0"])
+            .env_remove("EVENTS_AUTH")
+            .env_remove("EVENTS_ALLOW_ANONYMOUS")
+            .env_remove("LISTEN_FDS")
+            .env("STORE_URI", "sqlite:///nonexistent-dir/never-opened.db")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.trim().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("{name}: refusing anonymous mode on 0.0.0.0:")),
+            "{stderr}"
+        );
+    }
+}

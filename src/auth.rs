@@ -1,0 +1,11 @@
+//! Who is calling: the token mode both servers share. `AuthArgs` (flags and environment) builds
+//! an `Auth`, which verifies a bearer token (JWT, keys from the configuration, never from the
+//! token) into a `Caller`, and whose policy says what that caller may do.
+
+mod args;
+mod keys;
+mod policy;
+
+pub use args::{AuthArgs, AuthError, Mode, SECRET_ENV, sign_hs256};
+pub use keys::Rejected;
+pub use policy::{Auth, Caller, Claims, Denied, EventsClaim, Identity};

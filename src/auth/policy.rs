@@ -1,0 +1,225 @@
+//! What a verified caller may do: act on its own events only, publish and read the topics its
+//! `events` claim names (`orders` exact, `orders.*` under `orders.`, `*` all), reach the
+//! operational endpoints when it is an admin. Anonymous mode allows everything, as before.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::keys::{Rejected, Verifier};
+
+/// The claims a token carries (`sub` and `exp` required).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(default)]
+    pub events: EventsClaim,
+}
+
+/// The `events` claim: topic patterns and the admin flag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsClaim {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+}
+
+/// A verified token's user and rights.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub rights: EventsClaim,
+}
+
+/// Who a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Anonymous mode: anyone may act as anyone.
+    Anyone,
+    User(Arc<Identity>),
+}
+
+/// A valid caller without the right: 403 / PERMISSION_DENIED. The text is for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(pub String);
+
+/// `orders` matches that topic, `orders.*` any topic starting `orders.`, `*` every topic.
+fn matches(pattern: &str, topic: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some("") => true,
+        Some(prefix) if prefix.ends_with('.') => topic.starts_with(prefix),
+        _ => pattern == topic,
+    }
+}
+
+fn any_match(patterns: &[String], topic: &str) -> bool {
+    patterns.iter().any(|p| matches(p, topic))
+}
+
+impl Caller {
+    /// The owner a request acts for. Anonymous: as given (empty: everyone's, for lists). Token:
+    /// the caller; naming another user is denied.
+    pub fn owner(&self, requested: &str) -> Result<String, Denied> {
+        match self {
+            Caller::Anyone => Ok(requested.to_owned()),
+            Caller::User(who) if requested.is_empty() || requested == who.user => {
+                Ok(who.user.clone())
+            }
+            Caller::User(_) => Err(Denied("userId names another user".into())),
+        }
+    }
+
+    pub fn may_publish(&self, topic: &str) -> Result<(), Denied> {
+        match self {
+            Caller::Anyone => Ok(()),
+            Caller::User(who) if any_match(&who.rights.publish, topic) => Ok(()),
+            Caller::User(_) => Err(Denied(format!("token may not publish to {topic:?}"))),
+        }
+    }
+
+    fn may_subscribe(&self, topic: &str) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::User(who) => any_match(&who.rights.subscribe, topic),
+        }
+    }
+
+    fn is_admin(&self) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::User(who) => who.rights.admin,
+        }
+    }
+}
+
+/// The configured mode, keys and public exceptions.
+#[derive(Debug)]
+pub struct Auth {
+    pub(super) verifier: Option<Verifier>,
+    pub(super) public_topics: Vec<String>,
+    pub(super) public_ops: bool,
+}
+
+impl Auth {
+    /// Anonymous mode: every request is `Caller::Anyone`.
+    pub fn anonymous() -> Auth {
+        Auth {
+            verifier: None,
+            public_topics: Vec::new(),
+            public_ops: true,
+        }
+    }
+
+    /// Whether requests need a token.
+    pub fn token_mode(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// The caller a request's token (if any) names. In anonymous mode the token is ignored.
+    pub fn caller(&self, token: Option<&str>) -> Result<Caller, Rejected> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(Caller::Anyone);
+        };
+        let token = token.ok_or(Rejected::Missing)?;
+        let claims = verifier.verify(token)?;
+        Ok(Caller::User(Arc::new(Identity {
+            user: claims.sub,
+            rights: claims.events,
+        })))
+    }
+
+    /// Whether `topic` may be read without a token.
+    pub fn public_topic(&self, topic: &str) -> bool {
+        any_match(&self.public_topics, topic)
+    }
+
+    /// Topic history and subscriptions: a subscribe match, or a public topic.
+    pub fn may_read(&self, caller: &Caller, topic: &str) -> Result<(), Denied> {
+        if caller.may_subscribe(topic) || self.public_topic(topic) {
+            Ok(())
+        } else {
+            Err(Denied(format!("token may not read {topic:?}")))
+        }
+    }
+
+    /// `/load`, `/benchmark`, `/memstats`, `/metrics` and the `Stats` rpc.
+    pub fn may_operate(&self, caller: &Caller) -> Result<(), Denied> {
+        if self.public_ops || caller.is_admin() {
+            Ok(())
+        } else {
+            Err(Denied("operational endpoints need an admin token".into()))
+        }
+    }
+
+    /// Whether the operational endpoints are open without a token.
+    pub fn public_ops(&self) -> bool {
+        self.public_ops || !self.token_mode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(publish: &[&str], subscribe: &[&str]) -> Caller {
+        Caller::User(Arc::new(Identity {
+            user: "alice".into(),
+            rights: EventsClaim {
+                publish: publish.iter().map(|s| s.to_string()).collect(),
+                subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+                admin: false,
+            },
+        }))
+    }
+
+    #[test]
+    fn topic_patterns() {
+        assert!(matches("orders", "orders"));
+        assert!(!matches("orders", "orders.eu"));
+        assert!(matches("orders.*", "orders.eu"));
+        assert!(matches("orders.*", "orders.eu.north"));
+        assert!(!matches("orders.*", "orders"));
+        assert!(!matches("orders.*", "ordersx"));
+        assert!(matches("*", "anything"));
+        // A star anywhere else is a literal character, not a wildcard.
+        assert!(!matches("ord*", "orders"));
+    }
+
+    #[test]
+    fn owners_are_the_caller_or_denied() {
+        let alice = user(&[], &[]);
+        assert_eq!(alice.owner("").unwrap(), "alice");
+        assert_eq!(alice.owner("alice").unwrap(), "alice");
+        assert!(alice.owner("bob").is_err());
+        assert_eq!(Caller::Anyone.owner("bob").unwrap(), "bob");
+        assert_eq!(Caller::Anyone.owner("").unwrap(), "");
+    }
+
+    #[test]
+    fn topic_rights_and_public_topics() {
+        let auth = Auth {
+            verifier: None,
+            public_topics: vec!["news.*".into()],
+            public_ops: false,
+        };
+        let alice = user(&["orders.*"], &["orders"]);
+        assert!(alice.may_publish("orders.eu").is_ok());
+        assert!(alice.may_publish("orders").is_err());
+        assert!(auth.may_read(&alice, "orders").is_ok());
+        assert!(auth.may_read(&alice, "orders.eu").is_err());
+        assert!(auth.may_read(&alice, "news.today").is_ok());
+        assert!(auth.may_operate(&alice).is_err());
+        assert!(auth.may_operate(&Caller::Anyone).is_ok());
+    }
+}
