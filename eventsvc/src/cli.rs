@@ -15,6 +15,7 @@ use eventsys::{
     listen::{Inherited, Origin},
     process::{self, SetupError},
 };
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{
     feed::FeedSettings,
@@ -90,8 +91,35 @@ pub(crate) struct Config {
     #[arg(long)]
     pub(crate) no_reflection: bool,
 
+    /// Serve TLS with this certificate chain (PEM) …
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// … and this private key (PEM).
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): only gateways holding one get in.
+    #[arg(long, env = "CLIENT_CA", requires = "tls_cert")]
+    pub(crate) client_ca: Option<PathBuf>,
+
     #[command(flatten)]
     pub(crate) auth: AuthArgs,
+}
+
+impl Config {
+    /// TLS from the PEM files, with client certificates required when a client CA is given.
+    fn tls(&self) -> Result<Option<ServerTlsConfig>, Fatal> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| Fatal::Read(path.clone(), e));
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(ca) = &self.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(Some(tls))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +139,8 @@ enum Fatal {
     Serve(#[from] ServeError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, #[source] std::io::Error),
 }
 
 /// Entry point of the `eventsvc` binary.
@@ -153,8 +183,11 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
         buffer: config.subscriber_buffer as usize,
         max_lag: config.max_subscriber_lag,
     };
-    let backend = Backend::new(store)
-        .auth(auth)
+    let mut backend = Backend::new(store).auth(auth);
+    if let Some(tls) = config.tls()? {
+        backend = backend.tls(tls);
+    }
+    let backend = backend
         .reflection(!config.no_reflection)
         .feed(feed)
         .added_latency(Duration::from_millis(config.test_latency_ms));

@@ -8,7 +8,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use eventsys::{auth::Auth, v1::event_service_server::EventServiceServer};
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -30,6 +30,7 @@ pub struct Backend {
     added_latency: Duration,
     auth: Arc<Auth>,
     reflection: bool,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Backend {
@@ -41,7 +42,14 @@ impl Backend {
             added_latency: Duration::ZERO,
             auth: Arc::new(Auth::anonymous()),
             reflection: true,
+            tls: None,
         }
+    }
+
+    /// Serve TLS (and, with a client CA in it, require client certificates: mTLS).
+    pub fn tls(mut self, tls: ServerTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Token mode or anonymous (the default), and the policy.
@@ -143,7 +151,11 @@ pub async fn serve(
     };
 
     tracing::info!(%addr, "listening");
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = backend.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         // A gateway carries every subscription to this backend over one HTTP/2 connection;
         // hyper's default of 200 streams per connection would cap subscribers at 200.
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)

@@ -3,6 +3,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     process::ExitCode,
     sync::Arc,
     time::Duration,
@@ -14,6 +15,7 @@ use eventsys::{
     listen::{Inherited, Origin},
     process::{self, SetupError},
 };
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::{
     http::Settings,
@@ -87,6 +89,31 @@ pub(crate) struct Config {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) drain_timeout: Duration,
 
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate chain (PEM) …
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// … and this private key (PEM).
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// Talk TLS to the backends, verifying their certificates against this CA (PEM).
+    #[arg(long, env = "BACKEND_CA")]
+    pub(crate) backend_ca: Option<PathBuf>,
+
+    /// Present this client certificate (PEM) to backends that require one (mTLS) …
+    #[arg(long, env = "BACKEND_CLIENT_CERT", requires_all = ["backend_client_key", "backend_ca"])]
+    pub(crate) backend_client_cert: Option<PathBuf>,
+
+    /// … with this private key (PEM).
+    #[arg(long, env = "BACKEND_CLIENT_KEY", requires = "backend_client_cert")]
+    pub(crate) backend_client_key: Option<PathBuf>,
+
+    /// The name backends' certificates are checked against [default: the host of each
+    /// backend address].
+    #[arg(long, env = "BACKEND_TLS_NAME", requires = "backend_ca")]
+    pub(crate) backend_tls_name: Option<String>,
+
     #[command(flatten)]
     pub(crate) auth: AuthArgs,
 }
@@ -121,6 +148,8 @@ enum Fatal {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, #[source] std::io::Error),
 }
 
 impl Config {
@@ -170,6 +199,7 @@ impl Config {
                 },
                 request_timeout: self.request_timeout,
                 no_backend_wait: self.no_backend_wait,
+                tls: self.backend_tls()?,
             },
             settings: Settings {
                 sse_keep_alive: self.sse_keep_alive,
@@ -178,7 +208,24 @@ impl Config {
             },
             drain_timeout: self.drain_timeout,
             auth: Arc::new(Auth::anonymous()),
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
         })
+    }
+
+    /// TLS to the backends: their CA, and a client identity for mTLS.
+    fn backend_tls(&self) -> Result<Option<ClientTlsConfig>, Fatal> {
+        let Some(ca) = &self.backend_ca else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| Fatal::Read(path.clone(), e));
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&self.backend_client_cert, &self.backend_client_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(name) = &self.backend_tls_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(Some(tls))
     }
 }
 

@@ -3,10 +3,12 @@
 
 use std::{
     future::Future,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use axum_server::{Handle, tls_rustls::RustlsConfig};
 use eventsys::auth::Auth;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,8 @@ pub struct GatewayConfig {
     pub(crate) drain_timeout: Duration,
     /// Token mode or anonymous, and the policy.
     pub(crate) auth: Arc<Auth>,
+    /// Certificate chain and key (PEM files) to serve HTTPS with; `None`: plain HTTP.
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes.
@@ -51,15 +55,40 @@ pub async fn serve(
         tracing::info!(%addr, "shutting down: ending streams, draining requests");
         draining.cancel();
     };
-    tracing::info!(%addr, "listening");
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(signalled);
     let deadline = async {
         stop.cancelled().await;
         tokio::time::sleep(config.drain_timeout).await;
     };
-    tokio::select! {
-        served = server => served?,
-        () = deadline => tracing::warn!(%addr, "drain deadline passed: closing open connections"),
+    match config.tls {
+        None => {
+            tracing::info!(%addr, "listening");
+            let server = axum::serve(listener, app(state)).with_graceful_shutdown(signalled);
+            tokio::select! {
+                served = server => served?,
+                () = deadline => tracing::warn!(%addr, "drain deadline passed: closing open connections"),
+            }
+        }
+        Some((cert, key)) => {
+            // HTTP/2 and HTTP/1.1 by ALPN: browsers then multiplex their SSE streams over one
+            // connection instead of six per origin.
+            let tls = RustlsConfig::from_pem_file(&cert, &key).await?;
+            let handle = Handle::new();
+            let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+                .handle(handle.clone())
+                .serve(app(state).into_make_service());
+            // Starts the graceful shutdown, then waits for the server to finish it.
+            let graceful = async {
+                signalled.await;
+                handle.graceful_shutdown(Some(config.drain_timeout));
+                std::future::pending::<()>().await;
+            };
+            tracing::info!(%addr, "listening (HTTPS)");
+            tokio::select! {
+                served = server => served?,
+                () = graceful => {}
+                () = deadline => tracing::warn!(%addr, "drain deadline passed: closing open connections"),
+            }
+        }
     }
     tracing::info!(%addr, "stopped");
     Ok(())

@@ -15,6 +15,7 @@ use std::{sync::Arc, time::Duration};
 
 use eventsys::v1::{self, event_service_client::EventServiceClient};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::ClientTlsConfig;
 
 pub(crate) use backend::{Backend, BackendSnapshot};
 pub(crate) use call::{Answer, Bearer, CallError, Failure};
@@ -38,6 +39,8 @@ pub(crate) struct UpstreamConfig {
     pub(crate) request_timeout: Duration,
     /// Longest a call waits for some backend to be healthy.
     pub(crate) no_backend_wait: Duration,
+    /// TLS to the backends (verify them, and present a client certificate for mTLS).
+    pub(crate) tls: Option<ClientTlsConfig>,
 }
 
 /// The shared handle on the backends.

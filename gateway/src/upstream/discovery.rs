@@ -57,7 +57,13 @@ async fn resolve(
         if membership.contains(backend) {
             continue;
         }
-        let channel = channel(backend, config.connect_timeout);
+        let channel = match channel(backend, config) {
+            Ok(channel) => channel,
+            Err(err) => {
+                tracing::error!(%backend, error = %err, "cannot set up a channel to the backend");
+                continue;
+            }
+        };
         let checker = shutdown.child_token();
         tracing::info!(%backend, "backend discovered");
         membership.add(backend, channel.clone(), checker.clone());
@@ -74,14 +80,22 @@ async fn resolve(
     }
 }
 
-fn channel(backend: Backend, connect_timeout: Duration) -> Channel {
-    Channel::from_shared(format!("http://{backend}"))
+fn channel(backend: Backend, config: &UpstreamConfig) -> Result<Channel, tonic::transport::Error> {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Channel::from_shared(format!("{scheme}://{backend}"))
         .expect("a socket address makes a valid URI")
-        .connect_timeout(connect_timeout)
+        .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy()
+        .keep_alive_timeout(Duration::from_secs(5));
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 /// Health-checks one address until cancelled: `grpc.health.v1` Check of the event service

@@ -10,4 +10,5 @@ mod gateway_contract;
 mod pubsub;
 mod shared_store;
 mod support;
+mod tls;
 mod token;

@@ -87,10 +87,43 @@ impl Process {
         Self::start_on(server, "127.0.0.1:0".parse().unwrap(), args).await
     }
 
+    /// Starts `server` on an ephemeral port without waiting for it: for servers the harness's
+    /// plain-text probe cannot reach (TLS); the caller waits on its own readiness signal. Its
+    /// socket is bound already, so connections wait in the backlog until it serves.
+    pub(crate) async fn start_unprobed(server: Server, args: &[&str]) -> Process {
+        Self::spawn_on(server, "127.0.0.1:0".parse().unwrap(), args)
+    }
+
     /// Starts `server` on a socket bound to `addr` by the harness and handed over as fd 3, and
-    /// waits until it is ready. The harness keeps no copy of the socket: once the process
-    /// dies, connections to it are refused, as on a real machine.
+    /// waits until it is ready.
     pub(crate) async fn start_on(server: Server, addr: SocketAddr, args: &[&str]) -> Process {
+        let mut process = Self::spawn_on(server, addr, args);
+        let ready = tokio::time::timeout(START_TIMEOUT, async {
+            loop {
+                if process.ready(server).await {
+                    return true;
+                }
+                if process.child.try_wait().ok().flatten().is_some() {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if ready != Ok(true) {
+            let status = process.child.try_wait().ok().flatten();
+            panic!(
+                "{server:?} {args:?} never became ready (exit: {status:?}); logs:\n{}",
+                process.logs()
+            );
+        }
+        process
+    }
+
+    /// Spawns `server` on a socket bound to `addr` by the harness and handed over as fd 3. The
+    /// harness keeps no copy of the socket: once the process dies, connections to it are
+    /// refused, as on a real machine.
+    fn spawn_on(server: Server, addr: SocketAddr, args: &[&str]) -> Process {
         let listener = std::net::TcpListener::bind(addr)
             .unwrap_or_else(|e| panic!("bind {addr} for the {server:?}: {e}"));
         let addr = listener.local_addr().expect("bound address");
@@ -133,27 +166,7 @@ impl Process {
                 logs.push('\n');
             }
         });
-        let mut process = Process { child, addr, logs };
-        let ready = tokio::time::timeout(START_TIMEOUT, async {
-            loop {
-                if process.ready(server).await {
-                    return true;
-                }
-                if process.child.try_wait().ok().flatten().is_some() {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        if ready != Ok(true) {
-            let status = process.child.try_wait().ok().flatten();
-            panic!(
-                "{server:?} {args:?} never became ready (exit: {status:?}); logs:\n{}",
-                process.logs()
-            );
-        }
-        process
+        Process { child, addr, logs }
     }
 
     /// A backend is ready when it reports SERVING, a gateway when it answers HTTP.

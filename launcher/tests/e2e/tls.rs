@@ -1,0 +1,242 @@
+//! Encrypted links with certificates made at run time by the openssl CLI: an HTTPS client that
+//! gets HTTP/2 by ALPN from the gateway, mTLS from the gateway to backends that require client
+//! certificates, and those backends refusing a gateway (and a gRPC client) without one.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use reqwest::{StatusCode, Version};
+use serde_json::{Value, json};
+
+use crate::support::{EXCLUSIVE, Process, Server};
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by the CA.
+fn certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl CLI");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=events test CA",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, subject) in [("server", "/CN=localhost"), ("client", "/CN=gateway")] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", &key, "-out", &csr, "-subj", subject],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+        ]);
+    }
+}
+
+fn https_client(ca: &Path) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .https_only(true)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Healthy backends as the gateway's `/metrics` (over HTTPS) reports them.
+async fn healthy(client: &reqwest::Client, gateway: &str) -> usize {
+    let Ok(response) = client.get(format!("{gateway}/metrics")).send().await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("gateway_backend_healthy{") && l.ends_with(" 1"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_with_http2_to_the_gateway_and_mtls_to_the_backends() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let store = format!("sqlite://{}", file("events.db"));
+    let (server_pem, server_key, ca, client_pem, client_key) = (
+        file("server.pem"),
+        file("server.key"),
+        file("ca.pem"),
+        file("client.pem"),
+        file("client.key"),
+    );
+    let backend_args = [
+        "--store",
+        &store,
+        "--tls-cert",
+        &server_pem,
+        "--tls-key",
+        &server_key,
+        "--client-ca",
+        &ca,
+    ];
+    let backends = [
+        Process::start_unprobed(Server::Backend, &backend_args).await,
+        Process::start_unprobed(Server::Backend, &backend_args).await,
+    ];
+    let list = format!("{},{}", backends[0].addr, backends[1].addr);
+    let gateway = Process::start_unprobed(
+        Server::Gateway,
+        &[
+            "--backends",
+            &list,
+            "--tls-cert",
+            &server_pem,
+            "--tls-key",
+            &server_key,
+            "--backend-ca",
+            &ca,
+            "--backend-client-cert",
+            &client_pem,
+            "--backend-client-key",
+            &client_key,
+        ],
+    )
+    .await;
+    let client = https_client(dir.path().join("ca.pem").as_path());
+    let base = format!("https://{}", gateway.addr);
+    // Ready: the gateway answers over HTTPS and its mTLS health checks pass on both backends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while healthy(&client, &base).await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway logs:\n{}",
+            gateway.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let created = client
+        .post(format!("{base}/events"))
+        .json(&json!({"userId": "u", "title": "encrypted"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(
+        created.version(),
+        Version::HTTP_2,
+        "HTTP/2 negotiated by ALPN"
+    );
+    let created: Value = created.json().await.unwrap();
+    let read = client
+        .get(format!(
+            "{base}/events/{}?userId=u",
+            created["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.json::<Value>().await.unwrap(), created);
+
+    // A gateway without a client certificate is refused by the backends: none ever becomes
+    // healthy, and requests get 503.
+    let no_identity =
+        Process::start(Server::Gateway, &["--backends", &list, "--backend-ca", &ca]).await;
+    let refused = crate::support::http()
+        .get(format!("{}/events?userId=u", no_identity.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let metrics = crate::support::http()
+        .get(format!("{}/metrics", no_identity.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_backend_healthy{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // And so is a plain gRPC client that trusts the CA but has no certificate.
+    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(std::fs::read(&ca).unwrap()),
+    );
+    let endpoint = tonic::transport::Channel::from_shared(format!("https://{}", backends[0].addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    let outcome = match endpoint.connect().await {
+        Err(_) => true,
+        Ok(channel) => eventsys::v1::event_service_client::EventServiceClient::new(channel)
+            .list_events(eventsys::v1::ListEventsRequest::default())
+            .await
+            .is_err(),
+    };
+    assert!(
+        outcome,
+        "a client without a certificate must not get an answer"
+    );
+}
