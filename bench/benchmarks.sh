@@ -5,7 +5,7 @@
 #   bash bench/benchmarks.sh            (about 3 minutes after the build)
 # To compare two builds of the servers in one session with the same load tool:
 #   SERVERS=/path/to/old/release SECTIONS="1 2" bash bench/benchmarks.sh
-# (SERVERS: a folder with `eventsvc` and `gateway`; SECTIONS: which of 1-4 to run.)
+# (SERVERS: a folder with `eventsvc` and `gateway`; SECTIONS: which of 1-5 to run.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
@@ -13,7 +13,7 @@ cargo build --release --workspace --bins
 ulimit -n "$(ulimit -Hn)"
 BIN=${SERVERS:-target/release}
 BENCH=target/release/bench
-SECTIONS=${SECTIONS:-1 2 3 4}
+SECTIONS=${SECTIONS:-1 2 3 4 5}
 section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 DATA=$(mktemp -d)
 PIDS=()
@@ -21,12 +21,15 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$
 export RUST_LOG=warn
 
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-backend() { "$BIN/eventsvc" --port "$1" --store "sqlite://$DATA/events.db" "${@:2}" & BACKEND=$!; PIDS+=($BACKEND); wait_port "$1"; }
+BACKENDS=()
+backend() { "$BIN/eventsvc" --port "$1" --store "sqlite://$DATA/events.db" "${@:2}" & BACKEND=$!; PIDS+=($BACKEND); BACKENDS+=($BACKEND); wait_port "$1"; }
+stop_backends() { kill "${BACKENDS[@]}" 2>/dev/null || true; for pid in "${BACKENDS[@]}"; do wait "$pid" 2>/dev/null || true; done; BACKENDS=(); }
 gateway() { "$BIN/gateway" --port 13000 --backends "$1" "${@:2}" & GATEWAY=$!; PIDS+=($GATEWAY); wait_port 13000; sleep 1; }
 stop_gateway() { kill "$GATEWAY"; wait "$GATEWAY" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-run() { echo "\$ bench $*" >&2; "$BENCH" --json "$@"; }
+# Each bench command is printed as run, with any token redacted.
+run() { echo "\$ bench $*" | sed -E 's/(--token )[^ ]+/\1$TOKEN/' >&2; "$BENCH" --json "$@"; }
 summary() { python3 -c '
 import json, sys
 r = json.load(sys.stdin)
@@ -75,7 +78,7 @@ done
 fi
 stop_gateway
 
-section 2 || exit 0
+if section 2; then
 echo "== 2. balancing with one backend slowed by 20 ms (--test-latency-ms), concurrency 32, 10 s each"
 backend 15003
 FOURTH=$BACKEND
@@ -91,3 +94,38 @@ for policy in peak-ewma pending round-robin; do
   run --gateway http://127.0.0.1:13000 closed --endpoint get --concurrency 32 --duration 10s | summary || true
   stop_gateway
 done
+fi
+
+if section 5; then
+echo "== 5. GET cost with --auth none, HS256, ES256 and HS256 over HTTPS (3 backends, concurrency 32, 10 s each)"
+stop_backends
+KEYS=$DATA/keys; mkdir -p "$KEYS"
+printf '%s' "benchmark secret, long enough for HS256" > "$KEYS/secret"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$KEYS/es.key" 2>/dev/null
+openssl pkey -in "$KEYS/es.key" -pubout -out "$KEYS/es.pub" 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$KEYS/ca.key" -out "$KEYS/ca.pem" -days 1 -subj "/CN=bench CA" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$KEYS/tls.key" -out "$KEYS/tls.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$KEYS/tls.ext"
+openssl x509 -req -in "$KEYS/tls.csr" -CA "$KEYS/ca.pem" -CAkey "$KEYS/ca.key" -CAcreateserial -out "$KEYS/tls.pem" -days 1 -extfile "$KEYS/tls.ext" 2>/dev/null
+HS=(--auth jwt --jwt-secret-file "$KEYS/secret")
+ES=(--auth jwt --jwt-public-key "$KEYS/es.pub")
+TLS=(--tls-cert "$KEYS/tls.pem" --tls-key "$KEYS/tls.key")
+for mode in none hs256 es256 hs256+tls; do
+  case $mode in
+    none) flags=(); token=(); url=http://127.0.0.1:13000; client=() ;;
+    hs256) flags=("${HS[@]}"); token=(--token "$(target/release/eventsys token --jwt-secret-file "$KEYS/secret" --sub bench --ttl 1h)"); url=http://127.0.0.1:13000; client=() ;;
+    es256) flags=("${ES[@]}"); token=(--token "$(target/release/eventsys token --jwt-private-key "$KEYS/es.key" --sub bench --ttl 1h)"); url=http://127.0.0.1:13000; client=() ;;
+    hs256+tls) flags=("${HS[@]}"); token=(--token "$(target/release/eventsys token --jwt-secret-file "$KEYS/secret" --sub bench --ttl 1h)"); url=https://127.0.0.1:13000; client=(--ca-cert "$KEYS/ca.pem") ;;
+  esac
+  backend 15000 "${flags[@]}"; backend 15001 "${flags[@]}"; backend 15002 "${flags[@]}"
+  if [ "$mode" = hs256+tls ]; then gateway "$ALL" "${flags[@]}" "${TLS[@]}"; else gateway "$ALL" "${flags[@]}"; fi
+  echo "  $mode"
+  gw_before=$(cpu_ticks "$GATEWAY"); be_before=0; for pid in "${BACKENDS[@]}"; do be_before=$((be_before + $(cpu_ticks "$pid"))); done
+  report=$(run --gateway "$url" "${token[@]}" "${client[@]}" closed --endpoint get --concurrency 32 --duration 10s || true)
+  gw_after=$(cpu_ticks "$GATEWAY"); be_after=0; for pid in "${BACKENDS[@]}"; do be_after=$((be_after + $(cpu_ticks "$pid"))); done
+  echo "$report" | summary
+  requests=$(echo "$report" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+  python3 -c "n = max($requests, 1); print(f'  CPU per request: gateway {($gw_after - $gw_before) * 10000 / n:.1f} µs, backends {($be_after - $be_before) * 10000 / n:.1f} µs')"
+  stop_gateway; stop_backends
+done
+fi

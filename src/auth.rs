@@ -3,9 +3,10 @@
 //! token) into a `Caller`, and whose policy says what that caller may do.
 
 mod args;
+mod jwks;
 mod keys;
 mod policy;
 
-pub use args::{AuthArgs, AuthError, Mode, SECRET_ENV, sign_hs256};
+pub use args::{AuthArgs, AuthError, Mode, SECRET_ENV, sign_hs256, sign_with_private_key};
 pub use keys::Rejected;
 pub use policy::{Auth, Caller, Claims, Denied, EventsClaim, Identity};

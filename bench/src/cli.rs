@@ -25,6 +25,15 @@ pub(crate) struct Cli {
     #[arg(long, value_delimiter = ',')]
     grpc: Vec<String>,
 
+    /// Send this token (`Authorization: Bearer`) with every REST request; requests then act
+    /// as the token's user.
+    #[arg(long, env = "BENCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Verify the gateway's HTTPS certificate against this CA (PEM).
+    #[arg(long)]
+    ca_cert: Option<std::path::PathBuf>,
+
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -141,7 +150,7 @@ fn progress(recorder: Arc<Recorder>) -> (ProgressBar, tokio::task::JoinHandle<()
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let target = Arc::new(if cli.grpc.is_empty() {
-        Target::rest(&cli.gateway)
+        Target::rest(&cli.gateway, cli.token.as_deref(), cli.ca_cert.as_deref())?
     } else {
         Target::grpc(&cli.grpc).await?
     });

@@ -17,6 +17,8 @@ pub(crate) enum Target {
     Rest {
         base: String,
         client: reqwest::Client,
+        /// A token is sent: requests name no user, so they act as the token's.
+        as_caller: bool,
     },
     Grpc {
         backends: Vec<(String, EventServiceClient<Channel>)>,
@@ -28,16 +30,37 @@ pub(crate) enum Target {
 pub(crate) type Done = (Outcome, Option<String>);
 
 impl Target {
-    pub(crate) fn rest(base: &str) -> Target {
-        let client = reqwest::Client::builder()
+    /// The gateway at `base`; with `token`, every request carries it as a Bearer token; with
+    /// `ca`, HTTPS is verified against that CA (PEM).
+    pub(crate) fn rest(
+        base: &str,
+        token: Option<&str>,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Target, String> {
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
-            .pool_max_idle_per_host(1024)
-            .build()
-            .expect("HTTP client");
-        Target::Rest {
+            .pool_max_idle_per_host(1024);
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| "the token is not a valid header value".to_owned())?;
+            value.set_sensitive(true);
+            let headers = [(reqwest::header::AUTHORIZATION, value)]
+                .into_iter()
+                .collect();
+            builder = builder.default_headers(headers);
+        }
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder = builder.use_rustls_tls().add_root_certificate(ca);
+        }
+        let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Target::Rest {
             base: base.trim_end_matches('/').to_owned(),
             client,
-        }
+            as_caller: token.is_some(),
+        })
     }
 
     pub(crate) async fn grpc(addrs: &[String]) -> Result<Target, String> {
@@ -117,7 +140,12 @@ impl Target {
 
     pub(crate) async fn create(&self, user: &str, title: &str) -> Done {
         match self {
-            Target::Rest { base, client } => {
+            Target::Rest {
+                base,
+                client,
+                as_caller,
+            } => {
+                let user = if *as_caller { "" } else { user };
                 let body = json!({"userId": user, "title": title, "description": "bench"});
                 let (outcome, body) = self
                     .http(client.post(format!("{base}/events")).json(&body), 201)
@@ -142,7 +170,12 @@ impl Target {
 
     pub(crate) async fn get(&self, id: &str, user: &str) -> Outcome {
         match self {
-            Target::Rest { base, client } => {
+            Target::Rest {
+                base,
+                client,
+                as_caller,
+            } => {
+                let user = if *as_caller { "" } else { user };
                 self.http(client.get(format!("{base}/events/{id}?userId={user}")), 200)
                     .await
                     .0
@@ -161,7 +194,12 @@ impl Target {
 
     pub(crate) async fn update(&self, id: &str, user: &str) -> Outcome {
         match self {
-            Target::Rest { base, client } => {
+            Target::Rest {
+                base,
+                client,
+                as_caller,
+            } => {
+                let user = if *as_caller { "" } else { user };
                 let body = json!({"title": "updated", "description": "bench", "completed": true});
                 let request = client
                     .put(format!("{base}/events/{id}?userId={user}"))
@@ -185,7 +223,12 @@ impl Target {
 
     pub(crate) async fn delete(&self, id: &str, user: &str) -> Outcome {
         match self {
-            Target::Rest { base, client } => {
+            Target::Rest {
+                base,
+                client,
+                as_caller,
+            } => {
+                let user = if *as_caller { "" } else { user };
                 self.http(
                     client.delete(format!("{base}/events/{id}?userId={user}")),
                     204,
@@ -207,7 +250,12 @@ impl Target {
 
     pub(crate) async fn list(&self, user: &str) -> Outcome {
         match self {
-            Target::Rest { base, client } => {
+            Target::Rest {
+                base,
+                client,
+                as_caller,
+            } => {
+                let user = if *as_caller { "" } else { user };
                 self.http(client.get(format!("{base}/events?userId={user}")), 200)
                     .await
                     .0
@@ -227,7 +275,7 @@ impl Target {
     /// Publishes with `data.sentAtMicros`, so subscribers can time delivery.
     pub(crate) async fn publish(&self, topic: &str, sent_at_micros: u128) -> Outcome {
         match self {
-            Target::Rest { base, client } => {
+            Target::Rest { base, client, .. } => {
                 let body = json!({"topic": topic, "title": "bench", "data": {"sentAtMicros": sent_at_micros as u64}});
                 self.http(client.post(format!("{base}/publish")).json(&body), 200)
                     .await

@@ -175,7 +175,7 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
         .local_addr()
         .map_err(|source| Fatal::Bind { addr, source })?;
     // Before the store is touched: an exposed anonymous backend must not start at all.
-    let auth = Arc::new(config.auth.build(&[listening])?);
+    let auth = Arc::new(config.auth.build(&[listening]).await?);
 
     tracing::info!(store = %uri, "opening store");
     let store = store::open(&uri).await?;

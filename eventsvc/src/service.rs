@@ -119,6 +119,24 @@ impl EventService for EventsApi {
         }))
     }
 
+    async fn list_all_events(
+        &self,
+        request: Request<v1::ListAllEventsRequest>,
+    ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        Who::of(&request)
+            .caller()?
+            .may_list_everyone()
+            .map_err(denied)?;
+        let req = request.into_inner();
+        let limit = validate::limit(req.limit)?;
+        let cursor = Some(req.page_token).filter(|t| !t.is_empty());
+        let page = self.store.list(None, limit, cursor).await?;
+        Ok(Response::new(v1::ListEventsResponse {
+            events: page.events.into_iter().map(convert::event).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
     async fn update_event(
         &self,
         request: Request<v1::UpdateEventRequest>,

@@ -256,7 +256,7 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
         tracing::debug!("serving on the listening socket handed over by the supervisor");
     }
     let listening = listener.local_addr().map_err(Fatal::Serve)?;
-    gateway.auth = Arc::new(config.auth.build(&[listening])?);
+    gateway.auth = Arc::new(config.auth.build(&[listening]).await?);
     tracing::info!(backends = ?gateway.upstream.backends, "balancing over");
     serve(listener, gateway, shutdown)
         .await

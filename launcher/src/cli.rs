@@ -5,7 +5,7 @@
 use std::{ffi::OsString, net::IpAddr, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use eventsys::auth::{AuthArgs, Claims, EventsClaim, sign_hs256};
+use eventsys::auth::{AuthArgs, Claims, EventsClaim, sign_hs256, sign_with_private_key};
 
 use crate::up;
 
@@ -66,6 +66,10 @@ pub(crate) struct TokenArgs {
     /// `aud` to put in the token.
     #[arg(long)]
     audience: Option<String>,
+    /// Sign with this PEM private key (EC P-256 → ES256, RSA → RS256, Ed25519 → EdDSA)
+    /// instead of the HMAC secret.
+    #[arg(long)]
+    jwt_private_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     auth: AuthArgs,
 }
@@ -122,18 +126,9 @@ pub fn main() -> ExitCode {
 
 /// `eventsys token`: prints a signed token, or a one-line reason.
 fn token(args: TokenArgs) -> ExitCode {
-    let secret = match args.auth.secret() {
-        Ok(Some(secret)) => secret,
-        Ok(None) => {
-            eprintln!(
-                "eventsys: token signs with an HMAC secret: set JWT_SECRET or --jwt-secret-file"
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(err) => {
-            eprintln!("eventsys: {err}");
-            return ExitCode::FAILURE;
-        }
+    let fail = |reason: &dyn std::fmt::Display| {
+        eprintln!("eventsys: {reason}");
+        ExitCode::FAILURE
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -150,14 +145,27 @@ fn token(args: TokenArgs) -> ExitCode {
             admin: args.admin,
         },
     };
-    match sign_hs256(&secret, &claims) {
+    let signed = match &args.jwt_private_key {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => sign_with_private_key(&pem, &claims),
+            Err(err) => return fail(&format!("{}: {err}", path.display())),
+        },
+        None => match args.auth.secret() {
+            Ok(Some(secret)) => sign_hs256(&secret, &claims),
+            Ok(None) => {
+                return fail(
+                    &"token signs with an HMAC secret (JWT_SECRET or \
+                               --jwt-secret-file) or --jwt-private-key",
+                );
+            }
+            Err(err) => return fail(&err),
+        },
+    };
+    match signed {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS
         }
-        Err(err) => {
-            eprintln!("eventsys: {err}");
-            ExitCode::FAILURE
-        }
+        Err(err) => fail(&err),
     }
 }

@@ -96,7 +96,7 @@ impl Plan {
             .map(|&port| SocketAddr::new(args.host, port))
             .collect();
         args.auth
-            .build(&listeners)
+            .check(&listeners)
             .map_err(|e| Fatal::Config(e.to_string()))?;
         if args.gateway_port != 0 && backend_ports.contains(&args.gateway_port) {
             return Err(Fatal::Config(format!(

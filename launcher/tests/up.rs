@@ -52,6 +52,10 @@ fn started(line: &str) -> Option<(String, i32)> {
 
 impl Launcher {
     async fn start(data: &Path) -> Launcher {
+        Self::start_with(data, &[], &[]).await
+    }
+
+    async fn start_with(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Launcher {
         let mut child = command(data)
             .args([
                 "up",
@@ -62,6 +66,8 @@ impl Launcher {
                 "--gateway-port",
                 "0",
             ])
+            .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -280,4 +286,49 @@ async fn a_port_in_use_is_reported_before_anything_starts() {
         "nothing started"
     );
     assert!(!dir.path().join("data").exists(), "not even the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mode_reaches_every_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "a secret for the launcher test, long enough";
+    let mut launcher =
+        Launcher::start_with(dir.path(), &["--auth", "jwt"], &[("JWT_SECRET", secret)]).await;
+    let token = std::process::Command::new(env!("CARGO_BIN_EXE_eventsys"))
+        .args(["token", "--sub", "alice", "--ttl", "5m"])
+        .env("JWT_SECRET", secret)
+        .output()
+        .unwrap();
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let client = http();
+    let base = format!("http://{}", launcher.rest);
+    // The gateway: no token, no service; with one, the caller's own events.
+    let refused = client.get(format!("{base}/events")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let created = client
+        .post(format!("{base}/events"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "through up, in token mode"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["userId"], "alice");
+    // Every backend got the configuration too: each refuses a call without a token.
+    for backend in &launcher.backends {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{backend}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let refused = eventsys::v1::event_service_client::EventServiceClient::new(channel)
+            .list_events(eventsys::v1::ListEventsRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{backend}");
+    }
+    launcher.child.start_kill().unwrap();
+    launcher.child.wait().await.unwrap();
 }

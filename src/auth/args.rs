@@ -5,10 +5,11 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, encode};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, encode};
 
 use super::{
-    keys::{Keys, Verifier},
+    jwks::RemoteJwks,
+    keys::{JWKS_REFRESH_FLOOR, Keys, Verifier},
     policy::{Auth, Claims},
 };
 
@@ -40,9 +41,13 @@ pub struct AuthArgs {
     #[arg(long, env = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// JWKS document (a file); tokens name their key with `kid`.
+    /// JWKS document, a file or an http(s) URL; tokens name their key with `kid`.
     #[arg(long, env = "JWT_JWKS")]
-    pub jwks: Option<PathBuf>,
+    pub jwks: Option<String>,
+
+    /// How often a JWKS is fetched again (also, at most every 30 s, on an unknown `kid`).
+    #[arg(long, env = "JWT_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwks_refresh: std::time::Duration,
 
     /// Required `iss`, when set.
     #[arg(long, env = "JWT_ISSUER")]
@@ -96,23 +101,47 @@ impl AuthArgs {
             .map(String::into_bytes))
     }
 
-    /// The policy for servers listening on `listeners`.
-    pub fn build(&self, listeners: &[SocketAddr]) -> Result<Auth, AuthError> {
+    /// Checks the configuration without touching the network: protected mode, and that one
+    /// key source is given and (for files) readable. For supervisors that start the servers.
+    pub fn check(&self, listeners: &[SocketAddr]) -> Result<(), AuthError> {
+        self.exposure(listeners)?;
+        if self.mode == Mode::Jwt && !self.jwks.as_deref().is_some_and(is_url) {
+            self.keys_from_files()?;
+        }
+        Ok(())
+    }
+
+    fn exposure(&self, listeners: &[SocketAddr]) -> Result<(), AuthError> {
+        match listeners.iter().find(|a| !a.ip().is_loopback()) {
+            Some(exposed) if self.mode == Mode::None && !self.allow_anonymous => {
+                Err(AuthError::Exposed(*exposed))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The policy for servers listening on `listeners`. A JWKS URL is fetched now (start-up
+    /// fails if it cannot be) and refreshed in the background, so this runs inside a tokio
+    /// runtime.
+    pub async fn build(&self, listeners: &[SocketAddr]) -> Result<Auth, AuthError> {
+        self.exposure(listeners)?;
         let public_topics = self.public_topics.clone();
         match self.mode {
             Mode::None => {
-                if let Some(exposed) = listeners.iter().find(|a| !a.ip().is_loopback())
-                    && !self.allow_anonymous
-                {
-                    return Err(AuthError::Exposed(*exposed));
-                }
                 tracing::warn!(
                     "anonymous mode (--auth none): any caller can act as any user and use any topic"
                 );
                 Ok(Auth::anonymous())
             }
             Mode::Jwt => {
-                let keys = self.keys()?;
+                let keys = match self.jwks.as_deref().filter(|j| is_url(j)) {
+                    Some(url) => Keys::Remote(
+                        RemoteJwks::start(url.to_owned(), self.jwks_refresh, JWKS_REFRESH_FLOOR)
+                            .await
+                            .map_err(AuthError::Key)?,
+                    ),
+                    None => self.keys_from_files()?,
+                };
                 Ok(Auth {
                     verifier: Some(Verifier::new(
                         keys,
@@ -126,7 +155,7 @@ impl AuthArgs {
         }
     }
 
-    fn keys(&self) -> Result<Keys, AuthError> {
+    fn keys_from_files(&self) -> Result<Keys, AuthError> {
         let secret = self.secret()?;
         let sources = usize::from(secret.is_some())
             + usize::from(self.jwt_public_key.is_some())
@@ -152,7 +181,7 @@ impl AuthArgs {
             return Ok(Keys::Fixed(key));
         }
         if let Some(path) = &self.jwks {
-            return Keys::jwks(path.clone()).map_err(AuthError::Key);
+            return Keys::jwks(PathBuf::from(path)).map_err(AuthError::Key);
         }
         Err(AuthError::NoKey)
     }
@@ -183,12 +212,20 @@ impl AuthArgs {
         for (name, file) in [
             ("JWT_SECRET_FILE", &self.jwt_secret_file),
             ("JWT_PUBLIC_KEY", &self.jwt_public_key),
-            ("JWT_JWKS", &self.jwks),
         ] {
             if let Some(file) = file {
                 env.push((name, path(file)));
             }
         }
+        match self.jwks.as_deref() {
+            Some(url) if is_url(url) => env.push(("JWT_JWKS", url.to_owned())),
+            Some(file) => env.push(("JWT_JWKS", path(&PathBuf::from(file)))),
+            None => {}
+        }
+        env.push((
+            "JWT_JWKS_REFRESH",
+            humantime::format_duration(self.jwks_refresh).to_string(),
+        ));
         for (name, value) in [
             ("JWT_ISSUER", &self.jwt_issuer),
             ("JWT_AUDIENCE", &self.jwt_audience),
@@ -204,6 +241,27 @@ impl AuthArgs {
     }
 }
 
+fn is_url(jwks: &str) -> bool {
+    jwks.starts_with("http://") || jwks.starts_with("https://")
+}
+
+/// Signs `claims` with a PEM private key: EC P-256 (ES256), RSA (RS256) or Ed25519 (EdDSA),
+/// for `eventsys token` and tests.
+pub fn sign_with_private_key(pem: &[u8], claims: &Claims) -> Result<String, AuthError> {
+    let (algorithm, key) = if let Ok(key) = EncodingKey::from_ec_pem(pem) {
+        (Algorithm::ES256, key)
+    } else if let Ok(key) = EncodingKey::from_rsa_pem(pem) {
+        (Algorithm::RS256, key)
+    } else if let Ok(key) = EncodingKey::from_ed_pem(pem) {
+        (Algorithm::EdDSA, key)
+    } else {
+        return Err(AuthError::Key(
+            "not an EC P-256, RSA or Ed25519 private key in PEM".into(),
+        ));
+    };
+    encode(&Header::new(algorithm), claims, &key).map_err(|e| AuthError::Key(e.to_string()))
+}
+
 /// Signs `claims` with an HMAC secret (HS256), for `eventsys token` and tests.
 pub fn sign_hs256(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
     encode(
@@ -212,4 +270,149 @@ pub fn sign_hs256(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
         &EncodingKey::from_secret(secret),
     )
     .map_err(|e| AuthError::Key(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use clap::Parser;
+    use jsonwebtoken::get_current_timestamp;
+
+    use super::*;
+    use crate::auth::EventsClaim;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        auth: AuthArgs,
+    }
+
+    fn args(flags: &[&str]) -> AuthArgs {
+        Cli::try_parse_from(std::iter::once("test").chain(flags.iter().copied()))
+            .unwrap()
+            .auth
+    }
+
+    fn loopback() -> Vec<SocketAddr> {
+        vec!["127.0.0.1:1".parse().unwrap()]
+    }
+
+    /// A key pair from the openssl CLI: (private PEM, public PEM path).
+    fn pair(dir: &std::path::Path, name: &str, genpkey: &[&str]) -> (Vec<u8>, String) {
+        let private = dir.join(format!("{name}.key"));
+        let public = dir.join(format!("{name}.pub"));
+        let run = |args: Vec<&str>| {
+            assert!(
+                Command::new("openssl")
+                    .args(&args)
+                    .status()
+                    .unwrap()
+                    .success(),
+                "{args:?}"
+            );
+        };
+        let mut generate = vec!["genpkey"];
+        generate.extend_from_slice(genpkey);
+        generate.extend(["-out", private.to_str().unwrap()]);
+        run(generate);
+        run(vec![
+            "pkey",
+            "-in",
+            private.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ]);
+        (
+            std::fs::read(private).unwrap(),
+            public.display().to_string(),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_public_key_kind_verifies_its_own_signatures_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let kinds = [
+            pair(
+                dir.path(),
+                "rsa",
+                &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            ),
+            pair(
+                dir.path(),
+                "ec",
+                &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            ),
+            pair(dir.path(), "ed", &["-algorithm", "ED25519"]),
+        ];
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: get_current_timestamp() + 60,
+            nbf: None,
+            iss: None,
+            aud: None,
+            events: EventsClaim::default(),
+        };
+        let tokens: Vec<String> = kinds
+            .iter()
+            .map(|(private, _)| sign_with_private_key(private, &claims).unwrap())
+            .collect();
+        for (i, (_, public)) in kinds.iter().enumerate() {
+            let auth = args(&["--auth", "jwt", "--jwt-public-key", public])
+                .build(&loopback())
+                .await
+                .unwrap();
+            for (j, token) in tokens.iter().enumerate() {
+                assert_eq!(
+                    auth.caller(Some(token)).is_ok(),
+                    i == j,
+                    "key {i}, token {j}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn configuration_errors_are_one_line_reasons() {
+        let exposed: Vec<SocketAddr> = vec!["0.0.0.0:1".parse().unwrap()];
+        let err = args(&[]).build(&exposed).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("refusing anonymous mode on 0.0.0.0:1"),
+            "{err}"
+        );
+        assert!(args(&["--allow-anonymous"]).build(&exposed).await.is_ok());
+        assert!(args(&["--allow-anonymous"]).check(&exposed).is_ok());
+        let no_key = args(&["--auth", "jwt"])
+            .build(&loopback())
+            .await
+            .unwrap_err();
+        // (JWT_SECRET is not set by the test runner.)
+        assert!(matches!(no_key, AuthError::NoKey) || std::env::var_os(SECRET_ENV).is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret").unwrap();
+        let secret = secret.display().to_string();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, r#"{"keys": []}"#).unwrap();
+        let jwks = jwks.display().to_string();
+        let several = args(&[
+            "--auth",
+            "jwt",
+            "--jwt-secret-file",
+            &secret,
+            "--jwks",
+            &jwks,
+        ]);
+        assert!(matches!(
+            several.check(&loopback()),
+            Err(AuthError::SeveralKeys)
+        ));
+        let not_pem = args(&["--auth", "jwt", "--jwt-public-key", &secret]);
+        let err = not_pem.check(&loopback()).unwrap_err().to_string();
+        assert!(
+            err.contains("not an RSA, EC or Ed25519 public key"),
+            "{err}"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -12,13 +12,13 @@ use jsonwebtoken::{
     DecodingKey, Validation, decode, decode_header, errors::ErrorKind, jwk::JwkSet,
 };
 
-use super::policy::Claims;
+use super::{jwks::RemoteJwks, policy::Claims};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;
 /// A JWKS file is re-read on an unknown `kid` at most this often, so a flood of made-up `kid`s
 /// cannot make the server read it in a loop.
-const JWKS_REFRESH_FLOOR: Duration = Duration::from_secs(30);
+pub(super) const JWKS_REFRESH_FLOOR: Duration = Duration::from_secs(30);
 
 /// Why a request has no valid token: 401 / UNAUTHENTICATED. The reason goes to the log at
 /// debug level, never the token.
@@ -40,6 +40,8 @@ pub(super) enum Keys {
         path: PathBuf,
         set: Mutex<(JwkSet, Instant)>,
     },
+    /// A JWKS document at a URL, refreshed in the background.
+    Remote(Arc<RemoteJwks>),
 }
 
 impl Keys {
@@ -130,6 +132,16 @@ impl Verifier {
                     .find(&kid)
                     .ok_or_else(|| Rejected::Invalid("unknown kid".into()))?;
                 DecodingKey::from_jwk(jwk).map_err(|_| Rejected::Invalid("unusable JWK".into()))
+            }
+            Keys::Remote(jwks) => {
+                let header = decode_header(token).map_err(|e| invalid(e.kind()))?;
+                let kid = header
+                    .kid
+                    .ok_or_else(|| Rejected::Invalid("no kid".into()))?;
+                let jwk = jwks
+                    .find(&kid)
+                    .ok_or_else(|| Rejected::Invalid("unknown kid".into()))?;
+                DecodingKey::from_jwk(&jwk).map_err(|_| Rejected::Invalid("unusable JWK".into()))
             }
         }
     }

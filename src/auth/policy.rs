@@ -95,6 +95,17 @@ impl Caller {
         }
     }
 
+    /// Listing every user's events: an admin (anyone, in anonymous mode).
+    pub fn may_list_everyone(&self) -> Result<(), Denied> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(Denied(
+                "listing every user's events needs an admin token".into(),
+            ))
+        }
+    }
+
     fn is_admin(&self) -> bool {
         match self {
             Caller::Anyone => true,

@@ -258,3 +258,26 @@ async fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
     let line = refused(&["--port", "0"], &[("STORE_URI", "nonsense")]).await;
     assert!(line.contains("has no scheme"), "{line}");
 }
+
+#[tokio::test]
+async fn reflection_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let backend = Process::backend_with(&db, &["--no-reflection"]).await;
+    let addr = backend.addr.to_string();
+    let listed = grpcurl(&["-plaintext", &addr, "list"]).await;
+    assert!(!listed.status.success(), "reflection must be off");
+    assert!(
+        String::from_utf8_lossy(&listed.stderr).contains("does not support the reflection API"),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    // The API itself is unaffected.
+    let mut client = backend.client().await;
+    assert!(
+        client
+            .list_events(v1::ListEventsRequest::default())
+            .await
+            .is_ok()
+    );
+}

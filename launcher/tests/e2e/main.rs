@@ -12,3 +12,4 @@ mod shared_store;
 mod support;
 mod tls;
 mod token;
+mod token_rejections;

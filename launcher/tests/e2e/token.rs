@@ -374,6 +374,13 @@ async fn backends_apply_the_same_rules_to_grpc_callers() {
     assert!(!ok && out.contains("PermissionDenied"), "{out}");
     let (ok, out) = call(Some(&tokens.bob), "Publish", json!({"topic": "orders.eu"})).await;
     assert!(!ok && out.contains("PermissionDenied"), "{out}");
+    // Everyone's events: an admin-only rpc.
+    let (ok, out) = call(Some(&tokens.bob), "ListAllEvents", json!({})).await;
+    assert!(!ok && out.contains("PermissionDenied"), "{out}");
+    let (ok, out) = call(Some(&tokens.admin), "ListAllEvents", json!({})).await;
+    assert!(ok, "{out}");
+    let all: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(all["events"][0]["userId"], "alice", "{all}");
     let (ok, out) = call(Some("garbage"), "ListEvents", json!({})).await;
     assert!(!ok && out.contains("Unauthenticated"), "{out}");
     // Health stays open, for probes.
