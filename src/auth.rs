@@ -6,6 +6,8 @@ mod args;
 mod jwks;
 mod keys;
 mod policy;
+#[cfg(test)]
+mod testkeys;
 
 pub use args::{AuthArgs, AuthError, Mode, SECRET_ENV, sign_hs256, sign_with_private_key};
 pub use keys::Rejected;

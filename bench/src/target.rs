@@ -80,6 +80,16 @@ impl Target {
         })
     }
 
+    /// The user a REST request names: none when a token is sent (it acts as the token's).
+    fn rest_user<'a>(&self, user: &'a str) -> &'a str {
+        match self {
+            Target::Rest {
+                as_caller: true, ..
+            } => "",
+            _ => user,
+        }
+    }
+
     pub(crate) fn base(&self) -> Option<&str> {
         match self {
             Target::Rest { base, .. } => Some(base),
@@ -140,12 +150,8 @@ impl Target {
 
     pub(crate) async fn create(&self, user: &str, title: &str) -> Done {
         match self {
-            Target::Rest {
-                base,
-                client,
-                as_caller,
-            } => {
-                let user = if *as_caller { "" } else { user };
+            Target::Rest { base, client, .. } => {
+                let user = self.rest_user(user);
                 let body = json!({"userId": user, "title": title, "description": "bench"});
                 let (outcome, body) = self
                     .http(client.post(format!("{base}/events")).json(&body), 201)
@@ -170,12 +176,8 @@ impl Target {
 
     pub(crate) async fn get(&self, id: &str, user: &str) -> Outcome {
         match self {
-            Target::Rest {
-                base,
-                client,
-                as_caller,
-            } => {
-                let user = if *as_caller { "" } else { user };
+            Target::Rest { base, client, .. } => {
+                let user = self.rest_user(user);
                 self.http(client.get(format!("{base}/events/{id}?userId={user}")), 200)
                     .await
                     .0
@@ -194,12 +196,8 @@ impl Target {
 
     pub(crate) async fn update(&self, id: &str, user: &str) -> Outcome {
         match self {
-            Target::Rest {
-                base,
-                client,
-                as_caller,
-            } => {
-                let user = if *as_caller { "" } else { user };
+            Target::Rest { base, client, .. } => {
+                let user = self.rest_user(user);
                 let body = json!({"title": "updated", "description": "bench", "completed": true});
                 let request = client
                     .put(format!("{base}/events/{id}?userId={user}"))
@@ -223,12 +221,8 @@ impl Target {
 
     pub(crate) async fn delete(&self, id: &str, user: &str) -> Outcome {
         match self {
-            Target::Rest {
-                base,
-                client,
-                as_caller,
-            } => {
-                let user = if *as_caller { "" } else { user };
+            Target::Rest { base, client, .. } => {
+                let user = self.rest_user(user);
                 self.http(
                     client.delete(format!("{base}/events/{id}?userId={user}")),
                     204,
@@ -250,12 +244,8 @@ impl Target {
 
     pub(crate) async fn list(&self, user: &str) -> Outcome {
         match self {
-            Target::Rest {
-                base,
-                client,
-                as_caller,
-            } => {
-                let user = if *as_caller { "" } else { user };
+            Target::Rest { base, client, .. } => {
+                let user = self.rest_user(user);
                 self.http(client.get(format!("{base}/events?userId={user}")), 200)
                     .await
                     .0

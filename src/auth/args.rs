@@ -274,13 +274,14 @@ pub fn sign_hs256(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use clap::Parser;
     use jsonwebtoken::get_current_timestamp;
 
     use super::*;
-    use crate::auth::EventsClaim;
+    use crate::auth::{
+        EventsClaim,
+        testkeys::{EC_P256, pair},
+    };
 
     #[derive(Parser)]
     struct Cli {
@@ -298,38 +299,6 @@ mod tests {
         vec!["127.0.0.1:1".parse().unwrap()]
     }
 
-    /// A key pair from the openssl CLI: (private PEM, public PEM path).
-    fn pair(dir: &std::path::Path, name: &str, genpkey: &[&str]) -> (Vec<u8>, String) {
-        let private = dir.join(format!("{name}.key"));
-        let public = dir.join(format!("{name}.pub"));
-        let run = |args: Vec<&str>| {
-            assert!(
-                Command::new("openssl")
-                    .args(&args)
-                    .status()
-                    .unwrap()
-                    .success(),
-                "{args:?}"
-            );
-        };
-        let mut generate = vec!["genpkey"];
-        generate.extend_from_slice(genpkey);
-        generate.extend(["-out", private.to_str().unwrap()]);
-        run(generate);
-        run(vec![
-            "pkey",
-            "-in",
-            private.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ]);
-        (
-            std::fs::read(private).unwrap(),
-            public.display().to_string(),
-        )
-    }
-
     #[tokio::test]
     async fn every_public_key_kind_verifies_its_own_signatures_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -339,11 +308,7 @@ mod tests {
                 "rsa",
                 &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
             ),
-            pair(
-                dir.path(),
-                "ec",
-                &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-            ),
+            pair(dir.path(), "ec", EC_P256),
             pair(dir.path(), "ed", &["-algorithm", "ED25519"]),
         ];
         let claims = Claims {

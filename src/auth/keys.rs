@@ -162,13 +162,14 @@ impl Verifier {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 
     use super::*;
-    use crate::auth::{EventsClaim, sign_hs256};
+    use crate::auth::{
+        EventsClaim, sign_hs256,
+        testkeys::{EC_P256, pair},
+    };
 
     const SECRET: &[u8] = b"test secret, long enough for HS256";
 
@@ -266,47 +267,11 @@ mod tests {
         assert_eq!(refused(&hs(None, None), &token), "empty sub");
     }
 
-    /// A P-256 key pair made by the openssl CLI: (private PKCS#8 PEM, public PEM).
-    fn ec_key_pair(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
-        let private = dir.join("ec.pem");
-        let public = dir.join("ec.pub.pem");
-        let run = |args: &[&str]| {
-            let status = Command::new("openssl")
-                .args(args)
-                .status()
-                .expect("openssl CLI");
-            assert!(status.success(), "openssl {args:?}");
-        };
-        run(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ]
-        .iter()
-        .copied()
-        .chain([private.to_str().unwrap()])
-        .collect::<Vec<_>>());
-        run(&[
-            "pkey",
-            "-in",
-            private.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ]);
-        (
-            std::fs::read(private).unwrap(),
-            std::fs::read(public).unwrap(),
-        )
-    }
-
     #[test]
     fn es256_verifies_and_an_hs_token_signed_with_the_public_key_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let (private, public) = ec_key_pair(dir.path());
+        let (private, public) = pair(dir.path(), "ec", EC_P256);
+        let public = std::fs::read(public).unwrap();
         let verifier = Verifier::new(
             Keys::Fixed(DecodingKey::from_ec_pem(&public).unwrap()),
             None,
