@@ -47,6 +47,7 @@ where
     if let Err(err) = init_tracing() {
         return fail(&err);
     }
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => return fail(&format!("cannot start the runtime: {err}")),
@@ -54,6 +55,23 @@ where
     match runtime.block_on(run(config, inherited)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => fail(&err),
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: every connection and stream is a
+/// descriptor, and the common soft default of 1,024 would stop a server long before its memory
+/// does. Logged, since it bounds how many clients the process can hold.
+pub fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Err(err) => {
+                tracing::warn!(soft, hard, error = %err, "cannot raise the open-file limit")
+            }
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot read the open-file limit"),
     }
 }
 

@@ -363,7 +363,8 @@ impl Feed {
                 };
                 return Err(Status::unavailable(reason));
             };
-            let gap = event.seq > last + 1;
+            // Saturating: a client may resume after any u64, the largest included.
+            let gap = event.seq > last.saturating_add(1);
             if registration.lagged.swap(false, Ordering::Relaxed) {
                 let behind = self.head(&topic).saturating_sub(last);
                 if behind > self.0.settings.max_lag {

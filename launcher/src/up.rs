@@ -164,6 +164,8 @@ pub(crate) fn main(args: UpArgs) -> ExitCode {
     if let Err(err) = process::init_tracing_to(writer, std::io::stdout().is_terminal()) {
         return fail(err.into());
     }
+    // Children inherit it.
+    process::raise_open_file_limit();
     // One thread: children are spawned from it, and their parent-death signal follows the
     // thread that spawned them.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -84,3 +84,42 @@ fn the_load_tool_refuses_conflicting_limits() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Issue 12: a server started under a low soft open-file limit raises it to the hard limit.
+#[tokio::test]
+async fn servers_raise_the_open_file_limit_to_the_hard_limit() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 256 && exec \"$0\" gateway --port 0 --backends 127.0.0.1:9",
+        ])
+        .arg(EVENTSYS)
+        .env("RUST_LOG", "info")
+        .env_remove("LISTEN_FDS")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let raised = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("open-file limit raised") {
+                return line;
+            }
+        }
+        panic!("the gateway ended without raising its limit");
+    })
+    .await
+    .expect("the gateway starts");
+    assert!(raised.contains("from=256"), "{raised}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers[0], numbers[1], "soft = hard: {open_files}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}

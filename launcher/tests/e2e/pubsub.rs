@@ -340,3 +340,40 @@ async fn sse_max_duration_ends_streams_that_resume_losslessly() {
     assert_eq!(publish(&base, "short", 1, 1, 0).await, 1);
     in_order(&read(&mut frames, 1).await, 4);
 }
+
+/// Issue 12: `Last-Event-ID: 18446744073709551615` used to overflow the backend's gap check on
+/// the next publish (a panic in debug builds, a wrong gap in release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_after_the_largest_seq_neither_panics_nor_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Process::backend(&dir.path().join("events.db")).await;
+    let mut client = backend.client().await;
+    let subscribe = |after_seq| v1::SubscribeRequest {
+        topic: "edge".into(),
+        after_seq,
+    };
+    let publish = || v1::PublishRequest {
+        topic: "edge".into(),
+        title: "edge".into(),
+        ..Default::default()
+    };
+    let mut at_the_end = client
+        .subscribe(subscribe(u64::MAX))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut from_start = client.subscribe(subscribe(0)).await.unwrap().into_inner();
+    // Two live events: once the second subscriber has the second one, the feed has handed both
+    // to the first subscriber too.
+    for seq in 1..=2 {
+        client.publish(publish()).await.unwrap();
+        let event = from_start.message().await.unwrap().expect("an event");
+        assert_eq!(event.seq, seq);
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(300), at_the_end.message()).await;
+    assert!(
+        nothing.is_err(),
+        "the stream ended or delivered: {nothing:?}"
+    );
+    assert!(!backend.logs().contains("panicked"), "{}", backend.logs());
+}
