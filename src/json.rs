@@ -26,7 +26,7 @@ fn from_value(v: Value) -> Result<Json, NonFiniteNumber> {
         Some(Kind::StringValue(s)) => Json::String(s),
         Some(Kind::NumberValue(n)) => {
             // Integral values stay integers so `{"n": 3}` reads back as 3, not 3.0.
-            let number = if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+            let number = if n.fract() == 0.0 && n.abs() <= EXACT as f64 {
                 Some(serde_json::Number::from(n as i64))
             } else {
                 serde_json::Number::from_f64(n)
@@ -43,7 +43,40 @@ fn from_value(v: Value) -> Result<Json, NonFiniteNumber> {
     })
 }
 
-/// A JSON object as a `Struct`. Numbers become doubles, as `Struct` has no integers.
+/// Largest integer a double holds exactly: 2^53.
+const EXACT: u64 = 1 << 53;
+
+/// An integer a `Struct` (whose numbers are doubles) cannot carry unchanged.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "data holds the integer {0}, which cannot be stored exactly: integers must lie within ±2^53 (send larger ones as strings)"
+)]
+pub struct InexactInteger(pub String);
+
+/// Checks that every integer in `value` survives the trip through a double.
+pub fn check_exact(value: &Json) -> Result<(), InexactInteger> {
+    match value {
+        Json::Number(n) => {
+            let exact = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => u <= EXACT,
+                (None, Some(i)) => i.unsigned_abs() <= EXACT,
+                // Not an integer: a double already, as sent.
+                (None, None) => true,
+            };
+            if exact {
+                Ok(())
+            } else {
+                Err(InexactInteger(n.to_string()))
+            }
+        }
+        Json::Array(items) => items.iter().try_for_each(check_exact),
+        Json::Object(fields) => fields.values().try_for_each(check_exact),
+        Json::Null | Json::Bool(_) | Json::String(_) => Ok(()),
+    }
+}
+
+/// A JSON object as a `Struct`. Numbers become doubles, as `Struct` has no integers: check
+/// integers with `check_exact` first.
 pub fn to_struct(object: &JsonObject) -> Struct {
     Struct {
         fields: object
@@ -94,5 +127,17 @@ mod tests {
             .into(),
         };
         assert!(from_struct(s).unwrap_err().to_string().contains("finite"));
+    }
+
+    #[test]
+    fn integers_beyond_2_pow_53_are_not_exact() {
+        let ok = serde_json::json!({"a": 9_007_199_254_740_992u64, "b": -9_007_199_254_740_992i64, "c": 1.5e300});
+        assert!(check_exact(&ok).is_ok());
+        let big = serde_json::json!({"nested": [{"n": 9_007_199_254_740_993u64}]});
+        assert_eq!(
+            check_exact(&big).unwrap_err(),
+            InexactInteger("9007199254740993".into())
+        );
+        assert!(check_exact(&serde_json::json!([-9_007_199_254_740_993i64])).is_err());
     }
 }

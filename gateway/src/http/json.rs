@@ -79,7 +79,23 @@ pub(crate) struct EventInput {
     pub(crate) completed: bool,
     #[serde(deserialize_with = "nullable")]
     pub(crate) topic: String,
+    #[serde(deserialize_with = "exact_data")]
     pub(crate) data: Option<JsonObject>,
+}
+
+/// `data` whose integers survive the trip through the `Struct`'s doubles; a larger one is
+/// refused rather than stored changed.
+fn exact_data<'de, D>(d: D) -> Result<Option<JsonObject>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let data = Option::<JsonObject>::deserialize(d)?;
+    if let Some(object) = &data {
+        for value in object.values() {
+            eventsys::json::check_exact(value).map_err(serde::de::Error::custom)?;
+        }
+    }
+    Ok(data)
 }
 
 /// The body of `PUT /events/{id}`.

@@ -196,6 +196,20 @@ async fn post_events_rejects_bad_bodies_with_the_contract_error() {
         .await
         .unwrap();
     assert_error(response, 400, "INVALID_ARGUMENT", "title must be at most").await;
+    // Integers beyond ±2^53 cannot cross the Struct's doubles unchanged: refused, not altered.
+    let response = post(r#"{"data": {"n": 9007199254740993}}"#).await.unwrap();
+    assert_error(response, 400, "INVALID_ARGUMENT", "within ±2^53").await;
+    let exact = create(
+        &client,
+        &system,
+        json!({"data": {"n": 9_007_199_254_740_992u64, "m": -42}}),
+    )
+    .await;
+    assert_eq!(
+        exact["data"],
+        json!({"n": 9_007_199_254_740_992u64, "m": -42}),
+        "an exact integer comes back unchanged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
