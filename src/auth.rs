@@ -11,4 +11,4 @@ mod testkeys;
 
 pub use args::{AuthArgs, AuthError, Mode, SECRET_ENV, sign_hs256, sign_with_private_key};
 pub use keys::Rejected;
-pub use policy::{Auth, Caller, Claims, Denied, EventsClaim, Identity};
+pub use policy::{Auth, Caller, Claims, Denied, EventsClaim, Identity, bearer_token};

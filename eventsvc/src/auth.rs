@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use eventsys::auth::{Auth, Caller, Denied, Rejected};
+use eventsys::auth::{Auth, Caller, Denied, Rejected, bearer_token};
 use tonic::{Request, Status, service::Interceptor};
 
 /// Who called: `None` when token mode got no token (public topics may still be read).
@@ -41,12 +41,10 @@ impl Interceptor for Verify {
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, token)| token.trim().to_owned());
+                .and_then(bearer_token);
             match token {
                 None => Who(None),
-                Some(token) => match self.0.caller(Some(&token)) {
+                Some(token) => match self.0.caller(Some(token)) {
                     Ok(caller) => Who(Some(caller)),
                     Err(Rejected::Missing) => Who(None),
                     Err(Rejected::Invalid(_)) => {

@@ -40,6 +40,22 @@ impl EventsApi {
         }
     }
 
+    /// One page of events (of `owner`, or everyone's), for ListEvents and ListAllEvents.
+    async fn list_page(
+        &self,
+        owner: Option<String>,
+        limit: u32,
+        page_token: String,
+    ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        let limit = validate::limit(limit)?;
+        let cursor = Some(page_token).filter(|t| !t.is_empty());
+        let page = self.store.list(owner, limit, cursor).await?;
+        Ok(Response::new(v1::ListEventsResponse {
+            events: page.events.into_iter().map(convert::event).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
     /// Topic history and subscriptions: a subscribe right, or a public topic.
     fn may_read(&self, who: &Who, topic: &str) -> Result<(), Status> {
         match &who.0 {
@@ -110,13 +126,7 @@ impl EventService for EventsApi {
         let who = Who::of(&request);
         let req = request.into_inner();
         let owner = validate::owner(who.caller()?.owner(&req.user_id).map_err(denied)?)?;
-        let limit = validate::limit(req.limit)?;
-        let cursor = Some(req.page_token).filter(|t| !t.is_empty());
-        let page = self.store.list(owner, limit, cursor).await?;
-        Ok(Response::new(v1::ListEventsResponse {
-            events: page.events.into_iter().map(convert::event).collect(),
-            next_page_token: page.next.unwrap_or_default(),
-        }))
+        self.list_page(owner, req.limit, req.page_token).await
     }
 
     async fn list_all_events(
@@ -128,13 +138,7 @@ impl EventService for EventsApi {
             .may_list_everyone()
             .map_err(denied)?;
         let req = request.into_inner();
-        let limit = validate::limit(req.limit)?;
-        let cursor = Some(req.page_token).filter(|t| !t.is_empty());
-        let page = self.store.list(None, limit, cursor).await?;
-        Ok(Response::new(v1::ListEventsResponse {
-            events: page.events.into_iter().map(convert::event).collect(),
-            next_page_token: page.next.unwrap_or_default(),
-        }))
+        self.list_page(None, req.limit, req.page_token).await
     }
 
     async fn update_event(

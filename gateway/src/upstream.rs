@@ -96,10 +96,8 @@ impl Upstream {
                     }
                     let mut client = EventServiceClient::new(channel);
                     let mut request = tonic::Request::new(v1::StatsRequest {});
-                    if let Some(Bearer(token)) = bearer
-                        && let Ok(value) = format!("Bearer {token}").parse()
-                    {
-                        request.metadata_mut().insert("authorization", value);
+                    if let Some(bearer) = bearer {
+                        bearer.attach(&mut request);
                     }
                     let answer = tokio::time::timeout(timeout, client.stats(request))
                         .await

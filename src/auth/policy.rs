@@ -54,6 +54,13 @@ pub enum Caller {
 #[error("{0}")]
 pub struct Denied(pub String);
 
+/// The token of an `Authorization` value (`Bearer <token>`, scheme case-insensitive); `None`
+/// for any other scheme.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// `orders` matches that topic, `orders.*` any topic starting `orders.`, `*` every topic.
 fn matches(pattern: &str, topic: &str) -> bool {
     match pattern.strip_suffix('*') {

@@ -4,10 +4,8 @@
 //! but invalid is rejected at once (401 `invalid_token`); a missing one is the handler's call,
 //! since public topics and operations may be read without one.
 
-use std::sync::Arc;
-
 use axum::extract::{FromRequestParts, Query};
-use eventsys::auth::{Caller, Denied, Rejected};
+use eventsys::auth::{Caller, Denied, Rejected, bearer_token};
 use http::{Method, StatusCode, header, request::Parts};
 use serde::Deserialize;
 use tonic::Code;
@@ -33,11 +31,7 @@ struct TokenQuery {
 /// The token a request carries, if any.
 fn token(parts: &Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+        return bearer_token(value.to_str().ok()?).map(str::to_owned);
     }
     // Query and cookie tokens are for EventSource, which cannot set headers; a cookie on a
     // write would let another site act with the user's token.
@@ -75,10 +69,12 @@ impl FromRequestParts<AppState> for Credentials {
                 bearer: None,
             });
         };
+        let rejected = |reason: &str| unauthenticated(&Rejected::Invalid(reason.into()));
+        let bearer = Bearer::new(&token).ok_or_else(|| rejected("not a header value"))?;
         match state.auth.caller(Some(&token)) {
             Ok(caller) => Ok(Credentials {
                 caller: Some(caller),
-                bearer: Some(Bearer(Arc::from(token))),
+                bearer: Some(bearer),
             }),
             Err(rejected) => Err(unauthenticated(&rejected)),
         }

@@ -2,10 +2,13 @@
 //! by the request timeout, and send an rpc that is safe to repeat once more elsewhere when its
 //! backend is unavailable. Which rpcs are safe to repeat is said once, with the rpc.
 
-use std::{future::Future, sync::Arc};
+use std::future::Future;
 
 use eventsys::v1::{self, event_service_client::EventServiceClient};
-use tonic::{Code, Status, Streaming, metadata::MetadataValue};
+use tonic::{
+    Code, Status, Streaming,
+    metadata::{Ascii, MetadataValue},
+};
 
 use super::{Backend, Upstream, balancer::BalancedChannel, endpoint::CallFailure};
 
@@ -30,10 +33,26 @@ pub(crate) enum Retry {
     Once,
 }
 
-/// A caller's token, forwarded to the backends (which apply the same rules) as
-/// `authorization: Bearer …` metadata.
+/// A caller's token, forwarded to the backends (which apply the same rules): the
+/// `authorization: Bearer …` metadata value, built once when the token is accepted.
 #[derive(Debug, Clone)]
-pub(crate) struct Bearer(pub(crate) Arc<str>);
+pub(crate) struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    /// `None` for a token that cannot be a header value (no valid token is one).
+    pub(crate) fn new(token: &str) -> Option<Bearer> {
+        let mut value = MetadataValue::try_from(format!("Bearer {token}")).ok()?;
+        value.set_sensitive(true);
+        Some(Bearer(value))
+    }
+
+    /// Adds the token to a call to a backend.
+    pub(crate) fn attach<T>(&self, request: &mut tonic::Request<T>) {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+    }
+}
 
 /// One rpc of `events.v1.EventService` as the gateway sends it.
 pub(crate) trait Rpc: Clone + Send + Sized + 'static {
@@ -186,11 +205,8 @@ impl Upstream {
         let client =
             EventServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
         let mut request = tonic::Request::new(message);
-        if let Some(Bearer(token)) = bearer {
-            // A token that is not a valid header value was refused at the edge already.
-            if let Ok(value) = MetadataValue::try_from(format!("Bearer {token}")) {
-                request.metadata_mut().insert("authorization", value);
-            }
+        if let Some(bearer) = bearer {
+            bearer.attach(&mut request);
         }
         match tokio::time::timeout_at(deadline, R::send(request, client)).await {
             Err(_) => Err(Failure::TimedOut),
