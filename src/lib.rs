@@ -4,6 +4,7 @@
 
 #[cfg(feature = "auth")]
 pub mod auth;
+pub mod gap;
 pub mod json;
 #[cfg(feature = "process")]
 pub mod listen;

@@ -75,6 +75,13 @@ pub fn raise_open_file_limit() {
     }
 }
 
+/// The soft open-file limit now in force, if it can be read.
+pub fn open_file_limit() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
 /// Reads `.env` in the working directory into the environment, if there is one.
 pub fn load_dotenv() -> Result<(), SetupError> {
     match dotenvy::dotenv() {
@@ -97,10 +104,14 @@ where
         Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
         _ => EnvFilter::new("info"),
     };
+    // A log nobody reads any more (the supervisor died with our stdout's other end) must not
+    // stop the process: by default a failed write is reported with `eprintln!`, which panics
+    // when stderr is that same broken pipe, in whatever task was logging.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(ansi)
+        .log_internal_errors(false)
         .init();
     Ok(())
 }

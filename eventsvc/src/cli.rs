@@ -20,7 +20,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::{
     feed::FeedSettings,
     server::{Backend, ServeError, serve},
-    store::{self, OpenError, StoreUri, UriError},
+    store::{self, OpenError, Retention, StoreLimits, StoreUri, UriError},
 };
 
 /// Which store to open: `--store`, else `MONGO_URI`, else SQLite under `--data-dir`. Shared by
@@ -39,6 +39,19 @@ pub struct StoreArgs {
     /// Folder of the embedded SQLite store, used when neither of the above is given.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+
+    /// Keep only the newest this many events of each topic (all by default).
+    #[arg(long, env = "RETENTION_MAX_EVENTS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_max_events: Option<u64>,
+
+    /// Keep only events published less than this long ago, e.g. `7d` (all by default).
+    #[arg(long, env = "RETENTION_MAX_AGE", value_parser = humantime::parse_duration)]
+    pub retention_max_age: Option<Duration>,
+
+    /// Largest SQLite database file in bytes; writes beyond it get "store is full" (reads go
+    /// on). No limit by default (the disk's size is).
+    #[arg(long, env = "STORE_MAX_BYTES")]
+    pub store_max_bytes: Option<u64>,
 }
 
 impl StoreArgs {
@@ -54,6 +67,38 @@ impl StoreArgs {
 
     pub fn uri(&self) -> Result<StoreUri, UriError> {
         self.chosen().parse()
+    }
+
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_events: self.retention_max_events,
+            max_age: self.retention_max_age,
+        }
+    }
+
+    pub fn limits(&self) -> StoreLimits {
+        StoreLimits {
+            max_bytes: self.store_max_bytes,
+        }
+    }
+
+    /// The settings besides the URI as the environment of a child `eventsvc` (how `eventsys
+    /// up` hands them to its backends).
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("STORE_URI", self.chosen())];
+        if let Some(max) = self.retention_max_events {
+            env.push(("RETENTION_MAX_EVENTS", max.to_string()));
+        }
+        if let Some(age) = self.retention_max_age {
+            env.push((
+                "RETENTION_MAX_AGE",
+                humantime::format_duration(age).to_string(),
+            ));
+        }
+        if let Some(bytes) = self.store_max_bytes {
+            env.push(("STORE_MAX_BYTES", bytes.to_string()));
+        }
+        env
     }
 }
 
@@ -178,12 +223,14 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
     let auth = Arc::new(config.auth.build(&[listening]).await?);
 
     tracing::info!(store = %uri, "opening store");
-    let store = store::open(&uri).await?;
+    let store = store::open(&uri, config.store.limits()).await?;
     let feed = FeedSettings {
         buffer: config.subscriber_buffer as usize,
         max_lag: config.max_subscriber_lag,
     };
-    let mut backend = Backend::new(store).auth(auth);
+    let mut backend = Backend::new(store)
+        .auth(auth)
+        .retention(config.store.retention());
     if let Some(tls) = config.tls()? {
         backend = backend.tls(tls);
     }

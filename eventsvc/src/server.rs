@@ -8,19 +8,36 @@ use std::{future::Future, sync::Arc, time::Duration};
 use eventsys::{auth::Auth, v1::event_service_server::EventServiceServer};
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Server, ServerTlsConfig, server::TcpIncoming},
+};
 use tonic_health::ServingStatus;
 
 use crate::{
     auth::Verify,
     feed::{Feed, FeedSettings},
+    retention,
     service::EventsApi,
     stats::{MeterLayer, Stats},
-    store::EventStore,
+    store::{EventStore, Retention},
 };
 
-/// Concurrent HTTP/2 streams (calls, open subscriptions) one client connection may carry.
-const MAX_STREAMS_PER_CONNECTION: u32 = 100_000;
+/// Concurrent HTTP/2 streams (calls, open subscriptions) one client connection may carry. A
+/// gateway carries all its subscriptions to this backend over one connection, and caps them at
+/// 10,000 itself.
+const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
+/// Unary calls one connection may have in progress; more wait (streams count only until
+/// their response starts).
+const CALLS_PER_CONNECTION: usize = 1024;
+/// Longest a call may take, whatever the client's `grpc-timeout` (a shorter one wins).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings find dead clients (a gateway whose machine vanished) and free their streams.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+/// Largest reply: pages stop at 2 MiB, an event is at most ~1 MiB.
+const MAX_REPLY: usize = 8 * 1024 * 1024;
+/// Largest request: an event with the largest fields it may have.
+const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
 /// A backend's dependencies and settings.
 pub struct Backend {
@@ -31,6 +48,7 @@ pub struct Backend {
     auth: Arc<Auth>,
     reflection: bool,
     tls: Option<ServerTlsConfig>,
+    retention: Retention,
 }
 
 impl Backend {
@@ -43,7 +61,15 @@ impl Backend {
             auth: Arc::new(Auth::anonymous()),
             reflection: true,
             tls: None,
+            retention: Retention::default(),
         }
+    }
+
+    /// How much of each topic to keep (default: everything). Every backend sharing a store
+    /// should be given the same.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Serve TLS (and, with a client CA in it, require client certificates: mTLS).
@@ -113,6 +139,12 @@ pub async fn serve(
         streams.clone(),
     );
 
+    tokio::spawn(retention::run(
+        backend.store.clone(),
+        backend.retention,
+        streams.clone(),
+    ));
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EventServiceServer<EventsApi>>().await;
     let reflection = || {
@@ -150,7 +182,7 @@ pub async fn serve(
         }
     };
 
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, open_files = ?eventsys::process::open_file_limit(), "listening");
     let mut builder = Server::builder();
     if let Some(tls) = backend.tls {
         builder = builder.tls_config(tls)?;
@@ -159,12 +191,23 @@ pub async fn serve(
         // A gateway carries every subscription to this backend over one HTTP/2 connection;
         // hyper's default of 200 streams per connection would cap subscribers at 200.
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
+        .timeout(CALL_TIMEOUT)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
         .layer(MeterLayer::new(stats.clone(), addr.port(), added_latency))
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
-        .add_service(EventServiceServer::with_interceptor(
-            EventsApi::new(backend.store, stats.clone(), feed, backend.auth.clone()),
+        .add_service(InterceptedService::new(
+            EventServiceServer::new(EventsApi::new(
+                backend.store,
+                stats.clone(),
+                feed,
+                backend.auth.clone(),
+            ))
+            .max_encoding_message_size(MAX_REPLY)
+            .max_decoding_message_size(MAX_REQUEST),
             Verify(backend.auth),
         ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use eventsys::{
     auth::Auth,
+    gap::Gap,
     v1::{self, event_service_server::EventService},
 };
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -49,9 +51,19 @@ impl EventsApi {
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
         let limit = validate::limit(limit)?;
         let cursor = Some(page_token).filter(|t| !t.is_empty());
-        let page = self.store.list(owner, limit, cursor).await?;
+        let mut page = self
+            .store
+            .list(owner.clone(), limit, cursor.clone())
+            .await?;
+        let mut events: Vec<v1::Event> = page.events.into_iter().map(convert::event).collect();
+        let fits = fitting(&events);
+        if fits < events.len() {
+            // Cut by size: the same first events again, with the store's cursor after them.
+            page = self.store.list(owner, fits, cursor).await?;
+            events = page.events.into_iter().map(convert::event).collect();
+        }
         Ok(Response::new(v1::ListEventsResponse {
-            events: page.events.into_iter().map(convert::event).collect(),
+            events,
             next_page_token: page.next.unwrap_or_default(),
         }))
     }
@@ -66,11 +78,32 @@ impl EventsApi {
     }
 }
 
+/// Largest encoded page: far below what a client decodes (gRPC's default is 4 MiB, the
+/// gateway's 16 MiB), and small enough that a gateway streaming a list holds little.
+const PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// How many of `events`, from the first, fit in a page (at least one, so every page moves on).
+fn fitting(events: &[v1::Event]) -> usize {
+    let mut total = 0;
+    for (i, event) in events.iter().enumerate() {
+        // The field's tag and length prefix on top of the message.
+        total += event.encoded_len() + 8;
+        if total > PAGE_BYTES {
+            return i.max(1);
+        }
+    }
+    events.len()
+}
+
 impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => Status::not_found("event not found"),
             StoreError::Unsupported(reason) => Status::failed_precondition(reason),
+            StoreError::Full { .. } => {
+                tracing::error!(error = %err, "store full: refusing writes");
+                Status::unavailable("store is full")
+            }
             StoreError::InvalidCursor => {
                 Status::invalid_argument("page_token is not a token this service issued")
             }
@@ -189,16 +222,27 @@ impl EventService for EventsApi {
         validate::topic(&req.topic)?;
         self.may_read(&who, &req.topic)?;
         let limit = validate::limit(req.limit)?;
+        // Retention dropped what it no longer keeps: the reader gets the rest, told so.
+        let dropped = self.store.dropped_through(&req.topic).await?;
+        let gap = req.after_seq < dropped;
+        let after = req.after_seq.max(dropped);
         // One extra event tells whether more follow.
-        let mut events = self
+        let stored = self
             .store
-            .events_after(&req.topic, req.after_seq, limit + 1)
+            .events_after(&req.topic, after, limit + 1)
             .await?;
-        let more = events.len() > limit;
-        events.truncate(limit);
+        let mut more = stored.len() > limit;
+        let mut events: Vec<v1::Event> =
+            stored.into_iter().take(limit).map(convert::event).collect();
+        let fits = fitting(&events);
+        if fits < events.len() {
+            events.truncate(fits);
+            more = true;
+        }
         Ok(Response::new(v1::ListTopicEventsResponse {
-            events: events.into_iter().map(convert::event).collect(),
+            events,
             more,
+            oldest_available: if gap { dropped + 1 } else { 0 },
         }))
     }
 
@@ -212,6 +256,14 @@ impl EventService for EventsApi {
         let req = request.into_inner();
         validate::topic(&req.topic)?;
         self.may_read(&who, &req.topic)?;
+        let dropped = self.store.dropped_through(&req.topic).await?;
+        if req.after_seq < dropped {
+            return Err(Gap {
+                requested_after: req.after_seq,
+                oldest_available: dropped + 1,
+            }
+            .into_status());
+        }
         Ok(Response::new(self.feed.subscribe(req.topic, req.after_seq)))
     }
 

@@ -4,7 +4,7 @@
 pub mod mongo;
 pub mod sqlite;
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -81,6 +81,21 @@ impl NewEvent {
     }
 }
 
+/// How much of each topic's history is kept. Off (everything kept) unless set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep only the newest this many events of a topic.
+    pub max_events: Option<u64>,
+    /// Keep only events published less than this long ago.
+    pub max_age: Option<Duration>,
+}
+
+impl Retention {
+    pub fn is_off(&self) -> bool {
+        self.max_events.is_none() && self.max_age.is_none()
+    }
+}
+
 /// Errors every store reports, whatever its engine.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -92,6 +107,10 @@ pub enum StoreError {
     /// later.
     #[error("store unavailable during {op}: {reason}")]
     Unavailable { op: &'static str, reason: String },
+    /// The store has no room for the write (disk or configured size full); reads still work,
+    /// and writes succeed again once space is freed.
+    #[error("store is full during {op}")]
+    Full { op: &'static str },
     /// The store cannot do this at all as configured; the message says what would.
     #[error("{0}")]
     Unsupported(String),
@@ -157,6 +176,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// sharing the store, in commit order (so in `seq` order per topic). A backend runs one
     /// follower for all its subscribers. The stream ends only after yielding an error.
     async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>>;
+    /// Drops up to `batch` published events that `retention` no longer keeps, oldest first,
+    /// and records per topic the newest `seq` dropped. Returns how many it dropped: a full
+    /// batch means more may be due. Short, so publishers never wait long behind it.
+    async fn compact(&self, retention: Retention, batch: usize) -> Result<usize>;
+    /// The newest `seq` of `topic` that retention has dropped; 0 when none.
+    async fn dropped_through(&self, topic: &str) -> Result<u64>;
 }
 
 /// Which store to open, parsed from `--store` / `STORE_URI` / `MONGO_URI`.
@@ -218,11 +243,25 @@ pub enum OpenError {
     Mongo { reason: String },
 }
 
+/// Limits an operator sets on the store itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Largest SQLite database file; writes beyond it are refused as `Full`.
+    pub max_bytes: Option<u64>,
+}
+
 /// Opens the store a URI names, ready to serve (schema migrated, indexes built).
-pub async fn open(uri: &StoreUri) -> Result<Arc<dyn EventStore>, OpenError> {
+pub async fn open(uri: &StoreUri, limits: StoreLimits) -> Result<Arc<dyn EventStore>, OpenError> {
     match uri {
-        StoreUri::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path.clone()).await?)),
-        StoreUri::Mongo(uri) => Ok(Arc::new(MongoStore::open(uri).await?)),
+        StoreUri::Sqlite(path) => Ok(Arc::new(
+            SqliteStore::open_with(path.clone(), limits).await?,
+        )),
+        StoreUri::Mongo(uri) => {
+            if limits.max_bytes.is_some() {
+                tracing::warn!("a store size limit applies to SQLite only: size MongoDB itself");
+            }
+            Ok(Arc::new(MongoStore::open(uri).await?))
+        }
     }
 }
 

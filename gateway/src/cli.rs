@@ -3,6 +3,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
     path::PathBuf,
     process::ExitCode,
     sync::Arc,
@@ -15,11 +16,12 @@ use eventsys::{
     listen::{Inherited, Origin},
     process::{self, SetupError},
 };
+use http::HeaderValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::{
-    http::Settings,
-    server::{GatewayConfig, serve},
+    http::{Browsers, HostPolicy, Hosts, LimitSettings, Settings},
+    server::{ConnectionLimits, GatewayConfig, serve},
     upstream::{Balancing, UpstreamConfig},
 };
 
@@ -85,6 +87,48 @@ pub(crate) struct Config {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) sse_max_duration: Option<Duration>,
 
+    /// Bytes of events queued for one SSE client that is not reading; beyond them its stream
+    /// is paused and taken up again from the store once it reads (nothing is lost).
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub(crate) sse_buffer_bytes: usize,
+
+    /// Open SSE streams in all; more get 429.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) max_sse_streams: usize,
+
+    /// Open SSE streams per client (token subject, else address); more get 429.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) max_sse_per_client: usize,
+
+    /// Requests per second per client (token subject, else address), in bursts of as many;
+    /// more get 429. No limit by default.
+    #[arg(long, env = "RATE_LIMIT")]
+    pub(crate) rate_limit: Option<NonZeroU32>,
+
+    /// Open client connections; more are closed at once (and logged). Bounded by the
+    /// open-file limit.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) max_connections: usize,
+
+    /// Time a client has to send a request head (and a TLS handshake); also how long an idle
+    /// keep-alive connection stays open.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) header_timeout: Duration,
+
+    /// Concurrent requests and streams on one HTTP/2 connection.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_streams_per_connection: u32,
+
+    /// Origins web pages may call from, comma-separated, or `*` for any (the contract's
+    /// default).
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', default_value = "*")]
+    pub(crate) cors_origins: Vec<String>,
+
+    /// Host names requests may be addressed to (besides loopback names and the listening
+    /// address), comma-separated, or `*` for any. Guards against DNS rebinding.
+    #[arg(long, env = "ALLOWED_HOSTS", value_delimiter = ',')]
+    pub(crate) allowed_hosts: Vec<String>,
+
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -139,6 +183,8 @@ enum Fatal {
     Backends(String),
     #[error("invalid {0}: must be more than zero")]
     Zero(&'static str),
+    #[error("invalid --cors-origins: {0:?} is not an origin")]
+    Origin(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -178,6 +224,7 @@ impl Config {
             ("--health-timeout", self.health_timeout),
             ("--resolve-interval", self.resolve_interval),
             ("--sse-keep-alive", self.sse_keep_alive),
+            ("--header-timeout", self.header_timeout),
         ] {
             if value.is_zero() {
                 return Err(Fatal::Zero(name));
@@ -204,11 +251,55 @@ impl Config {
             settings: Settings {
                 sse_keep_alive: self.sse_keep_alive,
                 sse_max_duration: self.sse_max_duration,
+                sse_buffer: self.sse_buffer_bytes.max(1),
                 body_limit: BODY_LIMIT,
+                request_timeout: self.request_timeout,
+                limits: LimitSettings {
+                    rate: self.rate_limit,
+                    max_streams: self.max_sse_streams,
+                    max_streams_per_client: self.max_sse_per_client,
+                },
+                browsers: self.browsers()?,
+            },
+            connections: ConnectionLimits {
+                max_connections: self.max_connections.max(1),
+                header_timeout: self.header_timeout,
+                max_streams: self.max_streams_per_connection.max(1),
+                keepalive: Duration::from_secs(30),
             },
             drain_timeout: self.drain_timeout,
             auth: Arc::new(Auth::anonymous()),
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+        })
+    }
+
+    /// CORS origins and allowed host names.
+    fn browsers(&self) -> Result<Browsers, Fatal> {
+        let listed = |values: &[String]| -> Option<Vec<String>> {
+            let values: Vec<String> = values
+                .iter()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .collect();
+            (!values.iter().any(|v| v == "*")).then_some(values)
+        };
+        let cors_origins = match listed(&self.cors_origins) {
+            None => None,
+            Some(origins) => Some(
+                origins
+                    .into_iter()
+                    .map(|o| HeaderValue::try_from(o.as_str()).map_err(|_| Fatal::Origin(o)))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let hosts = match listed(&self.allowed_hosts) {
+            None => Hosts::Any,
+            Some(names) if names.is_empty() => Hosts::Loopback,
+            Some(names) => Hosts::Named(names),
+        };
+        Ok(Browsers {
+            cors_origins,
+            hosts: HostPolicy::new(hosts),
         })
     }
 
@@ -256,6 +347,21 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
         tracing::debug!("serving on the listening socket handed over by the supervisor");
     }
     let listening = listener.local_addr().map_err(Fatal::Serve)?;
+    // Every connection is a descriptor: a cap above the open-file limit would end in accept
+    // errors instead of clean refusals.
+    if let Some(files) = process::open_file_limit() {
+        let room = usize::try_from(files.saturating_sub(256))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        if gateway.connections.max_connections > room {
+            tracing::warn!(
+                max_connections = gateway.connections.max_connections,
+                open_files = files,
+                "--max-connections lowered to fit the open-file limit"
+            );
+            gateway.connections.max_connections = room;
+        }
+    }
     gateway.auth = Arc::new(config.auth.build(&[listening]).await?);
     tracing::info!(backends = ?gateway.upstream.backends, "balancing over");
     serve(listener, gateway, shutdown)

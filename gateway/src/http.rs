@@ -5,8 +5,11 @@
 mod auth;
 mod error;
 mod extract;
+mod guard;
 mod json;
 mod legacy;
+mod limits;
+mod listing;
 mod metrics;
 mod rest;
 mod routes;
@@ -15,6 +18,8 @@ mod sse;
 mod state;
 
 pub(crate) use error::ApiError;
+pub(crate) use guard::{Browsers, HostPolicy, Hosts};
+pub(crate) use limits::{LimitSettings, Limiters};
 pub(crate) use metrics::Metrics;
 pub(crate) use routes::app;
 pub(crate) use state::{AppState, Settings};

@@ -1,5 +1,9 @@
-//! `serve` runs the gateway on a bound listener: starts the upstream, serves `http::app` until
-//! shutdown, then ends SSE streams and drains in-flight requests.
+//! `serve` runs the gateway on a bound listener: starts the upstream, serves `http::app` through
+//! our accept loop until shutdown, then ends SSE streams and drains in-flight requests.
+
+mod accept;
+mod throttle;
+mod tls;
 
 use std::{
     future::Future,
@@ -8,13 +12,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum_server::{Handle, tls_rustls::RustlsConfig};
 use eventsys::auth::Auth;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use accept::ConnectionLimits;
+
 use crate::{
-    http::{AppState, Metrics, Settings, app},
+    http::{AppState, Limiters, Metrics, Settings, app},
     upstream::{Upstream, UpstreamConfig},
 };
 
@@ -23,6 +28,7 @@ use crate::{
 pub struct GatewayConfig {
     pub(crate) upstream: UpstreamConfig,
     pub(crate) settings: Settings,
+    pub(crate) connections: ConnectionLimits,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub(crate) drain_timeout: Duration,
     /// Token mode or anonymous, and the policy.
@@ -38,58 +44,47 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
     let stop = CancellationToken::new();
     let upstream = Upstream::start(config.upstream, stop.clone());
+    let metrics = Arc::new(Metrics::new());
+    let settings = Arc::new(config.settings.with_listen_addr(addr));
     let state = AppState {
         upstream,
         auth: config.auth,
-        settings: Arc::new(config.settings),
-        metrics: Arc::new(Metrics::new()),
+        limiters: Arc::new(Limiters::new(settings.limits)),
+        settings,
+        metrics: metrics.clone(),
         started: Instant::now(),
         shutdown: stop.clone(),
     };
-
     let draining = stop.clone();
     let signalled = async move {
         shutdown.await;
         tracing::info!(%addr, "shutting down: ending streams, draining requests");
         draining.cancel();
     };
-    let deadline = async {
-        stop.cancelled().await;
-        tokio::time::sleep(config.drain_timeout).await;
-    };
-    match config.tls {
-        None => {
-            tracing::info!(%addr, "listening");
-            let server = axum::serve(listener, app(state)).with_graceful_shutdown(signalled);
-            tokio::select! {
-                served = server => served?,
-                () = deadline => tracing::warn!(%addr, "drain deadline passed: closing open connections"),
-            }
-        }
-        Some((cert, key)) => {
-            // HTTP/2 and HTTP/1.1 by ALPN: browsers then multiplex their SSE streams over one
-            // connection instead of six per origin.
-            let tls = RustlsConfig::from_pem_file(&cert, &key).await?;
-            let handle = Handle::new();
-            let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?
-                .handle(handle.clone())
-                .serve(app(state).into_make_service());
-            // Starts the graceful shutdown, then waits for the server to finish it.
-            let graceful = async {
-                signalled.await;
-                handle.graceful_shutdown(Some(config.drain_timeout));
-                std::future::pending::<()>().await;
-            };
-            tracing::info!(%addr, "listening (HTTPS)");
-            tokio::select! {
-                served = server => served?,
-                () = graceful => {}
-                () = deadline => tracing::warn!(%addr, "drain deadline passed: closing open connections"),
-            }
-        }
-    }
+    tracing::info!(
+        %addr,
+        tls = tls.is_some(),
+        max_connections = config.connections.max_connections,
+        open_files = ?eventsys::process::open_file_limit(),
+        "listening"
+    );
+    // Polled with the server, not spawned: nothing may keep the signal from stopping it.
+    let served = accept::serve(
+        listener,
+        tls,
+        app(state),
+        config.connections,
+        metrics,
+        stop,
+        config.drain_timeout,
+    );
+    tokio::join!(signalled, served);
     tracing::info!(%addr, "stopped");
     Ok(())
 }

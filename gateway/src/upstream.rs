@@ -16,9 +16,10 @@ use std::{sync::Arc, time::Duration};
 use eventsys::v1::{self, event_service_client::EventServiceClient};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ClientTlsConfig;
+use tower::retry::budget::TpsBudget;
 
 pub(crate) use backend::{Backend, BackendSnapshot};
-pub(crate) use call::{Answer, Bearer, CallError, Failure};
+pub(crate) use call::{Answer, Bearer, CallError, Failure, deadline, within};
 pub(crate) use endpoint::Balancing;
 
 use balancer::BalancedChannel;
@@ -54,6 +55,7 @@ struct Inner {
     streams: BalancedChannel,
     membership: Arc<Membership>,
     config: Arc<UpstreamConfig>,
+    retries: TpsBudget,
 }
 
 impl Upstream {
@@ -69,6 +71,7 @@ impl Upstream {
                 streams: BalancedChannel::new(streams),
                 membership,
                 config,
+                retries: call::retry_budget(),
             }),
         }
     }

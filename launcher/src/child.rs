@@ -1,8 +1,9 @@
 //! One supervised child process (a backend or the gateway): started as this same binary with a
 //! subcommand and the listening socket the launcher bound for it (fd 3, `LISTEN_FDS=1`), its
-//! output relayed to the console, restarted on the same socket with backoff when it crashes,
-//! given up on (and its socket closed) when it keeps crashing, stopped with SIGTERM (SIGKILL
-//! after a grace period) when the launcher stops.
+//! output relayed to the console, restarted on the same socket with capped backoff whenever it
+//! crashes (a crash loop is logged at ERROR, never given up on: a system that stops serving for
+//! good because of a transient fault is worse than one that keeps trying), stopped with SIGTERM
+//! (SIGKILL after a grace period) when the launcher stops.
 
 use std::{
     collections::VecDeque,
@@ -14,15 +15,19 @@ use std::{
 };
 
 use command_fds::{CommandFdExt, FdMapping};
+use futures::StreamExt;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    io::AsyncRead,
     process::{Child, Command},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{
+    codec::{FramedRead, LinesCodec, LinesCodecError},
+    sync::CancellationToken,
+};
 
 use crate::{
     console::{Console, Label},
@@ -33,10 +38,11 @@ use crate::{
 const LISTEN_FD: i32 = 3;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// A child that crashes this often within `CRASH_WINDOW` is given up on.
-const CRASHES_TO_GIVE_UP: usize = 5;
+/// A child that crashes this often within `CRASH_WINDOW` is in a crash loop.
+const CRASH_LOOP: usize = 5;
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// Longest line relayed from a child; longer ones are cut.
+const MAX_LINE: usize = 64 * 1024;
 /// A child that ran this long before crashing starts its backoff over.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How long a stopping child may drain before it is killed (the servers drain for 10 s).
@@ -53,13 +59,8 @@ pub(crate) struct Spec {
     pub(crate) args: Vec<String>,
     /// Variables set for the child (kept out of its command line, which anyone can read).
     pub(crate) env: Vec<(&'static str, String)>,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{name} {reason}")]
-pub(crate) struct GaveUp {
-    pub(crate) name: String,
-    pub(crate) reason: String,
+    /// Longest wait between restarts of a crashing child.
+    pub(crate) max_backoff: Duration,
 }
 
 pub(crate) struct Supervised {
@@ -68,9 +69,9 @@ pub(crate) struct Supervised {
     args: Vec<String>,
     env: Vec<(&'static str, String)>,
     addr: SocketAddr,
-    /// Held while the child may be restarted; closed when it is given up on, so that clients
-    /// are refused instead of waiting in a backlog nobody will accept.
-    listener: Mutex<Option<TcpListener>>,
+    /// Every incarnation's listening socket, held between them so clients wait in the backlog.
+    listener: TcpListener,
+    max_backoff: Duration,
     label: Label,
     console: Arc<Console>,
     last_line: Mutex<String>,
@@ -88,7 +89,8 @@ impl Supervised {
             subcommand: spec.subcommand,
             args: spec.args,
             env: spec.env,
-            listener: Mutex::new(Some(spec.listener)),
+            listener: spec.listener,
+            max_backoff: spec.max_backoff,
             label,
             console,
             last_line: Mutex::new(String::new()),
@@ -106,11 +108,7 @@ impl Supervised {
 
     /// A copy of the listening socket for the next incarnation.
     fn socket(&self) -> std::io::Result<OwnedFd> {
-        let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
-        let listener = listener
-            .as_ref()
-            .ok_or_else(|| std::io::Error::other("its socket is closed"))?;
-        Ok(listener.try_clone()?.into())
+        Ok(self.listener.try_clone()?.into())
     }
 
     fn spawn(self: &Arc<Self>) -> std::io::Result<Child> {
@@ -146,10 +144,15 @@ impl Supervised {
         Ok(child)
     }
 
-    /// Copies the child's output to the console.
+    /// Copies the child's output to the console, line by line (a line cut at `MAX_LINE`).
     async fn relay(self: Arc<Self>, output: impl AsyncRead + Unpin) {
-        let mut lines = BufReader::new(output).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut lines = FramedRead::new(output, LinesCodec::new_with_max_length(MAX_LINE));
+        while let Some(line) = lines.next().await {
+            let line = match line {
+                Ok(line) => line,
+                Err(LinesCodecError::MaxLineLengthExceeded) => "… (line too long, cut)".into(),
+                Err(LinesCodecError::Io(_)) => return,
+            };
             self.console.line(&self.label, &line);
             *self
                 .last_line
@@ -158,73 +161,60 @@ impl Supervised {
         }
     }
 
-    /// Runs the child until `stop` is cancelled, restarting it when it exits on its own.
+    /// Runs the child until `stop` is cancelled, restarting it whenever it exits on its own.
     /// `force` cancelled means stop without waiting for a graceful drain.
     pub(crate) async fn supervise(
         self: Arc<Self>,
         stop: CancellationToken,
         force: CancellationToken,
-    ) -> Result<(), GaveUp> {
-        let outcome = self.clone().run(stop, force).await;
-        if outcome.is_err() {
-            self.listener
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-        }
-        outcome
-    }
-
-    async fn run(
-        self: Arc<Self>,
-        stop: CancellationToken,
-        force: CancellationToken,
-    ) -> Result<(), GaveUp> {
+    ) {
         let name = self.name.clone();
         let mut crashes = VecDeque::new();
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = FIRST_BACKOFF.min(self.max_backoff);
         loop {
-            let mut child = self.spawn().map_err(|e| GaveUp {
-                name: name.clone(),
-                reason: format!("cannot be started: {e}"),
-            })?;
             let started = Instant::now();
-            tracing::info!(child = %name, pid = child.id().unwrap_or(0), "started");
-            let status = tokio::select! {
-                status = child.wait() => status,
-                _ = stop.cancelled() => {
-                    self.terminate(&mut child, &force).await;
-                    return Ok(());
+            let status = match self.spawn() {
+                Ok(mut child) => {
+                    tracing::info!(child = %name, pid = child.id().unwrap_or(0), "started");
+                    tokio::select! {
+                        status = child.wait() => describe(status),
+                        _ = stop.cancelled() => {
+                            self.terminate(&mut child, &force).await;
+                            return;
+                        }
+                    }
                 }
+                Err(err) => format!("cannot be started: {err}"),
             };
-            let status = describe(status);
             let now = Instant::now();
             crashes.push_back(now);
             crashes.retain(|at| now.duration_since(*at) < CRASH_WINDOW);
-            if crashes.len() >= CRASHES_TO_GIVE_UP {
+            if now.duration_since(started) > STABLE_AFTER {
+                backoff = FIRST_BACKOFF.min(self.max_backoff);
+            }
+            if crashes.len() >= CRASH_LOOP {
                 let last = self
                     .last_line
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone();
-                return Err(GaveUp {
-                    name,
-                    reason: format!(
-                        "crashed {} times within {:?} ({status}); giving up. Its last words: {last}",
-                        crashes.len(),
-                        CRASH_WINDOW
-                    ),
-                });
+                tracing::error!(
+                    child = %name,
+                    crashes = crashes.len(),
+                    within = ?CRASH_WINDOW,
+                    %status,
+                    last_words = %last,
+                    ?backoff,
+                    "crash loop: restarting"
+                );
+            } else {
+                tracing::warn!(child = %name, %status, ?backoff, "exited unexpectedly: restarting");
             }
-            if now.duration_since(started) > STABLE_AFTER {
-                backoff = FIRST_BACKOFF;
-            }
-            tracing::warn!(child = %name, %status, ?backoff, "exited unexpectedly: restarting");
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => return,
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = (backoff * 2).min(self.max_backoff);
         }
     }
 

@@ -2,7 +2,7 @@
 //! `eventsys gateway …` are the two servers themselves (the processes `up` starts, one binary
 //! for all so that building it builds everything it runs), and `eventsys bench …` the load tool.
 
-use std::{ffi::OsString, net::IpAddr, process::ExitCode};
+use std::{ffi::OsString, net::IpAddr, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use eventsys::auth::{AuthArgs, Claims, EventsClaim, sign_hs256, sign_with_private_key};
@@ -94,6 +94,11 @@ pub(crate) struct UpArgs {
 
     #[command(flatten)]
     pub(crate) store: eventsvc::StoreArgs,
+
+    /// Longest wait between restarts of a child that keeps crashing (it is restarted for
+    /// ever, waiting twice as long each time up to this).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) max_restart_backoff: Duration,
 
     #[command(flatten)]
     pub(crate) auth: AuthArgs,

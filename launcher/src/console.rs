@@ -1,12 +1,22 @@
 //! The launcher's terminal: every line of every child, and the launcher's own log, behind an
 //! aligned name prefix (`backend-5001 | …`), coloured per process when stdout is a terminal.
+//! Lines go through a bounded queue to one writer thread: when nobody reads stdout, lines are
+//! dropped and counted, and the system keeps serving (a child blocked on a full pipe would not).
 
 use std::{
     io::{self, IsTerminal, Write},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    time::Duration,
 };
 
 const COLOURS: [&str; 6] = ["36", "33", "35", "32", "34", "91"];
+
+/// Lines waiting for stdout; beyond them lines are dropped.
+const QUEUED_LINES: usize = 4096;
 
 /// Who a line comes from.
 #[derive(Debug, Clone)]
@@ -15,10 +25,17 @@ pub(crate) struct Label {
     colour: &'static str,
 }
 
+enum Out {
+    Line(String),
+    /// Answered once every line queued before it is written.
+    Flushed(SyncSender<()>),
+}
+
 pub(crate) struct Console {
     colour: bool,
     width: usize,
-    out: Mutex<io::Stdout>,
+    queue: SyncSender<Out>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl Console {
@@ -26,10 +43,18 @@ impl Console {
     pub(crate) fn new(names: &[String]) -> Arc<Console> {
         let colour = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let width = names.iter().map(String::len).max().unwrap_or(0);
+        let (queue, lines) = sync_channel(QUEUED_LINES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = dropped.clone();
+        std::thread::Builder::new()
+            .name("console".into())
+            .spawn(move || write_out(&lines, &writer))
+            .expect("a thread for the console");
         Arc::new(Console {
             colour,
             width,
-            out: Mutex::new(io::stdout()),
+            queue,
+            dropped,
         })
     }
 
@@ -41,15 +66,46 @@ impl Console {
         }
     }
 
+    /// Queues a line; never waits for stdout.
     pub(crate) fn line(&self, label: &Label, text: &str) {
         let prefix = format!("{:>width$} |", label.name, width = self.width);
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        // A closed stdout (the launcher piped into `head`) must not stop the system.
-        let _ = if self.colour {
-            writeln!(out, "\x1b[{}m{prefix}\x1b[0m {text}", label.colour)
+        let line = if self.colour {
+            format!("\x1b[{}m{prefix}\x1b[0m {text}\n", label.colour)
         } else {
-            writeln!(out, "{prefix} {text}")
+            format!("{prefix} {text}\n")
         };
+        if let Err(TrySendError::Full(_)) = self.queue.try_send(Out::Line(line)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits up to `timeout` for queued lines to be written (at exit, so the last words are
+    /// seen when someone reads).
+    pub(crate) fn flush(&self, timeout: Duration) {
+        let (done, flushed) = sync_channel(1);
+        if self.queue.try_send(Out::Flushed(done)).is_ok() {
+            let _ = flushed.recv_timeout(timeout);
+        }
+    }
+}
+
+fn write_out(lines: &Receiver<Out>, dropped: &AtomicU64) {
+    let mut out = io::stdout();
+    while let Ok(next) = lines.recv() {
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            let _ = writeln!(out, "… {lost} lines dropped (stdout was not being read)");
+        }
+        match next {
+            // A closed stdout (the launcher piped into `head`) must not stop the system.
+            Out::Line(line) => {
+                let _ = out.write_all(line.as_bytes());
+            }
+            Out::Flushed(done) => {
+                let _ = out.flush();
+                let _ = done.try_send(());
+            }
+        }
         let _ = out.flush();
     }
 }

@@ -15,13 +15,12 @@ use eventsvc::store::StoreUri;
 use eventsys::process::{self, SetupError};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    child::{GaveUp, Spec, Supervised},
+    child::{Spec, Supervised},
     cli::UpArgs,
     console::{Console, LabelledWriter},
     probe,
@@ -48,10 +47,6 @@ enum Fatal {
     Socket { port: u16, source: std::io::Error },
     #[error("{0} did not become ready within {START_TIMEOUT:?}")]
     NotReady(String),
-    #[error(transparent)]
-    GaveUp(#[from] GaveUp),
-    #[error("every backend has been given up on")]
-    NoBackends,
 }
 
 /// What `up` will start.
@@ -185,7 +180,7 @@ pub(crate) fn main(args: UpArgs) -> ExitCode {
 }
 
 /// A child and the task supervising it.
-type Running = (Arc<Supervised>, JoinHandle<Result<(), GaveUp>>);
+type Running = (Arc<Supervised>, JoinHandle<()>);
 
 /// The children of one run, and how to stop them.
 struct Fleet {
@@ -194,27 +189,12 @@ struct Fleet {
     stop_backends: CancellationToken,
     stop_gateway: CancellationToken,
     force: CancellationToken,
-    /// Children given up on, as they are.
-    gave_up: mpsc::UnboundedReceiver<GaveUp>,
-    report: mpsc::UnboundedSender<GaveUp>,
 }
 
 impl Fleet {
-    /// Supervises `child` until `stop`, reporting if it is given up on.
-    fn supervise(
-        &self,
-        child: &Arc<Supervised>,
-        stop: &CancellationToken,
-    ) -> JoinHandle<Result<(), GaveUp>> {
-        let supervised = child.clone().supervise(stop.clone(), self.force.clone());
-        let report = self.report.clone();
-        tokio::spawn(async move {
-            let outcome = supervised.await;
-            if let Err(gave_up) = &outcome {
-                let _ = report.send(gave_up.clone());
-            }
-            outcome
-        })
+    /// Supervises `child` until `stop`.
+    fn supervise(&self, child: &Arc<Supervised>, stop: &CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(child.clone().supervise(stop.clone(), self.force.clone()))
     }
 
     /// Gateway first, so it drains against live backends; then the backends.
@@ -233,15 +213,12 @@ impl Fleet {
 async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), Fatal> {
     let mut terminate = signal(SignalKind::terminate()).map_err(SetupError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(SetupError::Signals)?;
-    let (report, gave_up) = mpsc::unbounded_channel();
     let mut fleet = Fleet {
         backends: Vec::new(),
         gateway: None,
         stop_backends: CancellationToken::new(),
         stop_gateway: CancellationToken::new(),
         force: CancellationToken::new(),
-        gave_up,
-        report,
     };
     for (i, (name, listener)) in plan
         .backend_names()
@@ -254,10 +231,14 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
             subcommand: "backend",
             listener,
             args: Vec::new(),
-            env: [("STORE_URI", plan.store.clone())]
+            env: plan
+                .args
+                .store
+                .to_env()
                 .into_iter()
                 .chain(plan.args.auth.to_env())
                 .collect(),
+            max_backoff: plan.args.max_restart_backoff,
         };
         let child = supervised(spec, console.label(&name, i + 2), &console)?;
         let task = fleet.supervise(&child, &fleet.stop_backends);
@@ -269,10 +250,13 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
         _ = terminate.recv() => Err(Fatal::Config("stopped during start-up (SIGTERM)".into())),
         _ = interrupt.recv() => Err(Fatal::Config("stopped during start-up (SIGINT)".into())),
     };
-    let outcome = match started {
-        Ok(()) => watch(&mut fleet, &mut terminate, &mut interrupt).await,
-        Err(err) => Err(err),
-    };
+    if started.is_ok() {
+        // Children are restarted for ever: only a signal ends the run.
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    }
 
     tracing::info!("stopping: gateway first, then the backends");
     let force = fleet.force.clone();
@@ -287,7 +271,8 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
         }
     }
     tracing::info!("all stopped");
-    outcome
+    console.flush(Duration::from_secs(1));
+    started
 }
 
 fn supervised(
@@ -308,14 +293,11 @@ async fn start(
     fleet: &mut Fleet,
 ) -> Result<(), Fatal> {
     let mut addrs = Vec::new();
-    for (child, task) in &mut fleet.backends {
+    for (child, _) in &fleet.backends {
         let addr = child.addr();
-        tokio::select! {
-            ready = tokio::time::timeout(START_TIMEOUT, probe::until_backend_ready(addr)) => {
-                ready.map_err(|_| Fatal::NotReady(child.name().to_owned()))?;
-            }
-            ended = &mut *task => return Err(ended_early(child.name(), ended)),
-        }
+        tokio::time::timeout(START_TIMEOUT, probe::until_backend_ready(addr))
+            .await
+            .map_err(|_| Fatal::NotReady(child.name().to_owned()))?;
         addrs.push(addr);
     }
     let list = addrs
@@ -329,26 +311,17 @@ async fn start(
         listener: gateway,
         args: vec!["--backends".into(), list],
         env: plan.args.auth.to_env(),
+        max_backoff: plan.args.max_restart_backoff,
     };
     let gateway = supervised(spec, console.label("gateway", 1), console)?;
-    let mut task = fleet.supervise(&gateway, &fleet.stop_gateway);
+    let task = fleet.supervise(&gateway, &fleet.stop_gateway);
     let rest = gateway.addr();
-    tokio::select! {
-        ready = tokio::time::timeout(START_TIMEOUT, probe::until_gateway_ready(rest)) => {
-            ready.map_err(|_| Fatal::NotReady("gateway".into()))?;
-        }
-        ended = &mut task => return Err(ended_early("gateway", ended)),
-    }
     fleet.gateway = Some((gateway, task));
+    tokio::time::timeout(START_TIMEOUT, probe::until_gateway_ready(rest))
+        .await
+        .map_err(|_| Fatal::NotReady("gateway".into()))?;
     summary(console, plan, rest, &addrs);
     Ok(())
-}
-
-fn ended_early(name: &str, ended: Result<Result<(), GaveUp>, tokio::task::JoinError>) -> Fatal {
-    match ended {
-        Ok(Err(gave_up)) => gave_up.into(),
-        _ => Fatal::NotReady(name.to_owned()),
-    }
 }
 
 fn summary(console: &Console, plan: &Plan, rest: SocketAddr, backends: &[SocketAddr]) {
@@ -375,30 +348,5 @@ fn summary(console: &Console, plan: &Plan, rest: SocketAddr, backends: &[SocketA
     ];
     for line in lines {
         console.line(&label, &line);
-    }
-}
-
-/// Runs until a signal, or until nothing is left to serve.
-async fn watch(
-    fleet: &mut Fleet,
-    terminate: &mut tokio::signal::unix::Signal,
-    interrupt: &mut tokio::signal::unix::Signal,
-) -> Result<(), Fatal> {
-    let mut backends_left = fleet.backends.len();
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
-            Some(gave_up) = fleet.gave_up.recv() => {
-                if gave_up.name == "gateway" {
-                    return Err(gave_up.into());
-                }
-                tracing::error!("{gave_up}");
-                backends_left -= 1;
-                if backends_left == 0 {
-                    return Err(Fatal::NoBackends);
-                }
-            }
-        }
     }
 }

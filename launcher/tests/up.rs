@@ -332,3 +332,120 @@ async fn token_mode_reaches_every_child() {
     launcher.child.start_kill().unwrap();
     launcher.child.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_keeps_crashing_is_restarted_for_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut launcher =
+        Launcher::start_with(dir.path(), &["--max-restart-backoff", "100ms"], &[]).await;
+    let mut pid = launcher.pids["backend-1"][0];
+    let crash_loop = std::sync::atomic::AtomicBool::new(false);
+    for _ in 0..10 {
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        pid = launcher
+            .expect(|l| {
+                if l.contains("ERROR") && l.contains("crash loop") {
+                    crash_loop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                started(l).filter(|(n, _)| n == "backend-1").map(|(_, p)| p)
+            })
+            .await;
+    }
+    assert!(
+        crash_loop.load(std::sync::atomic::Ordering::Relaxed),
+        "a crash loop is logged at ERROR"
+    );
+    // The eleventh incarnation serves, on the same socket.
+    let url = format!("http://{}", launcher.backends[0]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let channel = tonic::transport::Channel::from_shared(url.clone()).unwrap();
+        if let Ok(channel) = channel.connect().await {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let request = tonic_health::pb::HealthCheckRequest::default();
+            if health.check(request).await.is_ok() {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backend-1 never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(launcher.pids["backend-1"].len(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nobody_reading_stdout_does_not_stop_the_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(dir.path())
+        .args(["up", "--base-port", "0", "--gateway-port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start eventsys up");
+    let mut reader = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let rest = tokio::time::timeout(WAIT, async {
+        loop {
+            let line = reader
+                .next_line()
+                .await
+                .unwrap()
+                .expect("output until ready");
+            if let Some((_, rest)) = line.split_once("REST API  http://") {
+                return rest.trim_end_matches("/events").to_owned();
+            }
+        }
+    })
+    .await
+    .expect("ready");
+    // From here on nobody reads: the pipe (64 KiB) fills after a few hundred lines.
+    let base = format!("http://{rest}");
+    serve_3000(&base).await;
+    // Reading again: the launcher says how much it dropped meanwhile.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let line = reader.next_line().await.unwrap().expect("output");
+            if line.contains("lines dropped") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the dropped lines are counted");
+
+    // Nobody reads again; SIGTERM is handled at once, and everything stops within the drain
+    // time.
+    serve_3000(&base).await;
+    kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("stops within the drain time")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// 3,000 writes from 4 clients, each answered (each logs a line in the gateway and one in a
+/// backend).
+async fn serve_3000(base: &str) {
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let base = base.to_owned();
+        workers.spawn(async move {
+            let client = http();
+            for i in 0..750 {
+                let response = client
+                    .post(format!("{base}/events"))
+                    .json(&json!({"userId": "quiet", "title": format!("{w}-{i}")}))
+                    .send()
+                    .await
+                    .expect("served while stdout is full");
+                assert_eq!(response.status(), 201);
+            }
+        });
+    }
+    tokio::time::timeout(WAIT, workers.join_all())
+        .await
+        .expect("3,000 requests served with nobody reading the logs");
+}

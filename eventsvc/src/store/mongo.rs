@@ -4,6 +4,7 @@
 //! change feed is a change stream. Writes use majority write concern on a replica set.
 
 mod document;
+mod retention;
 
 use std::time::Duration;
 
@@ -20,7 +21,9 @@ use mongodb::{
 };
 use uuid::Uuid;
 
-use super::{Event, EventPage, EventPatch, EventStore, NewEvent, OpenError, Result, StoreError};
+use super::{
+    Event, EventPage, EventPatch, EventStore, NewEvent, OpenError, Result, Retention, StoreError,
+};
 pub use document::{from_document, to_document};
 
 /// The old service's database, used when the URI names none.
@@ -134,6 +137,15 @@ impl MongoStore {
                 .options(
                     IndexOptions::builder()
                         .unique(true)
+                        .partial_filter_expression(doc! {"seq": {"$exists": true}})
+                        .build(),
+                )
+                .build(),
+            // Retention by age finds old events without a scan.
+            IndexModel::builder()
+                .keys(doc! {"time": 1})
+                .options(
+                    IndexOptions::builder()
                         .partial_filter_expression(doc! {"seq": {"$exists": true}})
                         .build(),
                 )
@@ -383,6 +395,14 @@ impl EventStore for MongoStore {
                 from_document(&document)
             })
             .boxed())
+    }
+
+    async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {
+        retention::compact(&self.events, &self.counters, retention, batch).await
+    }
+
+    async fn dropped_through(&self, topic: &str) -> Result<u64> {
+        retention::dropped_through(&self.counters, topic).await
     }
 }
 

@@ -3,6 +3,7 @@
 //! transaction. Every call runs on tokio's blocking pool over a small connection pool.
 
 mod follow;
+mod retention;
 
 use std::{
     path::{Path, PathBuf},
@@ -18,7 +19,8 @@ use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use super::{
-    Event, EventPage, EventPatch, EventStore, JsonObject, NewEvent, OpenError, Result, StoreError,
+    Event, EventPage, EventPatch, EventStore, JsonObject, NewEvent, OpenError, Result, Retention,
+    StoreError, StoreLimits,
 };
 
 /// Concurrent SQLite connections per process. Readers proceed in parallel under WAL; writers
@@ -65,6 +67,11 @@ const MIGRATIONS: &[&str] = &[
          topic    TEXT    PRIMARY KEY,
          last_seq INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // 2: retention. Per topic, the newest seq retention dropped, so a reader from before it is
+    // told of the gap (a user deleting an event is not one); published events by time, for
+    // dropping by age without a scan.
+    "ALTER TABLE topics ADD COLUMN dropped_through INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX events_by_time ON events (time) WHERE seq IS NOT NULL;",
 ];
 
 const COLUMNS: &str =
@@ -73,6 +80,8 @@ const COLUMNS: &str =
 /// A shared SQLite database file.
 pub struct SqliteStore {
     path: PathBuf,
+    /// `PRAGMA max_page_count` of every connection, from `StoreLimits::max_bytes`.
+    max_pages: Option<u64>,
     idle: Arc<Mutex<Vec<Connection>>>,
     permits: Arc<Semaphore>,
     /// Woken by this process's publishes, so its followers need not wait for their next poll.
@@ -83,6 +92,13 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates its schema. Safe to call
     /// from several processes at once: migration runs in an exclusive write transaction.
     pub async fn open(path: PathBuf) -> Result<Self, OpenError> {
+        Self::open_with(path, StoreLimits::default()).await
+    }
+
+    /// `open`, with a size limit: writes that would grow the file past it are refused as
+    /// `StoreError::Full` (reads go on; deleting events makes room again).
+    pub async fn open_with(path: PathBuf, limits: StoreLimits) -> Result<Self, OpenError> {
+        let max_pages = limits.max_bytes.map(|bytes| (bytes / PAGE_SIZE).max(1));
         let fail = |path: &Path, reason: String| OpenError::Sqlite {
             path: path.to_owned(),
             reason,
@@ -99,6 +115,9 @@ impl SqliteStore {
                 for _ in 1..POOL_SIZE {
                     conns.push(connect(&path).map_err(|e| fail(&path, e.to_string()))?);
                 }
+                for conn in &conns {
+                    limit_size(conn, max_pages).map_err(|e| fail(&path, e.to_string()))?;
+                }
                 Ok(conns)
             })
             .await
@@ -106,6 +125,7 @@ impl SqliteStore {
         };
         Ok(Self {
             path,
+            max_pages,
             idle: Arc::new(Mutex::new(opened)),
             permits: Arc::new(Semaphore::new(POOL_SIZE)),
             published: Arc::new(Notify::new()),
@@ -129,13 +149,18 @@ impl SqliteStore {
                 })?;
         let idle = self.idle.clone();
         let path = self.path.clone();
+        let max_pages = self.max_pages;
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let pooled = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
             // A connection is lost only if `f` panicked while holding it; replace it.
             let mut conn = match pooled {
                 Some(conn) => conn,
-                None => connect(&path).map_err(|e| sql_error(op, e))?,
+                None => {
+                    let conn = connect(&path).map_err(|e| sql_error(op, e))?;
+                    limit_size(&conn, max_pages).map_err(|e| sql_error(op, e))?;
+                    conn
+                }
             };
             let result = f(&mut conn);
             idle.lock()
@@ -159,6 +184,16 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
+}
+
+/// SQLite's default page size, which this store never changes.
+const PAGE_SIZE: u64 = 4096;
+
+fn limit_size(conn: &Connection, max_pages: Option<u64>) -> rusqlite::Result<()> {
+    if let Some(pages) = max_pages {
+        conn.pragma_update(None, "max_page_count", pages)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,16 +241,19 @@ fn migrate(conn: &mut Connection) -> Result<(), InitError> {
     Ok(())
 }
 
-/// Busy and I/O conditions are the store being unavailable (worth retrying elsewhere or later);
-/// anything else is a fault in this process.
+/// A full disk (or the configured size reached) is `Full`; busy and I/O conditions are the
+/// store being unavailable (worth retrying elsewhere or later); anything else is a fault in
+/// this process.
 fn sql_error(op: &'static str, err: rusqlite::Error) -> StoreError {
+    if err.sqlite_error_code() == Some(ErrorCode::DiskFull) {
+        return StoreError::Full { op };
+    }
     let transient = matches!(
         err.sqlite_error_code(),
         Some(
             ErrorCode::DatabaseBusy
                 | ErrorCode::DatabaseLocked
                 | ErrorCode::SystemIoFailure
-                | ErrorCode::DiskFull
                 | ErrorCode::CannotOpen
                 | ErrorCode::ReadOnly
         )
@@ -466,6 +504,21 @@ impl EventStore for SqliteStore {
 
     async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>> {
         follow::follow(self.path.clone(), self.published.clone()).await
+    }
+
+    async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {
+        self.run("compact", move |conn| {
+            retention::compact(conn, retention, batch)
+        })
+        .await
+    }
+
+    async fn dropped_through(&self, topic: &str) -> Result<u64> {
+        let topic = topic.to_owned();
+        self.run("dropped_through", move |conn| {
+            retention::dropped_through(conn, &topic)
+        })
+        .await
     }
 }
 

@@ -4,13 +4,15 @@
 //! but invalid is rejected at once (401 `invalid_token`); a missing one is the handler's call,
 //! since public topics and operations may be read without one.
 
-use axum::extract::{FromRequestParts, Query};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use eventsys::auth::{Caller, Denied, Rejected, bearer_token};
 use http::{Method, StatusCode, header, request::Parts};
 use serde::Deserialize;
 use tonic::Code;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, limits::ClientKey};
 use crate::upstream::Bearer;
 
 /// The cookie EventSource clients may carry their token in (GET only).
@@ -21,6 +23,8 @@ pub(crate) struct Credentials {
     /// `None`: token mode and no token sent.
     caller: Option<Caller>,
     pub(crate) bearer: Option<Bearer>,
+    /// The address the request came from.
+    peer: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,17 +60,34 @@ fn token(parts: &Parts) -> Option<String> {
 impl FromRequestParts<AppState> for Credentials {
     type Rejection = ApiError;
 
+    /// Also counts the request against the client's rate, once it is known who the client is.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let credentials = Self::verify(parts, state)?;
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        state
+            .limiters
+            .request(&ClientKey::of(credentials.caller.as_ref(), peer))?;
+        Ok(credentials.with_peer(peer))
+    }
+}
+
+impl Credentials {
+    fn verify(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         if !state.auth.token_mode() {
             return Ok(Credentials {
                 caller: Some(Caller::Anyone),
                 bearer: None,
+                peer: None,
             });
         }
         let Some(token) = token(parts) else {
             return Ok(Credentials {
                 caller: None,
                 bearer: None,
+                peer: None,
             });
         };
         let rejected = |reason: &str| unauthenticated(&Rejected::Invalid(reason.into()));
@@ -75,6 +96,7 @@ impl FromRequestParts<AppState> for Credentials {
             Ok(caller) => Ok(Credentials {
                 caller: Some(caller),
                 bearer: Some(bearer),
+                peer: None,
             }),
             Err(rejected) => Err(unauthenticated(&rejected)),
         }
@@ -103,6 +125,15 @@ impl From<Denied> for ApiError {
 }
 
 impl Credentials {
+    fn with_peer(self, peer: Option<SocketAddr>) -> Self {
+        Self { peer, ..self }
+    }
+
+    /// Who per-client limits count this request against.
+    pub(crate) fn client(&self) -> ClientKey {
+        ClientKey::of(self.caller.as_ref(), self.peer)
+    }
+
     /// The caller; 401 when token mode has no token.
     pub(crate) fn caller(&self) -> Result<&Caller, ApiError> {
         self.caller

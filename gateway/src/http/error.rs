@@ -7,6 +7,8 @@ use axum::{
     extract::rejection::{BytesRejection, PathRejection, QueryRejection},
     response::{IntoResponse, Response},
 };
+use std::time::Duration;
+
 use http::{HeaderValue, StatusCode, header};
 use tonic::Code;
 
@@ -21,6 +23,8 @@ pub(crate) struct ApiError {
     pub(crate) backend: Option<Backend>,
     /// `WWW-Authenticate` of a 401.
     pub(crate) challenge: Option<&'static str>,
+    /// `Retry-After` of a 429.
+    pub(crate) retry_after: Option<Duration>,
 }
 
 /// HTTP status and gRPC status name for a gRPC code (the usual gateway table).
@@ -58,6 +62,7 @@ impl ApiError {
             message: message.into(),
             backend: None,
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -69,6 +74,7 @@ impl ApiError {
             message: message.into(),
             backend: None,
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -82,6 +88,15 @@ impl ApiError {
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, message)
+    }
+
+    /// 413: the body is over the limit, whether declared or found while reading.
+    pub(crate) fn too_large() -> Self {
+        Self::http(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RESOURCE_EXHAUSTED",
+            "request body too large",
+        )
     }
 }
 
@@ -99,6 +114,20 @@ impl From<CallError> for ApiError {
                 ..Self::new(Code::Unauthenticated, "invalid token")
             };
         }
+        // Not a backend's answer: the gateway could not read the reply (too large, malformed).
+        if backend.is_none()
+            && matches!(
+                status.code(),
+                Code::OutOfRange | Code::Internal | Code::Unknown | Code::DataLoss
+            )
+        {
+            tracing::error!(code = ?status.code(), message = status.message(), "unreadable backend reply");
+            return Self::http(
+                StatusCode::BAD_GATEWAY,
+                "INTERNAL",
+                "a backend sent a reply the gateway cannot read",
+            );
+        }
         // Backends word their errors for clients; transport and internal failures carry
         // driver text and addresses, which stay in the log.
         let message = match status.code() {
@@ -115,21 +144,26 @@ impl From<CallError> for ApiError {
     }
 }
 
+// axum's rejection texts are its own wording (and name Rust types); clients get ours.
 impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        Self::bad_request(rejection.body_text())
+    fn from(_: QueryRejection) -> Self {
+        Self::bad_request("invalid query string")
     }
 }
 
 impl From<PathRejection> for ApiError {
-    fn from(rejection: PathRejection) -> Self {
-        Self::bad_request(rejection.body_text())
+    fn from(_: PathRejection) -> Self {
+        Self::bad_request("invalid path: it must be valid UTF-8 once percent-decoded")
     }
 }
 
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
-        Self::bad_request(rejection.body_text())
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::too_large()
+        } else {
+            Self::bad_request("cannot read the request body")
+        }
     }
 }
 
@@ -143,7 +177,19 @@ impl IntoResponse for ApiError {
         let challenge = self
             .challenge
             .map(|c| [(header::WWW_AUTHENTICATE, HeaderValue::from_static(c))]);
-        (self.status, self.backend, challenge, Json(body)).into_response()
+        // Whole seconds, rounded up: a client told 0 would come straight back.
+        let retry_after = self.retry_after.map(|wait| {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            [(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))]
+        });
+        (
+            self.status,
+            self.backend,
+            challenge,
+            retry_after,
+            Json(body),
+        )
+            .into_response()
     }
 }
 
@@ -181,10 +227,25 @@ mod tests {
         ApiError::from(CallError {
             failure: Failure::Status {
                 status,
-                backend: None,
+                backend: Some(Backend("127.0.0.1:5000".parse().unwrap())),
             },
             retried: false,
         })
+    }
+
+    #[test]
+    fn a_reply_the_gateway_cannot_read_is_a_neutral_502() {
+        let err = ApiError::from(CallError {
+            failure: Failure::Status {
+                status: Status::out_of_range(
+                    "Error, decoded message length too large: found 17000000 bytes",
+                ),
+                backend: None,
+            },
+            retried: false,
+        });
+        assert_eq!(err.status.as_u16(), 502);
+        assert!(!err.message.contains("bytes"), "{}", err.message);
     }
 
     #[test]

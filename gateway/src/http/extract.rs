@@ -6,7 +6,7 @@ use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Path, Query, Request},
 };
-use http::{StatusCode, request::Parts};
+use http::request::Parts;
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{ApiError, AppState};
@@ -18,25 +18,22 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::http(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "RESOURCE_EXHAUSTED",
-                        format!(
-                            "request body larger than {} bytes",
-                            state.settings.body_limit
-                        ),
-                    )
-                } else {
-                    rejection.into()
-                }
-            })?;
+        let bytes = Bytes::from_request(request, state).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    }
+}
+
+/// Query parameters, rejected with our JSON error.
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(params) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Params(params))
     }
 }
 

@@ -90,9 +90,11 @@ pub(crate) async fn load(
     Ok(Json(json!({
         "in_flight": total,
         "gateway": {"in_flight": state.metrics.in_flight()},
+        // A backend restarting in a loop shows as unhealthy, or with a short uptime.
         "backends": breakdown(&reports, |a| json!({
             "in_flight": a.in_flight,
             "subscribers": a.subscribers,
+            "uptime": go_duration(uptime(a)),
         })),
     })))
 }

@@ -13,8 +13,8 @@ use axum::{
 };
 use http::{HeaderValue, header::CONTENT_TYPE};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use super::{ApiError, AppState, auth::Credentials};
@@ -30,6 +30,8 @@ pub(crate) struct Metrics {
     backend_calls: IntGaugeVec,
     backend_unreachable: IntGaugeVec,
     sse_resumes: IntCounterVec,
+    connections_open: IntGauge,
+    connections_refused: IntCounter,
     in_flight: AtomicI64,
     total: AtomicU64,
 }
@@ -99,6 +101,14 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let connections_open =
+            IntGauge::new("gateway_connections_open", "Client connections open now")
+                .expect("valid metric");
+        let connections_refused = IntCounter::new(
+            "gateway_connections_refused_total",
+            "Client connections closed at once because the connection cap was reached",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -108,6 +118,8 @@ impl Metrics {
             Box::new(backend_unreachable.clone()),
             Box::new(backend_cost.clone()),
             Box::new(sse_resumes.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
         ] {
             registry
                 .register(collector)
@@ -123,6 +135,8 @@ impl Metrics {
             backend_calls,
             backend_unreachable,
             sse_resumes,
+            connections_open,
+            connections_refused,
             in_flight: AtomicI64::new(0),
             total: AtomicU64::new(0),
         }
@@ -131,6 +145,25 @@ impl Metrics {
     /// Counts an SSE stream taken up again from its last seq, and why.
     pub(crate) fn sse_resumed(&self, reason: &str) {
         self.sse_resumes.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a request no route took (404) or no method of its route took (405).
+    pub(crate) fn unrouted(&self, method: &http::Method, status: http::StatusCode) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.requests
+            .with_label_values(&["unmatched", method_label(method), status.as_str()])
+            .inc();
+    }
+
+    /// Counts a connection refused at the connection cap.
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Counts an open connection until the returned guard drops.
+    pub(crate) fn connection_opened(&self) -> OpenConnection {
+        self.connections_open.inc();
+        OpenConnection(self.connections_open.clone())
     }
 
     /// HTTP requests being handled now.
@@ -214,7 +247,7 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
     let status = response.status();
     metrics
         .requests
-        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .with_label_values(&[route.as_str(), method_label(&method), status.as_str()])
         .inc();
     metrics
         .latency
@@ -223,6 +256,36 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
     let backend = response.extensions().get::<Backend>().copied();
     tracing::info!(%method, %path, status = status.as_u16(), backend = %Served(backend), ?elapsed, "request");
     response
+}
+
+/// A method as a label: the standard ones by name, anything else as one value (a client
+/// choosing methods must not choose label values).
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN
+        .iter()
+        .find(|known| *known == method)
+        .map_or("OTHER", |known| known.as_str())
+}
+
+/// An open connection in `gateway_connections_open`.
+pub(crate) struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The serving backend in the access log, `-` when none served the request.

@@ -1,23 +1,23 @@
 //! The REST endpoints of `../shared/API.md` for events and topics, each one backend rpc (list
-//! endpoints page through theirs). A handler reads like its contract row: extract, call,
+//! endpoints page through theirs, see `listing`). A handler reads like its contract row: extract, call,
 //! answer with the status, the serving backend and the body.
 
 use axum::{Json, extract::State, response::IntoResponse};
 use eventsys::v1;
 use http::StatusCode;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use serde::Deserialize;
 use serde_json::json;
 use tonic::Code;
 
 use super::{
     ApiError, AppState,
     auth::Credentials,
-    extract::{EventId, JsonBody, Topic, UserId},
+    extract::{EventId, JsonBody, Params, Topic, UserId},
     json::{EventInput, EventJson, UpdateInput},
+    listing::{self, Limit, Page, Pager},
 };
-use crate::upstream::{CallError, Failure};
-
-/// Page size used when a REST list is assembled from rpc pages.
-const PAGE: u32 = 1000;
+use crate::upstream::{Answer, Bearer, CallError, Failure};
 
 /// `POST /events` → 201 and the stored event.
 pub(crate) async fn create_event(
@@ -34,27 +34,77 @@ pub(crate) async fn create_event(
     Ok((StatusCode::CREATED, answer.backend, Json(event)))
 }
 
-/// `GET /events?userId=` → 200 and every event of the user (of everyone without `userId`).
+/// `GET /events?userId=&limit=&pageToken=` → 200 and the user's events (everyone's without
+/// `userId`), streamed; with `limit`, one page and a `Link` to the next.
 pub(crate) async fn list_events(
     State(state): State<AppState>,
     who: Credentials,
-    UserId(user_id): UserId,
+    UserId(given): UserId,
+    Params(page): Params<PageToken>,
+    Params(limit): Params<Limit>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user_id = who.caller()?.owner(&user_id)?;
-    let mut events = Vec::new();
-    let mut page_token = String::new();
-    loop {
+    let user_id = who.caller()?.owner(&given)?;
+    let pager = UserEvents {
+        state,
+        bearer: who.bearer,
+        user_id,
+        given,
+    };
+    listing::respond(pager, page.page_token.filter(|t| !t.is_empty()), limit).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct PageToken {
+    #[serde(rename = "pageToken")]
+    page_token: Option<String>,
+}
+
+/// A user's events (or everyone's), paged by the backends' page tokens.
+struct UserEvents {
+    state: AppState,
+    bearer: Option<Bearer>,
+    user_id: String,
+    /// `userId` as the client gave it, for the next page's URL.
+    given: String,
+}
+
+impl Pager for UserEvents {
+    type Cursor = String;
+
+    async fn fetch(
+        &self,
+        from: Option<String>,
+        limit: u32,
+    ) -> Result<Answer<Page<String>>, CallError> {
         let request = v1::ListEventsRequest {
-            user_id: user_id.clone(),
-            limit: PAGE,
-            page_token,
+            user_id: self.user_id.clone(),
+            limit,
+            page_token: from.unwrap_or_default(),
         };
-        let answer = state.upstream.call(request, who.bearer.as_ref()).await?;
-        events.extend(answer.message.events.into_iter().map(EventJson::from));
-        page_token = answer.message.next_page_token;
-        if page_token.is_empty() {
-            return Ok((StatusCode::OK, answer.backend, Json(events)));
+        let answer = self
+            .state
+            .upstream
+            .call(request, self.bearer.as_ref())
+            .await?;
+        let token = answer.message.next_page_token;
+        Ok(Answer {
+            backend: answer.backend,
+            message: Page {
+                events: answer.message.events,
+                next: Some(token).filter(|t| !t.is_empty()),
+                oldest_available: None,
+            },
+        })
+    }
+
+    fn link(&self, from: &String, limit: u32) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if !self.given.is_empty() {
+            query.append_pair("userId", &self.given);
         }
+        query.append_pair("limit", &limit.to_string());
+        query.append_pair("pageToken", from);
+        format!("/events?{}", query.finish())
     }
 }
 
@@ -141,26 +191,84 @@ pub(crate) async fn publish(
     Ok((StatusCode::OK, answer.backend, Json(body)))
 }
 
-/// `GET /topic-events/{topic}` → 200 and the topic's events, oldest first.
+/// `GET /topic-events/{topic}?afterSeq=&limit=` → 200 and the topic's events, oldest first,
+/// streamed; with `limit`, one page and a `Link` to the next.
 pub(crate) async fn topic_events(
     State(state): State<AppState>,
     who: Credentials,
     Topic(topic): Topic,
+    Params(after): Params<AfterSeq>,
+    Params(limit): Params<Limit>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.may_read(&state, &topic)?;
-    let mut events = Vec::new();
-    let mut after_seq = 0;
-    loop {
+    let pager = TopicHistory {
+        state,
+        bearer: who.bearer,
+        topic,
+    };
+    listing::respond(pager, Some(after.after_seq.unwrap_or(0)), limit).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AfterSeq {
+    #[serde(rename = "afterSeq")]
+    after_seq: Option<u64>,
+}
+
+/// A topic's history, paged by `seq`.
+struct TopicHistory {
+    state: AppState,
+    bearer: Option<Bearer>,
+    topic: String,
+}
+
+impl Pager for TopicHistory {
+    type Cursor = u64;
+
+    async fn fetch(&self, from: Option<u64>, limit: u32) -> Result<Answer<Page<u64>>, CallError> {
         let request = v1::ListTopicEventsRequest {
-            topic: topic.clone(),
-            after_seq,
-            limit: PAGE,
+            topic: self.topic.clone(),
+            after_seq: from.unwrap_or(0),
+            limit,
         };
-        let page = state.upstream.call(request, who.bearer.as_ref()).await?;
-        after_seq = page.message.events.last().map_or(after_seq, |e| e.seq);
-        events.extend(page.message.events.into_iter().map(EventJson::from));
-        if !page.message.more {
-            return Ok((StatusCode::OK, page.backend, Json(events)));
-        }
+        let answer = self
+            .state
+            .upstream
+            .call(request, self.bearer.as_ref())
+            .await?;
+        let reply = answer.message;
+        let last = reply.events.last().map(|e| e.seq);
+        Ok(Answer {
+            backend: answer.backend,
+            message: Page {
+                next: last.filter(|_| reply.more),
+                events: reply.events,
+                oldest_available: Some(reply.oldest_available).filter(|seq| *seq > 0),
+            },
+        })
+    }
+
+    fn link(&self, from: &u64, limit: u32) -> String {
+        let topic = utf8_percent_encode(&self.topic, PATH_SEGMENT);
+        format!("/topic-events/{topic}?afterSeq={from}&limit={limit}")
     }
 }
+
+/// What must be escaped in a path segment (RFC 3986 `pchar` keeps the rest).
+const PATH_SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');

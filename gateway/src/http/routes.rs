@@ -1,32 +1,26 @@
 //! `app(state)`: every route of the contract, the JSON fallbacks for unknown routes and
-//! methods, the body limit, CORS, and the metrics middleware on routed requests.
+//! methods, the guards, the body limit, CORS, the one deadline of a REST request, panics as
+//! JSON 500s, and the metrics middleware on routed requests.
+
+use std::any::Any;
 
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
-    middleware,
+    extract::{DefaultBodyLimit, Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use http::{Method, StatusCode};
-use tower_http::cors::{AllowHeaders, Any, CorsLayer};
+use tonic::Code;
+use tower_http::catch_panic::CatchPanicLayer;
 
-use super::{ApiError, AppState, legacy, metrics, rest, served::SERVED_BY, sse};
+use super::{ApiError, AppState, guard, legacy, metrics, rest, sse};
+use crate::upstream;
 
 pub(crate) fn app(state: AppState) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-            Method::HEAD,
-            Method::OPTIONS,
-        ])
-        .allow_headers(AllowHeaders::mirror_request())
-        .expose_headers([SERVED_BY]);
-    Router::new()
+    // Requests with an answer to wait for share one deadline; streams do not.
+    let requests = Router::new()
         .route("/events", post(rest::create_event).get(rest::list_events))
         .route(
             "/events/{id}",
@@ -36,26 +30,62 @@ pub(crate) fn app(state: AppState) -> Router {
         )
         .route("/publish", post(rest::publish))
         .route("/topic-events/{topic}", get(rest::topic_events))
-        .route("/subscribe/{topic}", get(sse::subscribe))
         .route("/load", get(legacy::load))
         .route("/benchmark", get(legacy::benchmark))
         .route("/memstats", get(legacy::memstats))
         .route("/metrics", get(metrics::scrape))
+        .route_layer(middleware::from_fn_with_state(state.clone(), deadline));
+    let streams = Router::new().route("/subscribe/{topic}", get(sse::subscribe));
+    let cors = guard::cors(&state.settings.browsers);
+    Router::new()
+        .merge(requests)
+        .merge(streams)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
         ))
-        .fallback(|| async {
-            ApiError::http(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
-        })
-        .method_not_allowed_fallback(|| async {
-            ApiError::http(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "UNIMPLEMENTED",
-                "method not allowed on this endpoint",
-            )
-        })
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(DefaultBodyLimit::max(state.settings.body_limit))
         .layer(cors)
         .with_state(state)
+}
+
+/// The request's deadline: it bounds the handler, body reading included, and every backend
+/// call it makes carries what remains of it.
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let until = tokio::time::Instant::now() + state.settings.request_timeout;
+    match tokio::time::timeout_at(until, upstream::within(until, next.run(request))).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(Code::DeadlineExceeded, "request timed out").into_response(),
+    }
+}
+
+async fn no_route(State(state): State<AppState>, method: Method) -> ApiError {
+    state.metrics.unrouted(&method, StatusCode::NOT_FOUND);
+    ApiError::http(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+}
+
+async fn no_method(State(state): State<AppState>, method: Method) -> ApiError {
+    state
+        .metrics
+        .unrouted(&method, StatusCode::METHOD_NOT_ALLOWED);
+    ApiError::http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "UNIMPLEMENTED",
+        "method not allowed on this endpoint",
+    )
+}
+
+/// A handler that panics answers 500 like any internal error; the process keeps serving.
+fn panicked(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("?");
+    tracing::error!(panic = what, "handler panicked");
+    ApiError::new(Code::Internal, "internal error").into_response()
 }

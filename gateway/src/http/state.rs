@@ -1,12 +1,16 @@
-//! What every handler shares: the upstream, the HTTP-side settings, the metrics, and the
-//! shutdown signal that ends open SSE streams.
+//! What every handler shares: the upstream, the HTTP-side settings, the per-client limiters, the
+//! metrics, and the shutdown signal that ends open SSE streams.
 
-use std::{sync::Arc, time::Duration, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 
 use eventsys::auth::Auth;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::Metrics;
+use super::{
+    guard::Browsers,
+    limits::{LimitSettings, Limiters},
+    metrics::Metrics,
+};
 use crate::upstream::Upstream;
 
 /// Settings of the HTTP side.
@@ -17,8 +21,24 @@ pub(crate) struct Settings {
     /// Longest an SSE stream stays open (the client then reconnects with `Last-Event-ID`);
     /// `None`: no limit.
     pub(crate) sse_max_duration: Option<Duration>,
+    /// Bytes of events queued for one SSE client that does not read; beyond them the stream
+    /// is paused and later taken up again from the store.
+    pub(crate) sse_buffer: usize,
     /// Largest request body; larger ones get 413.
     pub(crate) body_limit: usize,
+    /// The one deadline of a whole REST request (SSE streams excepted), body included.
+    pub(crate) request_timeout: Duration,
+    pub(crate) limits: LimitSettings,
+    /// Which pages may call, and by which host names.
+    pub(crate) browsers: Browsers,
+}
+
+impl Settings {
+    /// Completes the settings with the address actually listened on (port 0 picks one).
+    pub(crate) fn with_listen_addr(mut self, addr: SocketAddr) -> Self {
+        self.browsers.hosts.allow_listen_addr(addr);
+        self
+    }
 }
 
 #[derive(Clone)]
@@ -27,6 +47,7 @@ pub(crate) struct AppState {
     /// Token mode or anonymous, and the policy.
     pub(crate) auth: Arc<Auth>,
     pub(crate) settings: Arc<Settings>,
+    pub(crate) limiters: Arc<Limiters>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) started: Instant,
     /// Cancelled when the gateway shuts down: open SSE streams end.

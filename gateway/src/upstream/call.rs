@@ -1,8 +1,12 @@
 //! The one way the gateway calls a backend: wait briefly for a healthy backend, bound the call
-//! by the request timeout, and send an rpc that is safe to repeat once more elsewhere when its
-//! backend is unavailable. Which rpcs are safe to repeat is said once, with the rpc.
+//! by the request's deadline (sent along as `grpc-timeout`, so the backend stops work nobody
+//! waits for), and send an rpc that is safe to repeat once more elsewhere when its backend is
+//! unavailable, while the retry budget allows. Which rpcs are safe to repeat is said once.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
+
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
 
 use eventsys::v1::{self, event_service_client::EventServiceClient};
 use tonic::{
@@ -52,6 +56,31 @@ impl Bearer {
             .metadata_mut()
             .insert("authorization", self.0.clone());
     }
+}
+
+tokio::task_local! {
+    /// The deadline of the HTTP request being served, set once by the HTTP side.
+    static DEADLINE: Instant;
+}
+
+/// Runs `work` (an HTTP request's handling) with `deadline` as the deadline of every backend
+/// call it makes.
+pub(crate) async fn within<F: Future>(deadline: Instant, work: F) -> F::Output {
+    DEADLINE.scope(deadline, work).await
+}
+
+/// The deadline of the request being served, if one is set.
+pub(crate) fn deadline() -> Option<Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
+/// Largest reply the gateway decodes: a backend caps its pages well below this.
+pub(crate) const MAX_REPLY: usize = 16 * 1024 * 1024;
+
+/// Retries add at most this share of load on top of first attempts (plus a small floor), so
+/// that a sick fleet is not asked twice for everything.
+pub(crate) fn retry_budget() -> TpsBudget {
+    TpsBudget::new(Duration::from_secs(10), 10, 0.2)
 }
 
 /// One rpc of `events.v1.EventService` as the gateway sends it.
@@ -142,7 +171,8 @@ impl From<Status> for Failure {
 }
 
 impl Failure {
-    /// Unavailable, whoever said so: another backend may answer.
+    /// Unavailable, whoever said so: another backend may answer. Anything else the gateway
+    /// could not decode is the backend's fault, said without the decoder's words.
     fn may_retry(&self) -> bool {
         match self {
             Failure::Unreachable => true,
@@ -161,14 +191,16 @@ impl Upstream {
         request: R,
         bearer: Option<&Bearer>,
     ) -> Result<Answer<R::Reply>, CallError> {
-        let deadline = tokio::time::Instant::now() + self.inner.config.request_timeout;
+        let own = Instant::now() + self.inner.config.request_timeout;
+        let deadline = deadline().map_or(own, |given| given.min(own));
+        self.inner.retries.deposit();
         let again = (R::RETRY == Retry::Once).then(|| request.clone());
         let failure = match self.attempt(request, bearer, deadline).await {
             Ok(answer) => return Ok(answer),
             Err(failure) => failure,
         };
         match again {
-            Some(request) if failure.may_retry() => {
+            Some(request) if failure.may_retry() && self.inner.retries.withdraw() => {
                 tracing::debug!(?failure, "retrying on another backend");
                 self.attempt(request, bearer, deadline)
                     .await
@@ -202,11 +234,14 @@ impl Upstream {
             Route::Requests => &inner.requests,
             Route::Streams => &inner.streams,
         };
-        let client =
-            EventServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
+        let client = EventServiceClient::new(channel.clone()).max_decoding_message_size(MAX_REPLY);
         let mut request = tonic::Request::new(message);
         if let Some(bearer) = bearer {
             bearer.attach(&mut request);
+        }
+        // A stream lives past any request deadline: only its opening is bounded.
+        if R::ROUTE == Route::Requests {
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         }
         match tokio::time::timeout_at(deadline, R::send(request, client)).await {
             Err(_) => Err(Failure::TimedOut),

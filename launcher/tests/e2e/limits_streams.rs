@@ -1,0 +1,211 @@
+//! What clients can hold through the gateway's streams and request rate, against the real
+//! processes: SSE clients that never read hold a bounded number of bytes and still get every
+//! event once they read; open streams and requests per client are capped with 429 and
+//! `Retry-After`; one subscriber's stream ending does not take its backend out of rotation.
+
+use std::{net::IpAddr, time::Duration};
+
+use eventsys::v1;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    pubsub::{in_order, publish, read, subscribe},
+    support::{EXCLUSIVE, Process, http, metric, wait_gateway_ready},
+};
+
+/// What the gateway may hold per non-reading client in this test.
+const BUDGET: u64 = 32 * 1024;
+/// Padding of each event: a large one.
+const EVENT: usize = 32 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_do_not_read_hold_bytes_not_events_and_lose_nothing() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Process::backend(&dir.path().join("events.db")).await;
+    let budget = BUDGET.to_string();
+    let gateway = Process::gateway(&[backend.addr], &["--sse-buffer-bytes", &budget]).await;
+    let base = gateway.url();
+    wait_gateway_ready(gateway.addr).await;
+    // Warm the gateway's allocator with the same traffic, read, before measuring.
+    let (mut warm, _) = subscribe(format!("{base}/subscribe/warm"), None).await;
+    assert_eq!(publish(&base, "warm", 200, 8, EVENT).await, 200);
+    in_order(&read(&mut warm, 200).await, 1);
+    drop(warm);
+
+    let idle = gateway.rss();
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(
+            subscribe(format!("{base}/subscribe/firehose"), None)
+                .await
+                .0,
+        );
+    }
+    assert_eq!(publish(&base, "firehose", 2000, 8, EVENT).await, 2000);
+    let grown = gateway.rss().saturating_sub(idle);
+    // Ten budgets, and some MiB for everything else a busy process allocates (measured here
+    // at 4 to 7). Queuing whole events (64 of these per client) would take over 20 MiB.
+    let bound = 10 * BUDGET + 8 * 1024 * 1024;
+    assert!(
+        grown <= bound,
+        "gateway grew by {grown} bytes with 10 stalled clients (bound {bound})"
+    );
+    eprintln!("gateway RSS grew by {grown} bytes (bound {bound})");
+    let reads = clients.iter_mut().map(|frames| read(frames, 2000));
+    for seqs in futures::future::join_all(reads).await {
+        in_order(&seqs, 1);
+    }
+    let paused = "gateway_sse_resumes_total{reason=\"slow_client\"}";
+    assert!(
+        metric(gateway.addr, paused).await >= 10,
+        "every client was paused"
+    );
+}
+
+/// An SSE request from `local` (a loopback address of its own, so a client of its own).
+async fn open_from(base: &str, local: &str) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(local.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    client
+        .get(format!("{base}/subscribe/capped"))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn assert_too_many(response: reqwest::Response, text: &str) {
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait >= 1);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{body}");
+    assert!(body["message"].as_str().unwrap().contains(text), "{body}");
+}
+
+#[tokio::test]
+async fn open_streams_are_capped_per_client_and_in_total() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Process::backend(&dir.path().join("events.db")).await;
+    let flags = ["--max-sse-per-client", "2", "--max-sse-streams", "3"];
+    let gateway = Process::gateway(&[backend.addr], &flags).await;
+    let base = gateway.url();
+    wait_gateway_ready(gateway.addr).await;
+
+    let first = open_from(&base, "127.0.0.1").await;
+    let _second = open_from(&base, "127.0.0.1").await;
+    assert_eq!(first.status(), 200);
+    assert_too_many(open_from(&base, "127.0.0.1").await, "for this client").await;
+    let other = open_from(&base, "127.0.0.2").await;
+    assert_eq!(other.status(), 200, "another client has its own allowance");
+    assert_too_many(open_from(&base, "127.0.0.3").await, "too many open streams").await;
+
+    // A client that leaves frees its place.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = open_from(&base, "127.0.0.3").await;
+        if response.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_and_others_do_not() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Process::backend(&dir.path().join("events.db")).await;
+    let gateway = Process::gateway(&[backend.addr], &["--rate-limit", "5"]).await;
+    wait_gateway_ready(gateway.addr).await;
+    let url = format!("{}/events?userId=rate", gateway.url());
+    let client = http();
+    let mut refused = None;
+    for _ in 0..20 {
+        let response = client.get(&url).send().await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+    }
+    let refused = refused.expect("20 requests at once exceed 5 per second");
+    assert_too_many(refused, "too many requests").await;
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .local_address("127.0.0.2".parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(other.get(&url).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_ended_for_one_subscriber_leaves_its_backend_in_rotation() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    // A backend that closes any subscriber more than 5 events behind, and a sibling on the
+    // same store whose publishes it sees in batches (from its change feed, not its own
+    // writes), which overflow its subscriber's one-event queue.
+    let backend = Process::backend_with(
+        &db,
+        &["--subscriber-buffer", "1", "--max-subscriber-lag", "5"],
+    )
+    .await;
+    let sibling = Process::backend(&db).await;
+    let gateway = Process::gateway(&[backend.addr], &[]).await;
+    wait_gateway_ready(gateway.addr).await;
+    let (mut frames, _) = subscribe(format!("{}/subscribe/bursty", gateway.url()), None).await;
+    let client = sibling.client().await;
+    let mut publishes = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let mut client = client.clone();
+        publishes.spawn(async move {
+            let request = v1::PublishRequest {
+                topic: "bursty".into(),
+                title: format!("{i}"),
+                data: Some(eventsys::json::to_struct(
+                    json!({"pad": "x".repeat(1024)}).as_object().unwrap(),
+                )),
+                ..Default::default()
+            };
+            client.publish(request).await.unwrap();
+        });
+    }
+    publishes.join_all().await;
+    in_order(&read(&mut frames, 400).await, 1);
+    backend
+        .wait_for_log("subscriber too far behind: closing it")
+        .await;
+
+    // The gateway resubscribed, and the backend is still in rotation, taking calls.
+    let lost = "gateway_sse_resumes_total{reason=\"backend_lost\"}";
+    assert!(metric(gateway.addr, lost).await >= 1);
+    let healthy = format!("gateway_backend_healthy{{backend=\"{}\"}}", backend.addr);
+    assert_eq!(metric(gateway.addr, &healthy).await, 1);
+    let response = http()
+        .get(format!("{}/events?userId=nobody", gateway.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        !gateway.logs().contains("backend unreachable"),
+        "{}",
+        gateway.logs()
+    );
+}
