@@ -19,6 +19,9 @@ DATA=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
 export RUST_LOG=warn
+# The load tool is one client on one address: lift the gateway's per-client and connection caps
+# (builds before issue 12 ignore these).
+export MAX_SSE_PER_CLIENT=20000 MAX_CONNECTIONS=30000
 
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 BACKENDS=()

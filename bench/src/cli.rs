@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     modes::{self, Endpoint, Limit},
     report::Recorder,
+    soak,
     target::Target,
 };
 
@@ -88,6 +89,21 @@ enum Workload {
         publishes: u32,
         #[arg(long, default_value_t = 4)]
         publishers: u32,
+    },
+    /// A long run under faults injected meanwhile (see BENCHMARKS.md): idempotent requests,
+    /// publishes at a rate, and SSE subscribers that reconnect with Last-Event-ID; fails unless
+    /// every subscriber holds every stored event once.
+    Soak {
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        duration: Duration,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: u32,
+        /// Publishes per second.
+        #[arg(long, default_value_t = 20)]
+        publish_rate: u32,
+        /// Concurrent get/list/update clients.
+        #[arg(long, default_value_t = 8)]
+        concurrency: u32,
     },
 }
 
@@ -200,6 +216,22 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 modes::fanout(target, recorder.clone(), subscribers, publishes, publishers).await?;
             let mode = format!("fanout {subscribers} subscribers × {publishes} publishes");
             (elapsed, mode, Some((delivery, whole)))
+        }
+        Workload::Soak {
+            duration,
+            subscribers,
+            publish_rate,
+            concurrency,
+        } => {
+            let settings = soak::SoakSettings {
+                duration,
+                subscribers,
+                publish_rate,
+                concurrency,
+            };
+            let (elapsed, report, whole) = soak::soak(target, recorder.clone(), settings).await?;
+            let mode = format!("soak {subscribers} subscribers for {duration:?}");
+            (elapsed, mode, Some((report, whole)))
         }
     };
     ticker.abort();

@@ -3,6 +3,7 @@
 mod cli;
 mod modes;
 mod report;
+mod soak;
 mod target;
 
 pub use cli::{main, main_from};

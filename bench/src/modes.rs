@@ -1,6 +1,7 @@
 //! The workloads: `mix` (the old test client's create/update/get/delete cycle per user),
 //! `closed` (fixed concurrency), `rate` (fixed arrival rate) and `fanout` (SSE subscribers,
-//! publish-to-delivery latency, and a check that every subscriber got every event once).
+//! publish-to-delivery latency, and a check that every subscriber got every event once); the
+//! long run under faults is `soak`.
 
 use std::{
     sync::{
@@ -38,11 +39,11 @@ pub(crate) enum Limit {
 }
 
 /// A run identifier, so runs never read each other's events.
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
 }
 
-fn micros_now() -> u128 {
+pub(crate) fn micros_now() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros())
@@ -175,7 +176,11 @@ pub(crate) async fn rate(
 }
 
 /// How many events `topic` holds, asked of the gateway (retried: it may be busy).
-async fn stored(client: &reqwest::Client, base: &str, topic: &str) -> Result<u32, String> {
+pub(crate) async fn stored(
+    client: &reqwest::Client,
+    base: &str,
+    topic: &str,
+) -> Result<u32, String> {
     let mut last_error = String::new();
     for _ in 0..10 {
         match client

@@ -89,15 +89,15 @@ pub(crate) struct Config {
 
     /// Bytes of events queued for one SSE client that is not reading; beyond them its stream
     /// is paused and taken up again from the store once it reads (nothing is lost).
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, env = "SSE_BUFFER_BYTES", default_value_t = 256 * 1024)]
     pub(crate) sse_buffer_bytes: usize,
 
     /// Open SSE streams in all; more get 429.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "MAX_SSE_STREAMS", default_value_t = 10_000)]
     pub(crate) max_sse_streams: usize,
 
     /// Open SSE streams per client (token subject, else address); more get 429.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "MAX_SSE_PER_CLIENT", default_value_t = 100)]
     pub(crate) max_sse_per_client: usize,
 
     /// Requests per second per client (token subject, else address), in bursts of as many;
@@ -107,12 +107,12 @@ pub(crate) struct Config {
 
     /// Open client connections; more are closed at once (and logged). Bounded by the
     /// open-file limit.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
     pub(crate) max_connections: usize,
 
     /// Time a client has to send a request head (and a TLS handshake); also how long an idle
     /// keep-alive connection stays open.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) header_timeout: Duration,
 
     /// Concurrent requests and streams on one HTTP/2 connection.

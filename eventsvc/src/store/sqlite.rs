@@ -4,6 +4,7 @@
 
 mod follow;
 mod retention;
+mod rows;
 
 use std::{
     path::{Path, PathBuf},
@@ -12,9 +13,10 @@ use std::{
 };
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+
+use rows::{insert, query_events, raw_row};
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
@@ -261,106 +263,6 @@ fn sql_error(op: &'static str, err: rusqlite::Error) -> StoreError {
     StoreError::from_driver(op, err, transient)
 }
 
-fn millis(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-/// A row as read, before the checks that turn it into an `Event`.
-struct RawRow {
-    pk: i64,
-    id: String,
-    event: Event,
-    data: Option<String>,
-    created_at: i64,
-    time: Option<i64>,
-}
-
-fn raw_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
-    Ok(RawRow {
-        pk: row.get(0)?,
-        id: row.get(1)?,
-        event: Event {
-            id: Uuid::nil(),
-            user_id: row.get(2)?,
-            title: row.get(3)?,
-            description: row.get(4)?,
-            completed: row.get(5)?,
-            created_at: DateTime::UNIX_EPOCH,
-            topic: row.get(7)?,
-            data: None,
-            time: None,
-            seq: row.get::<_, Option<i64>>(10)?.unwrap_or(0).max(0) as u64,
-        },
-        data: row.get(8)?,
-        created_at: row.get(6)?,
-        time: row.get(9)?,
-    })
-}
-
-impl RawRow {
-    fn into_event(self) -> Result<(i64, Event)> {
-        let corrupt = |reason: String| StoreError::Corrupt {
-            id: self.id.clone(),
-            reason,
-        };
-        let mut event = self.event;
-        event.id = Uuid::parse_str(&self.id).map_err(|e| corrupt(format!("id: {e}")))?;
-        let at = |ms: i64| {
-            DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt(format!("timestamp {ms}")))
-        };
-        event.created_at = at(self.created_at)?;
-        event.time = self.time.map(at).transpose()?;
-        event.data = match &self.data {
-            None => None,
-            Some(text) => Some(
-                serde_json::from_str::<JsonObject>(text)
-                    .map_err(|e| corrupt(format!("data: {e}")))?,
-            ),
-        };
-        Ok((self.pk, event))
-    }
-}
-
-fn insert(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
-    let data = e
-        .data
-        .as_ref()
-        .map(|d| serde_json::Value::Object(d.clone()).to_string());
-    conn.execute(
-        "INSERT INTO events (id, user_id, title, description, completed, created_at, topic, data, time, seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            e.id.to_string(),
-            e.user_id,
-            e.title,
-            e.description,
-            e.completed,
-            millis(e.created_at),
-            e.topic,
-            data,
-            e.time.map(millis),
-            (e.seq > 0).then_some(e.seq as i64),
-        ],
-    )?;
-    Ok(())
-}
-
-/// Runs a query returning event rows and converts them.
-fn query_events(
-    conn: &Connection,
-    op: &'static str,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> Result<Vec<(i64, Event)>> {
-    let mut stmt = conn.prepare_cached(sql).map_err(|e| sql_error(op, e))?;
-    let rows = stmt
-        .query_map(params, raw_row)
-        .map_err(|e| sql_error(op, e))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(|e| sql_error(op, e))?;
-    rows.into_iter().map(RawRow::into_event).collect()
-}
-
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn create(&self, new: NewEvent) -> Result<Event> {
@@ -523,64 +425,4 @@ impl EventStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn reopening_keeps_schema_and_rejects_newer_versions() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nested/dir/events.db");
-        let store = SqliteStore::open(path.clone()).await.unwrap();
-        let created = store.create(NewEvent::default()).await.unwrap();
-        drop(store);
-
-        let store = SqliteStore::open(path.clone()).await.unwrap();
-        assert_eq!(store.get(created.id, None).await.unwrap(), created);
-        drop(store);
-
-        let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 99).unwrap();
-        drop(conn);
-        let err = SqliteStore::open(path).await.err().unwrap().to_string();
-        assert!(err.contains("schema version 99 is newer"), "{err}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn backends_opening_a_new_file_together_all_succeed() {
-        // Several backends starting at once on a fresh file race to switch it to WAL.
-        let dir = tempfile::tempdir().unwrap();
-        for round in 0..25 {
-            let path = dir.path().join(format!("fresh-{round}.db"));
-            let opens = (0..4).map(|_| SqliteStore::open(path.clone()));
-            for opened in futures::future::join_all(opens).await {
-                opened.unwrap();
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn unreadable_rows_are_reported_not_panicked_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.db");
-        let store = SqliteStore::open(path.clone()).await.unwrap();
-        let created = store.create(NewEvent::default()).await.unwrap();
-        let conn = Connection::open(&path).unwrap();
-        conn.execute(
-            "UPDATE events SET data = '[1,2' WHERE id = ?1",
-            [created.id.to_string()],
-        )
-        .unwrap();
-        let err = store.get(created.id, None).await.unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn malformed_cursor_is_invalid() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("e.db")).await.unwrap();
-        for bad in ["x", "-3", ""] {
-            let err = store.list(None, 10, Some(bad.into())).await.unwrap_err();
-            assert!(matches!(err, StoreError::InvalidCursor), "{bad}: {err:?}");
-        }
-    }
-}
+mod tests;

@@ -2,17 +2,23 @@
 //! DNS rebinding), that a browser page's write is JSON (which forces a CORS preflight), that a
 //! declared body fits the limit (413 before any of it is read), and the CORS policy itself.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use axum::{
-    extract::{Request, State},
-    middleware::Next,
+    extract::Request,
     response::{IntoResponse, Response},
 };
+use futures::future::{Either, Ready, ready};
 use http::{HeaderValue, Method, StatusCode, header};
+use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use super::{ApiError, AppState, served::SERVED_BY};
+use super::{ApiError, Settings, served::SERVED_BY};
 
 /// `--allowed-hosts`: the names a request's `Host` may carry.
 #[derive(Debug, Clone, Default)]
@@ -105,18 +111,58 @@ fn is_json(request: &Request) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Refuses, before routing, what is not for us or cannot fit.
-pub(crate) async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let settings = &state.settings;
-    if let Some(host) = host_of(&request)
+/// Refuses, before routing, what is not for us or cannot fit: a tower layer rather than
+/// `from_fn`, since it runs on every request and needs no allocation to let one through.
+#[derive(Clone)]
+pub(crate) struct GuardLayer(pub(crate) Arc<Settings>);
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            settings: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Guard<S> {
+    inner: S,
+    settings: Arc<Settings>,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match refusal(&self.settings, &request) {
+            Some(refused) => Either::Left(ready(Ok(refused.into_response()))),
+            None => Either::Right(self.inner.call(request)),
+        }
+    }
+}
+
+/// Why `request` is refused before routing, if it is.
+fn refusal(settings: &Settings, request: &Request) -> Option<ApiError> {
+    if let Some(host) = host_of(request)
         && !settings.browsers.hosts.allows(host)
     {
-        return ApiError::http(
+        return Some(ApiError::http(
             StatusCode::MISDIRECTED_REQUEST,
             "INVALID_ARGUMENT",
             "this host name is not served here",
-        )
-        .into_response();
+        ));
     }
     // A page may POST text/plain to any origin without asking (no preflight); a JSON body
     // makes the browser ask first, and CORS then decides.
@@ -124,13 +170,12 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
         *request.method(),
         Method::POST | Method::PUT | Method::PATCH
     );
-    if writes && request.headers().contains_key(header::ORIGIN) && !is_json(&request) {
-        return ApiError::http(
+    if writes && request.headers().contains_key(header::ORIGIN) && !is_json(request) {
+        return Some(ApiError::http(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "INVALID_ARGUMENT",
             "requests from web pages must send Content-Type: application/json",
-        )
-        .into_response();
+        ));
     }
     let declared = request
         .headers()
@@ -138,9 +183,9 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > settings.body_limit as u64) {
-        return ApiError::too_large().into_response();
+        return Some(ApiError::too_large());
     }
-    next.run(request).await
+    None
 }
 
 /// CORS as configured: any origin by default (the contract), or the listed ones.

@@ -6,8 +6,8 @@ use std::any::Any;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request, State},
-    middleware::{self, Next},
+    extract::{DefaultBodyLimit, State},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -15,8 +15,12 @@ use http::{Method, StatusCode};
 use tonic::Code;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use super::{ApiError, AppState, guard, legacy, metrics, rest, sse};
-use crate::upstream;
+use super::{
+    ApiError, AppState,
+    deadline::DeadlineLayer,
+    guard::{self, GuardLayer},
+    legacy, metrics, rest, sse,
+};
 
 pub(crate) fn app(state: AppState) -> Router {
     // Requests with an answer to wait for share one deadline; streams do not.
@@ -34,7 +38,7 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/benchmark", get(legacy::benchmark))
         .route("/memstats", get(legacy::memstats))
         .route("/metrics", get(metrics::scrape))
-        .route_layer(middleware::from_fn_with_state(state.clone(), deadline));
+        .route_layer(DeadlineLayer(state.settings.request_timeout));
     let streams = Router::new().route("/subscribe/{topic}", get(sse::subscribe));
     let cors = guard::cors(&state.settings.browsers);
     Router::new()
@@ -47,20 +51,10 @@ pub(crate) fn app(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(GuardLayer(state.settings.clone()))
         .layer(DefaultBodyLimit::max(state.settings.body_limit))
         .layer(cors)
         .with_state(state)
-}
-
-/// The request's deadline: it bounds the handler, body reading included, and every backend
-/// call it makes carries what remains of it.
-async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let until = tokio::time::Instant::now() + state.settings.request_timeout;
-    match tokio::time::timeout_at(until, upstream::within(until, next.run(request))).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(Code::DeadlineExceeded, "request timed out").into_response(),
-    }
 }
 
 async fn no_route(State(state): State<AppState>, method: Method) -> ApiError {

@@ -5,7 +5,7 @@
 
 use std::{future::Future, time::Duration};
 
-use tokio::time::Instant;
+use tokio::{task::futures::TaskLocalFuture, time::Instant};
 use tower::retry::budget::{Budget, TpsBudget};
 
 use eventsys::v1::{self, event_service_client::EventServiceClient};
@@ -63,10 +63,10 @@ tokio::task_local! {
     static DEADLINE: Instant;
 }
 
-/// Runs `work` (an HTTP request's handling) with `deadline` as the deadline of every backend
-/// call it makes.
-pub(crate) async fn within<F: Future>(deadline: Instant, work: F) -> F::Output {
-    DEADLINE.scope(deadline, work).await
+/// `work` (an HTTP request's handling) with `deadline` as the deadline of every backend call
+/// it makes.
+pub(crate) fn within<F: Future>(deadline: Instant, work: F) -> TaskLocalFuture<Instant, F> {
+    DEADLINE.scope(deadline, work)
 }
 
 /// The deadline of the request being served, if one is set.

@@ -1,0 +1,62 @@
+//! The SQLite store on real files: reopening, concurrent openers, schema versions, and rows
+//! it cannot read.
+
+use super::*;
+
+#[tokio::test]
+async fn reopening_keeps_schema_and_rejects_newer_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/events.db");
+    let store = SqliteStore::open(path.clone()).await.unwrap();
+    let created = store.create(NewEvent::default()).await.unwrap();
+    drop(store);
+
+    let store = SqliteStore::open(path.clone()).await.unwrap();
+    assert_eq!(store.get(created.id, None).await.unwrap(), created);
+    drop(store);
+
+    let conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = SqliteStore::open(path).await.err().unwrap().to_string();
+    assert!(err.contains("schema version 99 is newer"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backends_opening_a_new_file_together_all_succeed() {
+    // Several backends starting at once on a fresh file race to switch it to WAL.
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..25 {
+        let path = dir.path().join(format!("fresh-{round}.db"));
+        let opens = (0..4).map(|_| SqliteStore::open(path.clone()));
+        for opened in futures::future::join_all(opens).await {
+            opened.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreadable_rows_are_reported_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(path.clone()).await.unwrap();
+    let created = store.create(NewEvent::default()).await.unwrap();
+    let conn = Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE events SET data = '[1,2' WHERE id = ?1",
+        [created.id.to_string()],
+    )
+    .unwrap();
+    let err = store.get(created.id, None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn malformed_cursor_is_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("e.db")).await.unwrap();
+    for bad in ["x", "-3", ""] {
+        let err = store.list(None, 10, Some(bad.into())).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidCursor), "{bad}: {err:?}");
+    }
+}
