@@ -7,14 +7,19 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use axum::{
     extract::Request,
     response::{IntoResponse, Response},
 };
-use futures::future::{Either, Ready, ready};
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Either},
+};
 use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::BodyExt;
 use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
@@ -139,18 +144,59 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+    type Future = Either<BoxFuture<'static, Result<Response, Infallible>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match refusal(&self.settings, &request) {
-            Some(refused) => Either::Left(ready(Ok(refused.into_response()))),
-            None => Either::Right(self.inner.call(request)),
+        let Some(refused) = refusal(&self.settings, &request) else {
+            return Either::Right(self.inner.call(request));
+        };
+        let answer = async move { Ok(refused.into_response()) };
+        if has_body(&request) && declared_length(&request).is_none_or(|n| n <= DISCARD_AT_MOST) {
+            Either::Left(discard(request).then(|()| answer).boxed())
+        } else {
+            Either::Left(answer.boxed())
         }
     }
+}
+
+/// A body over the limit but under this is read and dropped before the 413, so that the client,
+/// still sending it, reads the answer instead of a reset connection (what nginx's lingering
+/// close does). A larger one is refused at once: a client sending that much should ask first
+/// (`Expect: 100-continue`, which then gets the 413 before sending anything).
+const DISCARD_AT_MOST: u64 = 8 * 1024 * 1024;
+/// How long discarding may take.
+const DISCARD_FOR: Duration = Duration::from_secs(5);
+
+/// Reads and drops the body, at most `DISCARD_AT_MOST` bytes for at most `DISCARD_FOR`.
+async fn discard(request: Request) {
+    let mut body = request.into_body();
+    let mut read = 0;
+    let _ = tokio::time::timeout(DISCARD_FOR, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DISCARD_AT_MOST {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+fn declared_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+fn has_body(request: &Request) -> bool {
+    declared_length(request).is_some_and(|n| n > 0)
+        || request.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
 /// Why `request` is refused before routing, if it is.
@@ -177,15 +223,9 @@ fn refusal(settings: &Settings, request: &Request) -> Option<ApiError> {
             "requests from web pages must send Content-Type: application/json",
         ));
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > settings.body_limit as u64) {
-        return Some(ApiError::too_large());
-    }
-    None
+    declared_length(request)
+        .is_some_and(|length| length > settings.body_limit as u64)
+        .then(ApiError::too_large)
 }
 
 /// CORS as configured: any origin by default (the contract), or the listed ones.

@@ -97,16 +97,22 @@ async fn slow_heads_idle_connections_and_endless_bodies_are_cut_off() {
 async fn connections_over_the_cap_are_refused_and_logged() {
     let _exclusive = EXCLUSIVE.lock().await;
     let gateway = gateway(&["--max-connections", "20", "--header-timeout", "30s"]).await;
+    // 30 connections for 20 places: the ten over the cap are accepted by the kernel, then
+    // closed by the gateway at once (one place may still be taken by the harness's readiness
+    // probe as it closes).
     let mut held = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..30 {
         held.push(TcpStream::connect(gateway.addr).await.unwrap());
     }
-    // Accepted by the kernel, then closed by the gateway at once.
-    let mut over = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut refused = 0;
+    for socket in &mut held {
+        if closed_within(socket, Duration::from_millis(300)).await {
+            refused += 1;
+        }
+    }
     assert!(
-        closed_within(&mut over, Duration::from_secs(5)).await,
-        "21st connection kept:\n{}",
-        gateway.logs()
+        (9..=11).contains(&refused),
+        "{refused} of 30 refused with 20 places"
     );
     gateway.wait_for_log("connection limit reached").await;
     // Capacity comes back as connections close.
