@@ -13,7 +13,9 @@ use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use mongodb::{
     Client, ClientSession, Collection, IndexModel,
     bson::{Document, doc},
-    error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT},
+    error::{
+        ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure,
+    },
     options::{
         ClientOptions, CollectionOptions, IndexOptions, ReturnDocument, TransactionOptions,
         WriteConcern,
@@ -56,9 +58,20 @@ pub fn database_name(options: &ClientOptions) -> String {
         .unwrap_or_else(|| DEFAULT_DATABASE.to_owned())
 }
 
-/// Errors that say the server cannot be reached (now) are `Unavailable`, so the gateway
-/// retries elsewhere; anything else is a fault.
+/// MongoDB's code for a write refused for want of disk space.
+const OUT_OF_DISK_SPACE: i32 = 14031;
+
+/// A full disk is `Full`; errors that say the server cannot be reached (now) are
+/// `Unavailable`, so the gateway retries elsewhere; anything else is a fault.
 fn mongo_error(op: &'static str, err: mongodb::error::Error) -> StoreError {
+    let code = match err.kind.as_ref() {
+        ErrorKind::Command(command) => Some(command.code),
+        ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
+        _ => None,
+    };
+    if code == Some(OUT_OF_DISK_SPACE) {
+        return StoreError::Full { op };
+    }
     let unreachable = matches!(
         *err.kind,
         ErrorKind::Io(_)
