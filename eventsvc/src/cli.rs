@@ -132,6 +132,11 @@ pub(crate) struct Config {
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub(crate) test_latency_ms: u64,
 
+    /// Log one line per event-API request at INFO (it is at DEBUG otherwise: it costs every
+    /// request).
+    #[arg(long, env = "ACCESS_LOG")]
+    pub(crate) access_log: bool,
+
     /// Do not serve gRPC server reflection (v1 and v1alpha).
     #[arg(long)]
     pub(crate) no_reflection: bool,
@@ -235,6 +240,7 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
         backend = backend.tls(tls);
     }
     let backend = backend
+        .access_log(config.access_log)
         .reflection(!config.no_reflection)
         .feed(feed)
         .added_latency(Duration::from_millis(config.test_latency_ms));

@@ -49,6 +49,7 @@ pub struct Backend {
     reflection: bool,
     tls: Option<ServerTlsConfig>,
     retention: Retention,
+    access_log: bool,
 }
 
 impl Backend {
@@ -62,7 +63,14 @@ impl Backend {
             reflection: true,
             tls: None,
             retention: Retention::default(),
+            access_log: false,
         }
+    }
+
+    /// Log every event-API request at INFO (default: at DEBUG).
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
     }
 
     /// How much of each topic to keep (default: everything). Every backend sharing a store
@@ -195,7 +203,12 @@ pub async fn serve(
         .timeout(CALL_TIMEOUT)
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE))
-        .layer(MeterLayer::new(stats.clone(), addr.port(), added_latency))
+        .layer(MeterLayer::new(
+            stats.clone(),
+            addr.port(),
+            added_latency,
+            backend.access_log,
+        ))
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)

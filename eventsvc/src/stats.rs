@@ -98,16 +98,24 @@ pub(crate) struct MeterLayer {
     stats: Arc<Stats>,
     port: u16,
     added_latency: Duration,
+    access_log: bool,
 }
 
 impl MeterLayer {
     /// `added_latency` delays every event-API response: a test-only knob that makes this
     /// backend look slow to the gateway's balancer.
-    pub(crate) fn new(stats: Arc<Stats>, port: u16, added_latency: Duration) -> Self {
+    /// `access_log`: event-API requests are logged at INFO (else at DEBUG).
+    pub(crate) fn new(
+        stats: Arc<Stats>,
+        port: u16,
+        added_latency: Duration,
+        access_log: bool,
+    ) -> Self {
         Self {
             stats,
             port,
             added_latency,
+            access_log,
         }
     }
 }
@@ -121,6 +129,7 @@ impl<S> Layer<S> for MeterLayer {
             stats: self.stats.clone(),
             port: self.port,
             added_latency: self.added_latency,
+            access_log: self.access_log,
         }
     }
 }
@@ -131,6 +140,7 @@ pub(crate) struct Meter<S> {
     stats: Arc<Stats>,
     port: u16,
     added_latency: Duration,
+    access_log: bool,
 }
 
 impl<S, B> Service<http::Request<B>> for Meter<S>
@@ -151,7 +161,10 @@ where
         // Only the event API is load; health probes and reflection would swamp the figures,
         // and so would the Stats calls that read them.
         let metered = event_api_method(path).is_some_and(|method| method != "Stats");
-        let rpc = path.rsplit('/').next().unwrap_or_default().to_owned();
+        let info = metered && self.access_log;
+        // The name is copied only for a line that will be written.
+        let rpc = (info || tracing::enabled!(tracing::Level::DEBUG))
+            .then(|| path.rsplit('/').next().unwrap_or_default().to_owned());
         let guard = metered.then(|| self.stats.begin());
         let port = self.port;
         let delay = Some(self.added_latency).filter(|d| metered && !d.is_zero());
@@ -169,10 +182,12 @@ where
                 .and_then(|v| v.parse::<i32>().ok())
                 .map_or(tonic::Code::Ok, tonic::Code::from);
             let elapsed = started.elapsed();
-            if metered {
-                tracing::info!(backend = port, rpc, ?code, ?elapsed, "request");
-            } else {
-                tracing::debug!(backend = port, rpc, ?code, ?elapsed, "request");
+            match rpc {
+                Some(rpc) if info => {
+                    tracing::info!(backend = port, rpc, ?code, ?elapsed, "request")
+                }
+                Some(rpc) => tracing::debug!(backend = port, rpc, ?code, ?elapsed, "request"),
+                None => {}
             }
             let Some(guard) = guard else {
                 return Ok(response);

@@ -129,6 +129,11 @@ pub(crate) struct Config {
     #[arg(long, env = "ALLOWED_HOSTS", value_delimiter = ',')]
     pub(crate) allowed_hosts: Vec<String>,
 
+    /// Log one line per request (method, path, status, backend, time) at INFO. Off by default:
+    /// it costs every request, and `/metrics` counts them all anyway.
+    #[arg(long, env = "ACCESS_LOG")]
+    pub(crate) access_log: bool,
+
     /// How long shutdown waits for in-flight requests.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -260,6 +265,7 @@ impl Config {
                     max_streams_per_client: self.max_sse_per_client,
                 },
                 browsers: self.browsers()?,
+                access_log: self.access_log,
             },
             connections: ConnectionLimits {
                 max_connections: self.max_connections.max(1),

@@ -231,12 +231,13 @@ pub(crate) async fn scrape(
 /// Counts, times and logs each routed request.
 pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let metrics = &state.metrics;
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // Only an access log needs the path: no copy per request otherwise.
+    let path = state
+        .settings
+        .access_log
+        .then(|| request.uri().path().to_owned());
     let started = Instant::now();
     metrics.total.fetch_add(1, Ordering::Relaxed);
     metrics.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -245,16 +246,19 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
 
     let elapsed = started.elapsed();
     let status = response.status();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     metrics
         .requests
-        .with_label_values(&[route.as_str(), method_label(&method), status.as_str()])
+        .with_label_values(&[route, method_label(&method), status.as_str()])
         .inc();
     metrics
         .latency
-        .with_label_values(&[route.as_str()])
+        .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
-    let backend = response.extensions().get::<Backend>().copied();
-    tracing::info!(%method, %path, status = status.as_u16(), backend = %Served(backend), ?elapsed, "request");
+    if let Some(path) = path {
+        let backend = response.extensions().get::<Backend>().copied();
+        tracing::info!(%method, %path, status = status.as_u16(), backend = %Served(backend), ?elapsed, "request");
+    }
     response
 }
 

@@ -31,6 +31,8 @@ pub(crate) struct Settings {
     pub(crate) limits: LimitSettings,
     /// Which pages may call, and by which host names.
     pub(crate) browsers: Browsers,
+    /// One INFO line per request (`--access-log`).
+    pub(crate) access_log: bool,
 }
 
 impl Settings {

@@ -65,6 +65,8 @@ async fn system() -> (tokio::sync::MutexGuard<'static, ()>, System, Tokens) {
         &secret,
         "--public-topics",
         "news.*",
+        // Every request logged, so that the check that no token is logged has lines to read.
+        "--access-log",
     ];
     let system = System::start_with(3, &flags, Some(tokens.admin.clone()), dir).await;
     (exclusive, system, tokens)
