@@ -17,10 +17,11 @@ mod routes;
 mod served;
 mod sse;
 mod state;
+mod track;
 
 pub(crate) use error::ApiError;
 pub(crate) use guard::{Browsers, HostPolicy, Hosts};
 pub(crate) use limits::{LimitSettings, Limiters};
 pub(crate) use metrics::Metrics;
 pub(crate) use routes::app;
-pub(crate) use state::{AppState, Settings};
+pub(crate) use state::{AppState, Settings, Shared};

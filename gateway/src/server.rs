@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use accept::ConnectionLimits;
 
 use crate::{
-    http::{AppState, Limiters, Metrics, Settings, app},
+    http::{AppState, Limiters, Metrics, Settings, Shared, app},
     upstream::{Upstream, UpstreamConfig},
 };
 
@@ -52,7 +52,7 @@ pub async fn serve(
     let upstream = Upstream::start(config.upstream, stop.clone());
     let metrics = Arc::new(Metrics::new());
     let settings = Arc::new(config.settings.with_listen_addr(addr));
-    let state = AppState {
+    let state = AppState::new(Shared {
         upstream,
         auth: config.auth,
         limiters: Arc::new(Limiters::new(settings.limits)),
@@ -60,7 +60,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         started: Instant::now(),
         shutdown: stop.clone(),
-    };
+    });
     let draining = stop.clone();
     let signalled = async move {
         shutdown.await;

@@ -1,14 +1,10 @@
-//! Request metrics and the access log: a middleware that counts and times every routed request,
-//! and `/metrics` in Prometheus text format, with the balancer's view of each backend.
+//! Request metrics: the counters `track` feeds, and `/metrics` in Prometheus text format, with
+//! the balancer's view of each backend.
 
-use std::{
-    sync::atomic::{AtomicI64, AtomicU64, Ordering},
-    time::Instant,
-};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use axum::{
-    extract::{MatchedPath, Request, State},
-    middleware::Next,
+    extract::State,
     response::{IntoResponse, Response},
 };
 use http::{HeaderValue, header::CONTENT_TYPE};
@@ -18,12 +14,12 @@ use prometheus::{
 };
 
 use super::{ApiError, AppState, auth::Credentials};
-use crate::upstream::{Backend, BackendSnapshot};
+use crate::upstream::BackendSnapshot;
 
 pub(crate) struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    latency: HistogramVec,
+    pub(super) requests: IntCounterVec,
+    pub(super) latency: HistogramVec,
     backend_healthy: IntGaugeVec,
     backend_in_flight: IntGaugeVec,
     backend_cost: GaugeVec,
@@ -32,8 +28,8 @@ pub(crate) struct Metrics {
     sse_resumes: IntCounterVec,
     connections_open: IntGauge,
     connections_refused: IntCounter,
-    in_flight: AtomicI64,
-    total: AtomicU64,
+    pub(super) in_flight: AtomicI64,
+    pub(super) total: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -228,43 +224,9 @@ pub(crate) async fn scrape(
     Ok(response)
 }
 
-/// Counts, times and logs each routed request.
-pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let metrics = &state.metrics;
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    // Only an access log needs the path: no copy per request otherwise.
-    let path = state
-        .settings
-        .access_log
-        .then(|| request.uri().path().to_owned());
-    let started = Instant::now();
-    metrics.total.fetch_add(1, Ordering::Relaxed);
-    metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    let response = next.run(request).await;
-    metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-
-    let elapsed = started.elapsed();
-    let status = response.status();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    metrics
-        .requests
-        .with_label_values(&[route, method_label(&method), status.as_str()])
-        .inc();
-    metrics
-        .latency
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
-    if let Some(path) = path {
-        let backend = response.extensions().get::<Backend>().copied();
-        tracing::info!(%method, %path, status = status.as_u16(), backend = %Served(backend), ?elapsed, "request");
-    }
-    response
-}
-
 /// A method as a label: the standard ones by name, anything else as one value (a client
 /// choosing methods must not choose label values).
-fn method_label(method: &http::Method) -> &'static str {
+pub(super) fn method_label(method: &http::Method) -> &'static str {
     use http::Method;
     const KNOWN: [Method; 9] = [
         Method::GET,
@@ -289,17 +251,5 @@ pub(crate) struct OpenConnection(IntGauge);
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// The serving backend in the access log, `-` when none served the request.
-struct Served(Option<Backend>);
-
-impl std::fmt::Display for Served {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(backend) => backend.fmt(f),
-            None => f.write_str("-"),
-        }
     }
 }

@@ -7,7 +7,6 @@ use std::any::Any;
 use axum::{
     Router,
     extract::{DefaultBodyLimit, State},
-    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -20,6 +19,7 @@ use super::{
     deadline::DeadlineLayer,
     guard::{self, GuardLayer},
     legacy, metrics, rest, sse,
+    track::TrackLayer,
 };
 
 pub(crate) fn app(state: AppState) -> Router {
@@ -44,10 +44,7 @@ pub(crate) fn app(state: AppState) -> Router {
     Router::new()
         .merge(requests)
         .merge(streams)
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .route_layer(TrackLayer(state.clone()))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(CatchPanicLayer::custom(panicked))

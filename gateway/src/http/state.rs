@@ -43,8 +43,25 @@ impl Settings {
     }
 }
 
+/// Shared by every handler; cloned (one reference count) wherever axum hands state out.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub(crate) fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub(crate) struct Shared {
     pub(crate) upstream: Upstream,
     /// Token mode or anonymous, and the policy.
     pub(crate) auth: Arc<Auth>,
