@@ -13,11 +13,12 @@ SUBSCRIBERS=${SUBSCRIBERS:-1000}
 BIN=$PWD/target/release/eventsys
 DATA=$(mktemp -d)
 LOG=$DATA/up.log
-trap 'kill "$UP" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
+trap 'kill "$UP" 2>/dev/null || true; wait "$UP" 2>/dev/null || true; rm -rf "$DATA"' EXIT
 
 # All subscribers come from one address: let them.
-(cd "$DATA" && MAX_SSE_PER_CLIENT=$((SUBSCRIBERS * 2)) NO_COLOR=1 \
-    "$BIN" up --base-port 0 --gateway-port 0 >"$LOG" 2>&1) &
+# `exec`: $UP is the launcher itself, so the trap's SIGTERM stops it and, through it, its children.
+(cd "$DATA" && MAX_SSE_PER_CLIENT=$((SUBSCRIBERS * 2)) NO_COLOR=1 ACCESS_LOG=false \
+    exec "$BIN" up --base-port 0 --gateway-port 0 >"$LOG" 2>&1) &
 UP=$!
 for _ in $(seq 600); do grep -q 'REST API' "$LOG" && break; sleep 0.1; done
 REST=$(grep -o 'REST API  http://[0-9.:]*' "$LOG" | sed 's/.*http:\/\///')
