@@ -20,14 +20,16 @@ pub(crate) async fn run(store: Arc<dyn EventStore>, retention: Retention, stop: 
     loop {
         let mut dropped = 0;
         loop {
-            match store.compact(retention, BATCH).await {
-                Ok(n) => dropped += n,
+            let batch = match store.compact(retention, BATCH).await {
+                Ok(n) => n,
                 Err(err) => {
                     tracing::warn!(error = %err, "retention pass failed");
                     break;
                 }
-            }
-            if dropped % BATCH != 0 || dropped == 0 || stop.is_cancelled() {
+            };
+            dropped += batch;
+            // Only a full batch means more may be due.
+            if batch < BATCH || stop.is_cancelled() {
                 break;
             }
             // Let waiting publishers take the lock between batches.

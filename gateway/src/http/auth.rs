@@ -69,7 +69,7 @@ impl FromRequestParts<AppState> for Credentials {
             .map(|c| c.0);
         state
             .limiters
-            .request(&ClientKey::of(credentials.caller.as_ref(), peer))?;
+            .request(|| ClientKey::of(credentials.caller.as_ref(), peer))?;
         Ok(credentials.with_peer(peer))
     }
 }

@@ -117,18 +117,20 @@ impl Limiters {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One request of `client`; 429 when it is over its rate.
-    pub(crate) fn request(&self, client: &ClientKey) -> Result<(), ApiError> {
+    /// One request of `client` (asked for only when a rate is set: it costs an allocation
+    /// for a token's subject); 429 when it is over its rate.
+    pub(crate) fn request(&self, client: impl FnOnce() -> ClientKey) -> Result<(), ApiError> {
         let Some(rate) = &self.rate else {
             return Ok(());
         };
+        let client = client();
         // The limiter keeps a cell per client it has seen; quiet ones are dropped regularly
         // so that many clients cannot grow it without bound.
         if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
             rate.retain_recent();
             rate.shrink_to_fit();
         }
-        rate.check_key(client).map_err(|not_until| {
+        rate.check_key(&client).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             too_many("too many requests", wait)
         })
@@ -191,13 +193,13 @@ mod tests {
     fn the_rate_is_per_client_and_says_when_to_come_back() {
         let limiters = Limiters::new(settings(Some(2), 1, 1));
         let (a, b) = (addr("10.0.0.1"), addr("10.0.0.2"));
-        assert!(limiters.request(&a).is_ok());
-        assert!(limiters.request(&a).is_ok());
-        let err = limiters.request(&a).unwrap_err();
+        assert!(limiters.request(|| a.clone()).is_ok());
+        assert!(limiters.request(|| a.clone()).is_ok());
+        let err = limiters.request(|| a.clone()).unwrap_err();
         assert_eq!(err.status.as_u16(), 429);
         assert!(err.retry_after.unwrap() <= Duration::from_secs(1));
         assert!(
-            limiters.request(&b).is_ok(),
+            limiters.request(|| b.clone()).is_ok(),
             "another client has its own rate"
         );
     }

@@ -64,8 +64,8 @@ async fn slow_heads_idle_connections_and_endless_bodies_are_cut_off() {
         "idle connection held open"
     );
 
-    // 10 GiB declared: refused before anything of it is read, at once.
-    let started = tokio::time::Instant::now();
+    // 10 GiB declared, 2 bytes sent: refused before anything of it is read. A gateway that
+    // waited for the body would answer 504 at the request deadline instead.
     let answer = raw_http(
         addr,
         b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 10737418240\r\n\r\n{}",
@@ -75,11 +75,6 @@ async fn slow_heads_idle_connections_and_endless_bodies_are_cut_off() {
     let (status, body) = parse(&answer);
     assert_eq!(status, 413, "{answer}");
     assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{answer}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "413 took {:?}",
-        started.elapsed()
-    );
 
     // A body that stops coming: answered at the request deadline, not held for ever.
     let answer = raw_http(

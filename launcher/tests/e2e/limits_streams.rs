@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::{
     pubsub::{in_order, publish, read, subscribe},
-    support::{EXCLUSIVE, Process, http, metric, wait_gateway_ready},
+    support::{EXCLUSIVE, Process, Single, http, metric, wait_gateway_ready},
 };
 
 /// What the gateway may hold per non-reading client in this test.
@@ -22,12 +22,9 @@ const EVENT: usize = 32 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_that_do_not_read_hold_bytes_not_events_and_lose_nothing() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
     let budget = BUDGET.to_string();
-    let gateway = Process::gateway(&[backend.addr], &["--sse-buffer-bytes", &budget]).await;
-    let base = gateway.url();
-    wait_gateway_ready(gateway.addr).await;
+    let single = Single::start(&[], &["--sse-buffer-bytes", &budget]).await;
+    let (gateway, base) = (&single.gateway, single.gateway.url());
     // Warm the gateway's allocator with the same traffic, read, before measuring.
     let (mut warm, _) = subscribe(format!("{base}/subscribe/warm"), None).await;
     assert_eq!(publish(&base, "warm", 200, 8, EVENT).await, 200);
@@ -64,14 +61,18 @@ async fn clients_that_do_not_read_hold_bytes_not_events_and_lose_nothing() {
     );
 }
 
-/// An SSE request from `local` (a loopback address of its own, so a client of its own).
-async fn open_from(base: &str, local: &str) -> reqwest::Response {
-    let client = reqwest::Client::builder()
+/// A client on `local`, a loopback address of its own: a client of its own to the gateway.
+fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
         .no_proxy()
         .local_address(local.parse::<IpAddr>().unwrap())
         .build()
-        .unwrap();
-    client
+        .unwrap()
+}
+
+/// An SSE request from `local`.
+async fn open_from(base: &str, local: &str) -> reqwest::Response {
+    client_from(local)
         .get(format!("{base}/subscribe/capped"))
         .send()
         .await
@@ -94,12 +95,9 @@ async fn assert_too_many(response: reqwest::Response, text: &str) {
 #[tokio::test]
 async fn open_streams_are_capped_per_client_and_in_total() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
     let flags = ["--max-sse-per-client", "2", "--max-sse-streams", "3"];
-    let gateway = Process::gateway(&[backend.addr], &flags).await;
-    let base = gateway.url();
-    wait_gateway_ready(gateway.addr).await;
+    let single = Single::start(&[], &flags).await;
+    let base = single.gateway.url();
 
     let first = open_from(&base, "127.0.0.1").await;
     let _second = open_from(&base, "127.0.0.1").await;
@@ -128,11 +126,8 @@ async fn open_streams_are_capped_per_client_and_in_total() {
 #[tokio::test]
 async fn a_client_over_its_rate_gets_429_and_others_do_not() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
-    let gateway = Process::gateway(&[backend.addr], &["--rate-limit", "5"]).await;
-    wait_gateway_ready(gateway.addr).await;
-    let url = format!("{}/events?userId=rate", gateway.url());
+    let single = Single::start(&[], &["--rate-limit", "5"]).await;
+    let url = format!("{}/events?userId=rate", single.gateway.url());
     let client = http();
     let mut refused = None;
     for _ in 0..20 {
@@ -145,11 +140,7 @@ async fn a_client_over_its_rate_gets_429_and_others_do_not() {
     }
     let refused = refused.expect("20 requests at once exceed 5 per second");
     assert_too_many(refused, "too many requests").await;
-    let other = reqwest::Client::builder()
-        .no_proxy()
-        .local_address("127.0.0.2".parse::<IpAddr>().unwrap())
-        .build()
-        .unwrap();
+    let other = client_from("127.0.0.2");
     assert_eq!(other.get(&url).send().await.unwrap().status(), 200);
 }
 

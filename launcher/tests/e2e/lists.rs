@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::{
     pubsub::{in_order, read, subscribe},
-    support::{EXCLUSIVE, Process, http, wait_gateway_ready},
+    support::{EXCLUSIVE, Single, http},
 };
 
 /// A maximal event: 64 KiB title and description, 256 KiB of data (~370 KiB as JSON).
@@ -59,11 +59,8 @@ async fn walk(base: &str, first: &str) -> (Vec<u64>, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn maximal_events_are_streamed_in_constant_memory_and_paged_exactly_once() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
-    let base = gateway.url();
-    wait_gateway_ready(gateway.addr).await;
+    let single = Single::start(&[], &[]).await;
+    let (gateway, base) = (&single.gateway, single.gateway.url());
     let client = http();
     for i in 0..48 {
         let response = client
@@ -138,8 +135,9 @@ async fn publish_n(base: &str, topic: &str, n: usize) {
     }
 }
 
-/// Waits until the topic's history is `expected` (retention runs every second).
-async fn history_becomes(base: &str, topic: &str, expected: &[u64]) -> reqwest::Response {
+/// Waits until the topic's history is `expected` (retention runs every second); returns that
+/// read's `Events-Oldest-Available`.
+async fn history_becomes(base: &str, topic: &str, expected: &[u64]) -> Option<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let response = http()
@@ -147,16 +145,13 @@ async fn history_becomes(base: &str, topic: &str, expected: &[u64]) -> reqwest::
             .send()
             .await
             .unwrap();
-        let headers = response.headers().clone();
+        let oldest = response
+            .headers()
+            .get("events-oldest-available")
+            .map(|v| v.to_str().unwrap().to_owned());
         let got = seqs(&response.json().await.unwrap());
         if got == expected {
-            let again = http()
-                .get(format!("{base}/topic-events/{topic}"))
-                .send()
-                .await
-                .unwrap();
-            assert!(headers.get("events-oldest-available").is_some() || expected.is_empty());
-            return again;
+            return oldest;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -169,19 +164,12 @@ async fn history_becomes(base: &str, topic: &str, expected: &[u64]) -> reqwest::
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_by_count_keeps_the_newest_and_tells_readers_of_the_gap() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend_with(
-        &dir.path().join("events.db"),
-        &["--retention-max-events", "10"],
-    )
-    .await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
-    let base = gateway.url();
-    wait_gateway_ready(gateway.addr).await;
+    let single = Single::start(&["--retention-max-events", "10"], &[]).await;
+    let base = single.gateway.url();
     publish_n(&base, "kept", 25).await;
     let expected: Vec<u64> = (16..=25).collect();
-    let response = history_becomes(&base, "kept", &expected).await;
-    assert_eq!(response.headers()["events-oldest-available"], "16");
+    let oldest = history_becomes(&base, "kept", &expected).await;
+    assert_eq!(oldest.as_deref(), Some("16"));
     // Reading from within what is kept is no gap.
     let response = http()
         .get(format!("{base}/topic-events/kept?afterSeq=20"))
@@ -213,17 +201,14 @@ async fn retention_by_count_keeps_the_newest_and_tells_readers_of_the_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_by_age_drops_what_is_older() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend_with(
-        &dir.path().join("events.db"),
-        &["--retention-max-age", "2s"],
-    )
-    .await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
-    let base = gateway.url();
-    wait_gateway_ready(gateway.addr).await;
+    let single = Single::start(&["--retention-max-age", "2s"], &[]).await;
+    let base = single.gateway.url();
     publish_n(&base, "aging", 5).await;
-    history_becomes(&base, "aging", &[]).await;
+    assert_eq!(
+        history_becomes(&base, "aging", &[]).await.as_deref(),
+        Some("6"),
+        "an emptied topic says where it resumes"
+    );
     publish_n(&base, "aging", 1).await;
     let response = http()
         .get(format!("{base}/topic-events/aging"))
@@ -237,16 +222,10 @@ async fn retention_by_age_drops_what_is_older() {
 #[tokio::test]
 async fn a_full_store_refuses_writes_with_503_and_recovers_when_room_is_made() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
     // A 2 MiB database: full after a few dozen 64 KiB events.
-    let backend = Process::backend_with(
-        &dir.path().join("events.db"),
-        &["--store-max-bytes", &(2 * 1024 * 1024).to_string()],
-    )
-    .await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
-    let base = gateway.url();
-    wait_gateway_ready(gateway.addr).await;
+    let max = (2 * 1024 * 1024).to_string();
+    let single = Single::start(&["--store-max-bytes", &max], &[]).await;
+    let base = single.gateway.url();
     let client = http();
     let event = json!({"userId": "full", "title": "t", "description": "d".repeat(64 * 1024 - 1)});
     let mut stored = Vec::new();

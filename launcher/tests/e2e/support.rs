@@ -396,6 +396,29 @@ impl System {
     }
 }
 
+/// One backend on a fresh SQLite file behind a gateway, each started with its own flags,
+/// and the gateway holding the backend as healthy.
+pub(crate) struct Single {
+    pub gateway: Process,
+    /// Kept running (and its store) for as long as the gateway.
+    _backend: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl Single {
+    pub(crate) async fn start(backend_flags: &[&str], gateway_flags: &[&str]) -> Single {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let backend = Process::backend_with(&dir.path().join("events.db"), backend_flags).await;
+        let gateway = Process::gateway(&[backend.addr], gateway_flags).await;
+        wait_gateway_ready(gateway.addr).await;
+        Single {
+            gateway,
+            _backend: backend,
+            _dir: dir,
+        }
+    }
+}
+
 /// Waits until the gateway at `addr` reports all its backends healthy (`/load`).
 pub(crate) async fn wait_gateway_ready(addr: SocketAddr) {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
