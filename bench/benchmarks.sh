@@ -18,18 +18,20 @@ section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 DATA=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
-export RUST_LOG=warn
+# Servers run at their default log level (access lines off), as deployed; their output goes to
+# files in $DATA. Section 1 repeats the gateway GET with RUST_LOG=warn.
+unset RUST_LOG
 # The load tool is one client on one address: lift the gateway's per-client and connection caps
 # (builds before issue 12 ignore these).
 export MAX_SSE_PER_CLIENT=20000 MAX_CONNECTIONS=30000
 
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 BACKENDS=()
-backend() { "$BIN/eventsvc" --port "$1" --store "sqlite://$DATA/events.db" "${@:2}" & BACKEND=$!; PIDS+=($BACKEND); BACKENDS+=($BACKEND); wait_port "$1"; }
+backend() { "$BIN/eventsvc" --port "$1" --store "sqlite://$DATA/events.db" "${@:2}" >>"$DATA/backend-$1.log" 2>&1 & BACKEND=$!; PIDS+=($BACKEND); BACKENDS+=($BACKEND); wait_port "$1"; }
 stop_backends() { kill "${BACKENDS[@]}" 2>/dev/null || true; for pid in "${BACKENDS[@]}"; do wait "$pid" 2>/dev/null || true; done; BACKENDS=(); }
-gateway() { "$BIN/gateway" --port 13000 --backends "$1" "${@:2}" & GATEWAY=$!; PIDS+=($GATEWAY); wait_port 13000; sleep 1; }
+gateway() { "$BIN/gateway" --port 13000 --backends "$1" "${@:2}" >>"$DATA/gateway.log" 2>&1 & GATEWAY=$!; PIDS+=($GATEWAY); wait_port 13000; sleep 1; }
 stop_gateway() { kill "$GATEWAY"; wait "$GATEWAY" 2>/dev/null || true; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { local t=0; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo $t; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # Each bench command is printed as run, with any token redacted.
 run() { echo "\$ bench $*" | sed -E 's/(--token )[^ ]+/\1$TOKEN/' >&2; "$BENCH" --json "$@"; }
@@ -48,16 +50,76 @@ echo "== machine: open files $(ulimit -n); $(nproc) cores, $(awk '/MemTotal/ {pr
 echo "== servers from $BIN"
 backend 15000; backend 15001; backend 15002; gateway "$ALL"
 if section 1; then
-echo "== 1. gateway vs direct gRPC (3 backends, concurrency 32, 10 s each)"
-for endpoint in get post; do
-  before=$(cpu_ticks "$GATEWAY")
-  report=$(run --gateway http://127.0.0.1:13000 closed --endpoint "$endpoint" --concurrency 32 --duration 10s || true)
-  after=$(cpu_ticks "$GATEWAY")
+echo "== 1. gateway vs direct gRPC vs nginx (3 backends, concurrency 32, 10 s each; CPU = user + system time / requests)"
+# `measure LABEL PIDS -- COMMAND`: runs a bench command, prints its summary and the CPU per
+# request of the processes named (gateway, backends).
+measure() {
+  local label=$1 gw=$2 be=$3; shift 4
+  local g0 b0 g1 b1 report requests
+  g0=$(cpu_ticks $gw); b0=$(cpu_ticks $be)
+  report=$("$@" || true)
+  g1=$(cpu_ticks $gw); b1=$(cpu_ticks $be)
   echo "$report" | summary
   requests=$(echo "$report" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
-  python3 -c "print(f'  gateway CPU: {($after - $before) / 100:.2f} s for $requests requests = {($after - $before) * 10000 / max($requests, 1):.1f} µs/request')"
-  run --grpc "$ALL" closed --endpoint "$endpoint" --concurrency 32 --duration 10s | summary || true
+  python3 -c "n = max($requests, 1); print(f'  $label CPU per request: front {($g1 - $g0) * 10000 / n:.1f} µs, backends {($b1 - $b0) * 10000 / n:.1f} µs')"
+}
+for endpoint in get post; do
+  measure "gateway $endpoint:" "$GATEWAY" "${BACKENDS[*]}" -- run --gateway http://127.0.0.1:13000 closed --endpoint "$endpoint" --concurrency 32 --duration 10s
+  measure "direct $endpoint:" "" "${BACKENDS[*]}" -- run --grpc "$ALL" closed --endpoint "$endpoint" --concurrency 32 --duration 10s
 done
+echo "  GET through the gateway with RUST_LOG=warn"
+stop_gateway
+RUST_LOG=warn gateway "$ALL"
+measure "gateway get (warn):" "$GATEWAY" "${BACKENDS[*]}" -- run --gateway http://127.0.0.1:13000 closed --endpoint get --concurrency 32 --duration 10s
+stop_gateway
+gateway "$ALL"
+# The same GET by wrk (one thread, 32 connections), the load issue 13 was measured with.
+ID=$(curl -sf -X POST http://127.0.0.1:13000/events -H 'content-type: application/json' -d '{"userId":"wrk","title":"wrk","description":"one event read by wrk"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+wrk_cpu() {
+  local label=$1 gw=$2 be=$3 url=$4 g0 b0 g1 b1 out n
+  g0=$(cpu_ticks $gw); b0=$(cpu_ticks $be)
+  out=$(wrk -t1 -c32 -d10s --latency "$url")
+  g1=$(cpu_ticks $gw); b1=$(cpu_ticks $be)
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  echo "\$ wrk -t1 -c32 -d10s --latency $url" >&2
+  echo "$out" | grep -E 'Requests/sec|^ +(50|99)%|Non-2xx|Socket errors' | sed 's/^/  /'
+  python3 -c "n = max($n, 1); print(f'  $label CPU per request: front {($g1 - $g0) * 10000 / n:.1f} µs, backends {($b1 - $b0) * 10000 / n:.1f} µs')"
+}
+if command -v wrk >/dev/null; then
+  wrk_cpu "gateway get (wrk):" "$GATEWAY" "${BACKENDS[*]}" "http://127.0.0.1:13000/events/$ID?userId=wrk"
+else
+  echo "  wrk not installed (apt-get install wrk): wrk rows skipped"
+fi
+# Reference: nginx (Debian) as a least_conn proxy over three trivial upstreams that answer one
+# event's JSON, keepalive connections to them, no access log (like the gateway by default).
+if command -v nginx >/dev/null; then
+  NGX=$DATA/nginx; mkdir -p "$NGX/front" "$NGX/up"
+  BODY='{"id":"0f8b5c1e-1d2a-4c3b-9e4f-5a6b7c8d9e0f","userId":"wrk","title":"wrk","description":"one event read by wrk","completed":false,"createdAt":"2026-11-27T12:00:00Z","topic":"","seq":0}'
+  cat > "$NGX/up/nginx.conf" <<CONF
+worker_processes 1; pid $NGX/up/pid; error_log $NGX/up/error.log;
+events { worker_connections 4096; }
+http { access_log off; default_type application/json;
+  server { listen 127.0.0.1:13101; listen 127.0.0.1:13102; listen 127.0.0.1:13103; keepalive_requests 1000000;
+    location / { return 200 '$BODY'; } } }
+CONF
+  cat > "$NGX/front/nginx.conf" <<CONF
+worker_processes auto; pid $NGX/front/pid; error_log $NGX/front/error.log;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream events { least_conn; server 127.0.0.1:13101; server 127.0.0.1:13102; server 127.0.0.1:13103; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:13100; keepalive_requests 1000000;
+    location / { proxy_pass http://events; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+  nginx -p "$NGX/up" -c "$NGX/up/nginx.conf" -g 'daemon off;' & UP=$!; PIDS+=($UP)
+  nginx -p "$NGX/front" -c "$NGX/front/nginx.conf" -g 'daemon off;' & FRONT=$!; PIDS+=($FRONT)
+  wait_port 13100; wait_port 13101; sleep 0.5
+  FRONT_PIDS="$FRONT $(pgrep -P "$FRONT" | tr '\n' ' ')"; UP_PIDS="$UP $(pgrep -P "$UP" | tr '\n' ' ')"
+  measure "nginx least_conn get:" "$FRONT_PIDS" "$UP_PIDS" -- run --gateway http://127.0.0.1:13100 closed --endpoint get --id "$ID" --concurrency 32 --duration 10s
+  command -v wrk >/dev/null && wrk_cpu "nginx least_conn get (wrk):" "$FRONT_PIDS" "$UP_PIDS" "http://127.0.0.1:13100/events/$ID?userId=wrk"
+  kill "$FRONT" "$UP"; wait "$FRONT" "$UP" 2>/dev/null || true
+else
+  echo "  nginx not installed (apt-get install nginx): reference rows skipped"
+fi
 fi
 
 if section 4; then

@@ -17,12 +17,11 @@ use eventsys::{
     process::{self, SetupError},
 };
 use http::HeaderValue;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::{
     http::{Browsers, HostPolicy, Hosts, LimitSettings, Settings},
     server::{ConnectionLimits, GatewayConfig, serve},
-    upstream::{Balancing, UpstreamConfig},
+    upstream::{BackendTls, Balancing, UpstreamConfig},
 };
 
 /// REST + SSE gateway over the eventsvc backends, balanced by power-of-two-choices over
@@ -199,8 +198,8 @@ enum Fatal {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("cannot read {0}: {1}")]
-    Read(PathBuf, #[source] std::io::Error),
+    #[error("invalid backend TLS settings: {0}")]
+    BackendTls(#[source] std::io::Error),
 }
 
 impl Config {
@@ -310,19 +309,17 @@ impl Config {
     }
 
     /// TLS to the backends: their CA, and a client identity for mTLS.
-    fn backend_tls(&self) -> Result<Option<ClientTlsConfig>, Fatal> {
+    fn backend_tls(&self) -> Result<Option<BackendTls>, Fatal> {
         let Some(ca) = &self.backend_ca else {
             return Ok(None);
         };
-        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| Fatal::Read(path.clone(), e));
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        if let (Some(cert), Some(key)) = (&self.backend_client_cert, &self.backend_client_key) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        if let Some(name) = &self.backend_tls_name {
-            tls = tls.domain_name(name.clone());
-        }
-        Ok(Some(tls))
+        let identity = self
+            .backend_client_cert
+            .as_deref()
+            .zip(self.backend_client_key.as_deref());
+        BackendTls::from_pem(ca, identity, self.backend_tls_name.as_deref())
+            .map(Some)
+            .map_err(Fatal::BackendTls)
     }
 }
 

@@ -3,6 +3,7 @@
 //! calls backends only through `upstream::Upstream` and never sees gRPC metadata.
 
 mod auth;
+mod cors;
 mod deadline;
 mod error;
 mod extract;

@@ -9,18 +9,20 @@ mod call;
 mod discovery;
 mod endpoint;
 mod ewma;
+mod link;
 mod membership;
+mod unary;
 
 use std::{sync::Arc, time::Duration};
 
 use eventsys::v1::{self, event_service_client::EventServiceClient};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::ClientTlsConfig;
 use tower::retry::budget::TpsBudget;
 
 pub(crate) use backend::{Backend, BackendSnapshot};
 pub(crate) use call::{Answer, Bearer, CallError, Failure, deadline, within};
 pub(crate) use endpoint::Balancing;
+pub(crate) use link::BackendTls;
 
 use balancer::BalancedChannel;
 use membership::Membership;
@@ -41,7 +43,7 @@ pub(crate) struct UpstreamConfig {
     /// Longest a call waits for some backend to be healthy.
     pub(crate) no_backend_wait: Duration,
     /// TLS to the backends (verify them, and present a client certificate for mTLS).
-    pub(crate) tls: Option<ClientTlsConfig>,
+    pub(crate) tls: Option<BackendTls>,
 }
 
 /// The shared handle on the backends.
@@ -88,27 +90,27 @@ impl Upstream {
         timeout: Duration,
         bearer: Option<&Bearer>,
     ) -> Vec<(BackendSnapshot, Option<v1::StatsResponse>)> {
-        let asks =
-            self.inner
-                .membership
-                .channels()
-                .into_iter()
-                .map(|(snapshot, channel)| async move {
-                    if !snapshot.healthy {
-                        return (snapshot, None);
-                    }
-                    let mut client = EventServiceClient::new(channel);
-                    let mut request = tonic::Request::new(v1::StatsRequest {});
-                    if let Some(bearer) = bearer {
-                        bearer.attach(&mut request);
-                    }
-                    let answer = tokio::time::timeout(timeout, client.stats(request))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .map(tonic::Response::into_inner);
-                    (snapshot, answer)
-                });
+        let asks = self
+            .inner
+            .membership
+            .links()
+            .into_iter()
+            .map(|(snapshot, link)| async move {
+                if !snapshot.healthy {
+                    return (snapshot, None);
+                }
+                let mut client = EventServiceClient::new(link);
+                let mut request = tonic::Request::new(v1::StatsRequest {});
+                if let Some(bearer) = bearer {
+                    bearer.attach(&mut request);
+                }
+                let answer = tokio::time::timeout(timeout, client.stats(request))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(tonic::Response::into_inner);
+                (snapshot, answer)
+            });
         futures::future::join_all(asks).await
     }
 }

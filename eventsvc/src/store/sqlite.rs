@@ -1,8 +1,10 @@
 //! `EventStore` on an embedded SQLite file that several backend processes share: WAL mode, a busy
 //! timeout, a versioned schema migrated at start, and `seq` allocated inside the insert's write
-//! transaction. Every call runs on tokio's blocking pool over a small connection pool.
+//! transaction. Point reads run on the calling thread; every other call runs on tokio's
+//! blocking pool over a small connection pool.
 
 mod follow;
+mod inline;
 mod retention;
 mod rows;
 
@@ -16,6 +18,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
+use inline::InlineReaders;
 use rows::{insert, query_events, raw_row};
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
@@ -76,8 +79,14 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX events_by_time ON events (time) WHERE seq IS NOT NULL;",
 ];
 
-const COLUMNS: &str =
-    "pk, id, user_id, title, description, completed, created_at, topic, data, time, seq";
+/// The columns every event query reads, in `rows::raw_row`'s order; a macro so that queries
+/// are string literals (prepared once per connection, never formatted per call).
+macro_rules! columns {
+    () => {
+        "pk, id, user_id, title, description, completed, created_at, topic, data, time, seq"
+    };
+}
+use columns;
 
 /// A shared SQLite database file.
 pub struct SqliteStore {
@@ -88,6 +97,8 @@ pub struct SqliteStore {
     permits: Arc<Semaphore>,
     /// Woken by this process's publishes, so its followers need not wait for their next poll.
     published: Arc<Notify>,
+    /// Connections for point reads on the calling thread.
+    inline: InlineReaders,
 }
 
 impl SqliteStore {
@@ -126,6 +137,7 @@ impl SqliteStore {
             .map_err(|e| fail(&target, e.to_string()))??
         };
         Ok(Self {
+            inline: InlineReaders::new(path.clone()),
             path,
             max_pages,
             idle: Arc::new(Mutex::new(opened)),
@@ -275,16 +287,23 @@ impl EventStore for SqliteStore {
     }
 
     async fn get(&self, id: Uuid, owner: Option<String>) -> Result<Event> {
-        self.run("get", move |conn| {
-            let sql = format!(
-                "SELECT {COLUMNS} FROM events WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)"
+        let read = move |conn: &Connection| {
+            const SQL: &str = concat!(
+                "SELECT ",
+                columns!(),
+                " FROM events WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)"
             );
-            query_events(conn, "get", &sql, params![id.to_string(), owner])?
+            let mut text = Uuid::encode_buffer();
+            let id: &str = id.hyphenated().encode_lower(&mut text);
+            query_events(conn, "get", SQL, params![id, owner])?
                 .pop()
                 .map(|(_, e)| e)
                 .ok_or(StoreError::NotFound)
-        })
-        .await
+        };
+        match self.inline.read(&read) {
+            Some(result) => result,
+            None => self.run("get", move |conn| read(conn)).await,
+        }
     }
 
     async fn list(
@@ -302,12 +321,13 @@ impl EventStore for SqliteStore {
                 .ok_or(StoreError::InvalidCursor)?,
         };
         self.run("list", move |conn| {
-            let sql = format!(
-                "SELECT {COLUMNS} FROM events WHERE (?1 IS NULL OR user_id = ?1) AND pk > ?2
-                 ORDER BY pk LIMIT ?3"
+            const SQL: &str = concat!(
+                "SELECT ",
+                columns!(),
+                " FROM events WHERE (?1 IS NULL OR user_id = ?1) AND pk > ?2 ORDER BY pk LIMIT ?3"
             );
             // One extra row tells whether another page follows.
-            let mut rows = query_events(conn, "list", &sql, params![owner, after, limit + 1])?;
+            let mut rows = query_events(conn, "list", SQL, params![owner, after, limit + 1])?;
             let next = if rows.len() > limit {
                 rows.truncate(limit);
                 rows.last().map(|(pk, _)| pk.to_string())
@@ -324,9 +344,10 @@ impl EventStore for SqliteStore {
 
     async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
         self.run("update", move |conn| {
-            let sql = format!(
-                "UPDATE events SET title = ?3, description = ?4, completed = ?5
-                 WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2) RETURNING {COLUMNS}"
+            const SQL: &str = concat!(
+                "UPDATE events SET title = ?3, description = ?4, completed = ?5 ",
+                "WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2) RETURNING ",
+                columns!()
             );
             let args = params![
                 id.to_string(),
@@ -336,7 +357,8 @@ impl EventStore for SqliteStore {
                 patch.completed
             ];
             let raw = conn
-                .query_row(&sql, args, raw_row)
+                .prepare_cached(SQL)
+                .and_then(|mut stmt| stmt.query_row(args, raw_row))
                 .optional()
                 .map_err(|e| sql_error("update", e))?;
             raw.ok_or(StoreError::NotFound)?
@@ -395,10 +417,12 @@ impl EventStore for SqliteStore {
         let topic = topic.to_owned();
         let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
         self.run("events_after", move |conn| {
-            let sql = format!(
-                "SELECT {COLUMNS} FROM events WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            const SQL: &str = concat!(
+                "SELECT ",
+                columns!(),
+                " FROM events WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
             );
-            let rows = query_events(conn, "events_after", &sql, params![topic, after, limit])?;
+            let rows = query_events(conn, "events_after", SQL, params![topic, after, limit])?;
             Ok(rows.into_iter().map(|(_, e)| e).collect())
         })
         .await
@@ -416,6 +440,12 @@ impl EventStore for SqliteStore {
     }
 
     async fn dropped_through(&self, topic: &str) -> Result<u64> {
+        if let Some(result) = self
+            .inline
+            .read(|conn| retention::dropped_through(conn, topic))
+        {
+            return result;
+        }
         let topic = topic.to_owned();
         self.run("dropped_through", move |conn| {
             retention::dropped_through(conn, &topic)

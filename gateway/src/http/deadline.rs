@@ -67,7 +67,6 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let until = Instant::now() + self.timeout;
-        let work = upstream::within(until, self.inner.call(request));
-        tokio::time::timeout_at(until, work).map(answer as fn(Outcome) -> _)
+        upstream::within(until, self.inner.call(request)).map(answer as fn(Outcome) -> _)
     }
 }

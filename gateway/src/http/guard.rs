@@ -1,6 +1,6 @@
 //! What the gateway checks before routing a request: that it is addressed to us (`Host`, against
 //! DNS rebinding), that a browser page's write is JSON (which forces a CORS preflight), that a
-//! declared body fits the limit (413 before any of it is read), and the CORS policy itself.
+//! declared body fits the limit (413 before any of it is read).
 
 use std::{
     convert::Infallible,
@@ -21,9 +21,8 @@ use futures::{
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
-use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use super::{ApiError, Settings, served::SERVED_BY};
+use super::{ApiError, Settings};
 
 /// `--allowed-hosts`: the names a request's `Host` may carry.
 #[derive(Debug, Clone, Default)]
@@ -226,27 +225,6 @@ fn refusal(settings: &Settings, request: &Request) -> Option<ApiError> {
     declared_length(request)
         .is_some_and(|length| length > settings.body_limit as u64)
         .then(ApiError::too_large)
-}
-
-/// CORS as configured: any origin by default (the contract), or the listed ones.
-pub(crate) fn cors(browsers: &Browsers) -> CorsLayer {
-    let origins = match &browsers.cors_origins {
-        None => AllowOrigin::any(),
-        Some(list) => AllowOrigin::list(list.iter().cloned()),
-    };
-    CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-            Method::HEAD,
-            Method::OPTIONS,
-        ])
-        .allow_headers(AllowHeaders::mirror_request())
-        .expose_headers([SERVED_BY])
 }
 
 #[cfg(test)]

@@ -161,7 +161,9 @@ fn array<P: Pager>(
             }
             Step::Fetch(pager, from) => {
                 let fetched = match deadline {
-                    Some(deadline) => upstream::within(deadline, pager.fetch(Some(from), PAGE)).await,
+                    Some(deadline) => upstream::within(deadline, pager.fetch(Some(from), PAGE))
+                        .await
+                        .unwrap_or_else(|_| Err(CallError::timed_out())),
                     None => pager.fetch(Some(from), PAGE).await,
                 };
                 match fetched {

@@ -12,18 +12,18 @@ use axum::{
 };
 use http::{Method, StatusCode};
 use tonic::Code;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::{
-    ApiError, AppState,
-    deadline::DeadlineLayer,
-    guard::{self, GuardLayer},
-    legacy, metrics, rest, sse,
-    track::TrackLayer,
+    ApiError, AppState, cors, deadline::DeadlineLayer, guard::GuardLayer, legacy, metrics, rest,
+    sse, track::TrackLayer,
 };
 
 pub(crate) fn app(state: AppState) -> Router {
-    // Requests with an answer to wait for share one deadline; streams do not.
+    // Each `layer` call on a router boxes the service and its future for every request, so the
+    // stacks below are composed with `ServiceBuilder` and applied once each. Requests with an
+    // answer to wait for share one deadline; streams do not.
     let requests = Router::new()
         .route("/events", post(rest::create_event).get(rest::list_events))
         .route(
@@ -38,19 +38,27 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/benchmark", get(legacy::benchmark))
         .route("/memstats", get(legacy::memstats))
         .route("/metrics", get(metrics::scrape))
-        .route_layer(DeadlineLayer(state.settings.request_timeout));
-    let streams = Router::new().route("/subscribe/{topic}", get(sse::subscribe));
-    let cors = guard::cors(&state.settings.browsers);
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(TrackLayer(state.clone()))
+                .layer(DeadlineLayer(state.settings.request_timeout)),
+        );
+    let streams = Router::new()
+        .route("/subscribe/{topic}", get(sse::subscribe))
+        .route_layer(TrackLayer(state.clone()));
+    // Outermost first: CORS answers preflights before the guards; panics become JSON 500s.
+    let outer = ServiceBuilder::new()
+        .layer(cors::layer(&state.settings.browsers))
+        .layer(DefaultBodyLimit::max(state.settings.body_limit))
+        .layer(GuardLayer(state.settings.clone()))
+        .map_response(IntoResponse::into_response)
+        .layer(CatchPanicLayer::custom(panicked));
     Router::new()
         .merge(requests)
         .merge(streams)
-        .route_layer(TrackLayer(state.clone()))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
-        .layer(CatchPanicLayer::custom(panicked))
-        .layer(GuardLayer(state.settings.clone()))
-        .layer(DefaultBodyLimit::max(state.settings.body_limit))
-        .layer(cors)
+        .layer(outer)
         .with_state(state)
 }
 

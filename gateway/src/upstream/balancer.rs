@@ -1,44 +1,97 @@
-//! A p2c balancer (tower's `Balance`) over the endpoints a membership stream yields, behind a
-//! `Buffer` so that every request handler can share it.
+//! A p2c balancer (tower's `Balance`) over the endpoints a membership stream yields, shared by
+//! every request handler without a queue: a caller locks it just long enough to pick an
+//! endpoint and start its call, in its own task, instead of handing the request to a `Buffer`
+//! worker task and waiting to be woken with the answer.
 
-use std::task::{Context, Poll};
+use std::{
+    pin::pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll, Wake, Waker},
+};
 
-use futures::{TryFutureExt, future::MapErr};
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
 use tonic::{Status, body::Body};
-use tower::{BoxError, Service, balance::p2c::Balance, buffer::Buffer};
+use tower::{Service, balance::p2c::Balance};
 
 use super::membership::Discovered;
 
 type Balanced = Balance<Discovered, http::Request<Body>>;
-type Buffered = Buffer<http::Request<Body>, <Balanced as Service<http::Request<Body>>>::Future>;
-
-/// Requests that may wait for the balancer at once; beyond this, callers wait for a slot.
-const BUFFER: usize = 1024;
 
 /// The shared, cloneable handle on one balancer that gRPC clients are built on. Its error is a
-/// `Status` rather than the buffer's boxed error: the endpoints' statuses (with their typed
-/// source) come back out of the box unchanged, and a concrete error type keeps tonic's generic
-/// client futures provably `Send`.
+/// `Status`: the endpoints' statuses (with their typed source) come back unchanged.
 #[derive(Clone)]
-pub(crate) struct BalancedChannel(Buffered);
+pub(crate) struct BalancedChannel(Arc<Shared>);
+
+struct Shared {
+    balance: Mutex<Balanced>,
+    /// Wakes every caller waiting for an endpoint when the balancer may have one.
+    changed: Arc<Changed>,
+}
+
+/// The waker the balancer is polled with. `Balance` keeps one waker (for its discovery stream
+/// and its not-yet-ready endpoints), while any number of callers may be waiting: each waits on
+/// the `Notify`, and a wake reaches all of them.
+struct Changed(Notify);
+
+impl Wake for Changed {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_waiters();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_waiters();
+    }
+}
 
 impl BalancedChannel {
     pub(crate) fn new(discovered: Discovered) -> Self {
-        Self(Buffer::new(Balance::new(discovered), BUFFER))
+        Self(Arc::new(Shared {
+            balance: Mutex::new(Balance::new(discovered)),
+            changed: Arc::new(Changed(Notify::new())),
+        }))
+    }
+
+    /// Picks an endpoint (waiting while there is none ready) and starts the call on it.
+    async fn pick_and_call(
+        shared: Arc<Shared>,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, Status> {
+        let waker = Waker::from(shared.changed.clone());
+        let call = loop {
+            // Registered before the balancer is polled, so a wake between the poll and the
+            // wait is not lost.
+            let mut changed = pin!(shared.changed.0.notified());
+            changed.as_mut().enable();
+            {
+                let mut balance = shared
+                    .balance
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match balance.poll_ready(&mut Context::from_waker(&waker)) {
+                    Poll::Ready(Ok(())) => break balance.call(request),
+                    Poll::Ready(Err(err)) => return Err(Status::from_error(err)),
+                    Poll::Pending => {}
+                }
+            }
+            changed.await;
+        };
+        call.await.map_err(Status::from_error)
     }
 }
 
 impl Service<http::Request<Body>> for BalancedChannel {
     type Response = http::Response<Body>;
     type Error = Status;
-    type Future =
-        MapErr<<Buffered as Service<http::Request<Body>>>::Future, fn(BoxError) -> Status>;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Status>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        self.0.poll_ready(cx).map_err(Status::from_error)
+    /// Always ready: readiness is the balancer's, checked under its lock when the call starts
+    /// (it cannot be held between here and `call` by a handle that others share).
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        self.0.call(request).map_err(Status::from_error)
+        Box::pin(Self::pick_and_call(self.0.clone(), request))
     }
 }

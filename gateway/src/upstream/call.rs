@@ -5,19 +5,18 @@
 
 use std::{future::Future, time::Duration};
 
-use tokio::{task::futures::TaskLocalFuture, time::Instant};
+use tokio::{
+    task::futures::TaskLocalFuture,
+    time::{Instant, Timeout},
+};
 use tower::retry::budget::{Budget, TpsBudget};
 
+use bytes::Bytes;
 use eventsys::v1::{self, event_service_client::EventServiceClient};
-use tonic::{
-    Code, Status, Streaming,
-    metadata::{Ascii, MetadataValue},
-};
+use http::HeaderValue;
+use tonic::{Code, Status, Streaming, metadata::MetadataValue};
 
-use super::{Backend, Upstream, balancer::BalancedChannel, endpoint::CallFailure};
-
-/// The gRPC client every call goes through: a balancer behind it picks the backend.
-pub(crate) type Client = EventServiceClient<BalancedChannel>;
+use super::{Backend, Upstream, balancer::BalancedChannel, endpoint::CallFailure, unary};
 
 /// Which balancer a call goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,23 +37,28 @@ pub(crate) enum Retry {
 }
 
 /// A caller's token, forwarded to the backends (which apply the same rules): the
-/// `authorization: Bearer …` metadata value, built once when the token is accepted.
+/// `authorization: Bearer …` header value, built once when the token is accepted.
 #[derive(Debug, Clone)]
-pub(crate) struct Bearer(MetadataValue<Ascii>);
+pub(crate) struct Bearer(HeaderValue);
 
 impl Bearer {
     /// `None` for a token that cannot be a header value (no valid token is one).
     pub(crate) fn new(token: &str) -> Option<Bearer> {
-        let mut value = MetadataValue::try_from(format!("Bearer {token}")).ok()?;
+        let mut value = HeaderValue::try_from(format!("Bearer {token}")).ok()?;
         value.set_sensitive(true);
         Some(Bearer(value))
     }
 
-    /// Adds the token to a call to a backend.
+    pub(crate) fn header(&self) -> &HeaderValue {
+        &self.0
+    }
+
+    /// Adds the token to a call made with a tonic client.
     pub(crate) fn attach<T>(&self, request: &mut tonic::Request<T>) {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        if let Ok(mut value) = MetadataValue::try_from(self.0.as_bytes()) {
+            value.set_sensitive(true);
+            request.metadata_mut().insert("authorization", value);
+        }
     }
 }
 
@@ -63,10 +67,13 @@ tokio::task_local! {
     static DEADLINE: Instant;
 }
 
-/// `work` (an HTTP request's handling) with `deadline` as the deadline of every backend call
-/// it makes.
-pub(crate) fn within<F: Future>(deadline: Instant, work: F) -> TaskLocalFuture<Instant, F> {
-    DEADLINE.scope(deadline, work)
+/// `work` (an HTTP request's handling) bounded by `deadline`, which every backend call it
+/// makes carries too (and, being inside this bound, need not time itself).
+pub(crate) fn within<F: Future>(
+    deadline: Instant,
+    work: F,
+) -> Timeout<TaskLocalFuture<Instant, F>> {
+    tokio::time::timeout_at(deadline, DEADLINE.scope(deadline, work))
 }
 
 /// The deadline of the request being served, if one is set.
@@ -84,40 +91,81 @@ pub(crate) fn retry_budget() -> TpsBudget {
 }
 
 /// One rpc of `events.v1.EventService` as the gateway sends it.
-pub(crate) trait Rpc: Clone + Send + Sized + 'static {
+pub(crate) trait Rpc: Send + Sized + 'static {
     type Reply: Send + 'static;
     const RETRY: Retry;
     const ROUTE: Route = Route::Requests;
+    /// `/events.v1.EventService/{method}`.
+    const PATH: &'static str;
+    /// What every attempt sends, made once from the message.
+    type Prepared: Clone + Send + Sync + 'static;
+    fn prepare(self) -> Self::Prepared;
+    /// One attempt through `channel`; `timeout` is sent along as `grpc-timeout`.
     fn send(
-        request: tonic::Request<Self>,
-        client: Client,
-    ) -> impl Future<Output = Result<tonic::Response<Self::Reply>, Status>> + Send;
+        channel: BalancedChannel,
+        prepared: Self::Prepared,
+        bearer: Option<&Bearer>,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<(Self::Reply, Option<Backend>), Status>> + Send;
 }
 
-macro_rules! rpc {
-    ($request:ty => $reply:ty, $method:ident, $retry:expr $(, $route:expr)?) => {
+/// A unary rpc, framed by `unary` once and re-sent as is by a retry.
+macro_rules! unary {
+    ($request:ty => $reply:ty, $method:literal, $retry:expr) => {
         impl Rpc for $request {
             type Reply = $reply;
             const RETRY: Retry = $retry;
-            $(const ROUTE: Route = $route;)?
-            async fn send(
-                request: tonic::Request<Self>,
-                mut client: Client,
-            ) -> Result<tonic::Response<$reply>, Status> {
-                client.$method(request).await
+            const PATH: &'static str = concat!("/events.v1.EventService/", $method);
+            type Prepared = Bytes;
+            fn prepare(self) -> Bytes {
+                unary::frame(&self)
+            }
+            fn send(
+                channel: BalancedChannel,
+                framed: Bytes,
+                bearer: Option<&Bearer>,
+                timeout: Option<Duration>,
+            ) -> impl Future<Output = Result<($reply, Option<Backend>), Status>> + Send {
+                unary::call(channel, Self::PATH, framed, bearer, timeout)
             }
         }
     };
 }
 
-rpc!(v1::CreateEventRequest => v1::Event, create_event, Retry::Never);
-rpc!(v1::PublishRequest => v1::Event, publish, Retry::Never);
-rpc!(v1::GetEventRequest => v1::Event, get_event, Retry::Once);
-rpc!(v1::ListEventsRequest => v1::ListEventsResponse, list_events, Retry::Once);
-rpc!(v1::UpdateEventRequest => v1::Event, update_event, Retry::Once);
-rpc!(v1::DeleteEventRequest => v1::DeleteEventResponse, delete_event, Retry::Once);
-rpc!(v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, list_topic_events, Retry::Once);
-rpc!(v1::SubscribeRequest => Streaming<v1::Event>, subscribe, Retry::Once, Route::Streams);
+unary!(v1::CreateEventRequest => v1::Event, "CreateEvent", Retry::Never);
+unary!(v1::PublishRequest => v1::Event, "Publish", Retry::Never);
+unary!(v1::GetEventRequest => v1::Event, "GetEvent", Retry::Once);
+unary!(v1::ListEventsRequest => v1::ListEventsResponse, "ListEvents", Retry::Once);
+unary!(v1::UpdateEventRequest => v1::Event, "UpdateEvent", Retry::Once);
+unary!(v1::DeleteEventRequest => v1::DeleteEventResponse, "DeleteEvent", Retry::Once);
+unary!(v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, "ListTopicEvents", Retry::Once);
+
+/// Subscriptions go through tonic's client, whose decoder turns the stream into messages.
+impl Rpc for v1::SubscribeRequest {
+    type Reply = Streaming<v1::Event>;
+    const RETRY: Retry = Retry::Once;
+    const ROUTE: Route = Route::Streams;
+    const PATH: &'static str = "/events.v1.EventService/Subscribe";
+    type Prepared = Self;
+    fn prepare(self) -> Self {
+        self
+    }
+    async fn send(
+        channel: BalancedChannel,
+        message: Self,
+        bearer: Option<&Bearer>,
+        _: Option<Duration>,
+    ) -> Result<(Self::Reply, Option<Backend>), Status> {
+        let mut client = EventServiceClient::new(channel).max_decoding_message_size(MAX_REPLY);
+        let mut request = tonic::Request::new(message);
+        if let Some(bearer) = bearer {
+            bearer.attach(&mut request);
+        }
+        let response = client.subscribe(request).await?;
+        let backend = response.extensions().get::<Backend>().copied();
+        Ok((response.into_inner(), backend))
+    }
+}
 
 /// A backend's reply and the backend that gave it.
 #[derive(Debug)]
@@ -148,6 +196,16 @@ pub(crate) enum Failure {
 pub(crate) struct CallError {
     pub(crate) failure: Failure,
     pub(crate) retried: bool,
+}
+
+impl CallError {
+    /// The request's deadline passed before the call ended.
+    pub(crate) fn timed_out() -> CallError {
+        CallError {
+            failure: Failure::TimedOut,
+            retried: false,
+        }
+    }
 }
 
 impl From<Status> for Failure {
@@ -192,17 +250,23 @@ impl Upstream {
         bearer: Option<&Bearer>,
     ) -> Result<Answer<R::Reply>, CallError> {
         let own = Instant::now() + self.inner.config.request_timeout;
-        let deadline = deadline().map_or(own, |given| given.min(own));
+        // The HTTP side's deadline, when there is one and it comes first, already bounds this
+        // whole future (its expiry drops it): a timer of our own would only cost.
+        let (deadline, timer) = match deadline() {
+            Some(given) if given <= own => (given, None),
+            _ => (own, Some(own)),
+        };
         self.inner.retries.deposit();
-        let again = (R::RETRY == Retry::Once).then(|| request.clone());
-        let failure = match self.attempt(request, bearer, deadline).await {
+        let prepared = request.prepare();
+        let again = (R::RETRY == Retry::Once).then(|| prepared.clone());
+        let failure = match self.attempt::<R>(prepared, bearer, deadline, timer).await {
             Ok(answer) => return Ok(answer),
             Err(failure) => failure,
         };
         match again {
-            Some(request) if failure.may_retry() && self.inner.retries.withdraw() => {
+            Some(prepared) if failure.may_retry() && self.inner.retries.withdraw() => {
                 tracing::debug!(?failure, "retrying on another backend");
-                self.attempt(request, bearer, deadline)
+                self.attempt::<R>(prepared, bearer, deadline, timer)
                     .await
                     .map_err(|failure| CallError {
                         failure,
@@ -218,9 +282,10 @@ impl Upstream {
 
     async fn attempt<R: Rpc>(
         &self,
-        message: R,
+        prepared: R::Prepared,
         bearer: Option<&Bearer>,
-        deadline: tokio::time::Instant,
+        deadline: Instant,
+        timer: Option<Instant>,
     ) -> Result<Answer<R::Reply>, Failure> {
         let inner = &self.inner;
         if !inner
@@ -234,22 +299,61 @@ impl Upstream {
             Route::Requests => &inner.requests,
             Route::Streams => &inner.streams,
         };
-        let client = EventServiceClient::new(channel.clone()).max_decoding_message_size(MAX_REPLY);
-        let mut request = tonic::Request::new(message);
-        if let Some(bearer) = bearer {
-            bearer.attach(&mut request);
-        }
         // A stream lives past any request deadline: only its opening is bounded.
-        if R::ROUTE == Route::Requests {
-            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let timeout = (R::ROUTE == Route::Requests)
+            .then(|| deadline.saturating_duration_since(Instant::now()));
+        let sent = R::send(channel.clone(), prepared, bearer, timeout);
+        let outcome = match timer {
+            Some(at) => match tokio::time::timeout_at(at, sent).await {
+                Ok(outcome) => outcome,
+                Err(_) => return Err(Failure::TimedOut),
+            },
+            None => sent.await,
+        };
+        match outcome {
+            Ok((message, backend)) => Ok(Answer { message, backend }),
+            Err(status) => Err(status.into()),
         }
-        match tokio::time::timeout_at(deadline, R::send(request, client)).await {
-            Err(_) => Err(Failure::TimedOut),
-            Ok(Ok(response)) => Ok(Answer {
-                backend: response.extensions().get::<Backend>().copied(),
-                message: response.into_inner(),
-            }),
-            Ok(Err(status)) => Err(status.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventsys::v1::event_service_server::SERVICE_NAME;
+
+    #[test]
+    fn paths_name_the_contracts_service_and_methods() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(eventsys::FILE_DESCRIPTOR_SET).unwrap();
+        let methods: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|file| {
+                file.service.iter().flat_map(move |service| {
+                    let name = format!("{}.{}", file.package(), service.name());
+                    service
+                        .method
+                        .iter()
+                        .map(move |m| format!("/{name}/{}", m.name()))
+                })
+            })
+            .collect();
+        for path in [
+            v1::CreateEventRequest::PATH,
+            v1::PublishRequest::PATH,
+            v1::GetEventRequest::PATH,
+            v1::ListEventsRequest::PATH,
+            v1::UpdateEventRequest::PATH,
+            v1::DeleteEventRequest::PATH,
+            v1::ListTopicEventsRequest::PATH,
+            v1::SubscribeRequest::PATH,
+        ] {
+            assert!(path.starts_with(&format!("/{SERVICE_NAME}/")), "{path}");
+            assert!(
+                methods.iter().any(|m| m == path),
+                "{path} not in {methods:?}"
+            );
         }
     }
 }

@@ -6,12 +6,15 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use eventsys::v1::event_service_server::SERVICE_NAME;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use super::{Backend, UpstreamConfig, membership::Membership};
+use super::{
+    Backend, UpstreamConfig,
+    link::{Link, LinkSettings},
+    membership::Membership,
+};
 
 /// Health checks in a row that must miss their deadline before a backend that still accepts
 /// connections is taken out.
@@ -42,6 +45,7 @@ async fn resolve(
     config: &Arc<UpstreamConfig>,
     shutdown: &CancellationToken,
 ) {
+    let settings = Arc::new(link_settings(config));
     let mut seen = HashSet::new();
     let mut failed = false;
     for name in &config.backends {
@@ -57,21 +61,15 @@ async fn resolve(
         if membership.contains(backend) {
             continue;
         }
-        let channel = match channel(backend, config) {
-            Ok(channel) => channel,
-            Err(err) => {
-                tracing::error!(%backend, error = %err, "cannot set up a channel to the backend");
-                continue;
-            }
-        };
+        let link = Link::new(backend, settings.clone());
         let checker = shutdown.child_token();
         tracing::info!(%backend, "backend discovered");
-        membership.add(backend, channel.clone(), checker.clone());
+        membership.add(backend, link.clone(), checker.clone());
         tokio::spawn(check(
             membership.clone(),
             config.clone(),
             backend,
-            channel,
+            link,
             checker,
         ));
     }
@@ -80,37 +78,18 @@ async fn resolve(
     }
 }
 
-/// HTTP/2 flow-control windows towards each backend (hyper's defaults are 2 and 5 MiB).
-const STREAM_WINDOW: u32 = 256 * 1024;
-const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// An HTTP/2 ping this often on every backend connection, answered within the timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Reset streams each backend connection remembers (hyper's default is 10).
-const RESET_STREAMS_REMEMBERED: usize = 16 * 1024;
-
-fn channel(backend: Backend, config: &UpstreamConfig) -> Result<Channel, tonic::transport::Error> {
-    let scheme = if config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let mut endpoint = Channel::from_shared(format!("{scheme}://{backend}"))
-        .expect("a socket address makes a valid URI")
-        .connect_timeout(config.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        // SSE streams of slow clients are paused by resetting them, often; data the backend
-        // sent before it saw a reset must land on a remembered stream. A forgotten one counts
-        // as the backend misbehaving, and 1,024 of those close the connection.
-        .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
-        // What a backend may send on one call before the gateway reads it: an SSE stream of a
-        // client that does not read holds this much at most, besides its own byte budget.
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
-    if let Some(tls) = &config.tls {
-        endpoint = endpoint.tls_config(tls.clone())?;
+/// How links to the backends connect.
+pub(crate) fn link_settings(config: &UpstreamConfig) -> LinkSettings {
+    LinkSettings {
+        connect_timeout: config.connect_timeout,
+        keepalive_interval: KEEPALIVE_INTERVAL,
+        keepalive_timeout: KEEPALIVE_TIMEOUT,
+        tls: config.tls.clone(),
     }
-    Ok(endpoint.connect_lazy())
 }
 
 /// Health-checks one address until cancelled: `grpc.health.v1` Check of the event service
@@ -120,10 +99,10 @@ async fn check(
     membership: Arc<Membership>,
     config: Arc<UpstreamConfig>,
     backend: Backend,
-    channel: Channel,
+    link: Link,
     stop: CancellationToken,
 ) {
-    let mut health = HealthClient::new(channel);
+    let mut health = HealthClient::new(link);
     let mut slow_answers = 0;
     let mut tick = tokio::time::interval(config.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

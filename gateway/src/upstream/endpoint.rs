@@ -1,4 +1,4 @@
-//! One backend as a balancer holds it: a tonic channel that stamps every response with its
+//! One backend as a balancer holds it: its HTTP/2 link, stamping every response with its
 //! `Backend`, counts calls in flight, times unary calls with our PeakEwma, and takes itself out
 //! of the balancers when it finds its backend unreachable, before the error is built.
 
@@ -10,12 +10,13 @@ use std::{
 
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
-use tonic::{Code, Status, body::Body, transport::Channel};
+use tonic::{Code, Status, body::Body};
 use tower::{Service, load::Load};
 
 use super::{
     backend::{Backend, BackendStats, InFlight},
     ewma::PeakEwma,
+    link::Link,
     membership::Membership,
 };
 
@@ -57,7 +58,7 @@ pub(crate) enum CallFailure {
 }
 
 impl CallFailure {
-    fn into_status(self, mut status: Status) -> Status {
+    pub(crate) fn into_status(self, mut status: Status) -> Status {
         status.set_source(Arc::new(self));
         status
     }
@@ -65,7 +66,7 @@ impl CallFailure {
 
 /// A backend as a balancer holds it.
 pub(crate) struct Endpoint {
-    channel: Channel,
+    link: Link,
     stats: Arc<BackendStats>,
     ewma: PeakEwma,
     balancing: Balancing,
@@ -74,13 +75,13 @@ pub(crate) struct Endpoint {
 
 impl Endpoint {
     pub(crate) fn new(
-        channel: Channel,
+        link: Link,
         stats: Arc<BackendStats>,
         balancing: Balancing,
         membership: Arc<Membership>,
     ) -> Self {
         Self {
-            channel,
+            link,
             stats,
             ewma: PeakEwma::new(DEFAULT_RTT, DECAY),
             balancing,
@@ -110,11 +111,10 @@ impl Service<http::Request<Body>> for Endpoint {
     type Error = Status;
     type Future = BoxFuture<'static, Result<http::Response<Body>, Status>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        let (membership, stats) = (&self.membership, &self.stats);
-        self.channel
-            .poll_ready(cx)
-            .map_err(|e| unreachable(membership, stats, &e))
+    /// Always ready: the link connects on demand, and a call that cannot reach the backend
+    /// takes the endpoint out.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
@@ -125,10 +125,10 @@ impl Service<http::Request<Body>> for Endpoint {
         // nothing about how fast the backend answers.
         let timing = self.ewma.start();
         let (membership, stats) = (self.membership.clone(), self.stats.clone());
-        let call = self.channel.call(request);
+        let link = self.link.clone();
         Box::pin(async move {
             let backend = stats.backend();
-            let mut response = match call.await {
+            let mut response = match link.send(request).await {
                 Ok(response) => response,
                 Err(err) => return Err(unreachable(&membership, &stats, &err)),
             };
@@ -188,15 +188,22 @@ impl Load for Endpoint {
 
 #[cfg(test)]
 mod tests {
+    use super::super::link::LinkSettings;
     use super::*;
 
     fn endpoint(balancing: Balancing) -> (Endpoint, Arc<BackendStats>) {
-        let channel = Channel::from_static("http://127.0.0.1:9").connect_lazy();
         let backend = Backend("127.0.0.1:9".parse().unwrap());
+        let settings = LinkSettings {
+            connect_timeout: Duration::from_secs(1),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            tls: None,
+        };
+        let link = Link::new(backend, Arc::new(settings));
         let stats = Arc::new(BackendStats::new(backend));
         let (membership, _discovered) = Membership::new(balancing);
         (
-            Endpoint::new(channel, stats.clone(), balancing, membership),
+            Endpoint::new(link, stats.clone(), balancing, membership),
             stats,
         )
     }

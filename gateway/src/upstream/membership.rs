@@ -1,4 +1,4 @@
-//! Which backends the balancers hold: every resolved address with its channel and counters,
+//! Which backends the balancers hold: every resolved address with its link and counters,
 //! and the one place that inserts a backend into both balancers or removes it from them
 //! (`Change::Insert` / `Change::Remove`), whether a health check or an endpoint asks.
 
@@ -13,12 +13,12 @@ use futures::{StreamExt, stream::BoxStream};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tower::discover::Change;
 
 use super::{
     backend::{Backend, BackendSnapshot, BackendStats},
     endpoint::{Balancing, Endpoint},
+    link::Link,
 };
 
 /// What a balancer discovers its endpoints from.
@@ -26,7 +26,7 @@ pub(crate) type Discovered = BoxStream<'static, Result<Change<Backend, Endpoint>
 
 /// One resolved backend address.
 struct Member {
-    channel: Channel,
+    link: Link,
     stats: Arc<BackendStats>,
     /// Whether the balancers hold it now.
     inserted: bool,
@@ -72,12 +72,12 @@ impl Membership {
     }
 
     /// Adds a newly resolved address, out of the balancers until its first passed check.
-    pub(crate) fn add(&self, backend: Backend, channel: Channel, checker: CancellationToken) {
+    pub(crate) fn add(&self, backend: Backend, link: Link, checker: CancellationToken) {
         let stats = Arc::new(BackendStats::new(backend));
         self.lock().insert(
             backend,
             Member {
-                channel,
+                link,
                 stats,
                 inserted: false,
                 checker,
@@ -132,7 +132,7 @@ impl Membership {
             // Fresh endpoints: latency estimates start over, as the backend may have restarted.
             let endpoint = |balancing| {
                 Endpoint::new(
-                    member.channel.clone(),
+                    member.link.clone(),
                     member.stats.clone(),
                     balancing,
                     self.clone(),
@@ -162,6 +162,9 @@ impl Membership {
 
     /// Waits up to `deadline` for the balancers to hold at least one backend.
     pub(crate) async fn wait_ready(&self, deadline: Duration) -> bool {
+        if *self.ready.borrow() > 0 {
+            return true;
+        }
         let mut ready = self.ready.subscribe();
         tokio::time::timeout(deadline, ready.wait_for(|n| *n > 0))
             .await
@@ -175,12 +178,12 @@ impl Membership {
         list
     }
 
-    /// Every known backend with a direct channel to it (for per-backend calls such as Stats).
-    pub(crate) fn channels(&self) -> Vec<(BackendSnapshot, Channel)> {
+    /// Every known backend with its link (for per-backend calls such as Stats).
+    pub(crate) fn links(&self) -> Vec<(BackendSnapshot, Link)> {
         let mut list: Vec<_> = self
             .lock()
             .values()
-            .map(|m| (m.stats.snapshot(), m.channel.clone()))
+            .map(|m| (m.stats.snapshot(), m.link.clone()))
             .collect();
         list.sort_by_key(|(s, _)| s.backend);
         list

@@ -579,6 +579,10 @@ async fn any_origin_may_call_with_the_old_services_methods() {
         .await
         .unwrap();
     assert_eq!(simple.headers()["access-control-allow-origin"], "*");
+    // Not a browser: no CORS work, no CORS headers.
+    let plain = client.get(url("/events")).send().await.unwrap();
+    assert!(plain.status().is_success());
+    assert!(plain.headers().get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,7 +13,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{COLUMNS, connect, query_events, sql_error};
+use super::{columns, connect, query_events, sql_error};
 use crate::store::{Event, Result, StoreError};
 
 /// How often to look for commits by other processes; this process's own publishes wake the
@@ -126,11 +126,12 @@ fn read(conn: &mut Connection, at: Position, more: bool) -> Result<(Vec<Event>, 
             row.get(0)
         })
         .map_err(fail)?;
-    let sql = format!(
-        "SELECT {COLUMNS} FROM events WHERE pk > ?1 AND pk <= ?2 AND seq IS NOT NULL
-         ORDER BY pk LIMIT ?3"
+    const SQL: &str = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM events WHERE pk > ?1 AND pk <= ?2 AND seq IS NOT NULL ORDER BY pk LIMIT ?3"
     );
-    let rows = query_events(&tx, "follow", &sql, params![at.pk, newest, BATCH])?;
+    let rows = query_events(&tx, "follow", SQL, params![at.pk, newest, BATCH])?;
     tx.commit().map_err(fail)?;
     let full = rows.len() == BATCH;
     // Past unpublished rows too, so creates are never scanned twice; never backwards, as the
