@@ -4,6 +4,8 @@
 
 #[cfg(feature = "auth")]
 pub mod auth;
+#[cfg(feature = "process")]
+pub mod coalesce;
 pub mod gap;
 pub mod json;
 #[cfg(feature = "process")]

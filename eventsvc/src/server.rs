@@ -5,7 +5,8 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use eventsys::{auth::Auth, v1::event_service_server::EventServiceServer};
+use eventsys::{auth::Auth, coalesce::Coalesce, v1::event_service_server::EventServiceServer};
+use futures::TryStreamExt;
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -195,6 +196,10 @@ pub async fn serve(
     if let Some(tls) = backend.tls {
         builder = builder.tls_config(tls)?;
     }
+    // Responses written by many calls at once leave in one write per scheduler round.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map_ok(Coalesce::new);
     let server = builder
         // A gateway carries every subscription to this backend over one HTTP/2 connection;
         // hyper's default of 200 streams per connection would cap subscribers at 200.
@@ -223,7 +228,7 @@ pub async fn serve(
             .max_decoding_message_size(MAX_REQUEST),
             Verify(backend.auth),
         ))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);
+        .serve_with_incoming_shutdown(incoming, drain);
     tokio::select! {
         served = server => served?,
         () = deadline => tracing::warn!(%addr, "drain deadline passed: closing open connections"),

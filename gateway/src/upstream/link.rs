@@ -4,7 +4,6 @@
 //! state, and the connection's own task only reads, writes and pings.
 
 mod body;
-mod coalesce;
 mod dial;
 mod tls;
 

@@ -20,7 +20,9 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use super::{BackendTls, LinkShared, State, coalesce::Coalesce};
+use eventsys::coalesce::Coalesce;
+
+use super::{BackendTls, LinkShared, State};
 
 /// HTTP/2 flow-control windows towards each backend (hyper's defaults are 2 and 5 MiB).
 const STREAM_WINDOW: u32 = 256 * 1024;
