@@ -2,7 +2,8 @@
 # Runs every comparison in BENCHMARKS.md on this machine, side by side in one run, against
 # release builds on loopback ports 13000 and 15000-15003 (stops what it starts). Prints the
 # figures as it goes; each `bench` line is the exact command behind one row.
-#   bash bench/benchmarks.sh            (about 3 minutes after the build)
+#   bash bench/benchmarks.sh            (about 5 minutes after the build; wrk and nginx from
+#                                        Debian for the reference rows of section 1)
 # To compare two builds of the servers in one session with the same load tool:
 #   SERVERS=/path/to/old/release SECTIONS="1 2" bash bench/benchmarks.sh
 # (SERVERS: a folder with `eventsvc` and `gateway`; SECTIONS: which of 1-5 to run.)
@@ -71,6 +72,10 @@ echo "  GET through the gateway with RUST_LOG=warn"
 stop_gateway
 RUST_LOG=warn gateway "$ALL"
 measure "gateway get (warn):" "$GATEWAY" "${BACKENDS[*]}" -- run --gateway http://127.0.0.1:13000 closed --endpoint get --concurrency 32 --duration 10s
+stop_gateway
+echo "  GET through the gateway on one runtime worker (TOKIO_WORKER_THREADS=1)"
+TOKIO_WORKER_THREADS=1 gateway "$ALL"
+measure "gateway get (1 worker):" "$GATEWAY" "${BACKENDS[*]}" -- run --gateway http://127.0.0.1:13000 closed --endpoint get --concurrency 32 --duration 10s
 stop_gateway
 gateway "$ALL"
 # The same GET by wrk (one thread, 32 connections), the load issue 13 was measured with.

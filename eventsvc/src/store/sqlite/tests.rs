@@ -64,15 +64,15 @@ async fn malformed_cursor_is_invalid() {
 #[tokio::test]
 async fn point_reads_run_inline_and_leave_what_would_wait_to_the_pool() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("events.db")).await.unwrap();
+    let store = SqliteStore::open(dir.path().join("events.db"))
+        .await
+        .unwrap();
     let created = store.create(NewEvent::default()).await.unwrap();
     assert_eq!(store.get(created.id, None).await.unwrap(), created);
     // A lock another process holds reaches the reader as SQLITE_BUSY, which is `Unavailable`:
     // not answered inline (the caller takes it to the blocking pool, whose connections wait).
-    let busy = rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-        None,
-    );
+    let busy =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
     assert!(matches!(
         sql_error("get", busy),
         StoreError::Unavailable { .. }
@@ -85,7 +85,9 @@ async fn point_reads_run_inline_and_leave_what_would_wait_to_the_pool() {
     });
     assert!(outcome.is_none());
     // Anything else is the answer, given inline.
-    let missing = store.inline.read(|_| -> Result<()> { Err(StoreError::NotFound) });
+    let missing = store
+        .inline
+        .read(|_| -> Result<()> { Err(StoreError::NotFound) });
     assert!(matches!(missing, Some(Err(StoreError::NotFound))));
     // The reader connections are bounded; each went back to the idle list.
     assert_eq!(store.inline.idle_count(), 1);
