@@ -1,7 +1,7 @@
 //! Process plumbing shared by the binaries: `.env` loading, `tracing` set-up from `RUST_LOG`,
 //! SIGINT/SIGTERM as a shutdown future, and resident memory for the stats endpoints.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -44,9 +44,11 @@ where
         Ok(inherited) => inherited,
         Err(err) => return fail(&SetupError::Inherited(err)),
     };
-    if let Err(err) = init_tracing() {
-        return fail(&err);
-    }
+    // Declared before the runtime, so dropped after it: its last lines are written too.
+    let _log = match init_tracing() {
+        Ok(guard) => guard,
+        Err(err) => return fail(&err),
+    };
     raise_open_file_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -90,9 +92,48 @@ pub fn load_dotenv() -> Result<(), SetupError> {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); colour only on a terminal.
-pub fn init_tracing() -> Result<(), SetupError> {
-    init_tracing_to(std::io::stderr, std::io::stderr().is_terminal())
+/// Log lines waiting for the writer thread at most. Beyond this, lines are dropped (and
+/// counted) rather than stalling the threads that serve requests on a slow or stopped reader of
+/// stderr: with `--access-log`, every request writes one.
+const LOG_QUEUE_LINES: usize = 16 * 1024;
+
+/// Keeps the log writer thread running; dropping it flushes what is queued and reports how
+/// many lines were dropped, if any.
+#[must_use = "logs stop being written when this is dropped"]
+pub struct LogGuard {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
+    dropped: tracing_appender::non_blocking::ErrorCounter,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        let dropped = self.dropped.dropped_lines();
+        if dropped > 0 {
+            // Not `eprintln!`: it panics when stderr is a broken pipe.
+            let _ = writeln!(
+                std::io::stderr(),
+                "{dropped} log lines dropped: stderr was not read fast enough"
+            );
+        }
+    }
+}
+
+/// Logs to stderr through a writer thread (a log line costs the caller a copy into a bounded
+/// queue, never a system call), filtered by `RUST_LOG` (default `info`); colour only on a
+/// terminal.
+pub fn init_tracing() -> Result<LogGuard, SetupError> {
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    init_tracing_to(writer, ansi)?;
+    Ok(LogGuard {
+        _writer: guard,
+        dropped,
+    })
 }
 
 /// Logs to `writer`, filtered by `RUST_LOG` (default `info`).

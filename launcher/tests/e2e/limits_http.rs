@@ -252,3 +252,25 @@ async fn undecodable_paths_and_unknown_methods_get_the_json_error_and_are_counte
     let series = r#"gateway_http_requests_total{method="PATCH",route="unmatched",status="405"}"#;
     assert_eq!(metric(gateway.addr, series).await, 1);
 }
+
+#[tokio::test]
+async fn access_lines_nobody_reads_never_stall_the_gateway() {
+    // Every request writes an access line; stderr is a pipe nobody reads (a supervisor that
+    // stopped), which fills after some hundred lines. Requests must go on being answered:
+    // lines beyond the writer's queue are dropped, never waited for.
+    let gateway = Process::start_with_unread_logs(
+        Server::Gateway,
+        &["--backends", "127.0.0.1:9", "--access-log"],
+    )
+    .await;
+    let client = http();
+    let url = format!("{}/metrics", gateway.url());
+    let answered = tokio::time::timeout(Duration::from_secs(120), async {
+        for _ in 0..3000 {
+            let response = client.get(&url).send().await.expect("answered");
+            assert_eq!(response.status(), 200);
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the gateway stalled on its own log");
+}

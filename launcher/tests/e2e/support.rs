@@ -55,6 +55,8 @@ pub(crate) struct Process {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
+    /// The read end of a stderr pipe nobody reads (`start_with_unread_logs`).
+    _unread: Option<tokio::process::ChildStderr>,
 }
 
 impl Process {
@@ -101,7 +103,21 @@ impl Process {
         files: u64,
         args: &[&str],
     ) -> Process {
-        let mut process = Self::spawn(server, "127.0.0.1:0".parse().unwrap(), args, Some(files));
+        let mut process = Self::spawn(
+            server,
+            "127.0.0.1:0".parse().unwrap(),
+            args,
+            Some(files),
+            true,
+        );
+        process.wait_ready(server, args).await;
+        process
+    }
+
+    /// Starts `server` on an ephemeral port with a stderr pipe that is never read, as under a
+    /// supervisor that stopped reading, and waits until it is ready.
+    pub(crate) async fn start_with_unread_logs(server: Server, args: &[&str]) -> Process {
+        let mut process = Self::spawn(server, "127.0.0.1:0".parse().unwrap(), args, None, false);
         process.wait_ready(server, args).await;
         process
     }
@@ -141,10 +157,16 @@ impl Process {
     /// harness keeps no copy of the socket: once the process dies, connections to it are
     /// refused, as on a real machine.
     fn spawn_on(server: Server, addr: SocketAddr, args: &[&str]) -> Process {
-        Self::spawn(server, addr, args, None)
+        Self::spawn(server, addr, args, None, true)
     }
 
-    fn spawn(server: Server, addr: SocketAddr, args: &[&str], files: Option<u64>) -> Process {
+    fn spawn(
+        server: Server,
+        addr: SocketAddr,
+        args: &[&str],
+        files: Option<u64>,
+        drain: bool,
+    ) -> Process {
         let listener = std::net::TcpListener::bind(addr)
             .unwrap_or_else(|e| panic!("bind {addr} for the {server:?}: {e}"));
         let addr = listener.local_addr().expect("bound address");
@@ -188,6 +210,14 @@ impl Process {
         drop(command);
         let logs = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
+        if !drain {
+            return Process {
+                child,
+                addr,
+                logs,
+                _unread: Some(stderr),
+            };
+        }
         let sink = logs.clone();
         // Keeps draining stderr for the child's whole life so it never blocks on a full pipe.
         tokio::spawn(async move {
@@ -198,7 +228,12 @@ impl Process {
                 logs.push('\n');
             }
         });
-        Process { child, addr, logs }
+        Process {
+            child,
+            addr,
+            logs,
+            _unread: None,
+        }
     }
 
     /// A backend is ready when it reports SERVING, a gateway when it answers HTTP.
