@@ -44,8 +44,7 @@ where
         Ok(inherited) => inherited,
         Err(err) => return fail(&SetupError::Inherited(err)),
     };
-    // Declared before the runtime, so dropped after it: its last lines are written too.
-    let _log = match init_tracing() {
+    let log = match init_tracing() {
         Ok(guard) => guard,
         Err(err) => return fail(&err),
     };
@@ -54,7 +53,11 @@ where
         Ok(runtime) => runtime,
         Err(err) => return fail(&format!("cannot start the runtime: {err}")),
     };
-    match runtime.block_on(run(config, inherited)) {
+    let outcome = runtime.block_on(run(config, inherited));
+    // Every log line written before the one-line reason, which stays the last line.
+    drop(runtime);
+    drop(log);
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }
