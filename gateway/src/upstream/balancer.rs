@@ -95,3 +95,57 @@ impl Service<http::Request<Body>> for BalancedChannel {
         Box::pin(Self::pick_and_call(self.0.clone(), request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::upstream::{
+        Backend, Balancing, Failure,
+        link::{Link, LinkSettings},
+        membership::Membership,
+    };
+
+    #[tokio::test]
+    async fn callers_waiting_for_an_endpoint_all_go_on_when_one_is_inserted() {
+        let (membership, [requests, _]) = Membership::new(Balancing::Pending);
+        let channel = BalancedChannel::new(requests);
+        // Nothing listens on the discard port: a call that reaches the endpoint fails fast.
+        let backend = Backend("127.0.0.1:9".parse().unwrap());
+        let settings = LinkSettings {
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            tls: None,
+        };
+        membership.add(
+            backend,
+            Link::new(backend, Arc::new(settings)),
+            CancellationToken::new(),
+        );
+        let calls: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(channel.clone().oneshot(http::Request::new(Body::empty()))))
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            calls.iter().all(|c| !c.is_finished()),
+            "no endpoint: every call waits"
+        );
+        assert!(membership.set_health(backend, true));
+        for call in calls {
+            // A lost wake would leave a caller waiting for ever: fail instead.
+            let status = tokio::time::timeout(Duration::from_secs(30), call)
+                .await
+                .expect("woken")
+                .unwrap()
+                .expect_err("the backend is not there");
+            assert!(matches!(Failure::from(status), Failure::Unreachable));
+        }
+    }
+}
