@@ -116,12 +116,7 @@ mod tests {
         let channel = BalancedChannel::new(requests);
         // Nothing listens on the discard port: a call that reaches the endpoint fails fast.
         let backend = Backend("127.0.0.1:9".parse().unwrap());
-        let settings = LinkSettings {
-            connect_timeout: Duration::from_secs(5),
-            keepalive_interval: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(5),
-            tls: None,
-        };
+        let settings = LinkSettings::plain();
         membership.add(
             backend,
             Link::new(backend, Arc::new(settings)),

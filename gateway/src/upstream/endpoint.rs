@@ -193,12 +193,7 @@ mod tests {
 
     fn endpoint(balancing: Balancing) -> (Endpoint, Arc<BackendStats>) {
         let backend = Backend("127.0.0.1:9".parse().unwrap());
-        let settings = LinkSettings {
-            connect_timeout: Duration::from_secs(1),
-            keepalive_interval: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(5),
-            tls: None,
-        };
+        let settings = LinkSettings::plain();
         let link = Link::new(backend, Arc::new(settings));
         let stats = Arc::new(BackendStats::new(backend));
         let (membership, _discovered) = Membership::new(balancing);

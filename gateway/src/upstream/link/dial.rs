@@ -47,6 +47,19 @@ pub(crate) struct LinkSettings {
     pub(crate) tls: Option<BackendTls>,
 }
 
+#[cfg(test)]
+impl LinkSettings {
+    /// Plain TCP with the defaults the gateway uses, for tests.
+    pub(crate) fn plain() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            tls: None,
+        }
+    }
+}
+
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// Dials `link`'s backend and records the outcome in its state: the open connection, whose
