@@ -194,3 +194,59 @@ impl Service<http::Request<tonic::body::Body>> for Link {
         Box::pin(async move { link.send(request).await })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A backend that accepts the connection and the call, then falls silent (a host gone
+    /// behind a dead link): it neither answers the call nor the keepalive pings.
+    async fn silent_backend() -> (Backend, tokio::sync::oneshot::Receiver<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Backend(listener.local_addr().unwrap());
+        let (called, got_call) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(socket).await.unwrap();
+            let request = connection.accept().await;
+            let _ = called.send(());
+            // Held, never polled again: no frame is read or answered from here on.
+            let _held = (connection, request);
+            std::future::pending::<()>().await;
+        });
+        (backend, got_call)
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_backend_that_falls_silent_fails_at_the_unanswered_ping() {
+        let (backend, got_call) = silent_backend().await;
+        let settings = LinkSettings {
+            keepalive_interval: Duration::from_millis(200),
+            keepalive_timeout: Duration::from_millis(200),
+            ..LinkSettings::plain()
+        };
+        let link = Link::new(backend, Arc::new(settings));
+        let request = http::Request::new(tonic::body::Body::empty());
+        let call = tokio::spawn({
+            let link = link.clone();
+            async move { link.send(request).await }
+        });
+        got_call.await.unwrap();
+        // Without pings this call would wait for ever; a guard against a hang, not a timing.
+        let outcome = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("the dead connection is noticed")
+            .unwrap();
+        match outcome {
+            Err(LinkError::Http2(_)) => {}
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a silent backend answered"),
+        }
+        // The link is idle again: the next call dials anew.
+        assert!(matches!(*link.shared.lock(), State::Idle));
+    }
+}
