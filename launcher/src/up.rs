@@ -237,6 +237,7 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
                 .to_env()
                 .into_iter()
                 .chain(plan.args.auth.to_env())
+                .chain(worker_threads(plan.backend_names().len() + 1))
                 .collect(),
             max_backoff: plan.args.max_restart_backoff,
         };
@@ -275,6 +276,19 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
     started
 }
 
+/// `TOKIO_WORKER_THREADS` for each of `children` sharing this machine: its cores divided among
+/// them. A runtime with more workers than the cores it gets spends its time waking and parking
+/// them (BENCHMARKS.md: on 2 cores shared with three backends, a gateway on one worker spends
+/// about a fifth less CPU per request than on two). An operator's own setting is inherited.
+fn worker_threads(children: usize) -> Vec<(&'static str, String)> {
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        return Vec::new();
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let each = cores.div_ceil(children.max(1)).max(1);
+    vec![("TOKIO_WORKER_THREADS", each.to_string())]
+}
+
 fn supervised(
     spec: Spec,
     label: crate::console::Label,
@@ -310,7 +324,13 @@ async fn start(
         subcommand: "gateway",
         listener: gateway,
         args: vec!["--backends".into(), list],
-        env: plan.args.auth.to_env(),
+        env: plan
+            .args
+            .auth
+            .to_env()
+            .into_iter()
+            .chain(worker_threads(plan.backend_names().len() + 1))
+            .collect(),
         max_backoff: plan.args.max_restart_backoff,
     };
     let gateway = supervised(spec, console.label("gateway", 1), console)?;

@@ -450,3 +450,41 @@ async fn serve_3000(base: &str) {
         .await
         .expect("3,000 requests served with nobody reading the logs");
 }
+
+/// A variable of a running process's environment.
+fn environment(pid: i32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|b| *b == 0).find_map(|entry| {
+        let entry = String::from_utf8_lossy(entry);
+        entry.strip_prefix(&format!("{name}=")).map(str::to_owned)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_share_the_cores_unless_told_otherwise() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let expected = cores.div_ceil(4).to_string();
+    for (env, want) in [
+        (vec![], expected),
+        (vec![("TOKIO_WORKER_THREADS", "3")], "3".into()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut launcher = Launcher::start_with(dir.path(), &[], &env).await;
+        let children: Vec<i32> = launcher.pids.values().flatten().copied().collect();
+        assert_eq!(
+            children.len(),
+            4,
+            "three backends and a gateway: {:?}",
+            launcher.pids
+        );
+        for pid in children {
+            assert_eq!(
+                environment(pid, "TOKIO_WORKER_THREADS").as_deref(),
+                Some(want.as_str()),
+                "{env:?}"
+            );
+        }
+        launcher.child.start_kill().unwrap();
+        launcher.child.wait().await.unwrap();
+    }
+}
