@@ -36,6 +36,14 @@ const RESET_STREAMS_REMEMBERED: usize = 16 * 1024;
 /// Headers a backend may send on one response.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
+/// What received small DATA frames waiting to be read may cost in framing overhead before h2
+/// closes the connection as a flood (each frame under 256 bytes counts 256 − its length). h2's
+/// default, half the connection window (2 MiB here), is about 10,000 buffered events: one
+/// publish fanned out to thousands of SSE streams on one connection reached it, closing the
+/// connection and every stream on it (`too_many_data_frames`). 32 MiB is some 130,000 frames,
+/// around 13 MB of bookkeeping at worst, next to the windows' 4 MiB of payload.
+const DATA_FRAME_BUDGET: usize = 32 * 1024 * 1024;
+
 /// How every link connects.
 #[derive(Clone)]
 pub(crate) struct LinkSettings {
@@ -111,6 +119,7 @@ where
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
         .max_header_list_size(MAX_HEADER_LIST)
+        .data_frame_budget(DATA_FRAME_BUDGET)
         .enable_push(false)
         .handshake(Coalesce::new(io))
         .await
