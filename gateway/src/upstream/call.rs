@@ -242,8 +242,8 @@ impl Failure {
 
 impl Upstream {
     /// Sends `request` to the backend its route's balancer picks; an rpc that is safe to
-    /// repeat goes once more elsewhere if that backend is unavailable. The request is cloned
-    /// only for that second attempt.
+    /// repeat goes once more elsewhere if that backend is unavailable. The request is prepared
+    /// (for a unary rpc, encoded) once; a second attempt sends the same bytes.
     pub(crate) async fn call<R: Rpc>(
         &self,
         request: R,
