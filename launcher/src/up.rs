@@ -220,6 +220,7 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
         stop_gateway: CancellationToken::new(),
         force: CancellationToken::new(),
     };
+    let workers = worker_threads(plan.backend_ports.len() + 1);
     for (i, (name, listener)) in plan
         .backend_names()
         .into_iter()
@@ -237,7 +238,7 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
                 .to_env()
                 .into_iter()
                 .chain(plan.args.auth.to_env())
-                .chain(worker_threads(plan.backend_names().len() + 1))
+                .chain(workers.iter().cloned())
                 .collect(),
             max_backoff: plan.args.max_restart_backoff,
         };
@@ -247,7 +248,7 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
     }
 
     let started = tokio::select! {
-        started = start(&plan, sockets.gateway, &console, &mut fleet) => started,
+        started = start(&plan, sockets.gateway, &workers, &console, &mut fleet) => started,
         _ = terminate.recv() => Err(Fatal::Config("stopped during start-up (SIGTERM)".into())),
         _ = interrupt.recv() => Err(Fatal::Config("stopped during start-up (SIGINT)".into())),
     };
@@ -298,11 +299,12 @@ fn supervised(
     Supervised::new(spec, label, console.clone()).map_err(|source| Fatal::Socket { port, source })
 }
 
-/// Waits for every backend to report healthy, then starts the gateway over them and waits
-/// until it answers.
+/// Waits for every backend to report healthy, then starts the gateway over them (with
+/// `workers` in its environment) and waits until it answers.
 async fn start(
     plan: &Plan,
     gateway: TcpListener,
+    workers: &[(&'static str, String)],
     console: &Arc<Console>,
     fleet: &mut Fleet,
 ) -> Result<(), Fatal> {
@@ -329,7 +331,7 @@ async fn start(
             .auth
             .to_env()
             .into_iter()
-            .chain(worker_threads(plan.backend_names().len() + 1))
+            .chain(workers.iter().cloned())
             .collect(),
         max_backoff: plan.args.max_restart_backoff,
     };

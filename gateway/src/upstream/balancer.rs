@@ -27,11 +27,12 @@ struct Shared {
     balance: Mutex<Balanced>,
     /// Wakes every caller waiting for an endpoint when the balancer may have one.
     changed: Arc<Changed>,
+    /// `changed` as the waker the balancer is polled with.
+    waker: Waker,
 }
 
-/// The waker the balancer is polled with. `Balance` keeps one waker (for its discovery stream
-/// and its not-yet-ready endpoints), while any number of callers may be waiting: each waits on
-/// the `Notify`, and a wake reaches all of them.
+/// `Balance` keeps one waker (for its discovery stream and its not-yet-ready endpoints), while
+/// any number of callers may be waiting: each waits on the `Notify`, and a wake reaches all.
 struct Changed(Notify);
 
 impl Wake for Changed {
@@ -44,36 +45,52 @@ impl Wake for Changed {
     }
 }
 
+type Started = <Balanced as Service<http::Request<Body>>>::Future;
+
+impl Shared {
+    /// Starts `request` on the endpoint p2c picks, under the lock; hands the request back when
+    /// no endpoint is ready (boxed: that is the rare path).
+    fn start(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<Result<Started, Status>, Box<http::Request<Body>>> {
+        let mut balance = self.balance.lock().unwrap_or_else(PoisonError::into_inner);
+        match balance.poll_ready(&mut Context::from_waker(&self.waker)) {
+            Poll::Ready(Ok(())) => Ok(Ok(balance.call(request))),
+            Poll::Ready(Err(err)) => Ok(Err(Status::from_error(err))),
+            Poll::Pending => Err(Box::new(request)),
+        }
+    }
+}
+
 impl BalancedChannel {
     pub(crate) fn new(discovered: Discovered) -> Self {
+        let changed = Arc::new(Changed(Notify::new()));
         Self(Arc::new(Shared {
             balance: Mutex::new(Balance::new(discovered)),
-            changed: Arc::new(Changed(Notify::new())),
+            waker: Waker::from(changed.clone()),
+            changed,
         }))
     }
 
     /// Picks an endpoint (waiting while there is none ready) and starts the call on it.
     async fn pick_and_call(
         shared: Arc<Shared>,
-        request: http::Request<Body>,
+        mut request: http::Request<Body>,
     ) -> Result<http::Response<Body>, Status> {
-        let waker = Waker::from(shared.changed.clone());
         let call = loop {
-            // Registered before the balancer is polled, so a wake between the poll and the
-            // wait is not lost.
+            request = match shared.start(request) {
+                Ok(started) => break started?,
+                Err(request) => *request,
+            };
+            // None ready: wait for a wake, registered before looking once more so that one
+            // arriving in between is not lost (and never registered on the usual path).
             let mut changed = pin!(shared.changed.0.notified());
             changed.as_mut().enable();
-            {
-                let mut balance = shared
-                    .balance
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                match balance.poll_ready(&mut Context::from_waker(&waker)) {
-                    Poll::Ready(Ok(())) => break balance.call(request),
-                    Poll::Ready(Err(err)) => return Err(Status::from_error(err)),
-                    Poll::Pending => {}
-                }
-            }
+            request = match shared.start(request) {
+                Ok(started) => break started?,
+                Err(request) => *request,
+            };
             changed.await;
         };
         call.await.map_err(Status::from_error)

@@ -26,12 +26,13 @@ pub(crate) async fn run(
     config: Arc<UpstreamConfig>,
     shutdown: CancellationToken,
 ) {
+    let links = Arc::new(link_settings(&config));
     let mut tick = tokio::time::interval(config.resolve_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => resolve(&membership, &config, &shutdown).await,
+            _ = tick.tick() => resolve(&membership, &config, &links, &shutdown).await,
         }
     }
     membership.stop_checkers();
@@ -43,9 +44,9 @@ pub(crate) async fn run(
 async fn resolve(
     membership: &Arc<Membership>,
     config: &Arc<UpstreamConfig>,
+    links: &Arc<LinkSettings>,
     shutdown: &CancellationToken,
 ) {
-    let settings = Arc::new(link_settings(config));
     let mut seen = HashSet::new();
     let mut failed = false;
     for name in &config.backends {
@@ -61,7 +62,7 @@ async fn resolve(
         if membership.contains(backend) {
             continue;
         }
-        let link = Link::new(backend, settings.clone());
+        let link = Link::new(backend, links.clone());
         let checker = shutdown.child_token();
         tracing::info!(%backend, "backend discovered");
         membership.add(backend, link.clone(), checker.clone());
@@ -83,7 +84,7 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How links to the backends connect.
-pub(crate) fn link_settings(config: &UpstreamConfig) -> LinkSettings {
+fn link_settings(config: &UpstreamConfig) -> LinkSettings {
     LinkSettings {
         connect_timeout: config.connect_timeout,
         keepalive_interval: KEEPALIVE_INTERVAL,
