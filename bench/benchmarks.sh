@@ -133,18 +133,36 @@ run --gateway http://127.0.0.1:13000 mix --users 10 --iterations 50 | summary ||
 fi
 
 if section 3; then
-echo "== 3. fan-out: SSE subscribers through the gateway, publish-to-delivery latency, gateway memory"
-for spec in "1000 200" "10000 50"; do
-  set -- $spec
+echo "== 3. fan-out: SSE subscribers through the gateway (one runtime worker, as eventsys up runs it here), publish-to-delivery latency, gateway memory and CPU"
+# Each run gets a gateway of its own: RSS per stream is measured from the same start. CPU per
+# delivery ("script") is the gateway's user + system time over the whole run, subscribing and
+# publishing included, divided by the deliveries; bench's own figures (builds that export
+# process_* in /metrics) cover the delivery phase only.
+fanout() {
+  stop_gateway
+  TOKIO_WORKER_THREADS=1 MAX_SSE_STREAMS=20000 gateway "$ALL"
+  local g0 g1 base peak report sampler
   base=$(rss_kib "$GATEWAY")
-  peak=$base
-  ( while kill -0 "$GATEWAY" 2>/dev/null; do rss_kib "$GATEWAY"; sleep 0.2; done ) > "$DATA/rss.$1" &
-  SAMPLER=$!
-  run --gateway http://127.0.0.1:13000 fanout --subscribers "$1" --publishes "$2" | summary || true
-  kill "$SAMPLER" 2>/dev/null || true
-  peak=$(sort -n "$DATA/rss.$1" | tail -1)
-  python3 -c "print(f'  gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) * 1024 / $1:.0f} bytes per open stream')"
-done
+  ( while kill -0 "$GATEWAY" 2>/dev/null; do rss_kib "$GATEWAY"; sleep 0.2; done ) > "$DATA/rss" &
+  sampler=$!
+  g0=$(cpu_ticks "$GATEWAY")
+  report=$(run --gateway http://127.0.0.1:13000 fanout "$@" || true)
+  g1=$(cpu_ticks "$GATEWAY")
+  kill "$sampler" 2>/dev/null || true
+  peak=$(sort -n "$DATA/rss" | tail -1)
+  echo "$report" | summary
+  echo "$report" | python3 -c "
+import json, sys
+r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = max(e['delivered'], 1)
+print(f'  script: gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {($g1 - $g0) * 10000 / d:.2f} µs per delivery (whole run)')"
+}
+fanout --subscribers 1000 --rate 20 --duration 10s
+fanout --subscribers 10000 --rate 10 --duration 30s
+fanout --subscribers 10000 --topics 1000 --rate 100 --duration 30s
+echo "  19,000 idle streams (the hard open-file limit is 20,000 per process)"
+fanout --subscribers 19000 --publishes 0
+stop_gateway
+gateway "$ALL"
 fi
 stop_gateway
 

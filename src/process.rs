@@ -80,6 +80,18 @@ pub fn raise_open_file_limit() {
     }
 }
 
+/// CPU time (user and system) the process has used so far.
+pub fn cpu_time() -> std::time::Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(std::time::Duration::ZERO, |usage| {
+        let micros = |t: nix::sys::time::TimeVal| {
+            std::time::Duration::new(t.tv_sec().max(0) as u64, 0)
+                + std::time::Duration::from_micros(t.tv_usec().max(0) as u64)
+        };
+        micros(usage.user_time()) + micros(usage.system_time())
+    })
+}
+
 /// The soft open-file limit now in force, if it can be read.
 pub fn open_file_limit() -> Option<u64> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -193,6 +205,17 @@ pub fn resident_memory() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_cpu_time() {
+        let before = super::cpu_time();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(super::cpu_time() > before);
+    }
+
     #[test]
     fn reads_resident_memory() {
         if cfg!(target_os = "linux") {

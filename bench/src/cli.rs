@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
+    fanout::{self, FanoutSettings, Publishing},
     modes::{self, Endpoint, Limit},
     report::Recorder,
     soak,
@@ -80,15 +81,24 @@ enum Workload {
         #[arg(long)]
         requests: Option<u64>,
     },
-    /// S SSE subscribers on one topic, P publishes: publish-to-delivery latency, and a check
-    /// that every subscriber got every event once, in order.
+    /// S SSE subscribers spread over T topics, events published round robin over the topics
+    /// (P of them by concurrent publishers, or `--rate` per second for `--duration`):
+    /// publish-to-delivery latency, a check that every subscriber got its topic's events once,
+    /// in order, and the gateway's RSS per stream and CPU per delivery (from its `/metrics`).
     Fanout {
         #[arg(long, default_value_t = 100)]
         subscribers: u32,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1)]
+        topics: u32,
+        #[arg(long, default_value_t = 1000, conflicts_with = "rate")]
         publishes: u32,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, conflicts_with = "rate")]
         publishers: u32,
+        /// Events per second, whatever the answers' pace (open loop), for `--duration`.
+        #[arg(long, requires = "duration")]
+        rate: Option<u32>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
     },
     /// A long run under faults injected meanwhile (see BENCHMARKS.md): idempotent requests,
     /// publishes at a rate, and SSE subscribers that reconnect with Last-Event-ID; fails unless
@@ -209,12 +219,37 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Workload::Fanout {
             subscribers,
+            topics,
             publishes,
             publishers,
+            rate,
+            duration,
         } => {
+            let publishing = match (rate, duration) {
+                (Some(per_second), Some(duration)) => Publishing::Open {
+                    per_second,
+                    duration,
+                },
+                _ => Publishing::Closed {
+                    count: publishes,
+                    publishers,
+                },
+            };
+            let settings = FanoutSettings {
+                subscribers,
+                topics,
+                publishing,
+            };
             let (elapsed, delivery, whole) =
-                modes::fanout(target, recorder.clone(), subscribers, publishes, publishers).await?;
-            let mode = format!("fanout {subscribers} subscribers × {publishes} publishes");
+                fanout::fanout(target, recorder.clone(), settings).await?;
+            let events = match publishing {
+                Publishing::Open {
+                    per_second,
+                    duration,
+                } => format!("{per_second} events/s for {duration:?}"),
+                Publishing::Closed { count, .. } => format!("{count} publishes"),
+            };
+            let mode = format!("fanout {subscribers} subscribers on {topics} topics × {events}");
             (elapsed, mode, Some((delivery, whole)))
         }
         Workload::Soak {

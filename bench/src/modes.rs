@@ -1,7 +1,6 @@
-//! The workloads: `mix` (the old test client's create/update/get/delete cycle per user),
-//! `closed` (fixed concurrency), `rate` (fixed arrival rate) and `fanout` (SSE subscribers,
-//! publish-to-delivery latency, and a check that every subscriber got every event once); the
-//! long run under faults is `soak`.
+//! The request workloads: `mix` (the old test client's create/update/get/delete cycle per
+//! user), `closed` (fixed concurrency) and `rate` (fixed arrival rate); SSE subscribers are
+//! `fanout`'s, the long run under faults is `soak`'s.
 
 use std::{
     sync::{
@@ -11,13 +10,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::{
-    report::{Outcome, Recorder, Report},
+    report::{Outcome, Recorder},
     target::Target,
 };
 
@@ -198,126 +195,4 @@ pub(crate) async fn stored(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(format!("cannot count the topic's events: {last_error}"))
-}
-
-/// `subscribers` SSE streams on a fresh topic, `publishes` events published through the
-/// gateway; every delivery is timed from its publish. Returns the delivery report and whether
-/// every stream got every event, once, in order.
-pub(crate) async fn fanout(
-    target: Arc<Target>,
-    recorder: Arc<Recorder>,
-    subscribers: u32,
-    publishes: u32,
-    publishers: u32,
-) -> Result<(Duration, Report, bool), String> {
-    let base = target
-        .base()
-        .ok_or("fanout needs the gateway (--gateway)")?
-        .to_owned();
-    let topic = format!("bench-{}", run_id());
-    let delivery = Arc::new(Recorder::default());
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut streams = Vec::new();
-    for _ in 0..subscribers {
-        let response = client
-            .get(format!("{base}/subscribe/{topic}"))
-            .send()
-            .await
-            .map_err(|e| format!("cannot subscribe: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("cannot subscribe: HTTP {}", response.status()));
-        }
-        streams.push(response);
-    }
-    // How many events the topic holds once publishing is over: every subscriber must get
-    // exactly those. (Not the acknowledged count: a publish whose response was lost may still
-    // have been stored.)
-    let (acked_tx, acked) = tokio::sync::watch::channel(None::<u32>);
-    let mut readers = JoinSet::new();
-    for response in streams {
-        let delivery = delivery.clone();
-        let mut acked = acked.clone();
-        readers.spawn(async move {
-            let mut events = response.bytes_stream().eventsource();
-            let (mut last, mut received, mut disorder) = (0u64, 0u32, 0u32);
-            loop {
-                if acked.borrow().is_some_and(|n| received >= n) {
-                    break;
-                }
-                let next = tokio::select! {
-                    next = tokio::time::timeout(Duration::from_secs(30), events.next()) => next,
-                    _ = acked.changed() => continue,
-                };
-                let Ok(Some(Ok(frame))) = next else { break };
-                let Ok(body) = serde_json::from_str::<Value>(&frame.data) else {
-                    continue;
-                };
-                let seq = body["seq"].as_u64().unwrap_or(0);
-                if seq <= last {
-                    disorder += 1;
-                    continue;
-                }
-                last = seq;
-                received += 1;
-                let sent = body["data"]["sentAtMicros"].as_u64().unwrap_or(0) as u128;
-                let micros = micros_now().saturating_sub(sent) as u64;
-                delivery.record(Outcome {
-                    latency: Duration::from_micros(micros),
-                    error: None,
-                    backend: None,
-                });
-            }
-            (received, disorder)
-        });
-    }
-
-    let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let mut publishing = JoinSet::new();
-    for _ in 0..publishers.max(1) {
-        let (target, recorder, next, topic) = (
-            target.clone(),
-            recorder.clone(),
-            next.clone(),
-            topic.clone(),
-        );
-        publishing.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < u64::from(publishes) {
-                recorder.record(target.publish(&topic, micros_now()).await);
-            }
-        });
-    }
-    publishing.join_all().await;
-    let elapsed = started.elapsed();
-    let published = stored(&client, &base, &topic).await?;
-    let _ = acked_tx.send(Some(published));
-    let results = readers.join_all().await;
-
-    let complete = results.iter().filter(|(got, _)| *got == published).count();
-    let delivered: u64 = results.iter().map(|(got, _)| u64::from(*got)).sum();
-    let disorder: u64 = results.iter().map(|(_, d)| u64::from(*d)).sum();
-    let report = delivery.report("fanout delivery", started.elapsed());
-    let mut extra = report.extra;
-    extra.insert("subscribers".into(), json!(subscribers));
-    extra.insert(
-        "complete".into(),
-        json!(format!(
-            "{complete} of {subscribers} got all {published} stored events"
-        )),
-    );
-    extra.insert("delivered".into(), json!(delivered));
-    extra.insert("out_of_order".into(), json!(disorder));
-    extra.insert(
-        "delivery_ms".into(),
-        json!({
-            "p50": report.latency_ms.p50, "p90": report.latency_ms.p90,
-            "p99": report.latency_ms.p99, "max": report.latency_ms.max,
-        }),
-    );
-    let whole = complete == subscribers as usize && disorder == 0;
-    Ok((elapsed, Report { extra, ..report }, whole))
 }

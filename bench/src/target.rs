@@ -90,6 +90,14 @@ impl Target {
         }
     }
 
+    /// The REST client (with the token, if any).
+    pub(crate) fn client(&self) -> Option<&reqwest::Client> {
+        match self {
+            Target::Rest { client, .. } => Some(client),
+            Target::Grpc { .. } => None,
+        }
+    }
+
     pub(crate) fn base(&self) -> Option<&str> {
         match self {
             Target::Rest { base, .. } => Some(base),

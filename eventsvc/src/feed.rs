@@ -1,21 +1,17 @@
 //! Topic streams for this backend's subscribers. One follower of the store's change feed runs
-//! while anyone is subscribed and fans each event out to that topic's subscribers through
-//! bounded queues. A subscription registers before it replays, so nothing published meanwhile
-//! is missed; duplicates at the seam are dropped by `seq`; a gap or an overflowed queue is
-//! filled from the store. Only a subscriber too far behind is closed, told how to resume.
+//! while anyone is subscribed and hands each event, converted once, to its topic's bounded
+//! broadcast ring. A subscription registers before it replays, so nothing published meanwhile
+//! is missed; duplicates at the seam are dropped by `seq`; a gap or a lagged ring is filled
+//! from the store. Only a subscriber too far behind is closed, told how to resume.
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
-use eventsys::v1;
 use futures::StreamExt;
-use tokio::sync::{Notify, mpsc, mpsc::error::TrySendError, watch};
+use tokio::sync::{Notify, broadcast, broadcast::error::RecvError, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -24,6 +20,7 @@ use crate::{
     convert,
     stats::Stats,
     store::{Event, EventStore},
+    subscribe::Encoded,
 };
 
 /// Events read from the store per catch-up query.
@@ -33,12 +30,12 @@ const CLIENT_BUFFER: usize = 64;
 /// A follower with no subscriber left stops after this long.
 const IDLE_STOP: Duration = Duration::from_secs(1);
 
-pub(crate) type EventStream = ReceiverStream<Result<v1::Event, Status>>;
+pub(crate) type EventStream = ReceiverStream<Result<Encoded, Status>>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct FeedSettings {
-    /// Live events queued per subscriber before it counts as behind and catches up from the
-    /// store instead.
+    /// Live events a topic's ring keeps for its subscribers; one further behind catches up
+    /// from the store instead.
     pub buffer: usize,
     /// A subscriber more than this many events behind its topic is closed (it may resume).
     pub max_lag: u64,
@@ -61,25 +58,22 @@ enum Follower {
     Failed(String),
 }
 
-struct Slot {
-    tx: mpsc::Sender<Arc<Event>>,
-    lagged: Arc<AtomicBool>,
-}
+/// A live event as every subscriber of its topic shares it: encoded once.
+type Shared = Encoded;
 
-#[derive(Default)]
 struct Topic {
     /// The newest `seq` the follower has seen on this topic.
     head: u64,
-    slots: HashMap<u64, Slot>,
+    ring: broadcast::Sender<Shared>,
+    subscribers: usize,
 }
 
 struct Hub {
     topics: HashMap<String, Topic>,
-    next_id: u64,
     follower: watch::Sender<Follower>,
 }
 
-struct Shared {
+struct Inner {
     store: Arc<dyn EventStore>,
     stats: Arc<Stats>,
     settings: FeedSettings,
@@ -90,23 +84,21 @@ struct Shared {
 }
 
 #[derive(Clone)]
-pub(crate) struct Feed(Arc<Shared>);
+pub(crate) struct Feed(Arc<Inner>);
 
 /// A subscriber's place in the hub; leaving it (drop) unregisters.
 struct Registration {
     feed: Feed,
     topic: String,
-    id: u64,
-    rx: mpsc::Receiver<Arc<Event>>,
-    lagged: Arc<AtomicBool>,
+    rx: broadcast::Receiver<Shared>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut hub = self.feed.hub();
         if let Some(topic) = hub.topics.get_mut(&self.topic) {
-            topic.slots.remove(&self.id);
-            if topic.slots.is_empty() {
+            topic.subscribers -= 1;
+            if topic.subscribers == 0 {
                 hub.topics.remove(&self.topic);
             }
         }
@@ -127,14 +119,13 @@ impl Feed {
         settings: FeedSettings,
         shutdown: CancellationToken,
     ) -> Feed {
-        Feed(Arc::new(Shared {
+        Feed(Arc::new(Inner {
             store,
             stats,
             settings,
             shutdown,
             hub: Mutex::new(Hub {
                 topics: HashMap::new(),
-                next_id: 0,
                 follower: watch::Sender::new(Follower::Stopped),
             }),
             emptied: Notify::new(),
@@ -161,21 +152,15 @@ impl Feed {
 
     /// Joins the hub, starting the follower if none runs, and waits until it follows.
     async fn register(&self, topic: &str) -> Result<Registration, Status> {
-        let (tx, rx) = mpsc::channel(self.0.settings.buffer);
-        let lagged = Arc::new(AtomicBool::new(false));
-        let (id, mut follower) = {
+        let (rx, mut follower) = {
             let mut hub = self.hub();
-            let id = hub.next_id;
-            hub.next_id += 1;
-            let slot = Slot {
-                tx,
-                lagged: lagged.clone(),
-            };
-            hub.topics
-                .entry(topic.to_owned())
-                .or_default()
-                .slots
-                .insert(id, slot);
+            let entry = hub.topics.entry(topic.to_owned()).or_insert_with(|| Topic {
+                head: 0,
+                ring: broadcast::channel(self.0.settings.buffer).0,
+                subscribers: 0,
+            });
+            entry.subscribers += 1;
+            let rx = entry.ring.subscribe();
             if matches!(
                 *hub.follower.borrow(),
                 Follower::Stopped | Follower::Failed(_)
@@ -183,14 +168,12 @@ impl Feed {
                 hub.follower.send_replace(Follower::Starting);
                 tokio::spawn(self.clone().follow());
             }
-            (id, hub.follower.subscribe())
+            (rx, hub.follower.subscribe())
         };
         let registration = Registration {
             feed: self.clone(),
             topic: topic.to_owned(),
-            id,
             rx,
-            lagged,
         };
         let state = follower
             .wait_for(|s| !matches!(s, Follower::Starting))
@@ -277,24 +260,20 @@ impl Feed {
         )));
     }
 
+    /// Hands `event` to its topic's subscribers: the ring is taken out of the hub first, so
+    /// the lock is held for a lookup whatever the number of subscribers.
     fn dispatch(&self, event: Event) {
-        let event = Arc::new(event);
-        let mut hub = self.hub();
-        let Some(topic) = hub.topics.get_mut(&event.topic) else {
-            return;
+        let ring = {
+            let mut hub = self.hub();
+            let Some(topic) = hub.topics.get_mut(&event.topic) else {
+                return;
+            };
+            topic.head = topic.head.max(event.seq);
+            topic.ring.clone()
         };
-        topic.head = topic.head.max(event.seq);
-        topic
-            .slots
-            .retain(|_, slot| match slot.tx.try_send(event.clone()) {
-                Ok(()) => true,
-                // It catches up from the store when it reads on.
-                Err(TrySendError::Full(_)) => {
-                    slot.lagged.store(true, Ordering::Relaxed);
-                    true
-                }
-                Err(TrySendError::Closed(_)) => false,
-            });
+        // Only the follower sends, so every ring gets its topic's events in order. A send
+        // fails only when nobody is subscribed any more.
+        let _ = ring.send(Encoded::from(convert::event(event)));
     }
 
     fn head(&self, topic: &str) -> u64 {
@@ -304,12 +283,12 @@ impl Feed {
     /// Sends one event; `Ok(false)` when the client is gone.
     async fn send(
         &self,
-        tx: &mpsc::Sender<Result<v1::Event, Status>>,
-        event: &Event,
+        tx: &mpsc::Sender<Result<Encoded, Status>>,
+        event: Encoded,
     ) -> Result<bool, Status> {
         tokio::select! {
             _ = self.0.shutdown.cancelled() => Err(shutting_down()),
-            sent = tx.send(Ok(convert::event(event.clone()))) => Ok(sent.is_ok()),
+            sent = tx.send(Ok(event)) => Ok(sent.is_ok()),
         }
     }
 
@@ -319,7 +298,7 @@ impl Feed {
         &self,
         topic: &str,
         mut last: u64,
-        tx: &mpsc::Sender<Result<v1::Event, Status>>,
+        tx: &mpsc::Sender<Result<Encoded, Status>>,
     ) -> Result<Option<u64>, Status> {
         loop {
             let events = tokio::select! {
@@ -327,11 +306,12 @@ impl Feed {
                 events = self.0.store.events_after(topic, last, BATCH) => events?,
             };
             let full = events.len() == BATCH;
-            for event in &events {
-                if !self.send(tx, event).await? {
+            for event in events {
+                let seq = event.seq;
+                if !self.send(tx, Encoded::from(convert::event(event))).await? {
                     return Ok(None);
                 }
-                last = event.seq;
+                last = seq;
             }
             if !full {
                 return Ok(Some(last));
@@ -344,7 +324,7 @@ impl Feed {
         &self,
         topic: String,
         after_seq: u64,
-        tx: &mpsc::Sender<Result<v1::Event, Status>>,
+        tx: &mpsc::Sender<Result<Encoded, Status>>,
     ) -> Result<(), Status> {
         let mut registration = self.register(&topic).await?;
         let Some(mut last) = self.catch_up(&topic, after_seq, tx).await? else {
@@ -356,32 +336,42 @@ impl Feed {
                 _ = tx.closed() => return Ok(()),
                 next = registration.rx.recv() => next,
             };
-            let Some(event) = next else {
-                let reason = match &*self.hub().follower.borrow() {
-                    Follower::Failed(reason) => reason.clone(),
-                    _ => "change feed stopped: subscribe again with after_seq".to_owned(),
-                };
-                return Err(Status::unavailable(reason));
-            };
-            // Saturating: a client may resume after any u64, the largest included.
-            let gap = event.seq > last.saturating_add(1);
-            if registration.lagged.swap(false, Ordering::Relaxed) {
-                let behind = self.head(&topic).saturating_sub(last);
-                if behind > self.0.settings.max_lag {
-                    tracing::warn!(%topic, last, behind, "subscriber too far behind: closing it");
-                    return Err(Status::resource_exhausted(format!(
-                        "subscriber fell {behind} events behind (limit {}): subscribe again \
-                         with after_seq={last}",
-                        self.0.settings.max_lag
-                    )));
+            let event = match next {
+                Ok(event) => event,
+                Err(RecvError::Lagged(_)) => {
+                    let behind = self.head(&topic).saturating_sub(last);
+                    if behind > self.0.settings.max_lag {
+                        tracing::warn!(%topic, last, behind, "subscriber too far behind: closing it");
+                        return Err(Status::resource_exhausted(format!(
+                            "subscriber fell {behind} events behind (limit {}): subscribe again \
+                             with after_seq={last}",
+                            self.0.settings.max_lag
+                        )));
+                    }
+                    tracing::info!(%topic, last, behind, "subscriber fell behind: catching up from the store");
+                    // Rejoin at the ring's end before reading the store: what the ring still
+                    // holds is in the store too, what comes next is read from the ring.
+                    registration.rx = registration.rx.resubscribe();
+                    match self.catch_up(&topic, last, tx).await? {
+                        Some(caught_up) => last = caught_up,
+                        None => return Ok(()),
+                    }
+                    continue;
                 }
-                tracing::info!(%topic, last, behind, "subscriber fell behind: catching up from the store");
-                // What is queued is in the store too; reading on from there loses nothing.
-                while registration.rx.try_recv().is_ok() {}
-            } else if event.seq <= last {
+                Err(RecvError::Closed) => {
+                    let reason = match &*self.hub().follower.borrow() {
+                        Follower::Failed(reason) => reason.clone(),
+                        _ => "change feed stopped: subscribe again with after_seq".to_owned(),
+                    };
+                    return Err(Status::unavailable(reason));
+                }
+            };
+            if event.seq <= last {
                 continue;
-            } else if !gap {
-                if !self.send(tx, &event).await? {
+            }
+            // Saturating: a client may resume after any u64, the largest included.
+            if event.seq == last.saturating_add(1) {
+                if !self.send(tx, event.clone()).await? {
                     return Ok(());
                 }
                 last = event.seq;

@@ -10,6 +10,7 @@ mod server;
 mod service;
 mod stats;
 pub mod store;
+mod subscribe;
 mod validate;
 
 pub use cli::{StoreArgs, main, main_from};

@@ -22,6 +22,7 @@ use crate::{
     service::EventsApi,
     stats::{MeterLayer, Stats},
     store::{EventStore, Retention},
+    subscribe::SharedSubscribe,
 };
 
 /// Concurrent HTTP/2 streams (calls, open subscriptions) one client connection may carry. A
@@ -191,6 +192,12 @@ pub async fn serve(
         }
     };
 
+    let api = Arc::new(EventsApi::new(
+        backend.store,
+        stats.clone(),
+        feed,
+        backend.auth.clone(),
+    ));
     tracing::info!(%addr, open_files = ?eventsys::process::open_file_limit(), "listening");
     let mut builder = Server::builder();
     if let Some(tls) = backend.tls {
@@ -218,14 +225,13 @@ pub async fn serve(
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
-            EventServiceServer::new(EventsApi::new(
-                backend.store,
-                stats.clone(),
-                feed,
-                backend.auth.clone(),
-            ))
-            .max_encoding_message_size(MAX_REPLY)
-            .max_decoding_message_size(MAX_REQUEST),
+            SharedSubscribe::new(
+                EventServiceServer::from_arc(api.clone())
+                    .max_encoding_message_size(MAX_REPLY)
+                    .max_decoding_message_size(MAX_REQUEST),
+                api,
+                MAX_REQUEST,
+            ),
             Verify(backend.auth),
         ))
         .serve_with_incoming_shutdown(incoming, drain);

@@ -11,6 +11,14 @@ use eventsys::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+/// Subscribe's events decoded back into messages, for tonic's generated path.
+pub(crate) type DecodedStream = futures::stream::Map<
+    EventStream,
+    fn(Result<crate::subscribe::Encoded, Status>) -> Result<v1::Event, Status>,
+>;
+
+use futures::StreamExt;
+
 use crate::{
     auth::{Who, denied},
     convert,
@@ -40,6 +48,27 @@ impl EventsApi {
             feed,
             auth,
         }
+    }
+
+    /// Subscribe: checks the topic and the caller's right, refuses a start retention no
+    /// longer covers, then streams the topic's events, each encoded once.
+    pub(crate) async fn subscription(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<EventStream, Status> {
+        let who = Who::of(&request);
+        let req = request.into_inner();
+        validate::topic(&req.topic)?;
+        self.may_read(&who, &req.topic)?;
+        let dropped = self.store.dropped_through(&req.topic).await?;
+        if req.after_seq < dropped {
+            return Err(Gap {
+                requested_after: req.after_seq,
+                oldest_available: dropped + 1,
+            }
+            .into_status());
+        }
+        Ok(self.feed.subscribe(req.topic, req.after_seq))
     }
 
     /// One page of events (of `owner`, or everyone's), for ListEvents and ListAllEvents.
@@ -246,25 +275,16 @@ impl EventService for EventsApi {
         }))
     }
 
-    type SubscribeStream = EventStream;
+    /// Reached only by a server composed without `SharedSubscribe`, which serves this
+    /// method with each event encoded once; here every event is decoded back for tonic.
+    type SubscribeStream = DecodedStream;
 
     async fn subscribe(
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let who = Who::of(&request);
-        let req = request.into_inner();
-        validate::topic(&req.topic)?;
-        self.may_read(&who, &req.topic)?;
-        let dropped = self.store.dropped_through(&req.topic).await?;
-        if req.after_seq < dropped {
-            return Err(Gap {
-                requested_after: req.after_seq,
-                oldest_available: dropped + 1,
-            }
-            .into_status());
-        }
-        Ok(Response::new(self.feed.subscribe(req.topic, req.after_seq)))
+        let stream = self.subscription(request).await?;
+        Ok(Response::new(stream.map(|item| item?.decode())))
     }
 
     async fn stats(

@@ -86,9 +86,10 @@ pub(crate) struct Config {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) sse_max_duration: Option<Duration>,
 
-    /// Bytes of events queued for one SSE client that is not reading; beyond them its stream
-    /// is paused and taken up again from the store once it reads (nothing is lost).
-    #[arg(long, env = "SSE_BUFFER_BYTES", default_value_t = 256 * 1024)]
+    /// Bytes of recent events kept for SSE clients, all topics together (each topic's hub
+    /// keeps an equal share, at least its newest event); a client further behind catches up
+    /// from the store (nothing is lost).
+    #[arg(long, env = "SSE_BUFFER_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub(crate) sse_buffer_bytes: usize,
 
     /// Open SSE streams in all; more get 429.

@@ -25,4 +25,5 @@ pub(crate) use guard::{Browsers, HostPolicy, Hosts};
 pub(crate) use limits::{LimitSettings, Limiters};
 pub(crate) use metrics::Metrics;
 pub(crate) use routes::app;
+pub(crate) use sse::Hubs;
 pub(crate) use state::{AppState, Settings, Shared};

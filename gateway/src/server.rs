@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use accept::ConnectionLimits;
 
 use crate::{
-    http::{AppState, Limiters, Metrics, Settings, Shared, app},
+    http::{AppState, Hubs, Limiters, Metrics, Settings, Shared, app},
     upstream::{Upstream, UpstreamConfig},
 };
 
@@ -56,6 +56,7 @@ pub async fn serve(
         upstream,
         auth: config.auth,
         limiters: Arc::new(Limiters::new(settings.limits)),
+        hubs: Hubs::new(settings.sse_buffer),
         settings,
         metrics: metrics.clone(),
         started: Instant::now(),

@@ -96,8 +96,17 @@ pub(crate) async fn load(
             "subscribers": a.subscribers,
             "uptime": go_duration(uptime(a)),
         })),
+        // One backend stream per topic with SSE clients here: its clients, and who feeds it.
+        "topics": state.hubs.load().into_iter().take(TOPICS_SHOWN).map(|hub| json!({
+            "topic": hub.topic,
+            "subscribers": hub.subscribers,
+            "backend": hub.backend.map(|b| b.to_string()),
+        })).collect::<Vec<_>>(),
     })))
 }
+
+/// Topic hubs `/load` lists, most read first.
+const TOPICS_SHOWN: usize = 1000;
 
 /// `{"uptime", "request_count", "avg_req_per_s"}` of the gateway, which every request passes.
 pub(crate) async fn benchmark(

@@ -28,6 +28,9 @@ pub(crate) struct Metrics {
     sse_resumes: IntCounterVec,
     connections_open: IntGauge,
     connections_refused: IntCounter,
+    sse_topics: IntGauge,
+    resident_memory: IntGauge,
+    cpu_seconds: prometheus::Counter,
     pub(super) in_flight: AtomicI64,
     pub(super) total: AtomicU64,
 }
@@ -91,8 +94,9 @@ impl Metrics {
         let sse_resumes = IntCounterVec::new(
             Opts::new(
                 "gateway_sse_resumes_total",
-                "SSE streams taken up again from their last seq: slow_client (paused until the \
-                 client drained its buffer) or backend_lost (moved to another backend)",
+                "SSE streams taken up again from their last seq: slow_client (a client fell \
+                 behind its topic's ring and caught up from the store) or backend_lost (a \
+                 topic's backend stream moved to another backend)",
             ),
             &["reason"],
         )
@@ -105,8 +109,27 @@ impl Metrics {
             "Client connections closed at once because the connection cap was reached",
         )
         .expect("valid metric");
+        let sse_topics = IntGauge::new(
+            "gateway_sse_topics",
+            "Topics with SSE clients here: one backend stream each",
+        )
+        .expect("valid metric");
+        // The Prometheus client libraries' process figures, by their usual names.
+        let resident_memory = IntGauge::new(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+        )
+        .expect("valid metric");
+        let cpu_seconds = prometheus::Counter::new(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sse_topics.clone()),
+            Box::new(resident_memory.clone()),
+            Box::new(cpu_seconds.clone()),
             Box::new(latency.clone()),
             Box::new(backend_healthy.clone()),
             Box::new(backend_in_flight.clone()),
@@ -133,6 +156,9 @@ impl Metrics {
             sse_resumes,
             connections_open,
             connections_refused,
+            sse_topics,
+            resident_memory,
+            cpu_seconds,
             in_flight: AtomicI64::new(0),
             total: AtomicU64::new(0),
         }
@@ -172,8 +198,15 @@ impl Metrics {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition, with the backends' gauges as given.
-    pub(crate) fn render(&self, backends: &[BackendSnapshot]) -> String {
+    /// The Prometheus text exposition, with the backends' gauges and the number of topic
+    /// hubs as given.
+    pub(crate) fn render(&self, backends: &[BackendSnapshot], sse_topics: usize) -> String {
+        self.sse_topics.set(sse_topics as i64);
+        self.resident_memory
+            .set(eventsys::process::resident_memory() as i64);
+        let cpu = eventsys::process::cpu_time().as_secs_f64();
+        self.cpu_seconds
+            .inc_by((cpu - self.cpu_seconds.get()).max(0.0));
         for gauge in [
             &self.backend_healthy,
             &self.backend_in_flight,
@@ -215,7 +248,9 @@ pub(crate) async fn scrape(
     who: Credentials,
 ) -> Result<Response, ApiError> {
     who.may_operate(&state)?;
-    let body = state.metrics.render(&state.upstream.backends());
+    let body = state
+        .metrics
+        .render(&state.upstream.backends(), state.hubs.count());
     let mut response = body.into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,

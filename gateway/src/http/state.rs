@@ -10,6 +10,7 @@ use super::{
     guard::Browsers,
     limits::{LimitSettings, Limiters},
     metrics::Metrics,
+    sse::Hubs,
 };
 use crate::upstream::Upstream;
 
@@ -21,8 +22,8 @@ pub(crate) struct Settings {
     /// Longest an SSE stream stays open (the client then reconnects with `Last-Event-ID`);
     /// `None`: no limit.
     pub(crate) sse_max_duration: Option<Duration>,
-    /// Bytes of events queued for one SSE client that does not read; beyond them the stream
-    /// is paused and later taken up again from the store.
+    /// Bytes of recent events the topic hubs keep for their SSE clients, all hubs together; a
+    /// client further behind catches up from the store.
     pub(crate) sse_buffer: usize,
     /// Largest request body; larger ones get 413.
     pub(crate) body_limit: usize,
@@ -68,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Arc<Settings>,
     pub(crate) limiters: Arc<Limiters>,
     pub(crate) metrics: Arc<Metrics>,
+    /// One hub per topic with SSE clients.
+    pub(crate) hubs: Hubs,
     pub(crate) started: Instant,
     /// Cancelled when the gateway shuts down: open SSE streams end.
     pub(crate) shutdown: CancellationToken,

@@ -136,7 +136,15 @@ async fn reconnecting_with_last_event_id_resumes_right_after_it() {
 async fn a_stream_continues_without_gap_when_its_backend_is_killed() {
     let _exclusive = EXCLUSIVE.lock().await;
     let system = System::start(3, &[]).await;
-    let (mut frames, serving) = subscribe(system.url("/subscribe/crash"), None).await;
+    // Ten clients share the topic's hub, fed by one backend; the kill moves the hub.
+    let url = system.url("/subscribe/crash");
+    let (mut frames, serving) = subscribe(url.clone(), None).await;
+    let mut others = Vec::new();
+    for _ in 0..9 {
+        let (frames, backend) = subscribe(url.clone(), None).await;
+        assert_eq!(backend, serving, "one backend feeds the topic");
+        others.push(frames);
+    }
     let victim = system
         .backends
         .iter()
@@ -147,6 +155,9 @@ async fn a_stream_continues_without_gap_when_its_backend_is_killed() {
     let publisher = tokio::spawn(async move { publish(&base, "crash", 400, 2, 0).await });
     let mut seqs = read(&mut frames, 100).await;
     system.backends[victim].signal(Signal::SIGKILL);
+    // Clients joining while the hub moves, one of them resuming from the middle.
+    let (late, _) = subscribe(url.clone(), None).await;
+    let (resumed, _) = subscribe(url.clone(), Some(50)).await;
     let acked = publisher.await.unwrap();
 
     // Every stored event arrives, in order, once: publishes caught by the kill may have
@@ -166,6 +177,12 @@ async fn a_stream_continues_without_gap_when_its_backend_is_killed() {
     );
     seqs.extend(read(&mut frames, stored - seqs.len()).await);
     in_order(&seqs, 1);
+    others.push(late);
+    for mut frames in others {
+        in_order(&read(&mut frames, stored).await, 1);
+    }
+    let mut resumed = resumed;
+    in_order(&read(&mut resumed, stored - 50).await, 51);
     assert!(
         system
             .gateway
@@ -183,7 +200,7 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
     let backend = Process::backend_with(&db, &["--subscriber-buffer", "8"]).await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
+    let gateway = Process::gateway(&[backend.addr], &["--sse-buffer-bytes", "262144"]).await;
     let base = format!("http://{}", gateway.addr);
     // An SSE client through the gateway, and a gRPC client straight at the backend (on its
     // own connection, which its unread data fills).
@@ -206,8 +223,8 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
         assert_eq!(direct.message().await.unwrap().unwrap().seq, expected);
     }
 
-    // Both fell behind and caught up: the gateway by pausing its backend stream, the backend
-    // by reading from its store.
+    // Both fell behind and caught up from the store: the SSE client past the gateway's ring,
+    // the gRPC client past its queue at the backend.
     let slow_client = "gateway_sse_resumes_total{reason=\"slow_client\"}";
     assert!(
         metric(gateway.addr, slow_client).await > 0,
@@ -295,20 +312,31 @@ async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn subscriptions_are_spread_over_the_backends_by_open_streams() {
+async fn topics_are_spread_over_the_backends_one_stream_each() {
     let _exclusive = EXCLUSIVE.lock().await;
     let system = System::start(3, &[]).await;
     let mut open = Vec::new();
-    let mut per_backend = std::collections::HashMap::<String, usize>::new();
-    for i in 0..30 {
-        let (frames, backend) =
-            subscribe(system.url(&format!("/subscribe/spread-{}", i % 4)), None).await;
-        *per_backend.entry(backend).or_default() += 1;
+    let mut topic_backend = std::collections::HashMap::<String, String>::new();
+    // Twelve topics, three clients each: one backend stream per topic, shared by its clients.
+    for i in 0..36 {
+        let topic = format!("spread-{}", i % 12);
+        let (frames, backend) = subscribe(system.url(&format!("/subscribe/{topic}")), None).await;
+        let first = topic_backend
+            .entry(topic.clone())
+            .or_insert(backend.clone());
+        assert_eq!(
+            *first, backend,
+            "every client of {topic} is fed by one backend"
+        );
         open.push(frames);
     }
-    println!("30 subscriptions: {per_backend:?}");
+    let mut per_backend = std::collections::HashMap::<String, usize>::new();
+    for backend in topic_backend.values() {
+        *per_backend.entry(backend.clone()).or_default() += 1;
+    }
+    println!("12 topics: {per_backend:?}");
     assert_eq!(per_backend.len(), 3, "{per_backend:?}");
-    assert!(per_backend.values().all(|n| *n >= 8), "{per_backend:?}");
+    assert!(per_backend.values().all(|n| *n >= 3), "{per_backend:?}");
     let load: Value = http()
         .get(system.url("/load"))
         .send()
@@ -323,7 +351,67 @@ async fn subscriptions_are_spread_over_the_backends_by_open_streams() {
         .iter()
         .map(|b| b["subscribers"].as_u64().unwrap())
         .sum();
-    assert_eq!(subscribers, 30, "{load}");
+    assert_eq!(subscribers, 12, "one backend stream per topic: {load}");
+    let topics = load["topics"].as_array().unwrap();
+    assert_eq!(topics.len(), 12, "{load}");
+    for hub in topics {
+        let topic = hub["topic"].as_str().unwrap();
+        assert_eq!(hub["subscribers"], 3, "{load}");
+        assert_eq!(hub["backend"].as_str(), Some(topic_backend[topic].as_str()));
+    }
+}
+
+/// Issue 14: a topic's clients share one backend stream, however many they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_subscribers_of_one_topic_make_one_backend_stream() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    eventsys::process::raise_open_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let mut backends = Vec::new();
+    for _ in 0..3 {
+        backends.push(Process::backend(&db).await);
+    }
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    // All from one address: the per-client cap (100 by default) must let them in.
+    let gateway = Process::gateway(&addrs, &["--max-sse-per-client", "1000"]).await;
+    wait_gateway_ready(gateway.addr).await;
+    let base = gateway.url();
+    let url = format!("{base}/subscribe/crowd");
+    let opened = futures::stream::iter(0..1000)
+        .map(|_| subscribe(url.clone(), None))
+        .buffer_unordered(50)
+        .collect::<Vec<_>>()
+        .await;
+    let load: Value = http()
+        .get(format!("{base}/load"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let streams: Vec<u64> = load["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["subscribers"].as_u64().unwrap())
+        .collect();
+    assert_eq!(streams.iter().sum::<u64>(), 1, "{load}");
+    assert_eq!(load["topics"][0]["subscribers"], 1000, "{load}");
+
+    assert_eq!(publish(&base, "crowd", 20, 4, 0).await, 20);
+    let reads = opened
+        .into_iter()
+        .map(|(mut frames, _)| async move { read(&mut frames, 20).await });
+    let all = futures::stream::iter(reads)
+        .buffer_unordered(100)
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(all.len(), 1000);
+    for seqs in all {
+        in_order(&seqs, 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,0 +1,311 @@
+//! `fanout`: SSE subscribers spread over topics, events published through the gateway (a
+//! fixed number by concurrent publishers, or at a fixed rate for a while); every delivery is
+//! timed from its publish, every subscriber checked to get its topic's events once, in order.
+//! With the gateway's process figures in `/metrics`, its RSS per open stream and CPU per
+//! delivery are reported too.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::{
+    modes::{micros_now, run_id, stored},
+    report::{Recorder, Report, histogram},
+    target::Target,
+};
+
+/// How events are published.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Publishing {
+    /// `count` events by `publishers` concurrent publishers, each as soon as the last is done.
+    Closed { count: u32, publishers: u32 },
+    /// `per_second` events for `duration`, whatever the answers' pace.
+    Open { per_second: u32, duration: Duration },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FanoutSettings {
+    pub(crate) subscribers: u32,
+    pub(crate) topics: u32,
+    pub(crate) publishing: Publishing,
+}
+
+/// Publishes in flight at once at a fixed rate; beyond it the rate is not kept (and the
+/// report's throughput says so).
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// The gateway's own process figures, from `/metrics`.
+#[derive(Debug, Clone, Copy)]
+struct GatewayProcess {
+    rss: f64,
+    cpu_seconds: f64,
+}
+
+async fn gateway_process(client: &reqwest::Client, base: &str) -> Option<GatewayProcess> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    Some(GatewayProcess {
+        rss: value("process_resident_memory_bytes")?,
+        cpu_seconds: value("process_cpu_seconds_total")?,
+    })
+}
+
+/// Runs the workload; returns the delivery report and whether every subscriber got every
+/// event of its topic, once, in order.
+pub(crate) async fn fanout(
+    target: Arc<Target>,
+    recorder: Arc<Recorder>,
+    settings: FanoutSettings,
+) -> Result<(Duration, Report, bool), String> {
+    let base = target
+        .base()
+        .ok_or("fanout needs the gateway (--gateway)")?
+        .to_owned();
+    eventsys::process::raise_open_file_limit();
+    let FanoutSettings {
+        subscribers,
+        topics,
+        publishing,
+    } = settings;
+    let topics = topics.clamp(1, subscribers.max(1));
+    let run = run_id();
+    let names: Vec<String> = (0..topics).map(|t| format!("bench-{run}-{t}")).collect();
+    let delivery = Arc::new(Recorder::default());
+    let client = target.client().ok_or("fanout needs the gateway")?.clone();
+    // One connection per stream, none kept idle.
+    let streams_client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    let idle = gateway_process(&client, &base).await;
+    let mut streams = Vec::new();
+    for s in 0..subscribers {
+        let topic = names[(s % topics) as usize].clone();
+        let response = streams_client
+            .get(format!("{base}/subscribe/{topic}"))
+            .send()
+            .await
+            .map_err(|e| format!("cannot subscribe: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("cannot subscribe: HTTP {}", response.status()));
+        }
+        streams.push((topic, response));
+    }
+    let connected = gateway_process(&client, &base).await;
+
+    // Each subscriber must get exactly what its topic holds once publishing is over (not the
+    // acknowledged count: a publish whose answer was lost may still have been stored).
+    let (stored_tx, stored_rx) = tokio::sync::watch::channel(None::<Arc<Vec<u32>>>);
+    let mut readers = JoinSet::new();
+    for (s, (_, response)) in streams.into_iter().enumerate() {
+        let delivery = delivery.clone();
+        let mut stored_rx = stored_rx.clone();
+        let index = s % topics as usize;
+        readers.spawn(async move {
+            // Ten thousand readers share the machine with the gateway: each parses only what
+            // it checks (the `id:` line and `sentAtMicros`) and keeps its own histogram.
+            let mut body = response.bytes_stream();
+            let mut latency = histogram();
+            let mut pending = Vec::new();
+            let (mut last, mut received, mut disorder) = (0u64, 0u32, 0u32);
+            'read: loop {
+                let expected = stored_rx.borrow().as_ref().map(|counts| counts[index]);
+                if expected.is_some_and(|n| received >= n) {
+                    break;
+                }
+                let next = tokio::select! {
+                    next = tokio::time::timeout(Duration::from_secs(30), body.next()) => next,
+                    _ = stored_rx.changed() => continue,
+                };
+                let Ok(Some(Ok(chunk))) = next else { break };
+                pending.extend_from_slice(&chunk);
+                let mut start = 0;
+                while let Some(end) = find(&pending[start..], b"\n\n") {
+                    let frame = &pending[start..start + end];
+                    start += end + 2;
+                    let Some((seq, sent)) = parse(frame) else {
+                        continue;
+                    };
+                    if seq != last + 1 {
+                        disorder += 1;
+                        if seq <= last {
+                            continue;
+                        }
+                    }
+                    last = seq;
+                    received += 1;
+                    let micros = micros_now().saturating_sub(u128::from(sent)) as u64;
+                    latency.saturating_record(micros.clamp(1, 60_000_000));
+                    if expected.is_some_and(|n| received >= n) {
+                        break 'read;
+                    }
+                }
+                pending.drain(..start);
+            }
+            delivery.absorb(&latency);
+            // The stream stays open until the gateway's figures are read: closing ten
+            // thousand connections is not delivering.
+            (index, received, disorder, body)
+        });
+    }
+
+    let started = Instant::now();
+    publish(&target, &recorder, &names, publishing).await;
+    let elapsed = started.elapsed();
+    let mut counts = Vec::with_capacity(names.len());
+    for topic in &names {
+        counts.push(stored(&client, &base, topic).await?);
+    }
+    let counts = Arc::new(counts);
+    let _ = stored_tx.send(Some(counts.clone()));
+    let mut results = readers.join_all().await;
+    let delivered_all = gateway_process(&client, &base).await;
+    let results: Vec<(usize, u32, u32)> = results
+        .drain(..)
+        .map(|(topic, got, disorder, _open)| (topic, got, disorder))
+        .collect();
+
+    let complete = results
+        .iter()
+        .filter(|(topic, got, _)| *got == counts[*topic])
+        .count();
+    let delivered: u64 = results.iter().map(|(_, got, _)| u64::from(*got)).sum();
+    let disorder: u64 = results.iter().map(|(_, _, d)| u64::from(*d)).sum();
+    let published: u64 = counts.iter().map(|n| u64::from(*n)).sum();
+    let report = delivery.report("fanout delivery", started.elapsed());
+    let mut extra = report.extra;
+    extra.insert("subscribers".into(), json!(subscribers));
+    extra.insert("topics".into(), json!(topics));
+    extra.insert(
+        "complete".into(),
+        json!(format!(
+            "{complete} of {subscribers} got every stored event of their topic ({published} in all)"
+        )),
+    );
+    extra.insert("delivered".into(), json!(delivered));
+    extra.insert("out_of_order".into(), json!(disorder));
+    extra.insert(
+        "delivery_ms".into(),
+        json!({
+            "p50": report.latency_ms.p50, "p90": report.latency_ms.p90,
+            "p99": report.latency_ms.p99, "max": report.latency_ms.max,
+        }),
+    );
+    if let (Some(idle), Some(connected), Some(done)) = (idle, connected, delivered_all) {
+        let per_stream = (connected.rss.max(done.rss) - idle.rss) / f64::from(subscribers.max(1));
+        let cpu = (done.cpu_seconds - connected.cpu_seconds) * 1e6 / (delivered.max(1) as f64);
+        extra.insert(
+            "gateway".into(),
+            json!({
+                "rss_idle_mib": round(idle.rss / 1048576.0),
+                "rss_per_stream_kib": round(per_stream / 1024.0),
+                "cpu_per_delivery_us": round(cpu),
+            }),
+        );
+    }
+    let whole = complete == subscribers as usize && disorder == 0;
+    Ok((elapsed, Report { extra, ..report }, whole))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An event frame's `seq` (its `id:`) and `data.sentAtMicros`; `None` for comments and other
+/// events.
+fn parse(frame: &[u8]) -> Option<(u64, u64)> {
+    let mut seq = None;
+    let mut sent = 0;
+    for line in frame.split(|b| *b == b'\n') {
+        if let Some(id) = line.strip_prefix(b"id: ") {
+            seq = std::str::from_utf8(id).ok()?.parse().ok();
+        } else if line.starts_with(b"data: ") {
+            const KEY: &[u8] = b"\"sentAtMicros\":";
+            if let Some(at) = find(line, KEY) {
+                let digits = &line[at + KEY.len()..];
+                let end = digits
+                    .iter()
+                    .position(|b| !b.is_ascii_digit())
+                    .unwrap_or(digits.len());
+                sent = std::str::from_utf8(&digits[..end]).ok()?.parse().ok()?;
+            }
+        }
+    }
+    Some((seq?, sent))
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Publishes as `publishing` says, round robin over `topics`.
+async fn publish(
+    target: &Arc<Target>,
+    recorder: &Arc<Recorder>,
+    topics: &[String],
+    publishing: Publishing,
+) {
+    let next = Arc::new(AtomicU64::new(0));
+    let topic_of = |n: u64| topics[(n % topics.len() as u64) as usize].clone();
+    match publishing {
+        Publishing::Closed { count, publishers } => {
+            let mut tasks = JoinSet::new();
+            for _ in 0..publishers.max(1) {
+                let (target, recorder, next) = (target.clone(), recorder.clone(), next.clone());
+                let topics = topics.to_vec();
+                tasks.spawn(async move {
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= u64::from(count) {
+                            break;
+                        }
+                        let topic = &topics[(n % topics.len() as u64) as usize];
+                        recorder.record(target.publish(topic, micros_now()).await);
+                    }
+                });
+            }
+            tasks.join_all().await;
+        }
+        Publishing::Open {
+            per_second,
+            duration,
+        } => {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second.max(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let total = u64::from(per_second) * duration.as_millis() as u64 / 1000;
+            let mut tasks = JoinSet::new();
+            for n in 0..total {
+                tick.tick().await;
+                while tasks.len() >= MAX_IN_FLIGHT {
+                    tasks.join_next().await;
+                }
+                let (target, recorder, topic) = (target.clone(), recorder.clone(), topic_of(n));
+                tasks.spawn(
+                    async move { recorder.record(target.publish(&topic, micros_now()).await) },
+                );
+                while tasks.try_join_next().is_some() {}
+            }
+            tasks.join_all().await;
+        }
+    }
+}
