@@ -153,14 +153,21 @@ fanout() {
   echo "$report" | summary
   echo "$report" | python3 -c "
 import json, sys
-r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = max(e['delivered'], 1)
-print(f'  script: gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {($g1 - $g0) * 10000 / d:.2f} µs per delivery (whole run)')"
+r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = e['delivered']
+cpu = f'{($g1 - $g0) * 10000 / d:.2f} µs per delivery (whole run)' if d else f'{($g1 - $g0) / 100:.2f} s in all'
+print(f'  script: gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')"
 }
 fanout --subscribers 1000 --rate 20 --duration 10s
 fanout --subscribers 10000 --rate 10 --duration 30s
 fanout --subscribers 10000 --topics 1000 --rate 100 --duration 30s
 echo "  19,000 idle streams (the hard open-file limit is 20,000 per process)"
 fanout --subscribers 19000 --publishes 0
+echo "  reference: gateway memory per connection by what it did, 2,000 each, a fresh gateway each"
+for kind in head keepalive sse; do
+  stop_gateway
+  TOKIO_WORKER_THREADS=1 MAX_SSE_STREAMS=20000 gateway "$ALL"
+  python3 bench/conn_rss.py "$GATEWAY" 13000 "$kind" 2000
+done
 stop_gateway
 gateway "$ALL"
 fi

@@ -213,15 +213,15 @@ pub(crate) async fn fanout(
     );
     if let (Some(idle), Some(connected), Some(done)) = (idle, connected, delivered_all) {
         let per_stream = (connected.rss.max(done.rss) - idle.rss) / f64::from(subscribers.max(1));
-        let cpu = (done.cpu_seconds - connected.cpu_seconds) * 1e6 / (delivered.max(1) as f64);
-        extra.insert(
-            "gateway".into(),
-            json!({
-                "rss_idle_mib": round(idle.rss / 1048576.0),
-                "rss_per_stream_kib": round(per_stream / 1024.0),
-                "cpu_per_delivery_us": round(cpu),
-            }),
-        );
+        let mut gateway = json!({
+            "rss_idle_mib": round(idle.rss / 1048576.0),
+            "rss_per_stream_kib": round(per_stream / 1024.0),
+        });
+        if delivered > 0 {
+            let cpu = (done.cpu_seconds - connected.cpu_seconds) * 1e6 / delivered as f64;
+            gateway["cpu_per_delivery_us"] = json!(round(cpu));
+        }
+        extra.insert("gateway".into(), gateway);
     }
     let whole = complete == subscribers as usize && disorder == 0;
     Ok((elapsed, Report { extra, ..report }, whole))

@@ -64,18 +64,49 @@ async fn reports_exactly_the_requests_the_gateway_served() {
     assert_eq!(report["requests"].as_u64(), Some(3 * 5 * 5));
     assert_eq!(served(&system, "DELETE", "/events/{id}", 204).await, 15);
 
-    let (ok, report) = bench(
-        &system,
-        &["fanout", "--subscribers", "5", "--publishes", "50"],
-    )
-    .await;
+    // Six subscribers over two topics, 50 events round robin: 25 for each subscriber.
+    let fanout = [
+        "fanout",
+        "--subscribers",
+        "6",
+        "--topics",
+        "2",
+        "--publishes",
+        "50",
+    ];
+    let (ok, report) = bench(&system, &fanout).await;
     assert!(ok, "{report}");
-    assert_eq!(report["extra"]["delivered"].as_u64(), Some(250), "{report}");
+    let extra = &report["extra"];
+    assert_eq!(extra["delivered"].as_u64(), Some(150), "{report}");
     assert_eq!(
-        report["extra"]["complete"],
-        "5 of 5 got all 50 stored events"
+        extra["complete"],
+        "6 of 6 got every stored event of their topic (50 in all)"
+    );
+    // The gateway's own figures, from its /metrics.
+    assert!(
+        extra["gateway"]["rss_per_stream_kib"].is_number(),
+        "{report}"
+    );
+    assert!(
+        extra["gateway"]["cpu_per_delivery_us"].as_f64() > Some(0.0),
+        "{report}"
     );
     assert_eq!(served(&system, "POST", "/publish", 200).await, 50);
+
+    // Open loop: 20 events a second for a second.
+    let rate = [
+        "fanout",
+        "--subscribers",
+        "3",
+        "--rate",
+        "20",
+        "--duration",
+        "1s",
+    ];
+    let (ok, report) = bench(&system, &rate).await;
+    assert!(ok, "{report}");
+    assert_eq!(report["requests"].as_u64(), Some(20), "{report}");
+    assert_eq!(report["extra"]["delivered"].as_u64(), Some(60), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -88,6 +88,27 @@ async fn slow_heads_idle_connections_and_endless_bodies_are_cut_off() {
     assert_eq!(body["code"], "DEADLINE_EXCEEDED", "{answer}");
 }
 
+/// Request heads are bounded (8 KiB, which keeps each connection's read buffer at 8 KiB): a
+/// large cookie passes, a head over the bound is refused with 431, and the gateway serves on.
+#[tokio::test]
+async fn request_heads_over_8_kib_get_431() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let gateway = gateway(&[]).await;
+    let head = |cookie: usize| {
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nCookie: c={}\r\nConnection: close\r\n\r\n",
+            "x".repeat(cookie)
+        )
+    };
+    let wait = Duration::from_secs(5);
+    let fits = raw_http(gateway.addr, head(6 * 1024).as_bytes(), wait).await;
+    assert!(fits.starts_with("HTTP/1.1 200"), "{fits:.200}");
+    let over = raw_http(gateway.addr, head(9 * 1024).as_bytes(), wait).await;
+    assert!(over.starts_with("HTTP/1.1 431"), "{over:.200}");
+    let after = raw_http(gateway.addr, head(10).as_bytes(), wait).await;
+    assert!(after.starts_with("HTTP/1.1 200"), "{after:.200}");
+}
+
 #[tokio::test]
 async fn connections_over_the_cap_are_refused_and_logged() {
     let _exclusive = EXCLUSIVE.lock().await;

@@ -93,9 +93,15 @@ mod tests {
             requested_after: 3,
             oldest_available: 41,
         });
+        let text = std::str::from_utf8(&gap).unwrap();
+        let data = text
+            .strip_prefix("event: gap\ndata: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .unwrap_or_else(|| panic!("{text:?}"));
+        let data: serde_json::Value = serde_json::from_str(data).unwrap();
         assert_eq!(
-            &gap[..],
-            b"event: gap\ndata: {\"oldestAvailable\":41,\"requestedAfter\":3}\n\n"
+            data,
+            serde_json::json!({"requestedAfter": 3, "oldestAvailable": 41})
         );
     }
 }

@@ -18,11 +18,7 @@ use tokio::{
 };
 use tonic::Streaming;
 
-use super::{
-    frame::Frame,
-    ring::Ring,
-    {jitter, log_refusal},
-};
+use super::{frame::Frame, jitter, log_refusal, ring::Ring};
 use crate::{
     http::{ApiError, AppState},
     upstream::{Answer, Backend, Bearer, CallError, Failure},
