@@ -8,6 +8,7 @@ mod deadline;
 mod error;
 mod extract;
 mod guard;
+mod health;
 mod json;
 mod legacy;
 mod limits;

@@ -1,6 +1,6 @@
-//! `app(state)`: every route of the contract, the JSON fallbacks for unknown routes and
-//! methods, the guards, the body limit, CORS, the one deadline of a REST request, panics as
-//! JSON 500s, and the metrics middleware on routed requests.
+//! `app(state)`: every route of the contract and the probes, the JSON fallbacks for unknown
+//! routes and methods, the guards, the body limit, CORS, the one deadline of a REST request,
+//! panics as JSON 500s, and the metrics middleware on routed API requests.
 
 use std::any::Any;
 
@@ -16,8 +16,8 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::{
-    ApiError, AppState, cors, deadline::DeadlineLayer, guard::GuardLayer, legacy, metrics, rest,
-    sse, track::TrackLayer,
+    ApiError, AppState, cors, deadline::DeadlineLayer, guard::GuardLayer, health, legacy, metrics,
+    rest, sse, track::TrackLayer,
 };
 
 pub(crate) fn app(state: AppState) -> Router {
@@ -46,6 +46,10 @@ pub(crate) fn app(state: AppState) -> Router {
     let streams = Router::new()
         .route("/subscribe/{topic}", get(sse::subscribe))
         .route_layer(TrackLayer(state.clone()));
+    // Probes: no credentials (so no rate limit) and no tracking (not API traffic).
+    let probes = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
     // Outermost first: CORS answers preflights before the guards; panics become JSON 500s.
     let outer = ServiceBuilder::new()
         .layer(cors::layer(&state.settings.browsers))
@@ -56,6 +60,7 @@ pub(crate) fn app(state: AppState) -> Router {
     Router::new()
         .merge(requests)
         .merge(streams)
+        .merge(probes)
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(outer)

@@ -10,6 +10,7 @@ mod gateway_contract;
 mod limits_http;
 mod limits_streams;
 mod lists;
+mod probes;
 mod pubsub;
 mod shared_store;
 mod support;

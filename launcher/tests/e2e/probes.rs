@@ -1,0 +1,113 @@
+//! The gateway's probes against the real processes: `/healthz` while the process serves,
+//! `/readyz` following its backends' health within a second either way, both open in token
+//! mode, never rate-limited and not counted as API traffic.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::{EXCLUSIVE, Process, Server, http};
+
+/// Polls `/readyz` until it answers `want`; how long that took.
+async fn readyz_becomes(base: &str, want: StatusCode, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let response = http().get(format!("{base}/readyz")).send().await.unwrap();
+        if response.status() == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "/readyz still {} after {within:?}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a test secret of at least thirty-two bytes").unwrap();
+    let secret = secret.display().to_string();
+    let auth = ["--auth", "jwt", "--jwt-secret-file", &secret];
+    let mut backends = Vec::new();
+    for _ in 0..2 {
+        backends.push(Process::backend_with(&db, &auth).await);
+    }
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let mut flags = auth.to_vec();
+    flags.extend(["--rate-limit", "5", "--access-log"]);
+    let gateway = Process::gateway(&addrs, &flags).await;
+    let base = gateway.url();
+
+    readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
+    // Far over the rate of 5 per second, without a token: every probe answers.
+    for _ in 0..20 {
+        let ready = http().get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), StatusCode::OK);
+        let body: Value = ready.json().await.unwrap();
+        assert_eq!(body["backends"]["healthy"], 2, "{body}");
+        let alive = http().get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(alive.status(), StatusCode::OK);
+    }
+    // The API itself still wants a token (asked from another address, whose rate is untouched).
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let api = other.get(format!("{base}/events")).send().await.unwrap();
+    assert_eq!(
+        api.status(),
+        StatusCode::UNAUTHORIZED,
+        "{:?}",
+        api.text().await
+    );
+
+    // Every backend killed: not ready within a second, with the contract's error body.
+    for backend in &mut backends {
+        backend.signal(Signal::SIGKILL);
+        backend.exit_within(Duration::from_secs(5)).await;
+    }
+    let took = readyz_becomes(
+        &base,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(1),
+    )
+    .await;
+    println!("/readyz 503 {took:?} after the last backend died");
+    let down: Value = http()
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(down["code"], "UNAVAILABLE", "{down}");
+    assert_eq!(down["message"], "no healthy backend", "{down}");
+    let alive = http().get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(alive.status(), StatusCode::OK, "the process still serves");
+
+    // One backend back on its port (ready once it serves gRPC health): ready within a second.
+    let store = format!("sqlite://{}", db.display());
+    let mut args = vec!["--store", store.as_str()];
+    args.extend(auth);
+    backends[0] = Process::start_on(Server::Backend, addrs[0], &args).await;
+    let took = readyz_becomes(&base, StatusCode::OK, Duration::from_secs(1)).await;
+    println!("/readyz 200 {took:?} after a backend came back");
+
+    // Probes are not API traffic: the access log has the API request and no probe.
+    let logs = gateway.logs();
+    assert!(logs.contains("/events"), "{logs}");
+    assert!(
+        !logs.contains("/readyz") && !logs.contains("/healthz"),
+        "{logs}"
+    );
+}
