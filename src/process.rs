@@ -14,6 +14,8 @@ pub enum SetupError {
     DotEnv(#[from] dotenvy::Error),
     #[error("invalid RUST_LOG: {0}")]
     LogFilter(#[from] tracing_subscriber::filter::ParseError),
+    #[error("invalid LOG_FORMAT {0:?}: `text` (the default) or `json`")]
+    LogFormat(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     #[error("cannot use the listening socket handed over: {0}")]
@@ -151,7 +153,28 @@ pub fn init_tracing() -> Result<LogGuard, SetupError> {
     })
 }
 
-/// Logs to `writer`, filtered by `RUST_LOG` (default `info`).
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines (the default).
+    Text,
+    /// One JSON object per line, for log shippers: `timestamp`, `level`, `target`, the event's
+    /// fields (`message` among them), and the fields of the spans it is in (`span`, `spans`).
+    Json,
+}
+
+impl LogFormat {
+    /// `LOG_FORMAT` from the environment: unset or empty is `text`.
+    pub fn from_env() -> Result<LogFormat, SetupError> {
+        match std::env::var("LOG_FORMAT").unwrap_or_default().as_str() {
+            "" | "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(SetupError::LogFormat(other.to_owned())),
+        }
+    }
+}
+
+/// Logs to `writer`, filtered by `RUST_LOG` (default `info`), as `LOG_FORMAT` says.
 pub fn init_tracing_to<W>(writer: W, ansi: bool) -> Result<(), SetupError>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
@@ -163,12 +186,19 @@ where
     // A log nobody reads any more (the supervisor died with our stdout's other end) must not
     // stop the process: by default a failed write is reported with `eprintln!`, which panics
     // when stderr is that same broken pipe, in whatever task was logging.
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(ansi)
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match LogFormat::from_env()? {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     Ok(())
 }
 

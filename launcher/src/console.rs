@@ -1,5 +1,6 @@
 //! The launcher's terminal: every line of every child, and the launcher's own log, behind an
-//! aligned name prefix (`backend-5001 | …`), coloured per process when stdout is a terminal.
+//! aligned name prefix (`backend-5001 | …`), coloured per process when stdout is a terminal;
+//! with `LOG_FORMAT=json`, one JSON object per line with the name as its `process` field.
 //! Lines go through a bounded queue to one writer thread: when nobody reads stdout, lines are
 //! dropped and counted, and the system keeps serving (a child blocked on a full pipe would not).
 
@@ -32,6 +33,8 @@ enum Out {
 }
 
 pub(crate) struct Console {
+    /// `LOG_FORMAT=json`: a child's JSON line gets a `process` field instead of the prefix.
+    json: bool,
     colour: bool,
     width: usize,
     queue: SyncSender<Out>,
@@ -41,7 +44,8 @@ pub(crate) struct Console {
 impl Console {
     /// `names`: every label that will be used, so prefixes line up.
     pub(crate) fn new(names: &[String]) -> Arc<Console> {
-        let colour = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
+        let colour = !json && io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let width = names.iter().map(String::len).max().unwrap_or(0);
         let (queue, lines) = sync_channel(QUEUED_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -51,6 +55,7 @@ impl Console {
             .spawn(move || write_out(&lines, &writer))
             .expect("a thread for the console");
         Arc::new(Console {
+            json,
             colour,
             width,
             queue,
@@ -69,7 +74,18 @@ impl Console {
     /// Queues a line; never waits for stdout.
     pub(crate) fn line(&self, label: &Label, text: &str) {
         let prefix = format!("{:>width$} |", label.name, width = self.width);
-        let line = if self.colour {
+        let line = if self.json {
+            // Still one JSON object per line: the name goes in as a field (names are ours,
+            // plain ASCII without quotes); a line that is not JSON (the banner, a panic's
+            // words) becomes the message of one.
+            match text.strip_prefix('{') {
+                Some(object) => format!("{{\"process\":\"{}\",{object}\n", label.name),
+                None => format!(
+                    "{}\n",
+                    serde_json::json!({"process": label.name, "message": text})
+                ),
+            }
+        } else if self.colour {
             format!("\x1b[{}m{prefix}\x1b[0m {text}\n", label.colour)
         } else {
             format!("{prefix} {text}\n")

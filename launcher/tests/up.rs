@@ -488,3 +488,64 @@ async fn children_share_the_cores_unless_told_otherwise() {
         launcher.child.wait().await.unwrap();
     }
 }
+
+/// `LOG_FORMAT=json`: every line `eventsys up` prints is one JSON object naming its process,
+/// the servers' own log lines with their level, target and fields, the banner as a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_log_format_json_every_line_is_a_json_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(dir.path())
+        .args([
+            "up",
+            "--backends",
+            "2",
+            "--base-port",
+            "0",
+            "--gateway-port",
+            "0",
+        ])
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start eventsys up");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut processes = std::collections::BTreeSet::new();
+    let mut levelled = 0;
+    let read = async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("output until ready");
+            let object: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+            let process = object["process"].as_str().expect("a process field");
+            processes.insert(process.to_owned());
+            if object["level"].is_string() {
+                assert!(object["timestamp"].is_string() && object["target"].is_string());
+                levelled += 1;
+            }
+            if object["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Ctrl-C stops everything"))
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("ready banner");
+    assert!(levelled > 0, "the servers' log lines carry their level");
+    for process in ["backend-1", "backend-2", "gateway", "eventsys"] {
+        assert!(processes.contains(process), "{process} in {processes:?}");
+    }
+    kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
