@@ -1,6 +1,7 @@
 //! The `events.v1` gRPC contract, generated from `proto/` by the top-level `build.rs` (message
 //! types, tonic client and server, the descriptor set behind server reflection), and the small
-//! pieces both binaries share: JSON ↔ `Struct`, and (feature `process`) process plumbing.
+//! pieces both binaries share: JSON ↔ `Struct`, W3C `traceparent`, and (feature `process`)
+//! process plumbing.
 
 #[cfg(feature = "auth")]
 pub mod auth;
@@ -12,6 +13,7 @@ pub mod json;
 pub mod listen;
 #[cfg(feature = "process")]
 pub mod process;
+pub mod trace;
 
 /// Package `events.v1`.
 pub mod v1 {

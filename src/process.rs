@@ -175,30 +175,51 @@ impl LogFormat {
 }
 
 /// Logs to `writer`, filtered by `RUST_LOG` (default `info`), as `LOG_FORMAT` says.
+///
+/// `RUST_LOG` of targets and levels (`info`, `eventsvc=debug,h2=warn`: what operators write) is
+/// read as a `Targets` filter, decided once per call site; only a spec with span or field
+/// directives needs `EnvFilter`, which takes a lock on every span entry and exit (every poll of
+/// every request's future, each request being in a span).
 pub fn init_tracing_to<W>(writer: W, ansi: bool) -> Result<(), SetupError>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
-        _ => EnvFilter::new("info"),
+    use tracing_subscriber::{
+        Layer, Registry,
+        filter::Targets,
+        layer::{Filter, SubscriberExt},
+        util::SubscriberInitExt,
+    };
+
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|spec| !spec.is_empty())
+        .unwrap_or_else(|| "info".to_owned());
+    // Checked by EnvFilter's grammar (whose errors operators know); `Targets` reads the same
+    // spec when it has no span directive (`[...]`).
+    let checked = EnvFilter::try_new(&spec)?;
+    let filter: Box<dyn Filter<Registry> + Send + Sync> = match spec.parse::<Targets>() {
+        Ok(targets) if !spec.contains('[') => Box::new(targets),
+        _ => Box::new(checked),
     };
     // A log nobody reads any more (the supervisor died with our stdout's other end) must not
     // stop the process: by default a failed write is reported with `eprintln!`, which panics
     // when stderr is that same broken pipe, in whatever task was logging.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let format = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .log_internal_errors(false);
-    match LogFormat::from_env()? {
-        LogFormat::Text => builder.with_ansi(ansi).init(),
-        LogFormat::Json => builder
+    let format = match LogFormat::from_env()? {
+        LogFormat::Text => format.with_ansi(ansi).boxed(),
+        LogFormat::Json => format
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(true)
-            .init(),
-    }
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(format.with_filter(filter))
+        .init();
     Ok(())
 }
 

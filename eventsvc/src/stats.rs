@@ -11,10 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use eventsys::v1::event_service_server::SERVICE_NAME;
+use eventsys::{
+    trace::{TRACEPARENT, TraceParent},
+    v1::event_service_server::SERVICE_NAME,
+};
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 /// The event API's method paths are `/SERVICE_NAME/Method`.
 fn event_api_method(path: &str) -> Option<&str> {
@@ -166,11 +170,22 @@ where
         let rpc = (info || tracing::enabled!(tracing::Level::DEBUG))
             .then(|| path.rsplit('/').next().unwrap_or_default().to_owned());
         let guard = metered.then(|| self.stats.begin());
+        // The caller's trace (the gateway sends its own), or a new one for a direct client:
+        // every line logged while serving the call names it.
+        let span = metered.then(|| {
+            let trace = req
+                .headers()
+                .get(TRACEPARENT)
+                .and_then(|v| TraceParent::parse(v.as_bytes()))
+                .map_or_else(TraceParent::start, |given| given.child());
+            tracing::info_span!("rpc", trace_id = %trace.trace_id)
+        });
         let port = self.port;
         let delay = Some(self.added_latency).filter(|d| metered && !d.is_zero());
         let started = Instant::now();
-        let response = self.inner.call(req);
-        Box::pin(async move {
+        let span = span.unwrap_or_else(tracing::Span::none);
+        let response = span.in_scope(|| self.inner.call(req));
+        let served = async move {
             let response = response.await?;
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
@@ -202,7 +217,8 @@ where
                 parts,
                 tonic::body::Body::new(body),
             ))
-        })
+        };
+        Box::pin(served.instrument(span))
     }
 }
 

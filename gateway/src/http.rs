@@ -19,6 +19,7 @@ mod routes;
 mod served;
 mod sse;
 mod state;
+mod traced;
 mod track;
 
 pub(crate) use error::ApiError;

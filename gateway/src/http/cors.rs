@@ -11,7 +11,7 @@ use http::{Method, header};
 use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer, ResponseFuture};
 
-use super::{guard::Browsers, served::SERVED_BY};
+use super::{guard::Browsers, served::SERVED_BY, traced::REQUEST_ID};
 
 /// CORS as configured: any origin by default (the contract), or the listed ones.
 pub(crate) fn layer(browsers: &Browsers) -> BrowserCorsLayer {
@@ -31,7 +31,7 @@ pub(crate) fn layer(browsers: &Browsers) -> BrowserCorsLayer {
             Method::OPTIONS,
         ])
         .allow_headers(AllowHeaders::mirror_request())
-        .expose_headers([SERVED_BY]);
+        .expose_headers([SERVED_BY, REQUEST_ID]);
     BrowserCorsLayer {
         cors,
         any_origin: browsers.cors_origins.is_none(),

@@ -17,7 +17,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use super::{
     ApiError, AppState, cors, deadline::DeadlineLayer, guard::GuardLayer, health, legacy, metrics,
-    rest, sse, track::TrackLayer,
+    rest, sse, traced::TracedLayer, track::TrackLayer,
 };
 
 pub(crate) fn app(state: AppState) -> Router {
@@ -50,8 +50,10 @@ pub(crate) fn app(state: AppState) -> Router {
     let probes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
-    // Outermost first: CORS answers preflights before the guards; panics become JSON 500s.
+    // Outermost first: every request is traced (and gets its request id) before anything can
+    // answer it; CORS answers preflights before the guards; panics become JSON 500s.
     let outer = ServiceBuilder::new()
+        .layer(TracedLayer)
         .layer(cors::layer(&state.settings.browsers))
         .layer(DefaultBodyLimit::max(state.settings.body_limit))
         .layer(GuardLayer(state.settings.clone()))

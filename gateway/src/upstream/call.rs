@@ -12,7 +12,10 @@ use tokio::{
 use tower::retry::budget::{Budget, TpsBudget};
 
 use bytes::Bytes;
-use eventsys::v1::{self, event_service_client::EventServiceClient};
+use eventsys::{
+    trace::{TRACEPARENT, TraceParent},
+    v1::{self, event_service_client::EventServiceClient},
+};
 use http::HeaderValue;
 use tonic::{Code, Status, Streaming, metadata::MetadataValue};
 
@@ -65,6 +68,22 @@ impl Bearer {
 tokio::task_local! {
     /// The deadline of the HTTP request being served, set once by the HTTP side.
     static DEADLINE: Instant;
+    /// The trace of the HTTP request being served (its span in the gateway as the parent),
+    /// sent along as `traceparent`.
+    static TRACE: TraceParent;
+}
+
+/// A request's handling with its trace set for the backend calls it makes.
+pub(crate) type Traced<F> = TaskLocalFuture<TraceParent, F>;
+
+/// `work` with `trace` carried on to every backend call it makes.
+pub(crate) fn traced<F: Future>(trace: TraceParent, work: F) -> Traced<F> {
+    TRACE.scope(trace, work)
+}
+
+/// The trace of the request being served, if one is set.
+pub(crate) fn trace() -> Option<TraceParent> {
+    TRACE.try_with(|t| *t).ok()
 }
 
 /// `work` (an HTTP request's handling) bounded by `deadline`, which every backend call it
@@ -160,6 +179,11 @@ impl Rpc for v1::SubscribeRequest {
         let mut request = tonic::Request::new(message);
         if let Some(bearer) = bearer {
             bearer.attach(&mut request);
+        }
+        if let Some(trace) = trace()
+            && let Ok(value) = trace.to_string().parse()
+        {
+            request.metadata_mut().insert(TRACEPARENT, value);
         }
         let response = client.subscribe(request).await?;
         let backend = response.extensions().get::<Backend>().copied();

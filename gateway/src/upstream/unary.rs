@@ -13,10 +13,12 @@ use http_body_util::{BodyExt, Full};
 use tonic::{Code, Status, body::Body};
 use tower::Service;
 
+use eventsys::trace::TRACEPARENT;
+
 use super::{
     Backend,
     balancer::BalancedChannel,
-    call::{Bearer, MAX_REPLY},
+    call::{self, Bearer, MAX_REPLY},
     endpoint::CallFailure,
 };
 
@@ -41,7 +43,9 @@ fn grpc_timeout(timeout: Duration) -> HeaderValue {
     } else {
         format!("{}S", timeout.as_secs().min(99_999_999))
     };
-    HeaderValue::try_from(text).expect("digits and a unit letter")
+    let mut value = HeaderValue::try_from(text).expect("digits and a unit letter");
+    value.set_sensitive(true);
+    value
 }
 
 /// Sends `framed` to `path` through `channel` and decodes the reply.
@@ -64,8 +68,17 @@ pub(crate) async fn call<R: prost::Message + Default>(
     if let Some(timeout) = timeout {
         headers.insert("grpc-timeout", grpc_timeout(timeout));
     }
+    // Values that differ on every call are sent as "never indexed": added to HPACK's table
+    // they would only push out the entries that repeat (path, content type, token), which
+    // both ends would then encode and decode in full again.
     if let Some(bearer) = bearer {
         headers.insert(header::AUTHORIZATION, bearer.header().clone());
+    }
+    if let Some(trace) = call::trace()
+        && let Ok(mut value) = HeaderValue::try_from(trace.to_string())
+    {
+        value.set_sensitive(true);
+        headers.insert(TRACEPARENT, value);
     }
     let response = channel.call(request).await?;
     let backend = response.extensions().get::<Backend>().copied();

@@ -17,3 +17,4 @@ mod support;
 mod tls;
 mod token;
 mod token_rejections;
+mod tracing;
