@@ -94,6 +94,11 @@ pub fn cpu_time() -> std::time::Duration {
     })
 }
 
+/// Open file descriptors of this process, from `/proc/self/fd` (0 elsewhere).
+pub fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
+}
+
 /// The soft open-file limit now in force, if it can be read.
 pub fn open_file_limit() -> Option<u64> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)

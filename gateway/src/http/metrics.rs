@@ -23,13 +23,15 @@ pub(crate) struct Metrics {
     backend_healthy: IntGaugeVec,
     backend_in_flight: IntGaugeVec,
     backend_cost: GaugeVec,
-    backend_calls: IntGaugeVec,
-    backend_unreachable: IntGaugeVec,
+    backend_calls: IntCounterVec,
+    backend_unreachable: IntCounterVec,
     sse_resumes: IntCounterVec,
     connections_open: IntGauge,
     connections_refused: IntCounter,
     sse_topics: IntGauge,
     resident_memory: IntGauge,
+    open_fds: IntGauge,
+    rendering: std::sync::Mutex<()>,
     cpu_seconds: prometheus::Counter,
     pub(super) in_flight: AtomicI64,
     pub(super) total: AtomicU64,
@@ -75,12 +77,17 @@ impl Metrics {
             "gateway_backend_in_flight",
             "Calls sent to the backend and not finished, open streams included",
         );
-        let backend_calls = gauge(
-            "gateway_backend_calls",
+        // Counts since the backend was discovered: counters (a rediscovered backend starts
+        // again from 0, which Prometheus reads as a reset).
+        let counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["backend"]).expect("valid metric")
+        };
+        let backend_calls = counter(
+            "gateway_backend_calls_total",
             "Calls sent to the backend since it was discovered",
         );
-        let backend_unreachable = gauge(
-            "gateway_backend_unreachable_calls",
+        let backend_unreachable = counter(
+            "gateway_backend_unreachable_calls_total",
             "Calls that found the backend unreachable since it was discovered",
         );
         let backend_cost = GaugeVec::new(
@@ -120,6 +127,8 @@ impl Metrics {
             "Resident memory size in bytes",
         )
         .expect("valid metric");
+        let open_fds = IntGauge::new("process_open_fds", "Number of open file descriptors")
+            .expect("valid metric");
         let cpu_seconds = prometheus::Counter::new(
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds",
@@ -129,6 +138,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sse_topics.clone()),
             Box::new(resident_memory.clone()),
+            Box::new(open_fds.clone()),
             Box::new(cpu_seconds.clone()),
             Box::new(latency.clone()),
             Box::new(backend_healthy.clone()),
@@ -158,6 +168,8 @@ impl Metrics {
             connections_refused,
             sse_topics,
             resident_memory,
+            open_fds,
+            rendering: std::sync::Mutex::new(()),
             cpu_seconds,
             in_flight: AtomicI64::new(0),
             total: AtomicU64::new(0),
@@ -207,13 +219,17 @@ impl Metrics {
         let cpu = eventsys::process::cpu_time().as_secs_f64();
         self.cpu_seconds
             .inc_by((cpu - self.cpu_seconds.get()).max(0.0));
-        for gauge in [
-            &self.backend_healthy,
-            &self.backend_in_flight,
-            &self.backend_calls,
-        ] {
+        self.open_fds.set(eventsys::process::open_fds() as i64);
+        // The per-backend series are rebuilt from the snapshots (a backend gone is dropped):
+        // one scrape at a time, or two would add the counts twice.
+        let _one = self
+            .rendering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gauge in [&self.backend_healthy, &self.backend_in_flight] {
             gauge.reset();
         }
+        self.backend_calls.reset();
         self.backend_unreachable.reset();
         self.backend_cost.reset();
         for backend in backends {
@@ -227,10 +243,10 @@ impl Metrics {
                 .set(backend.in_flight as i64);
             self.backend_calls
                 .with_label_values(&label)
-                .set(backend.attempts as i64);
+                .inc_by(backend.attempts);
             self.backend_unreachable
                 .with_label_values(&label)
-                .set(backend.failures as i64);
+                .inc_by(backend.failures);
             self.backend_cost
                 .with_label_values(&label)
                 .set(backend.cost);

@@ -245,7 +245,7 @@ async fn a_killed_backend_is_routed_around_then_used_again_after_restart() {
     system.backends[0].exit_within(Duration::from_secs(5)).await;
     // Within 1 s of the kill the gateway stops sending it anything.
     tokio::time::sleep(Duration::from_secs(1).saturating_sub(killed_at.elapsed())).await;
-    let calls = format!("gateway_backend_calls{{backend=\"{victim}\"}}");
+    let calls = format!("gateway_backend_calls_total{{backend=\"{victim}\"}}");
     let calls_at_1s = metric(system.gateway.addr, &calls).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let calls_later = metric(system.gateway.addr, &calls).await;

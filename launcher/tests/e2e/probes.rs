@@ -111,3 +111,90 @@ async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
         "{logs}"
     );
 }
+
+/// `/metrics` parses with the Prometheus client's own text parser (`prometheus-client` on PyPI,
+/// which `.ci/run` installs), and what can be `rate()`d is a counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Process::backend(&dir.path().join("events.db")).await;
+    let gateway = Process::gateway(&[backend.addr], &[]).await;
+    let base = gateway.url();
+    readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
+    for _ in 0..3 {
+        http()
+            .get(format!("{base}/events?userId=m"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    families[family.name] = [family.type, [s.name for s in family.samples]]
+print(json.dumps(families))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", PARSE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the exposition does not parse (pip install prometheus-client; .ci/run does): {stderr}\n{text}"
+    );
+    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let families = families.as_object().unwrap();
+    // The parser names a counter family without its `_total`. (Series with labels appear once
+    // they have a value: resumes, for one, do not yet.)
+    for (name, kind) in [
+        ("gateway_http_requests", "counter"),
+        ("gateway_backend_calls", "counter"),
+        ("gateway_backend_unreachable_calls", "counter"),
+        ("gateway_connections_refused", "counter"),
+        ("process_cpu_seconds", "counter"),
+        ("gateway_http_request_duration_seconds", "histogram"),
+        ("gateway_backend_healthy", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+    ] {
+        assert_eq!(
+            families.get(name).map(|f| &f[0]),
+            Some(&Value::from(kind)),
+            "{name}: {text}"
+        );
+    }
+    for (name, family) in families {
+        let samples = family[1].as_array().unwrap();
+        let counts = samples
+            .iter()
+            .any(|s| s.as_str().unwrap().ends_with("_total"));
+        assert!(
+            !counts || family[0] == "counter",
+            "{name} has _total samples but is a {}",
+            family[0]
+        );
+    }
+}
