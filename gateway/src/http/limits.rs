@@ -62,8 +62,31 @@ const FORGET_EVERY: u64 = 4096;
 /// What a client refused for too many streams is told to wait.
 const STREAMS_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// Why a request or stream was refused, as `gateway_limit_refusals_total{kind}` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Rate,
+    ClientStreams,
+    TotalStreams,
+}
+
+impl Refusal {
+    pub(crate) const ALL: [Refusal; 3] =
+        [Refusal::Rate, Refusal::ClientStreams, Refusal::TotalStreams];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Refusal::Rate => "rate",
+            Refusal::ClientStreams => "client_streams",
+            Refusal::TotalStreams => "total_streams",
+        }
+    }
+}
+
 pub(crate) struct Limiters {
     settings: LimitSettings,
+    /// Refusals so far, by `Refusal` (its index in `Refusal::ALL`).
+    refused: [AtomicU64; 3],
     rate: Option<DefaultKeyedRateLimiter<ClientKey>>,
     checks: AtomicU64,
     streams: Mutex<Streams>,
@@ -110,7 +133,25 @@ impl Limiters {
                 .map(|per_second| RateLimiter::keyed(Quota::per_second(per_second))),
             checks: AtomicU64::new(0),
             streams: Mutex::default(),
+            refused: Default::default(),
         }
+    }
+
+    fn refuse(&self, why: Refusal, message: &str, retry_after: Duration) -> ApiError {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+        too_many(message, retry_after)
+    }
+
+    /// Refusals so far, by kind.
+    pub(crate) fn refusals(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
+        Refusal::ALL
+            .into_iter()
+            .map(|why| (why, self.refused[why as usize].load(Ordering::Relaxed)))
+    }
+
+    /// SSE streams open now.
+    pub(crate) fn open_streams(&self) -> usize {
+        self.streams().total
     }
 
     fn streams(&self) -> std::sync::MutexGuard<'_, Streams> {
@@ -132,7 +173,7 @@ impl Limiters {
         }
         rate.check_key(&client).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            too_many("too many requests", wait)
+            self.refuse(Refusal::Rate, "too many requests", wait)
         })
     }
 
@@ -140,11 +181,16 @@ impl Limiters {
     pub(crate) fn open_stream(self: &Arc<Self>, client: ClientKey) -> Result<StreamSlot, ApiError> {
         let mut streams = self.streams();
         if streams.total >= self.settings.max_streams {
-            return Err(too_many("too many open streams", STREAMS_RETRY_AFTER));
+            return Err(self.refuse(
+                Refusal::TotalStreams,
+                "too many open streams",
+                STREAMS_RETRY_AFTER,
+            ));
         }
         let count = streams.per_client.entry(client.clone()).or_default();
         if *count >= self.settings.max_streams_per_client {
-            return Err(too_many(
+            return Err(self.refuse(
+                Refusal::ClientStreams,
                 "too many open streams for this client",
                 STREAMS_RETRY_AFTER,
             ));
@@ -187,6 +233,16 @@ mod tests {
         drop(a1);
         let _a3 = limiters.open_stream(addr("10.0.0.1")).unwrap();
         assert_eq!(limiters.streams().per_client.len(), 2);
+        assert_eq!(limiters.open_streams(), 3);
+        let refused: Vec<_> = limiters.refusals().collect();
+        assert_eq!(
+            refused,
+            [
+                (Refusal::Rate, 0),
+                (Refusal::ClientStreams, 1),
+                (Refusal::TotalStreams, 1)
+            ]
+        );
     }
 
     #[test]

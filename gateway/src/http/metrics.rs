@@ -13,7 +13,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::{ApiError, AppState, auth::Credentials};
+use super::{ApiError, AppState, Limiters, auth::Credentials};
 use crate::upstream::BackendSnapshot;
 
 pub(crate) struct Metrics {
@@ -29,6 +29,8 @@ pub(crate) struct Metrics {
     connections_open: IntGauge,
     connections_refused: IntCounter,
     sse_topics: IntGauge,
+    sse_streams: IntGauge,
+    refusals: IntCounterVec,
     resident_memory: IntGauge,
     open_fds: IntGauge,
     rendering: std::sync::Mutex<()>,
@@ -121,6 +123,17 @@ impl Metrics {
             "Topics with SSE clients here: one backend stream each",
         )
         .expect("valid metric");
+        let sse_streams =
+            IntGauge::new("gateway_sse_streams", "SSE streams open now").expect("valid metric");
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "gateway_limit_refusals_total",
+                "Requests and streams refused with 429, by limit: rate, client_streams, \
+                 total_streams",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         // The Prometheus client libraries' process figures, by their usual names.
         let resident_memory = IntGauge::new(
             "process_resident_memory_bytes",
@@ -137,6 +150,8 @@ impl Metrics {
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sse_topics.clone()),
+            Box::new(sse_streams.clone()),
+            Box::new(refusals.clone()),
             Box::new(resident_memory.clone()),
             Box::new(open_fds.clone()),
             Box::new(cpu_seconds.clone()),
@@ -167,6 +182,8 @@ impl Metrics {
             connections_open,
             connections_refused,
             sse_topics,
+            sse_streams,
+            refusals,
             resident_memory,
             open_fds,
             rendering: std::sync::Mutex::new(()),
@@ -210,10 +227,16 @@ impl Metrics {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition, with the backends' gauges and the number of topic
-    /// hubs as given.
-    pub(crate) fn render(&self, backends: &[BackendSnapshot], sse_topics: usize) -> String {
+    /// The Prometheus text exposition, with the backends' figures, the number of topic hubs
+    /// and the limiters' counts as given.
+    pub(crate) fn render(
+        &self,
+        backends: &[BackendSnapshot],
+        sse_topics: usize,
+        limits: &Limiters,
+    ) -> String {
         self.sse_topics.set(sse_topics as i64);
+        self.sse_streams.set(limits.open_streams() as i64);
         self.resident_memory
             .set(eventsys::process::resident_memory() as i64);
         let cpu = eventsys::process::cpu_time().as_secs_f64();
@@ -232,6 +255,12 @@ impl Metrics {
         self.backend_calls.reset();
         self.backend_unreachable.reset();
         self.backend_cost.reset();
+        self.refusals.reset();
+        for (why, count) in limits.refusals() {
+            self.refusals
+                .with_label_values(&[why.label()])
+                .inc_by(count);
+        }
         for backend in backends {
             let label = [backend.backend.to_string()];
             let label = [label[0].as_str()];
@@ -264,9 +293,11 @@ pub(crate) async fn scrape(
     who: Credentials,
 ) -> Result<Response, ApiError> {
     who.may_operate(&state)?;
-    let body = state
-        .metrics
-        .render(&state.upstream.backends(), state.hubs.count());
+    let body = state.metrics.render(
+        &state.upstream.backends(),
+        state.hubs.count(),
+        &state.limiters,
+    );
     let mut response = body.into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -106,6 +106,11 @@ async fn open_streams_are_capped_per_client_and_in_total() {
     let other = open_from(&base, "127.0.0.2").await;
     assert_eq!(other.status(), 200, "another client has its own allowance");
     assert_too_many(open_from(&base, "127.0.0.3").await, "too many open streams").await;
+    let gateway = single.gateway.addr;
+    assert_eq!(metric(gateway, "gateway_sse_streams").await, 3);
+    let refused = |kind: &str| format!("gateway_limit_refusals_total{{kind=\"{kind}\"}}");
+    assert_eq!(metric(gateway, &refused("client_streams")).await, 1);
+    assert_eq!(metric(gateway, &refused("total_streams")).await, 1);
 
     // A client that leaves frees its place.
     drop(first);
@@ -142,6 +147,21 @@ async fn a_client_over_its_rate_gets_429_and_others_do_not() {
     assert_too_many(refused, "too many requests").await;
     let other = client_from("127.0.0.2");
     assert_eq!(other.get(&url).send().await.unwrap().status(), 200);
+    // Counted by kind (read from a third address: the first is over its rate).
+    let metrics = client_from("127.0.0.3")
+        .get(format!("{}/metrics", single.gateway.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "gateway_limit_refusals_total{kind=\"rate\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
