@@ -137,6 +137,10 @@ pub(crate) struct Config {
     #[arg(long, env = "ACCESS_LOG")]
     pub(crate) access_log: bool,
 
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (host:port; port 0 picks one, logged).
+    #[arg(long, env = "METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+
     /// Do not serve gRPC server reflection (v1 and v1alpha).
     #[arg(long)]
     pub(crate) no_reflection: bool,
@@ -244,6 +248,19 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
         .reflection(!config.no_reflection)
         .feed(feed)
         .added_latency(Duration::from_millis(config.test_latency_ms));
+    let backend = match config.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Fatal::Bind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| Fatal::Bind { addr, source })?;
+            tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+            backend.metrics(listener)
+        }
+        None => backend,
+    };
     if config.test_latency_ms > 0 {
         tracing::warn!(
             ms = config.test_latency_ms,

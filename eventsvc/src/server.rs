@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 use crate::{
     auth::Verify,
     feed::{Feed, FeedSettings},
+    metrics::RpcMetrics,
     retention,
     service::EventsApi,
     stats::{MeterLayer, Stats},
@@ -52,6 +53,7 @@ pub struct Backend {
     tls: Option<ServerTlsConfig>,
     retention: Retention,
     access_log: bool,
+    metrics: Option<TcpListener>,
 }
 
 impl Backend {
@@ -66,7 +68,14 @@ impl Backend {
             tls: None,
             retention: Retention::default(),
             access_log: false,
+            metrics: None,
         }
+    }
+
+    /// Serve Prometheus metrics at `/metrics` on this listener too.
+    pub fn metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
+        self
     }
 
     /// Log every event-API request at INFO (default: at DEBUG).
@@ -142,6 +151,16 @@ pub async fn serve(
     let (drain_timeout, added_latency) = (backend.drain_timeout, backend.added_latency);
     let stats = Arc::new(Stats::default());
     let streams = CancellationToken::new();
+    let metrics = Arc::new(RpcMetrics::new());
+    if let Some(listener) = backend.metrics {
+        let stopped = streams.clone().cancelled_owned();
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            stats.clone(),
+            stopped,
+        ));
+    }
     let feed = Feed::new(
         backend.store.clone(),
         stats.clone(),
@@ -217,6 +236,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(KEEPALIVE))
         .layer(MeterLayer::new(
             stats.clone(),
+            metrics.clone(),
             addr.port(),
             added_latency,
             backend.access_log,

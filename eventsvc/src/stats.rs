@@ -20,6 +20,8 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::metrics::{RpcMetrics, method_index};
+
 /// The event API's method paths are `/SERVICE_NAME/Method`.
 fn event_api_method(path: &str) -> Option<&str> {
     path.strip_prefix('/')?
@@ -100,6 +102,7 @@ impl Stats {
 #[derive(Clone)]
 pub(crate) struct MeterLayer {
     stats: Arc<Stats>,
+    metrics: Arc<RpcMetrics>,
     port: u16,
     added_latency: Duration,
     access_log: bool,
@@ -111,12 +114,14 @@ impl MeterLayer {
     /// `access_log`: event-API requests are logged at INFO (else at DEBUG).
     pub(crate) fn new(
         stats: Arc<Stats>,
+        metrics: Arc<RpcMetrics>,
         port: u16,
         added_latency: Duration,
         access_log: bool,
     ) -> Self {
         Self {
             stats,
+            metrics,
             port,
             added_latency,
             access_log,
@@ -131,6 +136,7 @@ impl<S> Layer<S> for MeterLayer {
         Meter {
             inner,
             stats: self.stats.clone(),
+            metrics: self.metrics.clone(),
             port: self.port,
             added_latency: self.added_latency,
             access_log: self.access_log,
@@ -142,6 +148,7 @@ impl<S> Layer<S> for MeterLayer {
 pub(crate) struct Meter<S> {
     inner: S,
     stats: Arc<Stats>,
+    metrics: Arc<RpcMetrics>,
     port: u16,
     added_latency: Duration,
     access_log: bool,
@@ -164,7 +171,9 @@ where
         let path = req.uri().path();
         // Only the event API is load; health probes and reflection would swamp the figures,
         // and so would the Stats calls that read them.
-        let metered = event_api_method(path).is_some_and(|method| method != "Stats");
+        let method = event_api_method(path);
+        let metered = method.is_some_and(|method| method != "Stats");
+        let counted = method.map(|method| (self.metrics.clone(), method_index(method)));
         let info = metered && self.access_log;
         // The name is copied only for a line that will be written.
         let rpc = (info || tracing::enabled!(tracing::Level::DEBUG))
@@ -197,6 +206,9 @@ where
                 .and_then(|v| v.parse::<i32>().ok())
                 .map_or(tonic::Code::Ok, tonic::Code::from);
             let elapsed = started.elapsed();
+            if let Some((metrics, method)) = counted {
+                metrics.observe(method, code, elapsed);
+            }
             match rpc {
                 Some(rpc) if info => {
                     tracing::info!(backend = port, rpc, ?code, ?elapsed, "request")

@@ -112,31 +112,9 @@ async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
     );
 }
 
-/// `/metrics` parses with the Prometheus client's own text parser (`prometheus-client` on PyPI,
-/// which `.ci/run` installs), and what can be `rate()`d is a counter.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
-    let _exclusive = EXCLUSIVE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
-    let base = gateway.url();
-    readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
-    for _ in 0..3 {
-        http()
-            .get(format!("{base}/events?userId=m"))
-            .send()
-            .await
-            .unwrap();
-    }
-    let text = http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+/// Families of a Prometheus text exposition as the Prometheus client's own parser reads them
+/// (`prometheus-client` on PyPI, which `.ci/run` installs): name → [type, sample names].
+fn parse_exposition(text: &str) -> serde_json::Map<String, Value> {
     const PARSE: &str = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families
@@ -166,27 +144,9 @@ print(json.dumps(families))
         "the exposition does not parse (pip install prometheus-client; .ci/run does): {stderr}\n{text}"
     );
     let families: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let families = families.as_object().unwrap();
-    // The parser names a counter family without its `_total`. (Series with labels appear once
-    // they have a value: resumes, for one, do not yet.)
-    for (name, kind) in [
-        ("gateway_http_requests", "counter"),
-        ("gateway_backend_calls", "counter"),
-        ("gateway_backend_unreachable_calls", "counter"),
-        ("gateway_connections_refused", "counter"),
-        ("process_cpu_seconds", "counter"),
-        ("gateway_http_request_duration_seconds", "histogram"),
-        ("gateway_backend_healthy", "gauge"),
-        ("process_resident_memory_bytes", "gauge"),
-        ("process_open_fds", "gauge"),
-    ] {
-        assert_eq!(
-            families.get(name).map(|f| &f[0]),
-            Some(&Value::from(kind)),
-            "{name}: {text}"
-        );
-    }
-    for (name, family) in families {
+    let families = families.as_object().unwrap().clone();
+    // What can be rate()d is a counter.
+    for (name, family) in &families {
         let samples = family[1].as_array().unwrap();
         let counts = samples
             .iter()
@@ -197,4 +157,86 @@ print(json.dumps(families))
             family[0]
         );
     }
+    families
+}
+
+fn assert_kinds(families: &serde_json::Map<String, Value>, kinds: &[(&str, &str)], text: &str) {
+    // The parser names a counter family without its `_total`.
+    for (name, kind) in kinds {
+        assert_eq!(
+            families.get(*name).map(|f| &f[0]),
+            Some(&Value::from(*kind)),
+            "{name}: {text}"
+        );
+    }
+}
+
+/// Every process's `/metrics` parses with the Prometheus client's parser, and what can be
+/// `rate()`d is a counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Process::backend_with(
+        &dir.path().join("events.db"),
+        &["--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
+    let gateway = Process::gateway(&[backend.addr], &[]).await;
+    let base = gateway.url();
+    readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
+    for _ in 0..3 {
+        http()
+            .get(format!("{base}/events?userId=m"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // (Series with labels appear once they have a value: resumes, for one, do not yet.)
+    let gateway_kinds = [
+        ("gateway_http_requests", "counter"),
+        ("gateway_backend_calls", "counter"),
+        ("gateway_backend_unreachable_calls", "counter"),
+        ("gateway_connections_refused", "counter"),
+        ("gateway_limit_refusals", "counter"),
+        ("process_cpu_seconds", "counter"),
+        ("gateway_http_request_duration_seconds", "histogram"),
+        ("gateway_backend_healthy", "gauge"),
+        ("gateway_sse_streams", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+    ];
+    assert_kinds(&parse_exposition(&text), &gateway_kinds, &text);
+
+    // The backend's, on the address its log names.
+    backend.wait_for_log("metrics at http://").await;
+    let logs = backend.logs();
+    let url = logs
+        .split("metrics at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let text = http().get(&url).send().await.unwrap().text().await.unwrap();
+    let backend_kinds = [
+        ("eventsvc_rpcs", "counter"),
+        ("eventsvc_rpc_duration_seconds", "histogram"),
+        ("eventsvc_rpcs_in_flight", "gauge"),
+        ("eventsvc_subscriptions", "gauge"),
+        ("process_cpu_seconds", "counter"),
+        ("process_open_fds", "gauge"),
+    ];
+    assert_kinds(&parse_exposition(&text), &backend_kinds, &text);
+    assert!(
+        text.contains("eventsvc_rpcs_total{code=\"Ok\",method=\"ListEvents\"} 3"),
+        "{text}"
+    );
 }

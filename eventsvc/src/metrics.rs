@@ -1,0 +1,207 @@
+//! The backend's Prometheus metrics, served over HTTP on a listener of their own
+//! (`--metrics-addr`): event-API calls by method and code, their latency, calls in flight, open
+//! subscriptions, and the process's CPU, memory and descriptors.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use prometheus::{
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+use crate::stats::Stats;
+
+/// The event API's methods: the only `method` label values (anything else is `other`), so a
+/// client cannot grow the label set with made-up paths.
+const METHODS: [&str; 11] = [
+    "CreateEvent",
+    "GetEvent",
+    "ListEvents",
+    "ListAllEvents",
+    "UpdateEvent",
+    "DeleteEvent",
+    "Publish",
+    "ListTopicEvents",
+    "Subscribe",
+    "Stats",
+    "other",
+];
+/// gRPC status codes 0–16.
+const CODES: usize = 17;
+
+pub(crate) struct RpcMetrics {
+    registry: Registry,
+    /// Resolved once per (method, code) on first use: the hot path does no label lookup.
+    calls: Vec<[OnceLock<IntCounter>; CODES]>,
+    calls_vec: IntCounterVec,
+    latency: Vec<Histogram>,
+    in_flight: IntGauge,
+    subscriptions: IntGauge,
+    resident_memory: IntGauge,
+    open_fds: IntGauge,
+    cpu_seconds: Counter,
+}
+
+/// The label index of an event-API method name (from the request path).
+pub(crate) fn method_index(method: &str) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == method)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+impl RpcMetrics {
+    pub(crate) fn new() -> RpcMetrics {
+        let registry = Registry::new();
+        let calls_vec = IntCounterVec::new(
+            Opts::new(
+                "eventsvc_rpcs_total",
+                "Event-API calls finished, by method and gRPC code",
+            ),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let latency_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "eventsvc_rpc_duration_seconds",
+                "Time to the response head, by method (a stream's start for Subscribe)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let in_flight = gauge(
+            "eventsvc_rpcs_in_flight",
+            "Event-API calls being served, open Subscribe streams included",
+        );
+        let subscriptions = gauge("eventsvc_subscriptions", "Subscribe streams open now");
+        let resident_memory = gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+        );
+        let open_fds = gauge("process_open_fds", "Number of open file descriptors");
+        let cpu_seconds = Counter::new(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(calls_vec.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency_vec.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(subscriptions.clone()),
+            Box::new(resident_memory.clone()),
+            Box::new(open_fds.clone()),
+            Box::new(cpu_seconds.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        RpcMetrics {
+            registry,
+            calls: METHODS.iter().map(|_| Default::default()).collect(),
+            calls_vec,
+            latency: METHODS
+                .iter()
+                .map(|m| latency_vec.with_label_values(&[*m]))
+                .collect(),
+            in_flight,
+            subscriptions,
+            resident_memory,
+            open_fds,
+            cpu_seconds,
+        }
+    }
+
+    /// One finished call of the method at `index` (see [`method_index`]).
+    pub(crate) fn observe(&self, index: usize, code: tonic::Code, elapsed: Duration) {
+        let code = (code as usize).min(CODES - 1);
+        self.calls[index][code]
+            .get_or_init(|| {
+                self.calls_vec.with_label_values(&[
+                    METHODS[index],
+                    &format!("{:?}", tonic::Code::from(code as i32)),
+                ])
+            })
+            .inc();
+        self.latency[index].observe(elapsed.as_secs_f64());
+    }
+
+    fn render(&self, stats: &Stats) -> String {
+        self.in_flight.set(stats.in_flight() as i64);
+        self.subscriptions.set(stats.subscribers() as i64);
+        self.resident_memory
+            .set(eventsys::process::resident_memory() as i64);
+        self.open_fds.set(eventsys::process::open_fds() as i64);
+        let cpu = eventsys::process::cpu_time().as_secs_f64();
+        self.cpu_seconds
+            .inc_by((cpu - self.cpu_seconds.get()).max(0.0));
+        let mut out = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %err, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<RpcMetrics>,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    async fn scrape(
+        State((metrics, stats)): State<(Arc<RpcMetrics>, Arc<Stats>)>,
+    ) -> impl IntoResponse {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            metrics.render(&stats),
+        )
+    }
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state((metrics, stats));
+    if let Err(err) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %err, "metrics endpoint failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        let metrics = RpcMetrics::new();
+        let ms = Duration::from_millis(1);
+        metrics.observe(method_index("GetEvent"), tonic::Code::Ok, ms);
+        metrics.observe(method_index("Nonsense1"), tonic::Code::Unimplemented, ms);
+        metrics.observe(method_index("Nonsense2"), tonic::Code::Unimplemented, ms);
+        let text = metrics.render(&Stats::default());
+        assert!(
+            text.contains("eventsvc_rpcs_total{code=\"Ok\",method=\"GetEvent\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("eventsvc_rpcs_total{code=\"Unimplemented\",method=\"other\"} 2"),
+            "{text}"
+        );
+    }
+}
