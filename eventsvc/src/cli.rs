@@ -212,12 +212,13 @@ where
     process::run_main("eventsvc", || Config::parse_from(args), run)
 }
 
-async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
+async fn run(config: Config, mut inherited: Inherited) -> Result<(), Fatal> {
     let uri = config.store.uri()?;
     // Installed first: a SIGTERM during start-up must not kill the process abruptly.
     let shutdown = process::shutdown_signal()?;
 
     let addr = SocketAddr::new(config.host, config.port);
+    let metrics = inherited.take_metrics();
     let (listener, origin) = inherited
         .listen(addr)
         .await
@@ -248,8 +249,15 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
         .reflection(!config.no_reflection)
         .feed(feed)
         .added_latency(Duration::from_millis(config.test_latency_ms));
-    let backend = match config.metrics_addr {
-        Some(addr) => {
+    let handed = metrics.map_err(|source| Fatal::Bind { addr, source })?;
+    let backend = match (handed, config.metrics_addr) {
+        (Some(listener), _) => {
+            if let Ok(bound) = listener.local_addr() {
+                tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
+            }
+            backend.metrics(listener)
+        }
+        (None, Some(addr)) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| Fatal::Bind { addr, source })?;
@@ -259,7 +267,7 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
             tracing::info!(addr = %bound, "metrics at http://{bound}/metrics");
             backend.metrics(listener)
         }
-        None => backend,
+        (None, None) => backend,
     };
     if config.test_latency_ms > 0 {
         tracing::warn!(

@@ -56,6 +56,8 @@ pub(crate) struct Spec {
     pub(crate) subcommand: &'static str,
     /// The socket every incarnation serves on.
     pub(crate) listener: TcpListener,
+    /// A backend's metrics socket, handed over as fd 4.
+    pub(crate) metrics: Option<TcpListener>,
     pub(crate) args: Vec<String>,
     /// Variables set for the child (kept out of its command line, which anyone can read).
     pub(crate) env: Vec<(&'static str, String)>,
@@ -71,6 +73,7 @@ pub(crate) struct Supervised {
     addr: SocketAddr,
     /// Every incarnation's listening socket, held between them so clients wait in the backlog.
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     max_backoff: Duration,
     label: Label,
     console: Arc<Console>,
@@ -90,6 +93,7 @@ impl Supervised {
             args: spec.args,
             env: spec.env,
             listener: spec.listener,
+            metrics: spec.metrics,
             max_backoff: spec.max_backoff,
             label,
             console,
@@ -111,20 +115,33 @@ impl Supervised {
         Ok(self.listener.try_clone()?.into())
     }
 
+    /// Where the child serves its metrics, if it has a socket for them.
+    pub(crate) fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
+    }
+
     fn spawn(self: &Arc<Self>) -> std::io::Result<Child> {
         let exe = std::env::current_exe()?;
-        let socket = FdMapping {
+        let mut sockets = vec![FdMapping {
             parent_fd: self.socket()?,
             child_fd: LISTEN_FD,
-        };
+        }];
+        let mut names = self.name.clone();
+        if let Some(metrics) = &self.metrics {
+            sockets.push(FdMapping {
+                parent_fd: metrics.try_clone()?.into(),
+                child_fd: LISTEN_FD + 1,
+            });
+            names.push_str(":metrics");
+        }
         let mut command = Command::new(exe);
         command
             .arg(self.subcommand)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(PARENT_ENV, std::process::id().to_string())
-            .env("LISTEN_FDS", "1")
-            .env("LISTEN_FDNAMES", &self.name)
+            .env("LISTEN_FDS", sockets.len().to_string())
+            .env("LISTEN_FDNAMES", names)
             // No pid check: the child's pid is not known before it is spawned.
             .env_remove("LISTEN_PID")
             .stdin(Stdio::null())
@@ -132,7 +149,7 @@ impl Supervised {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         command
-            .fd_mappings(vec![socket])
+            .fd_mappings(sockets)
             .map_err(|_| std::io::Error::other("fd 3 mapped twice"))?;
         let mut child = command.spawn()?;
         if let Some(out) = child.stdout.take() {

@@ -60,6 +60,8 @@ struct Plan {
 /// The sockets `up` serves on, bound before anything starts.
 struct Sockets {
     backends: Vec<TcpListener>,
+    /// Each backend's metrics endpoint, on a free port of the same host.
+    metrics: Vec<TcpListener>,
     gateway: TcpListener,
 }
 
@@ -118,6 +120,11 @@ impl Plan {
                 .backend_ports
                 .iter()
                 .map(|&port| bind(port))
+                .collect::<Result<_, _>>()?,
+            metrics: self
+                .backend_ports
+                .iter()
+                .map(|_| bind(0))
                 .collect::<Result<_, _>>()?,
             gateway: bind(self.args.gateway_port)?,
         })
@@ -221,16 +228,18 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
         force: CancellationToken::new(),
     };
     let workers = worker_threads(plan.backend_ports.len() + 1);
-    for (i, (name, listener)) in plan
+    for (i, ((name, listener), metrics)) in plan
         .backend_names()
         .into_iter()
         .zip(sockets.backends)
+        .zip(sockets.metrics)
         .enumerate()
     {
         let spec = Spec {
             name: name.clone(),
             subcommand: "backend",
             listener,
+            metrics: Some(metrics),
             args: Vec::new(),
             env: plan
                 .args
@@ -325,6 +334,7 @@ async fn start(
         name: "gateway".into(),
         subcommand: "gateway",
         listener: gateway,
+        metrics: None,
         args: vec!["--backends".into(), list],
         env: plan
             .args
@@ -342,11 +352,22 @@ async fn start(
     tokio::time::timeout(START_TIMEOUT, probe::until_gateway_ready(rest))
         .await
         .map_err(|_| Fatal::NotReady("gateway".into()))?;
-    summary(console, plan, rest, &addrs);
+    let metrics: Vec<SocketAddr> = fleet
+        .backends
+        .iter()
+        .filter_map(|(child, _)| child.metrics_addr())
+        .collect();
+    summary(console, plan, rest, &addrs, &metrics);
     Ok(())
 }
 
-fn summary(console: &Console, plan: &Plan, rest: SocketAddr, backends: &[SocketAddr]) {
+fn summary(
+    console: &Console,
+    plan: &Plan,
+    rest: SocketAddr,
+    backends: &[SocketAddr],
+    metrics: &[SocketAddr],
+) {
     let label = console.label("eventsys", 0);
     let grpc = backends
         .iter()
@@ -362,6 +383,14 @@ fn summary(console: &Console, plan: &Plan, rest: SocketAddr, backends: &[SocketA
         format!("  REST API  http://{rest}/events"),
         format!("  SSE       http://{rest}/subscribe/{{topic}}"),
         format!("  metrics   http://{rest}/metrics"),
+        format!(
+            "  backends' metrics  {}",
+            metrics
+                .iter()
+                .map(|m| format!("http://{m}/metrics"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
         format!(
             "  gRPC      {grpc}   (grpcurl -plaintext {} list)",
             backends[0]

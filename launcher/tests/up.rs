@@ -22,6 +22,8 @@ struct Launcher {
     lines: mpsc::UnboundedReceiver<String>,
     rest: SocketAddr,
     backends: Vec<SocketAddr>,
+    /// The backends' metrics URLs the banner names.
+    metrics: Vec<String>,
     /// Every child pid the launcher has reported starting, by child name.
     pids: HashMap<String, Vec<i32>>,
 }
@@ -87,12 +89,20 @@ impl Launcher {
             lines,
             rest: "0.0.0.0:0".parse().unwrap(),
             backends: Vec::new(),
+            metrics: Vec::new(),
             pids: HashMap::new(),
         };
         let rest = launcher
             .expect(|l| l.split_once("REST API  http://").map(|(_, r)| r.to_owned()))
             .await;
         launcher.rest = rest.trim_end_matches("/events").parse().unwrap();
+        let metrics = launcher
+            .expect(|l| {
+                l.split_once("backends' metrics  ")
+                    .map(|(_, r)| r.to_owned())
+            })
+            .await;
+        launcher.metrics = metrics.split_whitespace().map(str::to_owned).collect();
         let grpc = launcher
             .expect(|l| l.split_once("gRPC      ").map(|(_, r)| r.to_owned()))
             .await;
@@ -210,6 +220,13 @@ async fn up_serves_restarts_a_killed_backend_and_stops_without_leftovers() {
         socket,
         "the restarted backend serves on the socket its predecessor had"
     );
+    // Every backend's metrics, at the address the banner printed, the restarted one's too
+    // (its metrics socket is handed over again as fd 4).
+    assert_eq!(launcher.metrics.len(), 3, "{:?}", launcher.metrics);
+    for url in &launcher.metrics {
+        let text = client.get(url).send().await.unwrap().text().await.unwrap();
+        assert!(text.contains("eventsvc_rpcs_in_flight"), "{url}: {text}");
+    }
     let got = client
         .get(format!("{base}/events/{id}"))
         .send()
