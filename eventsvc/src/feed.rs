@@ -341,6 +341,7 @@ impl Feed {
                 Err(RecvError::Lagged(_)) => {
                     let behind = self.head(&topic).saturating_sub(last);
                     if behind > self.0.settings.max_lag {
+                        self.0.stats.closed_too_far_behind();
                         tracing::warn!(%topic, last, behind, "subscriber too far behind: closing it");
                         return Err(Status::resource_exhausted(format!(
                             "subscriber fell {behind} events behind (limit {}): subscribe again \
@@ -348,6 +349,7 @@ impl Feed {
                             self.0.settings.max_lag
                         )));
                     }
+                    self.0.stats.caught_up();
                     tracing::info!(%topic, last, behind, "subscriber fell behind: catching up from the store");
                     // Rejoin at the ring's end before reading the store: what the ring still
                     // holds is in the store too, what comes next is read from the ring.

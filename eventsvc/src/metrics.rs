@@ -1,6 +1,7 @@
 //! The backend's Prometheus metrics, served over HTTP on a listener of their own
 //! (`--metrics-addr`): event-API calls by method and code, their latency, calls in flight, open
-//! subscriptions, and the process's CPU, memory and descriptors.
+//! subscriptions, catch-ups and lag closures, retention's deletions, and the process's CPU,
+//! memory and descriptors.
 
 use std::{
     sync::{Arc, OnceLock},
@@ -42,9 +43,14 @@ pub(crate) struct RpcMetrics {
     latency: Vec<Histogram>,
     in_flight: IntGauge,
     subscriptions: IntGauge,
+    catch_ups: IntCounter,
+    too_far_behind: IntCounter,
+    dropped_by_retention: IntCounter,
     resident_memory: IntGauge,
     open_fds: IntGauge,
     cpu_seconds: Counter,
+    /// One scrape at a time: counters are brought up to date by adding what is new.
+    rendering: std::sync::Mutex<()>,
 }
 
 /// The label index of an event-API method name (from the request path).
@@ -84,6 +90,19 @@ impl RpcMetrics {
             "Event-API calls being served, open Subscribe streams included",
         );
         let subscriptions = gauge("eventsvc_subscriptions", "Subscribe streams open now");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let catch_ups = counter(
+            "eventsvc_catch_ups_total",
+            "Subscribers that fell behind their topic's ring and read on from the store",
+        );
+        let too_far_behind = counter(
+            "eventsvc_subscribers_too_far_behind_total",
+            "Subscribers closed for being more than --max-subscriber-lag events behind",
+        );
+        let dropped_by_retention = counter(
+            "eventsvc_retention_dropped_events_total",
+            "Events the retention policy dropped",
+        );
         let resident_memory = gauge(
             "process_resident_memory_bytes",
             "Resident memory size in bytes",
@@ -99,6 +118,9 @@ impl RpcMetrics {
             Box::new(latency_vec.clone()),
             Box::new(in_flight.clone()),
             Box::new(subscriptions.clone()),
+            Box::new(catch_ups.clone()),
+            Box::new(too_far_behind.clone()),
+            Box::new(dropped_by_retention.clone()),
             Box::new(resident_memory.clone()),
             Box::new(open_fds.clone()),
             Box::new(cpu_seconds.clone()),
@@ -117,9 +139,13 @@ impl RpcMetrics {
                 .collect(),
             in_flight,
             subscriptions,
+            catch_ups,
+            too_far_behind,
+            dropped_by_retention,
             resident_memory,
             open_fds,
             cpu_seconds,
+            rendering: std::sync::Mutex::new(()),
         }
     }
 
@@ -138,8 +164,21 @@ impl RpcMetrics {
     }
 
     fn render(&self, stats: &Stats) -> String {
+        let _one = self
+            .rendering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.in_flight.set(stats.in_flight() as i64);
         self.subscriptions.set(stats.subscribers() as i64);
+        // Counts kept by the feed and the retention task, brought up to date.
+        let (catch_ups, too_far_behind, dropped) = stats.feed_counts();
+        for (counter, now) in [
+            (&self.catch_ups, catch_ups),
+            (&self.too_far_behind, too_far_behind),
+            (&self.dropped_by_retention, dropped),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
         self.resident_memory
             .set(eventsys::process::resident_memory() as i64);
         self.open_fds.set(eventsys::process::open_fds() as i64);

@@ -5,14 +5,22 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{EventStore, Retention};
+use crate::{
+    stats::Stats,
+    store::{EventStore, Retention},
+};
 
 /// Events dropped per write transaction.
 const BATCH: usize = 500;
 const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` is cancelled; returns at once when retention is off.
-pub(crate) async fn run(store: Arc<dyn EventStore>, retention: Retention, stop: CancellationToken) {
+pub(crate) async fn run(
+    store: Arc<dyn EventStore>,
+    retention: Retention,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
     if retention.is_off() {
         return;
     }
@@ -36,6 +44,7 @@ pub(crate) async fn run(store: Arc<dyn EventStore>, retention: Retention, stop: 
             tokio::task::yield_now().await;
         }
         if dropped > 0 {
+            stats.dropped_by_retention(dropped);
             tracing::info!(dropped, "retention: dropped events");
         }
         tokio::select! {

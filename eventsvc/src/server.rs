@@ -171,6 +171,7 @@ pub async fn serve(
     tokio::spawn(retention::run(
         backend.store.clone(),
         backend.retention,
+        stats.clone(),
         streams.clone(),
     ));
 

@@ -35,6 +35,12 @@ pub(crate) struct Stats {
     in_flight: AtomicU64,
     requests: AtomicU64,
     subscribers: AtomicU64,
+    /// Subscribers that fell behind their topic's ring and read on from the store.
+    catch_ups: AtomicU64,
+    /// Subscribers closed for being too far behind.
+    too_far_behind: AtomicU64,
+    /// Events retention has dropped.
+    dropped_by_retention: AtomicU64,
 }
 
 /// An open subscription, counted until dropped.
@@ -64,6 +70,9 @@ impl Default for Stats {
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             subscribers: AtomicU64::new(0),
+            catch_ups: AtomicU64::new(0),
+            too_far_behind: AtomicU64::new(0),
+            dropped_by_retention: AtomicU64::new(0),
         }
     }
 }
@@ -79,6 +88,28 @@ impl Stats {
 
     pub(crate) fn subscribers(&self) -> u64 {
         self.subscribers.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn caught_up(&self) {
+        self.catch_ups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn closed_too_far_behind(&self) {
+        self.too_far_behind.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dropped_by_retention(&self, events: usize) {
+        self.dropped_by_retention
+            .fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    /// Catch-ups, subscribers closed too far behind, events dropped by retention, so far.
+    pub(crate) fn feed_counts(&self) -> (u64, u64, u64) {
+        (
+            self.catch_ups.load(Ordering::Relaxed),
+            self.too_far_behind.load(Ordering::Relaxed),
+            self.dropped_by_retention.load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn uptime(&self) -> Duration {

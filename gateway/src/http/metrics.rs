@@ -239,16 +239,17 @@ impl Metrics {
         self.sse_streams.set(limits.open_streams() as i64);
         self.resident_memory
             .set(eventsys::process::resident_memory() as i64);
-        let cpu = eventsys::process::cpu_time().as_secs_f64();
-        self.cpu_seconds
-            .inc_by((cpu - self.cpu_seconds.get()).max(0.0));
-        self.open_fds.set(eventsys::process::open_fds() as i64);
-        // The per-backend series are rebuilt from the snapshots (a backend gone is dropped):
-        // one scrape at a time, or two would add the counts twice.
+        // Counters are brought up to date by adding what is new, and the per-backend series
+        // rebuilt from the snapshots (a backend gone is dropped): one scrape at a time, or two
+        // would add the counts twice.
         let _one = self
             .rendering
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cpu = eventsys::process::cpu_time().as_secs_f64();
+        self.cpu_seconds
+            .inc_by((cpu - self.cpu_seconds.get()).max(0.0));
+        self.open_fds.set(eventsys::process::open_fds() as i64);
         for gauge in [&self.backend_healthy, &self.backend_in_flight] {
             gauge.reset();
         }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::{
     pubsub::{in_order, read, subscribe},
-    support::{EXCLUSIVE, Single, http},
+    support::{EXCLUSIVE, Single, backend_metrics, http},
 };
 
 /// A maximal event: 64 KiB title and description, 256 KiB of data (~370 KiB as JSON).
@@ -164,12 +164,23 @@ async fn history_becomes(base: &str, topic: &str, expected: &[u64]) -> Option<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_by_count_keeps_the_newest_and_tells_readers_of_the_gap() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let single = Single::start(&["--retention-max-events", "10"], &[]).await;
+    let flags = [
+        "--retention-max-events",
+        "10",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let single = Single::start(&flags, &[]).await;
     let base = single.gateway.url();
     publish_n(&base, "kept", 25).await;
     let expected: Vec<u64> = (16..=25).collect();
     let oldest = history_becomes(&base, "kept", &expected).await;
     assert_eq!(oldest.as_deref(), Some("16"));
+    let metrics = backend_metrics(&single.backend).await;
+    assert!(
+        metrics.contains("\neventsvc_retention_dropped_events_total 15\n"),
+        "{metrics}"
+    );
     // Reading from within what is kept is no gap.
     let response = http()
         .get(format!("{base}/topic-events/kept?afterSeq=20"))

@@ -12,7 +12,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::support::{EXCLUSIVE, Process, System, http, metric, served_by, wait_gateway_ready};
+use crate::support::{
+    EXCLUSIVE, Process, System, backend_metrics, http, metric, served_by, wait_gateway_ready,
+};
 
 pub(crate) type Frames =
     std::pin::Pin<Box<dyn Stream<Item = Result<Frame, EventStreamError<reqwest::Error>>> + Send>>;
@@ -199,7 +201,11 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
     // between them and the store.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
-    let backend = Process::backend_with(&db, &["--subscriber-buffer", "8"]).await;
+    let backend = Process::backend_with(
+        &db,
+        &["--subscriber-buffer", "8", "--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
     let gateway = Process::gateway(&[backend.addr], &["--sse-buffer-bytes", "262144"]).await;
     let base = format!("http://{}", gateway.addr);
     // An SSE client through the gateway, and a gRPC client straight at the backend (on its
@@ -236,6 +242,12 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
             .contains("subscriber fell behind: catching up from the store"),
         "the gRPC client fell behind at the backend"
     );
+    let metrics = backend_metrics(&backend).await;
+    let catch_ups = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("eventsvc_catch_ups_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(catch_ups > Some(0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -244,7 +256,14 @@ async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Process::backend_with(
         &dir.path().join("events.db"),
-        &["--subscriber-buffer", "4", "--max-subscriber-lag", "50"],
+        &[
+            "--subscriber-buffer",
+            "4",
+            "--max-subscriber-lag",
+            "50",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     // Its own connection with a small HTTP/2 window (tonic's default takes 2 MiB before the
@@ -296,6 +315,11 @@ async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
         status.message()
     );
     assert!(last < 600);
+    let metrics = backend_metrics(&backend).await;
+    assert!(
+        metrics.contains("\neventsvc_subscribers_too_far_behind_total 1\n"),
+        "{metrics}"
+    );
 
     // Resuming where it was told loses nothing.
     let mut resumed = client

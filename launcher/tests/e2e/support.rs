@@ -436,7 +436,7 @@ impl System {
 pub(crate) struct Single {
     pub gateway: Process,
     /// Kept running (and its store) for as long as the gateway.
-    _backend: Process,
+    pub backend: Process,
     _dir: tempfile::TempDir,
 }
 
@@ -448,7 +448,7 @@ impl Single {
         wait_gateway_ready(gateway.addr).await;
         Single {
             gateway,
-            _backend: backend,
+            backend,
             _dir: dir,
         }
     }
@@ -489,6 +489,19 @@ pub(crate) async fn metric(gateway: SocketAddr, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map_or(0, |n| n.trim().parse().expect("a whole-number series"))
+}
+
+/// A backend's metrics exposition (it runs with `--metrics-addr`; its log names the address).
+pub(crate) async fn backend_metrics(backend: &Process) -> String {
+    backend.wait_for_log("metrics at http://").await;
+    let logs = backend.logs();
+    let url = logs
+        .split("metrics at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a metrics URL")
+        .to_owned();
+    http().get(url).send().await.unwrap().text().await.unwrap()
 }
 
 /// The backend a gateway response names in `x-backend`.
