@@ -74,6 +74,8 @@ struct Hub {
 }
 
 struct Inner {
+    /// From an event's publish to its dispatch here.
+    delay: prometheus::Histogram,
     store: Arc<dyn EventStore>,
     stats: Arc<Stats>,
     settings: FeedSettings,
@@ -118,8 +120,10 @@ impl Feed {
         stats: Arc<Stats>,
         settings: FeedSettings,
         shutdown: CancellationToken,
+        delay: prometheus::Histogram,
     ) -> Feed {
         Feed(Arc::new(Inner {
+            delay,
             store,
             stats,
             settings,
@@ -271,6 +275,10 @@ impl Feed {
             topic.head = topic.head.max(event.seq);
             topic.ring.clone()
         };
+        if let Some(time) = event.time {
+            let lag = (chrono::Utc::now() - time).to_std().unwrap_or_default();
+            self.0.delay.observe(lag.as_secs_f64());
+        }
         // Only the follower sends, so every ring gets its topic's events in order. A send
         // fails only when nobody is subscribed any more.
         let _ = ring.send(Encoded::from(convert::event(event)));

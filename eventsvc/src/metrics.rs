@@ -43,6 +43,7 @@ pub(crate) struct RpcMetrics {
     latency: Vec<Histogram>,
     in_flight: IntGauge,
     subscriptions: IntGauge,
+    feed_delay: Histogram,
     catch_ups: IntCounter,
     too_far_behind: IntCounter,
     dropped_by_retention: IntCounter,
@@ -90,6 +91,17 @@ impl RpcMetrics {
             "Event-API calls being served, open Subscribe streams included",
         );
         let subscriptions = gauge("eventsvc_subscriptions", "Subscribe streams open now");
+        let feed_delay = Histogram::with_opts(
+            HistogramOpts::new(
+                "eventsvc_feed_delay_seconds",
+                "From an event's publish (its time) to its hand-over to this backend's \
+                 subscribers: the change feed's lag",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
         let catch_ups = counter(
             "eventsvc_catch_ups_total",
@@ -118,6 +130,7 @@ impl RpcMetrics {
             Box::new(latency_vec.clone()),
             Box::new(in_flight.clone()),
             Box::new(subscriptions.clone()),
+            Box::new(feed_delay.clone()),
             Box::new(catch_ups.clone()),
             Box::new(too_far_behind.clone()),
             Box::new(dropped_by_retention.clone()),
@@ -139,6 +152,7 @@ impl RpcMetrics {
                 .collect(),
             in_flight,
             subscriptions,
+            feed_delay,
             catch_ups,
             too_far_behind,
             dropped_by_retention,
@@ -147,6 +161,11 @@ impl RpcMetrics {
             cpu_seconds,
             rendering: std::sync::Mutex::new(()),
         }
+    }
+
+    /// The change feed's lag histogram, which the feed observes.
+    pub(crate) fn feed_delay(&self) -> Histogram {
+        self.feed_delay.clone()
     }
 
     /// One finished call of the method at `index` (see [`method_index`]).

@@ -166,6 +166,7 @@ pub async fn serve(
         stats.clone(),
         backend.feed,
         streams.clone(),
+        metrics.feed_delay(),
     );
 
     tokio::spawn(retention::run(

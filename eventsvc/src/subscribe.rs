@@ -178,6 +178,7 @@ mod tests {
             stats.clone(),
             FeedSettings::default(),
             CancellationToken::new(),
+            crate::metrics::RpcMetrics::new().feed_delay(),
         );
         let auth = Arc::new(Auth::anonymous());
         let api = EventsApi::new(store, stats, feed, auth.clone());

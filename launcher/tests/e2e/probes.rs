@@ -232,6 +232,7 @@ async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
         ("eventsvc_rpc_duration_seconds", "histogram"),
         ("eventsvc_rpcs_in_flight", "gauge"),
         ("eventsvc_subscriptions", "gauge"),
+        ("eventsvc_feed_delay_seconds", "histogram"),
         ("process_cpu_seconds", "counter"),
         ("process_open_fds", "gauge"),
     ];

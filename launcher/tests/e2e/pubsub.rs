@@ -320,6 +320,13 @@ async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
         metrics.contains("\neventsvc_subscribers_too_far_behind_total 1\n"),
         "{metrics}"
     );
+    // Live events' lag from publish to dispatch was observed (of those dispatched while the
+    // subscriber was there).
+    let observed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("eventsvc_feed_delay_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(observed > Some(0), "{metrics}");
 
     // Resuming where it was told loses nothing.
     let mut resumed = client
