@@ -1,10 +1,15 @@
 //! Process plumbing shared by the binaries: `.env` loading, `tracing` set-up from `RUST_LOG`,
-//! SIGINT/SIGTERM as a shutdown future, and resident memory for the stats endpoints.
+//! SIGINT/SIGTERM as a shutdown future, resident memory for the stats endpoints, and the
+//! process figures of `/metrics` (`ProcessCollector`).
 
 use std::io::{IsTerminal, Write};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
+
+mod collector;
+
+pub use collector::ProcessCollector;
 
 use crate::listen::Inherited;
 
@@ -83,7 +88,7 @@ pub fn raise_open_file_limit() {
 }
 
 /// CPU time (user and system) the process has used so far.
-pub fn cpu_time() -> std::time::Duration {
+fn cpu_time() -> std::time::Duration {
     use nix::sys::resource::{UsageWho, getrusage};
     getrusage(UsageWho::RUSAGE_SELF).map_or(std::time::Duration::ZERO, |usage| {
         let micros = |t: nix::sys::time::TimeVal| {
@@ -95,7 +100,7 @@ pub fn cpu_time() -> std::time::Duration {
 }
 
 /// Open file descriptors of this process, from `/proc/self/fd` (0 elsewhere).
-pub fn open_fds() -> u64 {
+fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
 }
 

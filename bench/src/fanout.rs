@@ -254,6 +254,11 @@ fn parse(frame: &[u8]) -> Option<(u64, u64)> {
     Some((seq?, sent))
 }
 
+/// The topic the `n`-th publish goes to.
+fn round_robin(topics: &[String], n: u64) -> &str {
+    &topics[(n % topics.len() as u64) as usize]
+}
+
 fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -265,10 +270,9 @@ async fn publish(
     topics: &[String],
     publishing: Publishing,
 ) {
-    let next = Arc::new(AtomicU64::new(0));
-    let topic_of = |n: u64| topics[(n % topics.len() as u64) as usize].clone();
     match publishing {
         Publishing::Closed { count, publishers } => {
+            let next = Arc::new(AtomicU64::new(0));
             let mut tasks = JoinSet::new();
             for _ in 0..publishers.max(1) {
                 let (target, recorder, next) = (target.clone(), recorder.clone(), next.clone());
@@ -279,7 +283,7 @@ async fn publish(
                         if n >= u64::from(count) {
                             break;
                         }
-                        let topic = &topics[(n % topics.len() as u64) as usize];
+                        let topic = round_robin(&topics, n);
                         recorder.record(target.publish(topic, micros_now()).await);
                     }
                 });
@@ -299,7 +303,8 @@ async fn publish(
                 while tasks.len() >= MAX_IN_FLIGHT {
                     tasks.join_next().await;
                 }
-                let (target, recorder, topic) = (target.clone(), recorder.clone(), topic_of(n));
+                let (target, recorder) = (target.clone(), recorder.clone());
+                let topic = round_robin(topics, n).to_owned();
                 tasks.spawn(
                     async move { recorder.record(target.publish(&topic, micros_now()).await) },
                 );

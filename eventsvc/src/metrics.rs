@@ -10,8 +10,8 @@ use std::{
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use prometheus::{
-    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 
@@ -47,9 +47,6 @@ pub(crate) struct RpcMetrics {
     catch_ups: IntCounter,
     too_far_behind: IntCounter,
     dropped_by_retention: IntCounter,
-    resident_memory: IntGauge,
-    open_fds: IntGauge,
-    cpu_seconds: Counter,
     /// One scrape at a time: counters are brought up to date by adding what is new.
     rendering: std::sync::Mutex<()>,
 }
@@ -115,16 +112,6 @@ impl RpcMetrics {
             "eventsvc_retention_dropped_events_total",
             "Events the retention policy dropped",
         );
-        let resident_memory = gauge(
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes",
-        );
-        let open_fds = gauge("process_open_fds", "Number of open file descriptors");
-        let cpu_seconds = Counter::new(
-            "process_cpu_seconds_total",
-            "Total user and system CPU time spent in seconds",
-        )
-        .expect("valid metric");
         for collector in [
             Box::new(calls_vec.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency_vec.clone()),
@@ -134,9 +121,7 @@ impl RpcMetrics {
             Box::new(catch_ups.clone()),
             Box::new(too_far_behind.clone()),
             Box::new(dropped_by_retention.clone()),
-            Box::new(resident_memory.clone()),
-            Box::new(open_fds.clone()),
-            Box::new(cpu_seconds.clone()),
+            Box::new(eventsys::process::ProcessCollector::new()),
         ] {
             registry
                 .register(collector)
@@ -156,9 +141,6 @@ impl RpcMetrics {
             catch_ups,
             too_far_behind,
             dropped_by_retention,
-            resident_memory,
-            open_fds,
-            cpu_seconds,
             rendering: std::sync::Mutex::new(()),
         }
     }
@@ -198,12 +180,6 @@ impl RpcMetrics {
         ] {
             counter.inc_by(now.saturating_sub(counter.get()));
         }
-        self.resident_memory
-            .set(eventsys::process::resident_memory() as i64);
-        self.open_fds.set(eventsys::process::open_fds() as i64);
-        let cpu = eventsys::process::cpu_time().as_secs_f64();
-        self.cpu_seconds
-            .inc_by((cpu - self.cpu_seconds.get()).max(0.0));
         let mut out = Vec::new();
         if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %err, "cannot encode metrics");

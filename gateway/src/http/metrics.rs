@@ -31,10 +31,7 @@ pub(crate) struct Metrics {
     sse_topics: IntGauge,
     sse_streams: IntGauge,
     refusals: IntCounterVec,
-    resident_memory: IntGauge,
-    open_fds: IntGauge,
     rendering: std::sync::Mutex<()>,
-    cpu_seconds: prometheus::Counter,
     pub(super) in_flight: AtomicI64,
     pub(super) total: AtomicU64,
 }
@@ -134,27 +131,12 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
-        // The Prometheus client libraries' process figures, by their usual names.
-        let resident_memory = IntGauge::new(
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes",
-        )
-        .expect("valid metric");
-        let open_fds = IntGauge::new("process_open_fds", "Number of open file descriptors")
-            .expect("valid metric");
-        let cpu_seconds = prometheus::Counter::new(
-            "process_cpu_seconds_total",
-            "Total user and system CPU time spent in seconds",
-        )
-        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sse_topics.clone()),
             Box::new(sse_streams.clone()),
             Box::new(refusals.clone()),
-            Box::new(resident_memory.clone()),
-            Box::new(open_fds.clone()),
-            Box::new(cpu_seconds.clone()),
+            Box::new(eventsys::process::ProcessCollector::new()),
             Box::new(latency.clone()),
             Box::new(backend_healthy.clone()),
             Box::new(backend_in_flight.clone()),
@@ -184,10 +166,7 @@ impl Metrics {
             sse_topics,
             sse_streams,
             refusals,
-            resident_memory,
-            open_fds,
             rendering: std::sync::Mutex::new(()),
-            cpu_seconds,
             in_flight: AtomicI64::new(0),
             total: AtomicU64::new(0),
         }
@@ -237,19 +216,13 @@ impl Metrics {
     ) -> String {
         self.sse_topics.set(sse_topics as i64);
         self.sse_streams.set(limits.open_streams() as i64);
-        self.resident_memory
-            .set(eventsys::process::resident_memory() as i64);
-        // Counters are brought up to date by adding what is new, and the per-backend series
-        // rebuilt from the snapshots (a backend gone is dropped): one scrape at a time, or two
-        // would add the counts twice.
+        // The per-backend series are rebuilt from the snapshots (a backend gone is dropped),
+        // their counters by adding what is new: one scrape at a time, or two would add the
+        // counts twice.
         let _one = self
             .rendering
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let cpu = eventsys::process::cpu_time().as_secs_f64();
-        self.cpu_seconds
-            .inc_by((cpu - self.cpu_seconds.get()).max(0.0));
-        self.open_fds.set(eventsys::process::open_fds() as i64);
         for gauge in [&self.backend_healthy, &self.backend_in_flight] {
             gauge.reset();
         }

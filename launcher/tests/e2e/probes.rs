@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{EXCLUSIVE, Process, Server, http};
+use crate::support::{EXCLUSIVE, Process, Server, backend_metrics, http};
 
 /// Polls `/readyz` until it answers `want`; how long that took.
 async fn readyz_becomes(base: &str, want: StatusCode, within: Duration) -> Duration {
@@ -218,15 +218,7 @@ async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
     let gateway_text = text;
 
     // The backend's, on the address its log names.
-    backend.wait_for_log("metrics at http://").await;
-    let logs = backend.logs();
-    let url = logs
-        .split("metrics at ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    let text = http().get(&url).send().await.unwrap().text().await.unwrap();
+    let text = backend_metrics(&backend).await;
     let backend_kinds = [
         ("eventsvc_rpcs", "counter"),
         ("eventsvc_rpc_duration_seconds", "histogram"),

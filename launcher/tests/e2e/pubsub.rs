@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::support::{
-    EXCLUSIVE, Process, System, backend_metrics, http, metric, served_by, wait_gateway_ready,
+    EXCLUSIVE, Process, System, backend_metrics, http, metric, series_value, served_by,
+    wait_gateway_ready,
 };
 
 pub(crate) type Frames =
@@ -243,11 +244,10 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
         "the gRPC client fell behind at the backend"
     );
     let metrics = backend_metrics(&backend).await;
-    let catch_ups = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("eventsvc_catch_ups_total "))
-        .and_then(|n| n.parse::<u64>().ok());
-    assert!(catch_ups > Some(0), "{metrics}");
+    assert!(
+        series_value(&metrics, "eventsvc_catch_ups_total") > 0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -322,11 +322,10 @@ async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
     );
     // Live events' lag from publish to dispatch was observed (of those dispatched while the
     // subscriber was there).
-    let observed = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("eventsvc_feed_delay_seconds_count "))
-        .and_then(|n| n.parse::<u64>().ok());
-    assert!(observed > Some(0), "{metrics}");
+    assert!(
+        series_value(&metrics, "eventsvc_feed_delay_seconds_count") > 0,
+        "{metrics}"
+    );
 
     // Resuming where it was told loses nothing.
     let mut resumed = client

@@ -485,8 +485,14 @@ pub(crate) async fn metric(gateway: SocketAddr, series: &str) -> u64 {
         .text()
         .await
         .expect("metrics text");
+    series_value(&text, series)
+}
+
+/// One series of an exposition, named with its labels; 0 when it is not there (yet).
+pub(crate) fn series_value(exposition: &str, series: &str) -> u64 {
     let prefix = format!("{series} ");
-    text.lines()
+    exposition
+        .lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map_or(0, |n| n.trim().parse().expect("a whole-number series"))
 }

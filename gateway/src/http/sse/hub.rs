@@ -39,6 +39,8 @@ type Source = Answer<Streaming<v1::Event>>;
 /// Every open hub of this gateway, by topic.
 pub(crate) struct Hubs {
     hubs: Mutex<HashMap<String, Arc<Hub>>>,
+    /// How many hubs the map holds: read on every push (for the byte share) without the
+    /// map's lock.
     open: AtomicUsize,
     /// Bytes of frames all rings keep together; each keeps an equal share.
     budget: usize,
@@ -75,6 +77,14 @@ enum Opening {
 /// A reader's place in a hub: counted until dropped.
 pub(super) struct Member(Arc<Hub>);
 
+impl std::ops::Deref for Member {
+    type Target = Hub;
+
+    fn deref(&self) -> &Hub {
+        &self.0
+    }
+}
+
 impl Drop for Member {
     fn drop(&mut self) {
         if self.0.readers.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -83,9 +93,8 @@ impl Drop for Member {
     }
 }
 
-/// A client just joined: its hub, and where it starts reading the ring.
+/// A client just joined: its place in the hub, and where it starts reading the ring.
 pub(super) struct Joined {
-    pub(super) hub: Arc<Hub>,
     pub(super) member: Member,
     pub(super) position: u64,
     /// The client opened the hub, whose ring starts right after the client's `after`.
@@ -138,7 +147,6 @@ impl Hubs {
                         hub.current().bearer = bearer;
                     }
                     Joined {
-                        hub: hub.clone(),
                         member: Member(hub.clone()),
                         position: hub.ring.end(),
                         opened_it: false,
@@ -160,7 +168,6 @@ impl Hubs {
                     self.open.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(run(state.clone(), hub.clone(), after));
                     Joined {
-                        hub: hub.clone(),
                         member: Member(hub),
                         position: 0,
                         opened_it: true,
@@ -168,7 +175,7 @@ impl Hubs {
                 }
             }
         };
-        let mut opened = joined.hub.opened.subscribe();
+        let mut opened = joined.member.opened.subscribe();
         let opening = opened
             .wait_for(|o| !matches!(o, Opening::Pending))
             .await

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::{
     frame::Frame,
-    hub::{Hub, Joined, Member},
+    hub::{Joined, Member},
     jitter, log_refusal,
     ring::Read,
 };
@@ -32,7 +32,8 @@ const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration
 
 pub(crate) struct Reader {
     state: AppState,
-    hub: std::sync::Arc<Hub>,
+    /// The client's place in its topic's hub (which it reads through).
+    hub: Member,
     bearer: Option<Bearer>,
     /// Next position to read in the ring.
     position: u64,
@@ -44,7 +45,6 @@ pub(crate) struct Reader {
     pending: VecDeque<Bytes>,
     retry: Duration,
     ends: Option<Instant>,
-    _member: Member,
     _slot: StreamSlot,
 }
 
@@ -59,14 +59,13 @@ impl Reader {
         slot: StreamSlot,
     ) -> Result<Reader, ApiError> {
         let Joined {
-            hub,
             member,
             position,
             opened_it,
         } = state.hubs.join(state, topic, after, bearer.clone()).await?;
         let mut reader = Reader {
             state: state.clone(),
-            hub,
+            hub: member,
             bearer,
             position,
             last: after,
@@ -75,7 +74,6 @@ impl Reader {
             pending: VecDeque::new(),
             retry: RETRY_BACKOFF.0,
             ends: state.settings.sse_max_duration.map(|d| Instant::now() + d),
-            _member: member,
             _slot: slot,
         };
         if reader.behind {
