@@ -96,6 +96,17 @@ impl Retention {
     }
 }
 
+/// A page token's position: every store's tokens are 24 lowercase hex digits (a MongoDB
+/// `ObjectId`, SQLite's row key), so the API can describe them once and any well-formed token
+/// names a position; `None` for anything else.
+pub(crate) fn page_token_bits(token: &str) -> Option<u128> {
+    let hex = token.len() == 24
+        && token
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    hex.then(|| u128::from_str_radix(token, 16).ok()).flatten()
+}
+
 /// Errors every store reports, whatever its engine.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -7,13 +7,14 @@ use uuid::Uuid;
 
 use crate::store::{EventPatch, JsonObject, NewEvent};
 
-/// Longest `title` or `description`, in bytes.
+/// Longest `title` or `description`, in characters (Unicode scalar values, what JSON Schema's
+/// `maxLength` counts, so the API document can state the limit exactly).
 pub(crate) const MAX_TEXT: usize = 64 * 1024;
 /// Largest `data` object, in protobuf-encoded bytes.
 pub(crate) const MAX_DATA: usize = 256 * 1024;
 /// Longest topic name, in bytes.
 pub(crate) const MAX_TOPIC: usize = 256;
-/// Longest user id, in bytes.
+/// Longest user id, in characters.
 pub(crate) const MAX_USER_ID: usize = 256;
 /// Page size when a request asks for 0, and the largest page.
 pub(crate) const DEFAULT_PAGE: usize = 100;
@@ -31,6 +32,20 @@ fn json_object(data: prost_types::Struct) -> Result<JsonObject, FieldError> {
 
 fn too_long(field: &str, max: usize, got: usize) -> FieldError {
     FieldError(format!("{field} must be at most {max} bytes (got {got})"))
+}
+
+/// A text field over `max` characters.
+fn too_many_chars(field: &str, max: usize, value: &str) -> Option<FieldError> {
+    // Cheap first: no text of at most `max` bytes has more than `max` characters.
+    if value.len() <= max {
+        return None;
+    }
+    let got = value.chars().count();
+    (got > max).then(|| {
+        FieldError(format!(
+            "{field} must be at most {max} characters (got {got})"
+        ))
+    })
 }
 
 /// Quotes client input in an error message without echoing a huge value back.
@@ -69,8 +84,8 @@ pub(crate) fn id(id: &str) -> Result<Uuid, FieldError> {
 
 /// The optional owner scope: empty means every user.
 pub(crate) fn owner(user_id: String) -> Result<Option<String>, FieldError> {
-    if user_id.len() > MAX_USER_ID {
-        return Err(too_long("user_id", MAX_USER_ID, user_id.len()));
+    if let Some(err) = too_many_chars("user_id", MAX_USER_ID, &user_id) {
+        return Err(err);
     }
     Ok(Some(user_id).filter(|u| !u.is_empty()))
 }
@@ -87,10 +102,7 @@ pub(crate) fn limit(limit: u32) -> Result<usize, FieldError> {
 }
 
 fn text(field: &str, value: &str) -> Result<(), FieldError> {
-    if value.len() > MAX_TEXT {
-        return Err(too_long(field, MAX_TEXT, value.len()));
-    }
-    Ok(())
+    too_many_chars(field, MAX_TEXT, value).map_or(Ok(()), Err)
 }
 
 fn fields(
@@ -101,8 +113,8 @@ fn fields(
     topic: String,
     data: Option<prost_types::Struct>,
 ) -> Result<NewEvent, FieldError> {
-    if user_id.len() > MAX_USER_ID {
-        return Err(too_long("user_id", MAX_USER_ID, user_id.len()));
+    if let Some(err) = too_many_chars("user_id", MAX_USER_ID, &user_id) {
+        return Err(err);
     }
     text("title", &title)?;
     text("description", &description)?;

@@ -14,6 +14,7 @@ mod legacy;
 mod limits;
 mod listing;
 mod metrics;
+mod openapi;
 mod rest;
 mod routes;
 mod served;

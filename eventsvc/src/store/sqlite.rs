@@ -314,11 +314,11 @@ impl EventStore for SqliteStore {
     ) -> Result<EventPage> {
         let after: i64 = match cursor {
             None => 0,
-            Some(c) => c
-                .parse()
-                .ok()
-                .filter(|pk| *pk >= 0)
-                .ok_or(StoreError::InvalidCursor)?,
+            // Any well-formed token is a position: past the last row, the page is empty.
+            Some(c) => super::page_token_bits(&c)
+                .ok_or(StoreError::InvalidCursor)?
+                .try_into()
+                .unwrap_or(i64::MAX),
         };
         self.run("list", move |conn| {
             const SQL: &str = concat!(
@@ -330,7 +330,7 @@ impl EventStore for SqliteStore {
             let mut rows = query_events(conn, "list", SQL, params![owner, after, limit + 1])?;
             let next = if rows.len() > limit {
                 rows.truncate(limit);
-                rows.last().map(|(pk, _)| pk.to_string())
+                rows.last().map(|(pk, _)| format!("{pk:024x}"))
             } else {
                 None
             };

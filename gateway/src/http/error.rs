@@ -10,7 +10,9 @@ use axum::{
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
 use tonic::Code;
+use utoipa::ToSchema;
 
 use crate::upstream::{Backend, CallError, Failure};
 
@@ -167,13 +169,26 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+/// Every error's body: the text under both names old clients read, and the gRPC status name.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": "event not found", "message": "event not found", "code": "NOT_FOUND"}))]
+pub(crate) struct ErrorBody {
+    /// What went wrong, for people.
+    error: String,
+    /// The same text.
+    message: String,
+    /// The gRPC status name it maps from (`INVALID_ARGUMENT`, `NOT_FOUND`, …).
+    #[schema(pattern = "^[A-Z_]+$")]
+    code: &'static str,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": self.message,
-            "message": self.message,
-            "code": self.code,
-        });
+        let body = ErrorBody {
+            error: self.message.clone(),
+            message: self.message,
+            code: self.code,
+        };
         let challenge = self
             .challenge
             .map(|c| [(header::WWW_AUTHENTICATE, HeaderValue::from_static(c))]);

@@ -8,6 +8,7 @@ use axum::{
 };
 use http::request::Parts;
 use serde::{Deserialize, de::DeserializeOwned};
+use utoipa::IntoParams;
 
 use super::{ApiError, AppState};
 
@@ -19,6 +20,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(request, state).await?;
+        // serde reads a struct from an array too (`[null, null]` would be an event).
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::bad_request(
+                "invalid JSON: the body must be a JSON object",
+            ));
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
@@ -40,9 +47,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
 /// The owner an event request acts for (`?userId=`; empty when not given).
 pub(crate) struct UserId(pub(crate) String);
 
-#[derive(Debug, Default, Deserialize)]
-struct OwnerQuery {
+/// `?userId=`, as `UserId` reads it.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UserIdParam {
+    /// Scopes the request to this user's events (anonymous mode). In token mode the token's
+    /// subject decides: another user's id is 403, absent means the caller.
     #[serde(rename = "userId", default)]
+    #[param(max_length = 256, nullable = false)]
     user_id: Option<String>,
 }
 
@@ -50,13 +62,23 @@ impl<S: Send + Sync> FromRequestParts<S> for UserId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Query(owner) = Query::<OwnerQuery>::from_request_parts(parts, state).await?;
+        let Query(owner) = Query::<UserIdParam>::from_request_parts(parts, state).await?;
         Ok(UserId(owner.user_id.unwrap_or_default()))
     }
 }
 
 /// The `{id}` of `/events/{id}`, normalised; an id that is not a UUID names no event (404).
 pub(crate) struct EventId(pub(crate) String);
+
+/// `{id}`, as `EventId` reads it (for the API description).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "only describes the parameter")]
+pub(crate) struct EventIdParam {
+    /// The event's id (a UUID; anything else names no event: 404).
+    #[param(format = Uuid)]
+    id: String,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for EventId {
     type Rejection = ApiError;
@@ -73,6 +95,16 @@ impl<S: Send + Sync> FromRequestParts<S> for EventId {
 /// validate topics.
 pub(crate) struct Topic(pub(crate) String);
 
+/// `{topic}`, as `Topic` reads it (for the API description).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "only describes the parameter")]
+pub(crate) struct TopicParam {
+    /// The topic: 1 to 256 of `A-Z a-z 0-9 . _ : -`.
+    #[param(min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._:-]+$")]
+    topic: String,
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Topic {
     type Rejection = ApiError;
 
@@ -87,9 +119,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Topic {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ResumeAfter(pub(crate) u64);
 
-#[derive(Debug, Default, Deserialize)]
-struct ResumeQuery {
+/// Where an SSE stream resumes, as `ResumeAfter` reads it.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ResumeQuery {
+    /// The `seq` of the last event the client has, for a browser's first connect (the
+    /// `Last-Event-ID` header wins when both are sent).
     #[serde(rename = "lastEventId")]
+    #[param(pattern = "^[0-9]{0,19}$", nullable = false)]
     last_event_id: Option<String>,
 }
 
@@ -98,8 +135,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ResumeAfter {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Query(query) = Query::<ResumeQuery>::from_request_parts(parts, state).await?;
-        let given = match parts.headers.get("last-event-id") {
-            Some(value) => Some(value.to_str().unwrap_or("?").trim().to_owned()),
+        // An empty `Last-Event-ID` is no id (EventSource sends none until it has one).
+        let header = parts
+            .headers
+            .get("last-event-id")
+            .map(|value| value.to_str().unwrap_or("?").trim())
+            .filter(|id| !id.is_empty());
+        let given = match header {
+            Some(id) => Some(id.to_owned()),
             None => query.last_event_id,
         };
         match given.as_deref() {

@@ -3,24 +3,45 @@
 use chrono::{DateTime, SecondsFormat};
 use eventsys::{json::JsonObject, v1};
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{
+        RefOr,
+        schema::{Schema, SchemaType, Type},
+    },
+};
 
 /// An event as REST clients read it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Event)]
 pub(crate) struct EventJson {
+    /// Assigned by the service (UUID v4).
+    #[schema(format = Uuid)]
     pub(crate) id: String,
+    /// The event's owner.
     pub(crate) user_id: String,
     pub(crate) title: String,
     pub(crate) description: String,
     pub(crate) completed: bool,
+    /// When it was stored: RFC 3339, UTC, milliseconds.
+    #[schema(format = DateTime)]
     pub(crate) created_at: String,
+    /// Set on published events.
     #[serde(skip_serializing_if = "String::is_empty")]
+    #[schema(required = false)]
     pub(crate) topic: String,
+    /// The client's JSON object, when it sent a non-empty one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, required = false)]
     pub(crate) data: Option<JsonObject>,
+    /// When it was published (published events only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, required = false, nullable = false)]
     pub(crate) time: Option<String>,
+    /// Its position in its topic's stream (published events only): the SSE `id`.
     #[serde(skip_serializing_if = "is_zero")]
+    #[schema(required = false, minimum = 1)]
     pub(crate) seq: u64,
 }
 
@@ -65,21 +86,32 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// The body of `POST /events` and `POST /publish`. Unknown fields, `id` included, are ignored.
-#[derive(Debug, Default, Deserialize)]
+/// The body of `POST /events` and `POST /publish`. Unknown fields, `id` included, are ignored;
+/// `null` reads as the field's zero value.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", default)]
+#[schema(as = EventInput)]
 pub(crate) struct EventInput {
+    /// The owner; in token mode absent or the caller.
     #[serde(deserialize_with = "nullable")]
+    #[schema(nullable, max_length = 256)]
     pub(crate) user_id: String,
     #[serde(deserialize_with = "nullable")]
+    #[schema(nullable, max_length = 65536)]
     pub(crate) title: String,
     #[serde(deserialize_with = "nullable")]
+    #[schema(nullable, max_length = 65536)]
     pub(crate) description: String,
     #[serde(deserialize_with = "nullable")]
+    #[schema(nullable)]
     pub(crate) completed: bool,
+    /// Required by `POST /publish`; optional on `POST /events`.
     #[serde(deserialize_with = "nullable")]
+    #[schema(nullable, max_length = 256, pattern = "^[A-Za-z0-9._:-]*$")]
     pub(crate) topic: String,
+    /// Any JSON object (at most 256 KiB); integers must be exact as doubles (|n| ≤ 2^53).
     #[serde(deserialize_with = "exact_data")]
+    #[schema(value_type = Option<Object>)]
     pub(crate) data: Option<JsonObject>,
 }
 
@@ -98,16 +130,67 @@ where
     Ok(data)
 }
 
-/// The body of `PUT /events/{id}`.
-#[derive(Debug, Default, Deserialize)]
+/// The body of `POST /publish`: an `EventInput` whose `topic` is required.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct PublishInput(pub(crate) EventInput);
+
+impl PartialSchema for PublishInput {
+    fn schema() -> RefOr<Schema> {
+        let mut schema = EventInput::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.required.push("topic".to_owned());
+            if let Some(RefOr::T(Schema::Object(topic))) = object.properties.get_mut("topic") {
+                topic.schema_type = SchemaType::Type(Type::String);
+                topic.default = None;
+                topic.min_length = Some(1);
+                topic.pattern = Some("^[A-Za-z0-9._:-]+$".to_owned());
+                topic.description = Some("The topic: 1 to 256 of `A-Z a-z 0-9 . _ : -`".to_owned());
+            }
+        }
+        schema
+    }
+}
+
+impl ToSchema for PublishInput {}
+
+/// The body of `PUT /events/{id}`: exactly these three fields are set (absent or `null` ones to
+/// their zero value).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
+#[schema(as = UpdateInput)]
 pub(crate) struct UpdateInput {
     #[serde(deserialize_with = "nullable")]
+    #[schema(nullable, max_length = 65536)]
     pub(crate) title: String,
     #[serde(deserialize_with = "nullable")]
+    #[schema(nullable, max_length = 65536)]
     pub(crate) description: String,
     #[serde(deserialize_with = "nullable")]
+    #[schema(nullable)]
     pub(crate) completed: bool,
+}
+
+/// The answer to `PUT /events/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Updated {
+    /// Always `event updated successfully`.
+    #[schema(example = "event updated successfully")]
+    pub(crate) message: &'static str,
+}
+
+/// The answer to `POST /publish`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Published {
+    /// Always `Event broadcasted`.
+    #[schema(example = "Event broadcasted")]
+    pub(crate) status: &'static str,
+    /// The stored event's id.
+    #[schema(format = Uuid)]
+    pub(crate) id: String,
+    /// Its position in the topic's stream.
+    #[schema(minimum = 1)]
+    pub(crate) seq: u64,
 }
 
 impl EventInput {

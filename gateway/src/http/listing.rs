@@ -13,6 +13,7 @@ use eventsys::v1;
 use futures::{StreamExt, stream};
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{ApiError, json::EventJson};
 use crate::upstream::{self, Answer, CallError};
@@ -43,8 +44,11 @@ pub(crate) trait Pager: Send + Sync + 'static {
 }
 
 /// `?limit=`: a page of at most this many events; absent: the whole list.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Limit {
+    /// One page of at most this many events (1 to 1000); absent: the whole list, streamed.
+    #[param(minimum = 1, maximum = 1000, nullable = false)]
     limit: Option<u32>,
 }
 

@@ -262,6 +262,13 @@ impl Metrics {
     }
 }
 
+/// `GET /metrics` → the Prometheus text exposition of the gateway.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics of the gateway",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        content_type = "text/plain; version=0.0.4", body = String)),
+    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub(crate) async fn scrape(
     State(state): State<AppState>,
     who: Credentials,

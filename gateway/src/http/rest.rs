@@ -7,19 +7,29 @@ use eventsys::v1;
 use http::StatusCode;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Deserialize;
-use serde_json::json;
 use tonic::Code;
+use utoipa::IntoParams;
 
 use super::{
     ApiError, AppState,
     auth::Credentials,
-    extract::{EventId, JsonBody, Params, Topic, UserId},
-    json::{EventInput, EventJson, UpdateInput},
+    error::ErrorBody,
+    extract::{EventId, EventIdParam, JsonBody, Params, Topic, TopicParam, UserId, UserIdParam},
+    json::{EventInput, EventJson, PublishInput, Published, UpdateInput, Updated},
     listing::{self, Limit, Page, Pager},
 };
 use crate::upstream::{Answer, Bearer, CallError, Failure};
 
 /// `POST /events` → 201 and the stored event.
+#[utoipa::path(post, path = "/events", tag = "events",
+    summary = "Create an event",
+    request_body = EventInput,
+    responses(
+        (status = 201, description = "The stored event", body = EventJson),
+        (status = 400, description = "Bad JSON, wrong types or a field over its limit", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])),
+)]
 pub(crate) async fn create_event(
     State(state): State<AppState>,
     who: Credentials,
@@ -36,6 +46,19 @@ pub(crate) async fn create_event(
 
 /// `GET /events?userId=&limit=&pageToken=` → 200 and the user's events (everyone's without
 /// `userId`), streamed; with `limit`, one page and a `Link` to the next.
+#[utoipa::path(get, path = "/events", tag = "events",
+    summary = "List events",
+    description = "The user's events (everyone's without `userId`; in token mode the caller's). \
+        Without `limit` the whole list, streamed; with it one page, and `Link: <…>; rel=\"next\"` \
+        when more follow.",
+    params(UserIdParam, Limit, PageToken),
+    responses(
+        (status = 200, description = "The events, oldest first", body = Vec<EventJson>,
+            headers(("link" = String, description = "`<next page URL>; rel=\"next\"` when the page was cut"))),
+        (status = 400, description = "A bad `limit` or `pageToken`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub(crate) async fn list_events(
     State(state): State<AppState>,
     who: Credentials,
@@ -53,9 +76,13 @@ pub(crate) async fn list_events(
     listing::respond(pager, page.page_token.filter(|t| !t.is_empty()), limit).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `?pageToken=`: where a page of `GET /events` starts (from the previous page's `Link`).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageToken {
+    /// Copied from the previous page's `Link` (empty: the first page).
     #[serde(rename = "pageToken")]
+    #[param(pattern = "^([0-9a-f]{24})?$", nullable = false)]
     page_token: Option<String>,
 }
 
@@ -109,6 +136,17 @@ impl Pager for UserEvents {
 }
 
 /// `GET /events/{id}?userId=` → 200 and the event, 404 if it is not there (or not theirs).
+#[utoipa::path(get, path = "/events/{id}", tag = "events",
+    summary = "Read an event",
+    params(EventIdParam, UserIdParam),
+    responses(
+        (status = 200, description = "The event", body = EventJson),
+        (status = 400, description = "A `userId` over 256 characters", body = ErrorBody),
+        (status = 404, description = "No such event (or another user's)", body = ErrorBody,
+            example = json!({"error": "event not found", "message": "event not found", "code": "NOT_FOUND"})),
+    ),
+    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub(crate) async fn get_event(
     State(state): State<AppState>,
     who: Credentials,
@@ -128,6 +166,17 @@ pub(crate) async fn get_event(
 }
 
 /// `PUT /events/{id}?userId=` → 200 `{"message": "event updated successfully"}`.
+#[utoipa::path(put, path = "/events/{id}", tag = "events",
+    summary = "Update an event's title, description and completed",
+    params(EventIdParam, UserIdParam),
+    request_body = UpdateInput,
+    responses(
+        (status = 200, description = "Updated", body = Updated),
+        (status = 400, description = "Bad JSON, wrong types or a field over its limit", body = ErrorBody),
+        (status = 404, description = "No such event (or another user's)", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])),
+)]
 pub(crate) async fn update_event(
     State(state): State<AppState>,
     who: Credentials,
@@ -144,11 +193,23 @@ pub(crate) async fn update_event(
         completed: input.completed,
     };
     let answer = state.upstream.call(request, who.bearer.as_ref()).await?;
-    let body = json!({"message": "event updated successfully"});
+    let body = Updated {
+        message: "event updated successfully",
+    };
     Ok((StatusCode::OK, answer.backend, Json(body)))
 }
 
 /// `DELETE /events/{id}?userId=` → 204.
+#[utoipa::path(delete, path = "/events/{id}", tag = "events",
+    summary = "Delete an event",
+    params(EventIdParam, UserIdParam),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A `userId` over 256 characters", body = ErrorBody),
+        (status = 404, description = "No such event (or another user's)", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])),
+)]
 pub(crate) async fn delete_event(
     State(state): State<AppState>,
     who: Credentials,
@@ -174,10 +235,20 @@ pub(crate) async fn delete_event(
 }
 
 /// `POST /publish` → 200 `{"status": "Event broadcasted", "id", "seq"}`.
+#[utoipa::path(post, path = "/publish", tag = "topics",
+    summary = "Publish an event on a topic",
+    description = "Stores the event and delivers it to every subscriber of its topic, in `seq` order.",
+    request_body = PublishInput,
+    responses(
+        (status = 200, description = "Stored and delivered", body = Published),
+        (status = 400, description = "No topic (`Topic cannot be empty`), bad JSON, wrong types or a field over its limit", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])),
+)]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     who: Credentials,
-    JsonBody(mut input): JsonBody<EventInput>,
+    JsonBody(PublishInput(mut input)): JsonBody<PublishInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let caller = who.caller()?;
     caller.may_publish(&input.topic)?;
@@ -187,12 +258,31 @@ pub(crate) async fn publish(
         .call(input.into_publish(), who.bearer.as_ref())
         .await?;
     let event = answer.message;
-    let body = json!({"status": "Event broadcasted", "id": event.id, "seq": event.seq});
+    let body = Published {
+        status: "Event broadcasted",
+        id: event.id,
+        seq: event.seq,
+    };
     Ok((StatusCode::OK, answer.backend, Json(body)))
 }
 
 /// `GET /topic-events/{topic}?afterSeq=&limit=` → 200 and the topic's events, oldest first,
 /// streamed; with `limit`, one page and a `Link` to the next.
+#[utoipa::path(get, path = "/topic-events/{topic}", tag = "topics",
+    summary = "A topic's history",
+    description = "The topic's events after `afterSeq`, oldest first. Without `limit` all of them, \
+        streamed; with it one page, and `Link: <…>; rel=\"next\"` when more follow.",
+    params(TopicParam, AfterSeq, Limit),
+    responses(
+        (status = 200, description = "The events, in `seq` order", body = Vec<EventJson>,
+            headers(
+                ("link" = String, description = "`<next page URL>; rel=\"next\"` when the page was cut"),
+                ("events-oldest-available" = u64, description = "The oldest `seq` retention kept, when the read began before it"),
+            )),
+        (status = 400, description = "A bad topic, `afterSeq` or `limit`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub(crate) async fn topic_events(
     State(state): State<AppState>,
     who: Credentials,
@@ -209,9 +299,13 @@ pub(crate) async fn topic_events(
     listing::respond(pager, Some(after.after_seq.unwrap_or(0)), limit).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `?afterSeq=`: history after this `seq` (0 or absent: from the start).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AfterSeq {
+    /// Events with a greater `seq` are returned.
     #[serde(rename = "afterSeq")]
+    #[param(minimum = 0, maximum = 18446744073709551615_u64, nullable = false)]
     after_seq: Option<u64>,
 }
 

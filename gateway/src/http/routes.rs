@@ -17,7 +17,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use super::{
     ApiError, AppState, cors, deadline::DeadlineLayer, guard::GuardLayer, health, legacy, metrics,
-    rest, sse, traced::TracedLayer, track::TrackLayer,
+    openapi, rest, sse, traced::TracedLayer, track::TrackLayer,
 };
 
 pub(crate) fn app(state: AppState) -> Router {
@@ -46,10 +46,14 @@ pub(crate) fn app(state: AppState) -> Router {
     let streams = Router::new()
         .route("/subscribe/{topic}", get(sse::subscribe))
         .route_layer(TrackLayer(state.clone()));
-    // Probes: no credentials (so no rate limit) and no tracking (not API traffic).
+    // Probes and the API's description: no credentials (so no rate limit) and no tracking
+    // (not API traffic).
     let probes = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::document))
+        .route("/docs", get(openapi::docs_page))
+        .route("/docs/{file}", get(openapi::docs_asset));
     // Outermost first: every request is traced (and gets its request id) before anything can
     // answer it; CORS answers preflights before the guards; panics become JSON 500s.
     let outer = ServiceBuilder::new()

@@ -15,15 +15,39 @@ use axum::{extract::State, response::IntoResponse};
 
 pub(crate) use hub::Hubs;
 
+use frame::ServerEvent;
+
 use super::{
     ApiError, AppState,
     auth::Credentials,
-    extract::{ResumeAfter, Topic},
+    error::ErrorBody,
+    extract::{ResumeAfter, ResumeQuery, Topic, TopicParam},
 };
 use reader::Reader;
 
 /// `GET /subscribe/{topic}` → 200 `text/event-stream`, `x-backend` naming the backend that
 /// feeds the topic's hub.
+#[utoipa::path(get, path = "/subscribe/{topic}", tag = "topics",
+    summary = "Subscribe to a topic (Server-Sent Events)",
+    description = "Every event published on the topic through any backend, in `seq` order, \
+        exactly once, as `event: message`, `id: <seq>`, `data: <Event JSON>` frames; comment \
+        lines keep the connection alive. With `Last-Event-ID` (or `?lastEventId=`) the stream \
+        first replays every event after that `seq`. When retention already dropped some of \
+        them, one `event: gap` frame with data `{\"requestedAfter\": N, \"oldestAvailable\": M}` \
+        comes first.",
+    params(
+        TopicParam,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{0,19}$",
+            description = "The `seq` of the last event the client has (a reconnecting EventSource sends it)"),
+        ResumeQuery,
+    ),
+    responses(
+        (status = 200, description = "The stream, one `ServerEvent` per frame", content_type = "text/event-stream",
+            body = ServerEvent),
+        (status = 400, description = "A bad topic or resume point", body = ErrorBody),
+    ),
+    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
 pub(crate) async fn subscribe(
     State(state): State<AppState>,
     who: Credentials,

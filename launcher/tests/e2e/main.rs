@@ -1,15 +1,17 @@
 //! End-to-end tests: the real servers of the `eventsys` binary as separate processes on
 //! ephemeral ports, the real SQLite store, and real clients (grpcurl, tonic, an HTTP client, an
-//! SSE client).
+//! SSE client, headless Chromium, schemathesis).
 
 mod backend;
 mod bench;
+mod cdp;
 mod cli;
 mod gateway_balancing;
 mod gateway_contract;
 mod limits_http;
 mod limits_streams;
 mod lists;
+mod openapi;
 mod probes;
 mod pubsub;
 mod shared_store;

@@ -107,6 +107,7 @@ pub(super) fn page_token(d: &Document) -> Option<String> {
 }
 
 pub(super) fn parse_page_token(token: &str) -> Result<ObjectId, StoreError> {
+    super::super::page_token_bits(token).ok_or(StoreError::InvalidCursor)?;
     ObjectId::parse_str(token).map_err(|_| StoreError::InvalidCursor)
 }
 

@@ -55,7 +55,14 @@ async fn unreadable_rows_are_reported_not_panicked_on() {
 async fn malformed_cursor_is_invalid() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("e.db")).await.unwrap();
-    for bad in ["x", "-3", ""] {
+    for bad in [
+        "x",
+        "-3",
+        "",
+        "7",
+        "00000000000000000000000A",
+        "0000000000000000000000001",
+    ] {
         let err = store.list(None, 10, Some(bad.into())).await.unwrap_err();
         assert!(matches!(err, StoreError::InvalidCursor), "{bad}: {err:?}");
     }

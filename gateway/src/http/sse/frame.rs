@@ -3,8 +3,33 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use eventsys::{gap::Gap, v1};
+use utoipa::ToSchema;
 
 use super::super::json::EventJson;
+
+/// A frame as an SSE client parses it, for the API description (`Frame` writes these bytes).
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "only describes the stream")]
+pub(crate) struct ServerEvent {
+    event: FrameKind,
+    /// The event's `seq` (`message` frames): what `Last-Event-ID` resumes from.
+    #[schema(pattern = "^[0-9]+$", required = false, nullable = false)]
+    id: Option<String>,
+    /// `message`: the Event as JSON (one line). `gap`: `{"requestedAfter": N, "oldestAvailable": M}`.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// The `event:` field of a frame.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code, reason = "only describes the stream")]
+enum FrameKind {
+    /// A published event.
+    Message,
+    /// Sent once, first, when retention already dropped events the client asked for.
+    Gap,
+}
 
 /// One frame of a topic's stream: an event with its `seq`, or a keep-alive comment.
 #[derive(Debug, Clone)]

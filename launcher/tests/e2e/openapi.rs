@@ -1,0 +1,171 @@
+//! The API description against the real gateway: `/openapi.json` passes
+//! `openapi-spec-validator`, schemathesis exercises every operation of it against a live
+//! gateway and backend with a fixed seed and finds nothing, and `/docs` renders in headless
+//! Chromium with no console error and no request that leaves the gateway.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    cdp::Browser,
+    support::{EXCLUSIVE, Process, http},
+};
+
+/// A backend and a gateway whose limits stay out of the fuzzer's way: schemathesis sends
+/// hundreds of requests a second from one address, and a stream it opens must end for it to
+/// read the answer (EventSource would reconnect with `Last-Event-ID`).
+async fn system(db: &Path) -> (Process, Process) {
+    let backend = Process::backend(db).await;
+    let gateway = Process::gateway(
+        &[backend.addr],
+        &["--rate-limit", "100000", "--sse-max-duration", "1s"],
+    )
+    .await;
+    crate::support::wait_gateway_ready(gateway.addr).await;
+    (backend, gateway)
+}
+
+async fn run(program: &str, args: &[&str], dir: &Path) -> (bool, String) {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env("SCHEMATHESIS_HOOKS", "")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {program} (.ci/run installs it): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_validates_and_schemathesis_finds_nothing_in_any_operation() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_backend, gateway) = system(&dir.path().join("events.db")).await;
+    let url = format!("{}/openapi.json", gateway.url());
+
+    let response = http().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let document: Value = response.json().await.unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    let operations: usize = document["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec(&document).unwrap()).unwrap();
+    let (valid, said) = run(
+        "python3",
+        &["-m", "openapi_spec_validator", &file.display().to_string()],
+        dir.path(),
+    )
+    .await;
+    assert!(valid, "openapi-spec-validator: {said}");
+
+    // 413 is how this API rejects a body over its limit, which a schema-violating string can
+    // be; everything else is schemathesis's default.
+    std::fs::write(
+        dir.path().join("schemathesis.toml"),
+        "[checks.negative_data_rejection]\n\
+         expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, \"5XX\"]\n",
+    )
+    .unwrap();
+    let (passed, said) = run(
+        "schemathesis",
+        &[
+            "--config-file",
+            "schemathesis.toml",
+            "run",
+            &url,
+            "--checks",
+            "all",
+            "--seed",
+            "1",
+            "--max-examples",
+            "25",
+            "--request-timeout",
+            "10",
+        ],
+        dir.path(),
+    )
+    .await;
+    assert!(passed, "schemathesis found failures:\n{said}");
+    let selected = format!("Selected: {operations}/{operations}");
+    let tested = format!("Tested: {operations}");
+    assert!(
+        said.contains(&selected) && said.contains(&tested),
+        "not every one of the {operations} operations was exercised:\n{said}"
+    );
+    println!("schemathesis: {operations} operations, no failures");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_page_renders_offline_in_chromium() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_backend, gateway) = system(&dir.path().join("events.db")).await;
+    let base = gateway.url();
+    let browser = Browser::launch(dir.path()).await;
+    let mut page = browser.page().await;
+    page.navigate(&format!("{base}/docs")).await;
+
+    // Swagger UI fetches /openapi.json and draws one block per operation.
+    let operations = page
+        .wait_for(
+            "document.querySelectorAll('.opblock').length",
+            |n| n.as_u64().unwrap_or(0) >= 14,
+            Duration::from_secs(30),
+        )
+        .await;
+    let title = page
+        .eval("document.querySelector('.title')?.textContent")
+        .await;
+    assert!(
+        title.as_str().unwrap_or("").starts_with("events"),
+        "{title}"
+    );
+    let shot = dir.path().join("docs.png");
+    page.screenshot(&shot).await;
+    println!(
+        "/docs rendered {operations} operations; screenshot {}",
+        shot.display()
+    );
+    // Kept for a person to look at: the temp dir goes when the test ends.
+    if let Ok(keep) = std::env::var("EVENTSYS_TEST_SCREENSHOT") {
+        std::fs::copy(&shot, keep).unwrap();
+    }
+
+    let report = page.report();
+    assert!(
+        report.errors.is_empty(),
+        "console errors: {:?}",
+        report.errors
+    );
+    let outside: Vec<_> = report
+        .requests
+        .iter()
+        .filter(|url| !url.starts_with(&base) && !url.starts_with("data:"))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests outside the gateway: {outside:?}"
+    );
+    for wanted in ["/docs", "/docs/swagger-ui-bundle.js", "/openapi.json"] {
+        let url = format!("{base}{wanted}");
+        assert!(
+            report.requests.contains(&url),
+            "{url} not requested: {:?}",
+            report.requests
+        );
+    }
+}
