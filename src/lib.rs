@@ -12,6 +12,8 @@ pub mod json;
 #[cfg(feature = "process")]
 pub mod listen;
 #[cfg(feature = "process")]
+pub mod otlp;
+#[cfg(feature = "process")]
 pub mod process;
 pub mod trace;
 

@@ -55,6 +55,10 @@ where
         Ok(guard) => guard,
         Err(err) => return fail(&err),
     };
+    let spans = match crate::otlp::init(service_name(name)) {
+        Ok(guard) => guard,
+        Err(err) => return fail(&err),
+    };
     raise_open_file_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -63,10 +67,20 @@ where
     let outcome = runtime.block_on(run(config, inherited));
     // Every log line written before the one-line reason, which stays the last line.
     drop(runtime);
+    drop(spans);
     drop(log);
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => fail(&err),
+    }
+}
+
+/// The OpenTelemetry `service.name` of a server binary.
+fn service_name(name: &str) -> &'static str {
+    match name {
+        "gateway" => "eventsys-gateway",
+        "eventsvc" => "eventsys-backend",
+        _ => "eventsys",
     }
 }
 

@@ -47,6 +47,7 @@ pub(crate) struct RpcMetrics {
     catch_ups: IntCounter,
     too_far_behind: IntCounter,
     dropped_by_retention: IntCounter,
+    store_latency: HistogramVec,
     /// One scrape at a time: counters are brought up to date by adding what is new.
     rendering: std::sync::Mutex<()>,
 }
@@ -57,6 +58,11 @@ pub(crate) fn method_index(method: &str) -> usize {
         .iter()
         .position(|m| *m == method)
         .unwrap_or(METHODS.len() - 1)
+}
+
+/// The method name of a label index (`other` beyond the contract's methods).
+pub(crate) fn method_name(index: usize) -> &'static str {
+    METHODS[index.min(METHODS.len() - 1)]
 }
 
 impl RpcMetrics {
@@ -80,6 +86,18 @@ impl RpcMetrics {
                 1.0, 2.5, 5.0,
             ]),
             &["method"],
+        )
+        .expect("valid metric");
+        let store_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "eventsvc_store_duration_seconds",
+                "Store calls by operation, errors included",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["operation"],
         )
         .expect("valid metric");
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
@@ -115,6 +133,7 @@ impl RpcMetrics {
         for collector in [
             Box::new(calls_vec.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency_vec.clone()),
+            Box::new(store_latency.clone()),
             Box::new(in_flight.clone()),
             Box::new(subscriptions.clone()),
             Box::new(feed_delay.clone()),
@@ -141,8 +160,14 @@ impl RpcMetrics {
             catch_ups,
             too_far_behind,
             dropped_by_retention,
+            store_latency,
             rendering: std::sync::Mutex::new(()),
         }
+    }
+
+    /// The store's latency by operation, which `TimedStore` observes.
+    pub(crate) fn store_latency(&self) -> HistogramVec {
+        self.store_latency.clone()
     }
 
     /// The change feed's lag histogram, which the feed observes.

@@ -22,7 +22,7 @@ use crate::{
     retention,
     service::EventsApi,
     stats::{MeterLayer, Stats},
-    store::{EventStore, Retention},
+    store::{EventStore, Retention, TimedStore},
     subscribe::SharedSubscribe,
 };
 
@@ -152,6 +152,8 @@ pub async fn serve(
     let stats = Arc::new(Stats::default());
     let streams = CancellationToken::new();
     let metrics = Arc::new(RpcMetrics::new());
+    let store: Arc<dyn EventStore> =
+        Arc::new(TimedStore::new(backend.store, &metrics.store_latency()));
     if let Some(listener) = backend.metrics {
         let stopped = streams.clone().cancelled_owned();
         tokio::spawn(crate::metrics::serve(
@@ -162,7 +164,7 @@ pub async fn serve(
         ));
     }
     let feed = Feed::new(
-        backend.store.clone(),
+        store.clone(),
         stats.clone(),
         backend.feed,
         streams.clone(),
@@ -170,7 +172,7 @@ pub async fn serve(
     );
 
     tokio::spawn(retention::run(
-        backend.store.clone(),
+        store.clone(),
         backend.retention,
         stats.clone(),
         streams.clone(),
@@ -214,7 +216,7 @@ pub async fn serve(
     };
 
     let api = Arc::new(EventsApi::new(
-        backend.store,
+        store,
         stats.clone(),
         feed,
         backend.auth.clone(),

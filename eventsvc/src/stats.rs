@@ -8,11 +8,12 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use eventsys::{
-    trace::{TRACEPARENT, TraceParent},
+    otlp::{self, FinishedSpan, KeyValue},
+    trace::{SpanId, TRACEPARENT, TraceParent},
     v1::event_service_server::SERVICE_NAME,
 };
 use futures::future::BoxFuture;
@@ -20,7 +21,7 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::metrics::{RpcMetrics, method_index};
+use crate::metrics::{RpcMetrics, method_index, method_name};
 
 /// The event API's method paths are `/SERVICE_NAME/Method`.
 fn event_api_method(path: &str) -> Option<&str> {
@@ -212,12 +213,21 @@ where
         let guard = metered.then(|| self.stats.begin());
         // The caller's trace (the gateway sends its own), or a new one for a direct client:
         // every line logged while serving the call names it.
+        let mut exported = None;
         let span = metered.then(|| {
-            let trace = req
+            let given = req
                 .headers()
                 .get(TRACEPARENT)
-                .and_then(|v| TraceParent::parse(v.as_bytes()))
-                .map_or_else(TraceParent::start, |given| given.child());
+                .and_then(|v| TraceParent::parse(v.as_bytes()));
+            let trace = given.map_or_else(TraceParent::start, |given| given.child());
+            if otlp::enabled() {
+                exported = Some(RpcSpan {
+                    trace,
+                    parent: given.map(|g| g.span_id),
+                    method: method_name(method.map_or(usize::MAX, method_index)),
+                    start: SystemTime::now(),
+                });
+            }
             tracing::info_span!("rpc", trace_id = %trace.trace_id)
         });
         let port = self.port;
@@ -239,6 +249,9 @@ where
             let elapsed = started.elapsed();
             if let Some((metrics, method)) = counted {
                 metrics.observe(method, code, elapsed);
+            }
+            if let Some(exported) = exported {
+                exported.finish(code);
             }
             match rpc {
                 Some(rpc) if info => {
@@ -262,6 +275,40 @@ where
             ))
         };
         Box::pin(served.instrument(span))
+    }
+}
+
+/// An rpc's span for OTLP export (built only while export is on).
+struct RpcSpan {
+    trace: TraceParent,
+    parent: Option<SpanId>,
+    method: &'static str,
+    start: SystemTime,
+}
+
+impl RpcSpan {
+    /// Exports it, ended now (at the response's headers: a stream's span is its opening).
+    fn finish(self, code: tonic::Code) {
+        use tonic::Code::*;
+        // What OpenTelemetry's gRPC conventions count as a server's error.
+        let error = matches!(
+            code,
+            Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+        );
+        otlp::export(FinishedSpan {
+            context: self.trace,
+            parent: self.parent,
+            name: format!("{SERVICE_NAME}/{}", self.method).into(),
+            start: self.start,
+            end: SystemTime::now(),
+            attributes: vec![
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", SERVICE_NAME),
+                KeyValue::new("rpc.method", self.method),
+                KeyValue::new("rpc.grpc.status_code", code as i64),
+            ],
+            error,
+        });
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod mongo;
 pub mod sqlite;
+mod timed;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -13,6 +14,7 @@ use uuid::Uuid;
 
 pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
+pub(crate) use timed::TimedStore;
 
 pub use eventsys::json::JsonObject;
 

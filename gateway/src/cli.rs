@@ -138,6 +138,11 @@ pub(crate) struct Config {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) drain_timeout: Duration,
 
+    /// On SIGTERM, keep serving this long with `/readyz` answering 503 before draining, so a
+    /// load balancer (a Kubernetes endpoint list) stops sending new clients first.
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub(crate) shutdown_delay: Duration,
+
     /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate chain (PEM) …
     #[arg(long, env = "TLS_CERT", requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,
@@ -274,6 +279,7 @@ impl Config {
                 keepalive: Duration::from_secs(30),
             },
             drain_timeout: self.drain_timeout,
+            shutdown_delay: self.shutdown_delay,
             auth: Arc::new(Auth::anonymous()),
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
         })

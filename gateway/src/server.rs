@@ -31,6 +31,8 @@ pub struct GatewayConfig {
     pub(crate) connections: ConnectionLimits,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub(crate) drain_timeout: Duration,
+    /// How long the gateway serves on, not ready, after the signal and before draining.
+    pub(crate) shutdown_delay: Duration,
     /// Token mode or anonymous, and the policy.
     pub(crate) auth: Arc<Auth>,
     /// Certificate chain and key (PEM files) to serve HTTPS with; `None`: plain HTTP.
@@ -49,6 +51,7 @@ pub async fn serve(
         None => None,
     };
     let stop = CancellationToken::new();
+    let leaving = CancellationToken::new();
     let upstream = Upstream::start(config.upstream, stop.clone());
     let metrics = Arc::new(Metrics::new());
     let settings = Arc::new(config.settings.with_listen_addr(addr));
@@ -61,10 +64,17 @@ pub async fn serve(
         metrics: metrics.clone(),
         started: Instant::now(),
         shutdown: stop.clone(),
+        leaving: leaving.clone(),
     });
     let draining = stop.clone();
+    let delay = config.shutdown_delay;
     let signalled = async move {
         shutdown.await;
+        leaving.cancel();
+        if !delay.is_zero() {
+            tracing::info!(%addr, ?delay, "shutting down: not ready, serving on for the delay");
+            tokio::time::sleep(delay).await;
+        }
         tracing::info!(%addr, "shutting down: ending streams, draining requests");
         draining.cancel();
     };

@@ -1,6 +1,6 @@
 //! Readiness probes the launcher runs against the addresses it bound: a backend is ready when
-//! its `grpc.health.v1` check says SERVING, the gateway when it answers an HTTP request (its
-//! socket accepts connections long before that: the launcher bound it).
+//! its `grpc.health.v1` Watch says SERVING, the gateway when it answers `/healthz` (its socket
+//! accepts connections long before that: the launcher bound it).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -17,7 +17,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between probes of a server that is not ready yet.
 const RETRY: Duration = Duration::from_millis(50);
 
-/// Whether the backend at `addr` reports SERVING now.
+/// Whether the backend at `addr` reports SERVING, as a `grpc.health.v1` Watch tells it: the
+/// first answer is the status now and the next comes the moment it changes, so a backend still
+/// starting is waited for rather than polled (within the probe's deadline).
 async fn backend_serving(addr: SocketAddr) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
         return false;
@@ -28,14 +30,20 @@ async fn backend_serving(addr: SocketAddr) -> bool {
     let request = HealthCheckRequest {
         service: SERVICE_NAME.into(),
     };
-    matches!(
-        HealthClient::new(channel).check(request).await,
-        Ok(response) if response.get_ref().status == ServingStatus::Serving as i32
-    )
+    let Ok(answers) = HealthClient::new(channel).watch(request).await else {
+        return false;
+    };
+    let mut answers = answers.into_inner();
+    while let Ok(Some(answer)) = answers.message().await {
+        if answer.status == ServingStatus::Serving as i32 {
+            return true;
+        }
+    }
+    false
 }
 
-/// Whether the gateway at `addr` answers HTTP now (any status: in token mode `/metrics` is
-/// 401 without an admin token, and still an answer).
+/// Whether the gateway at `addr` answers HTTP now (`/healthz`: open in token mode too, and not
+/// counted as API traffic).
 async fn gateway_answers(addr: SocketAddr) -> bool {
     let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
         return false;
@@ -46,13 +54,13 @@ async fn gateway_answers(addr: SocketAddr) -> bool {
         return false;
     };
     tokio::spawn(connection);
-    let request = http::Request::get("/metrics")
+    let request = http::Request::get("/healthz")
         .header(http::header::HOST, addr.to_string())
         .body(Empty::<Bytes>::new());
     let Ok(request) = request else {
         return false;
     };
-    sender.send_request(request).await.is_ok()
+    matches!(sender.send_request(request).await, Ok(response) if response.status().is_success())
 }
 
 /// Probes until the backend is ready.

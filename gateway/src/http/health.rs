@@ -51,7 +51,7 @@ pub(crate) async fn healthz() -> Json<Live> {
     ),
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
-    if state.shutdown.is_cancelled() {
+    if state.leaving.is_cancelled() {
         return Err(ApiError::new(
             Code::Unavailable,
             "the gateway is shutting down",

@@ -74,4 +74,6 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     /// Cancelled when the gateway shuts down: open SSE streams end.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled at the shutdown signal, `--shutdown-delay` before `shutdown`: not ready.
+    pub(crate) leaving: CancellationToken,
 }

@@ -1,7 +1,8 @@
 //! Every request's identity for the logs: the W3C `traceparent` it came with (or a new trace),
 //! and an `x-request-id` (the client's, when it is a sane one, or a new one), echoed on the
 //! response. The request runs inside a `request` span with both ids, so every log line about it
-//! names them, and the backend calls it makes carry the trace on (`upstream::traced`).
+//! names them, and the backend calls it makes carry the trace on (`upstream::traced`). With
+//! OTLP export on, the request is also exported as a server span (`RequestSpan`).
 //!
 //! The request id is ours rather than tower-http's `SetRequestId`/`PropagateRequestId`, which
 //! keep whatever a client sends: here an id that is too long or not plain ASCII is replaced
@@ -10,11 +11,18 @@
 use std::{
     convert::Infallible,
     task::{Context, Poll},
+    time::SystemTime,
 };
 
-use axum::{extract::Request, response::Response};
-use eventsys::trace::{TRACEPARENT, TraceParent};
-use http::{HeaderName, HeaderValue};
+use axum::{
+    extract::{MatchedPath, Request},
+    response::Response,
+};
+use eventsys::{
+    otlp::{self, FinishedSpan, KeyValue},
+    trace::{SpanId, TRACEPARENT, TraceParent},
+};
+use http::{HeaderName, HeaderValue, Method};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::{Instrument, instrument::Instrumented};
@@ -77,12 +85,18 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let trace = request
+        let given = request
             .headers()
             .get(TRACEPARENT)
-            .and_then(|v| TraceParent::parse(v.as_bytes()))
-            // Our hop: the client's trace under a span of ours, or a new trace.
-            .map_or_else(TraceParent::start, |given| given.child());
+            .and_then(|v| TraceParent::parse(v.as_bytes()));
+        // Our hop: the client's trace under a span of ours, or a new trace.
+        let trace = given.map_or_else(TraceParent::start, |given| given.child());
+        let exported = otlp::enabled().then(|| RequestSpan {
+            trace,
+            parent: given.map(|g| g.span_id),
+            method: request.method().clone(),
+            start: SystemTime::now(),
+        });
         let id = given_id(&request).unwrap_or_else(new_id);
         request.headers_mut().insert(REQUEST_ID, id.clone());
         let span = tracing::info_span!(
@@ -94,6 +108,7 @@ where
         Echo {
             served,
             id: Some(id),
+            exported,
         }
     }
 }
@@ -104,6 +119,47 @@ pin_project! {
         #[pin]
         served: F,
         id: Option<HeaderValue>,
+        exported: Option<RequestSpan>,
+    }
+}
+
+/// A request's span for OTLP export (built only while export is on).
+pub(crate) struct RequestSpan {
+    trace: TraceParent,
+    parent: Option<SpanId>,
+    method: Method,
+    start: SystemTime,
+}
+
+impl RequestSpan {
+    /// Exports it, ended now (at the response's headers: an SSE stream's span is its opening).
+    fn finish(self, response: &Response) {
+        let status = response.status();
+        let route = response.extensions().get::<MatchedPath>();
+        // OpenTelemetry's HTTP conventions: `{method} {route}`, the method alone when unrouted.
+        let name = match route {
+            Some(route) => format!("{} {}", self.method, route.as_str()),
+            None => self.method.to_string(),
+        };
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", self.method.to_string()),
+            KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+        ];
+        if let Some(route) = route {
+            attributes.push(KeyValue::new("http.route", route.as_str().to_owned()));
+        }
+        if let Some(backend) = response.extensions().get::<upstream::Backend>() {
+            attributes.push(KeyValue::new("eventsys.backend", backend.to_string()));
+        }
+        otlp::export(FinishedSpan {
+            context: self.trace,
+            parent: self.parent,
+            name: name.into(),
+            start: self.start,
+            end: SystemTime::now(),
+            attributes,
+            error: status.is_server_error(),
+        });
     }
 }
 
@@ -118,6 +174,9 @@ where
         let Ok(mut response) = std::task::ready!(this.served.poll(cx));
         if let Some(id) = this.id.take() {
             response.headers_mut().insert(REQUEST_ID, id);
+        }
+        if let Some(exported) = this.exported.take() {
+            exported.finish(&response);
         }
         Poll::Ready(Ok(response))
     }

@@ -108,9 +108,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(response) = ready!(this.inner.poll(cx));
+        let Ok(mut response) = ready!(this.inner.poll(cx));
         if let Some(started) = this.started.take() {
             record(&started, &response);
+            // The route names the exported span (`traced`, outside the router, cannot see it).
+            if let (true, Some(route)) = (eventsys::otlp::enabled(), started.route.clone()) {
+                response.extensions_mut().insert(route);
+            }
         }
         Poll::Ready(Ok(response))
     }

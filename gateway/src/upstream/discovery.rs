@@ -1,6 +1,7 @@
 //! How backends come and go: names are re-resolved periodically (a DNS name may stand for many
-//! backends), and every address is health-checked (`grpc.health.v1`) with a deadline; a
-//! check's outcome inserts the backend into the balancers or removes it.
+//! backends), and every address is health-checked (`grpc.health.v1` Check with a deadline, and
+//! a Watch that reports NOT_SERVING the moment a backend starts draining); their outcomes insert
+//! the backend into the balancers or remove it.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -66,6 +67,13 @@ async fn resolve(
         let checker = shutdown.child_token();
         tracing::info!(%backend, "backend discovered");
         membership.add(backend, link.clone(), checker.clone());
+        tokio::spawn(watch(
+            membership.clone(),
+            config.clone(),
+            backend,
+            link.clone(),
+            checker.clone(),
+        ));
         tokio::spawn(check(
             membership.clone(),
             config.clone(),
@@ -90,6 +98,54 @@ fn link_settings(config: &UpstreamConfig) -> LinkSettings {
         keepalive_interval: KEEPALIVE_INTERVAL,
         keepalive_timeout: KEEPALIVE_TIMEOUT,
         tls: config.tls.clone(),
+    }
+}
+
+/// Follows one backend's `grpc.health.v1` Watch until cancelled: a backend that starts draining
+/// says NOT_SERVING on it at once, and is taken out then rather than at the next Check. Only
+/// Check puts a backend back: a quiet Watch proves nothing about a backend that stopped
+/// answering, so the Check deadline stays the rule for that. The Watch is open only while the
+/// backend is in: an open stream would hold a draining backend until its drain timeout.
+async fn watch(
+    membership: Arc<Membership>,
+    config: Arc<UpstreamConfig>,
+    backend: Backend,
+    link: Link,
+    stop: CancellationToken,
+) {
+    let mut health = HealthClient::new(link);
+    loop {
+        let request = HealthCheckRequest {
+            service: SERVICE_NAME.into(),
+        };
+        let followed = async {
+            let mut answers = health.watch(request).await?.into_inner();
+            while let Some(answer) = answers.message().await? {
+                if answer.status != ServingStatus::Serving as i32 {
+                    if membership.set_health(backend, false) {
+                        let status = answer.status();
+                        tracing::warn!(%backend, reason = ?status, "backend unhealthy: removed (health watch)");
+                    }
+                    break;
+                }
+            }
+            Ok::<_, tonic::Status>(())
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = followed => {}
+        }
+        // Out, or the stream ended (the backend restarted or went away): open it again once
+        // Check has the backend in, looking as often as Check runs.
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(config.health_interval) => {}
+            }
+            if membership.is_healthy(backend) {
+                break;
+            }
+        }
     }
 }
 

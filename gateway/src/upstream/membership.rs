@@ -71,6 +71,11 @@ impl Membership {
         self.lock().contains_key(&backend)
     }
 
+    /// Whether `backend` is in the balancers (its last check passed).
+    pub(crate) fn is_healthy(&self, backend: Backend) -> bool {
+        self.lock().get(&backend).is_some_and(|m| m.inserted)
+    }
+
     /// Adds a newly resolved address, out of the balancers until its first passed check.
     pub(crate) fn add(&self, backend: Backend, link: Link, checker: CancellationToken) {
         let stats = Arc::new(BackendStats::new(backend));

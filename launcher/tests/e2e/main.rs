@@ -12,6 +12,7 @@ mod limits_http;
 mod limits_streams;
 mod lists;
 mod openapi;
+mod otlp;
 mod probes;
 mod pubsub;
 mod shared_store;

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{EXCLUSIVE, Process, Server, backend_metrics, http};
+use crate::support::{EXCLUSIVE, Process, Server, backend_metrics, http, series_value};
 
 /// Polls `/readyz` until it answers `want`; how long that took.
 async fn readyz_becomes(base: &str, want: StatusCode, within: Duration) -> Duration {
@@ -110,6 +110,83 @@ async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
         !logs.contains("/readyz") && !logs.contains("/healthz"),
         "{logs}"
     );
+}
+
+/// SIGTERM with `--shutdown-delay`: `/readyz` says 503 "shutting down" within a second while the
+/// gateway keeps serving the API, then it drains and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_turns_503_at_the_signal_and_the_api_serves_through_the_delay() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Process::backend(&dir.path().join("events.db")).await;
+    let mut gateway = Process::gateway(&[backend.addr], &["--shutdown-delay", "3s"]).await;
+    let base = gateway.url();
+    readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
+
+    gateway.signal(Signal::SIGTERM);
+    let took = readyz_becomes(
+        &base,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(1),
+    )
+    .await;
+    println!("/readyz 503 {took:?} after SIGTERM");
+    let leaving: Value = http()
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        leaving["message"], "the gateway is shutting down",
+        "{leaving}"
+    );
+    // Still serving: new connections and the API.
+    let api = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{base}/events"))
+        .json(&serde_json::json!({"userId": "late", "title": "during the delay"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), StatusCode::CREATED);
+    let alive = http().get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(alive.status(), StatusCode::OK);
+
+    let status = gateway.exit_within(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+}
+
+/// A backend that starts draining says NOT_SERVING on its health Watch, and the gateway takes it
+/// out at once: with Check polled only every 30 s, nothing else could within the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_draining_backend_is_taken_out_by_its_health_watch_at_once() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let mut leaving = Process::backend(&db).await;
+    let staying = Process::backend(&db).await;
+    let gateway =
+        Process::gateway(&[leaving.addr, staying.addr], &["--health-interval", "30s"]).await;
+    crate::support::wait_gateway_ready(gateway.addr).await;
+
+    leaving.signal(Signal::SIGTERM);
+    let started = std::time::Instant::now();
+    let removed = format!("backend={} reason=NotServing", leaving.addr);
+    tokio::time::timeout(Duration::from_secs(1), gateway.wait_for_log(&removed))
+        .await
+        .unwrap_or_else(|_| panic!("not taken out within a second:\n{}", gateway.logs()));
+    println!("taken out {:?} after SIGTERM", started.elapsed());
+    assert!(gateway.logs().contains("removed (health watch)"));
+    // The gateway let go of its Watch: the backend's drain does not wait on it.
+    let status = leaving.exit_within(Duration::from_secs(5)).await;
+    println!("backend exited {:?} after SIGTERM", started.elapsed());
+    assert!(status.success(), "{status:?}");
+    drop(staying);
 }
 
 /// Families of a Prometheus text exposition as the Prometheus client's own parser reads them
@@ -225,6 +302,7 @@ async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
         ("eventsvc_rpcs_in_flight", "gauge"),
         ("eventsvc_subscriptions", "gauge"),
         ("eventsvc_feed_delay_seconds", "histogram"),
+        ("eventsvc_store_duration_seconds", "histogram"),
         ("process_cpu_seconds", "counter"),
         ("process_open_fds", "gauge"),
     ];
@@ -264,6 +342,15 @@ async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
     assert!(charted > 15, "{charted} series charted");
     assert!(
         backend_text.contains("eventsvc_rpcs_total{code=\"Ok\",method=\"ListEvents\"} 3"),
+        "{backend_text}"
+    );
+    // Each list is one store read (one page of none).
+    assert_eq!(
+        series_value(
+            &backend_text,
+            "eventsvc_store_duration_seconds_count{operation=\"list\"}"
+        ),
+        3,
         "{backend_text}"
     );
 }

@@ -109,7 +109,21 @@ impl Process {
             args,
             Some(files),
             true,
+            &[],
         );
+        process.wait_ready(server, args).await;
+        process
+    }
+
+    /// Starts `server` on an ephemeral port with `env` added to its environment, and waits
+    /// until it is ready.
+    pub(crate) async fn start_with_env(
+        server: Server,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Process {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let mut process = Self::spawn(server, addr, args, None, true, env);
         process.wait_ready(server, args).await;
         process
     }
@@ -117,7 +131,14 @@ impl Process {
     /// Starts `server` on an ephemeral port with a stderr pipe that is never read, as under a
     /// supervisor that stopped reading, and waits until it is ready.
     pub(crate) async fn start_with_unread_logs(server: Server, args: &[&str]) -> Process {
-        let mut process = Self::spawn(server, "127.0.0.1:0".parse().unwrap(), args, None, false);
+        let mut process = Self::spawn(
+            server,
+            "127.0.0.1:0".parse().unwrap(),
+            args,
+            None,
+            false,
+            &[],
+        );
         process.wait_ready(server, args).await;
         process
     }
@@ -157,7 +178,7 @@ impl Process {
     /// harness keeps no copy of the socket: once the process dies, connections to it are
     /// refused, as on a real machine.
     fn spawn_on(server: Server, addr: SocketAddr, args: &[&str]) -> Process {
-        Self::spawn(server, addr, args, None, true)
+        Self::spawn(server, addr, args, None, true, &[])
     }
 
     fn spawn(
@@ -166,6 +187,7 @@ impl Process {
         args: &[&str],
         files: Option<u64>,
         drain: bool,
+        env: &[(&str, &str)],
     ) -> Process {
         let listener = std::net::TcpListener::bind(addr)
             .unwrap_or_else(|e| panic!("bind {addr} for the {server:?}: {e}"));
@@ -193,6 +215,7 @@ impl Process {
             .env_remove("DATA_DIR")
             .env_remove("PORT")
             .env_remove("BACKENDS")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
