@@ -44,7 +44,9 @@ fn from_value(v: Value) -> Result<Json, NonFiniteNumber> {
 }
 
 /// Largest integer a double holds exactly: 2^53.
-const EXACT: u64 = 1 << 53;
+/// The largest integer magnitude every double holds exactly (2^53): `data`'s integers must lie
+/// within ±`EXACT`.
+pub const EXACT: u64 = 1 << 53;
 
 /// An integer a `Struct` (whose numbers are doubles) cannot carry unchanged.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

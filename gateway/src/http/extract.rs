@@ -135,24 +135,27 @@ impl<S: Send + Sync> FromRequestParts<S> for ResumeAfter {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Query(query) = Query::<ResumeQuery>::from_request_parts(parts, state).await?;
-        // An empty `Last-Event-ID` is no id (EventSource sends none until it has one).
+        // An empty `Last-Event-ID` is no id (EventSource sends none until it has one). Both
+        // are checked even when the header wins: a malformed parameter is an error either way.
         let header = parts
             .headers
             .get("last-event-id")
-            .map(|value| value.to_str().unwrap_or("?").trim())
-            .filter(|id| !id.is_empty());
-        let given = match header {
-            Some(id) => Some(id.to_owned()),
-            None => query.last_event_id,
-        };
-        match given.as_deref() {
-            None | Some("") => Ok(ResumeAfter(0)),
-            Some(id) => id.parse().map(ResumeAfter).map_err(|_| {
-                ApiError::bad_request(format!(
-                    "Last-Event-ID must be an event seq number (got {id:?})"
-                ))
-            }),
-        }
+            .map(|value| value.to_str().unwrap_or("?").trim());
+        let header = seq(header)?;
+        let query = seq(query.last_event_id.as_deref())?;
+        Ok(ResumeAfter(header.or(query).unwrap_or(0)))
+    }
+}
+
+/// A resume point as given: absent or empty is none.
+fn seq(given: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match given {
+        None | Some("") => Ok(None),
+        Some(id) => id.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!(
+                "Last-Event-ID must be an event seq number (got {id:?})"
+            ))
+        }),
     }
 }
 
@@ -182,5 +185,11 @@ mod tests {
         );
         let err = resume("/s/t?lastEventId=7", Some("x1")).await.unwrap_err();
         assert_eq!(err.status.as_u16(), 400);
+        let err = resume("/s/t?lastEventId=x", Some("12")).await.unwrap_err();
+        assert_eq!(err.status.as_u16(), 400);
+        assert_eq!(
+            resume("/s/t?lastEventId=7", Some("")).await.unwrap(),
+            ResumeAfter(7)
+        );
     }
 }

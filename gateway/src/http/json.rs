@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{
     PartialSchema, ToSchema,
     openapi::{
-        RefOr,
+        ObjectBuilder, Ref, RefOr,
         schema::{Schema, SchemaType, Type},
     },
 };
@@ -33,7 +33,7 @@ pub(crate) struct EventJson {
     pub(crate) topic: String,
     /// The client's JSON object, when it sent a non-empty one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object, required = false)]
+    #[schema(value_type = DataDoc, required = false)]
     pub(crate) data: Option<JsonObject>,
     /// When it was published (published events only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,7 +111,7 @@ pub(crate) struct EventInput {
     pub(crate) topic: String,
     /// Any JSON object (at most 256 KiB); integers must be exact as doubles (|n| ≤ 2^53).
     #[serde(deserialize_with = "exact_data")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<DataDoc>)]
     pub(crate) data: Option<JsonObject>,
 }
 
@@ -153,6 +153,48 @@ impl PartialSchema for PublishInput {
 }
 
 impl ToSchema for PublishInput {}
+
+/// Describes `data` in the API document: an object of `JsonValue`s, the rule `exact_data`
+/// enforces (`json_value_schema`).
+pub(crate) struct DataDoc;
+
+impl PartialSchema for DataDoc {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(Ref::from_schema_name(JSON_VALUE)))
+            .description(Some(
+                "A JSON object; its integers must lie within ±2^53 (send larger ones as strings)",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for DataDoc {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Data".into()
+    }
+}
+
+/// The component `DataDoc` refers to.
+pub(crate) const JSON_VALUE: &str = "JsonValue";
+
+/// Any JSON value whose integers `exact_data` accepts: utoipa's schema model has no `not`,
+/// which "a number that is not an integer" needs, so this one is written as JSON.
+pub(crate) fn json_value_schema() -> serde_json::Value {
+    let exact = eventsys::json::EXACT;
+    let value = serde_json::json!({"$ref": format!("#/components/schemas/{JSON_VALUE}")});
+    serde_json::json!({
+        "description": "Any JSON value; integers within ±2^53",
+        "anyOf": [
+            {"type": ["string", "boolean", "null"]},
+            {"type": "integer", "minimum": -(exact as i64), "maximum": exact},
+            {"type": "number", "not": {"type": "integer"}},
+            {"type": "array", "items": value},
+            {"type": "object", "additionalProperties": value},
+        ]
+    })
+}
 
 /// The body of `PUT /events/{id}`: exactly these three fields are set (absent or `null` ones to
 /// their zero value).

@@ -22,7 +22,12 @@ use utoipa::{
 
 pub(crate) use docs::{docs_asset, docs_page};
 
-use super::{error::ErrorBody, health, legacy, metrics, rest, sse};
+use super::{
+    error::ErrorBody,
+    health,
+    json::{JSON_VALUE, json_value_schema},
+    legacy, metrics, rest, sse,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -62,11 +67,10 @@ struct ApiDoc;
 
 /// The document, serialised once.
 static DOCUMENT: LazyLock<Bytes> = LazyLock::new(|| {
-    Bytes::from(
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .expect("the API document serialises"),
-    )
+    let mut document =
+        serde_json::to_value(ApiDoc::openapi()).expect("the API document serialises");
+    document["components"]["schemas"][JSON_VALUE] = json_value_schema();
+    Bytes::from(serde_json::to_vec_pretty(&document).expect("the API document serialises"))
 });
 
 /// `GET /openapi.json`.
