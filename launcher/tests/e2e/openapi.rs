@@ -9,20 +9,19 @@ use serde_json::Value;
 
 use crate::{
     cdp::Browser,
-    support::{EXCLUSIVE, Process, http},
+    support::{EXCLUSIVE, Process, http, readyz_becomes},
 };
 
 /// A backend and a gateway whose limits stay out of the fuzzer's way: schemathesis sends
 /// hundreds of requests a second from one address, and a stream it opens must end for it to
 /// read the answer (EventSource would reconnect with `Last-Event-ID`).
-async fn system(db: &Path) -> (Process, Process) {
-    let backend = Process::backend(db).await;
-    let gateway = Process::gateway(
-        &[backend.addr],
-        &["--rate-limit", "100000", "--sse-max-duration", "1s"],
-    )
-    .await;
-    crate::support::wait_gateway_ready(gateway.addr).await;
+async fn system(db: &Path, auth: &[&str]) -> (Process, Process) {
+    let backend = Process::backend_with(db, auth).await;
+    let mut flags = vec!["--rate-limit", "100000", "--sse-max-duration", "1s"];
+    flags.extend_from_slice(auth);
+    let gateway = Process::gateway(&[backend.addr], &flags).await;
+    let ready = reqwest::StatusCode::OK;
+    readyz_becomes(&gateway.url(), ready, Duration::from_secs(10)).await;
     (backend, gateway)
 }
 
@@ -31,7 +30,6 @@ async fn run(program: &str, args: &[&str], dir: &Path) -> (bool, String) {
         .args(args)
         .current_dir(dir)
         .env("NO_COLOR", "1")
-        .env("SCHEMATHESIS_HOOKS", "")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
@@ -45,13 +43,11 @@ async fn run(program: &str, args: &[&str], dir: &Path) -> (bool, String) {
     (output.status.success(), text)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_document_validates_and_schemathesis_finds_nothing_in_any_operation() {
-    let _exclusive = EXCLUSIVE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (_backend, gateway) = system(&dir.path().join("events.db")).await;
+/// Fetches the gateway's document, checks it with `openapi-spec-validator`, and runs
+/// schemathesis's every check on every operation of it (fixed seed, bounded examples, its
+/// stateful phase following the document's links), with `headers` on every request.
+async fn schemathesis_finds_nothing(gateway: &Process, dir: &Path, headers: &[&str]) {
     let url = format!("{}/openapi.json", gateway.url());
-
     let response = http().get(&url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let document: Value = response.json().await.unwrap();
@@ -62,12 +58,12 @@ async fn the_document_validates_and_schemathesis_finds_nothing_in_any_operation(
         .values()
         .map(|item| item.as_object().unwrap().len())
         .sum();
-    let file = dir.path().join("openapi.json");
+    let file = dir.join("openapi.json");
     std::fs::write(&file, serde_json::to_vec(&document).unwrap()).unwrap();
     let (valid, said) = run(
         "python3",
         &["-m", "openapi_spec_validator", &file.display().to_string()],
-        dir.path(),
+        dir,
     )
     .await;
     assert!(valid, "openapi-spec-validator: {said}");
@@ -75,30 +71,29 @@ async fn the_document_validates_and_schemathesis_finds_nothing_in_any_operation(
     // 413 is how this API rejects a body over its limit, which a schema-violating string can
     // be; everything else is schemathesis's default.
     std::fs::write(
-        dir.path().join("schemathesis.toml"),
+        dir.join("schemathesis.toml"),
         "[checks.negative_data_rejection]\n\
          expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, \"5XX\"]\n",
     )
     .unwrap();
-    let (passed, said) = run(
-        "schemathesis",
-        &[
-            "--config-file",
-            "schemathesis.toml",
-            "run",
-            &url,
-            "--checks",
-            "all",
-            "--seed",
-            "1",
-            "--max-examples",
-            "25",
-            "--request-timeout",
-            "10",
-        ],
-        dir.path(),
-    )
-    .await;
+    let mut args = vec![
+        "--config-file",
+        "schemathesis.toml",
+        "run",
+        &url,
+        "--checks",
+        "all",
+        "--seed",
+        "1",
+        "--max-examples",
+        "25",
+        "--request-timeout",
+        "10",
+    ];
+    for header in headers {
+        args.extend(["--header", header]);
+    }
+    let (passed, said) = run("schemathesis", &args, dir).await;
     assert!(passed, "schemathesis found failures:\n{said}");
     let selected = format!("Selected: {operations}/{operations}");
     let tested = format!("Tested: {operations}");
@@ -106,14 +101,57 @@ async fn the_document_validates_and_schemathesis_finds_nothing_in_any_operation(
         said.contains(&selected) && said.contains(&tested),
         "not every one of the {operations} operations was exercised:\n{said}"
     );
-    println!("schemathesis: {operations} operations, no failures");
+    let summary = said
+        .lines()
+        .rev()
+        .find(|l| l.contains("generated"))
+        .unwrap_or("");
+    println!(
+        "schemathesis: {operations} operations, no failures ({})",
+        summary.trim()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_validates_and_schemathesis_finds_nothing_in_any_operation() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_backend, gateway) = system(&dir.path().join("events.db"), &[]).await;
+    schemathesis_finds_nothing(&gateway, dir.path(), &[]).await;
+}
+
+/// The same in token mode, as a caller with every right: the token schemes, 401 and 403 are
+/// part of what is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_in_token_mode_either() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a test secret of at least thirty-two bytes").unwrap();
+    let secret_flag = secret.display().to_string();
+    let auth = ["--auth", "jwt", "--jwt-secret-file", secret_flag.as_str()];
+    let (_backend, gateway) = system(&dir.path().join("events.db"), &auth).await;
+    let token = crate::token::mint(
+        &secret,
+        &[
+            "--sub",
+            "alice",
+            "--publish",
+            "*",
+            "--subscribe",
+            "*",
+            "--admin",
+        ],
+    );
+    let header = format!("Authorization: Bearer {token}");
+    schemathesis_finds_nothing(&gateway, dir.path(), &[&header]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docs_page_renders_offline_in_chromium() {
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let (_backend, gateway) = system(&dir.path().join("events.db")).await;
+    let (_backend, gateway) = system(&dir.path().join("events.db"), &[]).await;
     let base = gateway.url();
     let browser = Browser::launch(dir.path()).await;
     let mut page = browser.page().await;

@@ -2,30 +2,15 @@
 //! `/readyz` following its backends' health within a second either way, both open in token
 //! mode, never rate-limited and not counted as API traffic.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{EXCLUSIVE, Process, Server, backend_metrics, http, series_value};
-
-/// Polls `/readyz` until it answers `want`; how long that took.
-async fn readyz_becomes(base: &str, want: StatusCode, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let response = http().get(format!("{base}/readyz")).send().await.unwrap();
-        if response.status() == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "/readyz still {} after {within:?}",
-            response.status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::support::{
+    EXCLUSIVE, Process, Server, backend_metrics, http, readyz_becomes, series_value,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {

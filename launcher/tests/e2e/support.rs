@@ -584,3 +584,24 @@ pub(crate) async fn grpcurl_call(
     }
     Ok(serde_json::from_slice(&out.stdout).expect("grpcurl prints JSON"))
 }
+
+/// Polls `/readyz` until it answers `want`; how long that took.
+pub(crate) async fn readyz_becomes(
+    base: &str,
+    want: reqwest::StatusCode,
+    within: Duration,
+) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let response = http().get(format!("{base}/readyz")).send().await.unwrap();
+        if response.status() == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "/readyz still {} after {within:?}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -20,7 +20,7 @@ struct Tokens {
 }
 
 /// `eventsys token` with the test secret.
-fn mint(secret_file: &std::path::Path, args: &[&str]) -> String {
+pub(crate) fn mint(secret_file: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new(EVENTSYS)
         .arg("token")
         .arg("--jwt-secret-file")
