@@ -1,6 +1,7 @@
 //! The `eventsys` command line. `eventsys [up]` runs the whole system; `eventsys backend …` and
 //! `eventsys gateway …` are the two servers themselves (the processes `up` starts, one binary
-//! for all so that building it builds everything it runs), and `eventsys bench …` the load tool.
+//! for all so that building it builds everything it runs), `eventsys bench …` the load tool,
+//! `eventsys token` a development token and `eventsys probe` a container's health check.
 
 use std::{ffi::OsString, net::IpAddr, process::ExitCode, time::Duration};
 
@@ -41,6 +42,19 @@ enum Command {
     /// Print a token signed with the configured HMAC secret (JWT_SECRET or --jwt-secret-file),
     /// for development and tests.
     Token(TokenArgs),
+    /// Exit 0 when a server is healthy, 1 otherwise: a container's health check (an image
+    /// without a shell or curl runs this binary).
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ProbeArgs {
+    /// `grpc://HOST:PORT` (a backend's `grpc.health.v1` says SERVING) or
+    /// `http://HOST:PORT/PATH` (a 2xx answer: the gateway's `/healthz` or `/readyz`).
+    target: crate::probe::Target,
+    /// Longest the probe may take.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -124,8 +138,29 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Bench { args }) => bench::main_from(program("bench").chain(args)),
         Some(Command::Token(args)) => token(args),
+        Some(Command::Probe(args)) => probe(args),
         Some(Command::Up(args)) => up::main(args),
         None => up::main(cli.up),
+    }
+}
+
+/// `eventsys probe`: exit 0 when the target is healthy.
+fn probe(args: ProbeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("eventsys: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if runtime.block_on(crate::probe::once(&args.target, args.timeout)) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("eventsys: {:?} is not healthy", args.target);
+        ExitCode::FAILURE
     }
 }
 

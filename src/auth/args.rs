@@ -69,6 +69,9 @@ pub struct AuthArgs {
 /// The environment variable the HMAC secret may come from.
 pub const SECRET_ENV: &str = "JWT_SECRET";
 
+/// Shortest HMAC secret accepted.
+const MIN_SECRET_BYTES: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error(
@@ -89,16 +92,25 @@ pub enum AuthError {
 impl AuthArgs {
     /// The HMAC secret, if one is configured (file first, then `JWT_SECRET`).
     pub fn secret(&self) -> Result<Option<Vec<u8>>, AuthError> {
-        if let Some(path) = &self.jwt_secret_file {
+        let secret = if let Some(path) = &self.jwt_secret_file {
             let secret = std::fs::read(path)
                 .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))?;
-            let trimmed = secret.trim_ascii().to_vec();
-            return Ok(Some(trimmed).filter(|s| !s.is_empty()));
+            Some(secret.trim_ascii().to_vec()).filter(|s| !s.is_empty())
+        } else {
+            std::env::var(SECRET_ENV)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(String::into_bytes)
+        };
+        // RFC 7518 3.2: an HMAC key at least as long as the hash (HS256: 32 bytes). A short one
+        // (a placeholder left in a manifest) could be guessed: refuse it, saying only its length.
+        match secret {
+            Some(short) if short.len() < MIN_SECRET_BYTES => Err(AuthError::Key(format!(
+                "the HMAC secret has {} bytes; it needs at least {MIN_SECRET_BYTES} (e.g. `openssl rand -base64 48`)",
+                short.len()
+            ))),
+            secret => Ok(secret),
         }
-        Ok(std::env::var(SECRET_ENV)
-            .ok()
-            .filter(|s| !s.is_empty())
-            .map(String::into_bytes))
     }
 
     /// Checks the configuration without touching the network: protected mode, and that one

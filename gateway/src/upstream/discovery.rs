@@ -159,7 +159,7 @@ async fn check(
     link: Link,
     stop: CancellationToken,
 ) {
-    let mut health = HealthClient::new(link);
+    let mut health = HealthClient::new(link.clone());
     let mut slow_answers = 0;
     let mut tick = tokio::time::interval(config.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -186,6 +186,14 @@ async fn check(
         };
         if outcome.is_err() && slow_answers < SLOW_ANSWERS_TO_REMOVE {
             continue;
+        }
+        // A backend that stopped answering (deadlines missed, or the connection failing)
+        // still holds the calls sent to it before: on a network that drops packets they would
+        // wait for their deadline. Cut them loose to be retried elsewhere. A backend saying
+        // NOT_SERVING is draining and finishes what it has.
+        let stopped_answering = !matches!(&outcome, Ok(Ok(_)));
+        if !healthy && stopped_answering {
+            link.sever();
         }
         if membership.set_health(backend, healthy) {
             if healthy {

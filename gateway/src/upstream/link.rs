@@ -61,10 +61,12 @@ enum State {
     Idle,
     /// A dial is under way (in its own task); every caller waits for the same one.
     Dialing(Dialing),
-    /// Connected; `generation` tells this connection's end from a later one's.
+    /// Connected; `generation` tells this connection's end from a later one's. Cancelling
+    /// `sever` ends the connection's task, failing every call on it.
     Open {
         sender: SendRequest<Bytes>,
         generation: u64,
+        sever: tokio_util::sync::CancellationToken,
     },
 }
 
@@ -120,6 +122,18 @@ impl Link {
             stream.send_data(message, true)?;
         }
         Ok(response.await?.map(RecvBody::new))
+    }
+
+    /// Drops the connection now: every call on it fails at once (as unreachable, so a call
+    /// that may be repeated goes to another backend). For a backend that stopped answering:
+    /// on a network that loses packets nothing else would end those calls before their
+    /// deadline. The next call dials again.
+    pub(crate) fn sever(&self) {
+        let mut state = self.shared.lock();
+        if let State::Open { sever, .. } = &*state {
+            sever.cancel();
+            *state = State::Idle;
+        }
     }
 
     /// The open connection's sender, dialing first when there is none.

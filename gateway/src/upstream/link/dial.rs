@@ -19,6 +19,7 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
 
 use eventsys::coalesce::Coalesce;
 
@@ -95,10 +96,11 @@ pub(super) async fn dial(link: Arc<LinkShared>) -> Result<SendRequest<Bytes>, Ar
     .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")));
     let mut state = link.lock();
     match dialed {
-        Ok((sender, generation)) => {
+        Ok((sender, generation, sever)) => {
             *state = State::Open {
                 sender: sender.clone(),
                 generation,
+                sever,
             };
             Ok(sender)
         }
@@ -110,7 +112,10 @@ pub(super) async fn dial(link: Arc<LinkShared>) -> Result<SendRequest<Bytes>, Ar
 }
 
 /// The HTTP/2 handshake over `io`; spawns the connection's task.
-async fn handshake<T>(io: T, link: &Arc<LinkShared>) -> io::Result<(SendRequest<Bytes>, u64)>
+async fn handshake<T>(
+    io: T,
+    link: &Arc<LinkShared>,
+) -> io::Result<(SendRequest<Bytes>, u64, CancellationToken)>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -125,16 +130,23 @@ where
         .await
         .map_err(io::Error::other)?;
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-    tokio::spawn(drive(connection, Arc::downgrade(link), generation));
-    Ok((sender, generation))
+    let sever = CancellationToken::new();
+    tokio::spawn(drive(
+        connection,
+        Arc::downgrade(link),
+        generation,
+        sever.clone(),
+    ));
+    Ok((sender, generation, sever))
 }
 
-/// Runs one connection until it ends, or until a ping goes unanswered; then marks its link
+/// Runs one connection until it ends, a ping goes unanswered or it is severed; then marks its link
 /// idle (unless a newer connection has replaced it), so the next call dials again.
 async fn drive<T>(
     mut connection: Connection<Coalesce<T>, Bytes>,
     link: std::sync::Weak<LinkShared>,
     generation: u64,
+    sever: CancellationToken,
 ) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -163,6 +175,7 @@ async fn drive<T>(
             Err(err) => err.to_string(),
         },
         reason = keepalive => reason,
+        () = sever.cancelled() => "severed: the backend stopped answering".to_owned(),
     };
     tracing::debug!(%backend, %reason, "backend connection ended");
     if let Some(link) = link.upgrade() {
