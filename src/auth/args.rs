@@ -311,6 +311,19 @@ mod tests {
         vec!["127.0.0.1:1".parse().unwrap()]
     }
 
+    #[test]
+    fn a_short_hmac_secret_is_refused_without_being_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "CHANGE-ME\n").unwrap();
+        let flags = ["--auth", "jwt", "--jwt-secret-file", file.to_str().unwrap()];
+        let err = args(&flags).secret().unwrap_err().to_string();
+        assert!(err.contains("9 bytes") && err.contains("at least 32"), "{err}");
+        assert!(!err.contains("CHANGE-ME"), "{err}");
+        std::fs::write(&file, "x".repeat(32)).unwrap();
+        assert_eq!(args(&flags).secret().unwrap().map(|s| s.len()), Some(32));
+    }
+
     #[tokio::test]
     async fn every_public_key_kind_verifies_its_own_signatures_only() {
         let dir = tempfile::tempdir().unwrap();
