@@ -381,7 +381,7 @@ mod tests {
         assert!(matches!(no_key, AuthError::NoKey) || std::env::var_os(SECRET_ENV).is_some());
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
-        std::fs::write(&secret, "s3cret").unwrap();
+        std::fs::write(&secret, "a secret of at least thirty-two bytes here").unwrap();
         let secret = secret.display().to_string();
         let jwks = dir.path().join("jwks.json");
         std::fs::write(&jwks, r#"{"keys": []}"#).unwrap();
