@@ -318,7 +318,10 @@ mod tests {
         std::fs::write(&file, "CHANGE-ME\n").unwrap();
         let flags = ["--auth", "jwt", "--jwt-secret-file", file.to_str().unwrap()];
         let err = args(&flags).secret().unwrap_err().to_string();
-        assert!(err.contains("9 bytes") && err.contains("at least 32"), "{err}");
+        assert!(
+            err.contains("9 bytes") && err.contains("at least 32"),
+            "{err}"
+        );
         assert!(!err.contains("CHANGE-ME"), "{err}");
         std::fs::write(&file, "x".repeat(32)).unwrap();
         assert_eq!(args(&flags).secret().unwrap().map(|s| s.len()), Some(32));
