@@ -2,6 +2,7 @@
 //! endpoints, `/metrics`), its extractors, its error body and the `x-backend` header. It
 //! calls backends only through `upstream::Upstream` and never sees gRPC metadata.
 
+mod assets;
 mod auth;
 mod cors;
 mod deadline;
@@ -22,6 +23,7 @@ mod sse;
 mod state;
 mod traced;
 mod track;
+mod ui;
 
 pub(crate) use error::ApiError;
 pub(crate) use guard::{Browsers, HostPolicy, Hosts};

@@ -83,6 +83,11 @@ impl Upstream {
         self.inner.membership.snapshots()
     }
 
+    /// Told whenever a backend goes in or out of the balancers.
+    pub(crate) fn health_changes(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.inner.membership.changes()
+    }
+
     /// Every known backend with what its `Stats` rpc says, when it is healthy and answers
     /// within `timeout`.
     pub(crate) async fn backend_stats(

@@ -380,7 +380,9 @@ fn summary(
             backends.len(),
             StoreUri::to_string(&plan.store.parse().expect("validated at start"))
         ),
+        format!("  dashboard http://{rest}/ui"),
         format!("  REST API  http://{rest}/events"),
+        format!("  API docs  http://{rest}/docs   (OpenAPI: http://{rest}/openapi.json)"),
         format!("  SSE       http://{rest}/subscribe/{{topic}}"),
         format!("  metrics   http://{rest}/metrics"),
         format!(

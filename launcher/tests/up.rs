@@ -15,6 +15,11 @@ use tokio::{
     sync::mpsc,
 };
 
+// The DevTools client of the e2e tests, for the dashboard's test here.
+#[allow(dead_code)]
+#[path = "e2e/cdp.rs"]
+mod cdp;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Launcher {
@@ -565,4 +570,139 @@ async fn with_log_format_json_every_line_is_a_json_object() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// The dashboard in headless Chromium against the real `eventsys up`: three healthy backends,
+/// every one taking a share under load, one killed with `kill -9` marked down within 2 s and
+/// back after its restart, an event published from the page's form seen in its topic tail; no
+/// console error and no request outside the gateway. Screenshots of each moment are kept in the
+/// test's temp dir (or `EVENTSYS_TEST_SCREENSHOTS`, a directory, when set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_shows_the_balancer_a_killed_backend_and_a_topic_live() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut launcher = Launcher::start(dir.path()).await;
+    let base = format!("http://{}", launcher.rest);
+    let shots = std::env::var_os("EVENTSYS_TEST_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| dir.path().to_owned());
+    let browser = cdp::Browser::launch(dir.path()).await;
+    let mut page = browser.page().await;
+    page.navigate(&format!("{base}/ui")).await;
+    let within = Duration::from_secs(30);
+    let count = |selector: &str| format!("document.querySelectorAll('{selector}').length");
+
+    page.wait_for(
+        &count("#backends .backend[data-healthy=\"true\"]"),
+        |n| *n == 3,
+        within,
+    )
+    .await;
+    page.screenshot(&shots.join("ui-1-healthy.png")).await;
+
+    // Load: every backend's share of the last 10 s becomes non-zero.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (base, stop) = (base.clone(), stop.clone());
+        load.spawn(async move {
+            let client = http();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = client
+                    .get(format!("{base}/events?userId=dashboard&limit=1"))
+                    .send()
+                    .await;
+            }
+        });
+    }
+    let shares = "[...document.querySelectorAll('#backends .backend')]\
+                  .filter(b => parseFloat(b.dataset.share10) > 0).length";
+    page.wait_for(shares, |n| *n == 3, within).await;
+    // Only to give the README's screenshot some history to chart: off in CI.
+    let history = std::env::var("EVENTSYS_TEST_DASHBOARD_HISTORY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs);
+    if let Some(history) = history {
+        tokio::time::sleep(history).await;
+    }
+    page.screenshot(&shots.join("ui-2-load.png")).await;
+
+    // kill -9 backend-1: marked down within 2 s, back once the launcher restarted it.
+    let victim = launcher.backends[0];
+    let pid = launcher.pids["backend-1"][0];
+    let card = format!("document.querySelector('[data-backend=\"{victim}\"]')?.dataset.healthy");
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let killed = std::time::Instant::now();
+    page.wait_for(&card, |h| *h == "false", Duration::from_secs(2))
+        .await;
+    let marked_down = killed.elapsed();
+    page.screenshot(&shots.join("ui-3-down.png")).await;
+    page.wait_for(&card, |h| *h == "true", within).await;
+    let back = killed.elapsed();
+    if let Some(history) = history {
+        tokio::time::sleep(history).await;
+    }
+    page.screenshot(&shots.join("ui-4-back.png")).await;
+    stop.store(true, Ordering::Relaxed);
+    while load.join_next().await.is_some() {}
+
+    // Tail a topic from the page and publish to it from its form.
+    page.eval(
+        "document.getElementById('tail-topic').value = 'dashboard-demo'; \
+         document.querySelector('#tail-form button').click(); true",
+    )
+    .await;
+    page.wait_for(
+        "document.getElementById('tail-status').textContent",
+        |s| *s == "tailing dashboard-demo",
+        within,
+    )
+    .await;
+    page.eval(
+        "document.getElementById('publish-title').value = 'hello from the dashboard'; \
+         document.querySelector('#publish-form button').click(); true",
+    )
+    .await;
+    page.wait_for(
+        "document.getElementById('tail-events').textContent.includes('hello from the dashboard')",
+        |seen| *seen == true,
+        within,
+    )
+    .await;
+    // The topic's hub (the page's own tail) in the topics table, with the backend feeding it.
+    page.wait_for(
+        "[...document.querySelectorAll('#topics tbody tr')].some(row => \
+         row.cells[0].textContent === 'dashboard-demo' && row.cells[2].textContent.startsWith('127.0.0.1:'))",
+        |listed| *listed == true,
+        within,
+    )
+    .await;
+    page.screenshot(&shots.join("ui-5-tail.png")).await;
+    println!(
+        "dashboard: {victim} marked down {marked_down:?} after kill -9, up again after \
+         {back:?}; screenshots in {}",
+        shots.display()
+    );
+
+    let report = page.report();
+    assert!(
+        report.errors.is_empty(),
+        "console errors: {:?}",
+        report.errors
+    );
+    let outside: Vec<_> = report
+        .requests
+        .iter()
+        .filter(|url| !url.starts_with(&base) && !url.starts_with("data:"))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests outside the gateway: {outside:?}"
+    );
+    let _ = launcher.child.kill().await;
 }

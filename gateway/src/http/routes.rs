@@ -17,7 +17,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use super::{
     ApiError, AppState, cors, deadline::DeadlineLayer, guard::GuardLayer, health, legacy, metrics,
-    openapi, rest, sse, traced::TracedLayer, track::TrackLayer,
+    openapi, rest, sse, traced::TracedLayer, track::TrackLayer, ui,
 };
 
 pub(crate) fn app(state: AppState) -> Router {
@@ -53,7 +53,12 @@ pub(crate) fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::docs_page))
-        .route("/docs/{file}", get(openapi::docs_asset));
+        .route("/docs/{file}", get(openapi::docs_asset))
+        // The dashboard: static files open to all, its stream behind the caller's token.
+        .route("/ui", get(ui::page))
+        .route("/ui/config", get(ui::config))
+        .route("/ui/stats", get(ui::stats))
+        .route("/ui/{file}", get(ui::asset));
     // Outermost first: every request is traced (and gets its request id) before anything can
     // answer it; CORS answers preflights before the guards; panics become JSON 500s.
     let outer = ServiceBuilder::new()

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
 };
 
@@ -21,11 +21,59 @@ impl fmt::Display for Backend {
     }
 }
 
+/// Whether a backend is in the balancers, and if not why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    Up,
+    Down(Down),
+}
+
+/// Why a backend is out of the balancers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Down {
+    /// Not health-checked yet.
+    Unchecked = 1,
+    /// Its health check failed: the connection was refused or the call errored.
+    Refused,
+    /// It said NOT_SERVING (draining, or its store is not ready).
+    NotServing,
+    /// Its health checks missed their deadline, three in a row.
+    MissedDeadlines,
+    /// A call found it unreachable.
+    Unreachable,
+}
+
+impl Down {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Down::Unchecked => "not checked yet",
+            Down::Refused => "refused",
+            Down::NotServing => "NOT_SERVING",
+            Down::MissedDeadlines => "missed deadlines",
+            Down::Unreachable => "unreachable",
+        }
+    }
+
+    fn from_u8(value: u8) -> Option<Down> {
+        [
+            Down::Unchecked,
+            Down::Refused,
+            Down::NotServing,
+            Down::MissedDeadlines,
+            Down::Unreachable,
+        ]
+        .into_iter()
+        .find(|d| *d as u8 == value)
+    }
+}
+
 /// What the gateway counts for one backend address, shared by both balancers' endpoints.
 #[derive(Debug)]
 pub(crate) struct BackendStats {
     backend: Backend,
-    healthy: AtomicBool,
+    /// 0: up; else a `Down`.
+    health: AtomicU8,
     in_flight: AtomicU64,
     streams: AtomicU64,
     attempts: AtomicU64,
@@ -39,6 +87,8 @@ pub(crate) struct BackendSnapshot {
     pub(crate) backend: Backend,
     /// Whether the balancer holds it now.
     pub(crate) healthy: bool,
+    /// Why not, when it does not.
+    pub(crate) down: Option<Down>,
     /// Calls sent to it and not finished, open streams included.
     pub(crate) in_flight: u64,
     /// Server-streaming calls open now.
@@ -55,7 +105,7 @@ impl BackendStats {
     pub(crate) fn new(backend: Backend) -> Self {
         Self {
             backend,
-            healthy: AtomicBool::new(false),
+            health: AtomicU8::new(Down::Unchecked as u8),
             in_flight: AtomicU64::new(0),
             streams: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
@@ -68,8 +118,12 @@ impl BackendStats {
         self.backend
     }
 
-    pub(crate) fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+    pub(crate) fn set_health(&self, health: Health) {
+        let value = match health {
+            Health::Up => 0,
+            Health::Down(down) => down as u8,
+        };
+        self.health.store(value, Ordering::Relaxed);
     }
 
     pub(crate) fn streams(&self) -> u64 {
@@ -102,7 +156,8 @@ impl BackendStats {
     pub(crate) fn snapshot(&self) -> BackendSnapshot {
         BackendSnapshot {
             backend: self.backend,
-            healthy: self.healthy.load(Ordering::Relaxed),
+            healthy: self.health.load(Ordering::Relaxed) == 0,
+            down: Down::from_u8(self.health.load(Ordering::Relaxed)),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             streams: self.streams(),
             attempts: self.attempts(),

@@ -123,6 +123,7 @@ mod tests {
     use super::*;
     use crate::upstream::{
         Backend, Balancing, Failure,
+        backend::Health,
         link::{Link, LinkSettings},
         membership::Membership,
     };
@@ -149,7 +150,7 @@ mod tests {
             calls.iter().all(|c| !c.is_finished()),
             "no endpoint: every call waits"
         );
-        assert!(membership.set_health(backend, true));
+        assert!(membership.set_health(backend, Health::Up));
         for call in calls {
             // A lost wake would leave a caller waiting for ever: fail instead.
             let status = tokio::time::timeout(Duration::from_secs(30), call)

@@ -13,6 +13,7 @@ use tonic_health::pb::{
 
 use super::{
     Backend, UpstreamConfig,
+    backend::{Down, Health},
     link::{Link, LinkSettings},
     membership::Membership,
 };
@@ -122,7 +123,7 @@ async fn watch(
             let mut answers = health.watch(request).await?.into_inner();
             while let Some(answer) = answers.message().await? {
                 if answer.status != ServingStatus::Serving as i32 {
-                    if membership.set_health(backend, false) {
+                    if membership.set_health(backend, Health::Down(Down::NotServing)) {
                         let status = answer.status();
                         tracing::warn!(%backend, reason = ?status, "backend unhealthy: removed (health watch)");
                     }
@@ -195,7 +196,13 @@ async fn check(
         if !healthy && stopped_answering {
             link.sever();
         }
-        if membership.set_health(backend, healthy) {
+        let health = match &outcome {
+            _ if healthy => Health::Up,
+            Ok(Ok(_)) => Health::Down(Down::NotServing),
+            Ok(Err(_)) => Health::Down(Down::Refused),
+            Err(_) => Health::Down(Down::MissedDeadlines),
+        };
+        if membership.set_health(backend, health) {
             if healthy {
                 tracing::info!(%backend, "backend healthy: receiving traffic");
             } else {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tower::discover::Change;
 
 use super::{
-    backend::{Backend, BackendSnapshot, BackendStats},
+    backend::{Backend, BackendSnapshot, BackendStats, Down, Health},
     endpoint::{Balancing, Endpoint},
     link::Link,
 };
@@ -116,19 +116,20 @@ impl Membership {
     /// Takes a backend out at once, after a call to it found it unreachable. Its health
     /// checker puts it back when it answers again.
     pub(crate) fn eject(self: &Arc<Self>, backend: Backend) {
-        if self.set_health(backend, false) {
+        if self.set_health(backend, Health::Down(Down::Unreachable)) {
             tracing::warn!(%backend, "backend unreachable: taken out until it answers health checks");
         }
     }
 
     /// Records a backend's health, inserting it into or removing it from both balancers on a
     /// change. Returns whether anything changed.
-    pub(crate) fn set_health(self: &Arc<Self>, backend: Backend, healthy: bool) -> bool {
+    pub(crate) fn set_health(self: &Arc<Self>, backend: Backend, health: Health) -> bool {
+        let healthy = health == Health::Up;
         let mut members = self.lock();
         let Some(member) = members.get_mut(&backend) else {
             return false;
         };
-        member.stats.set_healthy(healthy);
+        member.stats.set_health(health);
         if member.inserted == healthy {
             return false;
         }
@@ -163,6 +164,11 @@ impl Membership {
     fn publish_ready(&self, members: &HashMap<Backend, Member>) {
         let inserted = members.values().filter(|m| m.inserted).count();
         self.ready.send_replace(inserted);
+    }
+
+    /// Told whenever a backend goes in or out of the balancers (the value: how many are in).
+    pub(crate) fn changes(&self) -> watch::Receiver<usize> {
+        self.ready.subscribe()
     }
 
     /// Waits up to `deadline` for the balancers to hold at least one backend.

@@ -23,3 +23,4 @@ mod tls;
 mod token;
 mod token_rejections;
 mod tracing;
+mod ui;

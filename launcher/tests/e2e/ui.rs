@@ -1,0 +1,102 @@
+//! The dashboard's stream in token mode: a frame shows only what the token may see (backends
+//! and traffic for an admin; the topics it may read), and no token is a 401. (The page itself
+//! is driven in Chromium against `eventsys up`: `tests/up.rs`.)
+
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::{
+    pubsub::subscribe,
+    support::{EXCLUSIVE, Process, http, readyz_becomes},
+    token::mint,
+};
+
+/// The first `stats` frame of `/ui/stats` with `token`.
+async fn first_frame(base: &str, token: &str) -> Value {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = client
+        .get(format!("{base}/ui/stats?access_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut frames = response.bytes_stream().eventsource();
+    let frame = tokio::time::timeout(Duration::from_secs(10), frames.next())
+        .await
+        .expect("a frame within a second or so")
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.event, "stats");
+    serde_json::from_str(&frame.data).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stats_stream_shows_only_what_the_token_may_see() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a test secret of at least thirty-two bytes").unwrap();
+    let secret_flag = secret.display().to_string();
+    let auth = ["--auth", "jwt", "--jwt-secret-file", secret_flag.as_str()];
+    let backend = Process::backend_with(&dir.path().join("events.db"), &auth).await;
+    let gateway = Process::gateway(&[backend.addr], &auth).await;
+    let base = gateway.url();
+    readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
+    let admin = mint(&secret, &["--sub", "root", "--subscribe", "*", "--admin"]);
+    let reader = mint(&secret, &["--sub", "ann", "--subscribe", "orders.*"]);
+
+    // Two topics with a subscriber each, so each has a hub to list.
+    let _orders = subscribe(
+        format!("{base}/subscribe/orders.eu?access_token={admin}"),
+        None,
+    )
+    .await;
+    let _billing = subscribe(
+        format!("{base}/subscribe/billing?access_token={admin}"),
+        None,
+    )
+    .await;
+
+    let everything = first_frame(&base, &admin).await;
+    assert_eq!(
+        everything["backends"].as_array().unwrap().len(),
+        1,
+        "{everything}"
+    );
+    assert!(everything["traffic"].is_object(), "{everything}");
+    let topics = |frame: &Value| -> Vec<String> {
+        let mut topics: Vec<String> = frame["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["topic"].as_str().unwrap().to_owned())
+            .collect();
+        topics.sort();
+        topics
+    };
+    assert_eq!(topics(&everything), ["billing", "orders.eu"]);
+
+    let theirs = first_frame(&base, &reader).await;
+    assert!(theirs.get("backends").is_none(), "{theirs}");
+    assert!(theirs.get("traffic").is_none(), "{theirs}");
+    assert_eq!(topics(&theirs), ["orders.eu"]);
+
+    let anonymous = http().get(format!("{base}/ui/stats")).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    // The page and its files are open: it asks for the token itself.
+    let config: Value = http()
+        .get(format!("{base}/ui/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["token_mode"], true);
+    let page = http().get(format!("{base}/ui")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+}
