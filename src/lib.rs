@@ -23,6 +23,31 @@ pub mod v1 {
     tonic::include_proto!("events.v1");
 }
 
+/// Whether a method may be sent again after its call was lost (the `.proto`'s
+/// `idempotency_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Reads: repeat freely.
+    NoSideEffects,
+    /// Repeating has the effect of doing it once.
+    Idempotent,
+    /// Not declared: repeating could do it twice.
+    Unknown,
+}
+
+impl Idempotency {
+    /// Whether a lost call may be sent again.
+    pub const fn may_repeat(self) -> bool {
+        !matches!(self, Idempotency::Unknown)
+    }
+}
+
+/// Each method's `Idempotency`, as its `.proto` declares it (`idempotency::GET_EVENT`).
+pub mod idempotency {
+    use super::Idempotency;
+    include!(concat!(env!("OUT_DIR"), "/idempotency.rs"));
+}
+
 /// Encoded `FileDescriptorSet` of `proto/` and its imports, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/events_descriptor.bin"));

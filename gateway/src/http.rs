@@ -8,6 +8,7 @@ mod cors;
 mod deadline;
 mod error;
 mod extract;
+mod grpc;
 mod guard;
 mod health;
 mod json;

@@ -393,8 +393,9 @@ fn summary(
                 .collect::<Vec<_>>()
                 .join(" ")
         ),
+        format!("  gRPC, balanced  {rest}   (grpcurl -plaintext {rest} list)"),
         format!(
-            "  gRPC      {grpc}   (grpcurl -plaintext {} list)",
+            "  gRPC      {grpc}   (each backend directly: grpcurl -plaintext {} list)",
             backends[0]
         ),
         "Ctrl-C stops everything.".to_owned(),

@@ -75,7 +75,30 @@ impl FromRequestParts<AppState> for Credentials {
 }
 
 impl Credentials {
+    /// A gRPC call's caller (`authorization: Bearer` metadata), counted against its rate like
+    /// a REST request.
+    pub(crate) fn of_grpc(
+        metadata: &tonic::metadata::MetadataMap,
+        peer: Option<SocketAddr>,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let token = state.auth.token_mode().then(|| {
+            let value = metadata.get("authorization")?.to_str().ok()?;
+            bearer_token(value).map(str::to_owned)
+        });
+        let credentials = Self::verify_token(token.flatten(), state)?;
+        state
+            .limiters
+            .request(|| ClientKey::of(credentials.caller.as_ref(), peer))?;
+        Ok(credentials.with_peer(peer))
+    }
+
     fn verify(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = state.auth.token_mode().then(|| token(parts)).flatten();
+        Self::verify_token(token, state)
+    }
+
+    fn verify_token(token: Option<String>, state: &AppState) -> Result<Self, ApiError> {
         if !state.auth.token_mode() {
             return Ok(Credentials {
                 caller: Some(Caller::Anyone),
@@ -83,7 +106,7 @@ impl Credentials {
                 peer: None,
             });
         }
-        let Some(token) = token(parts) else {
+        let Some(token) = token else {
             return Ok(Credentials {
                 caller: None,
                 bearer: None,

@@ -16,8 +16,8 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::{
-    ApiError, AppState, cors, deadline::DeadlineLayer, guard::GuardLayer, health, legacy, metrics,
-    openapi, rest, sse, traced::TracedLayer, track::TrackLayer, ui,
+    ApiError, AppState, cors, deadline::DeadlineLayer, grpc, guard::GuardLayer, health, legacy,
+    metrics, openapi, rest, sse, traced::TracedLayer, track::TrackLayer, ui,
 };
 
 pub(crate) fn app(state: AppState) -> Router {
@@ -68,14 +68,15 @@ pub(crate) fn app(state: AppState) -> Router {
         .layer(GuardLayer(state.settings.clone()))
         .map_response(IntoResponse::into_response)
         .layer(CatchPanicLayer::custom(panicked));
-    Router::new()
+    let rest = Router::new()
         .merge(requests)
         .merge(streams)
         .merge(probes)
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
-        .layer(outer)
-        .with_state(state)
+        .with_state(state.clone());
+    // gRPC clients on the same port: `/events.v1.EventService/*`, health and reflection.
+    rest.merge(grpc::router(state)).layer(outer)
 }
 
 async fn no_route(State(state): State<AppState>, method: Method) -> ApiError {

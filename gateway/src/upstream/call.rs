@@ -13,6 +13,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use bytes::Bytes;
 use eventsys::{
+    Idempotency, idempotency,
     trace::{TRACEPARENT, TraceParent},
     v1::{self, event_service_client::EventServiceClient},
 };
@@ -28,15 +29,6 @@ pub(crate) enum Route {
     Requests,
     /// Subscriptions, balanced by open streams.
     Streams,
-}
-
-/// Whether a call that failed for want of a backend may be sent again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Retry {
-    /// Creates and publishes: sending one twice could store it twice.
-    Never,
-    /// Reads, updates and deletes.
-    Once,
 }
 
 /// A caller's token, forwarded to the backends (which apply the same rules): the
@@ -112,7 +104,8 @@ pub(crate) fn retry_budget() -> TpsBudget {
 /// One rpc of `events.v1.EventService` as the gateway sends it.
 pub(crate) trait Rpc: Send + Sized + 'static {
     type Reply: Send + 'static;
-    const RETRY: Retry;
+    /// Whether a call lost with its backend may be sent again elsewhere (once).
+    const IDEMPOTENCY: Idempotency;
     const ROUTE: Route = Route::Requests;
     /// `/events.v1.EventService/{method}`.
     const PATH: &'static str;
@@ -130,10 +123,10 @@ pub(crate) trait Rpc: Send + Sized + 'static {
 
 /// A unary rpc, framed by `unary` once and re-sent as is by a retry.
 macro_rules! unary {
-    ($request:ty => $reply:ty, $method:literal, $retry:expr) => {
+    ($request:ty => $reply:ty, $method:literal, $idempotency:expr) => {
         impl Rpc for $request {
             type Reply = $reply;
-            const RETRY: Retry = $retry;
+            const IDEMPOTENCY: Idempotency = $idempotency;
             const PATH: &'static str = concat!("/events.v1.EventService/", $method);
             type Prepared = Bytes;
             fn prepare(self) -> Bytes {
@@ -151,18 +144,21 @@ macro_rules! unary {
     };
 }
 
-unary!(v1::CreateEventRequest => v1::Event, "CreateEvent", Retry::Never);
-unary!(v1::PublishRequest => v1::Event, "Publish", Retry::Never);
-unary!(v1::GetEventRequest => v1::Event, "GetEvent", Retry::Once);
-unary!(v1::ListEventsRequest => v1::ListEventsResponse, "ListEvents", Retry::Once);
-unary!(v1::UpdateEventRequest => v1::Event, "UpdateEvent", Retry::Once);
-unary!(v1::DeleteEventRequest => v1::DeleteEventResponse, "DeleteEvent", Retry::Once);
-unary!(v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, "ListTopicEvents", Retry::Once);
+// Whether each may be sent again is the `.proto`'s `idempotency_level` of its method.
+unary!(v1::CreateEventRequest => v1::Event, "CreateEvent", idempotency::CREATE_EVENT);
+unary!(v1::PublishRequest => v1::Event, "Publish", idempotency::PUBLISH);
+unary!(v1::GetEventRequest => v1::Event, "GetEvent", idempotency::GET_EVENT);
+unary!(v1::ListEventsRequest => v1::ListEventsResponse, "ListEvents", idempotency::LIST_EVENTS);
+unary!(v1::ListAllEventsRequest => v1::ListEventsResponse, "ListAllEvents", idempotency::LIST_ALL_EVENTS);
+unary!(v1::UpdateEventRequest => v1::Event, "UpdateEvent", idempotency::UPDATE_EVENT);
+unary!(v1::DeleteEventRequest => v1::DeleteEventResponse, "DeleteEvent", idempotency::DELETE_EVENT);
+unary!(v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, "ListTopicEvents", idempotency::LIST_TOPIC_EVENTS);
+unary!(v1::StatsRequest => v1::StatsResponse, "Stats", idempotency::STATS);
 
 /// Subscriptions go through tonic's client, whose decoder turns the stream into messages.
 impl Rpc for v1::SubscribeRequest {
     type Reply = Streaming<v1::Event>;
-    const RETRY: Retry = Retry::Once;
+    const IDEMPOTENCY: Idempotency = idempotency::SUBSCRIBE;
     const ROUTE: Route = Route::Streams;
     const PATH: &'static str = "/events.v1.EventService/Subscribe";
     type Prepared = Self;
@@ -282,7 +278,7 @@ impl Upstream {
         };
         self.inner.retries.deposit();
         let prepared = request.prepare();
-        let again = (R::RETRY == Retry::Once).then(|| prepared.clone());
+        let again = R::IDEMPOTENCY.may_repeat().then(|| prepared.clone());
         let failure = match self.attempt::<R>(prepared, bearer, deadline, timer).await {
             Ok(answer) => return Ok(answer),
             Err(failure) => failure,

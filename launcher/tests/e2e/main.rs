@@ -9,6 +9,7 @@ mod cli;
 mod deploy;
 mod gateway_balancing;
 mod gateway_contract;
+mod grpc_front;
 mod limits_http;
 mod limits_streams;
 mod lists;

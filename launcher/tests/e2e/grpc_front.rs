@@ -1,0 +1,405 @@
+//! gRPC through the gateway's port: grpcurl finds the services by reflection and runs the CRUD
+//! and a subscription there; calls spread over the backends (`x-backend`); a tonic client loses
+//! no idempotent call and no event of its subscription when a backend is killed with `kill -9`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use eventsys::v1::{self, event_service_client::EventServiceClient};
+use nix::sys::signal::Signal;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::support::{EXCLUSIVE, System, grpcurl, grpcurl_call};
+
+async fn client(system: &System) -> EventServiceClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(system.gateway.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    EventServiceClient::new(channel)
+}
+
+fn backend_of<T>(response: &tonic::Response<T>) -> String {
+    response
+        .metadata()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-backend on every answer")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let system = System::start(3, &[]).await;
+    let front = system.gateway.addr;
+    let address = front.to_string();
+
+    let listed = grpcurl(&["-plaintext", &address, "list"]).await;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    for service in [
+        "events.v1.EventService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(listed.contains(service), "{service} not listed:\n{listed}");
+    }
+    let described = grpcurl(&["-plaintext", &address, "describe", "events.v1.EventService"]).await;
+    let described = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(described.contains("rpc Subscribe"), "{described}");
+    let health = grpcurl(&["-plaintext", &address, "grpc.health.v1.Health/Check"]).await;
+    assert!(
+        String::from_utf8_lossy(&health.stdout).contains("SERVING"),
+        "{health:?}"
+    );
+
+    let created = grpcurl_call(
+        front,
+        "CreateEvent",
+        json!({"userId": "grpc", "title": "through the front door"}),
+    )
+    .await
+    .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let got = grpcurl_call(front, "GetEvent", json!({"id": id, "userId": "grpc"}))
+        .await
+        .unwrap();
+    assert_eq!(got["title"], "through the front door");
+    let updated = grpcurl_call(
+        front,
+        "UpdateEvent",
+        json!({"id": id, "userId": "grpc", "title": "renamed", "completed": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(updated["title"], "renamed");
+    grpcurl_call(front, "DeleteEvent", json!({"id": id, "userId": "grpc"}))
+        .await
+        .unwrap();
+    let gone = grpcurl_call(front, "GetEvent", json!({"id": id, "userId": "grpc"})).await;
+    assert!(gone.unwrap_err().contains("NotFound"));
+
+    // A subscription through the gateway: the stored events, then it stays open.
+    for n in 0..3 {
+        grpcurl_call(
+            front,
+            "Publish",
+            json!({"topic": "grpc.front", "title": format!("e{n}")}),
+        )
+        .await
+        .unwrap();
+    }
+    let streamed = grpcurl(&[
+        "-plaintext",
+        "-max-time",
+        "2",
+        "-d",
+        r#"{"topic": "grpc.front"}"#,
+        &address,
+        "events.v1.EventService/Subscribe",
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&streamed.stdout);
+    // grpcurl prints uint64 as a JSON string: `"seq": "1"`.
+    let seqs: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("\"seq\": "))
+        .map(|v| v.trim_end_matches(',').trim_matches('"'))
+        .collect();
+    assert_eq!(seqs, ["1", "2", "3"], "{text}");
+
+    // 300 sequential calls spread over the three backends, as `x-backend` names them.
+    let mut events = client(&system).await;
+    let created = events
+        .create_event(v1::CreateEventRequest {
+            user_id: "spread".into(),
+            title: "read me".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut per_backend: HashMap<String, u32> = HashMap::new();
+    for _ in 0..300 {
+        let response = events
+            .get_event(v1::GetEventRequest {
+                id: created.id.clone(),
+                user_id: "spread".into(),
+            })
+            .await
+            .unwrap();
+        *per_backend.entry(backend_of(&response)).or_default() += 1;
+    }
+    println!("300 GetEvent through the gateway: {per_backend:?}");
+    assert_eq!(per_backend.len(), 3, "{per_backend:?}");
+    assert!(per_backend.values().all(|n| *n >= 60), "{per_backend:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let system = System::start(3, &[]).await;
+    let mut events = client(&system).await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let event = events
+            .create_event(v1::CreateEventRequest {
+                user_id: "kill".into(),
+                title: format!("e{n}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(event.id);
+    }
+    let ids = Arc::new(ids);
+
+    // A subscription; the backend feeding it is the one to kill.
+    let topic = "grpc.kill";
+    let first = events
+        .publish(v1::PublishRequest {
+            topic: topic.into(),
+            title: "first".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .seq;
+    let subscription = events
+        .subscribe(v1::SubscribeRequest {
+            topic: topic.into(),
+            after_seq: first,
+        })
+        .await
+        .unwrap();
+    let victim_addr = backend_of(&subscription);
+    let mut stream = subscription.into_inner();
+    let victim = system
+        .backends
+        .iter()
+        .position(|b| b.addr.to_string() == victim_addr)
+        .unwrap();
+
+    // Idempotent calls from 8 clients, and a publisher, while the kill happens.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..8usize {
+        let (stop, done, failed, ids) = (stop.clone(), done.clone(), failed.clone(), ids.clone());
+        let mut events = events.clone();
+        load.spawn(async move {
+            let mut n = worker;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = ids[n % ids.len()].clone();
+                let outcome = if n % 2 == 0 {
+                    events
+                        .get_event(v1::GetEventRequest {
+                            id,
+                            user_id: "kill".into(),
+                        })
+                        .await
+                        .map(drop)
+                } else {
+                    events
+                        .update_event(v1::UpdateEventRequest {
+                            id,
+                            user_id: "kill".into(),
+                            title: format!("t{n}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop)
+                };
+                match outcome {
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(status) => failed.lock().unwrap().push(status.to_string()),
+                }
+            }
+        });
+    }
+    let publisher = tokio::spawn({
+        let (stop, mut events) = (stop.clone(), events.clone());
+        async move {
+            let mut acked = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                // Publishes are not retried (a lost one may be stored or not): count what was
+                // acknowledged.
+                if let Ok(reply) = events
+                    .publish(v1::PublishRequest {
+                        topic: topic.into(),
+                        title: "live".into(),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    acked.push(reply.into_inner().seq);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    system.backends[victim].signal(Signal::SIGKILL);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    while load.join_next().await.is_some() {}
+    let acked = publisher.await.unwrap();
+    let failed = failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} of {} idempotent calls failed: {:?}",
+        failed.len(),
+        done.load(Ordering::Relaxed) as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    // The subscription moved to another backend: every event, in order, once.
+    let last = *acked.iter().max().unwrap();
+    let mut seqs = Vec::new();
+    while seqs.last().is_none_or(|s| *s < last) {
+        let event = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {:?} of {last}", seqs.last()))
+            .unwrap()
+            .expect("the stream stays open");
+        seqs.push(event.seq);
+    }
+    let expected: Vec<u64> = (first + 1..=last).collect();
+    assert_eq!(seqs, expected, "a gap or a duplicate");
+    println!(
+        "kill -9 of {victim_addr} (the subscription's): {} idempotent calls, 0 failed; {} events \
+         streamed in order across the move",
+        done.load(Ordering::Relaxed),
+        seqs.len()
+    );
+}
+
+/// Token mode through the front door: no token is UNAUTHENTICATED at the gateway, a token acts
+/// as its user (another user's event is not theirs), and a client's `grpc-timeout` bounds the
+/// call (a slow backend's answer comes too late: DEADLINE_EXCEEDED, on time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_deadlines_hold_through_the_front_door() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a test secret of at least thirty-two bytes").unwrap();
+    let secret_flag = secret.display().to_string();
+    let auth = ["--auth", "jwt", "--jwt-secret-file", secret_flag.as_str()];
+    let db = dir.path().join("events.db");
+    let mut slow = auth.to_vec();
+    slow.extend(["--test-latency-ms", "300"]);
+    let backend = crate::support::Process::backend_with(&db, &slow).await;
+    let gateway = crate::support::Process::gateway(&[backend.addr], &auth).await;
+    crate::support::readyz_becomes(
+        &gateway.url(),
+        reqwest::StatusCode::OK,
+        Duration::from_secs(10),
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut events = EventServiceClient::new(channel);
+
+    let anonymous = events
+        .create_event(v1::CreateEventRequest {
+            title: "nobody".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous}"
+    );
+
+    let alice = crate::token::mint(&secret, &["--sub", "alice"]);
+    let bob = crate::token::mint(&secret, &["--sub", "bob"]);
+    let created = events
+        .create_event(with(
+            &alice,
+            v1::CreateEventRequest {
+                title: "alice's".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.user_id, "alice");
+    let not_theirs = events
+        .get_event(with(
+            &bob,
+            v1::GetEventRequest {
+                id: created.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(not_theirs.code(), tonic::Code::NotFound, "{not_theirs}");
+
+    // A client's `grpc-timeout` bounds the call at the gateway. Sent by hand over HTTP/2:
+    // tonic's client would time the call itself and cancel it first.
+    let request = v1::GetEventRequest {
+        id: created.id.clone(),
+        ..Default::default()
+    };
+    let message = prost::Message::encode_to_vec(&request);
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let started = std::time::Instant::now();
+    let late = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .post(format!("{}/events.v1.EventService/GetEvent", gateway.url()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "100m")
+        .header("authorization", format!("Bearer {alice}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    // A trailers-only answer: the status is in the headers.
+    assert_eq!(
+        late.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("4"),
+        "DEADLINE_EXCEEDED expected: {:?}",
+        late.headers()
+    );
+    assert!(took < Duration::from_millis(290), "{took:?}");
+}
+
+/// `message` with `authorization: Bearer token`.
+fn with<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
