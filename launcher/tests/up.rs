@@ -683,6 +683,19 @@ async fn the_dashboard_shows_the_balancer_a_killed_backend_and_a_topic_live() {
     )
     .await;
     page.screenshot(&shots.join("ui-5-tail.png")).await;
+    // A phone's width: one column, nothing cut off sideways.
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}),
+    )
+    .await;
+    page.wait_for(
+        "document.documentElement.scrollWidth <= 390",
+        |fits| *fits == true,
+        within,
+    )
+    .await;
+    page.screenshot(&shots.join("ui-6-phone.png")).await;
     println!(
         "dashboard: {victim} marked down {marked_down:?} after kill -9, up again after \
          {back:?}; screenshots in {}",

@@ -113,7 +113,7 @@ function drawBackends(frame) {
 }
 
 function makeCharts() {
-  const width = (id) => Math.max(280, $(id).clientWidth || 320);
+  const width = (id) => Math.max(200, $(id).clientWidth || 320);
   const axes = [{ stroke: "#888" }, { stroke: "#888" }];
   const rps = new uPlot({
     width: width("chart-rps"), height: 170, axes,
@@ -201,6 +201,14 @@ async function publish(topic, title) {
   const body = await response.json();
   $("publish-status").textContent = response.ok ? `published #${body.seq}` : body.message;
 }
+
+// Charts follow the page's width (a phone turned, a window resized).
+window.addEventListener("resize", () => {
+  if (!state.charts) return;
+  for (const [id, chart] of [["chart-rps", state.charts.rps], ["chart-latency", state.charts.latency]]) {
+    chart.setSize({ width: Math.max(200, $(id).clientWidth), height: 170 });
+  }
+});
 
 $("token-form").addEventListener("submit", (e) => {
   e.preventDefault();
