@@ -128,6 +128,9 @@ impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => Status::not_found("event not found"),
+            StoreError::AlreadyExists => {
+                Status::already_exists("an event with this id exists with other content")
+            }
             StoreError::Unsupported(reason) => Status::failed_precondition(reason),
             StoreError::Full { .. } => {
                 tracing::error!(error = %err, "store full: refusing writes");

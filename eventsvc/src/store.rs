@@ -39,6 +39,8 @@ pub struct Event {
 /// What a client supplies to create or publish an event; the store assigns the rest.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NewEvent {
+    /// The id the caller chose (stored at most once); `None`: a new one.
+    pub id: Option<Uuid>,
     pub user_id: String,
     pub title: String,
     pub description: String,
@@ -69,7 +71,7 @@ impl NewEvent {
     pub fn into_event(self, seq: Option<u64>) -> Event {
         let now = Utc::now().trunc_subsecs(3);
         Event {
-            id: Uuid::new_v4(),
+            id: self.id.unwrap_or_else(Uuid::new_v4),
             user_id: self.user_id,
             title: self.title,
             description: self.description,
@@ -79,6 +81,29 @@ impl NewEvent {
             data: self.data,
             time: seq.map(|_| now),
             seq: seq.unwrap_or(0),
+        }
+    }
+}
+
+impl NewEvent {
+    /// Whether `stored` is this event (same id and content): a repeat of the request that stored
+    /// it. Server-set fields (`created_at`, `time`, `seq`) are the stored ones.
+    pub fn is_stored_as(&self, stored: &Event) -> bool {
+        self.id.is_none_or(|id| id == stored.id)
+            && self.user_id == stored.user_id
+            && self.title == stored.title
+            && self.description == stored.description
+            && self.completed == stored.completed
+            && self.topic == stored.topic
+            && self.data == stored.data
+    }
+
+    /// `stored` when it is this event, else ALREADY_EXISTS: the id names another event.
+    pub fn repeated(&self, stored: Event) -> Result<Event> {
+        if self.is_stored_as(&stored) {
+            Ok(stored)
+        } else {
+            Err(StoreError::AlreadyExists)
         }
     }
 }
@@ -114,6 +139,9 @@ pub(crate) fn page_token_bits(token: &str) -> Option<u128> {
 pub enum StoreError {
     #[error("event not found")]
     NotFound,
+    /// An event with the id given exists with other content.
+    #[error("an event with this id exists with other content")]
+    AlreadyExists,
     #[error("invalid page token")]
     InvalidCursor,
     /// The store cannot serve right now (busy, unreachable); the call may succeed elsewhere or

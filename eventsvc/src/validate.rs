@@ -105,7 +105,16 @@ fn text(field: &str, value: &str) -> Result<(), FieldError> {
     too_many_chars(field, MAX_TEXT, value).map_or(Ok(()), Err)
 }
 
+/// The caller's id for a new event: none, or a UUID (normalised).
+fn new_id(id: &str) -> Result<Option<Uuid>, FieldError> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    self::id(id).map(Some)
+}
+
 fn fields(
+    id: Option<Uuid>,
     user_id: String,
     title: String,
     description: String,
@@ -127,6 +136,7 @@ fn fields(
         Some(data) => Some(json_object(data)?).filter(|d| !d.is_empty()),
     };
     Ok(NewEvent {
+        id,
         user_id,
         title,
         description,
@@ -141,6 +151,7 @@ pub(crate) fn create(req: v1::CreateEventRequest) -> Result<NewEvent, FieldError
         topic(&req.topic)?;
     }
     fields(
+        new_id(&req.id)?,
         req.user_id,
         req.title,
         req.description,
@@ -153,6 +164,7 @@ pub(crate) fn create(req: v1::CreateEventRequest) -> Result<NewEvent, FieldError
 pub(crate) fn publish(req: v1::PublishRequest) -> Result<NewEvent, FieldError> {
     topic(&req.topic)?;
     fields(
+        new_id(&req.id)?,
         req.user_id,
         req.title,
         req.description,

@@ -329,6 +329,50 @@ pub async fn ids_are_unique(f: Fixture) {
     }
 }
 
+/// A create or publish naming its id stores it at most once: a repeat with the same content
+/// returns the stored event (a publish its seq: none allocated again), other content under the
+/// id is ALREADY_EXISTS, and a repeat from another process (another pool) sees the same.
+pub async fn writes_naming_their_id_are_stored_once(f: Fixture) {
+    let s = f.store;
+    let id = uuid::Uuid::new_v4();
+    let new = NewEvent {
+        id: Some(id),
+        ..event("u", "once")
+    };
+    let first = s.create(new.clone()).await.unwrap();
+    assert_eq!(first.id, id);
+    assert_eq!(s.create(new.clone()).await.unwrap(), first);
+    let other = NewEvent {
+        title: "something else".into(),
+        ..new.clone()
+    };
+    assert!(matches!(
+        s.create(other).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    let page = s.list(Some("u".into()), 10, None).await.unwrap();
+    assert_eq!(page.events, [first]);
+
+    let published = NewEvent {
+        id: Some(uuid::Uuid::new_v4()),
+        ..on_topic("once", "p")
+    };
+    let stored = s.publish(published.clone()).await.unwrap();
+    let again = s.publish(published.clone()).await.unwrap();
+    assert_eq!(again, stored, "the same event and seq");
+    let next = s.publish(on_topic("once", "q")).await.unwrap();
+    assert_eq!(next.seq, stored.seq + 1, "no seq spent on the repeat");
+    let changed = NewEvent {
+        title: "changed".into(),
+        ..published
+    };
+    assert!(matches!(
+        s.publish(changed).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert_eq!(s.events_after("once", 0, 10).await.unwrap(), [stored, next]);
+}
+
 /// Declares one `#[tokio::test]` per contract case for a store, given an async expression
 /// that yields `Option<Fixture>` (`None`: the store's server is not available here).
 macro_rules! conformance {
@@ -343,6 +387,7 @@ macro_rules! conformance {
                 concurrent_publishers_get_strictly_increasing_seqs,
                 unicode_and_large_payloads,
                 ids_are_unique,
+                writes_naming_their_id_are_stored_once,
             );
         }
     };

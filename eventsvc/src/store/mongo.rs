@@ -63,6 +63,21 @@ const OUT_OF_DISK_SPACE: i32 = 14031;
 
 /// A full disk is `Full`; errors that say the server cannot be reached (now) are
 /// `Unavailable`, so the gateway retries elsewhere; anything else is a fault.
+/// A second document with a unique index's value (an event id already stored).
+fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    const DUPLICATE_KEY: i32 = 11000;
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|e| e.code == DUPLICATE_KEY)),
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
 fn mongo_error(op: &'static str, err: mongodb::error::Error) -> StoreError {
     let code = match err.kind.as_ref() {
         ErrorKind::Command(command) => Some(command.code),
@@ -205,12 +220,38 @@ impl MongoStore {
             .map_err(|e| mongo_error(op, e))
     }
 
-    /// Increments the topic's counter and inserts the event with it, in `session`.
+    /// The event stored under `id`, if any (in `session`'s transaction when given).
+    async fn stored(
+        &self,
+        op: &'static str,
+        id: uuid::Uuid,
+        session: Option<&mut ClientSession>,
+    ) -> Result<Option<Event>> {
+        let find = self.events.find_one(doc! {"id": id.to_string()});
+        let found = match session {
+            Some(session) => find.session(session).await,
+            None => find.await,
+        }
+        .map_err(|e| mongo_error(op, e))?;
+        found.as_ref().map(from_document).transpose()
+    }
+
+    /// Increments the topic's counter and inserts the event with it, in `session`. A repeat of
+    /// a publish that committed (its id is stored) returns that event: no second seq.
     async fn publish_in(
         &self,
-        session: Option<&mut ClientSession>,
+        mut session: Option<&mut ClientSession>,
         new: &NewEvent,
     ) -> mongodb::error::Result<Event> {
+        if let Some(id) = new.id {
+            let existing = self
+                .stored("publish", id, session.as_deref_mut())
+                .await
+                .map_err(mongodb::error::Error::custom)?;
+            if let Some(existing) = existing {
+                return Ok(existing);
+            }
+        }
         let increment = self
             .counters
             .find_one_and_update(
@@ -291,12 +332,17 @@ impl MongoStore {
 #[async_trait]
 impl EventStore for MongoStore {
     async fn create(&self, new: NewEvent) -> Result<Event> {
-        let event = new.into_event(None);
-        self.events
-            .insert_one(to_document(&event)?)
-            .await
-            .map_err(|e| mongo_error("create", e))?;
-        Ok(event)
+        let event = new.clone().into_event(None);
+        match self.events.insert_one(to_document(&event)?).await {
+            Ok(_) => Ok(event),
+            // The id is taken (the unique `id` index): a repeat of the request that stored it,
+            // or another event.
+            Err(err) if is_duplicate_key(&err) && new.id.is_some() => {
+                let stored = self.stored("create", event.id, None).await?;
+                new.repeated(stored.ok_or(StoreError::NotFound)?)
+            }
+            Err(err) => Err(mongo_error("create", err)),
+        }
     }
 
     async fn get(&self, id: Uuid, owner: Option<String>) -> Result<Event> {
@@ -372,7 +418,17 @@ impl EventStore for MongoStore {
         } else {
             self.publish_in(None, &new).await
         };
-        published.map_err(|e| mongo_error("publish", e))
+        match published {
+            Ok(event) => new.repeated(event),
+            // Two repeats raced past the check on a standalone server: the index kept one.
+            Err(err) if is_duplicate_key(&err) && new.id.is_some() => {
+                let stored = self
+                    .stored("publish", new.id.unwrap_or_default(), None)
+                    .await?;
+                new.repeated(stored.ok_or(StoreError::NotFound)?)
+            }
+            Err(err) => Err(mongo_error("publish", err)),
+        }
     }
 
     async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {

@@ -275,13 +275,42 @@ fn sql_error(op: &'static str, err: rusqlite::Error) -> StoreError {
     StoreError::from_driver(op, err, transient)
 }
 
+/// A second row with a unique column's value (an event id already stored).
+fn is_unique_violation(err: &rusqlite::Error) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
+}
+
+/// The event stored under `id`, if any.
+fn find(conn: &Connection, op: &'static str, id: Uuid) -> Result<Option<Event>> {
+    const SQL: &str = concat!("SELECT ", columns!(), " FROM events WHERE id = ?1");
+    Ok(query_events(conn, op, SQL, params![id.to_string()])?
+        .pop()
+        .map(|(_, e)| e))
+}
+
+/// The event stored under `id`, which a unique violation just said exists (deleted since:
+/// NOT_FOUND).
+fn stored(conn: &Connection, op: &'static str, id: Uuid) -> Result<Event> {
+    find(conn, op, id)?.ok_or(StoreError::NotFound)
+}
+
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn create(&self, new: NewEvent) -> Result<Event> {
-        let event = new.into_event(None);
         self.run("create", move |conn| {
-            insert(conn, &event).map_err(|e| sql_error("create", e))?;
-            Ok(event)
+            let event = new.clone().into_event(None);
+            match insert(conn, &event) {
+                Ok(()) => Ok(event),
+                // The id is taken: a repeat of the request that stored it, or another event.
+                Err(err) if is_unique_violation(&err) && new.id.is_some() => {
+                    new.repeated(stored(conn, "create", event.id)?)
+                }
+                Err(err) => Err(sql_error("create", err)),
+            }
         })
         .await
     }
@@ -394,6 +423,13 @@ impl EventStore for SqliteStore {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(fail)?;
+                // A repeat of a publish that committed: its event and seq, no second one. Under
+                // the write lock, so no other process can store this id meanwhile.
+                if let Some(id) = new.id
+                    && let Some(existing) = find(&tx, "publish", id)?
+                {
+                    return new.repeated(existing).map(|event| (event, false));
+                }
                 let seq: i64 = tx
                     .query_row(
                         "INSERT INTO topics (topic, last_seq) VALUES (?1, 1)
@@ -406,11 +442,14 @@ impl EventStore for SqliteStore {
                 let event = new.into_event(Some(seq as u64));
                 insert(&tx, &event).map_err(fail)?;
                 tx.commit().map_err(fail)?;
-                Ok(event)
+                Ok((event, true))
             })
             .await?;
-        self.published.notify_waiters();
-        Ok(published)
+        let (event, new) = published;
+        if new {
+            self.published.notify_waiters();
+        }
+        Ok(event)
     }
 
     async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {

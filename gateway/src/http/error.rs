@@ -84,6 +84,14 @@ impl ApiError {
         Self::new(Code::Unavailable, "no backend available")
     }
 
+    /// The call's backend was lost mid-call and it could not be sent again.
+    pub(crate) fn connection_lost() -> Self {
+        Self::new(
+            Code::Unavailable,
+            "backend connection lost; the request may not have been applied",
+        )
+    }
+
     pub(crate) fn not_found() -> Self {
         Self::new(Code::NotFound, "event not found")
     }
@@ -105,7 +113,8 @@ impl ApiError {
 impl From<CallError> for ApiError {
     fn from(err: CallError) -> Self {
         let (status, backend) = match err.failure {
-            Failure::NoBackend | Failure::Unreachable => return Self::no_backend(),
+            Failure::NoBackend => return Self::no_backend(),
+            Failure::Unreachable => return Self::connection_lost(),
             Failure::TimedOut => return Self::new(Code::DeadlineExceeded, "request timed out"),
             Failure::Status { status, backend } => (status, backend),
         };
@@ -276,9 +285,16 @@ mod tests {
             failure: Failure::Unreachable,
             retried: true,
         });
-        assert_eq!(
-            (err.status.as_u16(), err.message.as_str()),
-            (503, "no backend available")
+        assert_eq!(err.status.as_u16(), 503);
+        assert!(
+            err.message.starts_with("backend connection lost"),
+            "{}",
+            err.message
         );
+        let err = ApiError::from(CallError {
+            failure: Failure::NoBackend,
+            retried: false,
+        });
+        assert_eq!(err.message, "no backend available");
     }
 }

@@ -96,7 +96,9 @@ impl From<CallError> for Status {
     fn from(err: CallError) -> Status {
         match err.failure {
             Failure::NoBackend => Status::unavailable("no backend available"),
-            Failure::Unreachable => Status::unavailable("backend connection lost"),
+            Failure::Unreachable => Status::unavailable(
+                "backend connection lost; the request may not have been applied",
+            ),
             Failure::TimedOut => Status::deadline_exceeded("request timed out"),
             Failure::Status { status, .. } => match status.code() {
                 tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => {

@@ -25,3 +25,4 @@ mod token;
 mod token_rejections;
 mod tracing;
 mod ui;
+mod writes;

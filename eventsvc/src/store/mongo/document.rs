@@ -121,6 +121,7 @@ mod tests {
     #[test]
     fn events_round_trip() {
         let plain = NewEvent {
+            id: None,
             user_id: "u".into(),
             title: "t ✓".into(),
             description: "d".into(),

@@ -62,10 +62,14 @@ impl FrontDoor {
 
 #[tonic::async_trait]
 impl EventService for FrontDoor {
+    /// The event's id is chosen here when the client did not, so a retry stores it once.
     async fn create_event(
         &self,
-        request: Request<v1::CreateEventRequest>,
+        mut request: Request<v1::CreateEventRequest>,
     ) -> Result<Response<v1::Event>, Status> {
+        if request.get_ref().id.is_empty() {
+            request.get_mut().id = uuid::Uuid::new_v4().to_string();
+        }
         self.unary(request).await
     }
 
@@ -104,10 +108,14 @@ impl EventService for FrontDoor {
         self.unary(request).await
     }
 
+    /// As `create_event`: a retried publish keeps its event and its `seq`.
     async fn publish(
         &self,
-        request: Request<v1::PublishRequest>,
+        mut request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::Event>, Status> {
+        if request.get_ref().id.is_empty() {
+            request.get_mut().id = uuid::Uuid::new_v4().to_string();
+        }
         self.unary(request).await
     }
 
