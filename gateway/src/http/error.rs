@@ -114,7 +114,12 @@ impl From<CallError> for ApiError {
     fn from(err: CallError) -> Self {
         let (status, backend) = match err.failure {
             Failure::NoBackend => return Self::no_backend(),
-            Failure::Unreachable => return Self::connection_lost(),
+            Failure::Unreachable {
+                maybe_applied: false,
+            } => return Self::no_backend(),
+            Failure::Unreachable {
+                maybe_applied: true,
+            } => return Self::connection_lost(),
             Failure::TimedOut => return Self::new(Code::DeadlineExceeded, "request timed out"),
             Failure::Status { status, backend } => (status, backend),
         };
@@ -282,7 +287,9 @@ mod tests {
         let err = answered(Status::not_found("event not found"));
         assert_eq!((err.status.as_u16(), err.code), (404, "NOT_FOUND"));
         let err = ApiError::from(CallError {
-            failure: Failure::Unreachable,
+            failure: Failure::Unreachable {
+                maybe_applied: true,
+            },
             retried: true,
         });
         assert_eq!(err.status.as_u16(), 503);

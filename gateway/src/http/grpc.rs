@@ -1,5 +1,5 @@
 //! gRPC through the front door: the gateway's port also serves `events.v1.EventService`, health
-//! and reflection to gRPC clients (HTTP/2, `application/grpc`), routed by path next to REST. Each
+//! and reflection to gRPC clients (HTTP/2, `content-type: application/grpc`) next to REST. Each
 //! call goes through the same balancer, retry policy and limits as REST (`service`); a
 //! `Subscribe` outlives its backend (`subscribe`); health says whether any backend is healthy.
 
@@ -43,8 +43,33 @@ pub(crate) fn router(state: AppState) -> Router {
     if let Ok(v1alpha) = reflection().build_v1alpha() {
         router = service(router, v1alpha);
     }
-    // Counted like REST requests (route: the service), for /metrics and the dashboard.
-    router.route_layer(TrackLayer(state))
+    // Counted like REST requests (route: the service), for /metrics and the dashboard; and
+    // only gRPC is gRPC: anything else on these paths is the REST side's unknown route.
+    router
+        .route_layer(TrackLayer(state))
+        .route_layer(axum::middleware::from_fn(only_grpc))
+}
+
+/// Passes requests whose `content-type` is `application/grpc` (or `application/grpc+…`); others
+/// get the contract's 404, as on any path REST does not serve.
+async fn only_grpc(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "application/grpc" || v.starts_with("application/grpc+"));
+    if grpc {
+        next.run(request).await
+    } else {
+        axum::response::IntoResponse::into_response(super::ApiError::http(
+            http::StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such endpoint",
+        ))
+    }
 }
 
 /// Routes every method of the gRPC service `svc` to it.
@@ -96,7 +121,12 @@ impl From<CallError> for Status {
     fn from(err: CallError) -> Status {
         match err.failure {
             Failure::NoBackend => Status::unavailable("no backend available"),
-            Failure::Unreachable => Status::unavailable(
+            Failure::Unreachable {
+                maybe_applied: false,
+            } => Status::unavailable("no backend available"),
+            Failure::Unreachable {
+                maybe_applied: true,
+            } => Status::unavailable(
                 "backend connection lost; the request may not have been applied",
             ),
             Failure::TimedOut => Status::deadline_exceeded("request timed out"),

@@ -158,7 +158,7 @@ mod tests {
                 .expect("woken")
                 .unwrap()
                 .expect_err("the backend is not there");
-            assert!(matches!(Failure::from(status), Failure::Unreachable));
+            assert!(matches!(Failure::from(status), Failure::Unreachable { .. }));
         }
     }
 }

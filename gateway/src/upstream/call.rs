@@ -201,8 +201,9 @@ pub(crate) enum Failure {
     NoBackend,
     /// The call ran past the request timeout.
     TimedOut,
-    /// The backend the call went to could not be reached (it is out of the balancers now).
-    Unreachable,
+    /// The backend the call went to could not be reached (it is out of the balancers now);
+    /// `maybe_applied`: the request had reached it before the connection was lost.
+    Unreachable { maybe_applied: bool },
     /// A backend (named when known) answered with an error.
     Status {
         status: Status,
@@ -233,7 +234,11 @@ impl From<Status> for Failure {
         let mut source = std::error::Error::source(&status);
         while let Some(err) = source {
             match err.downcast_ref::<CallFailure>() {
-                Some(CallFailure::Unreachable(_)) => return Failure::Unreachable,
+                Some(CallFailure::Unreachable { sent, .. }) => {
+                    return Failure::Unreachable {
+                        maybe_applied: *sent,
+                    };
+                }
                 Some(CallFailure::Answered(backend)) => {
                     let backend = Some(*backend);
                     return Failure::Status { status, backend };
@@ -249,11 +254,21 @@ impl From<Status> for Failure {
 }
 
 impl Failure {
+    /// Whether the request may have been applied although no answer came.
+    fn maybe_applied(&self) -> bool {
+        matches!(
+            self,
+            Failure::Unreachable {
+                maybe_applied: true
+            }
+        )
+    }
+
     /// Unavailable, whoever said so: another backend may answer. Anything else the gateway
     /// could not decode is the backend's fault, said without the decoder's words.
     fn may_retry(&self) -> bool {
         match self {
-            Failure::Unreachable => true,
+            Failure::Unreachable { .. } => true,
             Failure::Status { status, .. } => status.code() == Code::Unavailable,
             Failure::NoBackend | Failure::TimedOut => false,
         }
@@ -286,10 +301,17 @@ impl Upstream {
         match again {
             Some(prepared) if failure.may_retry() && self.inner.retries.withdraw() => {
                 tracing::debug!(?failure, "retrying on another backend");
+                let first_maybe_applied = failure.maybe_applied();
                 self.attempt::<R>(prepared, bearer, deadline, timer)
                     .await
                     .map_err(|failure| CallError {
-                        failure,
+                        // A refused retry does not undo a first attempt that may have applied.
+                        failure: match failure {
+                            Failure::Unreachable { maybe_applied } => Failure::Unreachable {
+                                maybe_applied: maybe_applied || first_maybe_applied,
+                            },
+                            other => other,
+                        },
                         retried: true,
                     })
             }

@@ -49,9 +49,10 @@ pub(crate) enum Balancing {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 pub(crate) enum CallFailure {
     /// The connection failed before or during the response; the endpoint has already taken
-    /// itself out of the balancers.
-    #[error("backend {0} unreachable")]
-    Unreachable(Backend),
+    /// itself out of the balancers. `sent`: the request had left (it may have been applied);
+    /// otherwise the connection was never made.
+    #[error("backend {backend} unreachable")]
+    Unreachable { backend: Backend, sent: bool },
     /// The backend answered with a gRPC error.
     #[error("backend {0} answered with an error")]
     Answered(Backend),
@@ -96,12 +97,13 @@ fn unreachable(
     membership: &Arc<Membership>,
     stats: &BackendStats,
     err: &dyn std::fmt::Display,
+    sent: bool,
 ) -> Status {
     let backend = stats.backend();
     stats.count_failure();
     tracing::debug!(%backend, error = %err, "backend unreachable");
     membership.eject(backend);
-    CallFailure::Unreachable(backend).into_status(Status::unavailable(format!(
+    CallFailure::Unreachable { backend, sent }.into_status(Status::unavailable(format!(
         "backend {backend} unreachable"
     )))
 }
@@ -130,7 +132,11 @@ impl Service<http::Request<Body>> for Endpoint {
             let backend = stats.backend();
             let mut response = match link.send(request).await {
                 Ok(response) => response,
-                Err(err) => return Err(unreachable(&membership, &stats, &err)),
+                // Never sent when the connection could not be made.
+                Err(err) => {
+                    let sent = !matches!(err, crate::upstream::link::LinkError::Dial(_));
+                    return Err(unreachable(&membership, &stats, &err, sent));
+                }
             };
             // A backend's error arrives as a trailers-only response: named here, as tonic
             // would read it, so the caller knows which backend said it.
@@ -150,7 +156,7 @@ impl Service<http::Request<Body>> for Endpoint {
                         let _ = (&in_flight, &timing);
                         frame
                     })
-                    .map_err(move |err| unreachable(&membership, &stats, &err)),
+                    .map_err(move |err| unreachable(&membership, &stats, &err, true)),
                 )
             }))
         })

@@ -139,6 +139,20 @@ async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
         *per_backend.entry(backend_of(&response)).or_default() += 1;
     }
     println!("300 GetEvent through the gateway: {per_backend:?}");
+
+    // Only gRPC reaches the gRPC services: JSON on their path is REST's unknown route.
+    let json = crate::support::http()
+        .post(format!(
+            "{}/events.v1.EventService/GetEvent",
+            system.gateway.url()
+        ))
+        .json(&json!({"id": created.id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), reqwest::StatusCode::NOT_FOUND);
+    let body: serde_json::Value = json.json().await.unwrap();
+    assert_eq!(body["code"], "NOT_FOUND", "{body}");
     assert_eq!(per_backend.len(), 3, "{per_backend:?}");
     assert!(per_backend.values().all(|n| *n >= 60), "{per_backend:?}");
 }
