@@ -703,19 +703,6 @@ async fn the_dashboard_shows_the_balancer_a_killed_backend_and_a_topic_live() {
     );
 
     let report = page.report();
-    assert!(
-        report.errors.is_empty(),
-        "console errors: {:?}",
-        report.errors
-    );
-    let outside: Vec<_> = report
-        .requests
-        .iter()
-        .filter(|url| !url.starts_with(&base) && !url.starts_with("data:"))
-        .collect();
-    assert!(
-        outside.is_empty(),
-        "requests outside the gateway: {outside:?}"
-    );
+    report.assert_clean(&base);
     let _ = launcher.child.kill().await;
 }

@@ -114,6 +114,22 @@ pub(crate) struct Report {
     pub(crate) requests: Vec<String>,
 }
 
+impl Report {
+    /// No console error, and no request outside `base` (the gateway) but `data:` URLs.
+    pub(crate) fn assert_clean(&self, base: &str) {
+        assert!(self.errors.is_empty(), "console errors: {:?}", self.errors);
+        let outside: Vec<_> = self
+            .requests
+            .iter()
+            .filter(|url| !url.starts_with(base) && !url.starts_with("data:"))
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "requests outside the gateway: {outside:?}"
+        );
+    }
+}
+
 pub(crate) struct Page {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,

@@ -310,10 +310,8 @@ async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
 async fn tokens_and_deadlines_hold_through_the_front_door() {
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "a test secret of at least thirty-two bytes").unwrap();
-    let secret_flag = secret.display().to_string();
-    let auth = ["--auth", "jwt", "--jwt-secret-file", secret_flag.as_str()];
+    let token_mode = crate::support::TokenMode::new(dir.path());
+    let (secret, auth) = (&token_mode.secret, token_mode.flags());
     let db = dir.path().join("events.db");
     let mut slow = auth.to_vec();
     slow.extend(["--test-latency-ms", "300"]);
@@ -345,8 +343,8 @@ async fn tokens_and_deadlines_hold_through_the_front_door() {
         "{anonymous}"
     );
 
-    let alice = crate::token::mint(&secret, &["--sub", "alice"]);
-    let bob = crate::token::mint(&secret, &["--sub", "bob"]);
+    let alice = crate::token::mint(secret, &["--sub", "alice"]);
+    let bob = crate::token::mint(secret, &["--sub", "bob"]);
     let created = events
         .create_event(with(
             &alice,

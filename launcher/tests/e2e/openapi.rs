@@ -126,13 +126,11 @@ async fn the_document_validates_and_schemathesis_finds_nothing_in_any_operation(
 async fn schemathesis_finds_nothing_in_token_mode_either() {
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "a test secret of at least thirty-two bytes").unwrap();
-    let secret_flag = secret.display().to_string();
-    let auth = ["--auth", "jwt", "--jwt-secret-file", secret_flag.as_str()];
+    let token_mode = crate::support::TokenMode::new(dir.path());
+    let (secret, auth) = (&token_mode.secret, token_mode.flags());
     let (_backend, gateway) = system(&dir.path().join("events.db"), &auth).await;
     let token = crate::token::mint(
-        &secret,
+        secret,
         &[
             "--sub",
             "alice",
@@ -184,20 +182,7 @@ async fn the_docs_page_renders_offline_in_chromium() {
     }
 
     let report = page.report();
-    assert!(
-        report.errors.is_empty(),
-        "console errors: {:?}",
-        report.errors
-    );
-    let outside: Vec<_> = report
-        .requests
-        .iter()
-        .filter(|url| !url.starts_with(&base) && !url.starts_with("data:"))
-        .collect();
-    assert!(
-        outside.is_empty(),
-        "requests outside the gateway: {outside:?}"
-    );
+    report.assert_clean(&base);
     for wanted in ["/docs", "/docs/swagger-ui-bundle.js", "/openapi.json"] {
         let url = format!("{base}{wanted}");
         assert!(

@@ -605,3 +605,25 @@ pub(crate) async fn readyz_becomes(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A token-mode configuration in `dir`: the HMAC secret's file and the flags that use it.
+pub(crate) struct TokenMode {
+    pub(crate) secret: PathBuf,
+    flag: String,
+}
+
+impl TokenMode {
+    pub(crate) fn new(dir: &Path) -> TokenMode {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "a test secret of at least thirty-two bytes").unwrap();
+        TokenMode {
+            flag: secret.display().to_string(),
+            secret,
+        }
+    }
+
+    /// `--auth jwt --jwt-secret-file FILE`.
+    pub(crate) fn flags(&self) -> [&str; 4] {
+        ["--auth", "jwt", "--jwt-secret-file", &self.flag]
+    }
+}

@@ -38,16 +38,14 @@ async fn first_frame(base: &str, token: &str) -> Value {
 async fn the_stats_stream_shows_only_what_the_token_may_see() {
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "a test secret of at least thirty-two bytes").unwrap();
-    let secret_flag = secret.display().to_string();
-    let auth = ["--auth", "jwt", "--jwt-secret-file", secret_flag.as_str()];
+    let token_mode = crate::support::TokenMode::new(dir.path());
+    let (secret, auth) = (&token_mode.secret, token_mode.flags());
     let backend = Process::backend_with(&dir.path().join("events.db"), &auth).await;
     let gateway = Process::gateway(&[backend.addr], &auth).await;
     let base = gateway.url();
     readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
-    let admin = mint(&secret, &["--sub", "root", "--subscribe", "*", "--admin"]);
-    let reader = mint(&secret, &["--sub", "ann", "--subscribe", "orders.*"]);
+    let admin = mint(secret, &["--sub", "root", "--subscribe", "*", "--admin"]);
+    let reader = mint(secret, &["--sub", "ann", "--subscribe", "orders.*"]);
 
     // Two topics with a subscriber each, so each has a hub to list.
     let _orders = subscribe(
