@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tower::retry::budget::TpsBudget;
 
 pub(crate) use backend::{Backend, BackendSnapshot};
-pub(crate) use call::{Answer, Bearer, CallError, Failure, Rpc, Traced, deadline, traced, within};
+pub(crate) use call::{
+    Answer, Bearer, CallError, Failure, Forwarded, Method, Rpc, Traced, deadline, method, traced,
+    within,
+};
 pub(crate) use endpoint::Balancing;
 pub(crate) use link::BackendTls;
 

@@ -3,18 +3,19 @@
 //! call goes through the same balancer, retry policy and limits as REST (`service`); a
 //! `Subscribe` outlives its backend (`subscribe`); health says whether any backend is healthy.
 
+mod forward;
 mod service;
 mod subscribe;
 
 use std::time::Duration;
 
-use axum::Router;
+use axum::{Router, routing::post};
 use eventsys::v1::event_service_server::EventServiceServer;
 use tonic::{Status, server::NamedService};
 use tonic_health::server::HealthReporter;
 
 use super::{AppState, track::TrackLayer};
-use crate::upstream::{CallError, Failure};
+use crate::upstream::{CallError, Failure, Method, method};
 use service::FrontDoor;
 
 /// Largest request and reply message, as on the backends.
@@ -33,9 +34,37 @@ pub(crate) fn router(state: AppState) -> Router {
     let events = EventServiceServer::new(FrontDoor::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_REPLY);
-    // One route per service (tonic's own router would bring a fallback of its own, and REST
-    // has the contract's): `/{package.Service}/{method}`.
-    let mut router = service(Router::new(), events);
+    // The unary methods the gateway need not read are passed on framed (`forward`); the
+    // rest, one route per service (tonic's own router would bring a fallback of its own, and
+    // REST has the contract's): `/{package.Service}/{method}`.
+    let forwarded = Router::new()
+        .route(
+            method::GetEvent::PATH,
+            post(forward::forward::<method::GetEvent>),
+        )
+        .route(
+            method::ListEvents::PATH,
+            post(forward::forward::<method::ListEvents>),
+        )
+        .route(
+            method::ListAllEvents::PATH,
+            post(forward::forward::<method::ListAllEvents>),
+        )
+        .route(
+            method::UpdateEvent::PATH,
+            post(forward::forward::<method::UpdateEvent>),
+        )
+        .route(
+            method::DeleteEvent::PATH,
+            post(forward::forward::<method::DeleteEvent>),
+        )
+        .route(
+            method::ListTopicEvents::PATH,
+            post(forward::forward::<method::ListTopicEvents>),
+        )
+        .route(method::Stats::PATH, post(forward::forward::<method::Stats>))
+        .with_state(state.clone());
+    let mut router = service(forwarded, events);
     router = service(router, health_service);
     if let Ok(v1) = reflection().build_v1() {
         router = service(router, v1);

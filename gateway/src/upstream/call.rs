@@ -121,13 +121,56 @@ pub(crate) trait Rpc: Send + Sized + 'static {
     ) -> impl Future<Output = Result<(Self::Reply, Option<Backend>), Status>> + Send;
 }
 
-/// A unary rpc, framed by `unary` once and re-sent as is by a retry.
+/// A unary method of `events.v1.EventService`: its path and whether it may be repeated.
+pub(crate) trait Method: Send + Sync + 'static {
+    const PATH: &'static str;
+    const IDEMPOTENCY: Idempotency;
+}
+
+/// A gRPC client's request for `M` as the client framed it, passed on as it is: the reply comes
+/// back framed too (`Bytes`), and neither is decoded in the gateway.
+pub(crate) struct Forwarded<M>(Bytes, std::marker::PhantomData<M>);
+
+impl<M> Forwarded<M> {
+    /// `framed`: one uncompressed gRPC frame (the caller checked its header).
+    pub(crate) fn new(framed: Bytes) -> Self {
+        Forwarded(framed, std::marker::PhantomData)
+    }
+}
+
+impl<M: Method> Rpc for Forwarded<M> {
+    type Reply = Bytes;
+    const IDEMPOTENCY: Idempotency = M::IDEMPOTENCY;
+    const PATH: &'static str = M::PATH;
+    type Prepared = Bytes;
+    fn prepare(self) -> Bytes {
+        self.0
+    }
+    fn send(
+        channel: BalancedChannel,
+        framed: Bytes,
+        bearer: Option<&Bearer>,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<(Bytes, Option<Backend>), Status>> + Send {
+        unary::call_framed(channel, Self::PATH, framed, bearer, timeout)
+    }
+}
+
+/// A unary rpc, framed by `unary` once and re-sent as is by a retry; and its method's marker.
 macro_rules! unary {
-    ($request:ty => $reply:ty, $method:literal, $idempotency:expr) => {
+    ($method:ident: $request:ty => $reply:ty, $idempotency:expr) => {
+        #[doc = concat!("`events.v1.EventService/", stringify!($method), "`.")]
+        pub(crate) struct $method;
+
+        impl Method for $method {
+            const PATH: &'static str = concat!("/events.v1.EventService/", stringify!($method));
+            const IDEMPOTENCY: Idempotency = $idempotency;
+        }
+
         impl Rpc for $request {
             type Reply = $reply;
-            const IDEMPOTENCY: Idempotency = $idempotency;
-            const PATH: &'static str = concat!("/events.v1.EventService/", $method);
+            const IDEMPOTENCY: Idempotency = <$method as Method>::IDEMPOTENCY;
+            const PATH: &'static str = <$method as Method>::PATH;
             type Prepared = Bytes;
             fn prepare(self) -> Bytes {
                 unary::frame(&self)
@@ -144,16 +187,21 @@ macro_rules! unary {
     };
 }
 
-// Whether each may be sent again is the `.proto`'s `idempotency_level` of its method.
-unary!(v1::CreateEventRequest => v1::Event, "CreateEvent", idempotency::CREATE_EVENT);
-unary!(v1::PublishRequest => v1::Event, "Publish", idempotency::PUBLISH);
-unary!(v1::GetEventRequest => v1::Event, "GetEvent", idempotency::GET_EVENT);
-unary!(v1::ListEventsRequest => v1::ListEventsResponse, "ListEvents", idempotency::LIST_EVENTS);
-unary!(v1::ListAllEventsRequest => v1::ListEventsResponse, "ListAllEvents", idempotency::LIST_ALL_EVENTS);
-unary!(v1::UpdateEventRequest => v1::Event, "UpdateEvent", idempotency::UPDATE_EVENT);
-unary!(v1::DeleteEventRequest => v1::DeleteEventResponse, "DeleteEvent", idempotency::DELETE_EVENT);
-unary!(v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, "ListTopicEvents", idempotency::LIST_TOPIC_EVENTS);
-unary!(v1::StatsRequest => v1::StatsResponse, "Stats", idempotency::STATS);
+/// The unary methods, as marker types for calls passed on framed. Whether each may be sent
+/// again is the `.proto`'s `idempotency_level` of its method.
+pub(crate) mod method {
+    use super::*;
+
+    unary!(CreateEvent: v1::CreateEventRequest => v1::Event, idempotency::CREATE_EVENT);
+    unary!(Publish: v1::PublishRequest => v1::Event, idempotency::PUBLISH);
+    unary!(GetEvent: v1::GetEventRequest => v1::Event, idempotency::GET_EVENT);
+    unary!(ListEvents: v1::ListEventsRequest => v1::ListEventsResponse, idempotency::LIST_EVENTS);
+    unary!(ListAllEvents: v1::ListAllEventsRequest => v1::ListEventsResponse, idempotency::LIST_ALL_EVENTS);
+    unary!(UpdateEvent: v1::UpdateEventRequest => v1::Event, idempotency::UPDATE_EVENT);
+    unary!(DeleteEvent: v1::DeleteEventRequest => v1::DeleteEventResponse, idempotency::DELETE_EVENT);
+    unary!(ListTopicEvents: v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, idempotency::LIST_TOPIC_EVENTS);
+    unary!(Stats: v1::StatsRequest => v1::StatsResponse, idempotency::STATS);
+}
 
 /// Subscriptions go through tonic's client, whose decoder turns the stream into messages.
 impl Rpc for v1::SubscribeRequest {

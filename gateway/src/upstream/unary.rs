@@ -50,12 +50,25 @@ fn grpc_timeout(timeout: Duration) -> HeaderValue {
 
 /// Sends `framed` to `path` through `channel` and decodes the reply.
 pub(crate) async fn call<R: prost::Message + Default>(
-    mut channel: BalancedChannel,
+    channel: BalancedChannel,
     path: &'static str,
     framed: Bytes,
     bearer: Option<&Bearer>,
     timeout: Option<Duration>,
 ) -> Result<(R, Option<Backend>), Status> {
+    let (reply, backend) = call_framed(channel, path, framed, bearer, timeout).await?;
+    Ok((Reply::decode(reply)?, backend))
+}
+
+/// As `call`, with the reply as the backend framed it (checked, not decoded): what a gRPC
+/// client of the gateway is sent as it is.
+pub(crate) async fn call_framed(
+    mut channel: BalancedChannel,
+    path: &'static str,
+    framed: Bytes,
+    bearer: Option<&Bearer>,
+    timeout: Option<Duration>,
+) -> Result<(Bytes, Option<Backend>), Status> {
     let mut request = http::Request::new(Body::new(Full::new(framed)));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = Uri::from_static(path);
@@ -108,7 +121,7 @@ pub(crate) async fn call<R: prost::Message + Default>(
         }
         None => return Err(Status::internal("reply without a gRPC status")),
     }
-    Ok((message.decode()?, backend))
+    Ok((message.framed()?, backend))
 }
 
 /// A reply's bytes as they arrive: usually one data frame, kept as it is.
@@ -141,20 +154,28 @@ impl Reply {
     }
 
     /// Exactly one uncompressed message.
-    fn decode<R: prost::Message + Default>(self) -> Result<R, Status> {
-        let mut bytes = match self.more {
+    /// The one reply frame, its header checked (uncompressed, the length it says).
+    fn framed(self) -> Result<Bytes, Status> {
+        let bytes = match self.more {
             Some(more) => more.freeze(),
             None => self.first,
         };
         if bytes.len() < 5 {
             return Err(Status::internal("reply without a message"));
         }
-        let compressed = bytes.get_u8();
-        let len = bytes.get_u32() as usize;
-        if compressed != 0 || len != bytes.len() {
+        let mut header = &bytes[..5];
+        let compressed = header.get_u8();
+        let len = header.get_u32() as usize;
+        if compressed != 0 || len != bytes.len() - 5 {
             return Err(Status::internal("malformed reply frame"));
         }
-        R::decode(bytes).map_err(|_| Status::internal("undecodable reply"))
+        Ok(bytes)
+    }
+
+    /// A checked frame's message.
+    fn decode<R: prost::Message + Default>(mut framed: Bytes) -> Result<R, Status> {
+        framed.advance(5);
+        R::decode(framed).map_err(|_| Status::internal("undecodable reply"))
     }
 }
 
@@ -175,7 +196,9 @@ mod tests {
         let mut reply = Reply::default();
         reply.push(framed.slice(..3)).unwrap();
         reply.push(framed.slice(3..)).unwrap();
-        assert_eq!(reply.decode::<v1::Event>().unwrap(), event);
+        let framed_again = reply.framed().unwrap();
+        assert_eq!(framed_again, framed);
+        assert_eq!(Reply::decode::<v1::Event>(framed_again).unwrap(), event);
     }
 
     #[test]
@@ -183,10 +206,7 @@ mod tests {
         for bytes in [&b""[..], &[0, 0, 0], &[1, 0, 0, 0, 0], &[0, 0, 0, 0, 9, 1]] {
             let mut reply = Reply::default();
             reply.push(Bytes::copy_from_slice(bytes)).unwrap();
-            assert_eq!(
-                reply.decode::<v1::Event>().unwrap_err().code(),
-                Code::Internal
-            );
+            assert_eq!(reply.framed().unwrap_err().code(), Code::Internal);
         }
     }
 
