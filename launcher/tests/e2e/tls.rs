@@ -196,6 +196,27 @@ async fn https_with_http2_to_the_gateway_and_mtls_to_the_backends() {
     assert_eq!(read.status(), StatusCode::OK);
     assert_eq!(read.json::<Value>().await.unwrap(), created);
 
+    // gRPC clients on the same HTTPS port (h2 by ALPN), through the same balancer.
+    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(std::fs::read(&ca).unwrap()),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", gateway.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let answer = eventsys::v1::event_service_client::EventServiceClient::new(channel)
+        .get_event(eventsys::v1::GetEventRequest {
+            id: created["id"].as_str().unwrap().to_owned(),
+            user_id: "u".into(),
+        })
+        .await
+        .unwrap();
+    assert!(answer.metadata().get("x-backend").is_some());
+    assert_eq!(answer.into_inner().title, "encrypted");
+
     // A gateway without a client certificate is refused by the backends: none ever becomes
     // healthy, and requests get 503.
     let no_identity =
