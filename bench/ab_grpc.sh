@@ -5,7 +5,7 @@
 #   OLD=/tmp/decode-build bash bench/ab_grpc.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OLD=${OLD:?set OLD to a folder holding the other build's gateway binary}
+OLD=${OLD:?set OLD to a folder holding the gateway binary of the other build}
 ulimit -n 20000
 unset RUST_LOG
 DATA=$(mktemp -d)
