@@ -16,7 +16,7 @@ cpu_ticks() { local t=0; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' 
 BE=()
 for p in 15000 15001 15002; do target/release/eventsvc --port $p --store "sqlite://$DATA/events.db" >>"$DATA/b$p.log" 2>&1 & BE+=($!); PIDS+=($!); wait_port $p; done
 ALL=127.0.0.1:15000,127.0.0.1:15001,127.0.0.1:15002
-for round in 1 2; do
+for round in $(seq "${ROUNDS:-2}"); do
   for build in "$OLD" target/release; do
     "$build/gateway" --port 13000 --backends "$ALL" >>"$DATA/gw.log" 2>&1 & GW=$!; wait_port 13000; sleep 1
     for endpoint in get; do
