@@ -168,6 +168,17 @@ async fn check(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            // Its connection dropped (a crash resets it): out now, until a check passes. A
+            // backend restarted on a socket kept open would otherwise never fail a check.
+            () = link.lost() => {
+                // (One already out keeps the reason it was taken out for.)
+                if membership.is_healthy(backend)
+                    && membership.set_health(backend, Health::Down(Down::Unreachable))
+                {
+                    tracing::warn!(%backend, "backend connection lost: removed until it answers health checks");
+                }
+                continue;
+            }
         }
         let request = HealthCheckRequest {
             service: SERVICE_NAME.into(),

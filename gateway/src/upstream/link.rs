@@ -52,6 +52,8 @@ struct LinkShared {
     authority: Authority,
     backend: Backend,
     state: Mutex<State>,
+    /// Told when an open connection ends without the gateway ending it.
+    lost: tokio::sync::Notify,
 }
 
 type Dialing = Shared<BoxFuture<'static, Result<SendRequest<Bytes>, Arc<io::Error>>>>;
@@ -87,6 +89,7 @@ impl Link {
                 authority,
                 backend,
                 state: Mutex::new(State::Idle),
+                lost: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -134,6 +137,12 @@ impl Link {
             sever.cancel();
             *state = State::Idle;
         }
+    }
+
+    /// Completes when an open connection to the backend ends (it closed or reset it, or
+    /// stopped answering pings) — not when the gateway severed it.
+    pub(crate) async fn lost(&self) {
+        self.shared.lost.notified().await;
     }
 
     /// The open connection's sender, dialing first when there is none.

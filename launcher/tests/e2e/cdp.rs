@@ -235,16 +235,21 @@ impl Page {
     ) -> Value {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            // Resolves on the next change of the value (or after a second), so each round trip
-            // reports progress instead of spinning.
-            let value = self
+            // Resolves with the value it started from and the next one it changes to (or the
+            // same after a second), so each round trip reports progress instead of spinning,
+            // and a value that already holds (or held only briefly) is not missed.
+            let values = self
                 .eval(&format!(
                     "new Promise(done => {{ const first = ({expression}); const started = Date.now(); \
                      const check = () => {{ const now = ({expression}); \
-                     if (now !== first || Date.now() - started > 1000) done(now); \
+                     if (now !== first || Date.now() - started > 1000) done([first, now]); \
                      else setTimeout(check, 20); }}; check(); }})"
                 ))
                 .await;
+            let [first, value] = [values[0].clone(), values[1].clone()];
+            if done(&first) {
+                return first;
+            }
             if done(&value) {
                 return value;
             }

@@ -169,19 +169,24 @@ async fn drive<T>(
             }
         }
     };
-    let reason = tokio::select! {
+    let (reason, severed) = tokio::select! {
         ended = &mut connection => match ended {
-            Ok(()) => "closed".to_owned(),
-            Err(err) => err.to_string(),
+            Ok(()) => ("closed".to_owned(), false),
+            Err(err) => (err.to_string(), false),
         },
-        reason = keepalive => reason,
-        () = sever.cancelled() => "severed: the backend stopped answering".to_owned(),
+        reason = keepalive => (reason, false),
+        () = sever.cancelled() => ("severed: the backend stopped answering".to_owned(), true),
     };
     tracing::debug!(%backend, %reason, "backend connection ended");
     if let Some(link) = link.upgrade() {
-        let mut state = link.lock();
-        if matches!(&*state, State::Open { generation: g, .. } if *g == generation) {
-            *state = State::Idle;
+        {
+            let mut state = link.lock();
+            if matches!(&*state, State::Open { generation: g, .. } if *g == generation) {
+                *state = State::Idle;
+            }
+        }
+        if !severed {
+            link.lost.notify_waiters();
         }
     }
 }
