@@ -34,8 +34,6 @@ pub(crate) struct Metrics {
     rendering: std::sync::Mutex<()>,
     pub(super) in_flight: AtomicI64,
     pub(super) total: AtomicU64,
-    /// The dashboard's view of the same requests.
-    pub(super) traffic: super::ui::Traffic,
 }
 
 impl Default for Metrics {
@@ -171,7 +169,6 @@ impl Metrics {
             rendering: std::sync::Mutex::new(()),
             in_flight: AtomicI64::new(0),
             total: AtomicU64::new(0),
-            traffic: super::ui::Traffic::default(),
         }
     }
 

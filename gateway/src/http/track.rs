@@ -136,7 +136,6 @@ fn record(started: &Started, response: &Response) {
         .latency
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
-    metrics.traffic.observe(elapsed, status);
     if let Some(path) = &started.path {
         let backend = response.extensions().get::<Backend>().copied();
         let method = &started.method;

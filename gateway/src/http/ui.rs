@@ -13,7 +13,6 @@ use axum::{
 use serde::Serialize;
 
 pub(crate) use stats::stats;
-pub(crate) use traffic::Traffic;
 
 use super::{
     ApiError, AppState,

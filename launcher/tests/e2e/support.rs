@@ -585,17 +585,18 @@ pub(crate) async fn grpcurl_call(
     Ok(serde_json::from_slice(&out.stdout).expect("grpcurl prints JSON"))
 }
 
-/// Polls `/readyz` until it answers `want`; how long that took.
+/// Polls `/readyz` until it answers `want`; how long that took, and that answer's body.
 pub(crate) async fn readyz_becomes(
     base: &str,
     want: reqwest::StatusCode,
     within: Duration,
-) -> Duration {
+) -> (Duration, serde_json::Value) {
     let started = std::time::Instant::now();
     loop {
         let response = http().get(format!("{base}/readyz")).send().await.unwrap();
         if response.status() == want {
-            return started.elapsed();
+            let took = started.elapsed();
+            return (took, response.json().await.unwrap());
         }
         assert!(
             started.elapsed() < within,

@@ -60,6 +60,9 @@ impl FrontDoor {
     }
 }
 
+/// Every method, as tonic's server wants them; the unary ones the gateway need not read are
+/// routed to `forward` before they reach this (see `grpc::router`), so only creates, publishes
+/// and `Subscribe` arrive here in practice.
 #[tonic::async_trait]
 impl EventService for FrontDoor {
     /// The event's id is chosen here when the client did not, so a retry stores it once.

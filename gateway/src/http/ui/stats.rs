@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::traffic::Sample;
 use crate::{
     http::{ApiError, AppState, auth::Credentials},
-    upstream::BackendSnapshot,
+    upstream::{Backend, BackendSnapshot},
 };
 
 /// Frames come this often, and at once when a backend goes in or out.
@@ -76,7 +76,7 @@ struct TopicFrame {
 struct Previous {
     at: Instant,
     traffic: Sample,
-    calls: Vec<(String, u64)>,
+    calls: Vec<(Backend, u64)>,
 }
 
 /// `GET /ui/stats` → `text/event-stream` of `event: stats` frames.
@@ -90,7 +90,7 @@ pub(crate) async fn stats(
     let changes = state.upstream.health_changes();
     let previous = Previous {
         at: Instant::now(),
-        traffic: state.metrics.traffic.sample(),
+        traffic: Sample::of(&state.metrics),
         calls: Vec::new(),
     };
     let mut tick = tokio::time::interval(EVERY);
@@ -130,7 +130,7 @@ fn frame(state: &AppState, who: &Credentials, admin: bool, previous: &mut Previo
     let seconds = now.duration_since(previous.at).as_secs_f64().max(0.001);
     let per_second = |n: u64| n as f64 / seconds;
     let (traffic, backends) = if admin {
-        let sample = state.metrics.traffic.sample();
+        let sample = Sample::of(&state.metrics);
         let interval = sample.since(&previous.traffic);
         let traffic = TrafficFrame {
             requests_per_s: per_second(interval.requests()),
@@ -147,10 +147,7 @@ fn frame(state: &AppState, who: &Credentials, admin: bool, previous: &mut Previo
             .iter()
             .map(|b| backend_frame(b, &previous.calls, per_second))
             .collect();
-        previous.calls = snapshots
-            .iter()
-            .map(|b| (b.backend.to_string(), b.attempts))
-            .collect();
+        previous.calls = snapshots.iter().map(|b| (b.backend, b.attempts)).collect();
         (Some(traffic), Some(backends))
     } else {
         (None, None)
@@ -180,13 +177,12 @@ fn frame(state: &AppState, who: &Credentials, admin: bool, previous: &mut Previo
 
 fn backend_frame(
     snapshot: &BackendSnapshot,
-    before: &[(String, u64)],
+    before: &[(Backend, u64)],
     per_second: impl Fn(u64) -> f64,
 ) -> BackendFrame {
-    let backend = snapshot.backend.to_string();
     let earlier = before
         .iter()
-        .find(|(b, _)| *b == backend)
+        .find(|(b, _)| *b == snapshot.backend)
         .map_or(snapshot.attempts, |(_, calls)| *calls);
     BackendFrame {
         healthy: snapshot.healthy,
@@ -196,6 +192,6 @@ fn backend_frame(
         in_flight: snapshot.in_flight,
         streams: snapshot.streams,
         cost: snapshot.cost,
-        backend,
+        backend: snapshot.backend.to_string(),
     }
 }

@@ -1,91 +1,82 @@
-//! The gateway's traffic as the dashboard charts it: every routed request's time to its response
-//! head in fixed buckets, and error answers by status, as plain counters that `track` bumps
-//! (two atomic adds a request) and a stats stream samples once a second.
+//! The gateway's traffic as the dashboard charts it, read from the counters `/metrics` already
+//! keeps (the request latency histogram, requests by status): nothing is counted twice on the
+//! request path, and the page and Prometheus tell the same story.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::collections::BTreeMap;
 
-use http::StatusCode;
+use prometheus::core::Collector;
 
-/// Upper bounds of the latency buckets, microseconds (the last one holds the rest).
-const BOUNDS_US: [u64; 18] = [
-    50,
-    100,
-    250,
-    500,
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    u64::MAX,
-];
+use crate::http::Metrics;
 
-/// Error statuses counted one by one: 400 to 599.
-const FIRST_ERROR: u16 = 400;
-const ERRORS: usize = 200;
-
-pub(crate) struct Traffic {
-    buckets: [AtomicU64; BOUNDS_US.len()],
-    errors: [AtomicU64; ERRORS],
-}
-
-/// Counts at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Cumulative counts at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Sample {
-    buckets: [u64; BOUNDS_US.len()],
-    errors: [u64; ERRORS],
-}
-
-impl Default for Traffic {
-    fn default() -> Self {
-        Traffic {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            errors: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-}
-
-impl Traffic {
-    pub(crate) fn observe(&self, elapsed: Duration, status: StatusCode) {
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let bucket = BOUNDS_US.partition_point(|bound| *bound < micros);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        if let Some(error) = status.as_u16().checked_sub(FIRST_ERROR)
-            && let Some(count) = self.errors.get(usize::from(error))
-        {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn sample(&self) -> Sample {
-        Sample {
-            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
-            errors: std::array::from_fn(|i| self.errors[i].load(Ordering::Relaxed)),
-        }
-    }
+    /// Every route's latency histogram summed: (upper bound in seconds, requests at most that
+    /// slow); the last bound is infinite.
+    buckets: Vec<(f64, u64)>,
+    /// Error answers by status.
+    errors: BTreeMap<u16, u64>,
 }
 
 impl Sample {
+    pub(crate) fn of(metrics: &Metrics) -> Sample {
+        let mut buckets: Vec<(f64, u64)> = Vec::new();
+        let mut total = 0;
+        for family in metrics.latency.collect() {
+            for metric in family.get_metric() {
+                let histogram = metric.get_histogram();
+                total += histogram.get_sample_count();
+                for (i, bucket) in histogram.get_bucket().iter().enumerate() {
+                    if buckets.len() <= i {
+                        buckets.push((bucket.upper_bound(), 0));
+                    }
+                    buckets[i].1 += bucket.cumulative_count();
+                }
+            }
+        }
+        buckets.push((f64::INFINITY, total));
+        let mut errors = BTreeMap::new();
+        for family in metrics.requests.collect() {
+            for metric in family.get_metric() {
+                let status = metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "status")
+                    .and_then(|l| l.value().parse::<u16>().ok())
+                    .filter(|s| *s >= 400);
+                if let Some(status) = status {
+                    *errors.entry(status).or_default() += metric.get_counter().get_value() as u64;
+                }
+            }
+        }
+        Sample { buckets, errors }
+    }
+
     pub(crate) fn requests(&self) -> u64 {
-        self.buckets.iter().sum()
+        self.buckets.last().map_or(0, |(_, n)| *n)
     }
 
     /// What happened between `earlier` and this sample.
     pub(crate) fn since(&self, earlier: &Sample) -> Sample {
+        let before = |i: usize| earlier.buckets.get(i).map_or(0, |(_, n)| *n);
         Sample {
-            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
-            errors: std::array::from_fn(|i| self.errors[i].saturating_sub(earlier.errors[i])),
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, (bound, n))| (*bound, n.saturating_sub(before(i))))
+                .collect(),
+            errors: self
+                .errors
+                .iter()
+                .map(|(s, n)| {
+                    (
+                        *s,
+                        n.saturating_sub(earlier.errors.get(s).copied().unwrap_or(0)),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
         }
     }
 
@@ -97,27 +88,24 @@ impl Sample {
             return None;
         }
         let rank = q * total as f64;
-        let mut below = 0u64;
-        for (i, count) in self.buckets.iter().enumerate() {
-            if *count > 0 && (below + count) as f64 >= rank {
-                let low = if i == 0 { 0 } else { BOUNDS_US[i - 1] };
+        let mut below = (0.0, 0u64);
+        for &(bound, count) in &self.buckets {
+            if count as f64 >= rank && count > below.1 {
                 // The open last bucket reports its lower bound.
-                let high = BOUNDS_US[i].min(BOUNDS_US[BOUNDS_US.len() - 2]).max(low);
-                let within = ((rank - below as f64) / *count as f64).clamp(0.0, 1.0);
-                return Some((low as f64 + (high - low) as f64 * within) / 1000.0);
+                if bound.is_infinite() {
+                    return Some(below.0 * 1000.0);
+                }
+                let within = (rank - below.1 as f64) / (count - below.1) as f64;
+                return Some((below.0 + (bound - below.0) * within.clamp(0.0, 1.0)) * 1000.0);
             }
-            below += count;
+            below = (bound, count);
         }
         None
     }
 
     /// Error answers by status, those that occurred.
     pub(crate) fn errors(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        self.errors
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| (FIRST_ERROR + i as u16, *n))
+        self.errors.iter().map(|(s, n)| (*s, *n))
     }
 }
 
@@ -127,13 +115,25 @@ mod tests {
 
     #[test]
     fn quantiles_and_errors_of_an_interval() {
-        let traffic = Traffic::default();
-        let before = traffic.sample();
+        let metrics = Metrics::new();
+        let before = Sample::of(&metrics);
+        let latency = metrics.latency.with_label_values(&["/events/{id}"]);
         for _ in 0..99 {
-            traffic.observe(Duration::from_micros(700), StatusCode::OK);
+            latency.observe(0.0007);
         }
-        traffic.observe(Duration::from_millis(40), StatusCode::SERVICE_UNAVAILABLE);
-        let interval = traffic.sample().since(&before);
+        metrics
+            .latency
+            .with_label_values(&["/events"])
+            .observe(0.04);
+        metrics
+            .requests
+            .with_label_values(&["/events", "POST", "503"])
+            .inc();
+        metrics
+            .requests
+            .with_label_values(&["/events/{id}", "GET", "200"])
+            .inc_by(99);
+        let interval = Sample::of(&metrics).since(&before);
         assert_eq!(interval.requests(), 100);
         let p50 = interval.quantile_ms(0.5).unwrap();
         assert!((0.5..=1.0).contains(&p50), "{p50}");
@@ -141,6 +141,7 @@ mod tests {
         assert!((0.5..=1.0).contains(&p99), "{p99}");
         assert!(interval.quantile_ms(1.0).unwrap() > 25.0);
         assert_eq!(interval.errors().collect::<Vec<_>>(), vec![(503, 1)]);
-        assert_eq!(Sample::since(&before, &before).quantile_ms(0.5), None);
+        let nothing = Sample::of(&metrics);
+        assert_eq!(nothing.since(&nothing).quantile_ms(0.5), None);
     }
 }
