@@ -16,6 +16,7 @@ pub mod otlp;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod trace;
+pub mod write_key;
 
 /// Package `events.v1`.
 pub mod v1 {

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     fanout::{self, FanoutSettings, Publishing},
     modes::{self, Endpoint, Limit},
-    report::Recorder,
+    report::{Recorder, Report},
     soak,
     target::Target,
 };
@@ -40,6 +40,10 @@ pub(crate) struct Cli {
     #[arg(long)]
     json: bool,
 
+    /// Send a fresh `Idempotency-Key` with every create and publish.
+    #[arg(long)]
+    idempotency_keys: bool,
+
     #[command(subcommand)]
     workload: Workload,
 }
@@ -52,6 +56,11 @@ enum Workload {
         users: u32,
         #[arg(long, default_value_t = 50)]
         iterations: u32,
+        /// Each round also publishes on the run's topic, followed by one live subscriber; the
+        /// run then checks every publish was stored and delivered once, in order, on that one
+        /// stream, and that no create was stored twice (gateway only).
+        #[arg(long)]
+        publish: bool,
     },
     /// One endpoint at a fixed concurrency.
     Closed {
@@ -175,21 +184,31 @@ fn progress(recorder: Arc<Recorder>) -> (ProgressBar, tokio::task::JoinHandle<()
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let target = Arc::new(if cli.grpc.is_empty() {
+    let target = if cli.grpc.is_empty() {
         Target::rest(&cli.gateway, cli.token.as_deref(), cli.ca_cert.as_deref())?
     } else {
         Target::grpc(&cli.grpc).await?
-    });
+    };
+    let target = Arc::new(target.keyed(cli.idempotency_keys));
     let recorder = Arc::new(Recorder::default());
     let (bar, ticker) = progress(recorder.clone());
     let (elapsed, mode, fanout) = match cli.workload {
-        Workload::Mix { users, iterations } => {
-            let elapsed = modes::mix(target, recorder.clone(), users, iterations).await;
-            (
-                elapsed,
-                format!("mix ({users} users × {iterations} iterations)"),
-                None,
-            )
+        Workload::Mix {
+            users,
+            iterations,
+            publish,
+        } => {
+            let (elapsed, checked) =
+                modes::mix(target, recorder.clone(), users, iterations, publish).await?;
+            let mode = format!("mix ({users} users × {iterations} iterations)");
+            let checked = checked.map(|(extra, whole)| {
+                let report = Report {
+                    extra,
+                    ..recorder.report(&mode, elapsed)
+                };
+                (report, whole)
+            });
+            (elapsed, mode, checked)
         }
         Workload::Closed {
             endpoint,

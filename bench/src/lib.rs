@@ -5,6 +5,7 @@ mod fanout;
 mod modes;
 mod report;
 mod soak;
+mod tail;
 mod target;
 
 pub use cli::{main, main_from};

@@ -10,11 +10,14 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::{
     report::{Outcome, Recorder},
+    tail::Tail,
     target::Target,
 };
 
@@ -46,17 +49,33 @@ pub(crate) fn micros_now() -> u128 {
         .map_or(0, |d| d.as_micros())
 }
 
+/// `mix`'s end-of-run checks (with `--publish`): extra report figures, and whether all held.
+pub(crate) type Checked = (BTreeMap<String, Value>, bool);
+
+/// The old client's cycle per user; with `publish`, each round also publishes on the run's
+/// topic while one live subscriber follows it, and at the end the run checks that every
+/// publish was stored and delivered once, in order, and that no create was stored twice (every
+/// user's list is empty again, as each user deleted what it created).
 pub(crate) async fn mix(
     target: Arc<Target>,
     recorder: Arc<Recorder>,
     users: u32,
     iterations: u32,
-) -> Duration {
+    publish: bool,
+) -> Result<(Duration, Option<Checked>), String> {
     let run = run_id();
+    let topic = format!("bench-{run}-mix");
+    let tail = match (publish, target.base()) {
+        (false, _) => None,
+        (true, Some(base)) => Some(Tail::open(base, &topic).await?),
+        (true, None) => return Err("mix --publish needs the gateway (--gateway)".into()),
+    };
+    let acknowledged = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for u in 0..users {
         let (target, recorder) = (target.clone(), recorder.clone());
+        let (topic, acknowledged) = (topic.clone(), acknowledged.clone());
         let user = format!("bench-{run}-{u}");
         tasks.spawn(async move {
             for i in 0..iterations {
@@ -68,11 +87,49 @@ pub(crate) async fn mix(
                     recorder.record(target.delete(&id, &user).await);
                 }
                 recorder.record(target.list(&user).await);
+                if publish {
+                    let published = target.publish(&topic, micros_now()).await;
+                    if published.error.is_none() {
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    recorder.record(published);
+                }
             }
+            user
         });
     }
-    tasks.join_all().await;
-    started.elapsed()
+    let users = tasks.join_all().await;
+    let elapsed = started.elapsed();
+    let Some(tail) = tail else {
+        return Ok((elapsed, None));
+    };
+    let (client, base) = (target.client(), target.base());
+    let (Some(client), Some(base)) = (client, base) else {
+        return Err("mix --publish needs the gateway (--gateway)".into());
+    };
+    let stored = u64::from(stored(client, base, &topic).await?);
+    let seen = tail.until(stored).await;
+    let mut left_behind = 0;
+    for user in &users {
+        left_behind += target.listed(user).await?;
+    }
+    let acknowledged = acknowledged.load(Ordering::Relaxed);
+    let whole = acknowledged == stored
+        && seen.delivered == stored
+        && seen.duplicates == 0
+        && seen.missing == 0
+        && !seen.broken
+        && left_behind == 0;
+    let extra = BTreeMap::from([
+        ("publishes_acknowledged".to_owned(), json!(acknowledged)),
+        ("publishes_stored".to_owned(), json!(stored)),
+        ("delivered_once".to_owned(), json!(seen.delivered)),
+        ("delivered_twice".to_owned(), json!(seen.duplicates)),
+        ("seqs_missing".to_owned(), json!(seen.missing)),
+        ("stream_broken".to_owned(), json!(seen.broken)),
+        ("events_left_behind".to_owned(), json!(left_behind)),
+    ]);
+    Ok((elapsed, Some((extra, whole))))
 }
 
 /// One request of `endpoint` (reads use `id`, created beforehand).

@@ -13,7 +13,13 @@ use tonic::transport::Channel;
 
 use crate::report::Outcome;
 
-pub(crate) enum Target {
+pub(crate) struct Target {
+    via: Via,
+    /// Every create and publish carries a fresh `Idempotency-Key`.
+    keyed: bool,
+}
+
+enum Via {
     Rest {
         base: String,
         client: reqwest::Client,
@@ -24,6 +30,11 @@ pub(crate) enum Target {
         backends: Vec<(String, EventServiceClient<Channel>)>,
         next: AtomicUsize,
     },
+}
+
+/// A fresh key for one write.
+fn fresh_key() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// An operation's outcome and, for a create, the new event's id.
@@ -56,11 +67,41 @@ impl Target {
             builder = builder.use_rustls_tls().add_root_certificate(ca);
         }
         let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Target::Rest {
+        Ok(Target::new(Via::Rest {
             base: base.trim_end_matches('/').to_owned(),
             client,
             as_caller: token.is_some(),
-        })
+        }))
+    }
+
+    fn new(via: Via) -> Target {
+        Target { via, keyed: false }
+    }
+
+    /// Sends a fresh `Idempotency-Key` with every create and publish (to measure its cost).
+    pub(crate) fn keyed(mut self, on: bool) -> Target {
+        self.keyed = on;
+        self
+    }
+
+    /// `request` with a fresh key, when keys are on.
+    fn rest_key(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if self.keyed {
+            request.header("idempotency-key", fresh_key())
+        } else {
+            request
+        }
+    }
+
+    /// `message` as a request, with a fresh key in its metadata when keys are on.
+    fn grpc_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if self.keyed
+            && let Ok(key) = fresh_key().parse()
+        {
+            request.metadata_mut().insert("idempotency-key", key);
+        }
+        request
     }
 
     pub(crate) async fn grpc(addrs: &[String]) -> Result<Target, String> {
@@ -74,16 +115,16 @@ impl Target {
                 .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
             backends.push((addr.clone(), EventServiceClient::new(channel)));
         }
-        Ok(Target::Grpc {
+        Ok(Target::new(Via::Grpc {
             backends,
             next: AtomicUsize::new(0),
-        })
+        }))
     }
 
     /// The user a REST request names: none when a token is sent (it acts as the token's).
     fn rest_user<'a>(&self, user: &'a str) -> &'a str {
-        match self {
-            Target::Rest {
+        match self.via {
+            Via::Rest {
                 as_caller: true, ..
             } => "",
             _ => user,
@@ -92,16 +133,16 @@ impl Target {
 
     /// The REST client (with the token, if any).
     pub(crate) fn client(&self) -> Option<&reqwest::Client> {
-        match self {
-            Target::Rest { client, .. } => Some(client),
-            Target::Grpc { .. } => None,
+        match &self.via {
+            Via::Rest { client, .. } => Some(client),
+            Via::Grpc { .. } => None,
         }
     }
 
     pub(crate) fn base(&self) -> Option<&str> {
-        match self {
-            Target::Rest { base, .. } => Some(base),
-            Target::Grpc { .. } => None,
+        match &self.via {
+            Via::Rest { base, .. } => Some(base),
+            Via::Grpc { .. } => None,
         }
     }
 
@@ -139,7 +180,7 @@ impl Target {
         F: FnOnce(EventServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let Target::Grpc { backends, next } = self else {
+        let Via::Grpc { backends, next } = &self.via else {
             unreachable!("rpc on a REST target");
         };
         let (addr, client) = &backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()];
@@ -157,23 +198,23 @@ impl Target {
     }
 
     pub(crate) async fn create(&self, user: &str, title: &str) -> Done {
-        match self {
-            Target::Rest { base, client, .. } => {
+        match &self.via {
+            Via::Rest { base, client, .. } => {
                 let user = self.rest_user(user);
                 let body = json!({"userId": user, "title": title, "description": "bench"});
-                let (outcome, body) = self
-                    .http(client.post(format!("{base}/events")).json(&body), 201)
-                    .await;
+                let request = self.rest_key(client.post(format!("{base}/events")).json(&body));
+                let (outcome, body) = self.http(request, 201).await;
                 let id = body.and_then(|b| b["id"].as_str().map(str::to_owned));
                 (outcome, id)
             }
-            Target::Grpc { .. } => {
+            Via::Grpc { .. } => {
                 let request = v1::CreateEventRequest {
                     user_id: user.into(),
                     title: title.into(),
                     description: "bench".into(),
                     ..Default::default()
                 };
+                let request = self.grpc_request(request);
                 let (outcome, event) = self
                     .rpc(|mut c| async move { c.create_event(request).await })
                     .await;
@@ -183,14 +224,14 @@ impl Target {
     }
 
     pub(crate) async fn get(&self, id: &str, user: &str) -> Outcome {
-        match self {
-            Target::Rest { base, client, .. } => {
+        match &self.via {
+            Via::Rest { base, client, .. } => {
                 let user = self.rest_user(user);
                 self.http(client.get(format!("{base}/events/{id}?userId={user}")), 200)
                     .await
                     .0
             }
-            Target::Grpc { .. } => {
+            Via::Grpc { .. } => {
                 let request = v1::GetEventRequest {
                     id: id.into(),
                     user_id: user.into(),
@@ -203,8 +244,8 @@ impl Target {
     }
 
     pub(crate) async fn update(&self, id: &str, user: &str) -> Outcome {
-        match self {
-            Target::Rest { base, client, .. } => {
+        match &self.via {
+            Via::Rest { base, client, .. } => {
                 let user = self.rest_user(user);
                 let body = json!({"title": "updated", "description": "bench", "completed": true});
                 let request = client
@@ -212,7 +253,7 @@ impl Target {
                     .json(&body);
                 self.http(request, 200).await.0
             }
-            Target::Grpc { .. } => {
+            Via::Grpc { .. } => {
                 let request = v1::UpdateEventRequest {
                     id: id.into(),
                     user_id: user.into(),
@@ -228,8 +269,8 @@ impl Target {
     }
 
     pub(crate) async fn delete(&self, id: &str, user: &str) -> Outcome {
-        match self {
-            Target::Rest { base, client, .. } => {
+        match &self.via {
+            Via::Rest { base, client, .. } => {
                 let user = self.rest_user(user);
                 self.http(
                     client.delete(format!("{base}/events/{id}?userId={user}")),
@@ -238,7 +279,7 @@ impl Target {
                 .await
                 .0
             }
-            Target::Grpc { .. } => {
+            Via::Grpc { .. } => {
                 let request = v1::DeleteEventRequest {
                     id: id.into(),
                     user_id: user.into(),
@@ -251,14 +292,14 @@ impl Target {
     }
 
     pub(crate) async fn list(&self, user: &str) -> Outcome {
-        match self {
-            Target::Rest { base, client, .. } => {
+        match &self.via {
+            Via::Rest { base, client, .. } => {
                 let user = self.rest_user(user);
                 self.http(client.get(format!("{base}/events?userId={user}")), 200)
                     .await
                     .0
             }
-            Target::Grpc { .. } => {
+            Via::Grpc { .. } => {
                 let request = v1::ListEventsRequest {
                     user_id: user.into(),
                     ..Default::default()
@@ -270,16 +311,36 @@ impl Target {
         }
     }
 
+    /// How many events `user` has (REST only): not timed, for end-of-run checks.
+    pub(crate) async fn listed(&self, user: &str) -> Result<u64, String> {
+        let Via::Rest { base, client, .. } = &self.via else {
+            return Err("listing needs the gateway".into());
+        };
+        let user = self.rest_user(user);
+        let response = client
+            .get(format!("{base}/events?userId={user}"))
+            .send()
+            .await
+            .map_err(|e| format!("cannot list {user}'s events: {}", short(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "cannot list {user}'s events: HTTP {}",
+                response.status()
+            ));
+        }
+        let events: Vec<Value> = response.json().await.map_err(|e| e.to_string())?;
+        Ok(events.len() as u64)
+    }
+
     /// Publishes with `data.sentAtMicros`, so subscribers can time delivery.
     pub(crate) async fn publish(&self, topic: &str, sent_at_micros: u128) -> Outcome {
-        match self {
-            Target::Rest { base, client, .. } => {
+        match &self.via {
+            Via::Rest { base, client, .. } => {
                 let body = json!({"topic": topic, "title": "bench", "data": {"sentAtMicros": sent_at_micros as u64}});
-                self.http(client.post(format!("{base}/publish")).json(&body), 200)
-                    .await
-                    .0
+                let request = self.rest_key(client.post(format!("{base}/publish")).json(&body));
+                self.http(request, 200).await.0
             }
-            Target::Grpc { .. } => {
+            Via::Grpc { .. } => {
                 let data = json!({"sentAtMicros": sent_at_micros as u64});
                 let request = v1::PublishRequest {
                     topic: topic.into(),
@@ -287,6 +348,7 @@ impl Target {
                     data: data.as_object().map(eventsys::json::to_struct),
                     ..Default::default()
                 };
+                let request = self.grpc_request(request);
                 self.rpc(|mut c| async move { c.publish(request).await })
                     .await
                     .0

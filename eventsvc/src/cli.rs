@@ -132,6 +132,17 @@ pub(crate) struct Config {
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub(crate) test_latency_ms: u64,
 
+    /// TEST ONLY: pause every write sent with an Idempotency-Key this many milliseconds after
+    /// claiming its key, so a repeat can arrive while it is in flight. Never set it in
+    /// production.
+    #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+    pub(crate) test_hold_claimed_ms: u64,
+
+    /// How long a create's or publish's answer is kept for repeats of its Idempotency-Key
+    /// (e.g. 24h, 90m). Give every backend sharing a store the same.
+    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub(crate) idempotency_ttl: Duration,
+
     /// Log one line per event-API request at INFO (it is at DEBUG otherwise: it costs every
     /// request).
     #[arg(long, env = "ACCESS_LOG")]
@@ -248,7 +259,9 @@ async fn run(config: Config, mut inherited: Inherited) -> Result<(), Fatal> {
         .access_log(config.access_log)
         .reflection(!config.no_reflection)
         .feed(feed)
-        .added_latency(Duration::from_millis(config.test_latency_ms));
+        .added_latency(Duration::from_millis(config.test_latency_ms))
+        .idempotency_ttl(config.idempotency_ttl)
+        .hold_claims(Duration::from_millis(config.test_hold_claimed_ms));
     let handed = metrics.map_err(|source| Fatal::Bind { addr, source })?;
     let backend = match (handed, config.metrics_addr) {
         (Some(listener), _) => {
@@ -269,6 +282,12 @@ async fn run(config: Config, mut inherited: Inherited) -> Result<(), Fatal> {
         }
         (None, None) => backend,
     };
+    if config.test_hold_claimed_ms > 0 {
+        tracing::warn!(
+            ms = config.test_hold_claimed_ms,
+            "test-only pause added to every keyed write"
+        );
+    }
     if config.test_latency_ms > 0 {
         tracing::warn!(
             ms = config.test_latency_ms,

@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod convert;
 mod feed;
+mod keyed;
 mod metrics;
 mod retention;
 mod server;

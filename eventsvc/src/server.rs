@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 use crate::{
     auth::Verify,
     feed::{Feed, FeedSettings},
+    keyed::{self, KeyPolicy},
     metrics::RpcMetrics,
     retention,
     service::EventsApi,
@@ -33,8 +34,11 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
 /// Unary calls one connection may have in progress; more wait (streams count only until
 /// their response starts).
 const CALLS_PER_CONNECTION: usize = 1024;
-/// Longest a call may take, whatever the client's `grpc-timeout` (a shorter one wins).
+/// Longest a call may take, whatever the client's `grpc-timeout` (a shorter one wins). Also how
+/// long an unanswered claim on an idempotency key holds it: its call is over by then.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long answers are kept for repeats of their idempotency key, unless configured.
+const DEFAULT_KEY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// HTTP/2 pings find dead clients (a gateway whose machine vanished) and free their streams.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// Largest reply: pages stop at 2 MiB, an event is at most ~1 MiB.
@@ -54,6 +58,8 @@ pub struct Backend {
     retention: Retention,
     access_log: bool,
     metrics: Option<TcpListener>,
+    key_ttl: Duration,
+    hold_claims: Duration,
 }
 
 impl Backend {
@@ -69,7 +75,23 @@ impl Backend {
             retention: Retention::default(),
             access_log: false,
             metrics: None,
+            key_ttl: DEFAULT_KEY_TTL,
+            hold_claims: Duration::ZERO,
         }
+    }
+
+    /// How long a write's answer is kept for repeats of its `Idempotency-Key` (default 24 h).
+    /// Every backend sharing a store should be given the same.
+    pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.key_ttl = ttl;
+        self
+    }
+
+    /// Test-only: pauses every keyed write between claiming its key and writing, so a test can
+    /// send a repeat while the first is in flight.
+    pub fn hold_claims(mut self, hold: Duration) -> Self {
+        self.hold_claims = hold;
+        self
     }
 
     /// Serve Prometheus metrics at `/metrics` on this listener too.
@@ -178,6 +200,8 @@ pub async fn serve(
         streams.clone(),
     ));
 
+    tokio::spawn(keyed::purge(store.clone(), streams.clone()));
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EventServiceServer<EventsApi>>().await;
     let reflection = || {
@@ -220,6 +244,11 @@ pub async fn serve(
         stats.clone(),
         feed,
         backend.auth.clone(),
+        KeyPolicy {
+            ttl: backend.key_ttl,
+            lease: CALL_TIMEOUT,
+            hold: backend.hold_claims,
+        },
     ));
     tracing::info!(%addr, open_files = ?eventsys::process::open_file_limit(), "listening");
     let mut builder = Server::builder();

@@ -7,6 +7,7 @@ use eventsys::{
     auth::Auth,
     gap::Gap,
     v1::{self, event_service_server::EventService},
+    write_key::KeyConflict,
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -23,6 +24,7 @@ use crate::{
     auth::{Who, denied},
     convert,
     feed::{EventStream, Feed},
+    keyed::{self, KeyPolicy, Write},
     stats::Stats,
     store::{EventStore, StoreError},
     validate::{self, FieldError},
@@ -33,6 +35,7 @@ pub(crate) struct EventsApi {
     stats: Arc<Stats>,
     feed: Feed,
     auth: Arc<Auth>,
+    keys: KeyPolicy,
 }
 
 impl EventsApi {
@@ -41,12 +44,14 @@ impl EventsApi {
         stats: Arc<Stats>,
         feed: Feed,
         auth: Arc<Auth>,
+        keys: KeyPolicy,
     ) -> Self {
         Self {
             store,
             stats,
             feed,
             auth,
+            keys,
         }
     }
 
@@ -136,6 +141,8 @@ impl From<StoreError> for Status {
                 tracing::error!(error = %err, "store full: refusing writes");
                 Status::unavailable("store is full")
             }
+            StoreError::KeyReused => KeyConflict::Reused.status(),
+            StoreError::KeyInFlight => KeyConflict::InFlight.status(),
             StoreError::InvalidCursor => {
                 Status::invalid_argument("page_token is not a token this service issued")
             }
@@ -165,11 +172,14 @@ impl EventService for EventsApi {
         request: Request<v1::CreateEventRequest>,
     ) -> Result<Response<v1::Event>, Status> {
         let who = Who::of(&request);
+        let key = keyed::requested(request.metadata())?;
         let mut req = request.into_inner();
-        req.user_id = who.caller()?.owner(&req.user_id).map_err(denied)?;
+        let caller = who.caller()?;
+        req.user_id = caller.owner(&req.user_id).map_err(denied)?;
         let new = validate::create(req)?;
-        let event = self.store.create(new).await?;
-        Ok(Response::new(convert::event(event)))
+        let key = key.map(|key| (key, keyed::scope(caller, &new.user_id)));
+        let written = self.keys.write(&*self.store, Write::Create, new, key);
+        Ok(written.await?.into_response())
     }
 
     async fn get_event(
@@ -236,13 +246,15 @@ impl EventService for EventsApi {
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::Event>, Status> {
         let who = Who::of(&request);
+        let key = keyed::requested(request.metadata())?;
         let mut req = request.into_inner();
         let caller = who.caller()?;
         caller.may_publish(&req.topic).map_err(denied)?;
         req.user_id = caller.owner(&req.user_id).map_err(denied)?;
         let new = validate::publish(req)?;
-        let event = self.store.publish(new).await?;
-        Ok(Response::new(convert::event(event)))
+        let key = key.map(|key| (key, keyed::scope(caller, &new.user_id)));
+        let written = self.keys.write(&*self.store, Write::Publish, new, key);
+        Ok(written.await?.into_response())
     }
 
     async fn list_topic_events(

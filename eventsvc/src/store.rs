@@ -2,6 +2,7 @@
 //! speaks, its typed errors, and the store URI that picks an implementation at start-up.
 
 pub mod mongo;
+mod outcome;
 pub mod sqlite;
 mod timed;
 
@@ -47,6 +48,35 @@ pub struct NewEvent {
     pub completed: bool,
     pub topic: String,
     pub data: Option<JsonObject>,
+    /// The idempotency key this write claimed (`EventStore::claim`): the write records its
+    /// outcome under the key in the same transaction, or fails `KeyInFlight` if the claim was
+    /// lost meanwhile.
+    pub key: Option<KeyClaim>,
+}
+
+/// A write's claim on a client's idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    /// Whose key: keys of different callers never meet.
+    pub scope: String,
+    pub key: String,
+    /// SHA-256 of what the request asks (method and content, not the event id): a repeat must
+    /// ask the same.
+    pub fingerprint: [u8; 32],
+    /// How long the outcome is kept for repeats.
+    pub ttl: Duration,
+    /// How long an unfinished claim holds the key: the longest a call may run, after which
+    /// its request is known to be over (answered or abandoned).
+    pub lease: Duration,
+}
+
+/// What claiming a key found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The key is this write's now: go ahead (with `NewEvent::key` set).
+    Fresh,
+    /// The key's request was answered: the event as it was answered then.
+    Done(Box<Event>),
 }
 
 /// The fields an update replaces; every other field is left as stored.
@@ -144,6 +174,12 @@ pub enum StoreError {
     AlreadyExists,
     #[error("invalid page token")]
     InvalidCursor,
+    /// The idempotency key names an earlier request that asked something else.
+    #[error("idempotency key reused with another request")]
+    KeyReused,
+    /// The idempotency key's first request is still being served.
+    #[error("idempotency key in use by a request in progress")]
+    KeyInFlight,
     /// The store cannot serve right now (busy, unreachable); the call may succeed elsewhere or
     /// later.
     #[error("store unavailable during {op}: {reason}")]
@@ -223,6 +259,14 @@ pub trait EventStore: Send + Sync + 'static {
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize>;
     /// The newest `seq` of `topic` that retention has dropped; 0 when none.
     async fn dropped_through(&self, topic: &str) -> Result<u64>;
+    /// Claims `claim.key` for the write of the event `id`: `Fresh` when the key is unused,
+    /// expired, abandoned (its lease ran out unanswered) or already this write's (the gateway
+    /// sending the same write again); `Done` with the answered event once its request was
+    /// answered; `KeyReused` when it was for another request; `KeyInFlight` while another
+    /// request holds it.
+    async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim>;
+    /// Forgets up to `batch` keys whose time is up; returns how many.
+    async fn purge_keys(&self, batch: usize) -> Result<usize>;
 }
 
 /// Which store to open, parsed from `--store` / `STORE_URI` / `MONGO_URI`.

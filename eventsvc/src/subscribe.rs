@@ -181,7 +181,12 @@ mod tests {
             crate::metrics::RpcMetrics::new().feed_delay(),
         );
         let auth = Arc::new(Auth::anonymous());
-        let api = EventsApi::new(store, stats, feed, auth.clone());
+        let keys = crate::keyed::KeyPolicy {
+            ttl: Duration::from_secs(60),
+            lease: Duration::from_secs(30),
+            hold: Duration::ZERO,
+        };
+        let api = EventsApi::new(store, stats, feed, auth.clone(), keys);
         // As the server's interceptor passes them on.
         fn verified<T>(auth: &Arc<Auth>, message: T) -> Request<T> {
             let checked = Verify(auth.clone()).call(Request::new(())).unwrap();

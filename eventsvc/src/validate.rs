@@ -143,6 +143,7 @@ fn fields(
         completed,
         topic,
         data,
+        key: None,
     })
 }
 

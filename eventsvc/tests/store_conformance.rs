@@ -3,7 +3,9 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use eventsvc::store::{EventPatch, EventStore, JsonObject, NewEvent, StoreError};
+use std::time::Duration;
+
+use eventsvc::store::{Claim, EventPatch, EventStore, JsonObject, KeyClaim, NewEvent, StoreError};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -373,6 +375,100 @@ pub async fn writes_naming_their_id_are_stored_once(f: Fixture) {
     assert_eq!(s.events_after("once", 0, 10).await.unwrap(), [stored, next]);
 }
 
+fn key(scope: &str, key: &str, fingerprint: u8) -> KeyClaim {
+    KeyClaim {
+        scope: scope.into(),
+        key: key.into(),
+        fingerprint: [fingerprint; 32],
+        ttl: Duration::from_secs(3600),
+        lease: Duration::from_secs(30),
+    }
+}
+
+/// An idempotency key: the first claim is fresh; while its write runs another request's claim
+/// is in flight and the same write's (the same id) is fresh again; once written, claims get the
+/// answer (also from another process, also after the event changed), a different fingerprint is
+/// reused, another scope is independent; a claim past its lease or time is fresh.
+pub async fn idempotency_keys_answer_once(f: Fixture) {
+    let s = f.store;
+    let claim = key("user:u", "k-1", 1);
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(s.claim(&claim, first).await.unwrap(), Claim::Fresh);
+    assert!(matches!(
+        f.other.claim(&claim, second).await,
+        Err(StoreError::KeyInFlight)
+    ));
+    assert_eq!(f.other.claim(&claim, first).await.unwrap(), Claim::Fresh);
+    let written = s
+        .publish(NewEvent {
+            id: Some(first),
+            key: Some(claim.clone()),
+            ..on_topic("keyed", "once")
+        })
+        .await
+        .unwrap();
+    s.update(first, None, EventPatch::default()).await.unwrap();
+    for store in [&s, &f.other] {
+        assert_eq!(
+            store.claim(&claim, second).await.unwrap(),
+            Claim::Done(Box::new(written.clone())),
+            "the answer as given"
+        );
+    }
+    assert!(matches!(
+        s.claim(&key("user:u", "k-1", 2), second).await,
+        Err(StoreError::KeyReused)
+    ));
+    assert_eq!(
+        s.claim(&key("user:v", "k-1", 2), second).await.unwrap(),
+        Claim::Fresh
+    );
+    assert_eq!(s.events_after("keyed", 0, 10).await.unwrap().len(), 1);
+
+    // A claim whose writer vanished (lease over) is taken over; the late writer is refused.
+    let short = KeyClaim {
+        lease: Duration::from_millis(1),
+        ..key("user:u", "k-2", 1)
+    };
+    assert_eq!(s.claim(&short, first).await.unwrap(), Claim::Fresh);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let third = Uuid::new_v4();
+    assert_eq!(s.claim(&short, third).await.unwrap(), Claim::Fresh);
+    let late = s
+        .create(NewEvent {
+            id: Some(Uuid::new_v4()),
+            key: Some(short.clone()),
+            ..event("u", "late")
+        })
+        .await;
+    assert!(matches!(late, Err(StoreError::KeyInFlight)), "{late:?}");
+    let created = s
+        .create(NewEvent {
+            id: Some(third),
+            key: Some(short.clone()),
+            ..event("u", "taken over")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim(&short, first).await.unwrap(),
+        Claim::Done(Box::new(created))
+    );
+
+    // Expired keys are new again.
+    let brief = KeyClaim {
+        ttl: Duration::from_millis(1),
+        ..key("user:u", "k-3", 1)
+    };
+    assert_eq!(s.claim(&brief, first).await.unwrap(), Claim::Fresh);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.purge_keys(100).await.unwrap();
+    assert_eq!(
+        s.claim(&key("user:u", "k-3", 9), second).await.unwrap(),
+        Claim::Fresh
+    );
+}
+
 /// Declares one `#[tokio::test]` per contract case for a store, given an async expression
 /// that yields `Option<Fixture>` (`None`: the store's server is not available here).
 macro_rules! conformance {
@@ -388,6 +484,7 @@ macro_rules! conformance {
                 unicode_and_large_payloads,
                 ids_are_unique,
                 writes_naming_their_id_are_stored_once,
+                idempotency_keys_answer_once,
             );
         }
     };

@@ -12,6 +12,7 @@ mod grpc;
 mod guard;
 mod health;
 mod json;
+mod keyed;
 mod legacy;
 mod limits;
 mod listing;

@@ -4,6 +4,7 @@
 //! change feed is a change stream. Writes use majority write concern on a replica set.
 
 mod document;
+mod keys;
 mod retention;
 
 use std::time::Duration;
@@ -24,7 +25,8 @@ use mongodb::{
 use uuid::Uuid;
 
 use super::{
-    Event, EventPage, EventPatch, EventStore, NewEvent, OpenError, Result, Retention, StoreError,
+    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, OpenError, Result,
+    Retention, StoreError,
 };
 pub use document::{from_document, to_document};
 
@@ -32,6 +34,7 @@ pub use document::{from_document, to_document};
 pub const DEFAULT_DATABASE: &str = "fullApp";
 const EVENTS: &str = "events";
 const COUNTERS: &str = "counters";
+const KEYS: &str = "idempotency_keys";
 /// How long start-up waits for a server before failing with a reason.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at a transaction that keeps meeting transient conflicts.
@@ -45,6 +48,8 @@ pub struct MongoStore {
     client: Client,
     events: Collection<Document>,
     counters: Collection<Document>,
+    /// Clients' idempotency keys and their answers.
+    keys: Collection<Document>,
     /// Replica set (or sharded cluster): transactions, change streams, majority writes.
     replicated: bool,
 }
@@ -152,6 +157,15 @@ impl MongoStore {
         };
         let events = database.collection_with_options::<Document>(EVENTS, collection_options());
         let counters = database.collection_with_options::<Document>(COUNTERS, collection_options());
+        let keys = database.collection_with_options::<Document>(KEYS, collection_options());
+        // Keys are dropped by the server once their time is up (`purge_keys` has nothing to do).
+        let expiry = IndexModel::builder()
+            .keys(doc! {"expiresAt": 1})
+            .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+            .build();
+        keys.create_index(expiry)
+            .await
+            .map_err(|e| fail(format!("cannot create indexes: {}", one_line(&e))))?;
         let indexes = [
             IndexModel::builder()
                 .keys(doc! {"id": 1})
@@ -198,6 +212,7 @@ impl MongoStore {
             client,
             events,
             counters,
+            keys,
             replicated,
         })
     }
@@ -333,16 +348,20 @@ impl MongoStore {
 impl EventStore for MongoStore {
     async fn create(&self, new: NewEvent) -> Result<Event> {
         let event = new.clone().into_event(None);
-        match self.events.insert_one(to_document(&event)?).await {
-            Ok(_) => Ok(event),
+        let event = match self.events.insert_one(to_document(&event)?).await {
+            Ok(_) => event,
             // The id is taken (the unique `id` index): a repeat of the request that stored it,
             // or another event.
             Err(err) if is_duplicate_key(&err) && new.id.is_some() => {
                 let stored = self.stored("create", event.id, None).await?;
-                new.repeated(stored.ok_or(StoreError::NotFound)?)
+                new.repeated(stored.ok_or(StoreError::NotFound)?)?
             }
-            Err(err) => Err(mongo_error("create", err)),
+            Err(err) => return Err(mongo_error("create", err)),
+        };
+        if let Some(key) = &new.key {
+            keys::record(&self.keys, key, &event).await?;
         }
+        Ok(event)
     }
 
     async fn get(&self, id: Uuid, owner: Option<String>) -> Result<Event> {
@@ -418,7 +437,7 @@ impl EventStore for MongoStore {
         } else {
             self.publish_in(None, &new).await
         };
-        match published {
+        let event = match published {
             Ok(event) => new.repeated(event),
             // Two repeats raced past the check on a standalone server: the index kept one.
             Err(err) if is_duplicate_key(&err) && new.id.is_some() => {
@@ -428,7 +447,11 @@ impl EventStore for MongoStore {
                 new.repeated(stored.ok_or(StoreError::NotFound)?)
             }
             Err(err) => Err(mongo_error("publish", err)),
+        }?;
+        if let Some(key) = &new.key {
+            keys::record(&self.keys, key, &event).await?;
         }
+        Ok(event)
     }
 
     async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
@@ -472,6 +495,14 @@ impl EventStore for MongoStore {
 
     async fn dropped_through(&self, topic: &str) -> Result<u64> {
         retention::dropped_through(&self.counters, topic).await
+    }
+
+    async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim> {
+        keys::claim(&self.keys, &self.events, claim, id).await
+    }
+
+    async fn purge_keys(&self, _batch: usize) -> Result<usize> {
+        Ok(0)
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod follow;
 mod inline;
+mod keys;
 mod retention;
 mod rows;
 
@@ -24,8 +25,8 @@ use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use super::{
-    Event, EventPage, EventPatch, EventStore, JsonObject, NewEvent, OpenError, Result, Retention,
-    StoreError, StoreLimits,
+    Claim, Event, EventPage, EventPatch, EventStore, JsonObject, KeyClaim, NewEvent, OpenError,
+    Result, Retention, StoreError, StoreLimits,
 };
 
 /// Concurrent SQLite connections per process. Readers proceed in parallel under WAL; writers
@@ -77,6 +78,8 @@ const MIGRATIONS: &[&str] = &[
     // dropping by age without a scan.
     "ALTER TABLE topics ADD COLUMN dropped_through INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX events_by_time ON events (time) WHERE seq IS NOT NULL;",
+    // 3: clients' idempotency keys and the outcomes answered under them.
+    keys::MIGRATION,
 ];
 
 /// The columns every event query reads, in `rows::raw_row`'s order; a macro so that queries
@@ -284,6 +287,19 @@ fn is_unique_violation(err: &rusqlite::Error) -> bool {
     )
 }
 
+/// Inserts `new`; an id already stored is a repeat of the request that stored it (that event),
+/// or another event's (ALREADY_EXISTS).
+fn create_in(conn: &Connection, new: NewEvent) -> Result<Event> {
+    let event = new.clone().into_event(None);
+    match insert(conn, &event) {
+        Ok(()) => Ok(event),
+        Err(err) if is_unique_violation(&err) && new.id.is_some() => {
+            new.repeated(stored(conn, "create", event.id)?)
+        }
+        Err(err) => Err(sql_error("create", err)),
+    }
+}
+
 /// The event stored under `id`, if any.
 fn find(conn: &Connection, op: &'static str, id: Uuid) -> Result<Option<Event>> {
     const SQL: &str = concat!("SELECT ", columns!(), " FROM events WHERE id = ?1");
@@ -302,15 +318,18 @@ fn stored(conn: &Connection, op: &'static str, id: Uuid) -> Result<Event> {
 impl EventStore for SqliteStore {
     async fn create(&self, new: NewEvent) -> Result<Event> {
         self.run("create", move |conn| {
-            let event = new.clone().into_event(None);
-            match insert(conn, &event) {
-                Ok(()) => Ok(event),
-                // The id is taken: a repeat of the request that stored it, or another event.
-                Err(err) if is_unique_violation(&err) && new.id.is_some() => {
-                    new.repeated(stored(conn, "create", event.id)?)
-                }
-                Err(err) => Err(sql_error("create", err)),
-            }
+            let Some(key) = new.key.clone() else {
+                return create_in(conn, new);
+            };
+            // The event and its key's outcome commit together.
+            let fail = |e| sql_error("create", e);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(fail)?;
+            let event = create_in(&tx, new)?;
+            keys::answer(&tx, "create", &key, &event)?;
+            tx.commit().map_err(fail)?;
+            Ok(event)
         })
         .await
     }
@@ -428,7 +447,12 @@ impl EventStore for SqliteStore {
                 if let Some(id) = new.id
                     && let Some(existing) = find(&tx, "publish", id)?
                 {
-                    return new.repeated(existing).map(|event| (event, false));
+                    let event = new.repeated(existing)?;
+                    if let Some(key) = &new.key {
+                        keys::answer(&tx, "publish", key, &event)?;
+                        tx.commit().map_err(fail)?;
+                    }
+                    return Ok((event, false));
                 }
                 let seq: i64 = tx
                     .query_row(
@@ -439,8 +463,12 @@ impl EventStore for SqliteStore {
                         |row| row.get(0),
                     )
                     .map_err(fail)?;
+                let key = new.key.clone();
                 let event = new.into_event(Some(seq as u64));
                 insert(&tx, &event).map_err(fail)?;
+                if let Some(key) = &key {
+                    keys::answer(&tx, "publish", key, &event)?;
+                }
                 tx.commit().map_err(fail)?;
                 Ok((event, true))
             })
@@ -490,6 +518,17 @@ impl EventStore for SqliteStore {
             retention::dropped_through(conn, &topic)
         })
         .await
+    }
+
+    async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim> {
+        let claim = claim.clone();
+        self.run("claim", move |conn| keys::claim(conn, &claim, id))
+            .await
+    }
+
+    async fn purge_keys(&self, batch: usize) -> Result<usize> {
+        self.run("purge_keys", move |conn| keys::purge(conn, batch))
+            .await
     }
 }
 

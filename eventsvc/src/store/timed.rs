@@ -9,10 +9,12 @@ use futures::stream::BoxStream;
 use prometheus::{Histogram, HistogramVec};
 use uuid::Uuid;
 
-use super::{Event, EventPage, EventPatch, EventStore, NewEvent, Result, Retention};
+use super::{
+    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Result, Retention,
+};
 
 /// The operations, in the order of `TimedStore::latency`.
-const OPERATIONS: [&str; 9] = [
+const OPERATIONS: [&str; 11] = [
     "create",
     "get",
     "list",
@@ -22,6 +24,8 @@ const OPERATIONS: [&str; 9] = [
     "events_after",
     "compact",
     "dropped_through",
+    "claim",
+    "purge_keys",
 ];
 
 #[derive(Clone, Copy)]
@@ -35,6 +39,8 @@ enum Op {
     EventsAfter,
     Compact,
     DroppedThrough,
+    Claim,
+    PurgeKeys,
 }
 
 /// `inner`, with each call's duration observed under its operation (errors included: a
@@ -118,6 +124,15 @@ impl EventStore for TimedStore {
         self.timed(Op::DroppedThrough, self.inner.dropped_through(topic))
             .await
     }
+
+    async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim> {
+        self.timed(Op::Claim, self.inner.claim(claim, id)).await
+    }
+
+    async fn purge_keys(&self, batch: usize) -> Result<usize> {
+        self.timed(Op::PurgeKeys, self.inner.purge_keys(batch))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +151,8 @@ mod tests {
             (Op::EventsAfter, "events_after"),
             (Op::Compact, "compact"),
             (Op::DroppedThrough, "dropped_through"),
+            (Op::Claim, "claim"),
+            (Op::PurgeKeys, "purge_keys"),
         ] {
             assert_eq!(OPERATIONS[op as usize], name);
         }

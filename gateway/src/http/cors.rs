@@ -6,8 +6,9 @@
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
+use eventsys::write_key::REPLAYED_HEADER;
 use futures::future::Either;
-use http::{Method, header};
+use http::{HeaderName, Method, header};
 use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer, ResponseFuture};
 
@@ -31,7 +32,12 @@ pub(crate) fn layer(browsers: &Browsers) -> BrowserCorsLayer {
             Method::OPTIONS,
         ])
         .allow_headers(AllowHeaders::mirror_request())
-        .expose_headers([SERVED_BY, REQUEST_ID]);
+        .expose_headers([
+            SERVED_BY,
+            REQUEST_ID,
+            HeaderName::from_static(REPLAYED_HEADER),
+            header::RETRY_AFTER,
+        ]);
     BrowserCorsLayer {
         cors,
         any_origin: browsers.cors_origins.is_none(),

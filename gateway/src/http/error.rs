@@ -9,6 +9,7 @@ use axum::{
 };
 use std::time::Duration;
 
+use eventsys::write_key::KeyConflict;
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 use tonic::Code;
@@ -129,6 +130,28 @@ impl From<CallError> for ApiError {
                 challenge: Some(r#"Bearer realm="events", error="invalid_token""#),
                 ..Self::new(Code::Unauthenticated, "invalid token")
             };
+        }
+        // A keyed write refused: a reused key is 422 (its code alone would say 400), one in
+        // flight is the table's 409, told when to come back.
+        match KeyConflict::of(&status) {
+            Some(KeyConflict::Reused) => {
+                return ApiError {
+                    backend,
+                    ..Self::http(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "FAILED_PRECONDITION",
+                        KeyConflict::Reused.message(),
+                    )
+                };
+            }
+            Some(KeyConflict::InFlight) => {
+                return ApiError {
+                    backend,
+                    retry_after: Some(Duration::from_secs(1)),
+                    ..Self::new(Code::Aborted, KeyConflict::InFlight.message())
+                };
+            }
+            None => {}
         }
         // Not a backend's answer: the gateway could not read the reply (too large, malformed).
         if backend.is_none()

@@ -16,32 +16,47 @@ use super::{
     error::ErrorBody,
     extract::{EventId, EventIdParam, JsonBody, Params, Topic, TopicParam, UserId, UserIdParam},
     json::{EventInput, EventJson, PublishInput, Published, UpdateInput, Updated},
+    keyed::KeyHeader,
     listing::{self, Limit, Page, Pager},
 };
-use crate::upstream::{Answer, Bearer, CallError, Failure};
+use crate::upstream::{Answer, Bearer, CallError, Failure, Keyed};
 
 /// `POST /events` → 201 and the stored event.
 #[utoipa::path(post, path = "/events", tag = "events",
     summary = "Create an event",
     request_body = EventInput,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
+            description = "Makes retrying this request safe: the first request's answer is kept \
+                with the key (per caller, 24 h by default) and a repeat with the same key and body \
+                gets it again, with `Idempotent-Replayed: true`. The same key with another body is \
+                422; a repeat while the first is still in progress is 409."),
+    ),
     responses(
-        (status = 201, description = "The stored event", body = EventJson),
-        (status = 400, description = "Bad JSON, wrong types or a field over its limit", body = ErrorBody),
+        (status = 201, description = "The stored event", body = EventJson,
+            headers(("idempotent-replayed" = String,
+                description = "`true` when this is the answer an earlier request with the same `Idempotency-Key` got"))),
+        (status = 400, description = "Bad JSON, wrong types, a field over its limit or a malformed `Idempotency-Key`", body = ErrorBody),
+        (status = 409, description = "A request with this `Idempotency-Key` is still in progress (`ABORTED`, with `Retry-After`)", body = ErrorBody),
+        (status = 422, description = "This `Idempotency-Key` was used for a request with another body", body = ErrorBody),
     ),
     security((), ("bearer" = [])),
 )]
 pub(crate) async fn create_event(
     State(state): State<AppState>,
     who: Credentials,
+    KeyHeader(key): KeyHeader,
     JsonBody(mut input): JsonBody<EventInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     input.user_id = who.caller()?.owner(&input.user_id)?;
-    let answer = state
-        .upstream
-        .call(input.into_create(), who.bearer.as_ref())
-        .await?;
-    let event = EventJson::from(answer.message);
-    Ok((StatusCode::CREATED, answer.backend, Json(event)))
+    let create = Keyed {
+        request: input.into_create(),
+        key,
+    };
+    let answer = state.upstream.call(create, who.bearer.as_ref()).await?;
+    let (event, outcome) = answer.message;
+    let event = EventJson::from(event);
+    Ok((StatusCode::CREATED, answer.backend, outcome, Json(event)))
 }
 
 /// `GET /events?userId=&limit=&pageToken=` → 200 and the user's events (everyone's without
@@ -239,31 +254,44 @@ pub(crate) async fn delete_event(
     summary = "Publish an event on a topic",
     description = "Stores the event and delivers it to every subscriber of its topic, in `seq` order.",
     request_body = PublishInput,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
+            description = "Makes retrying this request safe: the first request's answer is kept \
+                with the key (per caller, 24 h by default) and a repeat with the same key and body \
+                gets it again, with `Idempotent-Replayed: true`. The same key with another body is \
+                422; a repeat while the first is still in progress is 409."),
+    ),
     responses(
-        (status = 200, description = "Stored and delivered", body = Published),
-        (status = 400, description = "No topic (`Topic cannot be empty`), bad JSON, wrong types or a field over its limit", body = ErrorBody),
+        (status = 200, description = "Stored and delivered", body = Published,
+            headers(("idempotent-replayed" = String,
+                description = "`true` when this is the answer an earlier request with the same `Idempotency-Key` got"))),
+        (status = 400, description = "No topic (`Topic cannot be empty`), bad JSON, wrong types, a field over its limit or a malformed `Idempotency-Key`", body = ErrorBody),
+        (status = 409, description = "A request with this `Idempotency-Key` is still in progress (`ABORTED`, with `Retry-After`)", body = ErrorBody),
+        (status = 422, description = "This `Idempotency-Key` was used for a request with another body", body = ErrorBody),
     ),
     security((), ("bearer" = [])),
 )]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     who: Credentials,
+    KeyHeader(key): KeyHeader,
     JsonBody(PublishInput(mut input)): JsonBody<PublishInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let caller = who.caller()?;
     caller.may_publish(&input.topic)?;
     input.user_id = caller.owner(&input.user_id)?;
-    let answer = state
-        .upstream
-        .call(input.into_publish(), who.bearer.as_ref())
-        .await?;
-    let event = answer.message;
+    let publish = Keyed {
+        request: input.into_publish(),
+        key,
+    };
+    let answer = state.upstream.call(publish, who.bearer.as_ref()).await?;
+    let (event, outcome) = answer.message;
     let body = Published {
         status: "Event broadcasted",
         id: event.id,
         seq: event.seq,
     };
-    Ok((StatusCode::OK, answer.backend, Json(body)))
+    Ok((StatusCode::OK, answer.backend, outcome, Json(body)))
 }
 
 /// `GET /topic-events/{topic}?afterSeq=&limit=` → 200 and the topic's events, oldest first,

@@ -16,6 +16,7 @@ use eventsys::{
     Idempotency, idempotency,
     trace::{TRACEPARENT, TraceParent},
     v1::{self, event_service_client::EventServiceClient},
+    write_key::IdempotencyKey,
 };
 use http::HeaderValue;
 use tonic::{Code, Status, Streaming, metadata::MetadataValue};
@@ -201,6 +202,45 @@ pub(crate) mod method {
     unary!(DeleteEvent: v1::DeleteEventRequest => v1::DeleteEventResponse, idempotency::DELETE_EVENT);
     unary!(ListTopicEvents: v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, idempotency::LIST_TOPIC_EVENTS);
     unary!(Stats: v1::StatsRequest => v1::StatsResponse, idempotency::STATS);
+}
+
+/// A create or publish with the client's idempotency key (if it sent one), sent along as
+/// `idempotency-key` metadata by every attempt.
+pub(crate) struct Keyed<R> {
+    pub(crate) request: R,
+    pub(crate) key: Option<IdempotencyKey>,
+}
+
+/// Whether a backend answered a keyed write or replayed an earlier request's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Answered,
+    Replayed,
+}
+
+impl<R> Rpc for Keyed<R>
+where
+    R: Rpc<Prepared = Bytes, Reply = v1::Event>,
+{
+    type Reply = (v1::Event, Outcome);
+    const IDEMPOTENCY: Idempotency = R::IDEMPOTENCY;
+    const PATH: &'static str = R::PATH;
+    type Prepared = (Bytes, Option<HeaderValue>);
+    fn prepare(self) -> Self::Prepared {
+        // A parsed key is visible ASCII: always a header value.
+        let key = self
+            .key
+            .and_then(|key| HeaderValue::from_str(key.as_str()).ok());
+        (self.request.prepare(), key)
+    }
+    fn send(
+        channel: BalancedChannel,
+        (framed, key): Self::Prepared,
+        bearer: Option<&Bearer>,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<(Self::Reply, Option<Backend>), Status>> + Send {
+        unary::call_keyed(channel, Self::PATH, framed, key, bearer, timeout)
+    }
 }
 
 /// Subscriptions go through tonic's client, whose decoder turns the stream into messages.

@@ -13,12 +13,15 @@ use http_body_util::{BodyExt, Full};
 use tonic::{Code, Status, body::Body};
 use tower::Service;
 
-use eventsys::trace::TRACEPARENT;
+use eventsys::{
+    trace::TRACEPARENT,
+    write_key::{KEY_HEADER, REPLAYED_HEADER},
+};
 
 use super::{
     Backend,
     balancer::BalancedChannel,
-    call::{self, Bearer, MAX_REPLY},
+    call::{self, Bearer, MAX_REPLY, Outcome},
     endpoint::CallFailure,
 };
 
@@ -60,15 +63,49 @@ pub(crate) async fn call<R: prost::Message + Default>(
     Ok((Reply::decode(reply)?, backend))
 }
 
+/// As `call`, for a write sent with the client's idempotency key; the reply says whether the
+/// backend answered it or replayed the answer an earlier request with the key got.
+pub(crate) async fn call_keyed<R: prost::Message + Default>(
+    channel: BalancedChannel,
+    path: &'static str,
+    framed: Bytes,
+    key: Option<HeaderValue>,
+    bearer: Option<&Bearer>,
+    timeout: Option<Duration>,
+) -> Result<((R, Outcome), Option<Backend>), Status> {
+    let exchanged = exchange(channel, path, framed, key, bearer, timeout).await?;
+    let message = Reply::decode(exchanged.reply)?;
+    Ok(((message, exchanged.outcome), exchanged.backend))
+}
+
 /// As `call`, with the reply as the backend framed it (checked, not decoded): what a gRPC
 /// client of the gateway is sent as it is.
 pub(crate) async fn call_framed(
-    mut channel: BalancedChannel,
+    channel: BalancedChannel,
     path: &'static str,
     framed: Bytes,
     bearer: Option<&Bearer>,
     timeout: Option<Duration>,
 ) -> Result<(Bytes, Option<Backend>), Status> {
+    let exchanged = exchange(channel, path, framed, None, bearer, timeout).await?;
+    Ok((exchanged.reply, exchanged.backend))
+}
+
+/// A call's checked reply frame, who sent it, and whether it was a replayed answer.
+struct Exchanged {
+    reply: Bytes,
+    backend: Option<Backend>,
+    outcome: Outcome,
+}
+
+async fn exchange(
+    mut channel: BalancedChannel,
+    path: &'static str,
+    framed: Bytes,
+    key: Option<HeaderValue>,
+    bearer: Option<&Bearer>,
+    timeout: Option<Duration>,
+) -> Result<Exchanged, Status> {
     let mut request = http::Request::new(Body::new(Full::new(framed)));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = Uri::from_static(path);
@@ -87,6 +124,9 @@ pub(crate) async fn call_framed(
     if let Some(bearer) = bearer {
         headers.insert(header::AUTHORIZATION, bearer.header().clone());
     }
+    if let Some(key) = key {
+        headers.insert(KEY_HEADER, key);
+    }
     if let Some(trace) = call::trace()
         && let Ok(mut value) = HeaderValue::try_from(trace.to_string())
     {
@@ -95,6 +135,10 @@ pub(crate) async fn call_framed(
     }
     let response = channel.call(request).await?;
     let backend = response.extensions().get::<Backend>().copied();
+    let outcome = match response.headers().get(REPLAYED_HEADER) {
+        Some(value) if value == "true" => Outcome::Replayed,
+        _ => Outcome::Answered,
+    };
     let mut body = response.into_body();
     let mut message = Reply::default();
     let mut trailers = None;
@@ -121,7 +165,11 @@ pub(crate) async fn call_framed(
         }
         None => return Err(Status::internal("reply without a gRPC status")),
     }
-    Ok((message.framed()?, backend))
+    Ok(Exchanged {
+        reply: message.framed()?,
+        backend,
+        outcome,
+    })
 }
 
 /// A reply's bytes as they arrive: usually one data frame, kept as it is.

@@ -64,6 +64,33 @@ async fn reports_exactly_the_requests_the_gateway_served() {
     assert_eq!(report["requests"].as_u64(), Some(3 * 5 * 5));
     assert_eq!(served(&system, "DELETE", "/events/{id}", 204).await, 15);
 
+    // With publishes, followed live and checked; every write with a fresh key.
+    let args = [
+        "--idempotency-keys",
+        "mix",
+        "--users",
+        "3",
+        "--iterations",
+        "5",
+        "--publish",
+    ];
+    let (ok, report) = bench(&system, &args).await;
+    assert!(ok, "{report}");
+    assert_eq!(report["requests"].as_u64(), Some(3 * 5 * 6));
+    let extra = &report["extra"];
+    for (figure, want) in [
+        ("publishes_acknowledged", 15),
+        ("publishes_stored", 15),
+        ("delivered_once", 15),
+        ("delivered_twice", 0),
+        ("seqs_missing", 0),
+        ("events_left_behind", 0),
+    ] {
+        assert_eq!(extra[figure].as_u64(), Some(want), "{figure}: {report}");
+    }
+    assert_eq!(extra["stream_broken"], false);
+    assert_eq!(served(&system, "POST", "/publish", 200).await, 15);
+
     // Six subscribers over two topics, 50 events round robin: 25 for each subscriber.
     let fanout = [
         "fanout",
@@ -91,7 +118,7 @@ async fn reports_exactly_the_requests_the_gateway_served() {
         extra["gateway"]["cpu_per_delivery_us"].as_f64() > Some(0.0),
         "{report}"
     );
-    assert_eq!(served(&system, "POST", "/publish", 200).await, 50);
+    assert_eq!(served(&system, "POST", "/publish", 200).await, 15 + 50);
 
     // Open loop: 20 events a second for a second.
     let rate = [

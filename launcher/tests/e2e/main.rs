@@ -10,6 +10,7 @@ mod deploy;
 mod gateway_balancing;
 mod gateway_contract;
 mod grpc_front;
+mod idempotency;
 mod limits_http;
 mod limits_streams;
 mod lists;

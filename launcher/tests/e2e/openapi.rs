@@ -69,11 +69,19 @@ async fn schemathesis_finds_nothing(gateway: &Process, dir: &Path, headers: &[&s
     assert!(valid, "openapi-spec-validator: {said}");
 
     // 413 is how this API rejects a body over its limit, which a schema-violating string can
-    // be; everything else is schemathesis's default.
+    // be. 422 answers schema-valid data when schemathesis sends an `Idempotency-Key` it
+    // already sent with another body: a refusal the API must make. Everything else is
+    // schemathesis's default, but one check is left out: a create repeated with its `Idempotency-Key`
+    // answers what the first got, 201 and the event as it was, even when the event has been
+    // deleted since (as the key's contract says), and the stateful phase's
+    // `ensure_resource_availability` takes that for a created event that cannot be found
+    // (ST302). Reading what was created is covered by the end-to-end tests.
     std::fs::write(
         dir.join("schemathesis.toml"),
         "[checks.negative_data_rejection]\n\
-         expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, \"5XX\"]\n",
+         expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, \"5XX\"]\n\
+         [checks.positive_data_acceptance]\n\
+         expected-statuses = [\"2XX\", \"3XX\", 401, 403, 404, 409, 422, 429, \"5XX\"]\n",
     )
     .unwrap();
     let mut args = vec![
@@ -83,6 +91,8 @@ async fn schemathesis_finds_nothing(gateway: &Process, dir: &Path, headers: &[&s
         &url,
         "--checks",
         "all",
+        "--exclude-checks",
+        "ensure_resource_availability",
         "--seed",
         "1",
         "--max-examples",

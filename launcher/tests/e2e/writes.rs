@@ -124,40 +124,58 @@ async fn a_publish_retried_after_its_backend_committed_and_died_is_stored_and_de
     assert_eq!(next["seq"], committed.seq + 1, "no seq spent on the retry");
 }
 
-/// Creates and publishes from eight clients while a backend is killed with `kill -9`: none fails,
-/// and every acknowledged event is stored exactly once.
+/// Creates and publishes from eight clients (half of them sending an `Idempotency-Key`) while
+/// the backend feeding a live subscriber is killed with `kill -9`: none fails, every
+/// acknowledged event is stored exactly once, and the subscriber gets every publish once, in
+/// `seq` order, without a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_once() {
+async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_delivered_once() {
     let _exclusive = EXCLUSIVE.lock().await;
     let system = System::start(3, &[]).await;
     let base = system.gateway.url();
+    let topic = "kill.writes";
+    let (mut frames, feeding) = subscribe(format!("{base}/subscribe/{topic}"), None).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let created = Arc::new(Mutex::new(Vec::new()));
+    let published = Arc::new(Mutex::new(Vec::new()));
     let failed = Arc::new(Mutex::new(Vec::new()));
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..8 {
-        let (base, stop, created, failed) =
-            (base.clone(), stop.clone(), created.clone(), failed.clone());
+        let (base, stop, created, published, failed) = (
+            base.clone(),
+            stop.clone(),
+            created.clone(),
+            published.clone(),
+            failed.clone(),
+        );
         workers.spawn(async move {
             let client = http();
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
+                let title = format!("w{worker}-{n}");
                 let (path, body) = if n.is_multiple_of(2) {
-                    ("events", json!({"userId": "kill-writes", "title": format!("w{worker}-{n}")}))
+                    ("events", json!({"userId": "kill-writes", "title": title}))
                 } else {
                     (
                         "publish",
-                        json!({"topic": "kill.writes", "userId": "kill-writes", "title": format!("w{worker}-{n}")}),
+                        json!({"topic": topic, "userId": "kill-writes", "title": title}),
                     )
                 };
-                match client.post(format!("{base}/{path}")).json(&body).send().await {
+                let mut request = client.post(format!("{base}/{path}")).json(&body);
+                if worker % 2 == 0 {
+                    request = request.header("idempotency-key", format!("w{worker}-{n}"));
+                }
+                match request.send().await {
                     Ok(r) if r.status().is_success() => {
                         let body: Value = r.json().await.unwrap();
                         created
                             .lock()
                             .unwrap()
                             .push(body["id"].as_str().unwrap().to_owned());
+                        if let Some(seq) = body["seq"].as_u64() {
+                            published.lock().unwrap().push(seq);
+                        }
                     }
                     Ok(r) => {
                         let status = r.status();
@@ -173,7 +191,12 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_once() {
         });
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    system.backends[0].signal(Signal::SIGKILL);
+    let victim = system
+        .backends
+        .iter()
+        .find(|b| b.addr.to_string() == feeding)
+        .expect("the subscription's backend is one of the system's");
+    victim.signal(Signal::SIGKILL);
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     while workers.join_next().await.is_some() {}
@@ -206,8 +229,34 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_once() {
     assert_eq!(unique.len(), stored.len(), "an event stored twice");
     let acknowledged: HashSet<_> = created.iter().collect();
     assert_eq!(unique, acknowledged, "stored and acknowledged differ");
+
+    // The subscriber, across the death of the backend feeding it: seqs 1..=N, each once.
+    let mut acknowledged_seqs = published.lock().unwrap().clone();
+    acknowledged_seqs.sort_unstable();
+    let n = acknowledged_seqs.len();
+    assert_eq!(
+        acknowledged_seqs,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "publishes acknowledged with seqs 1..={n}, none skipped or repeated"
+    );
+    let delivered = crate::pubsub::read(&mut frames, n).await;
+    assert_eq!(
+        delivered, acknowledged_seqs,
+        "delivered once each, in order"
+    );
+    // Nothing more in between: the next publish is the next frame.
+    let next = http()
+        .post(format!("{base}/publish"))
+        .json(&json!({"topic": topic, "userId": "kill-writes", "title": "last"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(next.status().is_success());
+    let delivered = crate::pubsub::read(&mut frames, 1).await;
+    assert_eq!(delivered, [n as u64 + 1]);
     println!(
-        "kill -9 under writes: {} creates and publishes acknowledged, 0 failed, each stored once",
+        "kill -9 of the subscription's backend under writes: {} creates and publishes \
+         acknowledged, 0 failed, each stored once; {n} publishes delivered once, in order",
         created.len()
     );
 }

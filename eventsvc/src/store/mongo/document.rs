@@ -130,6 +130,7 @@ mod tests {
             data: json!({"n": 3, "f": 1.5, "s": "x", "l": [1, null], "o": {"k": true}})
                 .as_object()
                 .cloned(),
+            key: None,
         }
         .into_event(None);
         assert_eq!(from_document(&to_document(&plain).unwrap()).unwrap(), plain);

@@ -5,14 +5,18 @@
 use std::net::SocketAddr;
 
 use axum::extract::ConnectInfo;
-use eventsys::v1::{self, event_service_server::EventService};
+use bytes::Bytes;
+use eventsys::{
+    v1::{self, event_service_server::EventService},
+    write_key::{IdempotencyKey, KEY_HEADER, REPLAYED_HEADER},
+};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use super::{grpc_timeout, subscribe};
 use crate::{
     http::{ApiError, AppState, auth::Credentials, error::http_status},
-    upstream::{self, Rpc},
+    upstream::{self, Keyed, Outcome, Rpc},
 };
 
 pub(crate) struct FrontDoor {
@@ -60,6 +64,34 @@ impl FrontDoor {
     }
 }
 
+impl FrontDoor {
+    /// A create or publish, with the client's `idempotency-key` metadata passed on and the
+    /// backend's `idempotent-replayed: true` passed back.
+    async fn write<R>(&self, request: Request<R>) -> Result<Response<v1::Event>, Status>
+    where
+        R: Rpc<Prepared = Bytes, Reply = v1::Event>,
+    {
+        let key = request
+            .metadata()
+            .get(KEY_HEADER)
+            .map(|value| IdempotencyKey::parse(value.as_bytes()).map_err(Status::invalid_argument))
+            .transpose()?;
+        let (metadata, extensions, message) = request.into_parts();
+        let keyed = Keyed {
+            request: message,
+            key,
+        };
+        let answered = self
+            .unary(Request::from_parts(metadata, extensions, keyed))
+            .await?;
+        let (mut metadata, (event, outcome), extensions) = answered.into_parts();
+        if outcome == Outcome::Replayed {
+            metadata.insert(REPLAYED_HEADER, MetadataValue::from_static("true"));
+        }
+        Ok(Response::from_parts(metadata, event, extensions))
+    }
+}
+
 /// Every method, as tonic's server wants them; the unary ones the gateway need not read are
 /// routed to `forward` before they reach this (see `grpc::router`), so only creates, publishes
 /// and `Subscribe` arrive here in practice.
@@ -73,7 +105,7 @@ impl EventService for FrontDoor {
         if request.get_ref().id.is_empty() {
             request.get_mut().id = uuid::Uuid::new_v4().to_string();
         }
-        self.unary(request).await
+        self.write(request).await
     }
 
     async fn get_event(
@@ -119,7 +151,7 @@ impl EventService for FrontDoor {
         if request.get_ref().id.is_empty() {
             request.get_mut().id = uuid::Uuid::new_v4().to_string();
         }
-        self.unary(request).await
+        self.write(request).await
     }
 
     async fn list_topic_events(

@@ -1,0 +1,83 @@
+//! A keyed write's outcome as the stores keep it: the event exactly as it was answered, as JSON,
+//! so a repeat gets the same body even after the event is updated or deleted.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Event, JsonObject, Result, StoreError};
+
+/// `Event` with times in milliseconds (the precision every store keeps).
+#[derive(Serialize, Deserialize)]
+struct Answered {
+    id: Uuid,
+    user_id: String,
+    title: String,
+    description: String,
+    completed: bool,
+    created_ms: i64,
+    topic: String,
+    data: Option<JsonObject>,
+    time_ms: Option<i64>,
+    seq: u64,
+}
+
+pub(crate) fn encode(event: &Event) -> String {
+    let answered = Answered {
+        id: event.id,
+        user_id: event.user_id.clone(),
+        title: event.title.clone(),
+        description: event.description.clone(),
+        completed: event.completed,
+        created_ms: event.created_at.timestamp_millis(),
+        topic: event.topic.clone(),
+        data: event.data.clone(),
+        time_ms: event.time.map(|t| t.timestamp_millis()),
+        seq: event.seq,
+    };
+    serde_json::to_string(&answered).expect("an event serialises")
+}
+
+pub(crate) fn decode(text: &str) -> Result<Event> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: "(idempotency key outcome)".into(),
+        reason,
+    };
+    let a: Answered = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+    let at = |ms: i64| {
+        DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(|| corrupt(format!("time {ms}")))
+    };
+    Ok(Event {
+        id: a.id,
+        user_id: a.user_id,
+        title: a.title,
+        description: a.description,
+        completed: a.completed,
+        created_at: at(a.created_ms)?,
+        topic: a.topic,
+        data: a.data,
+        time: a.time_ms.map(at).transpose()?,
+        seq: a.seq,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewEvent;
+
+    #[test]
+    fn an_outcome_reads_back_as_the_event() {
+        let mut data = JsonObject::new();
+        data.insert("n".into(), serde_json::json!([1, {"b": null}]));
+        let event = NewEvent {
+            title: "t".into(),
+            topic: "x".into(),
+            data: Some(data),
+            ..Default::default()
+        }
+        .into_event(Some(7));
+        assert_eq!(decode(&encode(&event)).unwrap(), event);
+        assert!(matches!(decode("{}"), Err(StoreError::Corrupt { .. })));
+    }
+}

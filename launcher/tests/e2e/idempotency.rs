@@ -1,0 +1,221 @@
+//! The client's `Idempotency-Key` on creates and publishes, through the gateway (REST and gRPC):
+//! a repeat gets the first answer back marked `Idempotent-Replayed: true`, the same key with
+//! another body is 422, a repeat while the first is in flight is 409, keys belong to their
+//! caller, and they outlive every process (they live in the store).
+
+use nix::sys::signal::Signal;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tonic::{Code, Request};
+
+use crate::{
+    support::{EXCLUSIVE, Process, System, TokenMode, http, wait_gateway_ready},
+    token::mint,
+};
+use eventsys::v1;
+
+async fn post(base: &str, path: &str, key: Option<&str>, body: &Value) -> Response {
+    let mut request = http().post(format!("{base}{path}")).json(body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request.send().await.unwrap()
+}
+
+fn replayed(response: &Response) -> bool {
+    match response.headers().get("idempotent-replayed") {
+        None => false,
+        Some(value) => {
+            assert_eq!(value, "true");
+            true
+        }
+    }
+}
+
+/// Status, whether replayed, and the body.
+async fn answer(response: Response) -> (StatusCode, bool, Value) {
+    let status = response.status();
+    let again = replayed(&response);
+    (status, again, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_replays_its_first_answer_refuses_another_body_and_outlives_restarts() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let mut system = System::start(2, &[]).await;
+    let base = system.gateway.url();
+    let body = json!({"userId": "ann", "title": "pay", "data": {"amount": 5, "currency": "EUR"}});
+
+    let (status, again, first) = answer(post(&base, "/events", Some("k-1"), &body).await).await;
+    assert_eq!((status, again), (StatusCode::CREATED, false));
+    // The same request again: the same answer, marked, though the event changed meanwhile.
+    let id = first["id"].as_str().unwrap();
+    let updated = http()
+        .put(format!("{base}/events/{id}"))
+        .json(&json!({"userId": "ann", "title": "changed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), StatusCode::OK);
+    // `data` with its keys in another order is the same body.
+    let same = json!({"data": {"currency": "EUR", "amount": 5}, "title": "pay", "userId": "ann"});
+    let (status, again, repeat) = answer(post(&base, "/events", Some("k-1"), &same).await).await;
+    assert_eq!((status, again), (StatusCode::CREATED, true));
+    assert_eq!(repeat, first, "the first answer, as it was given");
+
+    // Another body (or the other write) under the key: 422 with the contract's body.
+    let other = json!({"userId": "ann", "title": "pay twice"});
+    let (status, again, refused) = answer(post(&base, "/events", Some("k-1"), &other).await).await;
+    assert_eq!((status, again), (StatusCode::UNPROCESSABLE_ENTITY, false));
+    assert_eq!(refused["code"], "FAILED_PRECONDITION");
+    assert_eq!(refused["error"], refused["message"]);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("different body")
+    );
+    let as_publish = json!({"topic": "pay", "userId": "ann", "title": "pay"});
+    let response = post(&base, "/publish", Some("k-1"), &as_publish).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Another user's key of the same value is theirs: a new event.
+    let bobs = json!({"userId": "bob", "title": "pay", "data": {"amount": 5, "currency": "EUR"}});
+    let (status, again, bob) = answer(post(&base, "/events", Some("k-1"), &bobs).await).await;
+    assert_eq!((status, again), (StatusCode::CREATED, false));
+    assert_ne!(bob["id"], first["id"]);
+
+    // A publish: one event, one seq, however often it is repeated.
+    let (status, again, published) =
+        answer(post(&base, "/publish", Some("p-1"), &as_publish).await).await;
+    assert_eq!((status, again), (StatusCode::OK, false));
+    for _ in 0..3 {
+        let (status, again, repeat) =
+            answer(post(&base, "/publish", Some("p-1"), &as_publish).await).await;
+        assert_eq!((status, again), (StatusCode::OK, true));
+        assert_eq!(repeat, published);
+    }
+    let history: Vec<Value> = http()
+        .get(format!("{base}/topic-events/pay"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+
+    // Malformed keys are 400, nothing stored.
+    for key in ["", "with space", &"x".repeat(256)] {
+        let response = post(&base, "/events", Some(key), &body).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{key:?}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["code"], "INVALID_ARGUMENT");
+    }
+
+    // Every process restarted over the same store: the key still answers.
+    system.gateway.signal(Signal::SIGKILL);
+    for backend in &system.backends {
+        backend.signal(Signal::SIGKILL);
+    }
+    let backend = Process::backend(&system.db).await;
+    let gateway = Process::gateway(&[backend.addr], &[]).await;
+    wait_gateway_ready(gateway.addr).await;
+    let base = gateway.url();
+    let (status, again, after) = answer(post(&base, "/events", Some("k-1"), &body).await).await;
+    assert_eq!((status, again), (StatusCode::CREATED, true));
+    assert_eq!(after, first);
+    system.backends.clear();
+
+    // gRPC through the front door: the key in metadata, the mark in the reply's metadata.
+    let mut client = gateway.client().await;
+    let create = || {
+        let mut request = Request::new(v1::CreateEventRequest {
+            user_id: "ann".into(),
+            title: "over gRPC".into(),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("idempotency-key", "g-1".parse().unwrap());
+        request
+    };
+    let first = client.create_event(create()).await.unwrap();
+    assert!(first.metadata().get("idempotent-replayed").is_none());
+    let repeat = client.create_event(create()).await.unwrap();
+    assert_eq!(
+        repeat.metadata().get("idempotent-replayed").unwrap(),
+        "true"
+    );
+    assert_eq!(repeat.get_ref(), first.get_ref());
+    let mut other = create();
+    other.get_mut().title = "another".into();
+    let refused = client.create_event(other).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("different body"));
+}
+
+/// Two requests with one key at once (the backend holds each keyed write 2 s after claiming
+/// its key): the second is 409 with `Retry-After`, and once the first is answered a repeat
+/// replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeat_while_the_first_is_in_flight_is_409() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Process::backend_with(
+        &dir.path().join("events.db"),
+        &["--test-hold-claimed-ms", "2000"],
+    )
+    .await;
+    let gateway = Process::gateway(&[backend.addr], &[]).await;
+    wait_gateway_ready(gateway.addr).await;
+    let base = gateway.url();
+    let body = json!({"topic": "once", "userId": "ann", "title": "t"});
+    let (a, b) = tokio::join!(
+        post(&base, "/publish", Some("same"), &body),
+        post(&base, "/publish", Some("same"), &body)
+    );
+    let mut answers = [a, b];
+    answers.sort_by_key(Response::status);
+    let [answered, refused] = answers;
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["code"], "ABORTED");
+    assert!(error["error"].as_str().unwrap().contains("in progress"));
+    let answered: Value = answered.json().await.unwrap();
+    let (status, again, repeat) = answer(post(&base, "/publish", Some("same"), &body).await).await;
+    assert_eq!((status, again), (StatusCode::OK, true));
+    assert_eq!(repeat, answered);
+}
+
+/// In token mode a key belongs to the token's subject: another caller's identical key and body
+/// is another request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_token_mode_keys_belong_to_the_tokens_subject() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = TokenMode::new(dir.path());
+    let alice = mint(&mode.secret, &["--sub", "alice", "--publish", "*"]);
+    let bob = mint(&mode.secret, &["--sub", "bob", "--publish", "*"]);
+    let admin = mint(&mode.secret, &["--sub", "ops", "--admin"]);
+    let system = System::start_with(1, &mode.flags(), Some(admin), dir).await;
+    let body = json!({"topic": "shared", "title": "t"});
+    let send = |token: &str| {
+        http()
+            .post(system.url("/publish"))
+            .bearer_auth(token)
+            .header("idempotency-key", "k")
+            .json(&body)
+            .send()
+    };
+    let (_, again, alices) = answer(send(&alice).await.unwrap()).await;
+    assert!(!again);
+    let (status, again, bobs) = answer(send(&bob).await.unwrap()).await;
+    assert_eq!((status, again), (StatusCode::OK, false));
+    assert_ne!(alices["seq"], bobs["seq"]);
+    let (_, again, alices_again) = answer(send(&alice).await.unwrap()).await;
+    assert!(again);
+    assert_eq!(alices_again, alices);
+}
