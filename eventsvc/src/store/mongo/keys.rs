@@ -86,11 +86,13 @@ pub(super) async fn claim(
             return Ok(Claim::Done(Box::new(event)));
         }
         // Take it over, unless another request changed it since it was read.
+        let unchanged = if expired {
+            doc! {"_id": key_id(claim), "expiresAt": held.get("expiresAt").cloned().unwrap_or(Bson::Null)}
+        } else {
+            doc! {"_id": key_id(claim), "eventId": &holder, "outcome": Bson::Null}
+        };
         let replaced = keys
-            .replace_one(
-                doc! {"_id": key_id(claim), "eventId": &holder, "outcome": Bson::Null},
-                claimed(claim, id),
-            )
+            .replace_one(unchanged, claimed(claim, id))
             .await
             .map_err(fail)?;
         if replaced.matched_count == 1 {

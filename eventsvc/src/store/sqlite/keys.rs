@@ -43,7 +43,21 @@ struct Held {
     expires_at: i64,
 }
 
+/// A claim commits without waiting for the disk: it needs to be seen by other processes at once
+/// (it is, through the WAL's shared memory), not to outlive the machine. The keyed write that
+/// follows syncs the WAL, the claim's frames with it; a claim lost to a power cut is one whose
+/// write never committed, and its request was never answered.
 pub(super) fn claim(conn: &mut Connection, claim: &KeyClaim, id: Uuid) -> Result<Claim> {
+    let fail = |e| sql_error("claim", e);
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(fail)?;
+    let claimed = claim_in(conn, claim, id);
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(fail)?;
+    claimed
+}
+
+fn claim_in(conn: &mut Connection, claim: &KeyClaim, id: Uuid) -> Result<Claim> {
     let fail = |e| sql_error("claim", e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
