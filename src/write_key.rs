@@ -2,7 +2,7 @@
 //! header that marks a replayed answer, and why a keyed write was refused, carried between
 //! processes as a gRPC rich error (`google.rpc.ErrorInfo`) rather than in message text.
 
-use tonic::{Code, Status};
+use tonic::{Code, Status, metadata::MetadataMap};
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// The request header (HTTP) and metadata key (gRPC) naming a write: `Idempotency-Key`.
@@ -33,6 +33,14 @@ impl IdempotencyKey {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The key a gRPC request's metadata carries, if any; INVALID_ARGUMENT for a malformed one.
+    pub fn from_metadata(metadata: &MetadataMap) -> Result<Option<IdempotencyKey>, Status> {
+        metadata
+            .get(KEY_HEADER)
+            .map(|value| IdempotencyKey::parse(value.as_bytes()).map_err(Status::invalid_argument))
+            .transpose()
     }
 }
 

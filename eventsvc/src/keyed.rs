@@ -7,12 +7,12 @@ use std::time::Duration;
 use eventsys::{
     auth::Caller,
     v1,
-    write_key::{IdempotencyKey, KEY_HEADER, REPLAYED_HEADER},
+    write_key::{IdempotencyKey, REPLAYED_HEADER},
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-use tonic::{Response, Status, metadata::MetadataMap};
+use tonic::{Response, Status};
 use uuid::Uuid;
 
 use crate::{
@@ -65,14 +65,6 @@ impl Written {
             }
         }
     }
-}
-
-/// The request's key, if it sent one; INVALID_ARGUMENT for a malformed one.
-pub(crate) fn requested(metadata: &MetadataMap) -> Result<Option<IdempotencyKey>, Status> {
-    metadata
-        .get(KEY_HEADER)
-        .map(|value| IdempotencyKey::parse(value.as_bytes()).map_err(Status::invalid_argument))
-        .transpose()
 }
 
 /// Whose keys a request's belong to: the token's subject, or in anonymous mode (anyone may act

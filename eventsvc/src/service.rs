@@ -7,7 +7,7 @@ use eventsys::{
     auth::Auth,
     gap::Gap,
     v1::{self, event_service_server::EventService},
-    write_key::KeyConflict,
+    write_key::{IdempotencyKey, KeyConflict},
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -172,7 +172,7 @@ impl EventService for EventsApi {
         request: Request<v1::CreateEventRequest>,
     ) -> Result<Response<v1::Event>, Status> {
         let who = Who::of(&request);
-        let key = keyed::requested(request.metadata())?;
+        let key = IdempotencyKey::from_metadata(request.metadata())?;
         let mut req = request.into_inner();
         let caller = who.caller()?;
         req.user_id = caller.owner(&req.user_id).map_err(denied)?;
@@ -246,7 +246,7 @@ impl EventService for EventsApi {
         request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::Event>, Status> {
         let who = Who::of(&request);
-        let key = keyed::requested(request.metadata())?;
+        let key = IdempotencyKey::from_metadata(request.metadata())?;
         let mut req = request.into_inner();
         let caller = who.caller()?;
         caller.may_publish(&req.topic).map_err(denied)?;

@@ -153,6 +153,32 @@ async fn a_key_replays_its_first_answer_refuses_another_body_and_outlives_restar
     let refused = client.create_event(other).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert!(refused.message().contains("different body"));
+
+    // grpcurl straight to a backend: the same metadata, the same marking.
+    let addr = backend.addr.to_string();
+    let publish = |verbose: bool| {
+        let mut args = vec!["-plaintext", "-H", "idempotency-key: d-1"];
+        if verbose {
+            args.push("-v");
+        }
+        let body = r#"{"topic": "direct", "userId": "ann", "title": "t"}"#;
+        args.extend(["-d", body, &addr, "events.v1.EventService/Publish"]);
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = crate::support::grpcurl(&args).await;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let first: Value = serde_json::from_str(&publish(false).await).unwrap();
+    let again = publish(true).await;
+    assert!(again.contains("idempotent-replayed: true"), "{again}");
+    assert!(again.contains(first["id"].as_str().unwrap()), "{again}");
 }
 
 /// Two requests with one key at once (the backend holds each keyed write 2 s after claiming

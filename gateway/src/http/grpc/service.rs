@@ -8,7 +8,7 @@ use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use eventsys::{
     v1::{self, event_service_server::EventService},
-    write_key::{IdempotencyKey, KEY_HEADER, REPLAYED_HEADER},
+    write_key::{IdempotencyKey, REPLAYED_HEADER},
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
@@ -62,20 +62,14 @@ impl FrontDoor {
         }
         Ok(response)
     }
-}
 
-impl FrontDoor {
     /// A create or publish, with the client's `idempotency-key` metadata passed on and the
     /// backend's `idempotent-replayed: true` passed back.
     async fn write<R>(&self, request: Request<R>) -> Result<Response<v1::Event>, Status>
     where
         R: Rpc<Prepared = Bytes, Reply = v1::Event>,
     {
-        let key = request
-            .metadata()
-            .get(KEY_HEADER)
-            .map(|value| IdempotencyKey::parse(value.as_bytes()).map_err(Status::invalid_argument))
-            .transpose()?;
+        let key = IdempotencyKey::from_metadata(request.metadata())?;
         let (metadata, extensions, message) = request.into_parts();
         let keyed = Keyed {
             request: message,
