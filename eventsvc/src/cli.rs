@@ -102,6 +102,15 @@ impl StoreArgs {
     }
 }
 
+/// A key's time to live: a duration above zero (a key kept for no time would answer nothing).
+fn key_ttl(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(ttl) if ttl.is_zero() => Err("must be more than zero".into()),
+        Ok(ttl) => Ok(ttl),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 /// gRPC event backend (events.v1) over a store shared with its sibling backends.
 #[derive(Debug, Parser)]
 #[command(name = "eventsvc", version)]
@@ -140,7 +149,7 @@ pub(crate) struct Config {
 
     /// How long a create's or publish's answer is kept for repeats of its Idempotency-Key
     /// (e.g. 24h, 90m). Give every backend sharing a store the same.
-    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = key_ttl)]
     pub(crate) idempotency_ttl: Duration,
 
     /// Log one line per event-API request at INFO (it is at DEBUG otherwise: it costs every

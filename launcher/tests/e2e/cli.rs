@@ -46,6 +46,16 @@ fn bad_gateway_configuration_exits_non_zero_with_a_one_line_reason() {
 }
 
 #[test]
+fn a_backend_refuses_to_keep_idempotency_keys_for_no_time() {
+    let reason = refused("backend", &["--port", "0", "--idempotency-ttl", "0s"], &[]);
+    assert!(
+        reason.contains("invalid value '0s' for '--idempotency-ttl")
+            && reason.contains("must be more than zero"),
+        "{reason}"
+    );
+}
+
+#[test]
 fn a_socket_promised_but_not_handed_over_is_a_one_line_reason() {
     // `LISTEN_FDS=1` with nothing at fd 3: neither server may fall back to binding a port the
     // supervisor did not give it.
