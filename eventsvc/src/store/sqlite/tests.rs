@@ -99,3 +99,49 @@ async fn point_reads_run_inline_and_leave_what_would_wait_to_the_pool() {
     // The reader connections are bounded; each went back to the idle list.
     assert_eq!(store.inline.idle_count(), 1);
 }
+
+#[tokio::test]
+async fn expired_keys_are_purged_in_batches_and_claims_leave_writes_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(path.clone()).await.unwrap();
+    let claim = |key: &str, ttl_ms: u64| KeyClaim {
+        scope: "user:u".into(),
+        key: key.into(),
+        fingerprint: [1; 32],
+        ttl: Duration::from_millis(ttl_ms),
+        lease: Duration::from_secs(30),
+    };
+    for n in 0..5 {
+        let expiring = claim(&format!("brief-{n}"), 1);
+        store.claim(&expiring, Uuid::new_v4()).await.unwrap();
+    }
+    store
+        .claim(&claim("kept", 3_600_000), Uuid::new_v4())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.purge_keys(3).await.unwrap(), 3);
+    assert_eq!(store.purge_keys(3).await.unwrap(), 2);
+    assert_eq!(store.purge_keys(3).await.unwrap(), 0);
+    let conn = Connection::open(&path).unwrap();
+    let left: Vec<String> = conn
+        .prepare("SELECT key FROM idempotency_keys")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(left, ["kept"]);
+
+    // A claim commits unsynced; every pooled connection is back to syncing each commit.
+    let modes = store
+        .run("test", |conn| {
+            Ok(conn
+                .pragma_query_value(None, "synchronous", |row| row.get::<_, i64>(0))
+                .unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(modes, 2, "FULL");
+}
