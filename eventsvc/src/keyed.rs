@@ -52,6 +52,10 @@ pub(crate) enum Written {
 }
 
 impl Written {
+    pub(crate) fn is_replay(&self) -> bool {
+        matches!(self, Written::Replayed(_))
+    }
+
     /// The reply, marked `idempotent-replayed: true` when it is a replay.
     pub(crate) fn into_response(self) -> Response<v1::Event> {
         match self {

@@ -47,6 +47,7 @@ pub(crate) struct RpcMetrics {
     catch_ups: IntCounter,
     too_far_behind: IntCounter,
     dropped_by_retention: IntCounter,
+    replays: IntCounter,
     store_latency: HistogramVec,
     /// One scrape at a time: counters are brought up to date by adding what is new.
     rendering: std::sync::Mutex<()>,
@@ -130,6 +131,11 @@ impl RpcMetrics {
             "eventsvc_retention_dropped_events_total",
             "Events the retention policy dropped",
         );
+        let replays = counter(
+            "eventsvc_idempotent_replays_total",
+            "Creates and publishes answered with the answer an earlier request with the same \
+             Idempotency-Key got",
+        );
         for collector in [
             Box::new(calls_vec.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency_vec.clone()),
@@ -140,6 +146,7 @@ impl RpcMetrics {
             Box::new(catch_ups.clone()),
             Box::new(too_far_behind.clone()),
             Box::new(dropped_by_retention.clone()),
+            Box::new(replays.clone()),
             Box::new(eventsys::process::ProcessCollector::new()),
         ] {
             registry
@@ -160,6 +167,7 @@ impl RpcMetrics {
             catch_ups,
             too_far_behind,
             dropped_by_retention,
+            replays,
             store_latency,
             rendering: std::sync::Mutex::new(()),
         }
@@ -196,13 +204,14 @@ impl RpcMetrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.in_flight.set(stats.in_flight() as i64);
         self.subscriptions.set(stats.subscribers() as i64);
-        // Counts kept by the feed and the retention task, brought up to date.
-        let (catch_ups, too_far_behind, dropped) = stats.feed_counts();
-        for (counter, now) in [
-            (&self.catch_ups, catch_ups),
-            (&self.too_far_behind, too_far_behind),
-            (&self.dropped_by_retention, dropped),
-        ] {
+        // Counts kept by the feed, the retention task and the event API, brought up to date.
+        let counters = [
+            &self.catch_ups,
+            &self.too_far_behind,
+            &self.dropped_by_retention,
+            &self.replays,
+        ];
+        for (counter, now) in counters.into_iter().zip(stats.counts()) {
             counter.inc_by(now.saturating_sub(counter.get()));
         }
         let mut out = Vec::new();

@@ -24,7 +24,7 @@ use crate::{
     auth::{Who, denied},
     convert,
     feed::{EventStream, Feed},
-    keyed::{self, KeyPolicy, Write},
+    keyed::{self, KeyPolicy, Write, Written},
     stats::Stats,
     store::{EventStore, StoreError},
     validate::{self, FieldError},
@@ -100,6 +100,14 @@ impl EventsApi {
             events,
             next_page_token: page.next.unwrap_or_default(),
         }))
+    }
+
+    /// A write's reply, its replays counted.
+    fn answer(&self, written: Written) -> Response<v1::Event> {
+        if written.is_replay() {
+            self.stats.replayed();
+        }
+        written.into_response()
     }
 
     /// Topic history and subscriptions: a subscribe right, or a public topic.
@@ -179,7 +187,7 @@ impl EventService for EventsApi {
         let new = validate::create(req)?;
         let key = key.map(|key| (key, keyed::scope(caller, &new.user_id)));
         let written = self.keys.write(&*self.store, Write::Create, new, key);
-        Ok(written.await?.into_response())
+        Ok(self.answer(written.await?))
     }
 
     async fn get_event(
@@ -254,7 +262,7 @@ impl EventService for EventsApi {
         let new = validate::publish(req)?;
         let key = key.map(|key| (key, keyed::scope(caller, &new.user_id)));
         let written = self.keys.write(&*self.store, Write::Publish, new, key);
-        Ok(written.await?.into_response())
+        Ok(self.answer(written.await?))
     }
 
     async fn list_topic_events(

@@ -42,6 +42,8 @@ pub(crate) struct Stats {
     too_far_behind: AtomicU64,
     /// Events retention has dropped.
     dropped_by_retention: AtomicU64,
+    /// Keyed writes answered from an earlier request's answer.
+    replays: AtomicU64,
 }
 
 /// An open subscription, counted until dropped.
@@ -74,6 +76,7 @@ impl Default for Stats {
             catch_ups: AtomicU64::new(0),
             too_far_behind: AtomicU64::new(0),
             dropped_by_retention: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
         }
     }
 }
@@ -104,13 +107,19 @@ impl Stats {
             .fetch_add(events as u64, Ordering::Relaxed);
     }
 
-    /// Catch-ups, subscribers closed too far behind, events dropped by retention, so far.
-    pub(crate) fn feed_counts(&self) -> (u64, u64, u64) {
-        (
+    pub(crate) fn replayed(&self) {
+        self.replays.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Catch-ups, subscribers closed too far behind, events dropped by retention and keyed
+    /// writes replayed, so far.
+    pub(crate) fn counts(&self) -> [u64; 4] {
+        [
             self.catch_ups.load(Ordering::Relaxed),
             self.too_far_behind.load(Ordering::Relaxed),
             self.dropped_by_retention.load(Ordering::Relaxed),
-        )
+            self.replays.load(Ordering::Relaxed),
+        ]
     }
 
     pub(crate) fn uptime(&self) -> Duration {

@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 use tonic::{Code, Request};
 
 use crate::{
-    support::{EXCLUSIVE, Process, System, TokenMode, http, wait_gateway_ready},
+    support::{
+        EXCLUSIVE, Process, System, TokenMode, backend_metrics, http, series_value,
+        wait_gateway_ready,
+    },
     token::mint,
 };
 use eventsys::v1;
@@ -188,11 +191,13 @@ async fn a_key_replays_its_first_answer_refuses_another_body_and_outlives_restar
 async fn a_repeat_while_the_first_is_in_flight_is_409() {
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend_with(
-        &dir.path().join("events.db"),
-        &["--test-hold-claimed-ms", "2000"],
-    )
-    .await;
+    let flags = [
+        "--test-hold-claimed-ms",
+        "2000",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let backend = Process::backend_with(&dir.path().join("events.db"), &flags).await;
     let gateway = Process::gateway(&[backend.addr], &[]).await;
     wait_gateway_ready(gateway.addr).await;
     let base = gateway.url();
@@ -214,6 +219,15 @@ async fn a_repeat_while_the_first_is_in_flight_is_409() {
     let (status, again, repeat) = answer(post(&base, "/publish", Some("same"), &body).await).await;
     assert_eq!((status, again), (StatusCode::OK, true));
     assert_eq!(repeat, answered);
+
+    // The backend counts the replay, and the refusal under its code.
+    let metrics = backend_metrics(&backend).await;
+    assert_eq!(
+        series_value(&metrics, "eventsvc_idempotent_replays_total"),
+        1
+    );
+    let refused = r#"eventsvc_rpcs_total{code="Aborted",method="Publish"}"#;
+    assert_eq!(series_value(&metrics, refused), 1, "{metrics}");
 }
 
 /// In token mode a key belongs to the token's subject: another caller's identical key and body

@@ -272,6 +272,7 @@ async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
         ("eventsvc_subscriptions", "gauge"),
         ("eventsvc_feed_delay_seconds", "histogram"),
         ("eventsvc_store_duration_seconds", "histogram"),
+        ("eventsvc_idempotent_replays", "counter"),
         ("process_cpu_seconds", "counter"),
         ("process_open_fds", "gauge"),
     ];
