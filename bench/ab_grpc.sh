@@ -3,16 +3,9 @@
 # `gateway`) against this tree's release build, alternating, twice, in one session; the same
 # backends and load tool (this tree's release builds: `cargo build --release --workspace --bins`).
 #   OLD=/tmp/decode-build bash bench/ab_grpc.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 OLD=${OLD:?set OLD to a folder holding the gateway binary of the other build}
-ulimit -n 20000
-unset RUST_LOG
-DATA=$(mktemp -d)
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; exit 1; }
-cpu_ticks() { local t=0; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo $t; }
 BE=()
 for p in 15000 15001 15002; do target/release/eventsvc --port $p --store "sqlite://$DATA/events.db" >>"$DATA/b$p.log" 2>&1 & BE+=($!); PIDS+=($!); wait_port $p; done
 ALL=127.0.0.1:15000,127.0.0.1:15001,127.0.0.1:15002

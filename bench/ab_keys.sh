@@ -6,15 +6,8 @@
 # --bins`). With OLD=<folder holding another build's `gateway` and `eventsvc`>, each round also
 # runs that build without a key, as the reference. Prints throughput, latency and the CPU time
 # the gateway and the backends spent per request.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-ulimit -n 20000
-unset RUST_LOG
-DATA=$(mktemp -d)
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; exit 1; }
-cpu_ticks() { local t=0; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo $t; }
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 PORTS=${PORTS:-15000 15001 15002}
 start() { # the build in folder $1, on a fresh store
   rm -f "$DATA"/events.db*; BE=(); PIDS=()

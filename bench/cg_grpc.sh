@@ -3,15 +3,9 @@
 # callgrind (counts, not seconds: repeatable on a noisy machine). The difference between the
 # 6,000- and 1,000-call runs divided by 5,000 is the cost of a call without start-up.
 #   OLD=/tmp/decode-build bash bench/cg_grpc.sh   (after cargo build --release --workspace --bins)
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 OLD=${OLD:?set OLD to a folder holding the gateway binary of the other build}
-ulimit -n 20000
-unset RUST_LOG
-DATA=$(mktemp -d)
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"' EXIT
-wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; exit 1; }
 for p in 15000 15001 15002; do target/release/eventsvc --port $p --store "sqlite://$DATA/events.db" >>"$DATA/b$p.log" 2>&1 & PIDS+=($!); wait_port $p; done
 ALL=127.0.0.1:15000,127.0.0.1:15001,127.0.0.1:15002
 for build in "$OLD" target/release; do

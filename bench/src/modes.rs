@@ -109,23 +109,24 @@ pub(crate) async fn mix(
     };
     let stored = u64::from(stored(client, base, &topic).await?);
     let seen = tail.until(stored).await;
+    let order = seen.order;
     let mut left_behind = 0;
     for user in &users {
         left_behind += target.listed(user).await?;
     }
     let acknowledged = acknowledged.load(Ordering::Relaxed);
     let whole = acknowledged == stored
-        && seen.delivered == stored
-        && seen.duplicates == 0
-        && seen.missing == 0
+        && order.received == stored
+        && order.duplicates == 0
+        && order.missing == 0
         && !seen.broken
         && left_behind == 0;
     let extra = BTreeMap::from([
         ("publishes_acknowledged".to_owned(), json!(acknowledged)),
         ("publishes_stored".to_owned(), json!(stored)),
-        ("delivered_once".to_owned(), json!(seen.delivered)),
-        ("delivered_twice".to_owned(), json!(seen.duplicates)),
-        ("seqs_missing".to_owned(), json!(seen.missing)),
+        ("delivered_once".to_owned(), json!(order.received)),
+        ("delivered_twice".to_owned(), json!(order.duplicates)),
+        ("seqs_missing".to_owned(), json!(order.missing)),
         ("stream_broken".to_owned(), json!(seen.broken)),
         ("events_left_behind".to_owned(), json!(left_behind)),
     ]);

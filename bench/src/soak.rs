@@ -13,22 +13,20 @@ use std::{
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::{
     modes::{micros_now, run_id, stored},
     report::{Recorder, Report},
+    tail::Order,
     target::Target,
 };
 
-/// What one subscriber saw.
+/// What one subscriber saw, across its reconnects.
 #[derive(Default)]
 struct Seen {
-    last: u64,
-    received: u64,
-    missing: u64,
-    duplicates: u64,
+    order: Order,
     reconnects: u64,
 }
 
@@ -42,12 +40,12 @@ async fn subscriber(base: String, topic: String, done: Arc<AtomicU64>, stop: Ins
     let mut seen = Seen::default();
     loop {
         let expected = done.load(Ordering::Relaxed);
-        if (expected > 0 && seen.last >= expected) || Instant::now() > stop {
+        if (expected > 0 && seen.order.last >= expected) || Instant::now() > stop {
             return seen;
         }
         let mut request = client.get(format!("{base}/subscribe/{topic}"));
-        if seen.last > 0 {
-            request = request.header("Last-Event-ID", seen.last.to_string());
+        if seen.order.last > 0 {
+            request = request.header("Last-Event-ID", seen.order.last.to_string());
         }
         let response = match request.send().await {
             Ok(r) if r.status().is_success() => r,
@@ -65,7 +63,7 @@ async fn subscriber(base: String, topic: String, done: Arc<AtomicU64>, stop: Ins
                 // Quiet: check whether the run is over.
                 Err(_) => {
                     let expected = done.load(Ordering::Relaxed);
-                    if expected > 0 && seen.last >= expected || Instant::now() > stop {
+                    if expected > 0 && seen.order.last >= expected || Instant::now() > stop {
                         return seen;
                     }
                     continue;
@@ -73,20 +71,7 @@ async fn subscriber(base: String, topic: String, done: Arc<AtomicU64>, stop: Ins
                 Ok(Some(Ok(frame))) => frame,
                 Ok(_) => break,
             };
-            if frame.event != "message" {
-                continue;
-            }
-            let seq = serde_json::from_str::<Value>(&frame.data)
-                .ok()
-                .and_then(|body| body["seq"].as_u64())
-                .unwrap_or(0);
-            if seq <= seen.last {
-                seen.duplicates += 1;
-                continue;
-            }
-            seen.missing += seq - seen.last - 1;
-            seen.last = seq;
-            seen.received += 1;
+            seen.order.record(&frame);
         }
         seen.reconnects += 1;
     }
@@ -172,7 +157,7 @@ pub(crate) async fn soak(
     let seen = subscribers.join_all().await;
     let complete = seen
         .iter()
-        .filter(|s| s.received == count && s.missing == 0 && s.duplicates == 0)
+        .filter(|s| s.order.received == count && s.order.missing == 0 && s.order.duplicates == 0)
         .count();
     let sum = |f: fn(&Seen) -> u64| seen.iter().map(f).sum::<u64>();
     let published = publishes.report("publishes", elapsed);
@@ -187,8 +172,8 @@ pub(crate) async fn soak(
         json!({
             "total": settings.subscribers,
             "complete": complete,
-            "missing_events": sum(|s| s.missing),
-            "duplicate_events": sum(|s| s.duplicates),
+            "missing_events": sum(|s| s.order.missing),
+            "duplicate_events": sum(|s| s.order.duplicates),
             "reconnects": sum(|s| s.reconnects),
         }),
     );

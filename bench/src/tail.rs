@@ -9,17 +9,43 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::{sync::watch, task::JoinHandle};
 
-/// What the subscriber saw.
+/// A topic's events as one subscriber received them, checked against `seq` order.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Seen {
+pub(crate) struct Order {
     /// Events received, each counted once.
-    pub(crate) delivered: u64,
+    pub(crate) received: u64,
     /// Events received again (a `seq` at or below one already seen).
     pub(crate) duplicates: u64,
     /// Seqs skipped over.
     pub(crate) missing: u64,
     /// The newest `seq` received.
     pub(crate) last: u64,
+}
+
+impl Order {
+    /// Counts one SSE frame: an event (`message`) by the `seq` in its JSON; others are not events.
+    pub(crate) fn record(&mut self, frame: &eventsource_stream::Event) {
+        if frame.event != "message" {
+            return;
+        }
+        let seq = serde_json::from_str::<Value>(&frame.data)
+            .ok()
+            .and_then(|body| body["seq"].as_u64())
+            .unwrap_or(0);
+        if seq <= self.last {
+            self.duplicates += 1;
+            return;
+        }
+        self.missing += seq - self.last - 1;
+        self.last = seq;
+        self.received += 1;
+    }
+}
+
+/// What the subscriber saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Seen {
+    pub(crate) order: Order,
     /// The stream ended (or fell silent for `SILENCE`) before the last event.
     pub(crate) broken: bool,
 }
@@ -52,7 +78,7 @@ impl Tail {
             let mut frames = response.bytes_stream().eventsource();
             let mut seen = Seen::default();
             loop {
-                if told.borrow().is_some_and(|n| seen.last >= n) {
+                if told.borrow().is_some_and(|n| seen.order.last >= n) {
                     return seen;
                 }
                 let next = tokio::select! {
@@ -66,20 +92,7 @@ impl Tail {
                         return seen;
                     }
                 };
-                if frame.event != "message" {
-                    continue;
-                }
-                let seq = serde_json::from_str::<Value>(&frame.data)
-                    .ok()
-                    .and_then(|body| body["seq"].as_u64())
-                    .unwrap_or(0);
-                if seq <= seen.last {
-                    seen.duplicates += 1;
-                    continue;
-                }
-                seen.missing += seq - seen.last - 1;
-                seen.last = seq;
-                seen.delivered += 1;
+                seen.order.record(&frame);
             }
         });
         Ok(Tail { reader, total })

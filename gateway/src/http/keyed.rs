@@ -10,12 +10,30 @@ use axum::{
 };
 use eventsys::write_key::{IdempotencyKey, KEY_HEADER, REPLAYED_HEADER};
 use http::{HeaderName, HeaderValue, request::Parts};
+use utoipa::IntoParams;
 
 use super::ApiError;
 use crate::upstream::Outcome;
 
 /// The key a request sent, if any.
 pub(crate) struct KeyHeader(pub(crate) Option<IdempotencyKey>);
+
+/// `Idempotency-Key`, as `KeyHeader` reads it (for the API description).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub(crate) struct KeyHeaderParam {
+    /// Makes retrying this request safe: the first request's answer is kept with the key (per
+    /// caller, 24 h by default) and a repeat with the same key and body gets it again, with
+    /// `Idempotent-Replayed: true`. The same key with another body is 422; a repeat while the
+    /// first is still in progress is 409.
+    #[param(
+        rename = "Idempotency-Key",
+        pattern = "^[!-~]{1,255}$",
+        nullable = false
+    )]
+    #[expect(dead_code, reason = "only described: `KeyHeader` reads the raw header")]
+    idempotency_key: Option<String>,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for KeyHeader {
     type Rejection = ApiError;

@@ -16,7 +16,7 @@ use super::{
     error::ErrorBody,
     extract::{EventId, EventIdParam, JsonBody, Params, Topic, TopicParam, UserId, UserIdParam},
     json::{EventInput, EventJson, PublishInput, Published, UpdateInput, Updated},
-    keyed::KeyHeader,
+    keyed::{KeyHeader, KeyHeaderParam},
     listing::{self, Limit, Page, Pager},
 };
 use crate::upstream::{Answer, Bearer, CallError, Failure, Keyed};
@@ -25,13 +25,7 @@ use crate::upstream::{Answer, Bearer, CallError, Failure, Keyed};
 #[utoipa::path(post, path = "/events", tag = "events",
     summary = "Create an event",
     request_body = EventInput,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
-            description = "Makes retrying this request safe: the first request's answer is kept \
-                with the key (per caller, 24 h by default) and a repeat with the same key and body \
-                gets it again, with `Idempotent-Replayed: true`. The same key with another body is \
-                422; a repeat while the first is still in progress is 409."),
-    ),
+    params(KeyHeaderParam),
     responses(
         (status = 201, description = "The stored event", body = EventJson,
             headers(("idempotent-replayed" = String,
@@ -254,13 +248,7 @@ pub(crate) async fn delete_event(
     summary = "Publish an event on a topic",
     description = "Stores the event and delivers it to every subscriber of its topic, in `seq` order.",
     request_body = PublishInput,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
-            description = "Makes retrying this request safe: the first request's answer is kept \
-                with the key (per caller, 24 h by default) and a repeat with the same key and body \
-                gets it again, with `Idempotent-Replayed: true`. The same key with another body is \
-                422; a repeat while the first is still in progress is 409."),
-    ),
+    params(KeyHeaderParam),
     responses(
         (status = 200, description = "Stored and delivered", body = Published,
             headers(("idempotent-replayed" = String,

@@ -124,6 +124,8 @@ async fn exchange(
     if let Some(bearer) = bearer {
         headers.insert(header::AUTHORIZATION, bearer.header().clone());
     }
+    // Only a keyed write can be a replay: other calls never look for the mark.
+    let keyed = key.is_some();
     if let Some(key) = key {
         headers.insert(KEY_HEADER, key);
     }
@@ -135,8 +137,8 @@ async fn exchange(
     }
     let response = channel.call(request).await?;
     let backend = response.extensions().get::<Backend>().copied();
-    let outcome = match response.headers().get(REPLAYED_HEADER) {
-        Some(value) if value == "true" => Outcome::Replayed,
+    let outcome = match keyed.then(|| response.headers().get(REPLAYED_HEADER)) {
+        Some(Some(value)) if value == "true" => Outcome::Replayed,
         _ => Outcome::Answered,
     };
     let mut body = response.into_body();
