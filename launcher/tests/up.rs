@@ -534,6 +534,7 @@ async fn with_log_format_json_every_line_is_a_json_object() {
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut processes = std::collections::BTreeSet::new();
     let mut levelled = 0;
+    let mut banner = false;
     let read = async {
         loop {
             let line = lines
@@ -553,13 +554,21 @@ async fn with_log_format_json_every_line_is_a_json_object() {
                 .as_str()
                 .is_some_and(|m| m.contains("Ctrl-C stops everything"))
             {
+                banner = true;
+            }
+            // Each child's lines reach the launcher through its own pipe, so a child's first
+            // line may be relayed after the banner: read until the banner and every process.
+            let every_process = ["backend-1", "backend-2", "gateway", "eventsys"]
+                .iter()
+                .all(|p| processes.contains(*p));
+            if banner && every_process {
                 return;
             }
         }
     };
     tokio::time::timeout(WAIT, read)
         .await
-        .expect("ready banner");
+        .unwrap_or_else(|_| panic!("ready banner and a line from every process: {processes:?}"));
     assert!(levelled > 0, "the servers' log lines carry their level");
     for process in ["backend-1", "backend-2", "gateway", "eventsys"] {
         assert!(processes.contains(process), "{process} in {processes:?}");
