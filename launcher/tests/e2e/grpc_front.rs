@@ -116,7 +116,7 @@ async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
         .collect();
     assert_eq!(seqs, ["1", "2", "3"], "{text}");
 
-    // 300 sequential calls spread over the three backends, as `x-backend` names them.
+    // Sequential calls spread over the three backends, as `x-backend` names them.
     let mut events = client(&system).await;
     let created = events
         .create_event(v1::CreateEventRequest {
@@ -127,8 +127,15 @@ async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
         .await
         .unwrap()
         .into_inner();
+    // Judged as REST's spread is (`gateway_balancing`): at least 300 calls and 3 s, several
+    // PeakEwma decay periods, so one scheduling hiccup on this shared machine (which rightly
+    // steers calls off a backend for a few hundred milliseconds) cannot fill the window.
+    let window = Duration::from_secs(3);
+    let started = std::time::Instant::now();
     let mut per_backend: HashMap<String, u32> = HashMap::new();
-    for _ in 0..300 {
+    let mut sent = 0;
+    while sent < 300 || started.elapsed() < window {
+        sent += 1;
         let response = events
             .get_event(v1::GetEventRequest {
                 id: created.id.clone(),
@@ -138,7 +145,7 @@ async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
             .unwrap();
         *per_backend.entry(backend_of(&response)).or_default() += 1;
     }
-    println!("300 GetEvent through the gateway: {per_backend:?}");
+    println!("{sent} GetEvent through the gateway: {per_backend:?}");
 
     // Only gRPC reaches the gRPC services: JSON on their path is REST's unknown route.
     let json = crate::support::http()
@@ -154,7 +161,10 @@ async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
     let body: serde_json::Value = json.json().await.unwrap();
     assert_eq!(body["code"], "NOT_FOUND", "{body}");
     assert_eq!(per_backend.len(), 3, "{per_backend:?}");
-    assert!(per_backend.values().all(|n| *n >= 60), "{per_backend:?}");
+    assert!(
+        per_backend.values().all(|n| *n * 5 >= sent),
+        "a backend served under 20% of {sent}: {per_backend:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
