@@ -43,7 +43,6 @@ fn from_value(v: Value) -> Result<Json, NonFiniteNumber> {
     })
 }
 
-/// Largest integer a double holds exactly: 2^53.
 /// The largest integer magnitude every double holds exactly (2^53): `data`'s integers must lie
 /// within ±`EXACT`.
 pub const EXACT: u64 = 1 << 53;

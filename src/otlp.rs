@@ -21,21 +21,79 @@ use crate::trace::{SpanId, TraceParent};
 /// The exporter, when export is on; set once at start-up.
 static EXPORT: OnceLock<BatchSpanProcessor> = OnceLock::new();
 
-/// A span that has ended, in our own terms.
+/// A server span (each process reports the work it served) whose start was taken while export
+/// is on; `end` exports it.
 #[derive(Debug)]
-pub struct FinishedSpan {
+pub struct Started {
     /// The span's trace and its own id (the `traceparent` it handed on).
-    pub context: TraceParent,
+    context: TraceParent,
     /// Its parent: the caller's span, when the caller sent a `traceparent`.
-    pub parent: Option<SpanId>,
-    /// The operation: `GET /events/{id}` (a route template), `events.v1.EventService/GetEvent`.
-    pub name: Cow<'static, str>,
-    /// Always a server span: each process reports the work it served.
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub attributes: Vec<KeyValue>,
-    /// The outcome was an error (a 5xx, a gRPC server-side code).
-    pub error: bool,
+    parent: Option<SpanId>,
+    start: SystemTime,
+}
+
+impl Started {
+    /// A span starting now; `None` while export is off, so nothing is built for it.
+    pub fn now(context: TraceParent, parent: Option<SpanId>) -> Option<Started> {
+        enabled().then(|| Started {
+            context,
+            parent,
+            start: SystemTime::now(),
+        })
+    }
+
+    /// Ends it now and queues it for export (when its trace is sampled). `name`: the operation,
+    /// `GET /events/{id}` (a route template) or `events.v1.EventService/GetEvent`; `error`: the
+    /// outcome was one (a 5xx, a gRPC server-side code).
+    pub fn end(self, name: Cow<'static, str>, attributes: Vec<KeyValue>, error: bool) {
+        let end = SystemTime::now();
+        let Some(export) = EXPORT.get() else { return };
+        if !self.context.sampled {
+            return;
+        }
+        export.on_end(self.data(name, end, attributes, error));
+    }
+
+    /// The span in the SDK's terms.
+    fn data(
+        self,
+        name: Cow<'static, str>,
+        end: SystemTime,
+        attributes: Vec<KeyValue>,
+        error: bool,
+    ) -> SpanData {
+        let context = SpanContext::new(
+            opentelemetry::trace::TraceId::from_bytes(self.context.trace_id.0.to_be_bytes()),
+            opentelemetry::trace::SpanId::from_bytes(self.context.span_id.0.to_be_bytes()),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        let parent = self
+            .parent
+            .map_or(opentelemetry::trace::SpanId::INVALID, |p| {
+                opentelemetry::trace::SpanId::from_bytes(p.0.to_be_bytes())
+            });
+        SpanData {
+            span_context: context,
+            parent_span_id: parent,
+            parent_span_is_remote: self.parent.is_some(),
+            span_kind: SpanKind::Server,
+            name,
+            start_time: self.start,
+            end_time: end,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: if error {
+                Status::error("")
+            } else {
+                Status::Unset
+            },
+            instrumentation_scope: scope(),
+        }
+    }
 }
 
 /// Stops export at the end of `main`, sending what is still queued.
@@ -54,7 +112,7 @@ impl Drop for ExportGuard {
 
 /// Turns export on when the environment names an OTLP endpoint (call once, outside any async
 /// runtime: the HTTP client is a blocking one on the exporter's own thread). Off, every
-/// `export` is one load of an unset cell.
+/// `Started::now` is one load of an unset cell.
 pub fn init(service: &'static str) -> Result<ExportGuard, String> {
     let configured = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -98,45 +156,6 @@ pub fn init(service: &'static str) -> Result<ExportGuard, String> {
 /// Whether spans are exported: callers skip building them when not.
 pub fn enabled() -> bool {
     EXPORT.get().is_some()
-}
-
-/// Queues `span` for export (when on and its trace is sampled).
-pub fn export(span: FinishedSpan) {
-    let Some(export) = EXPORT.get() else { return };
-    if !span.context.sampled {
-        return;
-    }
-    let context = SpanContext::new(
-        opentelemetry::trace::TraceId::from_bytes(span.context.trace_id.0.to_be_bytes()),
-        opentelemetry::trace::SpanId::from_bytes(span.context.span_id.0.to_be_bytes()),
-        TraceFlags::SAMPLED,
-        false,
-        TraceState::NONE,
-    );
-    let parent = span
-        .parent
-        .map_or(opentelemetry::trace::SpanId::INVALID, |p| {
-            opentelemetry::trace::SpanId::from_bytes(p.0.to_be_bytes())
-        });
-    export.on_end(SpanData {
-        span_context: context,
-        parent_span_id: parent,
-        parent_span_is_remote: span.parent.is_some(),
-        span_kind: SpanKind::Server,
-        name: span.name,
-        start_time: span.start,
-        end_time: span.end,
-        attributes: span.attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: if span.error {
-            Status::error("")
-        } else {
-            Status::Unset
-        },
-        instrumentation_scope: scope(),
-    });
 }
 
 fn scope() -> InstrumentationScope {

@@ -65,9 +65,9 @@ pub(crate) async fn mix(
 ) -> Result<(Duration, Option<Checked>), String> {
     let run = run_id();
     let topic = format!("bench-{run}-mix");
-    let tail = match (publish, target.base()) {
+    let tail = match (publish, target.client().zip(target.base())) {
         (false, _) => None,
-        (true, Some(base)) => Some(Tail::open(base, &topic).await?),
+        (true, Some((client, base))) => Some((Tail::open(base, &topic).await?, client, base)),
         (true, None) => return Err("mix --publish needs the gateway (--gateway)".into()),
     };
     let acknowledged = Arc::new(AtomicU64::new(0));
@@ -100,12 +100,8 @@ pub(crate) async fn mix(
     }
     let users = tasks.join_all().await;
     let elapsed = started.elapsed();
-    let Some(tail) = tail else {
+    let Some((tail, client, base)) = tail else {
         return Ok((elapsed, None));
-    };
-    let (client, base) = (target.client(), target.base());
-    let (Some(client), Some(base)) = (client, base) else {
-        return Err("mix --publish needs the gateway (--gateway)".into());
     };
     let stored = u64::from(stored(client, base, &topic).await?);
     let seen = tail.until(stored).await;

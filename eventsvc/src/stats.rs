@@ -8,12 +8,12 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use eventsys::{
-    otlp::{self, FinishedSpan, KeyValue},
-    trace::{SpanId, TRACEPARENT, TraceParent},
+    otlp::{KeyValue, Started},
+    trace::{TRACEPARENT, TraceParent},
     v1::event_service_server::SERVICE_NAME,
 };
 use futures::future::BoxFuture;
@@ -229,14 +229,10 @@ where
                 .get(TRACEPARENT)
                 .and_then(|v| TraceParent::parse(v.as_bytes()));
             let trace = given.map_or_else(TraceParent::start, |given| given.child());
-            if otlp::enabled() {
-                exported = Some(RpcSpan {
-                    trace,
-                    parent: given.map(|g| g.span_id),
-                    method: method_name(method.map_or(usize::MAX, method_index)),
-                    start: SystemTime::now(),
-                });
-            }
+            exported = Started::now(trace, given.map(|g| g.span_id)).map(|started| RpcSpan {
+                started,
+                method: method_name(method.map_or(usize::MAX, method_index)),
+            });
             tracing::info_span!("rpc", trace_id = %trace.trace_id)
         });
         let port = self.port;
@@ -289,10 +285,8 @@ where
 
 /// An rpc's span for OTLP export (built only while export is on).
 struct RpcSpan {
-    trace: TraceParent,
-    parent: Option<SpanId>,
+    started: Started,
     method: &'static str,
-    start: SystemTime,
 }
 
 impl RpcSpan {
@@ -304,20 +298,14 @@ impl RpcSpan {
             code,
             Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
         );
-        otlp::export(FinishedSpan {
-            context: self.trace,
-            parent: self.parent,
-            name: format!("{SERVICE_NAME}/{}", self.method).into(),
-            start: self.start,
-            end: SystemTime::now(),
-            attributes: vec![
-                KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", SERVICE_NAME),
-                KeyValue::new("rpc.method", self.method),
-                KeyValue::new("rpc.grpc.status_code", code as i64),
-            ],
-            error,
-        });
+        let attributes = vec![
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", SERVICE_NAME),
+            KeyValue::new("rpc.method", self.method),
+            KeyValue::new("rpc.grpc.status_code", code as i64),
+        ];
+        let name = format!("{SERVICE_NAME}/{}", self.method);
+        self.started.end(name.into(), attributes, error);
     }
 }
 

@@ -34,18 +34,19 @@ fn too_long(field: &str, max: usize, got: usize) -> FieldError {
     FieldError(format!("{field} must be at most {max} bytes (got {got})"))
 }
 
-/// A text field over `max` characters.
-fn too_many_chars(field: &str, max: usize, value: &str) -> Option<FieldError> {
+/// A text field of at most `max` characters.
+fn at_most_chars(field: &str, max: usize, value: &str) -> Result<(), FieldError> {
     // Cheap first: no text of at most `max` bytes has more than `max` characters.
     if value.len() <= max {
-        return None;
+        return Ok(());
     }
     let got = value.chars().count();
-    (got > max).then(|| {
-        FieldError(format!(
+    if got > max {
+        return Err(FieldError(format!(
             "{field} must be at most {max} characters (got {got})"
-        ))
-    })
+        )));
+    }
+    Ok(())
 }
 
 /// Quotes client input in an error message without echoing a huge value back.
@@ -84,9 +85,7 @@ pub(crate) fn id(id: &str) -> Result<Uuid, FieldError> {
 
 /// The optional owner scope: empty means every user.
 pub(crate) fn owner(user_id: String) -> Result<Option<String>, FieldError> {
-    if let Some(err) = too_many_chars("user_id", MAX_USER_ID, &user_id) {
-        return Err(err);
-    }
+    at_most_chars("user_id", MAX_USER_ID, &user_id)?;
     Ok(Some(user_id).filter(|u| !u.is_empty()))
 }
 
@@ -102,7 +101,7 @@ pub(crate) fn limit(limit: u32) -> Result<usize, FieldError> {
 }
 
 fn text(field: &str, value: &str) -> Result<(), FieldError> {
-    too_many_chars(field, MAX_TEXT, value).map_or(Ok(()), Err)
+    at_most_chars(field, MAX_TEXT, value)
 }
 
 /// The caller's id for a new event: none, or a UUID (normalised).
@@ -122,9 +121,7 @@ fn fields(
     topic: String,
     data: Option<prost_types::Struct>,
 ) -> Result<NewEvent, FieldError> {
-    if let Some(err) = too_many_chars("user_id", MAX_USER_ID, &user_id) {
-        return Err(err);
-    }
+    at_most_chars("user_id", MAX_USER_ID, &user_id)?;
     text("title", &title)?;
     text("description", &description)?;
     let data = match data {

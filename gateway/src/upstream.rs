@@ -104,7 +104,7 @@ impl Upstream {
             .links()
             .into_iter()
             .map(|(snapshot, link)| async move {
-                if !snapshot.healthy {
+                if !snapshot.healthy() {
                     return (snapshot, None);
                 }
                 let mut client = EventServiceClient::new(link);

@@ -3,6 +3,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, StatusCode, header};
+use tonic::Code;
 
 use super::ApiError;
 
@@ -64,5 +65,5 @@ pub(crate) fn find(assets: &[Asset], name: &str) -> Result<Response, ApiError> {
         .iter()
         .find(|asset| asset.name == name)
         .map(serve)
-        .ok_or_else(|| ApiError::http(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint"))
+        .ok_or_else(|| ApiError::http(StatusCode::NOT_FOUND, Code::NotFound, "no such endpoint"))
 }

@@ -143,7 +143,7 @@ fn unauthenticated(rejected: &Rejected) -> ApiError {
 
 impl From<Denied> for ApiError {
     fn from(denied: Denied) -> Self {
-        ApiError::http(StatusCode::FORBIDDEN, "PERMISSION_DENIED", denied.0)
+        ApiError::http(StatusCode::FORBIDDEN, Code::PermissionDenied, denied.0)
     }
 }
 

@@ -20,7 +20,8 @@ use crate::upstream::{Backend, CallError, Failure};
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
+    /// The gRPC code it stands for: the body's `code` names it, a gRPC client gets it.
+    pub(crate) code: Code,
     pub(crate) message: String,
     /// The backend that produced the error, when one did.
     pub(crate) backend: Option<Backend>,
@@ -58,10 +59,9 @@ pub(crate) fn http_status(code: Code) -> (StatusCode, &'static str) {
 
 impl ApiError {
     pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
-        let (status, name) = http_status(code);
         Self {
-            status,
-            code: name,
+            status: http_status(code).0,
+            code,
             message: message.into(),
             backend: None,
             challenge: None,
@@ -70,7 +70,7 @@ impl ApiError {
     }
 
     /// An error the gateway itself answers with, outside the gRPC table (413, 404 route, …).
-    pub(crate) fn http(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn http(status: StatusCode, code: Code, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -105,7 +105,7 @@ impl ApiError {
     pub(crate) fn too_large() -> Self {
         Self::http(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "RESOURCE_EXHAUSTED",
+            Code::ResourceExhausted,
             "request body too large",
         )
     }
@@ -139,7 +139,7 @@ impl From<CallError> for ApiError {
                     backend,
                     ..Self::http(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        "FAILED_PRECONDITION",
+                        Code::FailedPrecondition,
                         KeyConflict::Reused.message(),
                     )
                 };
@@ -163,7 +163,7 @@ impl From<CallError> for ApiError {
             tracing::error!(code = ?status.code(), message = status.message(), "unreadable backend reply");
             return Self::http(
                 StatusCode::BAD_GATEWAY,
-                "INTERNAL",
+                Code::Internal,
                 "a backend sent a reply the gateway cannot read",
             );
         }
@@ -224,7 +224,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.message.clone(),
             message: self.message,
-            code: self.code,
+            code: http_status(self.code).1,
         };
         let challenge = self
             .challenge
@@ -308,7 +308,7 @@ mod tests {
             (500, "internal error")
         );
         let err = answered(Status::not_found("event not found"));
-        assert_eq!((err.status.as_u16(), err.code), (404, "NOT_FOUND"));
+        assert_eq!((err.status.as_u16(), err.code), (404, Code::NotFound));
         let err = ApiError::from(CallError {
             failure: Failure::Unreachable {
                 maybe_applied: true,

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use axum::{Router, routing::post};
 use eventsys::v1::event_service_server::EventServiceServer;
+use tokio::time::Instant;
 use tonic::{Status, server::NamedService};
 use tonic_health::server::HealthReporter;
 
-use super::{AppState, track::TrackLayer};
-use crate::upstream::{CallError, Failure, Method, method};
+use super::{ApiError, AppState, track::TrackLayer};
+use crate::upstream::{self, CallError, Failure, Method, method};
 use service::FrontDoor;
 
 /// Largest request and reply message, as on the backends.
@@ -95,7 +96,7 @@ async fn only_grpc(
     } else {
         axum::response::IntoResponse::into_response(super::ApiError::http(
             http::StatusCode::NOT_FOUND,
-            "NOT_FOUND",
+            tonic::Code::NotFound,
             "no such endpoint",
         ))
     }
@@ -149,16 +150,10 @@ async fn follow_backends(state: AppState, health: HealthReporter) {
 impl From<CallError> for Status {
     fn from(err: CallError) -> Status {
         match err.failure {
-            Failure::NoBackend => Status::unavailable("no backend available"),
-            Failure::Unreachable {
-                maybe_applied: false,
-            } => Status::unavailable("no backend available"),
-            Failure::Unreachable {
-                maybe_applied: true,
-            } => Status::unavailable(
-                "backend connection lost; the request may not have been applied",
-            ),
-            Failure::TimedOut => Status::deadline_exceeded("request timed out"),
+            // No backend's answer: the gateway's own words, as REST clients read them.
+            Failure::NoBackend | Failure::Unreachable { .. } | Failure::TimedOut => {
+                ApiError::from(err).into()
+            }
             Failure::Status { status, .. } => match status.code() {
                 tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => {
                     tracing::error!(code = ?status.code(), message = status.message(), "backend call failed");
@@ -168,6 +163,20 @@ impl From<CallError> for Status {
             },
         }
     }
+}
+
+/// `call`'s outcome, within the client's `grpc-timeout` when it sent one.
+async fn within<T>(
+    timeout: Option<Duration>,
+    call: impl Future<Output = Result<T, CallError>>,
+) -> Result<T, Status> {
+    let outcome = match timeout {
+        Some(timeout) => upstream::within(Instant::now() + timeout, call)
+            .await
+            .map_err(|_| Status::deadline_exceeded("request timed out"))?,
+        None => call.await,
+    };
+    Ok(outcome?)
 }
 
 /// The `grpc-timeout` a client sent (`100m`, `5S`, …), as a duration.

@@ -20,6 +20,7 @@ use futures::{
 };
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
+use tonic::Code;
 use tower::{Layer, Service};
 
 use super::{ApiError, Settings};
@@ -205,7 +206,7 @@ fn refusal(settings: &Settings, request: &Request) -> Option<ApiError> {
     {
         return Some(ApiError::http(
             StatusCode::MISDIRECTED_REQUEST,
-            "INVALID_ARGUMENT",
+            Code::InvalidArgument,
             "this host name is not served here",
         ));
     }
@@ -218,7 +219,7 @@ fn refusal(settings: &Settings, request: &Request) -> Option<ApiError> {
     if writes && request.headers().contains_key(header::ORIGIN) && !is_json(request) {
         return Some(ApiError::http(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "INVALID_ARGUMENT",
+            Code::InvalidArgument,
             "requests from web pages must send Content-Type: application/json",
         ));
     }

@@ -58,7 +58,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>,
         ));
     }
     let backends = state.upstream.backends();
-    let healthy = backends.iter().filter(|b| b.healthy).count();
+    let healthy = backends.iter().filter(|b| b.healthy()).count();
     if healthy == 0 {
         return Err(ApiError::new(Code::Unavailable, "no healthy backend"));
     }

@@ -240,7 +240,7 @@ impl Metrics {
             let label = [label[0].as_str()];
             self.backend_healthy
                 .with_label_values(&label)
-                .set(i64::from(backend.healthy));
+                .set(i64::from(backend.healthy()));
             self.backend_in_flight
                 .with_label_values(&label)
                 .set(backend.in_flight as i64);

@@ -81,7 +81,7 @@ pub(crate) fn app(state: AppState) -> Router {
 
 async fn no_route(State(state): State<AppState>, method: Method) -> ApiError {
     state.metrics.unrouted(&method, StatusCode::NOT_FOUND);
-    ApiError::http(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+    ApiError::http(StatusCode::NOT_FOUND, Code::NotFound, "no such endpoint")
 }
 
 async fn no_method(State(state): State<AppState>, method: Method) -> ApiError {
@@ -90,7 +90,7 @@ async fn no_method(State(state): State<AppState>, method: Method) -> ApiError {
         .unrouted(&method, StatusCode::METHOD_NOT_ALLOWED);
     ApiError::http(
         StatusCode::METHOD_NOT_ALLOWED,
-        "UNIMPLEMENTED",
+        Code::Unimplemented,
         "method not allowed on this endpoint",
     )
 }

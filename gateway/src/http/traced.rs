@@ -11,7 +11,6 @@
 use std::{
     convert::Infallible,
     task::{Context, Poll},
-    time::SystemTime,
 };
 
 use axum::{
@@ -19,8 +18,8 @@ use axum::{
     response::Response,
 };
 use eventsys::{
-    otlp::{self, FinishedSpan, KeyValue},
-    trace::{SpanId, TRACEPARENT, TraceParent},
+    otlp::{KeyValue, Started},
+    trace::{TRACEPARENT, TraceParent},
 };
 use http::{HeaderName, HeaderValue, Method};
 use pin_project_lite::pin_project;
@@ -91,11 +90,9 @@ where
             .and_then(|v| TraceParent::parse(v.as_bytes()));
         // Our hop: the client's trace under a span of ours, or a new trace.
         let trace = given.map_or_else(TraceParent::start, |given| given.child());
-        let exported = otlp::enabled().then(|| RequestSpan {
-            trace,
-            parent: given.map(|g| g.span_id),
+        let exported = Started::now(trace, given.map(|g| g.span_id)).map(|started| RequestSpan {
+            started,
             method: request.method().clone(),
-            start: SystemTime::now(),
         });
         let id = given_id(&request).unwrap_or_else(new_id);
         request.headers_mut().insert(REQUEST_ID, id.clone());
@@ -125,10 +122,8 @@ pin_project! {
 
 /// A request's span for OTLP export (built only while export is on).
 pub(crate) struct RequestSpan {
-    trace: TraceParent,
-    parent: Option<SpanId>,
+    started: Started,
     method: Method,
-    start: SystemTime,
 }
 
 impl RequestSpan {
@@ -151,15 +146,8 @@ impl RequestSpan {
         if let Some(backend) = response.extensions().get::<upstream::Backend>() {
             attributes.push(KeyValue::new("eventsys.backend", backend.to_string()));
         }
-        otlp::export(FinishedSpan {
-            context: self.trace,
-            parent: self.parent,
-            name: name.into(),
-            start: self.start,
-            end: SystemTime::now(),
-            attributes,
-            error: status.is_server_error(),
-        });
+        self.started
+            .end(name.into(), attributes, status.is_server_error());
     }
 }
 

@@ -85,9 +85,7 @@ pub(crate) struct BackendStats {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct BackendSnapshot {
     pub(crate) backend: Backend,
-    /// Whether the balancer holds it now.
-    pub(crate) healthy: bool,
-    /// Why not, when it does not.
+    /// Why the balancers do not hold it now; `None` while they do.
     pub(crate) down: Option<Down>,
     /// Calls sent to it and not finished, open streams included.
     pub(crate) in_flight: u64,
@@ -156,7 +154,6 @@ impl BackendStats {
     pub(crate) fn snapshot(&self) -> BackendSnapshot {
         BackendSnapshot {
             backend: self.backend,
-            healthy: self.health.load(Ordering::Relaxed) == 0,
             down: Down::from_u8(self.health.load(Ordering::Relaxed)),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             streams: self.streams(),
@@ -164,6 +161,13 @@ impl BackendStats {
             failures: self.failures.load(Ordering::Relaxed),
             cost: f64::from_bits(self.cost_bits.load(Ordering::Relaxed)),
         }
+    }
+}
+
+impl BackendSnapshot {
+    /// Whether the balancers hold it now.
+    pub(crate) fn healthy(&self) -> bool {
+        self.down.is_none()
     }
 }
 

@@ -352,6 +352,20 @@ impl Failure {
         )
     }
 
+    /// What a retry's failure says of the whole call, the first attempt having failed with
+    /// `first`: a retry that reached no backend does not undo a first attempt that may have
+    /// applied, so the caller is told it may have been.
+    fn after(self, first: &Failure) -> Failure {
+        match self {
+            Failure::NoBackend | Failure::Unreachable { .. } if first.maybe_applied() => {
+                Failure::Unreachable {
+                    maybe_applied: true,
+                }
+            }
+            retry => retry,
+        }
+    }
+
     /// Unavailable, whoever said so: another backend may answer. Anything else the gateway
     /// could not decode is the backend's fault, said without the decoder's words.
     fn may_retry(&self) -> bool {
@@ -389,17 +403,10 @@ impl Upstream {
         match again {
             Some(prepared) if failure.may_retry() && self.inner.retries.withdraw() => {
                 tracing::debug!(?failure, "retrying on another backend");
-                let first_maybe_applied = failure.maybe_applied();
                 self.attempt::<R>(prepared, bearer, deadline, timer)
                     .await
-                    .map_err(|failure| CallError {
-                        // A refused retry does not undo a first attempt that may have applied.
-                        failure: match failure {
-                            Failure::Unreachable { maybe_applied } => Failure::Unreachable {
-                                maybe_applied: maybe_applied || first_maybe_applied,
-                            },
-                            other => other,
-                        },
+                    .map_err(|retry| CallError {
+                        failure: retry.after(&failure),
                         retried: true,
                     })
             }
@@ -451,6 +458,28 @@ impl Upstream {
 mod tests {
     use super::*;
     use eventsys::v1::event_service_server::SERVICE_NAME;
+
+    #[test]
+    fn a_retry_that_reached_no_backend_keeps_the_first_attempts_maybe_applied() {
+        let lost = || Failure::Unreachable {
+            maybe_applied: true,
+        };
+        let refused = || Failure::Unreachable {
+            maybe_applied: false,
+        };
+        assert!(Failure::NoBackend.after(&lost()).maybe_applied());
+        assert!(refused().after(&lost()).maybe_applied());
+        assert!(!Failure::NoBackend.after(&refused()).maybe_applied());
+        assert!(matches!(
+            Failure::NoBackend.after(&refused()),
+            Failure::NoBackend
+        ));
+        // Anything but "nowhere reached" is the retry's own answer.
+        assert!(matches!(
+            Failure::TimedOut.after(&lost()),
+            Failure::TimedOut
+        ));
+    }
 
     #[test]
     fn paths_name_the_contracts_service_and_methods() {

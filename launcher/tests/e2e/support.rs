@@ -351,6 +351,21 @@ impl Process {
 }
 
 /// An HTTP client for the gateway (never through a proxy: tests talk to loopback only).
+/// Waits until the count `answered` reads reaches `target`: load kept running for a number of
+/// answers (before a fault, and after it to show the service carried on), not for a time that a
+/// slow machine may spend on almost nothing.
+pub(crate) async fn until_answered(what: &str, target: usize, answered: impl Fn() -> usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while answered() < target {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} of {target} answered within 60 s",
+            answered()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()

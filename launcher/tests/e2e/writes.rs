@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{
     pubsub::subscribe,
-    support::{EXCLUSIVE, Process, Server, System, http},
+    support::{EXCLUSIVE, Process, Server, System, http, until_answered},
 };
 
 /// The first attempt commits on a backend that dies before it answers (it holds every answer
@@ -190,14 +190,16 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
             }
         });
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acknowledged = || created.lock().unwrap().len() + failed.lock().unwrap().len();
+    until_answered("writes before the kill", 200, acknowledged).await;
     let victim = system
         .backends
         .iter()
         .find(|b| b.addr.to_string() == feeding)
         .expect("the subscription's backend is one of the system's");
     victim.signal(Signal::SIGKILL);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_kill = acknowledged();
+    until_answered("writes after the kill", at_kill + 1000, acknowledged).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     while workers.join_next().await.is_some() {}
     let failed = failed.lock().unwrap().clone();

@@ -8,14 +8,13 @@ use std::{convert::Infallible, net::SocketAddr};
 use axum::{
     body::{Body, Bytes},
     extract::{ConnectInfo, Request, State},
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::{BodyExt, Limited, StreamBody};
-use tokio::time::Instant;
 use tonic::{Status, metadata::MetadataMap};
 
-use super::{MAX_MESSAGE, grpc_timeout};
+use super::{MAX_MESSAGE, grpc_timeout, within};
 use crate::{
     http::{AppState, auth::Credentials},
     upstream::{self, Forwarded, Method},
@@ -52,12 +51,7 @@ async fn call<M: Method>(
     let call = state
         .upstream
         .call(Forwarded::<M>::new(framed), who.bearer.as_ref());
-    let answer = match grpc_timeout(&metadata) {
-        Some(timeout) => upstream::within(Instant::now() + timeout, call)
-            .await
-            .map_err(|_| Status::deadline_exceeded("request timed out"))?,
-        None => call.await,
-    }?;
+    let answer = within(grpc_timeout(&metadata), call).await?;
     Ok((answer.message, answer.backend))
 }
 
@@ -86,16 +80,11 @@ fn answer(reply: Bytes, backend: Option<upstream::Backend>) -> Response {
         Ok::<_, Infallible>(http_body::Frame::data(reply)),
         Ok(http_body::Frame::trailers(trailers)),
     ]);
-    let mut response = Response::new(Body::new(StreamBody::new(frames)));
-    let headers = response.headers_mut();
-    headers.insert(
+    let content_type = [(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
-    );
-    if let Some(value) = backend.and_then(|b| HeaderValue::try_from(b.to_string()).ok()) {
-        headers.insert("x-backend", value);
-    }
-    response
+    )];
+    (content_type, backend, Body::new(StreamBody::new(frames))).into_response()
 }
 
 #[cfg(test)]

@@ -10,13 +10,12 @@ use eventsys::{
     v1::{self, event_service_server::EventService},
     write_key::{IdempotencyKey, REPLAYED_HEADER},
 };
-use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
-use super::{grpc_timeout, subscribe};
+use super::{grpc_timeout, subscribe, within};
 use crate::{
-    http::{ApiError, AppState, auth::Credentials, error::http_status},
-    upstream::{self, Keyed, Outcome, Rpc},
+    http::{ApiError, AppState, auth::Credentials, served},
+    upstream::{Keyed, Outcome, Rpc},
 };
 
 pub(crate) struct FrontDoor {
@@ -48,18 +47,9 @@ impl FrontDoor {
             .state
             .upstream
             .call(request.into_inner(), who.bearer.as_ref());
-        let answer = match timeout {
-            Some(timeout) => upstream::within(Instant::now() + timeout, call)
-                .await
-                .map_err(|_| Status::deadline_exceeded("request timed out"))?,
-            None => call.await,
-        }?;
+        let answer = within(timeout, call).await?;
         let mut response = Response::new(answer.message);
-        if let Some(backend) = answer.backend
-            && let Ok(value) = MetadataValue::try_from(backend.to_string())
-        {
-            response.metadata_mut().insert("x-backend", value);
-        }
+        served::mark(&mut response, answer.backend);
         Ok(response)
     }
 
@@ -174,21 +164,9 @@ impl EventService for FrontDoor {
     }
 }
 
-/// The gateway's own refusals (a token, a rate, a limit) in gRPC terms.
+/// The gateway's own refusals (a token, a rate, a limit) in gRPC terms: the code they stand for.
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Status {
-        let code = [
-            tonic::Code::InvalidArgument,
-            tonic::Code::Unauthenticated,
-            tonic::Code::PermissionDenied,
-            tonic::Code::NotFound,
-            tonic::Code::ResourceExhausted,
-            tonic::Code::Unavailable,
-            tonic::Code::DeadlineExceeded,
-        ]
-        .into_iter()
-        .find(|code| http_status(*code).1 == err.code)
-        .unwrap_or(tonic::Code::Internal);
-        Status::new(code, err.message)
+        Status::new(err.code, err.message)
     }
 }

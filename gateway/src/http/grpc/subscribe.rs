@@ -7,10 +7,10 @@ use std::{pin::Pin, time::Duration};
 
 use eventsys::v1;
 use futures::{Stream, stream};
-use tonic::{Code, Response, Status, Streaming, metadata::MetadataValue};
+use tonic::{Code, Response, Status, Streaming};
 
 use crate::{
-    http::{AppState, auth::Credentials, limits::StreamSlot},
+    http::{AppState, auth::Credentials, limits::StreamSlot, served},
     upstream::Bearer,
 };
 
@@ -55,11 +55,7 @@ pub(crate) async fn open(
         _slot: slot,
     };
     let mut response = Response::new(Box::pin(stream::unfold(following, next)) as Events);
-    if let Some(backend) = first.backend
-        && let Ok(value) = MetadataValue::try_from(backend.to_string())
-    {
-        response.metadata_mut().insert("x-backend", value);
-    }
+    served::mark(&mut response, first.backend);
     Ok(response)
 }
 

@@ -185,7 +185,7 @@ fn backend_frame(
         .find(|(b, _)| *b == snapshot.backend)
         .map_or(snapshot.attempts, |(_, calls)| *calls);
     BackendFrame {
-        healthy: snapshot.healthy,
+        healthy: snapshot.healthy(),
         down: snapshot.down.map(|d| d.as_str()),
         calls: snapshot.attempts,
         calls_per_s: per_second(snapshot.attempts.saturating_sub(earlier)),
