@@ -449,6 +449,11 @@ impl Upstream {
         };
         match outcome {
             Ok((message, backend)) => Ok(Answer { message, backend }),
+            // The backend's own timer for the `grpc-timeout` we sent ran out (tonic answers
+            // that CANCELLED), and its answer raced ours: either way the deadline passed.
+            Err(status) if status.code() == Code::Cancelled && Instant::now() >= deadline => {
+                Err(Failure::TimedOut)
+            }
             Err(status) => Err(status.into()),
         }
     }
