@@ -101,14 +101,7 @@ pub(crate) async fn fanout(
     let mut streams = Vec::new();
     for s in 0..subscribers {
         let topic = names[(s % topics) as usize].clone();
-        let response = streams_client
-            .get(format!("{base}/subscribe/{topic}"))
-            .send()
-            .await
-            .map_err(|e| format!("cannot subscribe: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("cannot subscribe: HTTP {}", response.status()));
-        }
+        let response = crate::tail::subscribe(&streams_client, &base, &topic).await?;
         streams.push((topic, response));
     }
     let connected = gateway_process(&client, &base).await;

@@ -50,6 +50,23 @@ pub(crate) struct Seen {
     pub(crate) broken: bool,
 }
 
+/// `topic`'s SSE stream through the gateway at `base`, opened; a refusal is an error.
+pub(crate) async fn subscribe(
+    client: &reqwest::Client,
+    base: &str,
+    topic: &str,
+) -> Result<reqwest::Response, String> {
+    let response = client
+        .get(format!("{base}/subscribe/{topic}"))
+        .send()
+        .await
+        .map_err(|e| format!("cannot subscribe: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("cannot subscribe: HTTP {}", response.status()));
+    }
+    Ok(response)
+}
+
 /// How long the stream may stay silent before the subscriber gives up on it.
 const SILENCE: Duration = Duration::from_secs(30);
 
@@ -65,14 +82,7 @@ impl Tail {
             .no_proxy()
             .build()
             .map_err(|e| e.to_string())?;
-        let response = client
-            .get(format!("{base}/subscribe/{topic}"))
-            .send()
-            .await
-            .map_err(|e| format!("cannot subscribe: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("cannot subscribe: HTTP {}", response.status()));
-        }
+        let response = subscribe(&client, base, topic).await?;
         let (total, mut told) = watch::channel(None::<u64>);
         let reader = tokio::spawn(async move {
             let mut frames = response.bytes_stream().eventsource();

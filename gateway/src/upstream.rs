@@ -21,8 +21,8 @@ use tower::retry::budget::TpsBudget;
 
 pub(crate) use backend::{Backend, BackendSnapshot};
 pub(crate) use call::{
-    Answer, Bearer, CallError, Failure, Forwarded, Keyed, Method, Outcome, Rpc, Traced, deadline,
-    method, traced, within,
+    Answer, Bearer, CallError, Failure, Forwarded, Keyed, Method, NewEvent, Outcome, Rpc, Traced,
+    deadline, method, traced, within,
 };
 pub(crate) use endpoint::Balancing;
 pub(crate) use link::BackendTls;

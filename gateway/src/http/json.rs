@@ -236,10 +236,10 @@ pub(crate) struct Published {
 }
 
 impl EventInput {
-    /// The event's id is chosen here, so a retry on another backend stores it at most once.
+    /// The request as sent; the gateway names the event when it sends it (`upstream::Keyed`).
     pub(crate) fn into_create(self) -> v1::CreateEventRequest {
         v1::CreateEventRequest {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: String::new(),
             user_id: self.user_id,
             title: self.title,
             description: self.description,
@@ -249,10 +249,10 @@ impl EventInput {
         }
     }
 
-    /// As `into_create`: a retried publish keeps its event and its `seq`.
+    /// As `into_create`.
     pub(crate) fn into_publish(self) -> v1::PublishRequest {
         v1::PublishRequest {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: String::new(),
             topic: self.topic,
             user_id: self.user_id,
             title: self.title,

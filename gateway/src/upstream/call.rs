@@ -205,10 +205,30 @@ pub(crate) mod method {
 }
 
 /// A create or publish with the client's idempotency key (if it sent one), sent along as
-/// `idempotency-key` metadata by every attempt.
+/// `idempotency-key` metadata by every attempt. Every door's writes come through here, so this
+/// is where a write is named (see `NewEvent`).
 pub(crate) struct Keyed<R> {
     pub(crate) request: R,
     pub(crate) key: Option<IdempotencyKey>,
+}
+
+/// A request that stores a new event under the id it carries. The gateway gives it one (UUID
+/// v4) before the first attempt when the client did not, so a retry on another backend stores
+/// the event at most once, and a retried publish keeps its `seq`.
+pub(crate) trait NewEvent {
+    fn id_mut(&mut self) -> &mut String;
+}
+
+impl NewEvent for v1::CreateEventRequest {
+    fn id_mut(&mut self) -> &mut String {
+        &mut self.id
+    }
+}
+
+impl NewEvent for v1::PublishRequest {
+    fn id_mut(&mut self) -> &mut String {
+        &mut self.id
+    }
 }
 
 /// Whether a backend answered a keyed write or replayed an earlier request's answer.
@@ -220,13 +240,17 @@ pub(crate) enum Outcome {
 
 impl<R> Rpc for Keyed<R>
 where
-    R: Rpc<Prepared = Bytes, Reply = v1::Event>,
+    R: Rpc<Prepared = Bytes, Reply = v1::Event> + NewEvent,
 {
     type Reply = (v1::Event, Outcome);
     const IDEMPOTENCY: Idempotency = R::IDEMPOTENCY;
     const PATH: &'static str = R::PATH;
     type Prepared = (Bytes, Option<HeaderValue>);
-    fn prepare(self) -> Self::Prepared {
+    fn prepare(mut self) -> Self::Prepared {
+        let id = self.request.id_mut();
+        if id.is_empty() {
+            *id = uuid::Uuid::new_v4().to_string();
+        }
         // A parsed key is visible ASCII: always a header value.
         let key = self
             .key

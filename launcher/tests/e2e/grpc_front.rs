@@ -11,23 +11,13 @@ use std::{
     time::Duration,
 };
 
-use eventsys::v1::{self, event_service_client::EventServiceClient};
+use eventsys::v1;
 use nix::sys::signal::Signal;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::support::{
     EXCLUSIVE, Process, System, grpcurl, grpcurl_call, until_answered, wait_gateway_ready,
 };
-
-async fn client(system: &System) -> EventServiceClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(system.gateway.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    EventServiceClient::new(channel)
-}
 
 fn backend_of<T>(response: &tonic::Response<T>) -> String {
     response
@@ -119,7 +109,7 @@ async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
     assert_eq!(seqs, ["1", "2", "3"], "{text}");
 
     // Sequential calls spread over the three backends, as `x-backend` names them.
-    let mut events = client(&system).await;
+    let mut events = system.gateway.client().await;
     let created = events
         .create_event(v1::CreateEventRequest {
             user_id: "spread".into(),
@@ -173,7 +163,7 @@ async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
 async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
     let _exclusive = EXCLUSIVE.lock().await;
     let system = System::start(3, &[]).await;
-    let mut events = client(&system).await;
+    let mut events = system.gateway.client().await;
     let mut ids = Vec::new();
     for n in 0..20 {
         let event = events
@@ -336,12 +326,7 @@ async fn tokens_and_deadlines_hold_through_the_front_door() {
         Duration::from_secs(10),
     )
     .await;
-    let channel = tonic::transport::Endpoint::from_shared(gateway.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut events = EventServiceClient::new(channel);
+    let mut events = gateway.client().await;
 
     let anonymous = events
         .create_event(v1::CreateEventRequest {
@@ -437,12 +422,7 @@ async fn the_access_log_names_the_backend_of_a_grpc_call() {
     let backend = Process::backend(&dir.path().join("events.db")).await;
     let gateway = Process::gateway(&[backend.addr], &["--access-log"]).await;
     wait_gateway_ready(gateway.addr).await;
-    let channel = tonic::transport::Endpoint::from_shared(gateway.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut events = EventServiceClient::new(channel);
+    let mut events = gateway.client().await;
     let created = events
         .create_event(v1::CreateEventRequest {
             user_id: "logged".into(),

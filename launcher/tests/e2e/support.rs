@@ -350,7 +350,6 @@ impl Process {
     }
 }
 
-/// An HTTP client for the gateway (never through a proxy: tests talk to loopback only).
 /// Waits until the count `answered` reads reaches `target`: load kept running for a number of
 /// answers (before a fault, and after it to show the service carried on), not for a time that a
 /// slow machine may spend on almost nothing.
@@ -366,6 +365,7 @@ pub(crate) async fn until_answered(what: &str, target: usize, answered: impl Fn(
     }
 }
 
+/// An HTTP client for the gateway (never through a proxy: tests talk to loopback only).
 pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -442,30 +442,36 @@ impl System {
 
     /// Waits until the gateway's balancer holds `n` backends, as its `/metrics` reports.
     pub(crate) async fn wait_healthy(&self, n: usize) {
-        let client = http();
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            let mut request = client.get(self.url("/metrics"));
-            if let Some(token) = &self.admin_token {
-                request = request.bearer_auth(token);
-            }
-            if let Ok(response) = request.send().await {
-                let text = response.text().await.unwrap_or_default();
-                let healthy = text
-                    .lines()
-                    .filter(|l| l.starts_with("gateway_backend_healthy{") && l.ends_with(" 1"))
-                    .count();
-                if healthy == n {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gateway never saw {n} healthy backends; logs:\n{}",
-                self.gateway.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        wait_healthy(&self.gateway, self.admin_token.as_deref(), n).await;
+    }
+}
+
+/// Waits until `gateway`'s balancer holds `n` backends, as its `/metrics` reports (read with
+/// `admin_token` in token mode).
+pub(crate) async fn wait_healthy(gateway: &Process, admin_token: Option<&str>, n: usize) {
+    let client = http();
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let mut request = client.get(format!("{}/metrics", gateway.url()));
+        if let Some(token) = admin_token {
+            request = request.bearer_auth(token);
         }
+        if let Ok(response) = request.send().await {
+            let text = response.text().await.unwrap_or_default();
+            let healthy = text
+                .lines()
+                .filter(|l| l.starts_with("gateway_backend_healthy{") && l.ends_with(" 1"))
+                .count();
+            if healthy == n {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway never saw {n} healthy backends; logs:\n{}",
+            gateway.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -53,11 +53,16 @@ async fn a_publish_retried_after_its_backend_committed_and_died_is_stored_and_de
     });
     // The commit, seen in the shared store itself.
     let store = SqliteStore::open(db.clone()).await.unwrap();
+    let waiting = tokio::time::Instant::now();
     let committed = loop {
         let events = store.events_after(topic, 0, 10).await.unwrap();
         if let Some(event) = events.first() {
             break event.clone();
         }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "the publish was never committed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     // The other backend joins, then the first dies before it answers.
@@ -67,26 +72,7 @@ async fn a_publish_retried_after_its_backend_committed_and_died_is_stored_and_de
         &["--store", &format!("sqlite://{}", db.display())],
     )
     .await;
-    let two_healthy = || async {
-        let load: Value = http()
-            .get(format!("{base}/load"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        load["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|b| b["healthy"] == true)
-            .count()
-            == 2
-    };
-    while !two_healthy().await {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::wait_healthy(&gateway, None, 2).await;
     assert!(
         !publish.is_finished(),
         "the first attempt answered before the kill"

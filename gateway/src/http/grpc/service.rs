@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 use super::{grpc_timeout, subscribe, within};
 use crate::{
     http::{ApiError, AppState, auth::Credentials, served},
-    upstream::{Keyed, Outcome, Rpc},
+    upstream::{Keyed, NewEvent, Outcome, Rpc},
 };
 
 pub(crate) struct FrontDoor {
@@ -57,7 +57,7 @@ impl FrontDoor {
     /// backend's `idempotent-replayed: true` passed back.
     async fn write<R>(&self, request: Request<R>) -> Result<Response<v1::Event>, Status>
     where
-        R: Rpc<Prepared = Bytes, Reply = v1::Event>,
+        R: Rpc<Prepared = Bytes, Reply = v1::Event> + NewEvent,
     {
         let key = IdempotencyKey::from_metadata(request.metadata())?;
         let (metadata, extensions, message) = request.into_parts();
@@ -81,14 +81,10 @@ impl FrontDoor {
 /// and `Subscribe` arrive here in practice.
 #[tonic::async_trait]
 impl EventService for FrontDoor {
-    /// The event's id is chosen here when the client did not, so a retry stores it once.
     async fn create_event(
         &self,
-        mut request: Request<v1::CreateEventRequest>,
+        request: Request<v1::CreateEventRequest>,
     ) -> Result<Response<v1::Event>, Status> {
-        if request.get_ref().id.is_empty() {
-            request.get_mut().id = uuid::Uuid::new_v4().to_string();
-        }
         self.write(request).await
     }
 
@@ -127,14 +123,10 @@ impl EventService for FrontDoor {
         self.unary(request).await
     }
 
-    /// As `create_event`: a retried publish keeps its event and its `seq`.
     async fn publish(
         &self,
-        mut request: Request<v1::PublishRequest>,
+        request: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::Event>, Status> {
-        if request.get_ref().id.is_empty() {
-            request.get_mut().id = uuid::Uuid::new_v4().to_string();
-        }
         self.write(request).await
     }
 
