@@ -176,7 +176,7 @@ fi
 stop_gateway
 
 if section 2; then
-echo "== 2. balancing with one backend slowed by 20 ms (--test-latency-ms), concurrency 32, 10 s each"
+echo "== 2. balancing with one backend slowed by 20 ms (bench delay), concurrency 32, 10 s each"
 backend 15003
 FOURTH=$BACKEND
 gateway 127.0.0.1:15000,127.0.0.1:15001,127.0.0.1:15003
@@ -184,13 +184,18 @@ run --gateway http://127.0.0.1:13000 closed --endpoint get --concurrency 32 --du
 echo "  (above: the unslowed baseline, peak-ewma over three normal backends)"
 stop_gateway
 kill "$FOURTH"; wait "$FOURTH" 2>/dev/null || true
-backend 15003 --test-latency-ms 20
+# The fourth backend behind a proxy that holds its answers for 20 ms: 15003 is the slow one.
+backend 15004
+FOURTH=$BACKEND
+"$BENCH" delay --listen 127.0.0.1:15003 --to 127.0.0.1:15004 --delay 20ms 2>>"$DATA/delay.log" &
+DELAY=$!; PIDS+=($DELAY); wait_port 15003
 for policy in peak-ewma pending round-robin; do
   gateway 127.0.0.1:15000,127.0.0.1:15001,127.0.0.1:15003 --balancer "$policy"
   echo "  --balancer $policy (slowed: 127.0.0.1:15003)"
   run --gateway http://127.0.0.1:13000 closed --endpoint get --concurrency 32 --duration 10s | summary || true
   stop_gateway
 done
+kill "$DELAY"; wait "$DELAY" 2>/dev/null || true
 fi
 
 if section 5; then

@@ -5,6 +5,7 @@
 
 #[cfg(feature = "auth")]
 pub mod auth;
+pub mod backoff;
 #[cfg(feature = "process")]
 pub mod coalesce;
 pub mod gap;
@@ -15,6 +16,10 @@ pub mod listen;
 pub mod otlp;
 #[cfg(feature = "process")]
 pub mod process;
+#[cfg(feature = "process")]
+mod tls_args;
+#[cfg(feature = "process")]
+pub use tls_args::TlsArgs;
 pub mod trace;
 pub mod write_key;
 

@@ -170,7 +170,7 @@ pub fn init_tracing() -> Result<LogGuard, SetupError> {
         .thread_name("log-writer")
         .finish(std::io::stderr());
     let dropped = writer.error_counter();
-    init_tracing_to(writer, ansi)?;
+    init_tracing_to(writer, ansi, LogFormat::from_env()?)?;
     Ok(LogGuard {
         _writer: guard,
         dropped,
@@ -198,13 +198,13 @@ impl LogFormat {
     }
 }
 
-/// Logs to `writer`, filtered by `RUST_LOG` (default `info`), as `LOG_FORMAT` says.
+/// Logs to `writer`, filtered by `RUST_LOG` (default `info`), in `format`.
 ///
 /// `RUST_LOG` of targets and levels (`info`, `eventsvc=debug,h2=warn`: what operators write) is
 /// read as a `Targets` filter, decided once per call site; only a spec with span or field
 /// directives needs `EnvFilter`, which takes a lock on every span entry and exit (every poll of
 /// every request's future, each request being in a span).
-pub fn init_tracing_to<W>(writer: W, ansi: bool) -> Result<(), SetupError>
+pub fn init_tracing_to<W>(writer: W, ansi: bool, format: LogFormat) -> Result<(), SetupError>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -229,12 +229,12 @@ where
     // A log nobody reads any more (the supervisor died with our stdout's other end) must not
     // stop the process: by default a failed write is reported with `eprintln!`, which panics
     // when stderr is that same broken pipe, in whatever task was logging.
-    let format = tracing_subscriber::fmt::layer()
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .log_internal_errors(false);
-    let format = match LogFormat::from_env()? {
-        LogFormat::Text => format.with_ansi(ansi).boxed(),
-        LogFormat::Json => format
+    let layer = match format {
+        LogFormat::Text => layer.with_ansi(ansi).boxed(),
+        LogFormat::Json => layer
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -242,7 +242,7 @@ where
             .boxed(),
     };
     tracing_subscriber::registry()
-        .with(format.with_filter(filter))
+        .with(layer.with_filter(filter))
         .init();
     Ok(())
 }

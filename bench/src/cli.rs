@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
+    delay,
     fanout::{self, FanoutSettings, Publishing},
     modes::{self, Endpoint, Limit},
     report::{Recorder, Report},
@@ -124,6 +125,17 @@ enum Workload {
         #[arg(long, default_value_t = 8)]
         concurrency: u32,
     },
+    /// Not a load: a TCP proxy on `--listen` to the backend `--to` that holds everything the
+    /// backend sends back for `--delay`, making it a slow backend for the balancing benchmark.
+    /// Runs until stopped.
+    Delay {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Duration,
+    },
 }
 
 fn limit(duration: Duration, requests: Option<u64>) -> Limit {
@@ -184,6 +196,10 @@ fn progress(recorder: Arc<Recorder>) -> (ProgressBar, tokio::task::JoinHandle<()
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
+    if let Workload::Delay { listen, to, delay } = cli.workload {
+        delay::run(listen, to, delay).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let target = if cli.grpc.is_empty() {
         Target::rest(&cli.gateway, cli.token.as_deref(), cli.ca_cert.as_deref())?
     } else {
@@ -287,6 +303,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let mode = format!("soak {subscribers} subscribers for {duration:?}");
             (elapsed, mode, Some((report, whole)))
         }
+        Workload::Delay { .. } => unreachable!("`delay` runs before any target is made"),
     };
     ticker.abort();
     bar.finish_and_clear();

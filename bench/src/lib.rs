@@ -1,6 +1,7 @@
 //! The load tool: workloads against the gateway or the backends, and their reports.
 
 mod cli;
+mod delay;
 mod fanout;
 mod modes;
 mod report;

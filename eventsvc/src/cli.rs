@@ -11,6 +11,7 @@ use std::{
 
 use clap::{Args, Parser};
 use eventsys::{
+    TlsArgs,
     auth::{AuthArgs, AuthError},
     listen::{Inherited, Origin},
     process::{self, SetupError},
@@ -136,17 +137,6 @@ pub(crate) struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub(crate) max_subscriber_lag: u64,
 
-    /// TEST ONLY: delay every event-API response by this many milliseconds, to make this
-    /// backend look slow to the gateway's balancer. Never set it in production.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    pub(crate) test_latency_ms: u64,
-
-    /// TEST ONLY: pause every write sent with an Idempotency-Key this many milliseconds after
-    /// claiming its key, so a repeat can arrive while it is in flight. Never set it in
-    /// production.
-    #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
-    pub(crate) test_hold_claimed_ms: u64,
-
     /// How long a create's or publish's answer is kept for repeats of its Idempotency-Key
     /// (e.g. 24h, 90m). Give every backend sharing a store the same.
     #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = key_ttl)]
@@ -165,13 +155,8 @@ pub(crate) struct Config {
     #[arg(long)]
     pub(crate) no_reflection: bool,
 
-    /// Serve TLS with this certificate chain (PEM) …
-    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
-    pub(crate) tls_cert: Option<PathBuf>,
-
-    /// … and this private key (PEM).
-    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
-    pub(crate) tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 
     /// Require client certificates signed by this CA (PEM): only gateways holding one get in.
     #[arg(long, env = "CLIENT_CA", requires = "tls_cert")]
@@ -184,11 +169,12 @@ pub(crate) struct Config {
 impl Config {
     /// TLS from the PEM files, with client certificates required when a client CA is given.
     fn tls(&self) -> Result<Option<ServerTlsConfig>, Fatal> {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+        let Some((cert, key)) = self.tls.files() else {
             return Ok(None);
         };
         let read = |path: &PathBuf| std::fs::read(path).map_err(|e| Fatal::Read(path.clone(), e));
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+        let mut tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(read(&cert)?, read(&key)?));
         if let Some(ca) = &self.client_ca {
             tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
         }
@@ -232,23 +218,23 @@ where
     process::run_main("eventsvc", || Config::parse_from(args), run)
 }
 
-async fn run(config: Config, mut inherited: Inherited) -> Result<(), Fatal> {
-    let uri = config.store.uri()?;
-    // Installed first: a SIGTERM during start-up must not kill the process abruptly.
-    let shutdown = process::shutdown_signal()?;
-
-    let addr = SocketAddr::new(config.host, config.port);
-    let metrics = inherited.take_metrics();
-    let (listener, origin) = inherited
-        .listen(addr)
+/// The backend `eventsvc ARGS` would serve on `listening` (program name first): the binary's
+/// own flags and rules for a backend run in another process's runtime (the tests' in-process
+/// servers). Where it listens (`--host`, `--port`) and `--metrics-addr` are the caller's.
+pub async fn backend_from<I, T>(args: I, listening: SocketAddr) -> Result<Backend, String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let config = Config::try_parse_from(args).map_err(|err| err.to_string())?;
+    build(&config, listening)
         .await
-        .map_err(|source| Fatal::Bind { addr, source })?;
-    if origin == Origin::Inherited {
-        tracing::debug!("serving on the listening socket handed over by the supervisor");
-    }
-    let listening = listener
-        .local_addr()
-        .map_err(|source| Fatal::Bind { addr, source })?;
+        .map_err(|err| err.to_string())
+}
+
+/// The backend of `config`, serving on `listening`.
+async fn build(config: &Config, listening: SocketAddr) -> Result<Backend, Fatal> {
+    let uri = config.store.uri()?;
     // Before the store is touched: an exposed anonymous backend must not start at all.
     let auth = Arc::new(config.auth.build(&[listening]).await?);
 
@@ -264,13 +250,31 @@ async fn run(config: Config, mut inherited: Inherited) -> Result<(), Fatal> {
     if let Some(tls) = config.tls()? {
         backend = backend.tls(tls);
     }
-    let backend = backend
+    Ok(backend
         .access_log(config.access_log)
         .reflection(!config.no_reflection)
         .feed(feed)
-        .added_latency(Duration::from_millis(config.test_latency_ms))
-        .idempotency_ttl(config.idempotency_ttl)
-        .hold_claims(Duration::from_millis(config.test_hold_claimed_ms));
+        .idempotency_ttl(config.idempotency_ttl))
+}
+
+async fn run(config: Config, mut inherited: Inherited) -> Result<(), Fatal> {
+    config.store.uri()?;
+    // Installed first: a SIGTERM during start-up must not kill the process abruptly.
+    let shutdown = process::shutdown_signal()?;
+
+    let addr = SocketAddr::new(config.host, config.port);
+    let metrics = inherited.take_metrics();
+    let (listener, origin) = inherited
+        .listen(addr)
+        .await
+        .map_err(|source| Fatal::Bind { addr, source })?;
+    if origin == Origin::Inherited {
+        tracing::debug!("serving on the listening socket handed over by the supervisor");
+    }
+    let listening = listener
+        .local_addr()
+        .map_err(|source| Fatal::Bind { addr, source })?;
+    let backend = build(&config, listening).await?;
     let handed = metrics.map_err(|source| Fatal::Bind { addr, source })?;
     let backend = match (handed, config.metrics_addr) {
         (Some(listener), _) => {
@@ -291,18 +295,6 @@ async fn run(config: Config, mut inherited: Inherited) -> Result<(), Fatal> {
         }
         (None, None) => backend,
     };
-    if config.test_hold_claimed_ms > 0 {
-        tracing::warn!(
-            ms = config.test_hold_claimed_ms,
-            "test-only pause added to every keyed write"
-        );
-    }
-    if config.test_latency_ms > 0 {
-        tracing::warn!(
-            ms = config.test_latency_ms,
-            "test-only latency added to every response"
-        );
-    }
     serve(listener, backend, shutdown).await?;
     Ok(())
 }

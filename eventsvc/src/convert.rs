@@ -15,17 +15,30 @@ pub(crate) fn timestamp(t: DateTime<Utc>) -> Timestamp {
 }
 
 pub(crate) fn event(e: Event) -> v1::Event {
+    // Destructured, so a field added to `Event` does not compile until it is sent.
+    let Event {
+        id,
+        user_id,
+        title,
+        description,
+        completed,
+        created_at,
+        topic,
+        data,
+        time,
+        seq,
+    } = e;
     v1::Event {
-        id: e.id.to_string(),
-        user_id: e.user_id,
-        title: e.title,
-        description: e.description,
-        completed: e.completed,
-        created_at: Some(timestamp(e.created_at)),
-        topic: e.topic,
-        data: e.data.as_ref().map(json::to_struct),
-        time: e.time.map(timestamp),
-        seq: e.seq,
+        id: id.to_string(),
+        user_id,
+        title,
+        description,
+        completed,
+        created_at: Some(timestamp(created_at)),
+        topic,
+        data: data.as_ref().map(json::to_struct),
+        time: time.map(timestamp),
+        seq,
     }
 }
 

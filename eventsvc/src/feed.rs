@@ -68,8 +68,12 @@ struct Topic {
     subscribers: usize,
 }
 
-struct Hub {
+/// Who is subscribed to what on this backend, and whether the store follower runs: the one
+/// piece of the feed that subscribers, the follower and leaving subscribers all change.
+struct Subscribers {
+    /// Topics with at least one subscriber (a topic leaves with its last).
     topics: HashMap<String, Topic>,
+    /// The follower's state; subscribers watch it to learn it started or failed.
     follower: watch::Sender<Follower>,
 }
 
@@ -80,15 +84,21 @@ struct Inner {
     stats: Arc<Stats>,
     settings: FeedSettings,
     shutdown: CancellationToken,
-    hub: Mutex<Hub>,
+    /// A std mutex, not tokio's: it is held for a map lookup or a counter change and never
+    /// across an `.await`, and `Registration::drop` (no async there) must take it too.
+    subscribers: Mutex<Subscribers>,
     /// Woken when the last subscriber leaves.
     emptied: Notify,
 }
 
+/// This backend's live topic streams: subscribers register per topic, one follower of the
+/// store's change feed runs while anyone is registered (stopping `IDLE_STOP` after the last
+/// leaves) and pushes each event, encoded once, into its topic's `broadcast` ring. Cloned
+/// handles share it; `Subscribers` under its mutex is all the shared mutable state.
 #[derive(Clone)]
 pub(crate) struct Feed(Arc<Inner>);
 
-/// A subscriber's place in the hub; leaving it (drop) unregisters.
+/// A subscriber's place in `Subscribers`; leaving it (drop) unregisters.
 struct Registration {
     feed: Feed,
     topic: String,
@@ -97,14 +107,14 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut hub = self.feed.hub();
-        if let Some(topic) = hub.topics.get_mut(&self.topic) {
+        let mut subscribers = self.feed.subscribers();
+        if let Some(topic) = subscribers.topics.get_mut(&self.topic) {
             topic.subscribers -= 1;
             if topic.subscribers == 0 {
-                hub.topics.remove(&self.topic);
+                subscribers.topics.remove(&self.topic);
             }
         }
-        if hub.topics.is_empty() {
+        if subscribers.topics.is_empty() {
             self.feed.0.emptied.notify_waiters();
         }
     }
@@ -128,7 +138,7 @@ impl Feed {
             stats,
             settings,
             shutdown,
-            hub: Mutex::new(Hub {
+            subscribers: Mutex::new(Subscribers {
                 topics: HashMap::new(),
                 follower: watch::Sender::new(Follower::Stopped),
             }),
@@ -136,8 +146,11 @@ impl Feed {
         }))
     }
 
-    fn hub(&self) -> MutexGuard<'_, Hub> {
-        self.0.hub.lock().unwrap_or_else(PoisonError::into_inner)
+    fn subscribers(&self) -> MutexGuard<'_, Subscribers> {
+        self.0
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts a stream of `topic`'s events with `seq > after_seq`: stored ones, then live.
@@ -154,25 +167,28 @@ impl Feed {
         ReceiverStream::new(rx)
     }
 
-    /// Joins the hub, starting the follower if none runs, and waits until it follows.
+    /// Registers for `topic`, starting the follower if none runs, and waits until it follows.
     async fn register(&self, topic: &str) -> Result<Registration, Status> {
         let (rx, mut follower) = {
-            let mut hub = self.hub();
-            let entry = hub.topics.entry(topic.to_owned()).or_insert_with(|| Topic {
-                head: 0,
-                ring: broadcast::channel(self.0.settings.buffer).0,
-                subscribers: 0,
-            });
+            let mut subscribers = self.subscribers();
+            let entry = subscribers
+                .topics
+                .entry(topic.to_owned())
+                .or_insert_with(|| Topic {
+                    head: 0,
+                    ring: broadcast::channel(self.0.settings.buffer).0,
+                    subscribers: 0,
+                });
             entry.subscribers += 1;
             let rx = entry.ring.subscribe();
             if matches!(
-                *hub.follower.borrow(),
+                *subscribers.follower.borrow(),
                 Follower::Stopped | Follower::Failed(_)
             ) {
-                hub.follower.send_replace(Follower::Starting);
+                subscribers.follower.send_replace(Follower::Starting);
                 tokio::spawn(self.clone().follow());
             }
-            (rx, hub.follower.subscribe())
+            (rx, subscribers.follower.subscribe())
         };
         let registration = Registration {
             feed: self.clone(),
@@ -194,7 +210,7 @@ impl Feed {
     /// The follower: dispatches the store's change feed to subscribers until nobody is
     /// subscribed, the backend shuts down, or the feed fails.
     async fn follow(self) {
-        let state = |s| self.hub().follower.send_replace(s);
+        let state = |s| self.subscribers().follower.send_replace(s);
         let mut feed = match self.0.store.follow().await {
             Ok(feed) => feed,
             Err(err) => {
@@ -210,7 +226,7 @@ impl Feed {
             let emptied = self.0.emptied.notified();
             tokio::pin!(emptied);
             emptied.as_mut().enable();
-            let idle = self.hub().topics.is_empty();
+            let idle = self.subscribers().topics.is_empty();
             let stop_at = match (idle, idle_since) {
                 (false, _) => {
                     idle_since = None;
@@ -231,9 +247,9 @@ impl Feed {
                 _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => {
                     // Decided under the lock, so a subscriber joining now finds either this
                     // follower still running or none (and starts one).
-                    let hub = self.hub();
-                    if hub.topics.is_empty() {
-                        hub.follower.send_replace(Follower::Stopped);
+                    let subscribers = self.subscribers();
+                    if subscribers.topics.is_empty() {
+                        subscribers.follower.send_replace(Follower::Stopped);
                         tracing::debug!("no subscriber left: stopped following");
                         return;
                     }
@@ -257,19 +273,19 @@ impl Feed {
 
     /// Ends every subscription (each resubscribes from its last `seq`).
     fn fail(&self, reason: String) {
-        let mut hub = self.hub();
-        hub.topics.clear();
-        hub.follower.send_replace(Follower::Failed(format!(
+        let mut subscribers = self.subscribers();
+        subscribers.topics.clear();
+        subscribers.follower.send_replace(Follower::Failed(format!(
             "{reason}: subscribe again with after_seq"
         )));
     }
 
-    /// Hands `event` to its topic's subscribers: the ring is taken out of the hub first, so
+    /// Hands `event` to its topic's subscribers: the ring is taken out of `Subscribers` first, so
     /// the lock is held for a lookup whatever the number of subscribers.
     fn dispatch(&self, event: Event) {
         let ring = {
-            let mut hub = self.hub();
-            let Some(topic) = hub.topics.get_mut(&event.topic) else {
+            let mut subscribers = self.subscribers();
+            let Some(topic) = subscribers.topics.get_mut(&event.topic) else {
                 return;
             };
             topic.head = topic.head.max(event.seq);
@@ -285,7 +301,7 @@ impl Feed {
     }
 
     fn head(&self, topic: &str) -> u64 {
-        self.hub().topics.get(topic).map_or(0, |t| t.head)
+        self.subscribers().topics.get(topic).map_or(0, |t| t.head)
     }
 
     /// Sends one event; `Ok(false)` when the client is gone.
@@ -369,7 +385,7 @@ impl Feed {
                     continue;
                 }
                 Err(RecvError::Closed) => {
-                    let reason = match &*self.hub().follower.borrow() {
+                    let reason = match &*self.subscribers().follower.borrow() {
                         Follower::Failed(reason) => reason.clone(),
                         _ => "change feed stopped: subscribe again with after_seq".to_owned(),
                     };

@@ -38,9 +38,6 @@ pub(crate) struct KeyPolicy {
     pub(crate) ttl: Duration,
     /// How long a claim holds its key unanswered: the longest a call may run.
     pub(crate) lease: Duration,
-    /// Test-only: a pause between claiming a key and writing, so a test can repeat a request
-    /// while its first is in flight.
-    pub(crate) hold: Duration,
 }
 
 /// How a write was answered.
@@ -111,9 +108,6 @@ impl KeyPolicy {
             Claim::Done(event) if event.id == id => Ok(Written::Stored(*event)),
             Claim::Done(event) => Ok(Written::Replayed(*event)),
             Claim::Fresh => {
-                if !self.hold.is_zero() {
-                    tokio::time::sleep(self.hold).await;
-                }
                 new.key = Some(claim);
                 Ok(Written::Stored(store_it(new).await?))
             }
@@ -125,6 +119,18 @@ impl KeyPolicy {
 /// length-prefixed, `data` with its keys sorted (the same object in another key order is the
 /// same request).
 fn fingerprint(method: Write, new: &NewEvent) -> [u8; 32] {
+    // Every field named, so a field added to `NewEvent` does not compile until it is hashed
+    // (or said here not to be part of the request).
+    let NewEvent {
+        id: _,  // the gateway's name for the event, not what the client asked
+        key: _, // the claim this fingerprint goes into
+        user_id,
+        title,
+        description,
+        completed,
+        topic,
+        data,
+    } = new;
     let mut hash = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hash.update((bytes.len() as u64).to_be_bytes());
@@ -134,16 +140,16 @@ fn fingerprint(method: Write, new: &NewEvent) -> [u8; 32] {
         Write::Create => b"create",
         Write::Publish => b"publish",
     });
-    field(new.user_id.as_bytes());
-    field(new.title.as_bytes());
-    field(new.description.as_bytes());
-    field(&[u8::from(new.completed)]);
-    field(new.topic.as_bytes());
-    let mut data = Vec::new();
-    if let Some(object) = &new.data {
-        canonical(&Value::Object(object.clone()), &mut data);
+    field(user_id.as_bytes());
+    field(title.as_bytes());
+    field(description.as_bytes());
+    field(&[u8::from(*completed)]);
+    field(topic.as_bytes());
+    let mut canonical_data = Vec::new();
+    if let Some(object) = data {
+        canonical(&Value::Object(object.clone()), &mut canonical_data);
     }
-    field(&data);
+    field(&canonical_data);
     hash.finalize().into()
 }
 

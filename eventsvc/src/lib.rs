@@ -15,6 +15,6 @@ pub mod store;
 mod subscribe;
 mod validate;
 
-pub use cli::{StoreArgs, main, main_from};
+pub use cli::{StoreArgs, backend_from, main, main_from};
 pub use feed::FeedSettings;
 pub use server::{Backend, ServeError, serve};

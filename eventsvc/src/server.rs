@@ -51,7 +51,6 @@ pub struct Backend {
     store: Arc<dyn EventStore>,
     feed: FeedSettings,
     drain_timeout: Duration,
-    added_latency: Duration,
     auth: Arc<Auth>,
     reflection: bool,
     tls: Option<ServerTlsConfig>,
@@ -59,7 +58,6 @@ pub struct Backend {
     access_log: bool,
     metrics: Option<TcpListener>,
     key_ttl: Duration,
-    hold_claims: Duration,
 }
 
 impl Backend {
@@ -68,7 +66,6 @@ impl Backend {
             store,
             feed: FeedSettings::default(),
             drain_timeout: Duration::from_secs(10),
-            added_latency: Duration::ZERO,
             auth: Arc::new(Auth::anonymous()),
             reflection: true,
             tls: None,
@@ -76,7 +73,6 @@ impl Backend {
             access_log: false,
             metrics: None,
             key_ttl: DEFAULT_KEY_TTL,
-            hold_claims: Duration::ZERO,
         }
     }
 
@@ -84,13 +80,6 @@ impl Backend {
     /// Every backend sharing a store should be given the same.
     pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
         self.key_ttl = ttl;
-        self
-    }
-
-    /// Test-only: pauses every keyed write between claiming its key and writing, so a test can
-    /// send a repeat while the first is in flight.
-    pub fn hold_claims(mut self, hold: Duration) -> Self {
-        self.hold_claims = hold;
         self
     }
 
@@ -131,13 +120,6 @@ impl Backend {
         self
     }
 
-    /// Test-only: delays every event-API response by `latency`, to exercise the gateway's
-    /// balancing against a slow backend. Health and reflection are not delayed.
-    pub fn added_latency(mut self, latency: Duration) -> Self {
-        self.added_latency = latency;
-        self
-    }
-
     /// How long shutdown waits for in-flight requests before closing their connections
     /// (default 10 s). Streams this backend owns end at once; this bounds clients' own long
     /// calls, such as a health `Watch`.
@@ -170,7 +152,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
-    let (drain_timeout, added_latency) = (backend.drain_timeout, backend.added_latency);
+    let drain_timeout = backend.drain_timeout;
     let stats = Arc::new(Stats::default());
     let streams = CancellationToken::new();
     let metrics = Arc::new(RpcMetrics::new());
@@ -247,7 +229,6 @@ pub async fn serve(
         KeyPolicy {
             ttl: backend.key_ttl,
             lease: CALL_TIMEOUT,
-            hold: backend.hold_claims,
         },
     ));
     tracing::info!(%addr, open_files = ?eventsys::process::open_file_limit(), "listening");
@@ -271,7 +252,6 @@ pub async fn serve(
             stats.clone(),
             metrics.clone(),
             addr.port(),
-            added_latency,
             backend.access_log,
         ))
         .add_service(health_service)

@@ -145,26 +145,21 @@ pub(crate) struct MeterLayer {
     stats: Arc<Stats>,
     metrics: Arc<RpcMetrics>,
     port: u16,
-    added_latency: Duration,
     access_log: bool,
 }
 
 impl MeterLayer {
-    /// `added_latency` delays every event-API response: a test-only knob that makes this
-    /// backend look slow to the gateway's balancer.
     /// `access_log`: event-API requests are logged at INFO (else at DEBUG).
     pub(crate) fn new(
         stats: Arc<Stats>,
         metrics: Arc<RpcMetrics>,
         port: u16,
-        added_latency: Duration,
         access_log: bool,
     ) -> Self {
         Self {
             stats,
             metrics,
             port,
-            added_latency,
             access_log,
         }
     }
@@ -179,7 +174,6 @@ impl<S> Layer<S> for MeterLayer {
             stats: self.stats.clone(),
             metrics: self.metrics.clone(),
             port: self.port,
-            added_latency: self.added_latency,
             access_log: self.access_log,
         }
     }
@@ -191,7 +185,6 @@ pub(crate) struct Meter<S> {
     stats: Arc<Stats>,
     metrics: Arc<RpcMetrics>,
     port: u16,
-    added_latency: Duration,
     access_log: bool,
 }
 
@@ -236,15 +229,11 @@ where
             tracing::info_span!("rpc", trace_id = %trace.trace_id)
         });
         let port = self.port;
-        let delay = Some(self.added_latency).filter(|d| metered && !d.is_zero());
         let started = Instant::now();
         let span = span.unwrap_or_else(tracing::Span::none);
         let response = span.in_scope(|| self.inner.call(req));
         let served = async move {
             let response = response.await?;
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
-            }
             let code = response
                 .headers()
                 .get("grpc-status")

@@ -119,13 +119,37 @@ impl NewEvent {
     /// Whether `stored` is this event (same id and content): a repeat of the request that stored
     /// it. Server-set fields (`created_at`, `time`, `seq`) are the stored ones.
     pub fn is_stored_as(&self, stored: &Event) -> bool {
-        self.id.is_none_or(|id| id == stored.id)
-            && self.user_id == stored.user_id
-            && self.title == stored.title
-            && self.description == stored.description
-            && self.completed == stored.completed
-            && self.topic == stored.topic
-            && self.data == stored.data
+        // Both field lists in full, so a new field does not compile until it is compared (or
+        // said here to be the store's to set).
+        let NewEvent {
+            id,
+            user_id,
+            title,
+            description,
+            completed,
+            topic,
+            data,
+            key: _, // how the write was asked for, not what was stored
+        } = self;
+        let Event {
+            id: stored_id,
+            user_id: stored_user_id,
+            title: stored_title,
+            description: stored_description,
+            completed: stored_completed,
+            topic: stored_topic,
+            data: stored_data,
+            created_at: _,
+            time: _,
+            seq: _,
+        } = stored;
+        id.is_none_or(|id| id == *stored_id)
+            && user_id == stored_user_id
+            && title == stored_title
+            && description == stored_description
+            && completed == stored_completed
+            && topic == stored_topic
+            && data == stored_data
     }
 
     /// `stored` when it is this event, else ALREADY_EXISTS: the id names another event.

@@ -184,7 +184,6 @@ mod tests {
         let keys = crate::keyed::KeyPolicy {
             ttl: Duration::from_secs(60),
             lease: Duration::from_secs(30),
-            hold: Duration::ZERO,
         };
         let api = EventsApi::new(store, stats, feed, auth.clone(), keys);
         // As the server's interceptor passes them on.

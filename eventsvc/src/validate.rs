@@ -112,15 +112,23 @@ fn new_id(id: &str) -> Result<Option<Uuid>, FieldError> {
     self::id(id).map(Some)
 }
 
-fn fields(
-    id: Option<Uuid>,
-    user_id: String,
-    title: String,
-    description: String,
-    completed: bool,
-    topic: String,
-    data: Option<prost_types::Struct>,
-) -> Result<NewEvent, FieldError> {
+/// The one check of a new event's fields, for creates and publishes alike (a publish is a
+/// create whose topic is required). Destructured in full: a field added to the request does
+/// not compile until it is checked here.
+pub(crate) fn create(req: v1::CreateEventRequest) -> Result<NewEvent, FieldError> {
+    let v1::CreateEventRequest {
+        id,
+        user_id,
+        title,
+        description,
+        completed,
+        topic,
+        data,
+    } = req;
+    if !topic.is_empty() {
+        self::topic(&topic)?;
+    }
+    let id = new_id(&id)?;
     at_most_chars("user_id", MAX_USER_ID, &user_id)?;
     text("title", &title)?;
     text("description", &description)?;
@@ -144,32 +152,27 @@ fn fields(
     })
 }
 
-pub(crate) fn create(req: v1::CreateEventRequest) -> Result<NewEvent, FieldError> {
-    if !req.topic.is_empty() {
-        topic(&req.topic)?;
-    }
-    fields(
-        new_id(&req.id)?,
-        req.user_id,
-        req.title,
-        req.description,
-        req.completed,
-        req.topic,
-        req.data,
-    )
-}
-
+/// A publish: a create on a topic, which it must name.
 pub(crate) fn publish(req: v1::PublishRequest) -> Result<NewEvent, FieldError> {
-    topic(&req.topic)?;
-    fields(
-        new_id(&req.id)?,
-        req.user_id,
-        req.title,
-        req.description,
-        req.completed,
-        req.topic,
-        req.data,
-    )
+    let v1::PublishRequest {
+        topic,
+        user_id,
+        title,
+        description,
+        completed,
+        data,
+        id,
+    } = req;
+    self::topic(&topic)?;
+    create(v1::CreateEventRequest {
+        id,
+        user_id,
+        title,
+        description,
+        completed,
+        topic,
+        data,
+    })
 }
 
 pub(crate) fn patch(

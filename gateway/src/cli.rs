@@ -12,6 +12,7 @@ use std::{
 
 use clap::Parser;
 use eventsys::{
+    TlsArgs,
     auth::{Auth, AuthArgs, AuthError},
     listen::{Inherited, Origin},
     process::{self, SetupError},
@@ -19,7 +20,8 @@ use eventsys::{
 use http::HeaderValue;
 
 use crate::{
-    http::{Browsers, HostPolicy, Hosts, LimitSettings, Settings},
+    http::Settings,
+    middleware::{Browsers, HostPolicy, Hosts, LimitSettings},
     server::{ConnectionLimits, GatewayConfig, serve},
     upstream::{BackendTls, Balancing, UpstreamConfig},
 };
@@ -143,13 +145,8 @@ pub(crate) struct Config {
     #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub(crate) shutdown_delay: Duration,
 
-    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate chain (PEM) …
-    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
-    pub(crate) tls_cert: Option<PathBuf>,
-
-    /// … and this private key (PEM).
-    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
-    pub(crate) tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 
     /// Talk TLS to the backends, verifying their certificates against this CA (PEM).
     #[arg(long, env = "BACKEND_CA")]
@@ -281,7 +278,7 @@ impl Config {
             drain_timeout: self.drain_timeout,
             shutdown_delay: self.shutdown_delay,
             auth: Arc::new(Auth::anonymous()),
-            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+            tls: self.tls.files(),
         })
     }
 
@@ -343,6 +340,26 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     process::run_main("gateway", || Config::parse_from(args), run)
+}
+
+/// The configuration `gateway ARGS` would serve with on `listening` (program name first): the
+/// binary's own flags and rules for a gateway run in another process's runtime (the tests'
+/// in-process servers). Where it listens (`--host`, `--port`) is the caller's.
+pub async fn config_from<I, T>(args: I, listening: SocketAddr) -> Result<GatewayConfig, String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let config = Config::try_parse_from(args).map_err(|err| err.to_string())?;
+    let mut gateway = config.validate().map_err(|err| err.to_string())?;
+    gateway.auth = Arc::new(
+        config
+            .auth
+            .build(&[listening])
+            .await
+            .map_err(|err| err.to_string())?,
+    );
+    Ok(gateway)
 }
 
 async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {

@@ -1,11 +1,16 @@
-//! The REST + SSE gateway: translates `../shared/API.md` to `events.v1` gRPC calls (`http`)
+//! The REST + SSE gateway: translates `docs/api.md` to `events.v1` gRPC calls (`http`)
 //! and spreads them over the eventsvc backends with tower's power-of-two-choices balancer over
 //! our PeakEwma load, steered by active health checks (`upstream`).
 
+mod api;
 mod cli;
+mod grpc;
 mod http;
+mod middleware;
+mod ops;
 mod server;
+mod sse;
 mod upstream;
 
-pub use cli::{main, main_from};
+pub use cli::{config_from, main, main_from};
 pub use server::{GatewayConfig, serve};

@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use accept::ConnectionLimits;
 
 use crate::{
-    http::{AppState, Hubs, Limiters, Metrics, Settings, Shared, app},
+    http::{AppState, Settings, Shared, app},
+    middleware::Limiters,
+    ops::Metrics,
+    sse::Hubs,
     upstream::{Upstream, UpstreamConfig},
 };
 

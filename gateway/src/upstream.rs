@@ -11,6 +11,7 @@ mod endpoint;
 mod ewma;
 mod link;
 mod membership;
+mod resubscribe;
 mod unary;
 
 use std::{sync::Arc, time::Duration};
@@ -26,6 +27,7 @@ pub(crate) use call::{
 };
 pub(crate) use endpoint::Balancing;
 pub(crate) use link::BackendTls;
+pub(crate) use resubscribe::{RESUBSCRIBE, is_permanent};
 
 use balancer::BalancedChannel;
 use membership::Membership;

@@ -15,6 +15,7 @@ use std::{
 };
 
 use command_fds::{CommandFdExt, FdMapping};
+use eventsys::backoff::Backoff;
 use futures::StreamExt;
 use nix::{
     sys::signal::{Signal, kill},
@@ -37,6 +38,7 @@ use crate::{
 /// The fd a child finds its listening socket at (systemd's `SD_LISTEN_FDS_START`).
 const LISTEN_FD: i32 = 3;
 
+/// The first wait before a crashed child is restarted.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// A child that crashes this often within `CRASH_WINDOW` is in a crash loop.
 const CRASH_LOOP: usize = 5;
@@ -47,6 +49,13 @@ const MAX_LINE: usize = 64 * 1024;
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How long a stopping child may drain before it is killed (the servers drain for 10 s).
 const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// `--max-restart-backoff`: restarts wait 250 ms (or the cap, if lower) doubling up to this
+/// cap, without jitter (each child restarts alone: there is no crowd to spread out).
+pub(crate) fn restart_backoff(cap: &str) -> Result<Backoff, String> {
+    let cap = humantime::parse_duration(cap).map_err(|e| e.to_string())?;
+    Backoff::new(FIRST_BACKOFF.min(cap), cap, 0.0).map_err(|e| e.to_string())
+}
 
 /// What to run.
 #[derive(Debug)]
@@ -61,10 +70,13 @@ pub(crate) struct Spec {
     pub(crate) args: Vec<String>,
     /// Variables set for the child (kept out of its command line, which anyone can read).
     pub(crate) env: Vec<(&'static str, String)>,
-    /// Longest wait between restarts of a crashing child.
-    pub(crate) max_backoff: Duration,
+    /// Waits between restarts of a crashing child.
+    pub(crate) restarts: Backoff,
 }
 
+/// One child process of `up`, restarted on the same socket whenever it exits on its own; its
+/// `supervise` task owns the running process. Only `last_line` is shared (the output relay
+/// writes it, the crash log reads it): a std mutex held for a `String` swap or clone.
 pub(crate) struct Supervised {
     name: String,
     subcommand: &'static str,
@@ -74,7 +86,7 @@ pub(crate) struct Supervised {
     /// Every incarnation's listening socket, held between them so clients wait in the backlog.
     listener: TcpListener,
     metrics: Option<TcpListener>,
-    max_backoff: Duration,
+    restarts: Backoff,
     label: Label,
     console: Arc<Console>,
     last_line: Mutex<String>,
@@ -94,7 +106,7 @@ impl Supervised {
             env: spec.env,
             listener: spec.listener,
             metrics: spec.metrics,
-            max_backoff: spec.max_backoff,
+            restarts: spec.restarts,
             label,
             console,
             last_line: Mutex::new(String::new()),
@@ -187,7 +199,7 @@ impl Supervised {
     ) {
         let name = self.name.clone();
         let mut crashes = VecDeque::new();
-        let mut backoff = FIRST_BACKOFF.min(self.max_backoff);
+        let mut pauses = self.restarts.attempts();
         loop {
             let started = Instant::now();
             let status = match self.spawn() {
@@ -207,8 +219,9 @@ impl Supervised {
             crashes.push_back(now);
             crashes.retain(|at| now.duration_since(*at) < CRASH_WINDOW);
             if now.duration_since(started) > STABLE_AFTER {
-                backoff = FIRST_BACKOFF.min(self.max_backoff);
+                pauses.reset();
             }
+            let backoff = pauses.next_pause();
             if crashes.len() >= CRASH_LOOP {
                 let last = self
                     .last_line
@@ -231,7 +244,6 @@ impl Supervised {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop.cancelled() => return,
             }
-            backoff = (backoff * 2).min(self.max_backoff);
         }
     }
 

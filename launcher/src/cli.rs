@@ -6,9 +6,12 @@
 use std::{ffi::OsString, net::IpAddr, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use eventsys::auth::{AuthArgs, Claims, EventsClaim, sign_hs256, sign_with_private_key};
+use eventsys::{
+    auth::{AuthArgs, Claims, EventsClaim, sign_hs256, sign_with_private_key},
+    backoff::Backoff,
+};
 
-use crate::up;
+use crate::{child, up};
 
 /// Runs the event system: N gRPC backends over one store and the REST/SSE gateway in front.
 #[derive(Debug, Parser)]
@@ -111,8 +114,8 @@ pub(crate) struct UpArgs {
 
     /// Longest wait between restarts of a child that keeps crashing (it is restarted for
     /// ever, waiting twice as long each time up to this).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub(crate) max_restart_backoff: Duration,
+    #[arg(long = "max-restart-backoff", default_value = "5s", value_parser = child::restart_backoff)]
+    pub(crate) restarts: Backoff,
 
     #[command(flatten)]
     pub(crate) auth: AuthArgs,

@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+use eventsys::process::LogFormat;
+
 const COLOURS: [&str; 6] = ["36", "33", "35", "32", "34", "91"];
 
 /// Lines waiting for stdout; beyond them lines are dropped.
@@ -43,8 +45,8 @@ pub(crate) struct Console {
 
 impl Console {
     /// `names`: every label that will be used, so prefixes line up.
-    pub(crate) fn new(names: &[String]) -> Arc<Console> {
-        let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
+    pub(crate) fn new(names: &[String], format: LogFormat) -> Arc<Console> {
+        let json = format == LogFormat::Json;
         let colour = !json && io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let width = names.iter().map(String::len).max().unwrap_or(0);
         let (queue, lines) = sync_channel(QUEUED_LINES);

@@ -12,7 +12,7 @@ use std::{
 };
 
 use eventsvc::store::StoreUri;
-use eventsys::process::{self, SetupError};
+use eventsys::process::{self, LogFormat, SetupError};
 use tokio::{
     signal::unix::{SignalKind, signal},
     task::JoinHandle,
@@ -157,13 +157,17 @@ pub(crate) fn main(args: UpArgs) -> ExitCode {
     };
     let mut names = vec!["eventsys".to_owned(), "gateway".to_owned()];
     names.extend(plan.backend_names());
-    let console = Console::new(&names);
+    let format = match LogFormat::from_env() {
+        Ok(format) => format,
+        Err(err) => return fail(err.into()),
+    };
+    let console = Console::new(&names, format);
     let label = console.label("eventsys", 0);
     let writer = {
         let console = console.clone();
         move || LabelledWriter::new(console.clone(), label.clone())
     };
-    if let Err(err) = process::init_tracing_to(writer, std::io::stdout().is_terminal()) {
+    if let Err(err) = process::init_tracing_to(writer, std::io::stdout().is_terminal(), format) {
         return fail(err.into());
     }
     // Children inherit it.
@@ -249,7 +253,7 @@ async fn run(plan: Plan, sockets: Sockets, console: Arc<Console>) -> Result<(), 
                 .chain(plan.args.auth.to_env())
                 .chain(workers.iter().cloned())
                 .collect(),
-            max_backoff: plan.args.max_restart_backoff,
+            restarts: plan.args.restarts,
         };
         let child = supervised(spec, console.label(&name, i + 2), &console)?;
         let task = fleet.supervise(&child, &fleet.stop_backends);
@@ -343,7 +347,7 @@ async fn start(
             .into_iter()
             .chain(workers.iter().cloned())
             .collect(),
-        max_backoff: plan.args.max_restart_backoff,
+        restarts: plan.args.restarts,
     };
     let gateway = supervised(spec, console.label("gateway", 1), console)?;
     let task = fleet.supervise(&gateway, &fleet.stop_gateway);

@@ -44,6 +44,11 @@ const TRANSACTION_ATTEMPTS: usize = 20;
 pub const NEEDS_REPLICA_SET: &str = "MongoDB change streams need a replica set: start mongod \
      with --replSet rs0 and run rs.initiate() once (see README, Running on MongoDB)";
 
+/// The events of the old Go service's database (`events`), with `counters` for each topic's
+/// next `seq` and `keys` for idempotency keys. No lock of its own: the driver's `Client` is a
+/// pool shared by clones, and every rule that spans documents (a topic's `seq` order, an id
+/// stored once, a key's answer with its event) is a MongoDB transaction or a single-document
+/// compare-and-set on the server, so several backends on one database agree.
 pub struct MongoStore {
     client: Client,
     events: Collection<Document>,

@@ -8,62 +8,50 @@ use axum::{
     Router,
     extract::{DefaultBodyLimit, State},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use http::{Method, StatusCode};
 use tonic::Code;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa_axum::router::OpenApiRouter;
 
-use super::{
-    ApiError, AppState, cors, deadline::DeadlineLayer, grpc, guard::GuardLayer, health, legacy,
-    metrics, openapi, rest, sse, traced::TracedLayer, track::TrackLayer, ui,
+use super::AppState;
+use crate::{
+    api::{self, ApiError},
+    grpc,
+    middleware::{self, DeadlineLayer, GuardLayer, TracedLayer, TrackLayer},
+    ops, sse,
 };
+
+/// The contract's routes that answer once: REST, the legacy figures, `/metrics`.
+fn requests() -> OpenApiRouter<AppState> {
+    api::routes().merge(ops::figures())
+}
+
+/// Every route, with the OpenAPI rows of those the contract describes: what `/openapi.json`
+/// is built from, so what is served is what is described.
+pub(crate) fn described() -> OpenApiRouter<AppState> {
+    requests().merge(sse::routes()).merge(ops::probes())
+}
 
 pub(crate) fn app(state: AppState) -> Router {
     // Each `layer` call on a router boxes the service and its future for every request, so the
     // stacks below are composed with `ServiceBuilder` and applied once each. Requests with an
     // answer to wait for share one deadline; streams do not.
-    let requests = Router::new()
-        .route("/events", post(rest::create_event).get(rest::list_events))
-        .route(
-            "/events/{id}",
-            get(rest::get_event)
-                .put(rest::update_event)
-                .delete(rest::delete_event),
-        )
-        .route("/publish", post(rest::publish))
-        .route("/topic-events/{topic}", get(rest::topic_events))
-        .route("/load", get(legacy::load))
-        .route("/benchmark", get(legacy::benchmark))
-        .route("/memstats", get(legacy::memstats))
-        .route("/metrics", get(metrics::scrape))
-        .route_layer(
-            ServiceBuilder::new()
-                .layer(TrackLayer(state.clone()))
-                .layer(DeadlineLayer(state.settings.request_timeout)),
-        );
-    let streams = Router::new()
-        .route("/subscribe/{topic}", get(sse::subscribe))
-        .route_layer(TrackLayer(state.clone()));
+    let requests = Router::from(requests()).route_layer(
+        ServiceBuilder::new()
+            .layer(TrackLayer(state.clone()))
+            .layer(DeadlineLayer(state.settings.request_timeout)),
+    );
+    let streams = Router::from(sse::routes()).route_layer(TrackLayer(state.clone()));
     // Probes and the API's description: no credentials (so no rate limit) and no tracking
     // (not API traffic).
-    let probes = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(openapi::document))
-        .route("/docs", get(openapi::docs_page))
-        .route("/docs/{file}", get(openapi::docs_asset))
-        // The dashboard: static files open to all, its stream behind the caller's token.
-        .route("/ui", get(ui::page))
-        .route("/ui/config", get(ui::config))
-        .route("/ui/stats", get(ui::stats))
-        .route("/ui/{file}", get(ui::asset));
+    let probes = Router::from(ops::probes());
     // Outermost first: every request is traced (and gets its request id) before anything can
     // answer it; CORS answers preflights before the guards; panics become JSON 500s.
     let outer = ServiceBuilder::new()
         .layer(TracedLayer)
-        .layer(cors::layer(&state.settings.browsers))
+        .layer(middleware::cors(&state.settings.browsers))
         .layer(DefaultBodyLimit::max(state.settings.body_limit))
         .layer(GuardLayer(state.settings.clone()))
         .map_response(IntoResponse::into_response)

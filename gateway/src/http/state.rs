@@ -6,13 +6,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 use eventsys::auth::Auth;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    guard::Browsers,
-    limits::{LimitSettings, Limiters},
-    metrics::Metrics,
+use crate::{
+    middleware::{Browsers, LimitSettings, Limiters},
+    ops::Metrics,
     sse::Hubs,
+    upstream::Upstream,
 };
-use crate::upstream::Upstream;
 
 /// Settings of the HTTP side.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::throttle::Throttle;
-use crate::http::Metrics;
+use crate::ops::Metrics;
 
 /// What one client connection may hold.
 #[derive(Debug, Clone, Copy)]

@@ -24,6 +24,9 @@ type Balanced = Balance<Discovered, http::Request<Body>>;
 pub(crate) struct BalancedChannel(Arc<Shared>);
 
 struct Shared {
+    /// tower's `Balance` needs `&mut` to pick. A std mutex, held for one `poll_ready` and
+    /// `call` (a p2c draw and the start of the call: microseconds), never across an `.await`;
+    /// a caller with no endpoint ready waits on `changed` after releasing it.
     balance: Mutex<Balanced>,
     /// Wakes every caller waiting for an endpoint when the balancer may have one.
     changed: Arc<Changed>,

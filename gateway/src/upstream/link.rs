@@ -51,6 +51,9 @@ struct LinkShared {
     scheme: Scheme,
     authority: Authority,
     backend: Backend,
+    /// Idle, dialing or open. A std mutex: held to read or swap the state (a `SendRequest`
+    /// clone, a shared dial future), never across an `.await`: callers await the dial or the
+    /// call after releasing it, so one slow dial never holds up another backend's link.
     state: Mutex<State>,
     /// Told when an open connection ends without the gateway ending it.
     lost: tokio::sync::Notify,

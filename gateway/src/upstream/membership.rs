@@ -33,8 +33,16 @@ struct Member {
     checker: CancellationToken,
 }
 
+/// Every known backend address and whether the balancers hold it. Health checks, discovery
+/// and endpoints that find their backend unreachable all change it; it alone sends the
+/// balancers their `Change`s, so an insert and a remove can never cross.
 pub(crate) struct Membership {
+    /// Backend → member. A std mutex: held to read or flip a member's `inserted` and send the
+    /// matching `Change` in the same critical section (that is what keeps the two balancers in
+    /// step with it), never across an `.await`.
     members: Mutex<HashMap<Backend, Member>>,
+    /// Unbounded, yet bounded in practice: at most one change per member per health verdict,
+    /// and each balancer drains its channel on every poll.
     requests: mpsc::UnboundedSender<Change<Backend, Endpoint>>,
     streams: mpsc::UnboundedSender<Change<Backend, Endpoint>>,
     /// How many backends the balancers hold.

@@ -14,12 +14,12 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::support::{EVENTSYS, Process, grpcurl, grpcurl_call};
+use crate::support::{EVENTSYS, Launch, grpcurl, grpcurl_call};
 
 #[tokio::test]
 async fn grpcurl_lists_services_and_round_trips_an_event() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
+    let backend = Launch::backend(&dir.path().join("events.db")).start().await;
     let addr = backend.addr.to_string();
 
     let list = grpcurl(&["-plaintext", &addr, "list"]).await;
@@ -108,7 +108,7 @@ async fn grpcurl_lists_services_and_round_trips_an_event() {
 #[tokio::test]
 async fn reflection_v1_and_health_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
+    let backend = Launch::backend(&dir.path().join("events.db")).start().await;
 
     let mut reflection = ServerReflectionClient::new(backend.channel().await);
     let request = ServerReflectionRequest {
@@ -148,7 +148,7 @@ async fn reflection_v1_and_health_are_served() {
 #[tokio::test]
 async fn sigterm_reports_not_serving_ends_streams_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut backend = Process::backend(&dir.path().join("events.db")).await;
+    let mut backend = Launch::backend(&dir.path().join("events.db")).start().await;
     let mut client = backend.client().await;
 
     let mut health = HealthClient::new(backend.channel().await);
@@ -263,7 +263,10 @@ async fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
 async fn reflection_can_be_switched_off() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
-    let backend = Process::backend_with(&db, &["--no-reflection"]).await;
+    let backend = Launch::backend(&db)
+        .flags(&["--no-reflection"])
+        .start()
+        .await;
     let addr = backend.addr.to_string();
     let listed = grpcurl(&["-plaintext", &addr, "list"]).await;
     assert!(!listed.status.success(), "reflection must be off");

@@ -33,7 +33,7 @@ async fn served(system: &System, method: &str, route: &str, status: u16) -> u64 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reports_exactly_the_requests_the_gateway_served() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let system = System::start(3, &[]).await;
+    let system = System::start(3).await;
     let args = [
         "closed",
         "--endpoint",
@@ -139,7 +139,7 @@ async fn reports_exactly_the_requests_the_gateway_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counts_failures_and_exits_non_zero() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let system = System::start(1, &[]).await;
+    let system = System::start(1).await;
     let missing = uuid::Uuid::new_v4().to_string();
     let args = [
         "closed",

@@ -14,11 +14,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Process, Server, System, http, metric, served_by};
+use crate::support::{Launch, Local, Relay, System, http, metric, served_by, wait_healthy};
 
-async fn create(client: &reqwest::Client, system: &System, title: &str) -> String {
+async fn create(client: &reqwest::Client, base: &str, title: &str) -> String {
     let response = client
-        .post(system.url("/events"))
+        .post(format!("{base}/events"))
         .json(&json!({"userId": "load", "title": title}))
         .send()
         .await
@@ -40,10 +40,11 @@ fn shares(counts: &HashMap<String, usize>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sequential_gets_spread_over_equal_backends() {
+    // Timing is the point (PeakEwma steers by latency): nothing else runs meanwhile.
     let _exclusive = crate::support::EXCLUSIVE.lock().await;
-    let system = System::start(3, &[]).await;
+    let system = System::start(3).await;
     let client = http();
-    let id = create(&client, &system, "spread").await;
+    let id = create(&client, &system.url(""), "spread").await;
     // Back to back for several decay periods (500 ms) and at least 300 requests: one scheduling
     // hiccup on this shared machine lifts a backend above the latency floor for a few hundred
     // milliseconds, as PeakEwma is meant to; the spread is judged over a window that is long
@@ -76,17 +77,28 @@ async fn sequential_gets_spread_over_equal_backends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_backend_gets_little_traffic_under_concurrent_load() {
     let _exclusive = crate::support::EXCLUSIVE.lock().await;
-    let system = System::start(2, &[40]).await;
-    let slow = system.backends[2].addr.to_string();
+    // Three real backends, the third behind a relay that answers 40 ms late.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let (a, b, c) = (
+        Local::backend(&db, &[]).await,
+        Local::backend(&db, &[]).await,
+        Local::backend(&db, &[]).await,
+    );
+    let relay = Relay::slow(c.addr, Duration::from_millis(40)).await;
+    let gateway = Local::gateway(&[a.addr, b.addr, relay.addr], &[]).await;
+    wait_healthy(gateway.addr, None, 3).await;
+    let slow = relay.addr.to_string();
+    let base = gateway.url();
     let client = http();
-    let id = create(&client, &system, "slow").await;
+    let id = create(&client, &base, "slow").await;
     let counts = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
     let mut workers = Vec::new();
     for _ in 0..8 {
         let (client, counts, url) = (
             client.clone(),
             counts.clone(),
-            system.url(&format!("/events/{id}")),
+            format!("{base}/events/{id}"),
         );
         workers.push(tokio::spawn(async move {
             for _ in 0..60 {
@@ -213,12 +225,12 @@ async fn worker(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_backend_is_routed_around_then_used_again_after_restart() {
     let _exclusive = crate::support::EXCLUSIVE.lock().await;
-    // Every call spends 10 ms in its backend, so calls are in flight at the victim when it
+    // Twenty workers keep calls in flight at every backend, so some are at the victim when it
     // dies: without the gateway's retry some reads and updates would fail.
-    let mut system = System::start(0, &[10, 10, 10]).await;
+    let mut system = System::launch(3).await;
     let victim = system.backends[0].addr.to_string();
     let client = http();
-    let shared = create(&client, &system, "read by everyone").await;
+    let shared = create(&client, &system.url(""), "read by everyone").await;
 
     // Creates may fail while the victim dies (they are never retried); reads, updates and
     // deletes must not.
@@ -255,13 +267,10 @@ async fn a_killed_backend_is_routed_around_then_used_again_after_restart() {
     );
 
     // Restarted on the same port, it serves again within 2 s.
-    let store = format!("sqlite://{}", system.db.display());
-    system.backends[0] = Process::start_on(
-        Server::Backend,
-        victim.parse().unwrap(),
-        &["--store", &store, "--test-latency-ms", "10"],
-    )
-    .await;
+    system.backends[0] = Launch::backend(&system.db)
+        .on(victim.parse().unwrap())
+        .start()
+        .await;
     let restarted_at = Instant::now();
     let back = tokio::time::timeout(
         Duration::from_secs(5),
@@ -296,9 +305,9 @@ async fn a_killed_backend_is_routed_around_then_used_again_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_every_backend_down_requests_get_503_within_2_s() {
     let _exclusive = crate::support::EXCLUSIVE.lock().await;
-    let mut system = System::start(2, &[]).await;
+    let mut system = System::launch(2).await;
     let client = http();
-    let id = create(&client, &system, "doomed").await;
+    let id = create(&client, &system.url(""), "doomed").await;
     for backend in &mut system.backends {
         backend.signal(Signal::SIGKILL);
         backend.exit_within(Duration::from_secs(5)).await;
@@ -338,7 +347,7 @@ async fn with_every_backend_down_requests_get_503_within_2_s() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let lonely = Process::gateway(&[nowhere], &[]).await;
+    let lonely = Local::gateway(&[nowhere], &[]).await;
     let started = Instant::now();
     let response = client
         .post(format!("http://{}/events", lonely.addr))
@@ -353,7 +362,7 @@ async fn with_every_backend_down_requests_get_503_within_2_s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_shutdown_ends_sse_streams_and_exits_cleanly() {
     let _exclusive = crate::support::EXCLUSIVE.lock().await;
-    let mut system = System::start(1, &[]).await;
+    let mut system = System::launch(1).await;
     let client = http();
     let response = client
         .get(system.url("/subscribe/news"))

@@ -16,7 +16,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 
 use crate::support::{
-    EXCLUSIVE, Process, System, grpcurl, grpcurl_call, until_answered, wait_gateway_ready,
+    EXCLUSIVE, Launch, Local, Relay, System, grpcurl, grpcurl_call, until_answered, wait_healthy,
 };
 
 fn backend_of<T>(response: &tonic::Response<T>) -> String {
@@ -30,8 +30,7 @@ fn backend_of<T>(response: &tonic::Response<T>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
-    let _exclusive = EXCLUSIVE.lock().await;
-    let system = System::start(3, &[]).await;
+    let system = System::start(3).await;
     let front = system.gateway.addr;
     let address = front.to_string();
 
@@ -162,7 +161,7 @@ async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let system = System::start(3, &[]).await;
+    let system = System::launch(3).await;
     let mut events = system.gateway.client().await;
     let mut ids = Vec::new();
     for n in 0..20 {
@@ -316,10 +315,10 @@ async fn tokens_and_deadlines_hold_through_the_front_door() {
     let token_mode = crate::support::TokenMode::new(dir.path());
     let (secret, auth) = (&token_mode.secret, token_mode.flags());
     let db = dir.path().join("events.db");
-    let mut slow = auth.to_vec();
-    slow.extend(["--test-latency-ms", "300"]);
-    let backend = crate::support::Process::backend_with(&db, &slow).await;
-    let gateway = crate::support::Process::gateway(&[backend.addr], &auth).await;
+    // The backend answers 300 ms late (a relay holds its answers).
+    let backend = Local::backend(&db, &auth).await;
+    let slow = Relay::slow(backend.addr, Duration::from_millis(300)).await;
+    let gateway = Local::gateway(&[slow.addr], &auth).await;
     crate::support::readyz_becomes(
         &gateway.url(),
         reqwest::StatusCode::OK,
@@ -419,9 +418,12 @@ fn with<T>(token: &str, message: T) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_names_the_backend_of_a_grpc_call() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
-    let gateway = Process::gateway(&[backend.addr], &["--access-log"]).await;
-    wait_gateway_ready(gateway.addr).await;
+    let backend = Launch::backend(&dir.path().join("events.db")).start().await;
+    let gateway = Launch::gateway(&[backend.addr])
+        .flags(&["--access-log"])
+        .start()
+        .await;
+    wait_healthy(gateway.addr, None, 1).await;
     let mut events = gateway.client().await;
     let created = events
         .create_event(v1::CreateEventRequest {

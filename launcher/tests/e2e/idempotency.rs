@@ -3,19 +3,26 @@
 //! another body is 422, a repeat while the first is in flight is 409, keys belong to their
 //! caller, and they outlive every process (they live in the store).
 
+use std::sync::Arc;
+
+use eventsvc::store::{
+    self, Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Retention,
+    SqliteStore,
+};
+use eventsys::v1;
+use futures::stream::BoxStream;
 use nix::sys::signal::Signal;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request};
+use uuid::Uuid;
 
 use crate::{
-    support::{
-        EXCLUSIVE, Process, System, TokenMode, backend_metrics, http, series_value,
-        wait_gateway_ready,
-    },
+    support::{EXCLUSIVE, Launch, Local, System, TokenMode, http, series_value, wait_healthy},
     token::mint,
 };
-use eventsys::v1;
 
 async fn post(base: &str, path: &str, key: Option<&str>, body: &Value) -> Response {
     let mut request = http().post(format!("{base}{path}")).json(body);
@@ -45,7 +52,7 @@ async fn answer(response: Response) -> (StatusCode, bool, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_replays_its_first_answer_refuses_another_body_and_outlives_restarts() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let mut system = System::start(2, &[]).await;
+    let mut system = System::launch(2).await;
     let base = system.gateway.url();
     let body = json!({"userId": "ann", "title": "pay", "data": {"amount": 5, "currency": "EUR"}});
 
@@ -121,9 +128,9 @@ async fn a_key_replays_its_first_answer_refuses_another_body_and_outlives_restar
     for backend in &system.backends {
         backend.signal(Signal::SIGKILL);
     }
-    let backend = Process::backend(&system.db).await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
-    wait_gateway_ready(gateway.addr).await;
+    let backend = Launch::backend(&system.db).start().await;
+    let gateway = Launch::gateway(&[backend.addr]).start().await;
+    wait_healthy(gateway.addr, None, 1).await;
     let base = gateway.url();
     let (status, again, after) = answer(post(&base, "/events", Some("k-1"), &body).await).await;
     assert_eq!((status, again), (StatusCode::CREATED, true));
@@ -184,44 +191,131 @@ async fn a_key_replays_its_first_answer_refuses_another_body_and_outlives_restar
     assert!(again.contains(first["id"].as_str().unwrap()), "{again}");
 }
 
-/// Two requests with one key at once (the backend holds each keyed write 2 s after claiming
-/// its key): the second is 409 with `Retry-After`, and once the first is answered a repeat
-/// replays it.
+/// A store whose keyed publishes wait at a gate once their key is claimed: the first request
+/// stays in flight for as long as the test keeps the gate shut.
+struct Gated {
+    store: Arc<dyn EventStore>,
+    /// Set when a keyed publish reaches the gate.
+    entered: watch::Sender<bool>,
+    open: CancellationToken,
+}
+
+#[async_trait::async_trait]
+impl EventStore for Gated {
+    async fn publish(&self, event: NewEvent) -> store::Result<Event> {
+        if event.key.is_some() {
+            self.entered.send_replace(true);
+            self.open.cancelled().await;
+        }
+        self.store.publish(event).await
+    }
+
+    async fn create(&self, event: NewEvent) -> store::Result<Event> {
+        self.store.create(event).await
+    }
+
+    async fn get(&self, id: Uuid, owner: Option<String>) -> store::Result<Event> {
+        self.store.get(id, owner).await
+    }
+
+    async fn list(
+        &self,
+        owner: Option<String>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> store::Result<EventPage> {
+        self.store.list(owner, limit, cursor).await
+    }
+
+    async fn update(
+        &self,
+        id: Uuid,
+        owner: Option<String>,
+        patch: EventPatch,
+    ) -> store::Result<Event> {
+        self.store.update(id, owner, patch).await
+    }
+
+    async fn delete(&self, id: Uuid, owner: Option<String>) -> store::Result<()> {
+        self.store.delete(id, owner).await
+    }
+
+    async fn events_after(
+        &self,
+        topic: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> store::Result<Vec<Event>> {
+        self.store.events_after(topic, after_seq, limit).await
+    }
+
+    async fn follow(&self) -> store::Result<BoxStream<'static, store::Result<Event>>> {
+        self.store.follow().await
+    }
+
+    async fn compact(&self, retention: Retention, batch: usize) -> store::Result<usize> {
+        self.store.compact(retention, batch).await
+    }
+
+    async fn dropped_through(&self, topic: &str) -> store::Result<u64> {
+        self.store.dropped_through(topic).await
+    }
+
+    async fn claim(&self, claim: &KeyClaim, id: Uuid) -> store::Result<Claim> {
+        self.store.claim(claim, id).await
+    }
+
+    async fn purge_keys(&self, batch: usize) -> store::Result<usize> {
+        self.store.purge_keys(batch).await
+    }
+}
+
+/// A request whose key is held by another still in flight is 409 with `Retry-After`; once the
+/// first is answered, a repeat replays it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repeat_while_the_first_is_in_flight_is_409() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let flags = [
-        "--test-hold-claimed-ms",
-        "2000",
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ];
-    let backend = Process::backend_with(&dir.path().join("events.db"), &flags).await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
-    wait_gateway_ready(gateway.addr).await;
+    let sqlite = SqliteStore::open(dir.path().join("events.db"))
+        .await
+        .unwrap();
+    let gated = Arc::new(Gated {
+        store: Arc::new(sqlite),
+        entered: watch::Sender::new(false),
+        open: CancellationToken::new(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = Local::serve_backend(listener, eventsvc::Backend::new(gated.clone())).await;
+    let gateway = Local::gateway(&[backend.addr], &[]).await;
+    wait_healthy(gateway.addr, None, 1).await;
     let base = gateway.url();
     let body = json!({"topic": "once", "userId": "ann", "title": "t"});
-    let (a, b) = tokio::join!(
-        post(&base, "/publish", Some("same"), &body),
-        post(&base, "/publish", Some("same"), &body)
-    );
-    let mut answers = [a, b];
-    answers.sort_by_key(Response::status);
-    let [answered, refused] = answers;
-    assert_eq!(answered.status(), StatusCode::OK);
+
+    let first = tokio::spawn({
+        let (base, body) = (base.clone(), body.clone());
+        async move { post(&base, "/publish", Some("same"), &body).await }
+    });
+    gated
+        .entered
+        .subscribe()
+        .wait_for(|entered| *entered)
+        .await
+        .unwrap();
+    let refused = post(&base, "/publish", Some("same"), &body).await;
     assert_eq!(refused.status(), StatusCode::CONFLICT);
     assert_eq!(refused.headers()["retry-after"], "1");
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["code"], "ABORTED");
     assert!(error["error"].as_str().unwrap().contains("in progress"));
+    gated.open.cancel();
+    let answered = first.await.unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
     let answered: Value = answered.json().await.unwrap();
     let (status, again, repeat) = answer(post(&base, "/publish", Some("same"), &body).await).await;
     assert_eq!((status, again), (StatusCode::OK, true));
     assert_eq!(repeat, answered);
 
     // The backend counts the replay, and the refusal under its code.
-    let metrics = backend_metrics(&backend).await;
+    let metrics = backend.metrics().await;
     assert_eq!(
         series_value(&metrics, "eventsvc_idempotent_replays_total"),
         1
@@ -234,7 +328,6 @@ async fn a_repeat_while_the_first_is_in_flight_is_409() {
 /// is another request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_token_mode_keys_belong_to_the_tokens_subject() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mode = TokenMode::new(dir.path());
     let alice = mint(&mode.secret, &["--sub", "alice", "--publish", "*"]);

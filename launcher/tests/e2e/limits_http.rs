@@ -1,5 +1,5 @@
 //! What a hostile client can hold of the gateway at the connection level, against the real
-//! processes: a request head sent slowly, a body that never comes, more connections than the
+//! gateway (a process where its log, its open-file limit or every connection it holds counts): a request head sent slowly, a body that never comes, more connections than the
 //! cap or than the open-file limit would allow, foreign `Host` names, cross-origin writes that
 //! skip the CORS preflight, undecodable paths and unknown methods.
 
@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 use serde_json::Value;
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
-use crate::support::{EXCLUSIVE, Process, Server, http, metric, raw_http};
+use crate::support::{EXCLUSIVE, Launch, Local, Scrape, Server, http, metric, raw_http};
 
 /// Whether the server closes `socket` within `wait` (a read sees EOF or a reset).
 async fn closed_within(socket: &mut TcpStream, wait: Duration) -> bool {
@@ -35,10 +35,13 @@ fn parse(answer: &str) -> (u16, Value) {
     (status, body)
 }
 
-/// A gateway with nothing behind it: these checks happen before any backend is asked.
-async fn gateway(extra: &[&str]) -> Process {
-    let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    Process::gateway(&[nowhere], extra).await
+/// Where no backend listens: these checks happen before any backend is asked.
+const NOWHERE: &str = "127.0.0.1:9";
+
+/// A gateway with nothing behind it, in this process.
+async fn gateway(extra: &[&str]) -> Local {
+    let nowhere: SocketAddr = NOWHERE.parse().unwrap();
+    Local::gateway(&[nowhere], extra).await
 }
 
 #[tokio::test]
@@ -92,7 +95,6 @@ async fn slow_heads_idle_connections_and_endless_bodies_are_cut_off() {
 /// large cookie passes, a head over the bound is refused with 431, and the gateway serves on.
 #[tokio::test]
 async fn request_heads_over_8_kib_get_431() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let gateway = gateway(&[]).await;
     let head = |cookie: usize| {
         format!(
@@ -111,8 +113,19 @@ async fn request_heads_over_8_kib_get_431() {
 
 #[tokio::test]
 async fn connections_over_the_cap_are_refused_and_logged() {
+    // A process: its log is part of what is checked, and the cap counts every connection.
     let _exclusive = EXCLUSIVE.lock().await;
-    let gateway = gateway(&["--max-connections", "20", "--header-timeout", "30s"]).await;
+    let gateway = Launch::server(Server::Gateway)
+        .flags(&[
+            "--backends",
+            NOWHERE,
+            "--max-connections",
+            "20",
+            "--header-timeout",
+            "30s",
+        ])
+        .start()
+        .await;
     // 30 connections for 20 places: the ten over the cap are accepted by the kernel, then
     // closed by the gateway at once (one place may still be taken by the harness's readiness
     // probe as it closes).
@@ -131,42 +144,29 @@ async fn connections_over_the_cap_are_refused_and_logged() {
         "{refused} of 30 refused with 20 places"
     );
     gateway.wait_for_log("connection limit reached").await;
-    // Capacity comes back as connections close.
+    // Capacity comes back as connections close: `/metrics` answers again, and counted one
+    // refusal episode.
     drop(held);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(response) = http()
-            .get(format!("{}/metrics", gateway.url()))
-            .send()
-            .await
-            && response.status() == 200
-        {
-            let text = response.text().await.unwrap();
-            assert!(
-                text.contains("gateway_connections_refused_total 1"),
-                "{text}"
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "capacity never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let text = Scrape::gateway(gateway.addr)
+        .until("capacity back", Duration::from_secs(10), |text| {
+            !text.is_empty()
+        })
+        .await;
+    assert!(
+        text.contains("gateway_connections_refused_total 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn two_thousand_idle_connections_under_a_1024_file_limit_do_not_stop_the_gateway() {
     let _exclusive = EXCLUSIVE.lock().await;
     eventsys::process::raise_open_file_limit();
-    let nowhere = "127.0.0.1:9";
-    let gateway = Process::start_with_file_limit(
-        Server::Gateway,
-        1024,
-        &["--backends", nowhere, "--header-timeout", "60s"],
-    )
-    .await;
+    let gateway = Launch::server(Server::Gateway)
+        .file_limit(1024)
+        .flags(&["--backends", NOWHERE, "--header-timeout", "60s"])
+        .start()
+        .await;
     let mut idle = Vec::new();
     for _ in 0..2000 {
         idle.push(TcpStream::connect(gateway.addr).await.expect("connect"));
@@ -189,7 +189,6 @@ async fn two_thousand_idle_connections_under_a_1024_file_limit_do_not_stop_the_g
 
 #[tokio::test]
 async fn foreign_hosts_and_preflight_skipping_writes_are_refused() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let gateway = gateway(&["--cors-origins", "https://app.example"]).await;
     let addr = gateway.addr;
 
@@ -252,7 +251,6 @@ async fn foreign_hosts_and_preflight_skipping_writes_are_refused() {
 
 #[tokio::test]
 async fn undecodable_paths_and_unknown_methods_get_the_json_error_and_are_counted() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let gateway = gateway(&[]).await;
     let answer = raw_http(
         gateway.addr,
@@ -279,11 +277,11 @@ async fn access_lines_nobody_reads_never_stall_the_gateway() {
     // Every request writes an access line; stderr is a pipe nobody reads (a supervisor that
     // stopped), which fills after some hundred lines. Requests must go on being answered:
     // lines beyond the writer's queue are dropped, never waited for.
-    let gateway = Process::start_with_unread_logs(
-        Server::Gateway,
-        &["--backends", "127.0.0.1:9", "--access-log"],
-    )
-    .await;
+    let gateway = Launch::server(Server::Gateway)
+        .unread_logs()
+        .flags(&["--backends", NOWHERE, "--access-log"])
+        .start()
+        .await;
     let client = http();
     let url = format!("{}/metrics", gateway.url());
     let answered = tokio::time::timeout(Duration::from_secs(120), async {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::{
     pubsub::{in_order, publish, read, subscribe},
-    support::{EXCLUSIVE, Process, Single, http, metric, wait_gateway_ready},
+    support::{EXCLUSIVE, Launch, Scrape, Single, http, metric, wait_healthy},
 };
 
 /// What the gateway may hold per non-reading client in this test.
@@ -21,9 +21,10 @@ const EVENT: usize = 32 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_that_do_not_read_hold_bytes_not_events_and_lose_nothing() {
+    // Memory is the point: the gateway is a process of its own, measured alone.
     let _exclusive = EXCLUSIVE.lock().await;
     let budget = BUDGET.to_string();
-    let single = Single::start(&[], &["--sse-buffer-bytes", &budget]).await;
+    let single = Single::launch(&[], &["--sse-buffer-bytes", &budget]).await;
     let (gateway, base) = (&single.gateway, single.gateway.url());
     // Warm the gateway's allocator with the same traffic, read, before measuring.
     let (mut warm, _) = subscribe(format!("{base}/subscribe/warm"), None).await;
@@ -94,7 +95,6 @@ async fn assert_too_many(response: reqwest::Response, text: &str) {
 
 #[tokio::test]
 async fn open_streams_are_capped_per_client_and_in_total() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let flags = ["--max-sse-per-client", "2", "--max-sse-streams", "3"];
     let single = Single::start(&[], &flags).await;
     let base = single.gateway.url();
@@ -112,25 +112,20 @@ async fn open_streams_are_capped_per_client_and_in_total() {
     assert_eq!(metric(gateway, &refused("client_streams")).await, 1);
     assert_eq!(metric(gateway, &refused("total_streams")).await, 1);
 
-    // A client that leaves frees its place.
+    // A client that leaves frees its place: the gateway counts one stream fewer, and another
+    // client gets in.
     drop(first);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let response = open_from(&base, "127.0.0.3").await;
-        if response.status() == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the place was never freed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Scrape::gateway(gateway)
+        .until_value("gateway_sse_streams", Duration::from_secs(10), |open| {
+            open == 2
+        })
+        .await;
+    let response = open_from(&base, "127.0.0.3").await;
+    assert_eq!(response.status(), 200, "the place was freed");
 }
 
 #[tokio::test]
 async fn a_client_over_its_rate_gets_429_and_others_do_not() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let single = Single::start(&[], &["--rate-limit", "5"]).await;
     let url = format!("{}/events?userId=rate", single.gateway.url());
     let client = http();
@@ -172,14 +167,14 @@ async fn a_stream_ended_for_one_subscriber_leaves_its_backend_in_rotation() {
     // A backend that closes any subscriber more than 5 events behind, and a sibling on the
     // same store whose publishes it sees in batches (from its change feed, not its own
     // writes), which overflow its subscriber's one-event queue.
-    let backend = Process::backend_with(
-        &db,
-        &["--subscriber-buffer", "1", "--max-subscriber-lag", "5"],
-    )
-    .await;
-    let sibling = Process::backend(&db).await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
-    wait_gateway_ready(gateway.addr).await;
+    // Processes: what the backend and the gateway log is part of what is checked.
+    let backend = Launch::backend(&db)
+        .flags(&["--subscriber-buffer", "1", "--max-subscriber-lag", "5"])
+        .start()
+        .await;
+    let sibling = Launch::backend(&db).start().await;
+    let gateway = Launch::gateway(&[backend.addr]).start().await;
+    wait_healthy(gateway.addr, None, 1).await;
     let (mut frames, _) = subscribe(format!("{}/subscribe/bursty", gateway.url()), None).await;
     let client = sibling.client().await;
     let mut publishes = tokio::task::JoinSet::new();

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::{
     pubsub::{in_order, read, subscribe},
-    support::{EXCLUSIVE, Single, backend_metrics, http},
+    support::{EXCLUSIVE, Single, http},
 };
 
 /// A maximal event: 64 KiB title and description, 256 KiB of data (~370 KiB as JSON).
@@ -58,8 +58,9 @@ async fn walk(base: &str, first: &str) -> (Vec<u64>, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn maximal_events_are_streamed_in_constant_memory_and_paged_exactly_once() {
+    // Memory is the point: the gateway is a process of its own, measured alone.
     let _exclusive = EXCLUSIVE.lock().await;
-    let single = Single::start(&[], &[]).await;
+    let single = Single::launch(&[], &[]).await;
     let (gateway, base) = (&single.gateway, single.gateway.url());
     let client = http();
     for i in 0..48 {
@@ -163,20 +164,13 @@ async fn history_becomes(base: &str, topic: &str, expected: &[u64]) -> Option<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_by_count_keeps_the_newest_and_tells_readers_of_the_gap() {
-    let _exclusive = EXCLUSIVE.lock().await;
-    let flags = [
-        "--retention-max-events",
-        "10",
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ];
-    let single = Single::start(&flags, &[]).await;
+    let single = Single::start(&["--retention-max-events", "10"], &[]).await;
     let base = single.gateway.url();
     publish_n(&base, "kept", 25).await;
     let expected: Vec<u64> = (16..=25).collect();
     let oldest = history_becomes(&base, "kept", &expected).await;
     assert_eq!(oldest.as_deref(), Some("16"));
-    let metrics = backend_metrics(&single.backend).await;
+    let metrics = single.backend.metrics().await;
     assert!(
         metrics.contains("\neventsvc_retention_dropped_events_total 15\n"),
         "{metrics}"
@@ -211,7 +205,6 @@ async fn retention_by_count_keeps_the_newest_and_tells_readers_of_the_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_by_age_drops_what_is_older() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let single = Single::start(&["--retention-max-age", "2s"], &[]).await;
     let base = single.gateway.url();
     publish_n(&base, "aging", 5).await;
@@ -232,7 +225,6 @@ async fn retention_by_age_drops_what_is_older() {
 
 #[tokio::test]
 async fn a_full_store_refuses_writes_with_503_and_recovers_when_room_is_made() {
-    let _exclusive = EXCLUSIVE.lock().await;
     // A 2 MiB database: full after a few dozen 64 KiB events.
     let max = (2 * 1024 * 1024).to_string();
     let single = Single::start(&["--store-max-bytes", &max], &[]).await;

@@ -9,17 +9,18 @@ use serde_json::Value;
 
 use crate::{
     cdp::Browser,
-    support::{EXCLUSIVE, Process, http, readyz_becomes},
+    support::{EXCLUSIVE, Local, http, readyz_becomes},
 };
 
-/// A backend and a gateway whose limits stay out of the fuzzer's way: schemathesis sends
-/// hundreds of requests a second from one address, and a stream it opens must end for it to
-/// read the answer (EventSource would reconnect with `Last-Event-ID`).
-async fn system(db: &Path, auth: &[&str]) -> (Process, Process) {
-    let backend = Process::backend_with(db, auth).await;
-    let mut flags = vec!["--rate-limit", "100000", "--sse-max-duration", "1s"];
+/// A backend and a gateway, in this process, whose limits stay out of the fuzzer's way:
+/// schemathesis sends hundreds of requests a second from one address, and a stream it opens
+/// must end for it to read the answer (EventSource would reconnect with `Last-Event-ID`), soon:
+/// it opens streams by the dozen.
+async fn system(db: &Path, auth: &[&str]) -> (Local, Local) {
+    let backend = Local::backend(db, auth).await;
+    let mut flags = vec!["--rate-limit", "100000", "--sse-max-duration", "100ms"];
     flags.extend_from_slice(auth);
-    let gateway = Process::gateway(&[backend.addr], &flags).await;
+    let gateway = Local::gateway(&[backend.addr], &flags).await;
     let ready = reqwest::StatusCode::OK;
     readyz_becomes(&gateway.url(), ready, Duration::from_secs(10)).await;
     (backend, gateway)
@@ -46,7 +47,7 @@ async fn run(program: &str, args: &[&str], dir: &Path) -> (bool, String) {
 /// Fetches the gateway's document, checks it with `openapi-spec-validator`, and runs
 /// schemathesis's every check on every operation of it (fixed seed, bounded examples, its
 /// stateful phase following the document's links), with `headers` on every request.
-async fn schemathesis_finds_nothing(gateway: &Process, dir: &Path, headers: &[&str]) {
+async fn schemathesis_finds_nothing(gateway: &Local, dir: &Path, headers: &[&str]) {
     let url = format!("{}/openapi.json", gateway.url());
     let response = http().get(&url).send().await.unwrap();
     assert_eq!(response.status(), 200);

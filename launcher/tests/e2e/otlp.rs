@@ -18,7 +18,7 @@ use tokio::{
     sync::Notify,
 };
 
-use crate::support::{EXCLUSIVE, Process, Server, http, wait_gateway_ready};
+use crate::support::{EXCLUSIVE, Launch, Server, http, wait_healthy};
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN: &str = "b7ad6b7169203331";
@@ -168,20 +168,17 @@ async fn a_requests_gateway_and_backend_spans_are_exported_in_one_trace() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("events.db").display());
     // A short export interval, so the test waits a moment rather than the default 5 s.
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ];
-    let backend =
-        Process::start_with_env(Server::Backend, &["--store", &store, "--access-log"], &env).await;
-    let backends = backend.addr.to_string();
-    let gateway = Process::start_with_env(
-        Server::Gateway,
-        &["--backends", &backends, "--access-log"],
-        &env,
-    )
-    .await;
-    wait_gateway_ready(gateway.addr).await;
+    let exported = |launch: Launch| {
+        launch
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .flag("--access-log")
+    };
+    let backend = exported(Launch::server(Server::Backend).flags(&["--store", &store]))
+        .start()
+        .await;
+    let gateway = exported(Launch::gateway(&[backend.addr])).start().await;
+    wait_healthy(gateway.addr, None, 1).await;
     let base = gateway.url();
 
     let created: Value = http()
@@ -226,9 +223,9 @@ async fn a_requests_gateway_and_backend_spans_are_exported_in_one_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_stays_off_without_an_endpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
-    wait_gateway_ready(gateway.addr).await;
+    let backend = Launch::backend(&dir.path().join("events.db")).start().await;
+    let gateway = Launch::gateway(&[backend.addr]).start().await;
+    wait_healthy(gateway.addr, None, 1).await;
     assert!(
         !gateway.logs().contains("OTLP") && !backend.logs().contains("OTLP"),
         "{}\n{}",

@@ -8,9 +8,7 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{
-    EXCLUSIVE, Process, Server, backend_metrics, http, readyz_becomes, series_value,
-};
+use crate::support::{EXCLUSIVE, Launch, Server, http, readyz_becomes, series_value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
@@ -23,12 +21,12 @@ async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
     let auth = ["--auth", "jwt", "--jwt-secret-file", &secret];
     let mut backends = Vec::new();
     for _ in 0..2 {
-        backends.push(Process::backend_with(&db, &auth).await);
+        backends.push(Launch::backend(&db).flags(&auth).start().await);
     }
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
     let mut flags = auth.to_vec();
     flags.extend(["--rate-limit", "5", "--access-log"]);
-    let gateway = Process::gateway(&addrs, &flags).await;
+    let gateway = Launch::gateway(&addrs).flags(&flags).start().await;
     let base = gateway.url();
 
     readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
@@ -76,7 +74,11 @@ async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
     let store = format!("sqlite://{}", db.display());
     let mut args = vec!["--store", store.as_str()];
     args.extend(auth);
-    backends[0] = Process::start_on(Server::Backend, addrs[0], &args).await;
+    backends[0] = Launch::server(Server::Backend)
+        .on(addrs[0])
+        .flags(&args)
+        .start()
+        .await;
     let (took, _) = readyz_becomes(&base, StatusCode::OK, Duration::from_secs(1)).await;
     println!("/readyz 200 {took:?} after a backend came back");
 
@@ -95,8 +97,11 @@ async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
 async fn readyz_turns_503_at_the_signal_and_the_api_serves_through_the_delay() {
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
-    let mut gateway = Process::gateway(&[backend.addr], &["--shutdown-delay", "3s"]).await;
+    let backend = Launch::backend(&dir.path().join("events.db")).start().await;
+    let mut gateway = Launch::gateway(&[backend.addr])
+        .flags(&["--shutdown-delay", "3s"])
+        .start()
+        .await;
     let base = gateway.url();
     readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
 
@@ -137,11 +142,13 @@ async fn a_draining_backend_is_taken_out_by_its_health_watch_at_once() {
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
-    let mut leaving = Process::backend(&db).await;
-    let staying = Process::backend(&db).await;
-    let gateway =
-        Process::gateway(&[leaving.addr, staying.addr], &["--health-interval", "30s"]).await;
-    crate::support::wait_gateway_ready(gateway.addr).await;
+    let mut leaving = Launch::backend(&db).start().await;
+    let staying = Launch::backend(&db).start().await;
+    let gateway = Launch::gateway(&[leaving.addr, staying.addr])
+        .flags(&["--health-interval", "30s"])
+        .start()
+        .await;
+    crate::support::wait_healthy(gateway.addr, None, 2).await;
 
     leaving.signal(Signal::SIGTERM);
     let started = std::time::Instant::now();
@@ -223,12 +230,11 @@ fn assert_kinds(families: &serde_json::Map<String, Value>, kinds: &[(&str, &str)
 async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend_with(
-        &dir.path().join("events.db"),
-        &["--metrics-addr", "127.0.0.1:0"],
-    )
-    .await;
-    let gateway = Process::gateway(&[backend.addr], &[]).await;
+    let backend = Launch::backend(&dir.path().join("events.db"))
+        .flags(&["--metrics-addr", "127.0.0.1:0"])
+        .start()
+        .await;
+    let gateway = Launch::gateway(&[backend.addr]).start().await;
     let base = gateway.url();
     readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
     for _ in 0..3 {
@@ -264,7 +270,7 @@ async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
     let gateway_text = text;
 
     // The backend's, on the address its log names.
-    let text = backend_metrics(&backend).await;
+    let text = backend.metrics().await;
     let backend_kinds = [
         ("eventsvc_rpcs", "counter"),
         ("eventsvc_rpc_duration_seconds", "histogram"),

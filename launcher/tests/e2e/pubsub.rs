@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::support::{
-    EXCLUSIVE, Process, System, backend_metrics, http, metric, series_value, served_by,
-    wait_gateway_ready,
+    EXCLUSIVE, Launch, Local, System, http, metric, series_value, served_by, wait_healthy,
 };
 
 pub(crate) type Frames =
@@ -90,16 +89,16 @@ pub(crate) fn in_order(seqs: &[u64], from: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribers_on_three_backends_each_get_all_1000_events_in_order() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let system = System::start(3, &[]).await;
+    let system = System::start(3).await;
     // One gateway pinned to each backend, so each subscriber is served by a different one;
     // publishes go through the balanced gateway to all three.
     let mut pinned = Vec::new();
     for backend in &system.backends {
-        pinned.push(Process::gateway(&[backend.addr], &[]).await);
+        pinned.push(Local::gateway(&[backend.addr], &[]).await);
     }
     let mut streams = Vec::new();
     for gateway in &pinned {
-        wait_gateway_ready(gateway.addr).await;
+        wait_healthy(gateway.addr, None, 1).await;
         let (frames, backend) =
             subscribe(format!("http://{}/subscribe/fanout", gateway.addr), None).await;
         streams.push((frames, backend));
@@ -118,8 +117,7 @@ async fn subscribers_on_three_backends_each_get_all_1000_events_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reconnecting_with_last_event_id_resumes_right_after_it() {
-    let _exclusive = EXCLUSIVE.lock().await;
-    let system = System::start(3, &[]).await;
+    let system = System::start(3).await;
     assert_eq!(publish(&system.url(""), "resume", 20, 2, 0).await, 20);
 
     let (mut frames, _) = subscribe(system.url("/subscribe/resume"), Some(10)).await;
@@ -138,7 +136,7 @@ async fn reconnecting_with_last_event_id_resumes_right_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_continues_without_gap_when_its_backend_is_killed() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let system = System::start(3, &[]).await;
+    let system = System::launch(3).await;
     // Ten clients share the topic's hub, fed by one backend; the kill moves the hub.
     let url = system.url("/subscribe/crash");
     let (mut frames, serving) = subscribe(url.clone(), None).await;
@@ -202,16 +200,19 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
     // between them and the store.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
-    let backend = Process::backend_with(
-        &db,
-        &["--subscriber-buffer", "8", "--metrics-addr", "127.0.0.1:0"],
-    )
-    .await;
-    let gateway = Process::gateway(&[backend.addr], &["--sse-buffer-bytes", "262144"]).await;
+    // Processes: the backend's log is part of what is checked.
+    let backend = Launch::backend(&db)
+        .flags(&["--subscriber-buffer", "8", "--metrics-addr", "127.0.0.1:0"])
+        .start()
+        .await;
+    let gateway = Launch::gateway(&[backend.addr])
+        .flags(&["--sse-buffer-bytes", "262144"])
+        .start()
+        .await;
     let base = format!("http://{}", gateway.addr);
     // An SSE client through the gateway, and a gRPC client straight at the backend (on its
     // own connection, which its unread data fills).
-    wait_gateway_ready(gateway.addr).await;
+    wait_healthy(gateway.addr, None, 1).await;
     let (mut frames, _) = subscribe(format!("{base}/subscribe/slow"), None).await;
     let mut direct = backend
         .client()
@@ -243,7 +244,7 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
             .contains("subscriber fell behind: catching up from the store"),
         "the gRPC client fell behind at the backend"
     );
-    let metrics = backend_metrics(&backend).await;
+    let metrics = backend.metrics().await;
     assert!(
         series_value(&metrics, "eventsvc_catch_ups_total") > 0,
         "{metrics}"
@@ -252,20 +253,9 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend_with(
-        &dir.path().join("events.db"),
-        &[
-            "--subscriber-buffer",
-            "4",
-            "--max-subscriber-lag",
-            "50",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let flags = ["--subscriber-buffer", "4", "--max-subscriber-lag", "50"];
+    let backend = Local::backend(&dir.path().join("events.db"), &flags).await;
     // Its own connection with a small HTTP/2 window (tonic's default takes 2 MiB before the
     // backend has to hold anything back), which its unread data fills.
     let channel = tonic::transport::Channel::from_shared(backend.url())
@@ -315,7 +305,7 @@ async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
         status.message()
     );
     assert!(last < 600);
-    let metrics = backend_metrics(&backend).await;
+    let metrics = backend.metrics().await;
     assert!(
         metrics.contains("\neventsvc_subscribers_too_far_behind_total 1\n"),
         "{metrics}"
@@ -343,8 +333,7 @@ async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn topics_are_spread_over_the_backends_one_stream_each() {
-    let _exclusive = EXCLUSIVE.lock().await;
-    let system = System::start(3, &[]).await;
+    let system = System::start(3).await;
     let mut open = Vec::new();
     let mut topic_backend = std::collections::HashMap::<String, String>::new();
     // Twelve topics, three clients each: one backend stream per topic, shared by its clients.
@@ -400,12 +389,12 @@ async fn a_thousand_subscribers_of_one_topic_make_one_backend_stream() {
     let db = dir.path().join("events.db");
     let mut backends = Vec::new();
     for _ in 0..3 {
-        backends.push(Process::backend(&db).await);
+        backends.push(Local::backend(&db, &[]).await);
     }
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
     // All from one address: the per-client cap (100 by default) must let them in.
-    let gateway = Process::gateway(&addrs, &["--max-sse-per-client", "1000"]).await;
-    wait_gateway_ready(gateway.addr).await;
+    let gateway = Local::gateway(&addrs, &["--max-sse-per-client", "1000"]).await;
+    wait_healthy(gateway.addr, None, 3).await;
     let base = gateway.url();
     let url = format!("{base}/subscribe/crowd");
     let opened = futures::stream::iter(0..1000)
@@ -446,12 +435,11 @@ async fn a_thousand_subscribers_of_one_topic_make_one_backend_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sse_max_duration_ends_streams_that_resume_losslessly() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
-    let gateway = Process::gateway(&[backend.addr], &["--sse-max-duration", "500ms"]).await;
+    let backend = Local::backend(&dir.path().join("events.db"), &[]).await;
+    let gateway = Local::gateway(&[backend.addr], &["--sse-max-duration", "500ms"]).await;
     let base = format!("http://{}", gateway.addr);
-    wait_gateway_ready(gateway.addr).await;
+    wait_healthy(gateway.addr, None, 1).await;
     let (mut frames, _) = subscribe(format!("{base}/subscribe/short"), None).await;
     assert_eq!(publish(&base, "short", 3, 1, 0).await, 3);
     in_order(&read(&mut frames, 3).await, 1);
@@ -470,7 +458,7 @@ async fn sse_max_duration_ends_streams_that_resume_losslessly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_after_the_largest_seq_neither_panics_nor_delivers() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend(&dir.path().join("events.db")).await;
+    let backend = Launch::backend(&dir.path().join("events.db")).start().await;
     let mut client = backend.client().await;
     let subscribe = |after_seq| v1::SubscribeRequest {
         topic: "edge".into(),

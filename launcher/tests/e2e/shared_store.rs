@@ -7,7 +7,7 @@ use eventsys::v1::{self, event_service_client::EventServiceClient};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::support::Process;
+use crate::support::Launch;
 
 fn publish(topic: &str, title: String) -> v1::PublishRequest {
     v1::PublishRequest {
@@ -42,7 +42,7 @@ async fn two_backends_on_one_file_share_events_and_seq_order() {
     let _exclusive = crate::support::EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("shared.db");
-    let (a, b) = tokio::join!(Process::backend(&db), Process::backend(&db));
+    let (a, b) = tokio::join!(Launch::backend(&db).start(), Launch::backend(&db).start());
     let (mut via_a, mut via_b) = (a.client().await, b.client().await);
 
     let created = via_a
@@ -138,7 +138,7 @@ async fn a_subscriber_on_one_backend_sees_publishes_through_another_in_order() {
     let _exclusive = crate::support::EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("shared.db");
-    let (a, b) = tokio::join!(Process::backend(&db), Process::backend(&db));
+    let (a, b) = tokio::join!(Launch::backend(&db).start(), Launch::backend(&db).start());
     let (mut via_a, mut via_b) = (a.client().await, b.client().await);
 
     for i in 1..=3 {
@@ -186,7 +186,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
     let _exclusive = crate::support::EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
-    let mut victim = Process::backend(&db).await;
+    let mut victim = Launch::backend(&db).start().await;
     let client = victim.client().await;
 
     // Writers report each acknowledged write; they stop at their first failure, which comes
@@ -233,7 +233,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         acknowledged.push(ack);
     }
 
-    let survivor = Process::backend(&db).await;
+    let survivor = Launch::backend(&db).start().await;
     let mut client = survivor.client().await;
     for (id, _) in &acknowledged {
         let found = client

@@ -7,7 +7,7 @@ use std::{path::Path, process::Command, time::Duration};
 use reqwest::{StatusCode, Version};
 use serde_json::{Value, json};
 
-use crate::support::{EXCLUSIVE, Process, Server};
+use crate::support::{EXCLUSIVE, Launch, Server};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by the CA.
 fn certificates(dir: &Path) {
@@ -137,13 +137,21 @@ async fn https_with_http2_to_the_gateway_and_mtls_to_the_backends() {
         &ca,
     ];
     let backends = [
-        Process::start_unprobed(Server::Backend, &backend_args).await,
-        Process::start_unprobed(Server::Backend, &backend_args).await,
+        Launch::server(Server::Backend)
+            .unprobed()
+            .flags(&backend_args)
+            .start()
+            .await,
+        Launch::server(Server::Backend)
+            .unprobed()
+            .flags(&backend_args)
+            .start()
+            .await,
     ];
     let list = format!("{},{}", backends[0].addr, backends[1].addr);
-    let gateway = Process::start_unprobed(
-        Server::Gateway,
-        &[
+    let gateway = Launch::server(Server::Gateway)
+        .unprobed()
+        .flags(&[
             "--backends",
             &list,
             "--tls-cert",
@@ -156,9 +164,9 @@ async fn https_with_http2_to_the_gateway_and_mtls_to_the_backends() {
             &client_pem,
             "--backend-client-key",
             &client_key,
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let client = https_client(dir.path().join("ca.pem").as_path());
     let base = format!("https://{}", gateway.addr);
     // Ready: the gateway answers over HTTPS and its mTLS health checks pass on both backends.
@@ -219,8 +227,10 @@ async fn https_with_http2_to_the_gateway_and_mtls_to_the_backends() {
 
     // A gateway without a client certificate is refused by the backends: none ever becomes
     // healthy, and requests get 503.
-    let no_identity =
-        Process::start(Server::Gateway, &["--backends", &list, "--backend-ca", &ca]).await;
+    let no_identity = Launch::server(Server::Gateway)
+        .flags(&["--backends", &list, "--backend-ca", &ca])
+        .start()
+        .await;
     let refused = crate::support::http()
         .get(format!("{}/events?userId=u", no_identity.url()))
         .send()

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{EVENTSYS, EXCLUSIVE, System, grpcurl, http};
+use crate::support::{EVENTSYS, EXCLUSIVE, Process, System, grpcurl, http};
 
 const SECRET: &str = "a test secret that is long enough for HS256";
 
@@ -37,7 +37,11 @@ pub(crate) fn mint(secret_file: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-async fn system() -> (tokio::sync::MutexGuard<'static, ()>, System, Tokens) {
+async fn system() -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    System<Process>,
+    Tokens,
+) {
     let exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
@@ -68,7 +72,7 @@ async fn system() -> (tokio::sync::MutexGuard<'static, ()>, System, Tokens) {
         // Every request logged, so that the check that no token is logged has lines to read.
         "--access-log",
     ];
-    let system = System::start_with(3, &flags, Some(tokens.admin.clone()), dir).await;
+    let system = System::launch_with(3, &flags, Some(tokens.admin.clone()), dir).await;
     (exclusive, system, tokens)
 }
 
@@ -99,7 +103,7 @@ async fn assert_403(response: reqwest::Response) {
 }
 
 /// No process of the system logged any of the tokens.
-fn assert_no_token_logged(system: &System, tokens: &Tokens) {
+fn assert_no_token_logged(system: &System<Process>, tokens: &Tokens) {
     let logs = std::iter::once(&system.gateway)
         .chain(&system.backends)
         .map(|p| p.logs())

@@ -13,7 +13,7 @@ use eventsys::{
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use reqwest::StatusCode;
 
-use crate::support::{EXCLUSIVE, System, http};
+use crate::support::{System, http};
 
 const SECRET: &[u8] = b"a secret only these tests know, long enough";
 
@@ -49,11 +49,9 @@ struct Under {
     /// The EC private key, for `Keys::PublicKey`.
     private: Vec<u8>,
     public: Vec<u8>,
-    _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
 
 async fn start(keys: Keys) -> Under {
-    let exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();
     let run = |args: &[&str]| {
@@ -100,7 +98,6 @@ async fn start(keys: Keys) -> Under {
         system,
         private,
         public,
-        _exclusive: exclusive,
     }
 }
 
@@ -298,7 +295,6 @@ fn jwks(kids: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jwks_url_is_refreshed_but_never_fetched_per_unknown_kid() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let served = tempfile::tempdir().unwrap();
     std::fs::write(served.path().join("jwks.json"), jwks(&["k1"])).unwrap();
     let (_server, base, requests) = serve_dir(served.path()).await;

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{EXCLUSIVE, Process, http, wait_gateway_ready};
+use crate::support::{EXCLUSIVE, Launch, http, wait_healthy};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -12,9 +12,15 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 async fn a_traceparent_names_the_request_in_the_gateways_and_the_backends_logs() {
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let backend = Process::backend_with(&dir.path().join("events.db"), &["--access-log"]).await;
-    let gateway = Process::gateway(&[backend.addr], &["--access-log"]).await;
-    wait_gateway_ready(gateway.addr).await;
+    let backend = Launch::backend(&dir.path().join("events.db"))
+        .flags(&["--access-log"])
+        .start()
+        .await;
+    let gateway = Launch::gateway(&[backend.addr])
+        .flags(&["--access-log"])
+        .start()
+        .await;
+    wait_healthy(gateway.addr, None, 1).await;
     let base = gateway.url();
     let created: Value = http()
         .post(format!("{base}/events"))

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     pubsub::subscribe,
-    support::{EXCLUSIVE, Process, http, readyz_becomes},
+    support::{EXCLUSIVE, Launch, http, readyz_becomes},
     token::mint,
 };
 
@@ -40,8 +40,11 @@ async fn the_stats_stream_shows_only_what_the_token_may_see() {
     let dir = tempfile::tempdir().unwrap();
     let token_mode = crate::support::TokenMode::new(dir.path());
     let (secret, auth) = (&token_mode.secret, token_mode.flags());
-    let backend = Process::backend_with(&dir.path().join("events.db"), &auth).await;
-    let gateway = Process::gateway(&[backend.addr], &auth).await;
+    let backend = Launch::backend(&dir.path().join("events.db"))
+        .flags(&auth)
+        .start()
+        .await;
+    let gateway = Launch::gateway(&[backend.addr]).flags(&auth).start().await;
     let base = gateway.url();
     readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
     let admin = mint(secret, &["--sub", "root", "--subscribe", "*", "--admin"]);

@@ -16,27 +16,26 @@ use serde_json::{Value, json};
 
 use crate::{
     pubsub::subscribe,
-    support::{EXCLUSIVE, Process, Server, System, http, until_answered},
+    support::{EXCLUSIVE, Local, Relay, System, http, until_answered, wait_healthy},
 };
 
-/// The first attempt commits on a backend that dies before it answers (it holds every answer
-/// 3 s after its work: `--test-latency-ms`); the gateway sends the publish again to the other
-/// backend, which finds the event stored and answers with it.
+/// The first attempt commits on a backend that dies before it answers (a relay to a real
+/// backend that holds the answer, then is killed); the gateway sends the publish again to the
+/// other backend, which finds the event stored and answers with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_publish_retried_after_its_backend_committed_and_died_is_stored_and_delivered_once() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
-    let dying = Process::backend_with(&db, &["--test-latency-ms", "3000"]).await;
-    // The second backend's address, taken now; it starts once the first has committed.
-    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let real = Local::backend(&db, &[]).await;
+    let dying = Relay::holding(real.addr, "Publish").await;
+    // The second backend's port, taken now; it serves once the first has committed.
+    let spare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let spare_addr = spare.local_addr().unwrap();
-    drop(spare);
-    let gateway = Process::gateway(&[dying.addr, spare_addr], &[]).await;
+    let gateway = Local::gateway(&[dying.addr, spare_addr], &[]).await;
     let base = gateway.url();
-    crate::support::readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
+    wait_healthy(gateway.addr, None, 1).await;
 
-    // A live subscriber (its stream opens on the slow backend, 3 s later).
+    // A live subscriber, its stream on the dying backend.
     let topic = "exactly.once";
     let (mut frames, _) = subscribe(format!("{base}/subscribe/{topic}"), None).await;
 
@@ -51,33 +50,18 @@ async fn a_publish_retried_after_its_backend_committed_and_died_is_stored_and_de
                 .unwrap()
         }
     });
-    // The commit, seen in the shared store itself.
+    // The real backend has committed it; the answer is held.
+    dying.held().await;
     let store = SqliteStore::open(db.clone()).await.unwrap();
-    let waiting = tokio::time::Instant::now();
-    let committed = loop {
-        let events = store.events_after(topic, 0, 10).await.unwrap();
-        if let Some(event) = events.first() {
-            break event.clone();
-        }
-        assert!(
-            waiting.elapsed() < Duration::from_secs(20),
-            "the publish was never committed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let committed = store.events_after(topic, 0, 10).await.unwrap()[0].clone();
     // The other backend joins, then the first dies before it answers.
-    let _spare = Process::start_on(
-        Server::Backend,
-        spare_addr,
-        &["--store", &format!("sqlite://{}", db.display())],
-    )
-    .await;
-    crate::support::wait_healthy(&gateway, None, 2).await;
+    let _spare = Local::backend_on(spare, &db, &[]).await;
+    wait_healthy(gateway.addr, None, 2).await;
     assert!(
         !publish.is_finished(),
         "the first attempt answered before the kill"
     );
-    dying.signal(Signal::SIGKILL);
+    dying.kill();
 
     let answer = publish.await.unwrap();
     assert_eq!(answer.status(), StatusCode::OK, "{:?}", answer.text().await);
@@ -117,7 +101,7 @@ async fn a_publish_retried_after_its_backend_committed_and_died_is_stored_and_de
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_delivered_once() {
     let _exclusive = EXCLUSIVE.lock().await;
-    let system = System::start(3, &[]).await;
+    let system = System::launch(3).await;
     let base = system.gateway.url();
     let topic = "kill.writes";
     let (mut frames, feeding) = subscribe(format!("{base}/subscribe/{topic}"), None).await;

@@ -17,27 +17,40 @@ fn datetime(t: DateTime<Utc>) -> bson::DateTime {
 }
 
 pub fn to_document(e: &Event) -> Result<Document, StoreError> {
+    // Every field named: a new one does not compile until it is stored.
+    let Event {
+        id,
+        user_id,
+        title,
+        description,
+        completed,
+        created_at,
+        topic,
+        data,
+        time,
+        seq,
+    } = e;
     let mut document = doc! {
-        "id": e.id.to_string(),
-        "userId": &e.user_id,
-        "title": &e.title,
-        "description": &e.description,
-        "completed": e.completed,
-        "createdAt": datetime(e.created_at),
-        "topic": &e.topic,
+        "id": id.to_string(),
+        "userId": user_id,
+        "title": title,
+        "description": description,
+        "completed": completed,
+        "createdAt": datetime(*created_at),
+        "topic": topic,
     };
-    if let Some(data) = &e.data {
+    if let Some(data) = data {
         let data = bson::to_bson(data).map_err(|err| StoreError::Internal {
             op: "encode data",
             source: Box::new(err),
         })?;
         document.insert("data", data);
     }
-    if let Some(time) = e.time {
-        document.insert("time", datetime(time));
+    if let Some(time) = time {
+        document.insert("time", datetime(*time));
     }
-    if e.seq > 0 {
-        document.insert("seq", e.seq as i64);
+    if *seq > 0 {
+        document.insert("seq", *seq as i64);
     }
     Ok(document)
 }

@@ -1,0 +1,196 @@
+//! Extractors for the contract's inputs, each rejecting with our JSON error: a JSON body read
+//! whatever its Content-Type, the owner (`?userId=`), an event id, a topic, and the SSE resume
+//! point (`Last-Event-ID` or `?lastEventId=`).
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Path, Query, Request},
+};
+use http::request::Parts;
+use serde::{Deserialize, de::DeserializeOwned};
+use utoipa::IntoParams;
+
+use super::ApiError;
+use crate::http::AppState;
+
+/// A JSON body whatever its Content-Type (the old service's clients do not all send one).
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state).await?;
+        // serde reads a struct from an array too (`[null, null]` would be an event).
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::bad_request(
+                "invalid JSON: the body must be a JSON object",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    }
+}
+
+/// Query parameters, rejected with our JSON error.
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(params) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Params(params))
+    }
+}
+
+/// The owner an event request acts for (`?userId=`; empty when not given).
+pub(crate) struct UserId(pub(crate) String);
+
+/// `?userId=`, as `UserId` reads it.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UserIdParam {
+    /// Scopes the request to this user's events (anonymous mode). In token mode the token's
+    /// subject decides: another user's id is 403, absent means the caller.
+    #[serde(rename = "userId", default)]
+    #[param(max_length = 256, nullable = false)]
+    user_id: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for UserId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(owner) = Query::<UserIdParam>::from_request_parts(parts, state).await?;
+        Ok(UserId(owner.user_id.unwrap_or_default()))
+    }
+}
+
+/// The `{id}` of `/events/{id}`, normalised; an id that is not a UUID names no event (404).
+pub(crate) struct EventId(pub(crate) String);
+
+/// `{id}`, as `EventId` reads it (for the API description).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "only describes the parameter")]
+pub(crate) struct EventIdParam {
+    /// The event's id (a UUID; anything else names no event: 404).
+    #[param(format = Uuid)]
+    id: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for EventId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await?;
+        uuid::Uuid::parse_str(&id)
+            .map(|u| EventId(u.to_string()))
+            .map_err(|_| ApiError::not_found())
+    }
+}
+
+/// The `{topic}` of `/topic-events/{topic}` and `/subscribe/{topic}`, as given: backends
+/// validate topics.
+pub(crate) struct Topic(pub(crate) String);
+
+/// `{topic}`, as `Topic` reads it (for the API description).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "only describes the parameter")]
+pub(crate) struct TopicParam {
+    /// The topic: 1 to 256 of `A-Z a-z 0-9 . _ : -`.
+    #[param(min_length = 1, max_length = 256, pattern = "^[A-Za-z0-9._:-]+$")]
+    topic: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Topic {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(topic) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Topic(topic))
+    }
+}
+
+/// The `seq` an SSE stream resumes after: the `Last-Event-ID` header (what a browser sends
+/// when it reconnects), else `?lastEventId=`, else 0 (the whole topic).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ResumeAfter(pub(crate) u64);
+
+/// Where an SSE stream resumes, as `ResumeAfter` reads it.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ResumeQuery {
+    /// The `seq` of the last event the client has, for a browser's first connect (the
+    /// `Last-Event-ID` header wins when both are sent).
+    #[serde(rename = "lastEventId")]
+    #[param(pattern = "^[0-9]{0,19}$", nullable = false)]
+    last_event_id: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ResumeAfter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(query) = Query::<ResumeQuery>::from_request_parts(parts, state).await?;
+        // An empty `Last-Event-ID` is no id (EventSource sends none until it has one). Both
+        // are checked even when the header wins: a malformed parameter is an error either way.
+        let header = parts
+            .headers
+            .get("last-event-id")
+            .map(|value| value.to_str().unwrap_or("?").trim());
+        let header = seq(header)?;
+        let query = seq(query.last_event_id.as_deref())?;
+        Ok(ResumeAfter(header.or(query).unwrap_or(0)))
+    }
+}
+
+/// A resume point as given: absent or empty is none.
+fn seq(given: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match given {
+        None | Some("") => Ok(None),
+        Some(id) => id.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!(
+                "Last-Event-ID must be an event seq number (got {id:?})"
+            ))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn resume(uri: &str, header: Option<&str>) -> Result<ResumeAfter, ApiError> {
+        let mut request = http::Request::builder().uri(uri);
+        if let Some(value) = header {
+            request = request.header("last-event-id", value);
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        ResumeAfter::from_request_parts(&mut parts, &()).await
+    }
+
+    #[tokio::test]
+    async fn header_wins_over_query_and_bad_ids_are_rejected() {
+        assert_eq!(resume("/s/t", None).await.unwrap(), ResumeAfter(0));
+        assert_eq!(
+            resume("/s/t?lastEventId=7", None).await.unwrap(),
+            ResumeAfter(7)
+        );
+        assert_eq!(
+            resume("/s/t?lastEventId=7", Some("12")).await.unwrap(),
+            ResumeAfter(12)
+        );
+        let err = resume("/s/t?lastEventId=7", Some("x1")).await.unwrap_err();
+        assert_eq!(err.status.as_u16(), 400);
+        let err = resume("/s/t?lastEventId=x", Some("12")).await.unwrap_err();
+        assert_eq!(err.status.as_u16(), 400);
+        assert_eq!(
+            resume("/s/t?lastEventId=7", Some("")).await.unwrap(),
+            ResumeAfter(7)
+        );
+    }
+}

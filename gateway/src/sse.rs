@@ -1,0 +1,78 @@
+//! `GET /subscribe/{topic}`: a topic's events as Server-Sent Events (`event: message`,
+//! `id: <seq>`, `data: <event JSON>`), resumable with `Last-Event-ID` or `?lastEventId=`. All
+//! of this gateway's clients of a topic share one backend stream (`hub`), framed once into a
+//! ring each client's response reads (`reader`); when retention dropped what a client asks
+//! for, it is told so (`event: gap`) first.
+
+mod frame;
+mod hub;
+mod reader;
+mod ring;
+
+use axum::{extract::State, response::IntoResponse};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub(crate) use hub::Hubs;
+
+use frame::ServerEvent;
+
+use crate::{
+    api::{ApiError, Credentials, ErrorBody, ResumeAfter, ResumeQuery, Topic, TopicParam},
+    http::AppState,
+    upstream::is_permanent,
+};
+use reader::Reader;
+
+/// The stream route, registered with its OpenAPI row.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(subscribe))
+}
+
+/// `GET /subscribe/{topic}` → 200 `text/event-stream`, `x-backend` naming the backend that
+/// feeds the topic's hub.
+#[utoipa::path(get, path = "/subscribe/{topic}", tag = "topics",
+    summary = "Subscribe to a topic (Server-Sent Events)",
+    description = "Every event published on the topic through any backend, in `seq` order, \
+        exactly once, as `event: message`, `id: <seq>`, `data: <Event JSON>` frames; comment \
+        lines keep the connection alive. With `Last-Event-ID` (or `?lastEventId=`) the stream \
+        first replays every event after that `seq`. When retention already dropped some of \
+        them, one `event: gap` frame with data `{\"requestedAfter\": N, \"oldestAvailable\": M}` \
+        comes first.",
+    params(
+        TopicParam,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{0,19}$",
+            description = "The `seq` of the last event the client has (a reconnecting EventSource sends it)"),
+        ResumeQuery,
+    ),
+    responses(
+        (status = 200, description = "The stream, one `ServerEvent` per frame", content_type = "text/event-stream",
+            body = ServerEvent),
+        (status = 400, description = "A bad topic or resume point", body = ErrorBody),
+    ),
+    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
+async fn subscribe(
+    State(state): State<AppState>,
+    who: Credentials,
+    Topic(topic): Topic,
+    ResumeAfter(after): ResumeAfter,
+) -> Result<impl IntoResponse, ApiError> {
+    who.may_read(&state, &topic)?;
+    let slot = state.limiters.open_stream(who.client())?;
+    // Opened before the response starts, so a bad topic or no backend is a plain HTTP error.
+    let reader = Reader::open(&state, &topic, after, who.bearer, slot).await?;
+    Ok((reader.backend(), reader))
+}
+
+/// Logs why a (re)subscription or catch-up failed; `true` when it never will succeed as
+/// asked (`upstream::is_permanent`), which ends the stream: the client reconnects with a
+/// fresh token and `Last-Event-ID`.
+fn log_refusal(topic: &str, err: &ApiError) -> bool {
+    if is_permanent(err.code) {
+        tracing::info!(%topic, error = %err.message, "subscription refused: ending the stream");
+        true
+    } else {
+        tracing::warn!(%topic, error = %err.message, "resubscribe failed");
+        false
+    }
+}

@@ -1,0 +1,393 @@
+//! Topic hubs: one backend subscription per topic for all of this gateway's SSE clients on it,
+//! opened by the first client, kept while anyone reads and a moment after, moved to another
+//! backend from its last `seq` when its backend ends it. Each event is framed once, into a ring.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use eventsys::{gap::Gap, v1};
+use tokio::{
+    sync::{Notify, Semaphore, watch},
+    time::Instant,
+};
+use tonic::Streaming;
+
+use super::{frame::Frame, log_refusal, ring::Ring};
+use crate::{
+    api::ApiError,
+    http::AppState,
+    upstream::{Answer, Backend, Bearer, CallError, Failure, RESUBSCRIBE},
+};
+
+/// Frames a ring keeps at most, whatever their size (the byte share binds first unless events
+/// are tiny).
+const RING_FRAMES: usize = 4096;
+/// How long a hub outlives its last reader: a client reconnecting at once finds it open.
+const LINGER: Duration = Duration::from_secs(2);
+/// Catch-up pages (history reads of clients that are behind) in flight at once.
+const CATCH_UPS: usize = 64;
+
+type Source = Answer<Streaming<v1::Event>>;
+
+/// Every open hub of this gateway, by topic: the first SSE client of a topic opens its hub
+/// (one backend subscription), later ones join it, and a hub with no reader left lingers
+/// `LINGER` and then closes itself.
+pub(crate) struct Hubs {
+    /// Topic → hub. A std mutex (not tokio's): held for a map lookup, insert or remove and
+    /// never across an `.await`; joining waits for a hub's opening on the hub's own `opened`
+    /// watch, outside this lock, so one slow backend never blocks other topics.
+    hubs: Mutex<HashMap<String, Arc<Hub>>>,
+    /// How many hubs the map holds: read on every push (for the byte share) without the
+    /// map's lock.
+    open: AtomicUsize,
+    /// Bytes of frames all rings keep together; each keeps an equal share.
+    budget: usize,
+    /// Bounds the history reads of clients catching up, and the pages they hold.
+    pub(super) catch_ups: Semaphore,
+}
+
+/// One topic's hub: the task that reads the topic's backend stream (and moves it to another
+/// backend from its last `seq` when it ends) frames each event once into `ring`, which every
+/// reader of the topic reads at its own position.
+pub(crate) struct Hub {
+    pub(super) topic: String,
+    /// Its own lock (an `RwLock`: one writer, many readers); see `Ring`.
+    pub(super) ring: Ring,
+    /// Readers now: an atomic, as every reader's drop changes it and the hub task only needs to
+    /// see it reach zero (then `left` wakes it).
+    readers: AtomicUsize,
+    /// Woken (with a permit) when the last reader leaves.
+    left: Notify,
+    /// Which backend feeds it and with whose token: a std mutex held for a field copy, never
+    /// across an `.await` (read by `/load` and the dashboard, written on a resubscribe).
+    current: Mutex<Current>,
+    /// How its opening went: joiners wait on this watch, not on a lock.
+    opened: watch::Sender<Opening>,
+}
+
+#[derive(Default)]
+struct Current {
+    backend: Option<Backend>,
+    /// The newest reader's token, which the hub (re)subscribes with: the gateway checked
+    /// every reader's right to the topic, the backend checks this one.
+    bearer: Option<Bearer>,
+}
+
+#[derive(Clone)]
+enum Opening {
+    Pending,
+    Open,
+    Refused(ApiError),
+}
+
+/// A reader's place in a hub: counted until dropped.
+pub(super) struct Member(Arc<Hub>);
+
+impl std::ops::Deref for Member {
+    type Target = Hub;
+
+    fn deref(&self) -> &Hub {
+        &self.0
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.0.readers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.left.notify_one();
+        }
+    }
+}
+
+/// A client just joined: its place in the hub, and where it starts reading the ring.
+pub(super) struct Joined {
+    pub(super) member: Member,
+    pub(super) position: u64,
+    /// The client opened the hub, whose ring starts right after the client's `after`.
+    pub(super) opened_it: bool,
+}
+
+/// One hub as `/load` shows it.
+pub(crate) struct HubLoad {
+    pub(crate) topic: String,
+    pub(crate) subscribers: usize,
+    pub(crate) backend: Option<Backend>,
+}
+
+impl Hubs {
+    pub(crate) fn new(budget: usize) -> Hubs {
+        Hubs {
+            hubs: Mutex::default(),
+            open: AtomicUsize::new(0),
+            budget,
+            catch_ups: Semaphore::new(CATCH_UPS),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Hub>>> {
+        self.hubs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Each ring's share of the byte budget.
+    fn share(&self) -> usize {
+        self.budget / self.open.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Joins `topic`'s hub, opening one (which subscribes after `after`) if there is none;
+    /// answers once the hub's backend subscription is open, or with why it could not be.
+    pub(super) async fn join(
+        &self,
+        state: &AppState,
+        topic: &str,
+        after: u64,
+        bearer: Option<Bearer>,
+    ) -> Result<Joined, ApiError> {
+        let joined = {
+            let mut hubs = self.map();
+            match hubs.get(topic) {
+                Some(hub) => {
+                    // Counted under the map's lock, so a hub retiring for want of readers
+                    // sees this one.
+                    hub.readers.fetch_add(1, Ordering::AcqRel);
+                    if bearer.is_some() {
+                        hub.current().bearer = bearer;
+                    }
+                    Joined {
+                        member: Member(hub.clone()),
+                        position: hub.ring.end(),
+                        opened_it: false,
+                    }
+                }
+                None => {
+                    let hub = Arc::new(Hub {
+                        topic: topic.to_owned(),
+                        ring: Ring::new(RING_FRAMES),
+                        readers: AtomicUsize::new(1),
+                        left: Notify::new(),
+                        current: Mutex::new(Current {
+                            backend: None,
+                            bearer,
+                        }),
+                        opened: watch::Sender::new(Opening::Pending),
+                    });
+                    hubs.insert(topic.to_owned(), hub.clone());
+                    self.open.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(run(state.clone(), hub.clone(), after));
+                    Joined {
+                        member: Member(hub),
+                        position: 0,
+                        opened_it: true,
+                    }
+                }
+            }
+        };
+        let mut opened = joined.member.opened.subscribe();
+        let opening = opened
+            .wait_for(|o| !matches!(o, Opening::Pending))
+            .await
+            .map(|o| o.clone())
+            .unwrap_or(Opening::Open);
+        match opening {
+            Opening::Refused(err) => Err(err),
+            _ => Ok(joined),
+        }
+    }
+
+    /// Takes `hub` out if it has no reader (or `always`); `false` when a reader came back.
+    fn retire(&self, hub: &Arc<Hub>, always: bool) -> bool {
+        {
+            let mut hubs = self.map();
+            if !always && hub.readers.load(Ordering::Acquire) > 0 {
+                return false;
+            }
+            if hubs.get(&hub.topic).is_some_and(|h| Arc::ptr_eq(h, hub)) {
+                hubs.remove(&hub.topic);
+                self.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        hub.ring.close();
+        true
+    }
+
+    /// How many hubs are open.
+    pub(crate) fn count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Open hubs, most read first.
+    pub(crate) fn load(&self) -> Vec<HubLoad> {
+        let mut hubs: Vec<HubLoad> = self
+            .map()
+            .values()
+            .map(|hub| HubLoad {
+                topic: hub.topic.clone(),
+                subscribers: hub.readers.load(Ordering::Relaxed),
+                backend: hub.current().backend,
+            })
+            .collect();
+        hubs.sort_by(|a, b| {
+            b.subscribers
+                .cmp(&a.subscribers)
+                .then(a.topic.cmp(&b.topic))
+        });
+        hubs
+    }
+}
+
+impl Hub {
+    fn current(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The backend feeding the hub now.
+    pub(super) fn backend(&self) -> Option<Backend> {
+        self.current().backend
+    }
+
+    /// Subscribes after `after`; when retention dropped some of what follows it, from the
+    /// oldest kept event instead (readers notice the jump and learn of the gap from the store).
+    async fn subscribe(&self, state: &AppState, after: u64) -> Result<(Source, u64), CallError> {
+        let bearer = self.current().bearer.clone();
+        let call = |after_seq| {
+            let request = v1::SubscribeRequest {
+                topic: self.topic.clone(),
+                after_seq,
+            };
+            let bearer = bearer.clone();
+            async move { state.upstream.call(request, bearer.as_ref()).await }
+        };
+        let refused = match call(after).await {
+            Ok(source) => return Ok((source, after)),
+            Err(err) => err,
+        };
+        let gap = match &refused.failure {
+            Failure::Status { status, .. } => Gap::from_status(status, after),
+            _ => None,
+        };
+        let Some(gap) = gap else {
+            return Err(refused);
+        };
+        tracing::info!(topic = %self.topic, ?gap, "events dropped by retention while subscribing");
+        Ok((call(gap.resume_after()).await?, gap.resume_after()))
+    }
+}
+
+/// The hub's life: subscribe, frame every event into the ring, resubscribe elsewhere from the
+/// last `seq` when the backend ends the stream, retire once nobody has read for `LINGER`.
+async fn run(state: AppState, hub: Arc<Hub>, after: u64) {
+    let hubs = &state.hubs;
+    let topic = hub.topic.as_str();
+    let mut last = after;
+    let mut source = match hub.subscribe(&state, last).await {
+        Ok((source, from)) => {
+            last = from;
+            hub.current().backend = source.backend;
+            hub.opened.send_replace(Opening::Open);
+            source
+        }
+        Err(err) => {
+            hubs.retire(&hub, true);
+            hub.opened.send_replace(Opening::Refused(err.into()));
+            return;
+        }
+    };
+    let keep_alive = state.settings.sse_keep_alive;
+    let mut quiet_since = Instant::now();
+    let mut unread_since = None;
+    loop {
+        let unread = hub.readers.load(Ordering::Acquire) == 0;
+        unread_since = match (unread, unread_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+        };
+        let retire_at = unread_since.map(|since| since + LINGER);
+        let next = tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                hubs.retire(&hub, true);
+                return;
+            }
+            _ = tokio::time::sleep_until(retire_at.unwrap_or_else(Instant::now)), if retire_at.is_some() => {
+                if hubs.retire(&hub, false) {
+                    tracing::debug!(%topic, "no reader left: hub closed");
+                    return;
+                }
+                continue;
+            }
+            _ = hub.left.notified(), if !unread => continue,
+            _ = tokio::time::sleep_until(quiet_since + keep_alive) => {
+                hub.ring.push(Frame::keep_alive(), hubs.share());
+                quiet_since = Instant::now();
+                continue;
+            }
+            next = source.message.message() => next,
+        };
+        match next {
+            Ok(Some(event)) => {
+                // A resubscription may repeat what was delivered; never a gap (the backend
+                // fills them from its store).
+                if event.seq <= last {
+                    continue;
+                }
+                last = event.seq;
+                if let Some(frame) = Frame::event(event) {
+                    hub.ring.push(frame, hubs.share());
+                    quiet_since = Instant::now();
+                }
+            }
+            ended => {
+                let reason = match ended {
+                    Err(status) => format!("{:?}: {}", status.code(), status.message()),
+                    _ => "stream closed".to_owned(),
+                };
+                // A backend that became unreachable has taken itself out already; one that
+                // ended the stream itself (draining) is taken out by its health checks.
+                let from = source.backend;
+                tracing::info!(%topic, last_seq = last, backend = ?from, %reason, "subscription lost: resubscribing");
+                state.metrics.sse_resumed("backend_lost");
+                match resubscribe(&state, &hub, last).await {
+                    Some((next, from)) => {
+                        (source, last) = (next, from);
+                        hub.current().backend = source.backend;
+                    }
+                    None => {
+                        hubs.retire(&hub, true);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes again after `last`, backing off with jitter while no backend can take the
+/// stream (every hub of a lost backend moves at once otherwise). `None` ends the hub: the
+/// gateway shuts down, nobody reads any more, or the topic is refused (a token that expired:
+/// readers reconnect with fresh ones and `Last-Event-ID`).
+async fn resubscribe(state: &AppState, hub: &Hub, last: u64) -> Option<(Source, u64)> {
+    let mut pauses = RESUBSCRIBE.attempts();
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(pauses.next_pause()) => {}
+        }
+        if hub.readers.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        match hub.subscribe(state, last).await {
+            Ok(resumed) => return Some(resumed),
+            Err(err) => {
+                let err = ApiError::from(err);
+                if log_refusal(&hub.topic, &err) {
+                    return None;
+                }
+            }
+        }
+    }
+}
