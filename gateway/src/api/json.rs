@@ -58,21 +58,33 @@ fn rfc3339(ts: Option<prost_types::Timestamp>) -> Option<String> {
 
 impl From<v1::Event> for EventJson {
     fn from(e: v1::Event) -> Self {
+        // Destructured, so a field added to the message does not compile until it is shown.
+        let v1::Event {
+            id,
+            user_id,
+            title,
+            description,
+            completed,
+            created_at,
+            topic,
+            data,
+            time,
+            seq,
+        } = e;
         Self {
-            id: e.id,
-            user_id: e.user_id,
-            title: e.title,
-            description: e.description,
-            completed: e.completed,
-            created_at: rfc3339(e.created_at).unwrap_or_default(),
-            topic: e.topic,
+            id,
+            user_id,
+            title,
+            description,
+            completed,
+            created_at: rfc3339(created_at).unwrap_or_default(),
+            topic,
             // Backends only send what they stored, which was JSON to begin with.
-            data: e
-                .data
+            data: data
                 .and_then(|d| eventsys::json::from_struct(d).ok())
                 .filter(|d| !d.is_empty()),
-            time: rfc3339(e.time),
-            seq: e.seq,
+            time: rfc3339(time),
+            seq,
         }
     }
 }
@@ -237,28 +249,46 @@ pub(crate) struct Published {
 
 impl EventInput {
     /// The request as sent; the gateway names the event when it sends it (`upstream::Keyed`).
+    /// Destructured, so a field added to the body does not compile until it is sent on.
     pub(crate) fn into_create(self) -> v1::CreateEventRequest {
+        let EventInput {
+            user_id,
+            title,
+            description,
+            completed,
+            topic,
+            data,
+        } = self;
         v1::CreateEventRequest {
             id: String::new(),
-            user_id: self.user_id,
-            title: self.title,
-            description: self.description,
-            completed: self.completed,
-            topic: self.topic,
-            data: self.data.as_ref().map(eventsys::json::to_struct),
+            user_id,
+            title,
+            description,
+            completed,
+            topic,
+            data: data.as_ref().map(eventsys::json::to_struct),
         }
     }
 
-    /// As `into_create`.
+    /// As `into_create`, on a topic.
     pub(crate) fn into_publish(self) -> v1::PublishRequest {
+        let v1::CreateEventRequest {
+            id,
+            user_id,
+            title,
+            description,
+            completed,
+            topic,
+            data,
+        } = self.into_create();
         v1::PublishRequest {
-            id: String::new(),
-            topic: self.topic,
-            user_id: self.user_id,
-            title: self.title,
-            description: self.description,
-            completed: self.completed,
-            data: self.data.as_ref().map(eventsys::json::to_struct),
+            id,
+            topic,
+            user_id,
+            title,
+            description,
+            completed,
+            data,
         }
     }
 }

@@ -68,24 +68,36 @@ impl RawRow {
 }
 
 pub(super) fn insert(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
-    let data = e
-        .data
+    // Every field named: a new one does not compile until it has a column.
+    let Event {
+        id,
+        user_id,
+        title,
+        description,
+        completed,
+        created_at,
+        topic,
+        data,
+        time,
+        seq,
+    } = e;
+    let data = data
         .as_ref()
         .map(|d| serde_json::Value::Object(d.clone()).to_string());
     conn.execute(
         "INSERT INTO events (id, user_id, title, description, completed, created_at, topic, data, time, seq)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
-            e.id.to_string(),
-            e.user_id,
-            e.title,
-            e.description,
-            e.completed,
-            millis(e.created_at),
-            e.topic,
+            id.to_string(),
+            user_id,
+            title,
+            description,
+            completed,
+            millis(*created_at),
+            topic,
             data,
-            e.time.map(millis),
-            (e.seq > 0).then_some(e.seq as i64),
+            time.map(millis),
+            (*seq > 0).then_some(*seq as i64),
         ],
     )?;
     Ok(())
