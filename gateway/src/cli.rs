@@ -183,7 +183,7 @@ pub(crate) enum Policy {
 const BODY_LIMIT: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-enum Fatal {
+pub(crate) enum Fatal {
     #[error(transparent)]
     Setup(#[from] SetupError),
     #[error("invalid --backends: {0}")]
@@ -207,7 +207,7 @@ enum Fatal {
 
 impl Config {
     /// Everything but the auth policy, which needs the address actually listened on.
-    fn validate(&self) -> Result<GatewayConfig, Fatal> {
+    pub(crate) fn validate(&self) -> Result<GatewayConfig, Fatal> {
         let backends: Vec<String> = self
             .backends
             .iter()

@@ -10,6 +10,8 @@ mod middleware;
 mod ops;
 mod server;
 mod sse;
+#[cfg(test)]
+mod testing;
 mod upstream;
 
 pub use cli::{config_from, main, main_from};

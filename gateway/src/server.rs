@@ -42,6 +42,30 @@ pub struct GatewayConfig {
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
 }
 
+/// What every handler shares, over an upstream started here: its tasks, and every open stream,
+/// end when `stop` is cancelled; `leaving` marks the gateway not ready.
+pub(crate) fn state(
+    upstream: UpstreamConfig,
+    settings: Settings,
+    auth: Arc<Auth>,
+    stop: CancellationToken,
+    leaving: CancellationToken,
+) -> AppState {
+    let upstream = Upstream::start(upstream, stop.clone());
+    let settings = Arc::new(settings);
+    AppState::new(Shared {
+        upstream,
+        auth,
+        limiters: Arc::new(Limiters::new(settings.limits)),
+        hubs: Hubs::new(settings.sse_buffer),
+        settings,
+        metrics: Arc::new(Metrics::new()),
+        started: Instant::now(),
+        shutdown: stop,
+        leaving,
+    })
+}
+
 /// Serves the gateway on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -55,20 +79,14 @@ pub async fn serve(
     };
     let stop = CancellationToken::new();
     let leaving = CancellationToken::new();
-    let upstream = Upstream::start(config.upstream, stop.clone());
-    let metrics = Arc::new(Metrics::new());
-    let settings = Arc::new(config.settings.with_listen_addr(addr));
-    let state = AppState::new(Shared {
-        upstream,
-        auth: config.auth,
-        limiters: Arc::new(Limiters::new(settings.limits)),
-        hubs: Hubs::new(settings.sse_buffer),
-        settings,
-        metrics: metrics.clone(),
-        started: Instant::now(),
-        shutdown: stop.clone(),
-        leaving: leaving.clone(),
-    });
+    let state = state(
+        config.upstream,
+        config.settings.with_listen_addr(addr),
+        config.auth,
+        stop.clone(),
+        leaving.clone(),
+    );
+    let metrics = state.metrics.clone();
     let draining = stop.clone();
     let delay = config.shutdown_delay;
     let signalled = async move {

@@ -126,3 +126,101 @@ fn ended(f: Following) -> Option<(Result<v1::Event, Status>, Following)> {
     ));
     last(status, f)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The front door's `Subscribe` across backend streams, under paused time.
+
+    use futures::StreamExt;
+    use tonic::{Code, metadata::MetadataMap};
+
+    use super::*;
+    use crate::testing::{self, FakeBackend, advance, event};
+
+    /// Opens a client's `Subscribe` of `t` in the background (its first backend stream is the
+    /// test's to answer).
+    fn subscribe(
+        state: &AppState,
+        after_seq: u64,
+    ) -> tokio::task::JoinHandle<Result<Response<Events>, Status>> {
+        let who = Credentials::of_grpc(&MetadataMap::new(), None, state).unwrap();
+        let request = v1::SubscribeRequest {
+            topic: "t".into(),
+            after_seq,
+        };
+        let state = state.clone();
+        tokio::spawn(async move { open(&state, who, request).await })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_backend_stream_resumes_after_the_last_seq_forwarded() {
+        testing::bounded(async {
+            let mut backend = FakeBackend::start().await;
+            let (state, _stop) = testing::gateway(&[&backend], &[]).await;
+            let opening = subscribe(&state, 0);
+            let first = backend.subscribed().await;
+            assert_eq!(first.request.after_seq, 0);
+            let events = first.accept();
+            let mut client = opening.await.unwrap().expect("opened").into_inner();
+            events.send(Ok(event("t", 1))).await.unwrap();
+            events.send(Ok(event("t", 2))).await.unwrap();
+            assert_eq!(client.next().await.unwrap().unwrap().seq, 1);
+            assert_eq!(client.next().await.unwrap().unwrap().seq, 2);
+
+            // The backend's stream ends: the next attempt comes after a pause, from seq 2, and
+            // what it repeats is not forwarded twice.
+            drop(events);
+            let ended = tokio::time::Instant::now();
+            let reading = tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                while let Some(Ok(event)) = client.next().await {
+                    seqs.push(event.seq);
+                    if seqs.len() == 2 {
+                        break;
+                    }
+                }
+                seqs
+            });
+            let again = backend.subscribed().await;
+            assert_eq!(again.request.after_seq, 2);
+            assert!(
+                again.at - ended >= RESUBSCRIBE.min(),
+                "resubscribed without a pause"
+            );
+            let events = again.accept();
+            for seq in [2, 3, 4] {
+                events.send(Ok(event("t", seq))).await.unwrap();
+            }
+            assert_eq!(reading.await.unwrap(), [3, 4]);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_refusal_reaches_the_client_and_ends_its_stream() {
+        testing::bounded(async {
+            let mut backend = FakeBackend::start().await;
+            let (state, _stop) = testing::gateway(&[&backend], &[]).await;
+            let opening = subscribe(&state, 0);
+            let events = backend.subscribed().await.accept();
+            let mut client = opening.await.unwrap().expect("opened").into_inner();
+            drop(events);
+            // The client reads on (the front door works as it is read).
+            let reading = tokio::spawn(async move {
+                let item = client.next().await;
+                (item, client.next().await.is_none())
+            });
+            backend
+                .subscribed()
+                .await
+                .refuse(Status::permission_denied("the token expired"));
+            let (item, ended) = reading.await.unwrap();
+            let refused = item.expect("an item").expect_err("the refusal");
+            assert_eq!(refused.code(), Code::PermissionDenied);
+            assert!(ended, "the stream went on");
+            advance(std::time::Duration::from_secs(60)).await;
+            assert!(backend.subscribes.try_recv().is_err(), "tried again");
+        })
+        .await;
+    }
+}

@@ -227,3 +227,111 @@ async fn check(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Health checks under paused time, over backends whose answers the test decides: when a
+    //! backend goes out of the balancers, and when it comes back.
+
+    use super::*;
+    use crate::testing::{self, Checks, FakeBackend, advance};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// How many backends the balancers hold now.
+    fn held(state: &crate::http::AppState) -> usize {
+        *state.upstream.health_changes().borrow()
+    }
+
+    fn is_in(state: &crate::http::AppState, backend: &FakeBackend) -> bool {
+        state
+            .upstream
+            .inner
+            .membership
+            .is_healthy(Backend(backend.addr))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_backend_goes_out_at_its_third_missed_deadline_and_back_at_one_answer() {
+        testing::bounded(async {
+            // Checks every 250 ms, each answered within 500 ms or missed.
+            let (a, b) = (FakeBackend::start().await, FakeBackend::start().await);
+            let (state, _stop) = testing::gateway(&[&a, &b], &[]).await;
+            a.checks(Checks::Silent);
+
+            // Two missed deadlines (the second ends 1.25 s on at the latest): a busy backend is
+            // not a dead one.
+            advance(Duration::from_millis(1300)).await;
+            assert!(is_in(&state, &a), "out before its third missed deadline");
+            // The third (by 2 s): out, the other backend still in.
+            advance(Duration::from_millis(700)).await;
+            assert!(!is_in(&state, &a), "still in after three missed deadlines");
+            assert_eq!(held(&state), 1);
+
+            // It answers again: back at the next check, within one interval.
+            a.checks(Checks::Serving);
+            advance(Duration::from_millis(250) + MS).await;
+            assert!(is_in(&state, &a), "not back one interval after answering");
+            assert_eq!(held(&state), 2);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_saying_not_serving_goes_out_at_once_by_its_health_watch() {
+        testing::bounded(async {
+            let a = FakeBackend::start().await;
+            // A long check interval: only the health Watch can see it first.
+            let (state, _stop) = testing::gateway(&[&a], &["--health-interval", "30s"]).await;
+            a.checks(Checks::NotServing);
+            // The Watch reports NOT_SERVING the moment it changes: out without waiting for a Check.
+            advance(MS).await;
+            assert!(
+                !is_in(&state, &a),
+                "a draining backend kept traffic until the next Check"
+            );
+
+            // Only a passing Check puts it back, at the next interval.
+            a.checks(Checks::Serving);
+            advance(Duration::from_secs(29)).await;
+            assert!(!is_in(&state, &a), "back before a Check passed");
+            advance(Duration::from_secs(2)).await;
+            assert!(is_in(&state, &a));
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_backend_is_out_at_once_and_back_at_its_next_passing_check() {
+        testing::bounded(async {
+            let (a, b) = (FakeBackend::start().await, FakeBackend::start().await);
+            let (state, _stop) = testing::gateway(&[&a, &b], &[]).await;
+            // A call found it unreachable.
+            state.upstream.inner.membership.eject(Backend(a.addr));
+            assert!(!is_in(&state, &a));
+            assert_eq!(held(&state), 1);
+            advance(Duration::from_millis(250) + MS).await;
+            assert!(is_in(&state, &a), "not back after a passing check");
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_is_held_only_from_its_first_passing_check() {
+        testing::bounded(async {
+            let (a, b) = (FakeBackend::start().await, FakeBackend::start().await);
+            b.checks(Checks::NotServing);
+            let (state, _stop) = testing::starting(&[&a, &b], &[]);
+            testing::healthy(&state, 1).await;
+            assert!(is_in(&state, &a) && !is_in(&state, &b));
+            // Discovered, checked, refused: it stays out as long as it says so.
+            advance(Duration::from_secs(5)).await;
+            assert!(!is_in(&state, &b));
+            b.checks(Checks::Serving);
+            advance(Duration::from_millis(250) + MS).await;
+            assert!(is_in(&state, &b), "not taken in at its first passing check");
+            assert_eq!(held(&state), 2);
+        })
+        .await;
+    }
+}
