@@ -1,6 +1,6 @@
-//! The REST endpoints of `../shared/API.md` for events and topics, each one backend rpc (list
-//! endpoints page through theirs, see `listing`). A handler reads like its contract row: extract, call,
-//! answer with the status, the serving backend and the body.
+//! The REST endpoints of `docs/api.md` for events and topics, each one backend rpc (list
+//! endpoints page through theirs, see `listing`). A handler reads like its contract row:
+//! extract, call, answer with the status, the serving backend and the body.
 
 use axum::{Json, extract::State, response::IntoResponse};
 use eventsys::v1;

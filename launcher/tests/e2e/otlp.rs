@@ -18,7 +18,7 @@ use tokio::{
     sync::Notify,
 };
 
-use crate::support::{EXCLUSIVE, Launch, Server, http, wait_healthy};
+use crate::support::{Launch, Server, http, wait_healthy};
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CLIENT_SPAN: &str = "b7ad6b7169203331";
@@ -163,7 +163,6 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_requests_gateway_and_backend_spans_are_exported_in_one_trace() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("events.db").display());

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{EXCLUSIVE, Launch, Server, http, readyz_becomes, series_value};
+use crate::support::{EXCLUSIVE, Launch, Local, Server, http, readyz_becomes, series_value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
@@ -228,13 +228,9 @@ fn assert_kinds(families: &serde_json::Map<String, Value>, kinds: &[(&str, &str)
 /// `rate()`d is a counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let backend = Launch::backend(&dir.path().join("events.db"))
-        .flags(&["--metrics-addr", "127.0.0.1:0"])
-        .start()
-        .await;
-    let gateway = Launch::gateway(&[backend.addr]).start().await;
+    let backend = Local::backend(&dir.path().join("events.db"), &[]).await;
+    let gateway = Local::gateway(&[backend.addr], &[]).await;
     let base = gateway.url();
     readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
     for _ in 0..3 {
@@ -269,7 +265,7 @@ async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
     assert_kinds(&parse_exposition(&text), &gateway_kinds, &text);
     let gateway_text = text;
 
-    // The backend's, on the address its log names.
+    // The backend's, on its metrics endpoint.
     let text = backend.metrics().await;
     let backend_kinds = [
         ("eventsvc_rpcs", "counter"),

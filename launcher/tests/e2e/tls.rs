@@ -7,7 +7,7 @@ use std::{path::Path, process::Command, time::Duration};
 use reqwest::{StatusCode, Version};
 use serde_json::{Value, json};
 
-use crate::support::{EXCLUSIVE, Launch, Server};
+use crate::support::{Launch, Server};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by the CA.
 fn certificates(dir: &Path) {
@@ -114,7 +114,6 @@ async fn healthy(client: &reqwest::Client, gateway: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn https_with_http2_to_the_gateway_and_mtls_to_the_backends() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
     let file = |name: &str| dir.path().join(name).display().to_string();

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{EVENTSYS, EXCLUSIVE, Process, System, grpcurl, http};
+use crate::support::{EVENTSYS, Process, System, grpcurl, http};
 
 const SECRET: &str = "a test secret that is long enough for HS256";
 
@@ -37,12 +37,8 @@ pub(crate) fn mint(secret_file: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-async fn system() -> (
-    tokio::sync::MutexGuard<'static, ()>,
-    System<Process>,
-    Tokens,
-) {
-    let exclusive = EXCLUSIVE.lock().await;
+/// Token mode's system, as processes: what each logs is part of what is checked.
+async fn system() -> (System<Process>, Tokens) {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, SECRET).unwrap();
@@ -73,7 +69,7 @@ async fn system() -> (
         "--access-log",
     ];
     let system = System::launch_with(3, &flags, Some(tokens.admin.clone()), dir).await;
-    (exclusive, system, tokens)
+    (system, tokens)
 }
 
 /// Asserts a 401 with the Bearer challenge and the contract's error body.
@@ -117,7 +113,7 @@ fn assert_no_token_logged(system: &System<Process>, tokens: &Tokens) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_user_sees_and_changes_only_their_own_events() {
-    let (_exclusive, system, tokens) = system().await;
+    let (system, tokens) = system().await;
     let client = http();
     let url = |p: &str| system.url(p);
 
@@ -219,7 +215,7 @@ async fn each_user_sees_and_changes_only_their_own_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn topics_follow_the_token_claims_and_public_topics_are_open() {
-    let (_exclusive, system, tokens) = system().await;
+    let (system, tokens) = system().await;
     let client = http();
     let url = |p: &str| system.url(p);
     let publish = |token: &str, topic: &str| {
@@ -339,7 +335,7 @@ async fn topics_follow_the_token_claims_and_public_topics_are_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backends_apply_the_same_rules_to_grpc_callers() {
-    let (_exclusive, system, tokens) = system().await;
+    let (system, tokens) = system().await;
     let addr = system.backends[0].addr.to_string();
     let call = |token: Option<&str>, method: &str, body: Value| {
         let header = token.map(|t| format!("authorization: Bearer {t}"));

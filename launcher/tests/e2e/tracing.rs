@@ -4,13 +4,12 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{EXCLUSIVE, Launch, http, wait_healthy};
+use crate::support::{Launch, http, wait_healthy};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_traceparent_names_the_request_in_the_gateways_and_the_backends_logs() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = Launch::backend(&dir.path().join("events.db"))
         .flags(&["--access-log"])

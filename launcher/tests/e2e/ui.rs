@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     pubsub::subscribe,
-    support::{EXCLUSIVE, Launch, http, readyz_becomes},
+    support::{Launch, http, readyz_becomes},
     token::mint,
 };
 
@@ -36,7 +36,6 @@ async fn first_frame(base: &str, token: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stats_stream_shows_only_what_the_token_may_see() {
-    let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let token_mode = crate::support::TokenMode::new(dir.path());
     let (secret, auth) = (&token_mode.secret, token_mode.flags());

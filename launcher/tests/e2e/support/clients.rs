@@ -9,6 +9,15 @@ use std::{
 
 use tokio::process::Command;
 
+/// A gRPC channel to the server at `addr`, connected.
+pub(crate) async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("valid URL")
+        .connect()
+        .await
+        .expect("connect to server")
+}
+
 /// An HTTP client for the gateway (never through a proxy: tests talk to loopback only).
 pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()

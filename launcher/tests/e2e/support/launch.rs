@@ -24,7 +24,10 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use super::{START_TIMEOUT, clients::http};
+use super::{
+    START_TIMEOUT,
+    clients::{grpc_channel, http},
+};
 
 /// The multi-call binary every server and tool of the system runs from; cargo builds it
 /// before it runs this package's tests.
@@ -288,11 +291,7 @@ impl Process {
     }
 
     pub(crate) async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("valid URL")
-            .connect()
-            .await
-            .expect("connect to server")
+        grpc_channel(self.addr).await
     }
 
     pub(crate) async fn client(&self) -> EventServiceClient<Channel> {

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::clients::http;
+use super::clients::{grpc_channel, http};
 
 /// A server running in this process, shut down (it drains, as on SIGTERM) when dropped.
 pub(crate) struct Local {
@@ -106,11 +106,7 @@ impl Local {
     }
 
     pub(crate) async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("valid URL")
-            .connect()
-            .await
-            .expect("connect to server")
+        grpc_channel(self.addr).await
     }
 
     pub(crate) async fn client(&self) -> EventServiceClient<Channel> {
