@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every comparison in BENCHMARKS.md on this machine, side by side in one run, against
-# release builds on loopback ports 13000 and 15000-15003 (stops what it starts). Prints the
+# release builds on loopback ports 13000 and 15000-15004 (stops what it starts). Prints the
 # figures as it goes; each `bench` line is the exact command behind one row.
 #   bash bench/benchmarks.sh            (about 5 minutes after the build; wrk and nginx from
 #                                        Debian for the reference rows of section 1)
@@ -23,7 +23,7 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$
 # files in $DATA. Section 1 repeats the gateway GET with RUST_LOG=warn.
 unset RUST_LOG
 # The load tool is one client on one address: lift the gateway's per-client and connection caps
-# (builds before issue 12 ignore these).
+# (older builds ignore these).
 export MAX_SSE_PER_CLIENT=20000 MAX_CONNECTIONS=30000
 
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
@@ -67,7 +67,7 @@ measure() {
 for endpoint in get post; do
   measure "gateway $endpoint:" "$GATEWAY" "${BACKENDS[*]}" -- run --gateway http://127.0.0.1:13000 closed --endpoint "$endpoint" --concurrency 32 --duration 10s
   measure "direct $endpoint:" "" "${BACKENDS[*]}" -- run --grpc "$ALL" closed --endpoint "$endpoint" --concurrency 32 --duration 10s
-  # gRPC clients through the gateway's port (builds before issue 18 answer none of it).
+  # gRPC clients through the gateway's port (older builds answer none of it).
   measure "gateway gRPC $endpoint:" "$GATEWAY" "${BACKENDS[*]}" -- run --grpc 127.0.0.1:13000 closed --endpoint "$endpoint" --concurrency 32 --duration 10s
 done
 echo "  GET through the gateway with RUST_LOG=warn"
@@ -80,7 +80,7 @@ TOKIO_WORKER_THREADS=1 gateway "$ALL"
 measure "gateway get (1 worker):" "$GATEWAY" "${BACKENDS[*]}" -- run --gateway http://127.0.0.1:13000 closed --endpoint get --concurrency 32 --duration 10s
 stop_gateway
 gateway "$ALL"
-# The same GET by wrk (one thread, 32 connections), the load issue 13 was measured with.
+# The same GET by wrk (one thread, 32 connections), as the proxied-GET work was measured.
 ID=$(curl -sf -X POST http://127.0.0.1:13000/events -H 'content-type: application/json' -d '{"userId":"wrk","title":"wrk","description":"one event read by wrk"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 wrk_cpu() {
   local label=$1 gw=$2 be=$3 url=$4 g0 b0 g1 b1 out n

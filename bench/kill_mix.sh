@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The operator run of issue 19: the old client mix at full speed through `eventsys up`
-# (release: cargo build --release --workspace --bins), kill -9 of backend-1, of backend-2 6 s
-# later, and of backend-1 again (restarted) 6 s after that; each user also publishes every round
+# The operator run of writes through backend deaths: the old client mix at full speed through
+# `eventsys up` (release: cargo build --release --workspace --bins), kill -9 of backend-1, of
+# backend-2 6 s later, and of backend-1 again (restarted) 6 s after that; each user also publishes every round
 # while one live subscriber follows the topic (`mix --publish`: checked for every publish
 # delivered once, in order, and no create stored twice). KEYS=1 sends a fresh Idempotency-Key
 # with every create and publish. Prints the load tool report.
