@@ -1,25 +1,25 @@
 //! `EventStore` on MongoDB (`fullApp.events`, the old service's collection). A topic's `seq`
 //! comes from a counters collection (`findOneAndUpdate` + `$inc`); on a replica set the
 //! increment and the insert share a transaction, so `seq` order is commit order, and the
-//! change feed is a change stream. Writes use majority write concern on a replica set.
+//! change feed is a change stream. Every write asks for what an acknowledgement promises:
+//! journaled (`j: true`) and, on a replica set, on a majority — never the server's defaults.
 
 mod document;
 mod keys;
+mod legacy;
 mod retention;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use futures::{FutureExt, StreamExt, TryStreamExt, stream::BoxStream};
 use mongodb::{
     Client, ClientSession, Collection, IndexModel,
     bson::{Document, doc},
-    error::{
-        ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure,
-    },
+    error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, WriteFailure},
     options::{
-        ClientOptions, CollectionOptions, IndexOptions, ReturnDocument, TransactionOptions,
-        WriteConcern,
+        Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReturnDocument,
+        TransactionOptions, WriteConcern,
     },
 };
 use uuid::Uuid;
@@ -35,10 +35,13 @@ pub const DEFAULT_DATABASE: &str = "fullApp";
 const EVENTS: &str = "events";
 const COUNTERS: &str = "counters";
 const KEYS: &str = "idempotency_keys";
-/// How long start-up waits for a server before failing with a reason.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts at a transaction that keeps meeting transient conflicts.
-const TRANSACTION_ATTEMPTS: usize = 20;
+/// How long an operation waits for a server to talk to before it fails as unavailable: well
+/// inside the gateway's request deadline (10 s by default), so a database that went away gives
+/// 503s rather than timeouts.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most a publish spends in the driver's transaction retries (conflicts on a busy topic's
+/// counter, or a server that is down): the driver alone would retry for 120 s.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The sentence a subscriber gets when the server cannot stream changes.
 pub const NEEDS_REPLICA_SET: &str = "MongoDB change streams need a replica set: start mongod \
@@ -57,6 +60,19 @@ pub struct MongoStore {
     keys: Collection<Document>,
     /// Replica set (or sharded cluster): transactions, change streams, majority writes.
     replicated: bool,
+    /// A publish's transaction: its writes journaled on a majority.
+    transaction: TransactionOptions,
+}
+
+/// What an acknowledged write has to be: on disk (`j: true`, so a `kill -9` of the server does
+/// not lose it) and, on a replica set, on a majority (so a failover does not roll it back).
+fn durable(replicated: bool) -> WriteConcern {
+    let w = if replicated {
+        Acknowledgment::Majority
+    } else {
+        Acknowledgment::Nodes(1)
+    };
+    WriteConcern::builder().w(w).journal(true).build()
 }
 
 /// The database a URI names, or the old service's.
@@ -131,22 +147,17 @@ impl MongoStore {
     /// Connects, checks the server answers, learns whether it is replicated, and creates the
     /// indexes. Fails fast with a one-line reason.
     pub async fn open(uri: &str) -> Result<Self, OpenError> {
-        Self::open_database(uri, None).await
-    }
-
-    /// As `open`, in `database` rather than the URI's (or the default) database.
-    pub async fn open_database(uri: &str, database: Option<&str>) -> Result<Self, OpenError> {
         let fail = |reason: String| OpenError::Mongo { reason };
         let mut options = ClientOptions::parse(uri)
             .await
             .map_err(|e| fail(format!("invalid URI: {}", one_line(&e))))?;
         options
             .server_selection_timeout
-            .get_or_insert(CONNECT_TIMEOUT);
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
         options
             .app_name
             .get_or_insert_with(|| "eventsvc".to_owned());
-        let database_name = database.map_or_else(|| database_name(&options), str::to_owned);
+        let database_name = database_name(&options);
         let client = Client::with_options(options).map_err(|e| fail(one_line(&e)))?;
         let database = client.database(&database_name);
         let hello = database
@@ -155,9 +166,8 @@ impl MongoStore {
             .map_err(|e| fail(format!("cannot reach the server: {}", one_line(&e))))?;
         let replicated = hello.contains_key("setName") || hello.get_str("msg") == Ok("isdbgrid");
         let collection_options = || {
-            let write_concern = replicated.then(WriteConcern::majority);
             CollectionOptions::builder()
-                .write_concern(write_concern)
+                .write_concern(durable(replicated))
                 .build()
         };
         let events = database.collection_with_options::<Document>(EVENTS, collection_options());
@@ -212,6 +222,17 @@ impl MongoStore {
                 one_line(&err)
             )));
         }
+        let transaction = TransactionOptions::builder()
+            .write_concern(durable(replicated))
+            .build();
+        legacy::number_published(&client, &events, &counters, &transaction, replicated)
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "cannot number the old service's events: {}",
+                    one_line(&e)
+                ))
+            })?;
         tracing::info!(database = %database_name, replicated, "MongoDB store ready");
         Ok(Self {
             client,
@@ -219,6 +240,7 @@ impl MongoStore {
             counters,
             keys,
             replicated,
+            transaction,
         })
     }
 
@@ -240,113 +262,77 @@ impl MongoStore {
             .map_err(|e| mongo_error(op, e))
     }
 
-    /// The event stored under `id`, if any (in `session`'s transaction when given).
-    async fn stored(
-        &self,
-        op: &'static str,
-        id: uuid::Uuid,
-        session: Option<&mut ClientSession>,
-    ) -> Result<Option<Event>> {
-        let find = self.events.find_one(doc! {"id": id.to_string()});
-        let found = match session {
-            Some(session) => find.session(session).await,
-            None => find.await,
-        }
-        .map_err(|e| mongo_error(op, e))?;
+    /// The event stored under `id`, if any.
+    async fn stored(&self, op: &'static str, id: Uuid) -> Result<Option<Event>> {
+        let found = self
+            .events
+            .find_one(doc! {"id": id.to_string()})
+            .await
+            .map_err(|e| mongo_error(op, e))?;
         found.as_ref().map(from_document).transpose()
     }
 
-    /// Increments the topic's counter and inserts the event with it, in `session`. A repeat of
-    /// a publish that committed (its id is stored) returns that event: no second seq.
-    async fn publish_in(
-        &self,
-        mut session: Option<&mut ClientSession>,
-        new: &NewEvent,
-    ) -> mongodb::error::Result<Event> {
-        if let Some(id) = new.id {
-            let existing = self
-                .stored("publish", id, session.as_deref_mut())
-                .await
-                .map_err(mongodb::error::Error::custom)?;
-            if let Some(existing) = existing {
-                return Ok(existing);
-            }
-        }
-        let increment = self
-            .counters
-            .find_one_and_update(
-                doc! {"_id": format!("topic:{}", new.topic)},
-                doc! {"$inc": {"seq": 1_i64}},
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After);
-        let counter = match session {
-            Some(session) => {
-                let counter = increment.session(&mut *session).await?;
-                let event = self.stamp(new, counter)?;
-                let document = to_document(&event).map_err(mongodb::error::Error::custom)?;
-                self.events
-                    .insert_one(document)
-                    .session(&mut *session)
-                    .await?;
-                return Ok(event);
-            }
-            None => increment.await?,
-        };
-        let event = self.stamp(new, counter)?;
-        let document = to_document(&event).map_err(mongodb::error::Error::custom)?;
-        self.events.insert_one(document).await?;
-        Ok(event)
-    }
-
-    fn stamp(&self, new: &NewEvent, counter: Option<Document>) -> mongodb::error::Result<Event> {
-        let seq = counter
-            .and_then(|c| c.get_i64("seq").ok())
-            .ok_or_else(|| mongodb::error::Error::custom("topic counter returned no seq"))?;
-        Ok(new.clone().into_event(Some(seq as u64)))
-    }
-
-    /// The counter increment and the insert in one transaction, retried on transient
-    /// conflicts (two publishers on one topic), so `seq` order is commit order.
-    async fn publish_transaction(&self, new: &NewEvent) -> mongodb::error::Result<Event> {
+    /// `publish_in` in a transaction where there are transactions, retried by the driver on
+    /// transient errors (two publishers on one topic conflict on its counter), so `seq` order is
+    /// commit order.
+    async fn publish_durably(&self, new: &NewEvent) -> mongodb::error::Result<Event> {
         let mut session = self.client.start_session().await?;
-        let options = TransactionOptions::builder()
-            .write_concern(WriteConcern::majority())
-            .build();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            session
-                .start_transaction()
-                .with_options(options.clone())
-                .await?;
-            let event = match self.publish_in(Some(&mut session), new).await {
-                Ok(event) => event,
-                Err(err) => {
-                    let _ = session.abort_transaction().await;
-                    if err.contains_label(TRANSIENT_TRANSACTION_ERROR)
-                        && attempt < TRANSACTION_ATTEMPTS
-                    {
-                        continue;
-                    }
-                    return Err(err);
-                }
-            };
-            loop {
-                match session.commit_transaction().await {
-                    Ok(()) => return Ok(event),
-                    Err(err) if err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
-                    Err(err)
-                        if err.contains_label(TRANSIENT_TRANSACTION_ERROR)
-                            && attempt < TRANSACTION_ATTEMPTS =>
-                    {
-                        break;
-                    }
-                    Err(err) => return Err(err),
-                }
-            }
+        if !self.replicated {
+            // A standalone server has no transactions: two publishers racing on one topic may
+            // then commit seqs out of order (subscriptions need a replica set anyway).
+            return publish_in(&mut session, &self.counters, &self.events, new).await;
+        }
+        // Owned context (the collections are handles on one pool): `and_run2` with borrowed
+        // captures meets rust-lang/rust#96865 ("Send is not general enough").
+        let context = (self.counters.clone(), self.events.clone(), new.clone());
+        session
+            .start_transaction()
+            .with_options(self.transaction.clone())
+            .and_run(context, |session, (counters, events, new)| {
+                publish_in(session, counters, events, new).boxed()
+            })
+            .await
+    }
+}
+
+/// Increments the topic's counter and inserts the event with it, in `session` (inside its
+/// transaction on a replica set). A repeat of a publish that committed (its id is stored)
+/// returns that event: no second seq.
+async fn publish_in(
+    session: &mut ClientSession,
+    counters: &Collection<Document>,
+    events: &Collection<Document>,
+    new: &NewEvent,
+) -> mongodb::error::Result<Event> {
+    let custom = |err: StoreError| mongodb::error::Error::custom(err);
+    if let Some(id) = new.id {
+        let existing = events
+            .find_one(doc! {"id": id.to_string()})
+            .session(&mut *session)
+            .await?;
+        if let Some(existing) = existing {
+            return from_document(&existing).map_err(custom);
         }
     }
+    let counter = counters
+        .find_one_and_update(
+            doc! {"_id": format!("topic:{}", new.topic)},
+            doc! {"$inc": {"seq": 1_i64}},
+        )
+        .upsert(true)
+        .return_document(ReturnDocument::After)
+        .session(&mut *session)
+        .await?;
+    let seq = counter.and_then(|c| c.get_i64("seq").ok()).ok_or_else(|| {
+        custom(StoreError::Internal {
+            op: "publish",
+            source: "topic counter returned no seq".into(),
+        })
+    })?;
+    let event = new.clone().into_event(Some(seq as u64));
+    let document = to_document(&event).map_err(custom)?;
+    events.insert_one(document).session(&mut *session).await?;
+    Ok(event)
 }
 
 #[async_trait]
@@ -358,7 +344,7 @@ impl EventStore for MongoStore {
             // The id is taken (the unique `id` index): a repeat of the request that stored it,
             // or another event.
             Err(err) if is_duplicate_key(&err) && new.id.is_some() => {
-                let stored = self.stored("create", event.id, None).await?;
+                let stored = self.stored("create", event.id).await?;
                 new.repeated(stored.ok_or(StoreError::NotFound)?)?
             }
             Err(err) => return Err(mongo_error("create", err)),
@@ -435,20 +421,20 @@ impl EventStore for MongoStore {
     }
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {
-        // A standalone server has no transactions: two publishers racing on one topic may then
-        // commit seqs out of order (subscriptions need a replica set anyway).
-        let published = if self.replicated {
-            self.publish_transaction(&new).await
-        } else {
-            self.publish_in(None, &new).await
+        let Ok(published) =
+            tokio::time::timeout(PUBLISH_DEADLINE, self.publish_durably(&new)).await
+        else {
+            // Whether it committed is unknown: a retry with the same id finds out.
+            return Err(StoreError::Unavailable {
+                op: "publish",
+                reason: format!("not committed within {PUBLISH_DEADLINE:?}"),
+            });
         };
         let event = match published {
             Ok(event) => new.repeated(event),
             // Two repeats raced past the check on a standalone server: the index kept one.
             Err(err) if is_duplicate_key(&err) && new.id.is_some() => {
-                let stored = self
-                    .stored("publish", new.id.unwrap_or_default(), None)
-                    .await?;
+                let stored = self.stored("publish", new.id.unwrap_or_default()).await?;
                 new.repeated(stored.ok_or(StoreError::NotFound)?)
             }
             Err(err) => Err(mongo_error("publish", err)),

@@ -10,7 +10,7 @@ use crate::store::{Event, JsonObject, StoreError};
 
 /// Go's zero `time.Time` (0001-01-01T00:00:00Z) in BSON milliseconds: what the old service
 /// wrote for `time` on events that were not published.
-const GO_ZERO_TIME_MS: i64 = -62_135_596_800_000;
+pub(super) const GO_ZERO_TIME_MS: i64 = -62_135_596_800_000;
 
 fn datetime(t: DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_millis(t.timestamp_millis())

@@ -18,8 +18,11 @@ use crate::store::{Claim, Event, KeyClaim, Result, StoreError, outcome};
 /// another request changed the key meanwhile).
 const ROUNDS: usize = 3;
 
-fn key_id(claim: &KeyClaim) -> Document {
-    doc! {"scope": &claim.scope, "key": &claim.key}
+/// The document id of a caller's key: a plain string, so a lookup never depends on how a
+/// server compares embedded documents, and no caller's key can name another's (the scope's
+/// length says where it ends, whatever characters either holds).
+fn key_id(claim: &KeyClaim) -> String {
+    format!("{}:{}/{}", claim.scope.len(), claim.scope, claim.key)
 }
 
 fn at(from_now: std::time::Duration) -> DateTime {
@@ -31,6 +34,9 @@ fn at(from_now: std::time::Duration) -> DateTime {
 fn claimed(claim: &KeyClaim, id: Uuid) -> Document {
     doc! {
         "_id": key_id(claim),
+        // For whoever reads the collection; lookups use `_id`.
+        "scope": &claim.scope,
+        "key": &claim.key,
         "fingerprint": Binary { subtype: BinarySubtype::Generic, bytes: claim.fingerprint.to_vec() },
         "eventId": id.to_string(),
         "leaseUntil": at(claim.lease),

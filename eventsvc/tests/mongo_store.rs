@@ -1,0 +1,220 @@
+//! What only the MongoDB store has to show, against a real server (SecantusDB, started here on a
+//! free port): the old Go service's published events numbered once, acknowledged writes that
+//! survive the database's `kill -9`, and a database that goes away and comes back. The shared
+//! contract is `store_conformance.rs`.
+
+use std::{sync::Arc, time::Duration};
+
+use eventsvc::store::{EventStore, MongoStore, NewEvent, StoreError};
+use futures::{StreamExt, future::join_all};
+use mongodb::bson::{self, doc, oid::ObjectId};
+use testdb::MongoServer;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Go's zero `time.Time`, as the old service stored it for events it did not publish.
+const GO_ZERO_TIME_MS: i64 = -62_135_596_800_000;
+
+fn published(topic: &str, title: &str) -> NewEvent {
+    NewEvent {
+        topic: topic.into(),
+        title: title.into(),
+        user_id: "pub".into(),
+        ..NewEvent::default()
+    }
+}
+
+/// A document as the Go service wrote it: its field names, no `seq`, no `data`.
+fn go_document(topic: &str, title: &str, time_ms: i64, created_ms: i64) -> bson::Document {
+    doc! {
+        "_id": ObjectId::new(),
+        "id": Uuid::new_v4().to_string(),
+        "userId": "legacy",
+        "title": title,
+        "description": "",
+        "completed": false,
+        "createdAt": bson::DateTime::from_millis(created_ms),
+        "topic": topic,
+        "time": bson::DateTime::from_millis(time_ms),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_old_services_published_events_get_seqs_once_in_their_order() {
+    let Some(server) = MongoServer::shared("numbering the old service's events") else {
+        return;
+    };
+    let uri = server.uri(&format!("legacy_{}", Uuid::new_v4().simple()));
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let events = client
+        .default_database()
+        .unwrap()
+        .collection::<bson::Document>("events");
+    // Inserted out of order; `b` and `c` share a time and `createdAt` decides.
+    let t = 1_700_000_000_000;
+    let old = [
+        go_document("orders", "c", t + 10, t + 2),
+        go_document("orders", "a", t, t),
+        go_document("orders", "b", t + 10, t + 1),
+        go_document("audit", "x", t + 5, t + 5),
+        // Created, not published (zero time): stays out of every topic's history.
+        go_document("orders", "unpublished", GO_ZERO_TIME_MS, t + 3),
+    ];
+    events.insert_many(old.clone()).await.unwrap();
+
+    // Three backends start together on the data: each event is numbered once.
+    let stores: Vec<MongoStore> = join_all((0..3).map(|_| MongoStore::open(&uri)))
+        .await
+        .into_iter()
+        .map(|opened| opened.expect("open"))
+        .collect();
+    let history = |topic: &'static str| {
+        let store = &stores[1];
+        async move {
+            store
+                .events_after(topic, 0, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.seq, e.title))
+                .collect::<Vec<_>>()
+        }
+    };
+    let expected = vec![
+        (1, "a".to_owned()),
+        (2, "b".to_owned()),
+        (3, "c".to_owned()),
+    ];
+    assert_eq!(history("orders").await, expected);
+    assert_eq!(history("audit").await, vec![(1, "x".to_owned())]);
+    let unpublished = Uuid::parse_str(old[4].get_str("id").unwrap()).unwrap();
+    assert_eq!(stores[0].get(unpublished, None).await.unwrap().seq, 0);
+
+    // New events follow them; a later start numbers nothing again.
+    let next = stores[2].publish(published("orders", "d")).await.unwrap();
+    assert_eq!(next.seq, 4);
+    let again = MongoStore::open(&uri).await.unwrap();
+    assert_eq!(
+        again.events_after("orders", 3, 10).await.unwrap(),
+        vec![next]
+    );
+    client.default_database().unwrap().drop().await.unwrap();
+}
+
+/// Writes for a while (publishes too when `publish`), kills the server with `kill -9`, starts it
+/// on the same data and looks for every write it acknowledged.
+async fn acknowledged_writes_survive_kill_9(mut server: MongoServer, publish: bool) {
+    let uri = server.uri("durability");
+    let store = Arc::new(MongoStore::open(&uri).await.expect("open"));
+    let writers = (0..4).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let until = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < until {
+                let new = published(&format!("t{}", n % 2), "durable");
+                let written = if publish && n < 2 {
+                    store.publish(new).await
+                } else {
+                    store.create(new).await
+                };
+                acknowledged.push(written.expect("written while the server is up"));
+            }
+            acknowledged
+        })
+    });
+    let acknowledged: Vec<_> = join_all(writers)
+        .await
+        .into_iter()
+        .flat_map(|w| w.unwrap())
+        .collect();
+    server.kill();
+    server.restart();
+    let reopened = MongoStore::open(&uri).await.expect("reopen");
+    let mut lost = Vec::new();
+    for event in &acknowledged {
+        match reopened.get(event.id, None).await {
+            Ok(found) => assert_eq!(&found, event),
+            Err(StoreError::NotFound) => lost.push(event.seq),
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost (seqs: {lost:?})",
+        lost.len(),
+        acknowledged.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_ask_for_the_journal_themselves() {
+    // A server that syncs a write only when the write asks (`j: true`), as a mongod with its
+    // journal default off: what survives is what the store asked for. (SecantusDB honours `j`
+    // on plain writes but not on `commitTransaction`, where mongod does; so publishes, which
+    // commit a transaction, are proven on a syncing server below.)
+    if let Some(server) = MongoServer::start_syncing_only_when_asked("the journal test") {
+        acknowledged_writes_survive_kill_9(server, false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_kill_9_of_the_database() {
+    if let Some(server) = MongoServer::start("the database's kill -9") {
+        acknowledged_writes_survive_kill_9(server, true).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_goes_away_fails_fast_and_is_found_again() {
+    let Some(mut server) = MongoServer::start("a database that goes away") else {
+        return;
+    };
+    let store = MongoStore::open(&server.uri("outage")).await.expect("open");
+    let before = store.publish(published("live", "before")).await.unwrap();
+    let mut feed = store.follow().await.unwrap();
+
+    server.kill();
+    // Each kind of call gives up as unavailable (503 at the gateway), well inside the
+    // gateway's 10 s request deadline: nothing waits for the server to come back.
+    for call in ["create", "get", "publish", "events_after"] {
+        let started = Instant::now();
+        let failed = match call {
+            "create" => store.create(published("", "down")).await.err(),
+            "get" => store.get(before.id, None).await.err(),
+            "publish" => store.publish(published("live", "down")).await.err(),
+            _ => store.events_after("live", 0, 10).await.err(),
+        };
+        assert!(
+            matches!(failed, Some(StoreError::Unavailable { .. })),
+            "{call}: {failed:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(8), "{call} hung");
+    }
+    // The change feed ends with an error rather than hanging: subscribers resubscribe.
+    let ended = tokio::time::timeout(Duration::from_secs(30), feed.next())
+        .await
+        .expect("the feed reports the outage");
+    assert!(matches!(ended, Some(Err(_)) | None), "{ended:?}");
+
+    server.restart();
+    // The same store, not reopened, writes and follows again.
+    let mut attempts = 0;
+    let after = loop {
+        attempts += 1;
+        match store.publish(published("live", "after")).await {
+            Ok(event) => break event,
+            Err(StoreError::Unavailable { .. }) if attempts < 10 => continue,
+            Err(err) => panic!("{err}"),
+        }
+    };
+    assert_eq!(after.seq, before.seq + 1, "nothing lost, nothing doubled");
+    let mut feed = store.follow().await.unwrap();
+    let next = store.publish(published("live", "followed")).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(30), feed.next())
+        .await
+        .expect("the reopened feed delivers")
+        .expect("an event")
+        .unwrap();
+    assert_eq!(seen, next);
+}
