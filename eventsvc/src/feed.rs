@@ -522,6 +522,10 @@ mod tests {
         async fn purge_keys(&self, _: usize) -> Result<usize> {
             unimplemented!("the feed only follows")
         }
+
+        async fn ping(&self) -> Result<()> {
+            Ok(())
+        }
     }
 
     fn feed(store: &Arc<Followed>) -> Feed {

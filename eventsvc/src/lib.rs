@@ -7,6 +7,7 @@ mod convert;
 mod feed;
 mod keyed;
 mod metrics;
+mod readiness;
 mod retention;
 mod server;
 mod service;

@@ -1,5 +1,6 @@
 //! Serves one backend on a bound listener: the event API, `grpc.health.v1` and server
-//! reflection (v1 and v1alpha), until the shutdown future completes; then it reports
+//! reflection (v1 and v1alpha; health NOT_SERVING while the store does not answer), until the
+//! shutdown future completes; then it reports
 //! NOT_SERVING, ends open streams and drains in-flight requests, closing whatever is still open
 //! when the drain deadline passes.
 
@@ -13,13 +14,13 @@ use tonic::{
     service::interceptor::InterceptedService,
     transport::{Server, ServerTlsConfig, server::TcpIncoming},
 };
-use tonic_health::ServingStatus;
 
 use crate::{
     auth::Verify,
     feed::{Feed, FeedSettings},
     keyed::{self, KeyPolicy},
     metrics::RpcMetrics,
+    readiness::{self, Readiness},
     retention,
     service::EventsApi,
     stats::{MeterLayer, Stats},
@@ -185,7 +186,18 @@ pub async fn serve(
     tokio::spawn(keyed::purge(store.clone(), streams.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<EventServiceServer<EventsApi>>().await;
+    let readiness = Readiness::new(health).await;
+    tokio::spawn(readiness::probe(
+        readiness.clone(),
+        {
+            let store = store.clone();
+            move || {
+                let store = store.clone();
+                async move { store.ping().await }
+            }
+        },
+        streams.clone(),
+    ));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(eventsys::FILE_DESCRIPTOR_SET)
@@ -204,12 +216,7 @@ pub async fn serve(
     let drain = async move {
         shutdown.await;
         tracing::info!(%addr, "shutting down: NOT_SERVING, ending streams, draining requests");
-        health
-            .set_not_serving::<EventServiceServer<EventsApi>>()
-            .await;
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        readiness.leave().await;
         streams.cancel();
         let _ = draining_tx.send(());
     };

@@ -291,6 +291,9 @@ pub trait EventStore: Send + Sync + 'static {
     async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim>;
     /// Forgets up to `batch` keys whose time is up; returns how many.
     async fn purge_keys(&self, batch: usize) -> Result<usize>;
+    /// Whether the store answers now: `Unavailable` when its server cannot be reached. Backs
+    /// the backend's health (NOT_SERVING while it fails), so it must be cheap.
+    async fn ping(&self) -> Result<()>;
 }
 
 /// Which store to open, parsed from `--store` / `STORE_URI` / `MONGO_URI`.

@@ -177,9 +177,10 @@ async fn a_database_that_goes_away_fails_fast_and_is_found_again() {
     server.kill();
     // Each kind of call gives up as unavailable (503 at the gateway), well inside the
     // gateway's 10 s request deadline: nothing waits for the server to come back.
-    for call in ["create", "get", "publish", "events_after"] {
+    for call in ["ping", "create", "get", "publish", "events_after"] {
         let started = Instant::now();
         let failed = match call {
+            "ping" => store.ping().await.err(),
             "create" => store.create(published("", "down")).await.err(),
             "get" => store.get(before.id, None).await.err(),
             "publish" => store.publish(published("live", "down")).await.err(),
@@ -209,6 +210,7 @@ async fn a_database_that_goes_away_fails_fast_and_is_found_again() {
         }
     };
     assert_eq!(after.seq, before.seq + 1, "nothing lost, nothing doubled");
+    store.ping().await.expect("the store answers again");
     let mut feed = store.follow().await.unwrap();
     let next = store.publish(published("live", "followed")).await.unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(30), feed.next())

@@ -20,7 +20,7 @@ use eventsys::v1::{self, event_service_client::EventServiceClient};
 use tokio_util::sync::CancellationToken;
 use tower::retry::budget::TpsBudget;
 
-pub(crate) use backend::{Backend, BackendSnapshot};
+pub(crate) use backend::{Backend, BackendSnapshot, Down};
 pub(crate) use call::{
     Answer, Bearer, CallError, Failure, Forwarded, Keyed, Method, NewEvent, Outcome, Rpc, Traced,
     deadline, method, traced, within,

@@ -2,145 +2,25 @@
 //! free ports; a request goes through; a backend killed with `kill -9` is restarted; SIGTERM
 //! stops everything and leaves no process behind, and so does killing the launcher itself.
 
-use std::{collections::HashMap, net::SocketAddr, path::Path, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    sync::mpsc,
-};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 // The DevTools client of the e2e tests, for the dashboard's test here.
 #[allow(dead_code)]
 #[path = "e2e/cdp.rs"]
 mod cdp;
+// The launcher harness, shared with the end-to-end tests.
+#[allow(dead_code)]
+#[path = "e2e/support/up.rs"]
+mod harness;
 
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Launcher {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    rest: SocketAddr,
-    backends: Vec<SocketAddr>,
-    /// The backends' metrics URLs the banner names.
-    metrics: Vec<String>,
-    /// Every child pid the launcher has reported starting, by child name.
-    pids: HashMap<String, Vec<i32>>,
-}
-
-fn command(data: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eventsys"));
-    command
-        .current_dir(data)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("STORE_URI")
-        .env_remove("MONGO_URI")
-        .env_remove("HOST")
-        .env_remove("GATEWAY_PORT")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-}
-
-/// The `pid=` of a `started child=NAME pid=N` line.
-fn started(line: &str) -> Option<(String, i32)> {
-    let rest = line.split_once("started child=")?.1;
-    let mut words = rest.split_whitespace();
-    let name = words.next()?.to_owned();
-    let pid = words.find_map(|w| w.strip_prefix("pid="))?.parse().ok()?;
-    Some((name, pid))
-}
-
-impl Launcher {
-    async fn start(data: &Path) -> Launcher {
-        Self::start_with(data, &[], &[]).await
-    }
-
-    async fn start_with(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Launcher {
-        let mut child = command(data)
-            .args([
-                "up",
-                "--backends",
-                "3",
-                "--base-port",
-                "0",
-                "--gateway-port",
-                "0",
-            ])
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start eventsys up");
-        let (tx, lines) = mpsc::unbounded_channel();
-        let stdout = child.stdout.take().expect("piped");
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut launcher = Launcher {
-            child,
-            lines,
-            rest: "0.0.0.0:0".parse().unwrap(),
-            backends: Vec::new(),
-            metrics: Vec::new(),
-            pids: HashMap::new(),
-        };
-        let rest = launcher
-            .expect(|l| l.split_once("REST API  http://").map(|(_, r)| r.to_owned()))
-            .await;
-        launcher.rest = rest.trim_end_matches("/events").parse().unwrap();
-        let metrics = launcher
-            .expect(|l| {
-                l.split_once("backends' metrics  ")
-                    .map(|(_, r)| r.to_owned())
-            })
-            .await;
-        launcher.metrics = metrics.split_whitespace().map(str::to_owned).collect();
-        let grpc = launcher
-            .expect(|l| l.split_once("gRPC      ").map(|(_, r)| r.to_owned()))
-            .await;
-        launcher.backends = grpc
-            .split_whitespace()
-            .take_while(|w| !w.starts_with('('))
-            .map(|a| a.parse().unwrap())
-            .collect();
-        launcher
-    }
-
-    /// Reads output until `found` matches a line, noting child pids on the way.
-    async fn expect<T>(&mut self, found: impl Fn(&str) -> Option<T>) -> T {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let line = self.lines.recv().await.expect("launcher output ended");
-                println!("{line}");
-                if let Some((name, pid)) = started(&line) {
-                    self.pids.entry(name).or_default().push(pid);
-                }
-                if let Some(hit) = found(&line) {
-                    return hit;
-                }
-            }
-        })
-        .await
-        .expect("expected launcher output")
-    }
-
-    fn all_pids(&self) -> Vec<i32> {
-        self.pids.values().flatten().copied().collect()
-    }
-}
+use harness::{Launcher, WAIT, command, started};
 
 /// The socket a child serves on: its fd 3 (`socket:[inode]`), handed over by the launcher.
 fn listening_socket(pid: i32) -> String {

@@ -54,6 +54,7 @@ pub const NEEDS_REPLICA_SET: &str = "MongoDB change streams need a replica set: 
 /// compare-and-set on the server, so several backends on one database agree.
 pub struct MongoStore {
     client: Client,
+    database: mongodb::Database,
     events: Collection<Document>,
     counters: Collection<Document>,
     /// Clients' idempotency keys and their answers.
@@ -87,8 +88,6 @@ pub fn database_name(options: &ClientOptions) -> String {
 /// MongoDB's code for a write refused for want of disk space.
 const OUT_OF_DISK_SPACE: i32 = 14031;
 
-/// A full disk is `Full`; errors that say the server cannot be reached (now) are
-/// `Unavailable`, so the gateway retries elsewhere; anything else is a fault.
 /// A second document with a unique index's value (an event id already stored).
 fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
@@ -104,7 +103,15 @@ fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     }
 }
 
+/// A full disk is `Full`; errors that say the server cannot be reached (now) are
+/// `Unavailable`, so the gateway retries elsewhere; anything else is a fault.
 fn mongo_error(op: &'static str, err: mongodb::error::Error) -> StoreError {
+    if let Some(StoreError::Unavailable { reason, .. }) = err.get_custom::<StoreError>() {
+        return StoreError::Unavailable {
+            op,
+            reason: reason.clone(),
+        };
+    }
     let code = match err.kind.as_ref() {
         ErrorKind::Command(command) => Some(command.code),
         ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
@@ -236,6 +243,7 @@ impl MongoStore {
         tracing::info!(database = %database_name, replicated, "MongoDB store ready");
         Ok(Self {
             client,
+            database,
             events,
             counters,
             keys,
@@ -289,9 +297,25 @@ impl MongoStore {
             .start_transaction()
             .with_options(self.transaction.clone())
             .and_run(context, |session, (counters, events, new)| {
-                publish_in(session, counters, events, new).boxed()
+                publish_in(session, counters, events, new)
+                    .map(|published| published.map_err(unreachable_is_final))
+                    .boxed()
             })
             .await
+    }
+}
+
+/// A server that could not be selected (the driver waited `SERVER_SELECTION_TIMEOUT` for
+/// one) ends the transaction: the driver would retry it as transient for 120 s, and the caller
+/// is better told at once that the store is unavailable.
+fn unreachable_is_final(err: mongodb::error::Error) -> mongodb::error::Error {
+    if matches!(*err.kind, ErrorKind::ServerSelection { .. }) {
+        mongodb::error::Error::custom(StoreError::Unavailable {
+            op: "publish",
+            reason: one_line(&err),
+        })
+    } else {
+        err
     }
 }
 
@@ -494,6 +518,14 @@ impl EventStore for MongoStore {
 
     async fn purge_keys(&self, _batch: usize) -> Result<usize> {
         Ok(0)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.database
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(|e| mongo_error("ping", e))?;
+        Ok(())
     }
 }
 

@@ -530,6 +530,14 @@ impl EventStore for SqliteStore {
         self.run("purge_keys", move |conn| keys::purge(conn, batch))
             .await
     }
+
+    async fn ping(&self) -> Result<()> {
+        self.run("ping", |conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(|e| sql_error("ping", e))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

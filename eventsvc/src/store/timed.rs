@@ -133,6 +133,11 @@ impl EventStore for TimedStore {
         self.timed(Op::PurgeKeys, self.inner.purge_keys(batch))
             .await
     }
+
+    /// Not timed: a health probe is not the store's load.
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
 }
 
 #[cfg(test)]

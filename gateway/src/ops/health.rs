@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use crate::{
     api::{ApiError, ErrorBody},
     http::AppState,
+    upstream::Down,
 };
 
 /// The body of `GET /healthz`.
@@ -63,7 +64,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>,
     let backends = state.upstream.backends();
     let healthy = backends.iter().filter(|b| b.healthy()).count();
     if healthy == 0 {
-        return Err(ApiError::new(Code::Unavailable, "no healthy backend"));
+        let downs = backends.iter().filter_map(|b| b.down);
+        return Err(ApiError::new(Code::Unavailable, why_not_ready(downs)));
     }
     Ok(Json(Ready {
         status: "ready",
@@ -72,4 +74,45 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>,
             known: backends.len(),
         },
     }))
+}
+
+/// "no healthy backend", with how many are down for each reason, so an operator reading the
+/// probe knows where to look.
+fn why_not_ready(downs: impl IntoIterator<Item = Down>) -> String {
+    let mut counts: Vec<(Down, usize)> = Vec::new();
+    for down in downs {
+        match counts.iter_mut().find(|(d, _)| *d == down) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((down, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return "no healthy backend: none known".to_owned();
+    }
+    let reasons: Vec<String> = counts
+        .iter()
+        .map(|(down, n)| match down {
+            // A backend says NOT_SERVING while its store does not answer, and when it stops.
+            Down::NotServing => {
+                format!("{n} NOT_SERVING (their store does not answer, or they are stopping)")
+            }
+            other => format!("{n} {}", other.as_str()),
+        })
+        .collect();
+    format!("no healthy backend: {}", reasons.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_says_why() {
+        assert_eq!(
+            why_not_ready([Down::NotServing, Down::Refused, Down::NotServing]),
+            "no healthy backend: 2 NOT_SERVING (their store does not answer, or they are \
+             stopping), 1 refused"
+        );
+        assert_eq!(why_not_ready([]), "no healthy backend: none known");
+    }
 }

@@ -1,5 +1,7 @@
-//! The REST contract of `docs/api.md` through the real gateway over three real backends, in
-//! this process: every endpoint and every failure row, field by field, one test per endpoint.
+//! The REST contract of `docs/api.md` through the real gateway, every endpoint and every failure
+//! row, field by field, one case per endpoint, written once and run on each store: three
+//! backends on SQLite in this process (`sqlite::`), and `eventsys up` with two backends on a
+//! MongoDB server (`mongo::`, SecantusDB started by the tests).
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{System, http, served_by};
+use crate::support::{Front, served_by};
 
 /// Asserts the contract's error shape: same text under `error` and `message`, and the code.
 async fn assert_error(response: reqwest::Response, status: u16, code: &str, text: &str) {
@@ -50,14 +52,8 @@ fn assert_timestamp(value: &Value) {
     );
 }
 
-/// Three backends behind a gateway in this process, started for one test: the contract is
-/// what the servers answer, so nothing here needs the machine to itself.
-async fn system() -> (System, reqwest::Client) {
-    (System::start(3).await, http())
-}
-
 /// `POST /events` of `body`, which must succeed: the created event.
-async fn create(client: &reqwest::Client, system: &System, body: Value) -> Value {
+async fn create(client: &reqwest::Client, system: &dyn Front, body: Value) -> Value {
     let response = client
         .post(system.url("/events"))
         .body(body.to_string())
@@ -69,7 +65,7 @@ async fn create(client: &reqwest::Client, system: &System, body: Value) -> Value
 }
 
 /// Publishes three events on `orders`, checking each answer: their ids.
-async fn publish_three(client: &reqwest::Client, system: &System) -> Vec<String> {
+async fn publish_three(client: &reqwest::Client, system: &dyn Front) -> Vec<String> {
     let publish = |body: Value| {
         client
             .post(system.url("/publish"))
@@ -96,9 +92,10 @@ fn alice() -> Value {
     serde_json::from_str(ALICE).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn post_events_stores_what_the_contract_says_and_ignores_the_rest() {
-    let (system, client) = system().await;
+async fn post_events_stores_what_the_contract_says_and_ignores_the_rest(
+    system: &dyn Front,
+    client: reqwest::Client,
+) {
     let url = |p: &str| system.url(p);
     // POST /events: no Content-Type (old clients send none), client id and unknown fields
     // ignored.
@@ -147,9 +144,10 @@ async fn post_events_stores_what_the_contract_says_and_ignores_the_rest() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn post_events_rejects_bad_bodies_with_the_contract_error() {
-    let (system, client) = system().await;
+async fn post_events_rejects_bad_bodies_with_the_contract_error(
+    system: &dyn Front,
+    client: reqwest::Client,
+) {
     let url = |p: &str| system.url(p);
     // POST /events failures.
     let post = |body: &'static str| client.post(url("/events")).body(body).send();
@@ -197,7 +195,7 @@ async fn post_events_rejects_bad_bodies_with_the_contract_error() {
     assert_error(response, 400, "INVALID_ARGUMENT", "within ±2^53").await;
     let exact = create(
         &client,
-        &system,
+        system,
         json!({"data": {"n": 9_007_199_254_740_992u64, "m": -42}}),
     )
     .await;
@@ -208,12 +206,13 @@ async fn post_events_rejects_bad_bodies_with_the_contract_error() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn get_events_lists_one_user_or_everyone_as_an_array() {
-    let (system, client) = system().await;
+async fn get_events_lists_one_user_or_everyone_as_an_array(
+    system: &dyn Front,
+    client: reqwest::Client,
+) {
     let url = |p: &str| system.url(p);
-    let created = create(&client, &system, alice()).await;
-    let bob = create(&client, &system, json!({"userId": "bob", "title": "Bob's"})).await;
+    let created = create(&client, system, alice()).await;
+    let bob = create(&client, system, json!({"userId": "bob", "title": "Bob's"})).await;
     // GET /events, scoped and not; [] rather than null.
     let list = |q: &'static str| client.get(url(&format!("/events{q}"))).send();
     let alice: Value = list("?userId=alice").await.unwrap().json().await.unwrap();
@@ -225,11 +224,9 @@ async fn get_events_lists_one_user_or_everyone_as_an_array() {
     assert_eq!(all, json!([created, bob]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn get_event_reads_it_for_its_owner_only() {
-    let (system, client) = system().await;
+async fn get_event_reads_it_for_its_owner_only(system: &dyn Front, client: reqwest::Client) {
     let url = |p: &str| system.url(p);
-    let created = create(&client, &system, alice()).await;
+    let created = create(&client, system, alice()).await;
     let id = created["id"].as_str().unwrap().to_owned();
     // GET /events/{id}.
     let get = |path: String| client.get(url(&path)).send();
@@ -262,11 +259,12 @@ async fn get_event_reads_it_for_its_owner_only() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn put_event_changes_exactly_title_description_and_completed() {
-    let (system, client) = system().await;
+async fn put_event_changes_exactly_title_description_and_completed(
+    system: &dyn Front,
+    client: reqwest::Client,
+) {
     let url = |p: &str| system.url(p);
-    let created = create(&client, &system, alice()).await;
+    let created = create(&client, system, alice()).await;
     let id = created["id"].as_str().unwrap().to_owned();
     let get = |path: String| client.get(url(&path)).send();
     // PUT /events/{id}: exactly title, description and completed change.
@@ -323,11 +321,9 @@ async fn put_event_changes_exactly_title_description_and_completed() {
     assert_error(response, 400, "INVALID_ARGUMENT", "invalid JSON").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn delete_event_removes_it_for_its_owner_only() {
-    let (system, client) = system().await;
+async fn delete_event_removes_it_for_its_owner_only(system: &dyn Front, client: reqwest::Client) {
     let url = |p: &str| system.url(p);
-    let created = create(&client, &system, alice()).await;
+    let created = create(&client, system, alice()).await;
     let id = created["id"].as_str().unwrap().to_owned();
     let get = |path: String| client.get(url(&path)).send();
     // DELETE /events/{id}.
@@ -358,9 +354,10 @@ async fn delete_event_removes_it_for_its_owner_only() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn publish_numbers_events_per_topic_and_rejects_bad_topics() {
-    let (system, client) = system().await;
+async fn publish_numbers_events_per_topic_and_rejects_bad_topics(
+    system: &dyn Front,
+    client: reqwest::Client,
+) {
     let url = |p: &str| system.url(p);
     // POST /publish.
     let publish = |body: Value| client.post(url("/publish")).body(body.to_string()).send();
@@ -390,14 +387,12 @@ async fn publish_numbers_events_per_topic_and_rejects_bad_topics() {
         .await
         .unwrap();
     assert_error(response, 400, "INVALID_ARGUMENT", "invalid JSON").await;
-    publish_three(&client, &system).await;
+    publish_three(&client, system).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn topic_events_lists_a_topic_oldest_first() {
-    let (system, client) = system().await;
+async fn topic_events_lists_a_topic_oldest_first(system: &dyn Front, client: reqwest::Client) {
     let url = |p: &str| system.url(p);
-    let published = publish_three(&client, &system).await;
+    let published = publish_three(&client, system).await;
     // GET /topic-events/{topic}: oldest first, with time and seq.
     let history: Value = client
         .get(url("/topic-events/orders"))
@@ -427,11 +422,12 @@ async fn topic_events_lists_a_topic_oldest_first() {
     assert_error(bad, 400, "INVALID_ARGUMENT", "topic may only contain").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn subscribe_streams_the_topic_as_server_sent_events() {
-    let (system, client) = system().await;
+async fn subscribe_streams_the_topic_as_server_sent_events(
+    system: &dyn Front,
+    client: reqwest::Client,
+) {
     let url = |p: &str| system.url(p);
-    publish_three(&client, &system).await;
+    publish_three(&client, system).await;
     let history: Value = client
         .get(url("/topic-events/orders"))
         .send()
@@ -477,14 +473,15 @@ async fn subscribe_streams_the_topic_as_server_sent_events() {
     assert_error(bad, 400, "INVALID_ARGUMENT", "Last-Event-ID").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn load_benchmark_and_memstats_keep_their_old_shapes() {
-    let (system, client) = system().await;
+async fn load_benchmark_and_memstats_keep_their_old_shapes(
+    system: &dyn Front,
+    client: reqwest::Client,
+) {
     let url = |p: &str| system.url(p);
     for i in 0..21 {
         create(
             &client,
-            &system,
+            system,
             json!({"userId": "u", "title": format!("e{i}")}),
         )
         .await;
@@ -499,7 +496,10 @@ async fn load_benchmark_and_memstats_keep_their_old_shapes() {
         .await
         .unwrap();
     assert!(load["in_flight"].is_u64(), "{load}");
-    assert_eq!(load["backends"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        load["backends"].as_array().unwrap().len(),
+        system.backends()
+    );
     let bench: Value = client
         .get(url("/benchmark"))
         .send()
@@ -522,11 +522,9 @@ async fn load_benchmark_and_memstats_keep_their_old_shapes() {
     assert!(mem["alloc"].as_u64().unwrap() > 4 * 1024 * 1024, "{mem}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metrics_are_prometheus_text() {
-    let (system, client) = system().await;
+async fn metrics_are_prometheus_text(system: &dyn Front, client: reqwest::Client) {
     let url = |p: &str| system.url(p);
-    create(&client, &system, alice()).await;
+    create(&client, system, alice()).await;
     // /metrics in Prometheus text.
     let metrics = client
         .get(url("/metrics"))
@@ -547,9 +545,10 @@ async fn metrics_are_prometheus_text() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn any_origin_may_call_with_the_old_services_methods() {
-    let (system, client) = system().await;
+async fn any_origin_may_call_with_the_old_services_methods(
+    system: &dyn Front,
+    client: reqwest::Client,
+) {
     let url = |p: &str| system.url(p);
     // Cross-origin: any origin, the old service's methods.
     let preflight = client
@@ -581,9 +580,10 @@ async fn any_origin_may_call_with_the_old_services_methods() {
     assert!(plain.headers().get("access-control-allow-origin").is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn unknown_routes_and_methods_answer_in_the_error_shape() {
-    let (system, client) = system().await;
+async fn unknown_routes_and_methods_answer_in_the_error_shape(
+    system: &dyn Front,
+    client: reqwest::Client,
+) {
     let url = |p: &str| system.url(p);
     // Unknown routes and methods answer in the same JSON shape.
     let response = client.get(url("/nope")).send().await.unwrap();
@@ -591,3 +591,48 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let response = client.patch(url("/publish")).send().await.unwrap();
     assert_error(response, 405, "UNIMPLEMENTED", "method not allowed").await;
 }
+
+/// One `#[tokio::test]` per case and store: `sqlite::CASE` on three backends in this process,
+/// `mongo::CASE` on `eventsys up` over MongoDB (SKIPPED where there is none). Each case gets
+/// a system (and a database) of its own: the contract is what the servers answer, so nothing
+/// here needs the machine to itself.
+macro_rules! contract {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let system = crate::support::System::start(3).await;
+                    super::$case(&system, crate::support::http()).await;
+                }
+            )+
+        }
+        mod mongo {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let what = concat!("the REST contract on MongoDB: ", stringify!($case));
+                    if let Some(system) = crate::mongo::MongoSystem::up(what, &[]).await {
+                        super::$case(&system, crate::support::http()).await;
+                    }
+                }
+            )+
+        }
+    };
+}
+
+contract!(
+    post_events_stores_what_the_contract_says_and_ignores_the_rest,
+    post_events_rejects_bad_bodies_with_the_contract_error,
+    get_events_lists_one_user_or_everyone_as_an_array,
+    get_event_reads_it_for_its_owner_only,
+    put_event_changes_exactly_title_description_and_completed,
+    delete_event_removes_it_for_its_owner_only,
+    publish_numbers_events_per_topic_and_rejects_bad_topics,
+    topic_events_lists_a_topic_oldest_first,
+    subscribe_streams_the_topic_as_server_sent_events,
+    load_benchmark_and_memstats_keep_their_old_shapes,
+    metrics_are_prometheus_text,
+    any_origin_may_call_with_the_old_services_methods,
+    unknown_routes_and_methods_answer_in_the_error_shape,
+);

@@ -24,7 +24,7 @@ use crate::{
     token::mint,
 };
 
-async fn post(base: &str, path: &str, key: Option<&str>, body: &Value) -> Response {
+pub(crate) async fn post(base: &str, path: &str, key: Option<&str>, body: &Value) -> Response {
     let mut request = http().post(format!("{base}{path}")).json(body);
     if let Some(key) = key {
         request = request.header("idempotency-key", key);
@@ -43,7 +43,7 @@ fn replayed(response: &Response) -> bool {
 }
 
 /// Status, whether replayed, and the body.
-async fn answer(response: Response) -> (StatusCode, bool, Value) {
+pub(crate) async fn answer(response: Response) -> (StatusCode, bool, Value) {
     let status = response.status();
     let again = replayed(&response);
     (status, again, response.json().await.unwrap())
@@ -267,6 +267,10 @@ impl EventStore for Gated {
 
     async fn purge_keys(&self, batch: usize) -> store::Result<usize> {
         self.store.purge_keys(batch).await
+    }
+
+    async fn ping(&self) -> store::Result<()> {
+        self.store.ping().await
     }
 }
 

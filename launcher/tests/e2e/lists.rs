@@ -26,7 +26,7 @@ fn maximal(topic: &str, i: usize) -> Value {
     })
 }
 
-fn seqs(events: &Value) -> Vec<u64> {
+pub(crate) fn seqs(events: &Value) -> Vec<u64> {
     events
         .as_array()
         .expect("a JSON array")
@@ -124,7 +124,7 @@ async fn maximal_events_are_streamed_in_constant_memory_and_paged_exactly_once()
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
 
-async fn publish_n(base: &str, topic: &str, n: usize) {
+pub(crate) async fn publish_n(base: &str, topic: &str, n: usize) {
     for i in 0..n {
         let response = http()
             .post(format!("{base}/publish"))
@@ -138,7 +138,7 @@ async fn publish_n(base: &str, topic: &str, n: usize) {
 
 /// Waits until the topic's history is `expected` (retention runs every second); returns that
 /// read's `Events-Oldest-Available`.
-async fn history_becomes(base: &str, topic: &str, expected: &[u64]) -> Option<String> {
+pub(crate) async fn history_becomes(base: &str, topic: &str, expected: &[u64]) -> Option<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let response = http()

@@ -14,6 +14,7 @@ mod idempotency;
 mod limits_http;
 mod limits_streams;
 mod lists;
+mod mongo;
 mod multihost;
 mod openapi;
 mod otlp;

@@ -66,7 +66,8 @@ async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
     .await;
     println!("/readyz 503 {took:?} after the last backend died");
     assert_eq!(down["code"], "UNAVAILABLE", "{down}");
-    assert_eq!(down["message"], "no healthy backend", "{down}");
+    let why = down["message"].as_str().unwrap_or_default();
+    assert!(why.starts_with("no healthy backend: "), "{down}");
     let alive = http().get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(alive.status(), StatusCode::OK, "the process still serves");
 

@@ -4,7 +4,8 @@
 //! 3, for signals, `kill -9`, logs, memory and process limits). `system` puts backends behind a
 //! gateway either way; `fake` has misbehaving backends (slow, dying) that relay to real ones;
 //! `metrics` reads expositions and waits for a series with a patience;
-//! `clients` are the real clients the tests drive them with.
+//! `clients` are the real clients the tests drive them with; `up` runs the whole system as
+//! `eventsys up`.
 
 mod clients;
 mod fake;
@@ -12,6 +13,9 @@ mod launch;
 mod local;
 mod metrics;
 mod system;
+// Shared with the `up` tests, which use the rest of it.
+#[allow(dead_code)]
+mod up;
 
 use std::time::Duration;
 
@@ -22,7 +26,8 @@ pub(crate) use fake::Relay;
 pub(crate) use launch::{EVENTSYS, Launch, Process, Server};
 pub(crate) use local::Local;
 pub(crate) use metrics::{Scrape, metric, series_value};
-pub(crate) use system::{Single, System, wait_healthy};
+pub(crate) use system::{Front, Single, System, wait_healthy};
+pub(crate) use up::Launcher;
 
 /// Held by tests that load the machine or measure timing, so they do not run at the same time
 /// as each other on a small CI machine: each measures the system, not its neighbours.

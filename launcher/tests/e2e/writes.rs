@@ -105,75 +105,21 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
     let base = system.gateway.url();
     let topic = "kill.writes";
     let (mut frames, feeding) = subscribe(format!("{base}/subscribe/{topic}"), None).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let created = Arc::new(Mutex::new(Vec::new()));
-    let published = Arc::new(Mutex::new(Vec::new()));
-    let failed = Arc::new(Mutex::new(Vec::new()));
-    let mut workers = tokio::task::JoinSet::new();
-    for worker in 0..8 {
-        let (base, stop, created, published, failed) = (
-            base.clone(),
-            stop.clone(),
-            created.clone(),
-            published.clone(),
-            failed.clone(),
-        );
-        workers.spawn(async move {
-            let client = http();
-            let mut n = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                n += 1;
-                let title = format!("w{worker}-{n}");
-                let (path, body) = if n.is_multiple_of(2) {
-                    ("events", json!({"userId": "kill-writes", "title": title}))
-                } else {
-                    (
-                        "publish",
-                        json!({"topic": topic, "userId": "kill-writes", "title": title}),
-                    )
-                };
-                let mut request = client.post(format!("{base}/{path}")).json(&body);
-                if worker % 2 == 0 {
-                    request = request.header("idempotency-key", format!("w{worker}-{n}"));
-                }
-                match request.send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let body: Value = r.json().await.unwrap();
-                        created
-                            .lock()
-                            .unwrap()
-                            .push(body["id"].as_str().unwrap().to_owned());
-                        if let Some(seq) = body["seq"].as_u64() {
-                            published.lock().unwrap().push(seq);
-                        }
-                    }
-                    Ok(r) => {
-                        let status = r.status();
-                        let text = r.text().await.unwrap_or_default();
-                        failed
-                            .lock()
-                            .unwrap()
-                            .push(format!("{path} {status} {text}"));
-                    }
-                    Err(err) => failed.lock().unwrap().push(format!("{path}: {err}")),
-                }
-            }
-        });
-    }
-    let acknowledged = || created.lock().unwrap().len() + failed.lock().unwrap().len();
-    until_answered("writes before the kill", 200, acknowledged).await;
+    let load = MixedLoad::start(&base, topic);
+    until_answered("writes before the kill", 200, || load.answered()).await;
     let victim = system
         .backends
         .iter()
         .find(|b| b.addr.to_string() == feeding)
         .expect("the subscription's backend is one of the system's");
     victim.signal(Signal::SIGKILL);
-    let at_kill = acknowledged();
-    until_answered("writes after the kill", at_kill + 1000, acknowledged).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    while workers.join_next().await.is_some() {}
-    let failed = failed.lock().unwrap().clone();
-    let created = created.lock().unwrap().clone();
+    let at_kill = load.answered();
+    until_answered("writes after the kill", at_kill + 1000, || load.answered()).await;
+    let Answered {
+        created,
+        published,
+        failed,
+    } = load.stop().await;
     assert!(
         failed.is_empty(),
         "{} of {} writes failed: {:?}",
@@ -203,8 +149,7 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
     assert_eq!(unique, acknowledged, "stored and acknowledged differ");
 
     // The subscriber, across the death of the backend feeding it: seqs 1..=N, each once.
-    let mut acknowledged_seqs = published.lock().unwrap().clone();
-    acknowledged_seqs.sort_unstable();
+    let acknowledged_seqs = published;
     let n = acknowledged_seqs.len();
     assert_eq!(
         acknowledged_seqs,
@@ -231,4 +176,110 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
          acknowledged, 0 failed, each stored once; {n} publishes delivered once, in order",
         created.len()
     );
+}
+
+/// What a `MixedLoad` got answered.
+pub(crate) struct Answered {
+    /// The ids of the events acknowledged (created or published).
+    pub(crate) created: Vec<String>,
+    /// The seqs of the publishes acknowledged, ascending.
+    pub(crate) published: Vec<u64>,
+    /// Every write that failed: what, the status and the body.
+    pub(crate) failed: Vec<String>,
+}
+
+/// Creates (user `kill-writes`) and publishes (on one topic) from eight clients, half of them
+/// sending an `Idempotency-Key`, until stopped.
+pub(crate) struct MixedLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    created: Arc<Mutex<Vec<String>>>,
+    published: Arc<Mutex<Vec<u64>>>,
+    failed: Arc<Mutex<Vec<String>>>,
+    workers: tokio::task::JoinSet<()>,
+}
+
+impl MixedLoad {
+    pub(crate) fn start(base: &str, topic: &str) -> MixedLoad {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let created = Arc::new(Mutex::new(Vec::new()));
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let mut workers = tokio::task::JoinSet::new();
+        for worker in 0..8 {
+            let (base, topic, stop, created, published, failed) = (
+                base.to_owned(),
+                topic.to_owned(),
+                stop.clone(),
+                created.clone(),
+                published.clone(),
+                failed.clone(),
+            );
+            workers.spawn(async move {
+                let client = http();
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let title = format!("w{worker}-{n}");
+                    let (path, body) = if n.is_multiple_of(2) {
+                        ("events", json!({"userId": "kill-writes", "title": title}))
+                    } else {
+                        (
+                            "publish",
+                            json!({"topic": topic, "userId": "kill-writes", "title": title}),
+                        )
+                    };
+                    let mut request = client.post(format!("{base}/{path}")).json(&body);
+                    if worker % 2 == 0 {
+                        request = request.header("idempotency-key", format!("w{worker}-{n}"));
+                    }
+                    match request.send().await {
+                        Ok(r) if r.status().is_success() => {
+                            let body: Value = r.json().await.unwrap();
+                            created
+                                .lock()
+                                .unwrap()
+                                .push(body["id"].as_str().unwrap().to_owned());
+                            if let Some(seq) = body["seq"].as_u64() {
+                                published.lock().unwrap().push(seq);
+                            }
+                        }
+                        Ok(r) => {
+                            let status = r.status();
+                            let text = r.text().await.unwrap_or_default();
+                            failed
+                                .lock()
+                                .unwrap()
+                                .push(format!("{path} {status} {text}"));
+                        }
+                        Err(err) => failed.lock().unwrap().push(format!("{path}: {err}")),
+                    }
+                }
+            });
+        }
+        MixedLoad {
+            stop,
+            created,
+            published,
+            failed,
+            workers,
+        }
+    }
+
+    /// Writes answered so far, failures included.
+    pub(crate) fn answered(&self) -> usize {
+        self.created.lock().unwrap().len() + self.failed.lock().unwrap().len()
+    }
+
+    /// Stops the clients once their writes in flight are answered.
+    pub(crate) async fn stop(mut self) -> Answered {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        while self.workers.join_next().await.is_some() {}
+        let mut published = self.published.lock().unwrap().clone();
+        published.sort_unstable();
+        Answered {
+            created: self.created.lock().unwrap().clone(),
+            published,
+            failed: self.failed.lock().unwrap().clone(),
+        }
+    }
 }

@@ -27,6 +27,25 @@ impl Served for Process {
     }
 }
 
+/// A gateway in front of backends, however they run and whatever their store: what a test of
+/// the REST contract needs.
+pub(crate) trait Front: Sync {
+    /// `http://` the gateway's address and `path`.
+    fn url(&self, path: &str) -> String;
+    /// How many backends it fronts.
+    fn backends(&self) -> usize;
+}
+
+impl<S: Served + Sync> Front for System<S> {
+    fn url(&self, path: &str) -> String {
+        System::url(self, path)
+    }
+
+    fn backends(&self) -> usize {
+        self.backends.len()
+    }
+}
+
 /// Backends on one SQLite file behind a gateway, with the gateway holding them all healthy.
 pub(crate) struct System<S = Local> {
     pub backends: Vec<S>,

@@ -1,0 +1,164 @@
+//! The backend's gRPC health says whether it can serve: SERVING while its store answers,
+//! NOT_SERVING while it does not (a database that went away: the gateway then sends nothing here
+//! and its `/readyz` says so, rather than every request waiting for the database) and from the
+//! start of a shutdown on.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::store::StoreError;
+use eventsys::v1::event_service_server::SERVICE_NAME;
+
+/// How often the store is asked whether it answers.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A store that has not answered by then is down (the MongoDB driver gives up on a server it
+/// cannot reach after 2 s).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The health reporter and what it reports. The lock guards the pair, so a probe that ends
+/// after a shutdown began cannot report SERVING again.
+#[derive(Clone)]
+pub(crate) struct Readiness(Arc<Mutex<State>>);
+
+struct State {
+    health: HealthReporter,
+    /// Shutting down: NOT_SERVING for good.
+    leaving: bool,
+    /// The store answered the last probe.
+    store_answers: bool,
+}
+
+async fn report(health: &HealthReporter, status: ServingStatus) {
+    // The event API by name (what the gateway watches) and the server as a whole ("").
+    health.set_service_status(SERVICE_NAME, status).await;
+    health.set_service_status("", status).await;
+}
+
+impl Readiness {
+    /// SERVING from now on, until the store stops answering or `leave`.
+    pub(crate) async fn new(health: HealthReporter) -> Readiness {
+        report(&health, ServingStatus::Serving).await;
+        Readiness(Arc::new(Mutex::new(State {
+            health,
+            leaving: false,
+            store_answers: true,
+        })))
+    }
+
+    /// NOT_SERVING for good: the backend is shutting down.
+    pub(crate) async fn leave(&self) {
+        let mut state = self.0.lock().await;
+        state.leaving = true;
+        report(&state.health, ServingStatus::NotServing).await;
+    }
+
+    async fn store_answers(&self, answers: bool) {
+        let mut state = self.0.lock().await;
+        if state.leaving || state.store_answers == answers {
+            return;
+        }
+        state.store_answers = answers;
+        let status = if answers {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        report(&state.health, status).await;
+    }
+}
+
+/// Asks the store (`ping`) once a second until `stop`, and reports what it finds. Logs only
+/// the changes.
+pub(crate) async fn probe<F, P>(readiness: Readiness, ping: P, stop: CancellationToken)
+where
+    P: Fn() -> F,
+    F: Future<Output = Result<(), StoreError>>,
+{
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut answered = true;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let answer = match tokio::time::timeout(PROBE_TIMEOUT, ping()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Unavailable {
+                op: "ping",
+                reason: format!("no answer within {PROBE_TIMEOUT:?}"),
+            }),
+        };
+        match (&answer, answered) {
+            (Err(err), true) => tracing::warn!(
+                error = %err,
+                "the store does not answer: NOT_SERVING until it does"
+            ),
+            (Ok(()), false) => tracing::info!("the store answers again: SERVING"),
+            _ => {}
+        }
+        answered = answer.is_ok();
+        readiness.store_answers(answered).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tonic::Request;
+    use tonic_health::pb::{HealthCheckRequest, health_server::Health};
+
+    use super::*;
+
+    async fn status(service: &impl Health) -> i32 {
+        let request = Request::new(HealthCheckRequest {
+            service: SERVICE_NAME.to_owned(),
+        });
+        service.check(request).await.unwrap().into_inner().status
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_serving_while_the_store_does_not_answer_and_for_good_once_leaving() {
+        let health = HealthReporter::new();
+        let service = tonic_health::server::HealthService::from_health_reporter(health.clone());
+        let readiness = Readiness::new(health).await;
+        let answers = Arc::new(AtomicBool::new(true));
+        let stop = CancellationToken::new();
+        let ping = {
+            let answers = answers.clone();
+            move || {
+                let answers = answers.load(Ordering::SeqCst);
+                async move {
+                    if answers {
+                        Ok(())
+                    } else {
+                        // A server that is gone: no answer at all.
+                        std::future::pending().await
+                    }
+                }
+            }
+        };
+        tokio::spawn(probe(readiness.clone(), ping, stop.clone()));
+        let serving = ServingStatus::Serving as i32;
+        let not_serving = ServingStatus::NotServing as i32;
+        tokio::time::sleep(PROBE_INTERVAL * 2).await;
+        assert_eq!(status(&service).await, serving);
+
+        answers.store(false, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_INTERVAL + PROBE_TIMEOUT + PROBE_INTERVAL).await;
+        assert_eq!(status(&service).await, not_serving, "store gone");
+
+        answers.store(true, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_INTERVAL + PROBE_TIMEOUT).await;
+        assert_eq!(status(&service).await, serving, "store back");
+
+        readiness.leave().await;
+        tokio::time::sleep(PROBE_INTERVAL * 3).await;
+        assert_eq!(status(&service).await, not_serving, "leaving is for good");
+        stop.cancel();
+    }
+}
