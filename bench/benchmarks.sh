@@ -6,7 +6,8 @@
 #                                        Debian for the reference rows of section 1)
 # To compare two builds of the servers in one session with the same load tool:
 #   SERVERS=/path/to/old/release SECTIONS="1 2" bash bench/benchmarks.sh
-# (SERVERS: a folder with `eventsvc` and `gateway`; SECTIONS: which of 1-5 to run.)
+# (SERVERS: a folder with `eventsvc` and `gateway`; SECTIONS: which of 1-6 to run.)
+# Section 6 needs SecantusDB (`pip install secantusdb`, which gives `secantusd-py`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
@@ -14,7 +15,7 @@ cargo build --release --workspace --bins
 ulimit -n "$(ulimit -Hn)"
 BIN=${SERVERS:-target/release}
 BENCH=target/release/bench
-SECTIONS=${SECTIONS:-1 2 3 4 5}
+SECTIONS=${SECTIONS:-1 2 3 4 5 6}
 section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 DATA=$(mktemp -d)
 PIDS=()
@@ -28,7 +29,7 @@ export MAX_SSE_PER_CLIENT=20000 MAX_CONNECTIONS=30000
 
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 BACKENDS=()
-backend() { "$BIN/eventsvc" --port "$1" --store "sqlite://$DATA/events.db" "${@:2}" >>"$DATA/backend-$1.log" 2>&1 & BACKEND=$!; PIDS+=($BACKEND); BACKENDS+=($BACKEND); wait_port "$1"; }
+backend() { "$BIN/eventsvc" --port "$1" --store "${STORE:-sqlite://$DATA/events.db}" "${@:2}" >>"$DATA/backend-$1.log" 2>&1 & BACKEND=$!; PIDS+=($BACKEND); BACKENDS+=($BACKEND); wait_port "$1"; }
 stop_backends() { kill "${BACKENDS[@]}" 2>/dev/null || true; for pid in "${BACKENDS[@]}"; do wait "$pid" 2>/dev/null || true; done; BACKENDS=(); }
 gateway() { "$BIN/gateway" --port 13000 --backends "$1" "${@:2}" >>"$DATA/gateway.log" 2>&1 & GATEWAY=$!; PIDS+=($GATEWAY); wait_port 13000; sleep 1; }
 stop_gateway() { kill "$GATEWAY"; wait "$GATEWAY" 2>/dev/null || true; }
@@ -46,12 +47,6 @@ for k, v in r["extra"].items(): print(f"  {k}: {v}")
 '; }
 
 ALL=127.0.0.1:15000,127.0.0.1:15001,127.0.0.1:15002
-echo "== machine: open files $(ulimit -n); $(nproc) cores, $(awk '/MemTotal/ {print int($2/1048576)}' /proc/meminfo) GiB, $(uname -sr)"
-
-echo "== servers from $BIN"
-backend 15000; backend 15001; backend 15002; gateway "$ALL"
-if section 1; then
-echo "== 1. gateway vs direct gRPC vs nginx (3 backends, concurrency 32, 10 s each; CPU = user + system time / requests)"
 # `measure LABEL PIDS -- COMMAND`: runs a bench command, prints its summary and the CPU per
 # request of the processes named (gateway, backends).
 measure() {
@@ -64,6 +59,35 @@ measure() {
   requests=$(echo "$report" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
   python3 -c "n = max($requests, 1); print(f'  $label CPU per request: front {($g1 - $g0) * 10000 / n:.1f} µs, backends {($b1 - $b0) * 10000 / n:.1f} µs')"
 }
+# Each run gets a gateway of its own: RSS per stream is measured from the same start. CPU per
+# delivery ("script") is the gateway's user + system time over the whole run, subscribing and
+# publishing included, divided by the deliveries; bench's own figures (builds that export
+# process_* in /metrics) cover the delivery phase only.
+fanout() {
+  stop_gateway
+  TOKIO_WORKER_THREADS=1 MAX_SSE_STREAMS=20000 gateway "$ALL"
+  local g0 g1 base peak report sampler
+  base=$(rss_kib "$GATEWAY")
+  ( while kill -0 "$GATEWAY" 2>/dev/null; do rss_kib "$GATEWAY"; sleep 0.2; done ) > "$DATA/rss" &
+  sampler=$!
+  g0=$(cpu_ticks "$GATEWAY")
+  report=$(run --gateway http://127.0.0.1:13000 fanout "$@" || true)
+  g1=$(cpu_ticks "$GATEWAY")
+  kill "$sampler" 2>/dev/null || true
+  peak=$(sort -n "$DATA/rss" | tail -1)
+  echo "$report" | summary
+  echo "$report" | python3 -c "
+import json, sys
+r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = e['delivered']
+cpu = f'{($g1 - $g0) * 10000 / d:.2f} µs per delivery (whole run)' if d else f'{($g1 - $g0) / 100:.2f} s in all'
+print(f'  script: gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')"
+}
+echo "== machine: open files $(ulimit -n); $(nproc) cores, $(awk '/MemTotal/ {print int($2/1048576)}' /proc/meminfo) GiB, $(uname -sr)"
+
+echo "== servers from $BIN"
+backend 15000; backend 15001; backend 15002; gateway "$ALL"
+if section 1; then
+echo "== 1. gateway vs direct gRPC vs nginx (3 backends, concurrency 32, 10 s each; CPU = user + system time / requests)"
 for endpoint in get post; do
   measure "gateway $endpoint:" "$GATEWAY" "${BACKENDS[*]}" -- run --gateway http://127.0.0.1:13000 closed --endpoint "$endpoint" --concurrency 32 --duration 10s
   measure "direct $endpoint:" "" "${BACKENDS[*]}" -- run --grpc "$ALL" closed --endpoint "$endpoint" --concurrency 32 --duration 10s
@@ -136,29 +160,6 @@ fi
 
 if section 3; then
 echo "== 3. fan-out: SSE subscribers through the gateway (one runtime worker, as eventsys up runs it here), publish-to-delivery latency, gateway memory and CPU"
-# Each run gets a gateway of its own: RSS per stream is measured from the same start. CPU per
-# delivery ("script") is the gateway's user + system time over the whole run, subscribing and
-# publishing included, divided by the deliveries; bench's own figures (builds that export
-# process_* in /metrics) cover the delivery phase only.
-fanout() {
-  stop_gateway
-  TOKIO_WORKER_THREADS=1 MAX_SSE_STREAMS=20000 gateway "$ALL"
-  local g0 g1 base peak report sampler
-  base=$(rss_kib "$GATEWAY")
-  ( while kill -0 "$GATEWAY" 2>/dev/null; do rss_kib "$GATEWAY"; sleep 0.2; done ) > "$DATA/rss" &
-  sampler=$!
-  g0=$(cpu_ticks "$GATEWAY")
-  report=$(run --gateway http://127.0.0.1:13000 fanout "$@" || true)
-  g1=$(cpu_ticks "$GATEWAY")
-  kill "$sampler" 2>/dev/null || true
-  peak=$(sort -n "$DATA/rss" | tail -1)
-  echo "$report" | summary
-  echo "$report" | python3 -c "
-import json, sys
-r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = e['delivered']
-cpu = f'{($g1 - $g0) * 10000 / d:.2f} µs per delivery (whole run)' if d else f'{($g1 - $g0) / 100:.2f} s in all'
-print(f'  script: gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')"
-}
 fanout --subscribers 1000 --rate 20 --duration 10s
 fanout --subscribers 10000 --rate 10 --duration 30s
 fanout --subscribers 10000 --topics 1000 --rate 100 --duration 30s
@@ -230,4 +231,25 @@ for mode in none hs256 es256 hs256+tls; do
   python3 -c "n = max($requests, 1); print(f'  CPU per request: gateway {($gw_after - $gw_before) * 10000 / n:.1f} µs, backends {($be_after - $be_before) * 10000 / n:.1f} µs')"
   stop_gateway; stop_backends
 done
+fi
+
+if section 6; then
+echo "== 6. the store: SQLite vs MongoDB in one run (3 backends, concurrency 32, 10 s each)"
+echo "   MongoDB here is SecantusDB, a Python server (--sync-on-commit): its figures say where our"
+echo "   code waits on the database, nothing about mongod's speed."
+stop_backends
+secantusd-py --port 13200 --storage-path "$DATA/mongo" --sync-on-commit >>"$DATA/mongo.log" 2>&1 &
+MONGO=$!; PIDS+=($MONGO); wait_port 13200
+for STORE in "sqlite://$DATA/stores.db" "mongodb://127.0.0.1:13200/bench?replicaSet=secantus"; do
+  export STORE
+  echo "  --store ${STORE%%:*}"
+  backend 15000; backend 15001; backend 15002; gateway "$ALL"
+  for endpoint in get post publish; do
+    measure "${STORE%%:*} $endpoint:" "$GATEWAY" "${BACKENDS[*]}" -- run --gateway http://127.0.0.1:13000 closed --endpoint "$endpoint" --concurrency 32 --duration 10s
+  done
+  fanout --subscribers 1000 --rate 20 --duration 10s
+  stop_gateway; stop_backends
+done
+unset STORE
+kill "$MONGO"; wait "$MONGO" 2>/dev/null || true
 fi

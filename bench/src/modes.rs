@@ -27,6 +27,8 @@ pub(crate) enum Endpoint {
     Get,
     /// POST a new event.
     Post,
+    /// POST /publish, every client on one topic (`bench`): its `seq` is what they contend for.
+    Publish,
     /// GET a user's events.
     List,
 }
@@ -134,6 +136,13 @@ async fn one(target: &Target, endpoint: Endpoint, id: &str, user: &str) -> Outco
     match endpoint {
         Endpoint::Get => target.get(id, user).await,
         Endpoint::Post => target.create(user, "bench").await.0,
+        Endpoint::Publish => {
+            let sent = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            target.publish("bench", sent).await
+        }
         Endpoint::List => target.list(user).await,
     }
 }

@@ -151,10 +151,9 @@ async fn acknowledged_writes_survive_kill_9(mut server: MongoServer, publish: bo
 async fn writes_ask_for_the_journal_themselves() {
     // A server that syncs a write only when the write asks (`j: true`), as a mongod with its
     // journal default off: what survives is what the store asked for. (SecantusDB honours `j`
-    // on plain writes but not on `commitTransaction`, where mongod does; so publishes, which
-    // commit a transaction, are proven on a syncing server below.)
+    // on plain writes, which is all the store's writes are, but not on `commitTransaction`.)
     if let Some(server) = MongoServer::start_syncing_only_when_asked("the journal test") {
-        acknowledged_writes_survive_kill_9(server, false).await;
+        acknowledged_writes_survive_kill_9(server, true).await;
     }
 }
 

@@ -6,7 +6,9 @@ use std::{collections::HashSet, sync::Arc};
 
 use std::time::Duration;
 
-use eventsvc::store::{Claim, EventPatch, EventStore, JsonObject, KeyClaim, NewEvent, StoreError};
+use eventsvc::store::{
+    Claim, EventPatch, EventStore, JsonObject, KeyClaim, NewEvent, Retention, StoreError,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -478,6 +480,49 @@ pub async fn idempotency_keys_answer_once(f: Fixture) {
     );
 }
 
+/// Retention by count: a topic keeps its newest events, in batches, and says through which
+/// `seq` it dropped; other topics and unpublished events are untouched; seqs are never reused.
+pub async fn retention_keeps_the_newest_and_records_the_gap(f: Fixture) {
+    let s = f.store;
+    for i in 0..25 {
+        s.publish(on_topic("trimmed", &format!("{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        s.publish(on_topic("short", &format!("{i}"))).await.unwrap();
+    }
+    let created = s.create(event("u", "not published")).await.unwrap();
+    let retention = Retention {
+        max_events: Some(10),
+        max_age: None,
+    };
+    let mut dropped = 0;
+    loop {
+        // Batches of 4: a full batch means more may be due.
+        let batch = f.other.compact(retention, 4).await.unwrap();
+        dropped += batch;
+        if batch < 4 {
+            break;
+        }
+    }
+    assert_eq!(dropped, 15);
+    let kept: Vec<u64> = s
+        .events_after("trimmed", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(kept, (16..=25).collect::<Vec<_>>());
+    assert_eq!(s.dropped_through("trimmed").await.unwrap(), 15);
+    assert_eq!(s.dropped_through("short").await.unwrap(), 0);
+    assert_eq!(s.events_after("short", 0, 10).await.unwrap().len(), 3);
+    assert_eq!(s.get(created.id, None).await.unwrap(), created);
+    let next = s.publish(on_topic("trimmed", "after")).await.unwrap();
+    assert_eq!(next.seq, 26, "seqs are never reused");
+}
+
 /// Declares one `#[tokio::test]` per contract case for a store, given an async expression
 /// that yields `Option<Fixture>` (`None`: the store's server is not available here).
 macro_rules! conformance {
@@ -494,6 +539,7 @@ macro_rules! conformance {
                 ids_are_unique,
                 writes_naming_their_id_are_stored_once,
                 idempotency_keys_answer_once,
+                retention_keeps_the_newest_and_records_the_gap,
             );
         }
     };

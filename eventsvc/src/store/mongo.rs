@@ -1,20 +1,22 @@
-//! `EventStore` on MongoDB (`fullApp.events`, the old service's collection). A topic's `seq`
-//! comes from a counters collection (`findOneAndUpdate` + `$inc`); on a replica set the
-//! increment and the insert share a transaction, so `seq` order is commit order, and the
-//! change feed is a change stream. Every write asks for what an acknowledgement promises:
-//! journaled (`j: true`) and, on a replica set, on a majority — never the server's defaults.
+//! `EventStore` on MongoDB (`fullApp.events`, the old service's collection). A topic's `seq` is
+//! claimed by the insert itself through the unique (`topic`, `seq`) index, so `seq` order is
+//! commit order without a transaction (`publish`); the change feed is a change stream. Every
+//! write asks for what an acknowledgement promises: journaled (`j: true`) and, on a replica set,
+//! on a majority — never the server's defaults.
 
 mod document;
 mod keys;
 mod legacy;
+mod publish;
 mod retention;
+mod turns;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt, TryStreamExt, stream::BoxStream};
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use mongodb::{
-    Client, ClientSession, Collection, IndexModel,
+    Client, Collection, IndexModel,
     bson::{Document, doc},
     error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, WriteFailure},
     options::{
@@ -39,8 +41,7 @@ const KEYS: &str = "idempotency_keys";
 /// inside the gateway's request deadline (10 s by default), so a database that went away gives
 /// 503s rather than timeouts.
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
-/// The most a publish spends in the driver's transaction retries (conflicts on a busy topic's
-/// counter, or a server that is down): the driver alone would retry for 120 s.
+/// The most a publish spends waiting for its topic's turn and storing the event.
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The sentence a subscriber gets when the server cannot stream changes.
@@ -48,21 +49,21 @@ pub const NEEDS_REPLICA_SET: &str = "MongoDB change streams need a replica set: 
      with --replSet rs0 and run rs.initiate() once (see README, Running on MongoDB)";
 
 /// The events of the old Go service's database (`events`), with `counters` for each topic's
-/// next `seq` and `keys` for idempotency keys. No lock of its own: the driver's `Client` is a
-/// pool shared by clones, and every rule that spans documents (a topic's `seq` order, an id
-/// stored once, a key's answer with its event) is a MongoDB transaction or a single-document
-/// compare-and-set on the server, so several backends on one database agree.
+/// newest and newest dropped `seq`, and `keys` for idempotency keys. No lock but the topics'
+/// turns: the driver's `Client` is a pool shared by clones, and every rule that spans documents
+/// (a topic's `seq` order, an id stored once, a key's answer with its event) rests on a unique
+/// index or a single-document compare-and-set on the server, so several backends on one
+/// database agree.
 pub struct MongoStore {
-    client: Client,
     database: mongodb::Database,
     events: Collection<Document>,
     counters: Collection<Document>,
     /// Clients' idempotency keys and their answers.
     keys: Collection<Document>,
-    /// Replica set (or sharded cluster): transactions, change streams, majority writes.
+    /// Replica set (or sharded cluster): change streams, majority writes.
     replicated: bool,
-    /// A publish's transaction: its writes journaled on a majority.
-    transaction: TransactionOptions,
+    /// This process's publishes, one at a time per topic.
+    turns: turns::TopicTurns,
 }
 
 /// What an acknowledged write has to be: on disk (`j: true`, so a `kill -9` of the server does
@@ -242,13 +243,12 @@ impl MongoStore {
             })?;
         tracing::info!(database = %database_name, replicated, "MongoDB store ready");
         Ok(Self {
-            client,
             database,
             events,
             counters,
             keys,
             replicated,
-            transaction,
+            turns: turns::TopicTurns::default(),
         })
     }
 
@@ -280,83 +280,16 @@ impl MongoStore {
         found.as_ref().map(from_document).transpose()
     }
 
-    /// `publish_in` in a transaction where there are transactions, retried by the driver on
-    /// transient errors (two publishers on one topic conflict on its counter), so `seq` order is
-    /// commit order.
-    async fn publish_durably(&self, new: &NewEvent) -> mongodb::error::Result<Event> {
-        let mut session = self.client.start_session().await?;
-        if !self.replicated {
-            // A standalone server has no transactions: two publishers racing on one topic may
-            // then commit seqs out of order (subscriptions need a replica set anyway).
-            return publish_in(&mut session, &self.counters, &self.events, new).await;
-        }
-        // Owned context (the collections are handles on one pool): `and_run2` with borrowed
-        // captures meets rust-lang/rust#96865 ("Send is not general enough").
-        let context = (self.counters.clone(), self.events.clone(), new.clone());
-        session
-            .start_transaction()
-            .with_options(self.transaction.clone())
-            .and_run(context, |session, (counters, events, new)| {
-                publish_in(session, counters, events, new)
-                    .map(|published| published.map_err(unreachable_is_final))
-                    .boxed()
-            })
-            .await
+    /// `publish::publish` on the topic's turn in this process.
+    async fn publish_in_turn(&self, new: &NewEvent) -> Result<Event> {
+        let _turn = self.turns.take(&new.topic).await;
+        publish::publish(&self.events, &self.counters, new).await
     }
 }
 
-/// A server that could not be selected (the driver waited `SERVER_SELECTION_TIMEOUT` for
-/// one) ends the transaction: the driver would retry it as transient for 120 s, and the caller
-/// is better told at once that the store is unavailable.
-fn unreachable_is_final(err: mongodb::error::Error) -> mongodb::error::Error {
-    if matches!(*err.kind, ErrorKind::ServerSelection { .. }) {
-        mongodb::error::Error::custom(StoreError::Unavailable {
-            op: "publish",
-            reason: one_line(&err),
-        })
-    } else {
-        err
-    }
-}
-
-/// Increments the topic's counter and inserts the event with it, in `session` (inside its
-/// transaction on a replica set). A repeat of a publish that committed (its id is stored)
-/// returns that event: no second seq.
-async fn publish_in(
-    session: &mut ClientSession,
-    counters: &Collection<Document>,
-    events: &Collection<Document>,
-    new: &NewEvent,
-) -> mongodb::error::Result<Event> {
-    let custom = |err: StoreError| mongodb::error::Error::custom(err);
-    if let Some(id) = new.id {
-        let existing = events
-            .find_one(doc! {"id": id.to_string()})
-            .session(&mut *session)
-            .await?;
-        if let Some(existing) = existing {
-            return from_document(&existing).map_err(custom);
-        }
-    }
-    let counter = counters
-        .find_one_and_update(
-            doc! {"_id": format!("topic:{}", new.topic)},
-            doc! {"$inc": {"seq": 1_i64}},
-        )
-        .upsert(true)
-        .return_document(ReturnDocument::After)
-        .session(&mut *session)
-        .await?;
-    let seq = counter.and_then(|c| c.get_i64("seq").ok()).ok_or_else(|| {
-        custom(StoreError::Internal {
-            op: "publish",
-            source: "topic counter returned no seq".into(),
-        })
-    })?;
-    let event = new.clone().into_event(Some(seq as u64));
-    let document = to_document(&event).map_err(custom)?;
-    events.insert_one(document).session(&mut *session).await?;
-    Ok(event)
+/// The `counters` document of `topic`: its newest `seq` and the newest retention dropped.
+fn counter_id(topic: &str) -> String {
+    format!("topic:{topic}")
 }
 
 #[async_trait]
@@ -446,23 +379,15 @@ impl EventStore for MongoStore {
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {
         let Ok(published) =
-            tokio::time::timeout(PUBLISH_DEADLINE, self.publish_durably(&new)).await
+            tokio::time::timeout(PUBLISH_DEADLINE, self.publish_in_turn(&new)).await
         else {
-            // Whether it committed is unknown: a retry with the same id finds out.
+            // Whether it was stored is unknown: a retry with the same id finds out.
             return Err(StoreError::Unavailable {
                 op: "publish",
-                reason: format!("not committed within {PUBLISH_DEADLINE:?}"),
+                reason: format!("not stored within {PUBLISH_DEADLINE:?}"),
             });
         };
-        let event = match published {
-            Ok(event) => new.repeated(event),
-            // Two repeats raced past the check on a standalone server: the index kept one.
-            Err(err) if is_duplicate_key(&err) && new.id.is_some() => {
-                let stored = self.stored("publish", new.id.unwrap_or_default()).await?;
-                new.repeated(stored.ok_or(StoreError::NotFound)?)
-            }
-            Err(err) => Err(mongo_error("publish", err)),
-        }?;
+        let event = new.repeated(published?)?;
         if let Some(key) = &new.key {
             keys::record(&self.keys, key, &event).await?;
         }
@@ -470,7 +395,9 @@ impl EventStore for MongoStore {
     }
 
     async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
-        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        // Nothing retention has recorded as dropped, even while its deletion is under way.
+        let dropped = retention::dropped_through(&self.counters, topic).await?;
+        let after = i64::try_from(after_seq.max(dropped)).unwrap_or(i64::MAX);
         let filter = doc! {"topic": topic, "seq": {"$gt": after}};
         let found = self
             .find("events_after", filter, doc! {"seq": 1}, limit)

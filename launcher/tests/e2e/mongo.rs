@@ -145,6 +145,43 @@ async fn subscribers_on_both_backends_get_every_event_once_in_order() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lists_are_in_creation_order_whichever_backend_created() {
+    let Some(system) = MongoSystem::up("list order across backends on MongoDB", &[]).await else {
+        return;
+    };
+    system.ready().await;
+    let mut created = Vec::new();
+    let mut backends = HashSet::new();
+    for i in 0..30 {
+        let response = http()
+            .post(system.url("/events"))
+            .json(&json!({"userId": "lister", "title": format!("{i}")}))
+            .send()
+            .await
+            .unwrap();
+        backends.insert(crate::support::served_by(&response));
+        let event: Value = response.json().await.unwrap();
+        created.push(event["id"].clone());
+    }
+    assert_eq!(backends.len(), 2, "both backends created some");
+    let listed: Value = http()
+        .get(system.url("/events?userId=lister"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    assert_eq!(listed, created, "oldest first, as created");
+}
+
 /// Mixed creates and publishes while the backend feeding a subscriber is killed with `kill -9`
 /// (the launcher restarts it): none fails, each acknowledged write is stored once (a plain
 /// client counts), the subscriber gets every publish once in order, and another resumes with

@@ -16,6 +16,35 @@ fn datetime(t: DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_millis(t.timestamp_millis())
 }
 
+/// A new document's `_id`, in creation order across processes to the millisecond: the seconds
+/// (as in every ObjectId, so the old service's ids and `getTimestamp()` agree), the
+/// milliseconds, this process's counter, then a random tag of this process. The driver's own
+/// ObjectIds put a per-process random value before the counter, so two backends' events of one
+/// second would list by backend rather than by time (listings go by `_id`).
+pub(super) fn object_id() -> ObjectId {
+    use std::sync::{
+        LazyLock,
+        atomic::{AtomicU32, Ordering},
+    };
+    static TAG: LazyLock<[u8; 16]> = LazyLock::new(|| *Uuid::new_v4().as_bytes());
+    static COUNTER: LazyLock<AtomicU32> =
+        // From the lower half: millions of ids before it wraps (24 bits are kept).
+        LazyLock::new(|| {
+            AtomicU32::new(u32::from_be_bytes([0, TAG[3] & 0x7f, TAG[4], TAG[5]]))
+        });
+    let now = Utc::now();
+    let seconds = u32::try_from(now.timestamp()).unwrap_or(u32::MAX);
+    let millis = u16::try_from(now.timestamp_subsec_millis()).unwrap_or(999);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+    let mut bytes = [0; 12];
+    bytes[..4].copy_from_slice(&seconds.to_be_bytes());
+    bytes[4..6].copy_from_slice(&millis.to_be_bytes());
+    bytes[6..9].copy_from_slice(&count[1..]);
+    bytes[9..].copy_from_slice(&TAG[..3]);
+    ObjectId::from_bytes(bytes)
+}
+
+/// The document of a new event, with a fresh `_id` (`object_id`).
 pub fn to_document(e: &Event) -> Result<Document, StoreError> {
     // Every field named: a new one does not compile until it is stored.
     let Event {
@@ -31,6 +60,7 @@ pub fn to_document(e: &Event) -> Result<Document, StoreError> {
         seq,
     } = e;
     let mut document = doc! {
+        "_id": object_id(),
         "id": id.to_string(),
         "userId": user_id,
         "title": title,
@@ -209,6 +239,14 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn new_ids_sort_in_creation_order_and_carry_their_second() {
+        let ids: Vec<ObjectId> = (0..1000).map(|_| object_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order");
+        let second = ids[0].timestamp().timestamp_millis() / 1000;
+        assert!((second - Utc::now().timestamp()).abs() <= 1);
     }
 
     #[test]
