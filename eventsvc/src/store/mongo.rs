@@ -58,6 +58,9 @@ pub struct MongoStore {
     database: mongodb::Database,
     events: Collection<Document>,
     counters: Collection<Document>,
+    /// `counters` for the newest-seq hint a publish leaves: acknowledged by the primary, not
+    /// waited on to disk, as losing it costs the next publisher a step (see `publish`).
+    hints: Collection<Document>,
     /// Clients' idempotency keys and their answers.
     keys: Collection<Document>,
     /// Replica set (or sharded cluster): change streams, majority writes.
@@ -180,6 +183,12 @@ impl MongoStore {
         };
         let events = database.collection_with_options::<Document>(EVENTS, collection_options());
         let counters = database.collection_with_options::<Document>(COUNTERS, collection_options());
+        let hints = database.collection_with_options::<Document>(
+            COUNTERS,
+            CollectionOptions::builder()
+                .write_concern(WriteConcern::nodes(1))
+                .build(),
+        );
         let keys = database.collection_with_options::<Document>(KEYS, collection_options());
         // Keys are dropped by the server once their time is up (`purge_keys` has nothing to do).
         let expiry = IndexModel::builder()
@@ -246,6 +255,7 @@ impl MongoStore {
             database,
             events,
             counters,
+            hints,
             keys,
             replicated,
             turns: turns::TopicTurns::default(),
@@ -283,7 +293,7 @@ impl MongoStore {
     /// `publish::publish` on the topic's turn in this process.
     async fn publish_in_turn(&self, new: &NewEvent) -> Result<Event> {
         let _turn = self.turns.take(&new.topic).await;
-        publish::publish(&self.events, &self.counters, new).await
+        publish::publish(&self.events, &self.counters, &self.hints, new).await
     }
 }
 

@@ -1,8 +1,8 @@
-//! Publishing on MongoDB without a transaction. A topic's next `seq` is one past the newest it
-//! has had (its newest stored event, or the counter when retention dropped them all), and the
-//! insert claims it through the unique (`topic`, `seq`) index: a publisher that lost the race
-//! reads again and takes the next. `seq` n+1 can only be claimed once n is visible, so `seq`
-//! order is commit order, which the change feed relies on.
+//! Publishing on MongoDB without a transaction. A topic's next `seq` is one past the newest its
+//! counter records, and the insert claims it through the unique (`topic`, `seq`) index: a
+//! publisher that loses the race (or finds the counter behind) moves on to the next. Only a
+//! taken seq is skipped, so seqs have no holes, and n+1 can only be claimed once n is stored, so
+//! `seq` order is commit order, which the change feed relies on.
 //!
 //! Not a transaction, because a transaction holds its documents across the client's round
 //! trips: a backend killed (`kill -9`) between its counter increment and its commit leaves the
@@ -26,21 +26,26 @@ const ATTEMPTS: usize = 64;
 pub(super) async fn publish(
     events: &Collection<Document>,
     counters: &Collection<Document>,
+    hints: &Collection<Document>,
     new: &NewEvent,
 ) -> Result<Event> {
     let fail = |e| mongo_error("publish", e);
     if let Some(stored) = stored(events, new).await? {
         return Ok(stored);
     }
+    // The counter may lag behind the events (a publisher that died between its insert and its
+    // counter update): a taken seq moves this publish on to the next, so it ends at the first
+    // free one, which is one past the topic's newest.
+    let mut seq = newest(counters, &new.topic).await.map_err(fail)? + 1;
     for _ in 0..ATTEMPTS {
-        let seq = newest(events, counters, &new.topic).await.map_err(fail)? + 1;
         let event = new.clone().into_event(Some(seq));
         match events.insert_one(to_document(&event)?).await {
             Ok(_) => {
-                // For retention by count and for a topic whose events are all dropped. A
-                // process that dies before this leaves the counter behind; the stored event
-                // still counts in `newest`.
-                counters
+                // For the next publisher and for retention by count. Only a hint: the event
+                // is stored, and a lost hint costs the next publisher a step, so it is not
+                // waited on to disk (`hints`). What keeps a topic whose events are all dropped
+                // from reusing their seqs is `dropped_through`, which retention writes durably.
+                hints
                     .update_one(
                         doc! {"_id": counter_id(&new.topic)},
                         doc! {"$max": {"seq": seq as i64}},
@@ -55,6 +60,8 @@ pub(super) async fn publish(
                 if let Some(stored) = stored(events, new).await? {
                     return Ok(stored);
                 }
+                // Another process's publish: at least that one is newer.
+                seq = (newest(counters, &new.topic).await.map_err(fail)? + 1).max(seq + 1);
             }
             Err(err) => return Err(fail(err)),
         }
@@ -77,23 +84,14 @@ async fn stored(events: &Collection<Document>, new: &NewEvent) -> Result<Option<
     found.as_ref().map(from_document).transpose()
 }
 
-/// The newest `seq` `topic` has had: its newest stored event's, or what its counter recorded
-/// (the newest published, the newest dropped by retention), whichever is larger.
-async fn newest(
-    events: &Collection<Document>,
-    counters: &Collection<Document>,
-    topic: &str,
-) -> mongodb::error::Result<u64> {
-    let last = events
-        .find_one(doc! {"topic": topic, "seq": {"$exists": true}})
-        .sort(doc! {"seq": -1})
-        .projection(doc! {"_id": 0, "seq": 1});
-    let counter = counters.find_one(doc! {"_id": counter_id(topic)});
-    let (last, counter) = tokio::join!(last.into_future(), counter.into_future());
-    let stored = last?.and_then(|d| d.get_i64("seq").ok()).unwrap_or(0);
-    let counted = counter?.map_or(0, |c| {
+/// The newest `seq` `topic`'s counter records: the newest published, or the newest retention
+/// dropped, whichever is larger (one read by `_id`: no scan of the events, whatever a server's
+/// planner does with the partial (`topic`, `seq`) index).
+async fn newest(counters: &Collection<Document>, topic: &str) -> mongodb::error::Result<u64> {
+    let counter = counters.find_one(doc! {"_id": counter_id(topic)}).await?;
+    let counted = counter.map_or(0, |c| {
         let field = |name| c.get_i64(name).unwrap_or(0);
         field("seq").max(field("dropped_through"))
     });
-    Ok(stored.max(counted).max(0) as u64)
+    Ok(counted.max(0) as u64)
 }
