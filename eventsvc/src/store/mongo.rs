@@ -5,8 +5,10 @@
 //! on a majority — never the server's defaults.
 
 mod document;
+mod errors;
 mod keys;
 mod legacy;
+mod open;
 mod publish;
 mod retention;
 mod turns;
@@ -16,31 +18,25 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use mongodb::{
-    Client, Collection, IndexModel,
+    Collection,
     bson::{Document, doc},
-    error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, WriteFailure},
-    options::{
-        Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReturnDocument,
-        TransactionOptions, WriteConcern,
-    },
+    options::ReturnDocument,
 };
 use uuid::Uuid;
 
 use super::{
-    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, OpenError, Result,
-    Retention, StoreError,
+    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Result, Retention,
+    StoreError,
 };
 pub use document::{from_document, to_document};
+use errors::{is_duplicate_key, mongo_error};
+pub use open::database_name;
 
 /// The old service's database, used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "fullApp";
 const EVENTS: &str = "events";
 const COUNTERS: &str = "counters";
 const KEYS: &str = "idempotency_keys";
-/// How long an operation waits for a server to talk to before it fails as unavailable: well
-/// inside the gateway's request deadline (10 s by default), so a database that went away gives
-/// 503s rather than timeouts.
-const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most a publish spends waiting for its topic's turn and storing the event.
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -69,83 +65,6 @@ pub struct MongoStore {
     turns: turns::TopicTurns,
 }
 
-/// What an acknowledged write has to be: on disk (`j: true`, so a `kill -9` of the server does
-/// not lose it) and, on a replica set, on a majority (so a failover does not roll it back).
-fn durable(replicated: bool) -> WriteConcern {
-    let w = if replicated {
-        Acknowledgment::Majority
-    } else {
-        Acknowledgment::Nodes(1)
-    };
-    WriteConcern::builder().w(w).journal(true).build()
-}
-
-/// The database a URI names, or the old service's.
-pub fn database_name(options: &ClientOptions) -> String {
-    options
-        .default_database
-        .clone()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| DEFAULT_DATABASE.to_owned())
-}
-
-/// MongoDB's code for a write refused for want of disk space.
-const OUT_OF_DISK_SPACE: i32 = 14031;
-
-/// A second document with a unique index's value (an event id already stored).
-fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    const DUPLICATE_KEY: i32 = 11000;
-    match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(e) => e
-            .write_errors
-            .as_ref()
-            .is_some_and(|errors| errors.iter().any(|e| e.code == DUPLICATE_KEY)),
-        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
-        _ => false,
-    }
-}
-
-/// A full disk is `Full`; errors that say the server cannot be reached (now) are
-/// `Unavailable`, so the gateway retries elsewhere; anything else is a fault.
-fn mongo_error(op: &'static str, err: mongodb::error::Error) -> StoreError {
-    if let Some(StoreError::Unavailable { reason, .. }) = err.get_custom::<StoreError>() {
-        return StoreError::Unavailable {
-            op,
-            reason: reason.clone(),
-        };
-    }
-    let code = match err.kind.as_ref() {
-        ErrorKind::Command(command) => Some(command.code),
-        ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
-        _ => None,
-    };
-    if code == Some(OUT_OF_DISK_SPACE) {
-        return StoreError::Full { op };
-    }
-    let unreachable = matches!(
-        *err.kind,
-        ErrorKind::Io(_)
-            | ErrorKind::ServerSelection { .. }
-            | ErrorKind::ConnectionPoolCleared { .. }
-            | ErrorKind::DnsResolve { .. }
-    ) || err.contains_label("RetryableWriteError")
-        || err.contains_label(TRANSIENT_TRANSACTION_ERROR);
-    StoreError::from_driver(op, err, unreachable)
-}
-
-/// The first line of a driver error, for a one-line start-up failure.
-fn one_line(err: &mongodb::error::Error) -> String {
-    let text = err.to_string();
-    text.lines()
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .take(300)
-        .collect()
-}
-
 fn scope(id: Uuid, owner: Option<String>) -> Document {
     let mut filter = doc! {"id": id.to_string()};
     if let Some(owner) = owner {
@@ -155,113 +74,6 @@ fn scope(id: Uuid, owner: Option<String>) -> Document {
 }
 
 impl MongoStore {
-    /// Connects, checks the server answers, learns whether it is replicated, and creates the
-    /// indexes. Fails fast with a one-line reason.
-    pub async fn open(uri: &str) -> Result<Self, OpenError> {
-        let fail = |reason: String| OpenError::Mongo { reason };
-        let mut options = ClientOptions::parse(uri)
-            .await
-            .map_err(|e| fail(format!("invalid URI: {}", one_line(&e))))?;
-        options
-            .server_selection_timeout
-            .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        options
-            .app_name
-            .get_or_insert_with(|| "eventsvc".to_owned());
-        let database_name = database_name(&options);
-        let client = Client::with_options(options).map_err(|e| fail(one_line(&e)))?;
-        let database = client.database(&database_name);
-        let hello = database
-            .run_command(doc! {"hello": 1})
-            .await
-            .map_err(|e| fail(format!("cannot reach the server: {}", one_line(&e))))?;
-        let replicated = hello.contains_key("setName") || hello.get_str("msg") == Ok("isdbgrid");
-        let collection_options = || {
-            CollectionOptions::builder()
-                .write_concern(durable(replicated))
-                .build()
-        };
-        let events = database.collection_with_options::<Document>(EVENTS, collection_options());
-        let counters = database.collection_with_options::<Document>(COUNTERS, collection_options());
-        let hints = database.collection_with_options::<Document>(
-            COUNTERS,
-            CollectionOptions::builder()
-                .write_concern(WriteConcern::nodes(1))
-                .build(),
-        );
-        let keys = database.collection_with_options::<Document>(KEYS, collection_options());
-        // Keys are dropped by the server once their time is up (`purge_keys` has nothing to do).
-        let expiry = IndexModel::builder()
-            .keys(doc! {"expiresAt": 1})
-            .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
-            .build();
-        keys.create_index(expiry)
-            .await
-            .map_err(|e| fail(format!("cannot create indexes: {}", one_line(&e))))?;
-        let indexes = [
-            IndexModel::builder()
-                .keys(doc! {"id": 1})
-                .options(IndexOptions::builder().unique(true).build())
-                .build(),
-            IndexModel::builder()
-                .keys(doc! {"userId": 1, "_id": 1})
-                .build(),
-            IndexModel::builder()
-                .keys(doc! {"topic": 1, "seq": 1})
-                .options(
-                    IndexOptions::builder()
-                        .unique(true)
-                        .partial_filter_expression(doc! {"seq": {"$exists": true}})
-                        .build(),
-                )
-                .build(),
-            // Retention by age finds old events without a scan.
-            IndexModel::builder()
-                .keys(doc! {"time": 1})
-                .options(
-                    IndexOptions::builder()
-                        .partial_filter_expression(doc! {"seq": {"$exists": true}})
-                        .build(),
-                )
-                .build(),
-        ];
-        events
-            .create_indexes(indexes)
-            .await
-            .map_err(|e| fail(format!("cannot create indexes: {}", one_line(&e))))?;
-        // Created up front: creating a collection inside a transaction (the first publish)
-        // needs MongoDB 4.4 or later. "Already exists" is fine.
-        if let Err(err) = database.create_collection(COUNTERS).await
-            && !matches!(&*err.kind, ErrorKind::Command(c) if c.code == 48)
-        {
-            return Err(fail(format!(
-                "cannot create {COUNTERS}: {}",
-                one_line(&err)
-            )));
-        }
-        let transaction = TransactionOptions::builder()
-            .write_concern(durable(replicated))
-            .build();
-        legacy::number_published(&client, &events, &counters, &transaction, replicated)
-            .await
-            .map_err(|e| {
-                fail(format!(
-                    "cannot number the old service's events: {}",
-                    one_line(&e)
-                ))
-            })?;
-        tracing::info!(database = %database_name, replicated, "MongoDB store ready");
-        Ok(Self {
-            database,
-            events,
-            counters,
-            hints,
-            keys,
-            replicated,
-            turns: turns::TopicTurns::default(),
-        })
-    }
-
     async fn find(
         &self,
         op: &'static str,
@@ -463,53 +275,5 @@ impl EventStore for MongoStore {
             .await
             .map_err(|e| mongo_error("ping", e))?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_database_is_the_uris_or_the_old_services() {
-        let named = ClientOptions::parse("mongodb://db.example:27017/events_prod")
-            .await
-            .unwrap();
-        assert_eq!(database_name(&named), "events_prod");
-        let unnamed = ClientOptions::parse("mongodb://db.example:27017/?replicaSet=rs0")
-            .await
-            .unwrap();
-        assert_eq!(database_name(&unnamed), "fullApp");
-    }
-
-    #[tokio::test]
-    async fn bad_uris_fail_fast_with_one_line() {
-        for uri in [
-            "mongodb://",
-            "mongodb://host:notaport",
-            "mongodb://h/?replicaSet",
-        ] {
-            let err = MongoStore::open(uri)
-                .await
-                .err()
-                .expect("refused")
-                .to_string();
-            assert!(
-                err.contains("invalid URI") && !err.contains('\n'),
-                "{uri}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn lost_connections_are_unavailable_and_the_rest_internal() {
-        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let err = mongo_error("get", mongodb::error::Error::from(refused));
-        assert!(
-            matches!(err, StoreError::Unavailable { op: "get", .. }),
-            "{err:?}"
-        );
-        let err = mongo_error("get", mongodb::error::Error::custom("bug"));
-        assert!(matches!(err, StoreError::Internal { .. }), "{err:?}");
     }
 }

@@ -1,0 +1,119 @@
+//! The database itself killed with `kill -9` under load and started again on its data.
+
+use std::{collections::HashSet, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use testdb::MongoServer;
+
+use super::{MongoSystem, stored_ids};
+use crate::{
+    lists::seqs,
+    pubsub::{in_order, read, subscribe},
+    support::{Front, http, readyz_becomes, until_answered},
+    writes::{Answered, MixedLoad},
+};
+
+/// The database itself killed with `kill -9` under writes, then started again on its data:
+/// meanwhile every answer is a quick 503 with the contract's body and `/readyz` says why; then
+/// writes succeed again without restarting anything, and the subscriber resumes from its last
+/// `seq` with nothing missed or repeated, nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_killed_under_load_gives_503s_and_everything_recovers() {
+    let Some(mut server) = MongoServer::start("the database's kill -9 under load") else {
+        return;
+    };
+    let system = MongoSystem::up_on(server.uri("outage"), &[], &[]).await;
+    system.ready().await;
+    let topic = "outage";
+    let (mut frames, _) = subscribe(system.url(&format!("/subscribe/{topic}")), None).await;
+    let load = MixedLoad::start(&system.url(""), topic);
+    until_answered("writes before the outage", 100, || load.answered()).await;
+
+    server.kill();
+    let (_, not_ready) = readyz_becomes(
+        &system.url(""),
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(10),
+    )
+    .await;
+    let why = not_ready["message"].as_str().unwrap();
+    assert!(why.contains("2 NOT_SERVING"), "{not_ready}");
+    assert!(why.contains("store does not answer"), "{not_ready}");
+    // A write now: a 503 with the contract's body, well inside the 10 s request deadline.
+    let started = std::time::Instant::now();
+    let refused = http()
+        .post(system.url("/publish"))
+        .json(&json!({"topic": topic, "title": "while down"}))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    assert_eq!(body["error"], body["message"], "{body}");
+    assert!(took < Duration::from_secs(5), "503 after {took:?}");
+    println!("MongoDB down: /readyz 503 ({why}); a write 503 after {took:?}");
+
+    server.restart();
+    readyz_becomes(&system.url(""), StatusCode::OK, Duration::from_secs(30)).await;
+    let at_return = load.answered();
+    until_answered(
+        "writes after the database returned",
+        at_return + 100,
+        || load.answered(),
+    )
+    .await;
+    let Answered {
+        created,
+        published,
+        failed,
+    } = load.stop().await;
+    // What failed failed as the contract says: 503 (a write cut off mid-commit may also have
+    // been stored, and is then delivered; it was never acknowledged).
+    for failure in &failed {
+        assert!(failure.contains(" 503 "), "{failure}");
+    }
+    let stored: HashSet<_> = stored_ids(&system).await.into_iter().collect();
+    for id in &created {
+        assert!(stored.contains(id), "acknowledged {id} lost");
+    }
+    // The subscriber: 1..=newest, each once, in order, every acknowledged publish among them.
+    let newest = history_newest(&system, topic).await;
+    let delivered = read(&mut frames, newest as usize).await;
+    in_order(&delivered, 1);
+    for seq in &published {
+        assert!(
+            delivered.contains(seq),
+            "acknowledged seq {seq} not delivered"
+        );
+    }
+    println!(
+        "MongoDB kill -9 under load: {} acknowledged before and after, {} refused with 503 \
+         while down, none lost; the subscriber got 1..={newest} once each",
+        created.len(),
+        failed.len()
+    );
+}
+
+/// The newest `seq` of `topic`'s history.
+async fn history_newest(system: &MongoSystem, topic: &str) -> u64 {
+    let mut after = 0;
+    loop {
+        let page: Value = http()
+            .get(system.url(&format!(
+                "/topic-events/{topic}?afterSeq={after}&limit=1000"
+            )))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match seqs(&page).last() {
+            Some(last) => after = *last,
+            None => return after,
+        }
+    }
+}
