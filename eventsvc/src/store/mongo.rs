@@ -51,7 +51,8 @@ pub const NEEDS_REPLICA_SET: &str = "MongoDB change streams need a replica set: 
 /// index or a single-document compare-and-set on the server, so several backends on one
 /// database agree.
 pub struct MongoStore {
-    database: mongodb::Database,
+    /// The database on a one-connection client of its own, for `ping`.
+    probe: mongodb::Database,
     events: Collection<Document>,
     counters: Collection<Document>,
     /// `counters` for the newest-seq hint a publish leaves: acknowledged by the primary, not
@@ -270,7 +271,7 @@ impl EventStore for MongoStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.database
+        self.probe
             .run_command(doc! {"ping": 1})
             .await
             .map_err(|e| mongo_error("ping", e))?;

@@ -59,7 +59,14 @@ impl MongoStore {
             .app_name
             .get_or_insert_with(|| "eventsvc".to_owned());
         let database_name = database_name(&options);
+        // The health probe's own connection: it asks whether the server answers, not whether
+        // this process's pool has a connection free under load.
+        let mut probe_options = options.clone();
+        probe_options.max_pool_size = Some(1);
         let client = Client::with_options(options).map_err(|e| fail(one_line(&e)))?;
+        let probe = Client::with_options(probe_options)
+            .map_err(|e| fail(one_line(&e)))?
+            .database(&database_name);
         let database = client.database(&database_name);
         let hello = database
             .run_command(doc! {"hello": 1})
@@ -142,7 +149,7 @@ impl MongoStore {
             })?;
         tracing::info!(database = %database_name, replicated, "MongoDB store ready");
         Ok(Self {
-            database,
+            probe,
             events,
             counters,
             hints,
