@@ -24,18 +24,23 @@ use crate::{
     store::{self, OpenError, Retention, StoreLimits, StoreUri, UriError},
 };
 
-/// Which store to open: `--store`, else `MONGO_URI`, else SQLite under `--data-dir`. Shared by
-/// `eventsvc` and `eventsys up`, which hands the choice to its backends.
+/// Which store to open: `--store`, else `MONGO_URI`, else `DATABASE_URL` (PostgreSQL), else
+/// SQLite under `--data-dir`. Shared by `eventsvc` and `eventsys up`, which hands the choice to
+/// its backends.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Store URI: sqlite://PATH or mongodb://… [default: sqlite://DATA_DIR/events.db, or
-    /// MONGO_URI when that is set]
+    /// Store URI: sqlite://PATH, mongodb://… or postgres://… [default:
+    /// sqlite://DATA_DIR/events.db, or MONGO_URI or DATABASE_URL when set]
     #[arg(long, env = "STORE_URI", hide_env_values = true)]
     pub store: Option<String>,
 
     /// MongoDB URI, the store when --store is not given.
     #[arg(long, env = "MONGO_URI", hide_env_values = true)]
     pub mongo_uri: Option<String>,
+
+    /// PostgreSQL URI (postgres://…), the store when neither of the above is given.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 
     /// Folder of the embedded SQLite store, used when neither of the above is given.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
@@ -59,10 +64,13 @@ impl StoreArgs {
     /// The chosen store as written (it may hold credentials: never log it, use `uri()`'s
     /// `Display`).
     pub fn chosen(&self) -> String {
-        match (&self.store, &self.mongo_uri) {
-            (Some(store), _) => store.clone(),
-            (None, Some(mongo)) => mongo.clone(),
-            (None, None) => format!("sqlite://{}", self.data_dir.join("events.db").display()),
+        match (&self.store, &self.mongo_uri, &self.database_url) {
+            (Some(store), _, _) => store.clone(),
+            (None, Some(mongo), _) => mongo.clone(),
+            (None, None, Some(postgres)) => postgres.clone(),
+            (None, None, None) => {
+                format!("sqlite://{}", self.data_dir.join("events.db").display())
+            }
         }
     }
 

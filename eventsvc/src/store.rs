@@ -3,6 +3,7 @@
 
 pub mod mongo;
 mod outcome;
+mod postgres;
 pub mod sqlite;
 mod timed;
 
@@ -14,6 +15,7 @@ use futures::stream::BoxStream;
 use uuid::Uuid;
 
 pub use mongo::MongoStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub(crate) use timed::TimedStore;
 
@@ -188,6 +190,32 @@ pub(crate) fn page_token_bits(token: &str) -> Option<u128> {
     hex.then(|| u128::from_str_radix(token, 16).ok()).flatten()
 }
 
+/// The row position a listing's page token names, for the stores whose tokens are row keys
+/// (SQLite, PostgreSQL): 0 before the first page. Any well-formed token is a position: past the
+/// last row, the page is empty.
+pub(crate) fn row_after(cursor: Option<String>) -> Result<i64> {
+    match cursor {
+        None => Ok(0),
+        Some(c) => Ok(page_token_bits(&c)
+            .ok_or(StoreError::InvalidCursor)?
+            .try_into()
+            .unwrap_or(i64::MAX)),
+    }
+}
+
+/// Now, in milliseconds since the epoch: how the stores keep a key's lease and expiry.
+pub(crate) fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `now` (milliseconds) plus `by`, saturating.
+pub(crate) fn later(now: i64, by: Duration) -> i64 {
+    now.saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Errors every store reports, whatever its engine.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -304,13 +332,19 @@ pub enum StoreUri {
     Sqlite(PathBuf),
     /// `mongodb://…` or `mongodb+srv://…`, kept whole for the driver.
     Mongo(String),
+    /// `postgres://…` or `postgresql://…`, kept whole for the driver.
+    Postgres(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UriError {
-    #[error("store URI {0:?} has no scheme: expected sqlite://PATH or mongodb://HOST")]
+    #[error(
+        "store URI {0:?} has no scheme: expected sqlite://PATH, mongodb://HOST or postgres://HOST"
+    )]
     NoScheme(String),
-    #[error("store URI scheme {0:?} is not supported: expected sqlite:// or mongodb://")]
+    #[error(
+        "store URI scheme {0:?} is not supported: expected sqlite://, mongodb:// or postgres://"
+    )]
     Scheme(String),
     #[error("store URI {0:?} names no database file")]
     EmptyPath(String),
@@ -328,6 +362,7 @@ impl std::str::FromStr for StoreUri {
             "sqlite" if rest.is_empty() => Err(UriError::EmptyPath(uri.to_owned())),
             "sqlite" => Ok(Self::Sqlite(PathBuf::from(rest))),
             "mongodb" | "mongodb+srv" => Ok(Self::Mongo(uri.to_owned())),
+            "postgres" | "postgresql" => Ok(Self::Postgres(uri.to_owned())),
             other => Err(UriError::Scheme(other.to_owned())),
         }
     }
@@ -343,6 +378,13 @@ impl std::fmt::Display for StoreUri {
                 let hosts = rest.rsplit_once('@').map_or(rest, |(_, hosts)| hosts);
                 write!(f, "{scheme}://{hosts}")
             }
+            // Without the query too: libpq takes `password=` there.
+            Self::Postgres(uri) => {
+                let (scheme, rest) = uri.split_once("://").unwrap_or(("postgres", uri));
+                let hosts = rest.rsplit_once('@').map_or(rest, |(_, hosts)| hosts);
+                let hosts = hosts.split_once('?').map_or(hosts, |(hosts, _)| hosts);
+                write!(f, "{scheme}://{hosts}")
+            }
         }
     }
 }
@@ -353,6 +395,8 @@ pub enum OpenError {
     Sqlite { path: PathBuf, reason: String },
     #[error("cannot open MongoDB store: {reason}")]
     Mongo { reason: String },
+    #[error("cannot open PostgreSQL store: {reason}")]
+    Postgres { reason: String },
 }
 
 /// Limits an operator sets on the store itself.
@@ -373,6 +417,12 @@ pub async fn open(uri: &StoreUri, limits: StoreLimits) -> Result<Arc<dyn EventSt
                 tracing::warn!("a store size limit applies to SQLite only: size MongoDB itself");
             }
             Ok(Arc::new(MongoStore::open(uri).await?))
+        }
+        StoreUri::Postgres(uri) => {
+            if limits.max_bytes.is_some() {
+                tracing::warn!("a store size limit applies to SQLite only: size PostgreSQL itself");
+            }
+            Ok(Arc::new(PostgresStore::open(uri).await?))
         }
     }
 }
@@ -401,9 +451,13 @@ mod tests {
             "data/events.db".parse::<StoreUri>(),
             Err(UriError::NoScheme(_))
         ));
+        assert_eq!(
+            "postgres://x/db".parse(),
+            Ok(StoreUri::Postgres("postgres://x/db".into()))
+        );
         assert!(matches!(
-            "postgres://x".parse::<StoreUri>(),
-            Err(UriError::Scheme(s)) if s == "postgres"
+            "mysql://x".parse::<StoreUri>(),
+            Err(UriError::Scheme(s)) if s == "mysql"
         ));
         assert!(matches!(
             "sqlite://".parse::<StoreUri>(),
@@ -417,6 +471,11 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(uri.to_string(), "mongodb://db1:27017,db2/?replicaSet=rs0");
+        let uri: StoreUri = "postgresql://app:secret@db:5432/events?password=also&sslmode=require"
+            .parse()
+            .unwrap();
+        assert!(matches!(uri, StoreUri::Postgres(_)));
+        assert_eq!(uri.to_string(), "postgresql://db:5432/events");
     }
 
     #[test]

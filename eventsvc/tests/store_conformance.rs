@@ -1,6 +1,6 @@
 //! The `EventStore` contract, written once against the trait and run against every store:
 //! SQLite always; MongoDB on SecantusDB (started by the tests) or on the replica set
-//! `EVENTSVC_TEST_MONGO_URI` names.
+//! `EVENTSVC_TEST_MONGO_URI` names; PostgreSQL on a cluster the tests start.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -523,6 +523,43 @@ pub async fn retention_keeps_the_newest_and_records_the_gap(f: Fixture) {
     assert_eq!(next.seq, 26, "seqs are never reused");
 }
 
+/// The change feed: a follower (in another process) gets every publish that commits after it
+/// started, once, each topic's in `seq` order, whoever published it; creates are not in it.
+pub async fn the_feed_delivers_every_publish_once_in_order(f: Fixture) {
+    use futures::StreamExt;
+    let mut feed = f.other.follow().await.unwrap();
+    let publishers: Vec<_> = ["left", "right"]
+        .into_iter()
+        .map(|topic| {
+            let store = f.store.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    store
+                        .publish(on_topic(topic, &format!("{i}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    f.store.create(event("u", "not on the feed")).await.unwrap();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let mut seen: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for _ in 0..20 {
+        let event = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .expect("the feed delivers")
+            .expect("the feed is open")
+            .unwrap();
+        seen.entry(event.topic.clone()).or_default().push(event.seq);
+    }
+    let expected: Vec<u64> = (1..=10).collect();
+    assert_eq!(seen.get("left"), Some(&expected));
+    assert_eq!(seen.get("right"), Some(&expected));
+}
+
 /// Declares one `#[tokio::test]` per contract case for a store, given an async expression
 /// that yields `Option<Fixture>` (`None`: the store's server is not available here).
 macro_rules! conformance {
@@ -540,6 +577,7 @@ macro_rules! conformance {
                 writes_naming_their_id_are_stored_once,
                 idempotency_keys_answer_once,
                 retention_keeps_the_newest_and_records_the_gap,
+                the_feed_delivers_every_publish_once_in_order,
             );
         }
     };
@@ -594,5 +632,23 @@ async fn mongo() -> Option<Fixture> {
     })
 }
 
+/// The PostgreSQL store on a fresh database of a cluster this test binary starts (see
+/// `testdb`); SKIPPED where PostgreSQL is not installed.
+async fn postgres() -> Option<Fixture> {
+    let server = testdb::PostgresServer::shared("PostgreSQL conformance case")?;
+    let uri = server.database(&format!("eventsvc_test_{}", Uuid::new_v4().simple()));
+    let open = || eventsvc::store::PostgresStore::open(&uri);
+    let store = open().await.expect("open PostgreSQL store");
+    let other = open().await.expect("open PostgreSQL store");
+    Some(Fixture {
+        store: Arc::new(store),
+        other: Arc::new(other),
+        _keep: Box::new(()),
+        // The cluster, and every test database in it, goes with this test binary.
+        cleanup: None,
+    })
+}
+
 conformance!(sqlite_store, sqlite());
 conformance!(mongo_store, mongo());
+conformance!(postgres_store, postgres());

@@ -4,15 +4,13 @@
 //! only when the write asks (`j: true`), as a mongod with the journal default off.
 
 use std::{
-    collections::VecDeque,
-    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, OnceLock, mpsc},
+    sync::OnceLock,
     time::Duration,
 };
 
-use crate::watchdog::Watchdog;
+use crate::{log::Tail, watchdog::Watchdog};
 
 /// The server's program: `SECANTUSD` when set, else `secantusd-py` on the PATH.
 fn program() -> String {
@@ -21,8 +19,6 @@ fn program() -> String {
 
 /// How long a (Python) server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Log lines kept for a failure message.
-const KEPT_LINES: usize = 40;
 
 /// Says SKIPPED where it is seen: stderr directly, as the test harness captures `eprintln!`.
 fn skipped(what: &str) {
@@ -41,7 +37,7 @@ pub struct MongoServer {
     dir: PathBuf,
     process: Option<Child>,
     /// The server's last log lines, for a failure message.
-    logs: Arc<Mutex<VecDeque<String>>>,
+    logs: Tail,
     watchdog: Watchdog,
     /// `--sync-on-commit`: every commit on disk, whatever a write asked for.
     sync_on_commit: bool,
@@ -72,7 +68,7 @@ impl MongoServer {
             port: 0,
             dir,
             process: None,
-            logs: Arc::default(),
+            logs: Tail::default(),
             watchdog,
             sync_on_commit,
         };
@@ -135,22 +131,8 @@ impl MongoServer {
             .stderr(Stdio::piped())
             .spawn()?;
         self.watchdog.watch(process.id());
-        let (ready, listening) = mpsc::channel();
         let stderr = process.stderr.take().expect("piped stderr");
-        let logs = self.logs.clone();
-        // Drains the log for the server's whole life, so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(port) = listening_port(&line) {
-                    let _ = ready.send(port);
-                }
-                let mut logs = logs.lock().unwrap_or_else(|e| e.into_inner());
-                if logs.len() == KEPT_LINES {
-                    logs.pop_front();
-                }
-                logs.push_back(line);
-            }
-        });
+        let listening = self.logs.follow(stderr, listening_port);
         self.process = Some(process);
         match listening.recv_timeout(START_TIMEOUT) {
             Ok(port) => {
@@ -163,8 +145,7 @@ impl MongoServer {
                     .as_mut()
                     .and_then(|p| p.try_wait().ok().flatten());
                 self.kill();
-                let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-                let logs = logs.iter().cloned().collect::<Vec<_>>().join("\n");
+                let logs = self.logs.text();
                 panic!(
                     "{} never listened (exit: {status:?}); its log:\n{logs}",
                     program()

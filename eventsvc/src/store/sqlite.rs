@@ -360,14 +360,7 @@ impl EventStore for SqliteStore {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<EventPage> {
-        let after: i64 = match cursor {
-            None => 0,
-            // Any well-formed token is a position: past the last row, the page is empty.
-            Some(c) => super::page_token_bits(&c)
-                .ok_or(StoreError::InvalidCursor)?
-                .try_into()
-                .unwrap_or(i64::MAX),
-        };
+        let after = super::row_after(cursor)?;
         self.run("list", move |conn| {
             const SQL: &str = concat!(
                 "SELECT ",

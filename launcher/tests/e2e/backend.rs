@@ -204,6 +204,7 @@ async fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
         .args(args)
         .env_remove("STORE_URI")
         .env_remove("MONGO_URI")
+        .env_remove("DATABASE_URL")
         .env_remove("DATA_DIR")
         .env_remove("PORT")
         .env("RUST_LOG", "info")
@@ -225,9 +226,18 @@ async fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("e.db").display());
 
-    let line = refused(&["--port", "0", "--store", "postgres://db/x"], &[]).await;
+    let line = refused(&["--port", "0", "--store", "mysql://db/x"], &[]).await;
     assert!(
-        line.starts_with("eventsvc: invalid store:") && line.contains("\"postgres\""),
+        line.starts_with("eventsvc: invalid store:") && line.contains("\"mysql\""),
+        "{line}"
+    );
+    // A database nobody serves: a one-line reason, and no credentials in it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("postgres://app:hunter2@{}/x", closed.local_addr().unwrap());
+    drop(closed);
+    let line = refused(&["--port", "0", "--store", &nobody], &[]).await;
+    assert!(
+        line.starts_with("eventsvc: cannot open PostgreSQL store:") && !line.contains("hunter2"),
         "{line}"
     );
 

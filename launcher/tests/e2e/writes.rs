@@ -120,13 +120,7 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
         published,
         failed,
     } = load.stop().await;
-    assert!(
-        failed.is_empty(),
-        "{} of {} writes failed: {:?}",
-        failed.len(),
-        created.len() + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    none_failed(&created, &failed);
 
     // Each acknowledged id once in the store, and nothing else stored by these clients.
     let store = SqliteStore::open(system.db.clone()).await.unwrap();
@@ -175,6 +169,17 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
         "kill -9 of the subscription's backend under writes: {} creates and publishes \
          acknowledged, 0 failed, each stored once; {n} publishes delivered once, in order",
         created.len()
+    );
+}
+
+/// Asserts that no write of a `MixedLoad` failed, showing the first few that did.
+pub(crate) fn none_failed(created: &[String], failed: &[String]) {
+    assert!(
+        failed.is_empty(),
+        "{} of {} writes failed: {:?}",
+        failed.len(),
+        created.len() + failed.len(),
+        &failed[..failed.len().min(5)]
     );
 }
 

@@ -1,13 +1,11 @@
 //! Idempotency keys on SQLite: a claim is one short write transaction; the keyed write records
 //! its outcome in its own transaction, so a key is never left claimed by a write that committed.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::{Event, Result, StoreError, sql_error};
-use crate::store::{Claim, KeyClaim, outcome};
+use crate::store::{Claim, KeyClaim, later, now_ms, outcome};
 
 /// Schema of the keys: one row per (caller, key); `outcome` set once answered, `lease_until`
 /// while not.
@@ -22,17 +20,6 @@ pub(super) const MIGRATION: &str = "CREATE TABLE idempotency_keys (
          PRIMARY KEY (scope, key)
      ) WITHOUT ROWID;
      CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);";
-
-fn now_ms() -> i64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn later(now: i64, by: Duration) -> i64 {
-    now.saturating_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// A key's row as `claim` reads it.
 struct Held {

@@ -178,6 +178,7 @@ impl Launch {
             .env_remove("LISTEN_PID")
             .env_remove("STORE_URI")
             .env_remove("MONGO_URI")
+            .env_remove("DATABASE_URL")
             .env_remove("DATA_DIR")
             .env_remove("PORT")
             .env_remove("BACKENDS")

@@ -32,6 +32,7 @@ pub(crate) fn command(data: &Path) -> Command {
         .env("NO_COLOR", "1")
         .env_remove("STORE_URI")
         .env_remove("MONGO_URI")
+        .env_remove("DATABASE_URL")
         .env_remove("HOST")
         .env_remove("GATEWAY_PORT")
         .stdin(Stdio::null())

@@ -1,0 +1,429 @@
+//! `EventStore` on PostgreSQL, for many backends on many hosts sharing one database. The design
+//! is SQLite's: a per-topic counter row incremented inside the publish's transaction (its row
+//! lock orders a topic's publishes, so `seq` order is commit order), idempotency keys answered
+//! in the write's transaction, retention recording the newest `seq` it dropped. The change feed
+//! is `LISTEN`/`NOTIFY` (`follow`).
+//!
+//! The driver is `tokio-postgres` with a `deadpool` pool: async, no server needed to compile,
+//! and its connection hands `NOTIFY` messages to the caller, which the feed needs. A backend
+//! killed in a transaction holds nothing: the server aborts it when the connection drops.
+
+mod follow;
+mod keys;
+mod retention;
+mod rows;
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures::stream::BoxStream;
+use tokio_postgres::{NoTls, error::SqlState};
+use uuid::Uuid;
+
+use super::{
+    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, OpenError, Result,
+    Retention, StoreError,
+};
+use rows::{COLUMNS, insert, to_event};
+
+/// Connections per process.
+const POOL_SIZE: usize = 16;
+/// How long a call waits for a connection (a new one included) before the store is
+/// unavailable: well inside the gateway's request deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The channel publishes notify on.
+const CHANNEL: &str = "events_published";
+
+/// Schema migrations, applied in order; `schema_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: events (times in milliseconds, `data` as JSON text, exactly as given; free text as
+    // UTF-8 bytes, since PostgreSQL's TEXT cannot hold U+0000 and JSON strings can), the per-topic
+    // counters (apart from the events, so deleting a topic's newest never lets its seq be
+    // handed out again), and idempotency keys.
+    "CREATE TABLE events (
+         pk          BIGSERIAL PRIMARY KEY,
+         id          UUID    NOT NULL UNIQUE,
+         user_id     BYTEA   NOT NULL,
+         title       BYTEA   NOT NULL,
+         description BYTEA   NOT NULL,
+         completed   BOOLEAN NOT NULL,
+         created_at  BIGINT  NOT NULL,
+         topic       TEXT    NOT NULL,
+         data        TEXT,
+         time        BIGINT,
+         seq         BIGINT
+     );
+     CREATE UNIQUE INDEX events_by_topic_seq ON events (topic, seq) WHERE seq IS NOT NULL;
+     CREATE INDEX events_by_user ON events (user_id, pk);
+     CREATE INDEX events_by_time ON events (time) WHERE seq IS NOT NULL;
+     CREATE TABLE topics (
+         topic           TEXT   PRIMARY KEY,
+         last_seq        BIGINT NOT NULL,
+         dropped_through BIGINT NOT NULL DEFAULT 0
+     );
+     CREATE TABLE idempotency_keys (
+         scope       BYTEA  NOT NULL,
+         key         TEXT   NOT NULL,
+         fingerprint BYTEA  NOT NULL,
+         event_id    TEXT   NOT NULL,
+         lease_until BIGINT,
+         outcome     TEXT,
+         expires_at  BIGINT NOT NULL,
+         PRIMARY KEY (scope, key)
+     );
+     CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);",
+];
+
+/// A full disk is `Full`; a lost connection, a server shutting down or a conflict to retry is
+/// the store being unavailable (the gateway retries elsewhere or later); anything else a fault.
+fn pg_error(op: &'static str, err: tokio_postgres::Error) -> StoreError {
+    let code = err.code().cloned();
+    if code == Some(SqlState::DISK_FULL) {
+        return StoreError::Full { op };
+    }
+    let unavailable = match &code {
+        // Class 08 (connection), 57 (operator intervention: shutdown), 40 (a conflict to
+        // retry), 53 (insufficient resources).
+        Some(code) => matches!(&code.code()[..2], "08" | "57" | "40" | "53"),
+        // No answer from the server: the connection is gone (an error of this side, such as a
+        // parameter it cannot encode, is a fault).
+        None => {
+            err.is_closed()
+                || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    };
+    StoreError::from_driver(op, err, unavailable)
+}
+
+/// No connection to be had: the server is unreachable or every connection is busy.
+fn pool_error(op: &'static str, err: deadpool_postgres::PoolError) -> StoreError {
+    match err {
+        deadpool_postgres::PoolError::Backend(err) => pg_error(op, err),
+        other => StoreError::Unavailable {
+            op,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn is_unique_violation(err: &tokio_postgres::Error) -> bool {
+    err.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// Events in a PostgreSQL database. No lock of its own: every rule that spans rows is a
+/// transaction on the server, so several backends on one database agree.
+pub struct PostgresStore {
+    pool: Pool,
+    /// What `follow` connects with: a connection of its own, outside the pool.
+    config: tokio_postgres::Config,
+}
+
+impl PostgresStore {
+    /// Connects, migrates the schema (one backend at a time: an advisory lock), and returns a
+    /// store ready to serve; fails with a one-line reason.
+    pub async fn open(uri: &str) -> Result<Self, OpenError> {
+        let fail = |reason: String| OpenError::Postgres { reason };
+        let mut config =
+            tokio_postgres::Config::from_str(uri).map_err(|e| fail(format!("invalid URI: {e}")))?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("eventsvc");
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let store = Self { pool, config };
+        store
+            .migrate()
+            .await
+            .map_err(|e| fail(format!("cannot reach or migrate the database: {e}")))?;
+        tracing::info!("PostgreSQL store ready");
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let fail = |e| pg_error("migrate", e);
+        let mut client = self.client("migrate").await?;
+        let tx = client.transaction().await.map_err(fail)?;
+        // Backends starting together take turns; the first applies, the others find it done.
+        tx.execute("SELECT pg_advisory_xact_lock(7340134621)", &[])
+            .await
+            .map_err(fail)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INT NOT NULL)")
+            .await
+            .map_err(fail)?;
+        let version: i32 = tx
+            .query_opt("SELECT version FROM schema_version", &[])
+            .await
+            .map_err(fail)?
+            .map_or(0, |row| row.get(0));
+        let applied = usize::try_from(version).unwrap_or(usize::MAX);
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::Internal {
+                op: "migrate",
+                source: format!(
+                    "schema version {applied} is newer than this build understands ({})",
+                    MIGRATIONS.len()
+                )
+                .into(),
+            });
+        }
+        for sql in &MIGRATIONS[applied..] {
+            tx.batch_execute(sql).await.map_err(fail)?;
+        }
+        let now = MIGRATIONS.len() as i32;
+        tx.execute("DELETE FROM schema_version", &[])
+            .await
+            .map_err(fail)?;
+        tx.execute("INSERT INTO schema_version VALUES ($1)", &[&now])
+            .await
+            .map_err(fail)?;
+        tx.commit().await.map_err(fail)
+    }
+
+    async fn client(&self, op: &'static str) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| pool_error(op, e))
+    }
+
+    /// The event stored under `id`, if any.
+    async fn find(
+        client: &impl deadpool_postgres::GenericClient,
+        op: &'static str,
+        id: Uuid,
+    ) -> Result<Option<Event>> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE id = $1");
+        let row = client
+            .query_opt(&sql, &[&id])
+            .await
+            .map_err(|e| pg_error(op, e))?;
+        row.as_ref().map(to_event).transpose()
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn create(&self, new: NewEvent) -> Result<Event> {
+        let fail = |e| pg_error("create", e);
+        let mut client = self.client("create").await?;
+        let tx = client.transaction().await.map_err(fail)?;
+        let event = new.clone().into_event(None);
+        let event = match insert(&tx, &event).await {
+            Ok(()) => event,
+            // The id is taken: a repeat of the request that stored it, or another event's.
+            Err(err) if is_unique_violation(&err) && new.id.is_some() => {
+                drop(tx);
+                let stored = Self::find(&client, "create", event.id).await?;
+                return new.repeated(stored.ok_or(StoreError::NotFound)?);
+            }
+            Err(err) => return Err(fail(err)),
+        };
+        if let Some(key) = &new.key {
+            keys::answer(&tx, "create", key, &event).await?;
+        }
+        tx.commit().await.map_err(fail)?;
+        Ok(event)
+    }
+
+    async fn get(&self, id: Uuid, owner: Option<String>) -> Result<Event> {
+        let client = self.client("get").await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE id = $1 AND ($2::BYTEA IS NULL OR user_id = $2)"
+        );
+        let row = client
+            .query_opt(&sql, &[&id, &owner.map(String::into_bytes)])
+            .await
+            .map_err(|e| pg_error("get", e))?;
+        to_event(&row.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn list(
+        &self,
+        owner: Option<String>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<EventPage> {
+        let after = super::row_after(cursor)?;
+        let client = self.client("list").await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE ($1::BYTEA IS NULL OR user_id = $1) AND pk > $2
+             ORDER BY pk LIMIT $3"
+        );
+        // One extra row tells whether another page follows.
+        let wanted = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+        let mut rows = client
+            .query(&sql, &[&owner.map(String::into_bytes), &after, &wanted])
+            .await
+            .map_err(|e| pg_error("list", e))?;
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last()
+                .map(|row| format!("{:024x}", row.get::<_, i64>("pk")))
+        } else {
+            None
+        };
+        Ok(EventPage {
+            events: rows.iter().map(to_event).collect::<Result<_>>()?,
+            next,
+        })
+    }
+
+    async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
+        let client = self.client("update").await?;
+        let sql = format!(
+            "UPDATE events SET title = $3, description = $4, completed = $5
+             WHERE id = $1 AND ($2::BYTEA IS NULL OR user_id = $2) RETURNING {COLUMNS}"
+        );
+        let EventPatch {
+            title,
+            description,
+            completed,
+        } = patch;
+        let row = client
+            .query_opt(
+                &sql,
+                &[
+                    &id,
+                    &owner.map(String::into_bytes),
+                    &title.as_bytes(),
+                    &description.as_bytes(),
+                    &completed,
+                ],
+            )
+            .await
+            .map_err(|e| pg_error("update", e))?;
+        to_event(&row.ok_or(StoreError::NotFound)?)
+    }
+
+    async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
+        let client = self.client("delete").await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM events WHERE id = $1 AND ($2::BYTEA IS NULL OR user_id = $2)",
+                &[&id, &owner.map(String::into_bytes)],
+            )
+            .await
+            .map_err(|e| pg_error("delete", e))?;
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, new: NewEvent) -> Result<Event> {
+        let fail = |e| pg_error("publish", e);
+        let mut client = self.client("publish").await?;
+        let tx = client.transaction().await.map_err(fail)?;
+        // A repeat of a publish that committed: its event and seq, no second one.
+        if let Some(id) = new.id
+            && let Some(existing) = Self::find(&tx, "publish", id).await?
+        {
+            let event = new.repeated(existing)?;
+            if let Some(key) = &new.key {
+                keys::answer(&tx, "publish", key, &event).await?;
+                tx.commit().await.map_err(fail)?;
+            }
+            return Ok(event);
+        }
+        // The topic's row stays locked until commit: the next publisher of the topic waits,
+        // so seqs commit in order.
+        let seq: i64 = tx
+            .query_one(
+                "INSERT INTO topics (topic, last_seq) VALUES ($1, 1)
+                 ON CONFLICT (topic) DO UPDATE SET last_seq = topics.last_seq + 1
+                 RETURNING last_seq",
+                &[&new.topic],
+            )
+            .await
+            .map_err(fail)?
+            .get(0);
+        let event = new.clone().into_event(Some(seq as u64));
+        match insert(&tx, &event).await {
+            Ok(()) => {}
+            // The same id published meanwhile by another request: that one's answer.
+            Err(err) if is_unique_violation(&err) && new.id.is_some() => {
+                drop(tx);
+                let stored = Self::find(&client, "publish", event.id).await?;
+                return new.repeated(stored.ok_or(StoreError::NotFound)?);
+            }
+            Err(err) => return Err(fail(err)),
+        }
+        if let Some(key) = &new.key {
+            keys::answer(&tx, "publish", key, &event).await?;
+        }
+        // Delivered to listeners at commit, in commit order.
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &follow::payload(&event)],
+        )
+        .await
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        Ok(event)
+    }
+
+    async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        let client = self.client("events_after").await?;
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE topic = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        );
+        let rows = client
+            .query(&sql, &[&topic, &after, &limit])
+            .await
+            .map_err(|e| pg_error("events_after", e))?;
+        rows.iter().map(to_event).collect()
+    }
+
+    async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>> {
+        follow::follow(&self.config, self.pool.clone()).await
+    }
+
+    async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {
+        let mut client = self.client("compact").await?;
+        retention::compact(&mut client, retention, batch).await
+    }
+
+    async fn dropped_through(&self, topic: &str) -> Result<u64> {
+        let client = self.client("dropped_through").await?;
+        retention::dropped_through(&client, topic).await
+    }
+
+    async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim> {
+        let mut client = self.client("claim").await?;
+        keys::claim(&mut client, claim, id).await
+    }
+
+    async fn purge_keys(&self, batch: usize) -> Result<usize> {
+        let client = self.client("purge_keys").await?;
+        keys::purge(&client, batch).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        // A connection of its own: whether the server answers, not whether the pool has one
+        // free under load.
+        let (client, connection) =
+            tokio::time::timeout(CONNECT_TIMEOUT, self.config.connect(NoTls))
+                .await
+                .map_err(|_| StoreError::Unavailable {
+                    op: "ping",
+                    reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+                })?
+                .map_err(|e| pg_error("ping", e))?;
+        let connection = tokio::spawn(connection);
+        let answered = client.simple_query("SELECT 1").await;
+        drop(client);
+        let _ = connection.await;
+        answered.map(drop).map_err(|e| pg_error("ping", e))
+    }
+}
