@@ -274,15 +274,29 @@ impl EventService for EventsApi {
         validate::topic(&req.topic)?;
         self.may_read(&who, &req.topic)?;
         let limit = validate::limit(req.limit)?;
-        // Retention dropped what it no longer keeps: the reader gets the rest, told so.
-        let dropped = self.store.dropped_through(&req.topic).await?;
+        // Retention dropped what it no longer keeps: the reader gets the rest, told so. It may
+        // drop more while this reads: then the read is done again from the newer bound (a few
+        // times at most; after that nothing at or below the bound is answered).
+        let mut dropped = self.store.dropped_through(&req.topic).await?;
+        let mut stored;
+        let mut reads = 0;
+        loop {
+            reads += 1;
+            let after = req.after_seq.max(dropped);
+            // One extra event tells whether more follow.
+            stored = self
+                .store
+                .events_after(&req.topic, after, limit + 1)
+                .await?;
+            let now = self.store.dropped_through(&req.topic).await?;
+            if now == dropped || reads == 3 {
+                dropped = now;
+                break;
+            }
+            dropped = now;
+        }
+        stored.retain(|event| event.seq > dropped);
         let gap = req.after_seq < dropped;
-        let after = req.after_seq.max(dropped);
-        // One extra event tells whether more follow.
-        let stored = self
-            .store
-            .events_after(&req.topic, after, limit + 1)
-            .await?;
         let mut more = stored.len() > limit;
         let mut events: Vec<v1::Event> =
             stored.into_iter().take(limit).map(convert::event).collect();

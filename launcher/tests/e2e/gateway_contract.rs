@@ -1,7 +1,8 @@
 //! The REST contract of `docs/api.md` through the real gateway, every endpoint and every failure
 //! row, field by field, one case per endpoint, written once and run on each store: three
 //! backends on SQLite in this process (`sqlite::`), and `eventsys up` with two backends on a
-//! MongoDB server (`mongo::`, SecantusDB started by the tests).
+//! MongoDB server (`mongo::`, SecantusDB started by the tests) or a PostgreSQL cluster
+//! (`postgres::`, started by the tests).
 
 use std::time::Duration;
 
@@ -593,7 +594,8 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape(
 }
 
 /// One `#[tokio::test]` per case and store: `sqlite::CASE` on three backends in this process,
-/// `mongo::CASE` on `eventsys up` over MongoDB (SKIPPED where there is none). Each case gets
+/// `mongo::CASE` and `postgres::CASE` on `eventsys up` over that server (SKIPPED where there is
+/// none). Each case gets
 /// a system (and a database) of its own: the contract is what the servers answer, so nothing
 /// here needs the machine to itself.
 macro_rules! contract {
@@ -612,7 +614,20 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
                     let what = concat!("the REST contract on MongoDB: ", stringify!($case));
-                    if let Some(system) = crate::mongo::MongoSystem::up(what, &[]).await {
+                    let engine = crate::support::Engine::Mongo;
+                    if let Some(system) = crate::support::UpSystem::up(engine, what, &[]).await {
+                        super::$case(&system, crate::support::http()).await;
+                    }
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let what = concat!("the REST contract on PostgreSQL: ", stringify!($case));
+                    let engine = crate::support::Engine::Postgres;
+                    if let Some(system) = crate::support::UpSystem::up(engine, what, &[]).await {
                         super::$case(&system, crate::support::http()).await;
                     }
                 }

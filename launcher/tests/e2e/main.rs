@@ -21,6 +21,7 @@ mod otlp;
 mod probes;
 mod pubsub;
 mod shared_store;
+mod stores;
 mod support;
 mod tls;
 mod token;

@@ -16,6 +16,7 @@ mod system;
 // Shared with the `up` tests, which use the rest of it.
 #[allow(dead_code)]
 mod up;
+mod up_system;
 
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ pub(crate) use local::Local;
 pub(crate) use metrics::{Scrape, metric, series_value};
 pub(crate) use system::{Front, Single, System, wait_healthy};
 pub(crate) use up::Launcher;
+pub(crate) use up_system::{Engine, UpSystem};
 
 /// Held by tests that load the machine or measure timing, so they do not run at the same time
 /// as each other on a small CI machine: each measures the system, not its neighbours.

@@ -7,11 +7,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::MongoSystem;
 use crate::{
     lists::seqs,
     pubsub::{in_order, publish, read, subscribe},
-    support::{Front, http},
+    support::{Front, UpSystem, http},
 };
 
 /// Go's zero `time.Time`, as the old service stored `time` for events it did not publish.
@@ -52,7 +51,7 @@ async fn the_old_services_documents_are_served_and_ours_read_back_in_its_shape()
         ])
         .await
         .unwrap();
-    let system = MongoSystem::up_on(uri, &[], &[]).await;
+    let system = UpSystem::up_on(uri, &[], &[]).await;
     system.ready().await;
 
     // Listed, read, updated and deleted through the gateway.

@@ -1,4 +1,4 @@
-//! Streams and writes across two backends on MongoDB: every subscriber every event once in
+//! Streams and writes across two backends on a database server: every subscriber every event once in
 //! order, lists in creation order, and a backend's `kill -9` under mixed load (nothing failed,
 //! nothing lost or doubled, `Last-Event-ID` resumes), plus retention's gap frame.
 
@@ -6,17 +6,15 @@ use std::{collections::HashSet, time::Duration};
 
 use serde_json::{Value, json};
 
-use super::{MongoSystem, stored_ids};
 use crate::{
     lists::{history_becomes, publish_n},
     pubsub::{in_order, publish, read, subscribe},
-    support::{Front, Local, http, until_answered},
+    support::{Engine, Front, Local, UpSystem, http, until_answered},
     writes::{Answered, MixedLoad, none_failed},
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn subscribers_on_both_backends_get_every_event_once_in_order() {
-    let Some(system) = MongoSystem::up("pub/sub across backends on MongoDB", &[]).await else {
+pub(super) async fn subscribers_on_both_backends_get_every_event_once_in_order(engine: Engine) {
+    let Some(system) = UpSystem::up(engine, "pub/sub across backends", &[]).await else {
         return;
     };
     system.ready().await;
@@ -43,9 +41,8 @@ async fn subscribers_on_both_backends_get_every_event_once_in_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn lists_are_in_creation_order_whichever_backend_created() {
-    let Some(system) = MongoSystem::up("list order across backends on MongoDB", &[]).await else {
+pub(super) async fn lists_are_in_creation_order_whichever_backend_created(engine: Engine) {
+    let Some(system) = UpSystem::up(engine, "list order across backends", &[]).await else {
         return;
     };
     system.ready().await;
@@ -84,9 +81,8 @@ async fn lists_are_in_creation_order_whichever_backend_created() {
 /// (the launcher restarts it): none fails, each acknowledged write is stored once (a plain
 /// client counts), the subscriber gets every publish once in order, and another resumes with
 /// `Last-Event-ID` from before the kill.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_backend_kill_9_under_load_fails_nothing_and_loses_nothing() {
-    let Some(system) = MongoSystem::up("a backend's kill -9 on MongoDB", &[]).await else {
+pub(super) async fn a_backend_kill_9_under_load_fails_nothing_and_loses_nothing(engine: Engine) {
+    let Some(system) = UpSystem::up(engine, "a backend's kill -9", &[]).await else {
         return;
     };
     system.ready().await;
@@ -103,7 +99,7 @@ async fn a_backend_kill_9_under_load_fails_nothing_and_loses_nothing() {
         failed,
     } = load.stop().await;
     none_failed(&created, &failed);
-    let stored = stored_ids(&system).await;
+    let stored = system.stored_ids("kill-writes").await;
     let unique: HashSet<_> = stored.iter().collect();
     assert_eq!(unique.len(), stored.len(), "an event stored twice");
     assert_eq!(
@@ -120,16 +116,15 @@ async fn a_backend_kill_9_under_load_fails_nothing_and_loses_nothing() {
     let (mut resumed, _) = subscribe(system.url(&format!("/subscribe/{topic}")), Some(from)).await;
     in_order(&read(&mut resumed, n - from as usize).await, from + 1);
     println!(
-        "MongoDB, kill -9 of a backend under writes: {} acknowledged, 0 failed, each stored \
+        "{engine:?}, kill -9 of a backend under writes: {} acknowledged, 0 failed, each stored \
          once; {n} publishes delivered once, in order",
         created.len()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn retention_keeps_the_newest_and_tells_readers_of_the_gap() {
+pub(super) async fn retention_keeps_the_newest_and_tells_readers_of_the_gap(engine: Engine) {
     let env = [("RETENTION_MAX_EVENTS", "10")];
-    let Some(system) = MongoSystem::up("retention on MongoDB", &env).await else {
+    let Some(system) = UpSystem::up(engine, "retention", &env).await else {
         return;
     };
     system.ready().await;

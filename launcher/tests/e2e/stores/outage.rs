@@ -4,13 +4,11 @@ use std::{collections::HashSet, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use testdb::MongoServer;
 
-use super::{MongoSystem, stored_ids};
 use crate::{
     lists::seqs,
     pubsub::{in_order, read, subscribe},
-    support::{Front, http, readyz_becomes, until_answered},
+    support::{Engine, Front, UpSystem, http, readyz_becomes, until_answered},
     writes::{Answered, MixedLoad},
 };
 
@@ -18,12 +16,13 @@ use crate::{
 /// meanwhile every answer is a quick 503 with the contract's body and `/readyz` says why; then
 /// writes succeed again without restarting anything, and the subscriber resumes from its last
 /// `seq` with nothing missed or repeated, nothing acknowledged lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_database_killed_under_load_gives_503s_and_everything_recovers() {
-    let Some(mut server) = MongoServer::start("the database's kill -9 under load") else {
+pub(super) async fn the_database_killed_under_load_gives_503s_and_everything_recovers(
+    engine: Engine,
+) {
+    let Some(mut server) = engine.own_server("the database's kill -9 under load") else {
         return;
     };
-    let system = MongoSystem::up_on(server.uri("outage"), &[], &[]).await;
+    let system = UpSystem::up_on(server.fresh("outage"), &[], &[]).await;
     system.ready().await;
     let topic = "outage";
     let (mut frames, _) = subscribe(system.url(&format!("/subscribe/{topic}")), None).await;
@@ -54,7 +53,7 @@ async fn the_database_killed_under_load_gives_503s_and_everything_recovers() {
     assert_eq!(body["code"], "UNAVAILABLE", "{body}");
     assert_eq!(body["error"], body["message"], "{body}");
     assert!(took < Duration::from_secs(5), "503 after {took:?}");
-    println!("MongoDB down: /readyz 503 ({why}); a write 503 after {took:?}");
+    println!("{engine:?} down: /readyz 503 ({why}); a write 503 after {took:?}");
 
     server.restart();
     readyz_becomes(&system.url(""), StatusCode::OK, Duration::from_secs(30)).await;
@@ -75,7 +74,7 @@ async fn the_database_killed_under_load_gives_503s_and_everything_recovers() {
     for failure in &failed {
         assert!(failure.contains(" 503 "), "{failure}");
     }
-    let stored: HashSet<_> = stored_ids(&system).await.into_iter().collect();
+    let stored: HashSet<_> = system.stored_ids("kill-writes").await.into_iter().collect();
     for id in &created {
         assert!(stored.contains(id), "acknowledged {id} lost");
     }
@@ -90,7 +89,7 @@ async fn the_database_killed_under_load_gives_503s_and_everything_recovers() {
         );
     }
     println!(
-        "MongoDB kill -9 under load: {} acknowledged before and after, {} refused with 503 \
+        "{engine:?} kill -9 under load: {} acknowledged before and after, {} refused with 503 \
          while down, none lost; the subscriber got 1..={newest} once each",
         created.len(),
         failed.len()
@@ -98,7 +97,7 @@ async fn the_database_killed_under_load_gives_503s_and_everything_recovers() {
 }
 
 /// The newest `seq` of `topic`'s history.
-async fn history_newest(system: &MongoSystem, topic: &str) -> u64 {
+async fn history_newest(system: &UpSystem, topic: &str) -> u64 {
     let mut after = 0;
     loop {
         let page: Value = http()

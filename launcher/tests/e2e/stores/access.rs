@@ -1,22 +1,19 @@
-//! Idempotency keys and token mode on MongoDB, across both backends.
+//! Idempotency keys and token mode on a database server, across both backends.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
-use super::MongoSystem;
 use crate::{
     idempotency::{answer, post},
     lists::seqs,
-    support::{Front, TokenMode, http, readyz_becomes},
+    support::{Engine, Front, TokenMode, UpSystem, http, readyz_becomes},
     token::mint,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn idempotency_keys_answer_once_across_backends() {
-    let Some(system) = MongoSystem::up("idempotency keys on MongoDB", &[]).await else {
+pub(super) async fn idempotency_keys_answer_once_across_backends(engine: Engine) {
+    let Some(system) = UpSystem::up(engine, "idempotency keys", &[]).await else {
         return;
     };
     system.ready().await;
@@ -62,15 +59,13 @@ async fn idempotency_keys_answer_once_across_backends() {
     assert_eq!(seqs(&history), vec![1]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn token_mode_on_mongodb_scopes_events_to_the_tokens_subject() {
-    let database = format!("e2e_{}", Uuid::new_v4().simple());
-    let Some(uri) = testdb::mongo_uri("token mode on MongoDB", &database) else {
+pub(super) async fn token_mode_scopes_events_to_the_tokens_subject(engine: Engine) {
+    let Some(uri) = engine.database("token mode") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let tokens = TokenMode::new(dir.path());
-    let system = MongoSystem::up_on(uri, &tokens.flags(), &[]).await;
+    let system = UpSystem::up_on(uri, &tokens.flags(), &[]).await;
     let alice = mint(&tokens.secret, &["--sub", "alice"]);
     let bob = mint(&tokens.secret, &["--sub", "bob"]);
     readyz_becomes(&system.url(""), StatusCode::OK, Duration::from_secs(30)).await;

@@ -1,0 +1,130 @@
+//! The whole system on a database server as a user runs it: `eventsys up` with two backends and
+//! the gateway as real processes, the store named the way its users name it (`MONGO_URI`,
+//! `DATABASE_URL`), on a fresh database.
+
+use std::time::Duration;
+
+use eventsvc::store::{StoreLimits, StoreUri};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Front, Launcher, http};
+
+/// Which database server a system runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// SecantusDB started by the tests, or the replica set `EVENTSVC_TEST_MONGO_URI` names.
+    Mongo,
+    /// A PostgreSQL cluster started by the tests.
+    Postgres,
+}
+
+impl Engine {
+    /// A fresh database on this test binary's shared server; `None` after saying SKIPPED.
+    pub(crate) fn database(self, what: &str) -> Option<String> {
+        let name = format!("e2e_{}", Uuid::new_v4().simple());
+        match self {
+            Engine::Mongo => testdb::mongo_uri(what, &name),
+            Engine::Postgres => testdb::PostgresServer::shared(what).map(|s| s.database(&name)),
+        }
+    }
+
+    /// A server of the test's own (for tests that kill it); `None` after saying SKIPPED.
+    pub(crate) fn own_server(self, what: &str) -> Option<Box<dyn testdb::Server>> {
+        match self {
+            Engine::Mongo => testdb::MongoServer::start(what).map(|s| Box::new(s) as _),
+            Engine::Postgres => testdb::PostgresServer::start(what).map(|s| Box::new(s) as _),
+        }
+    }
+}
+
+/// `eventsys up` with two backends on one database, the gateway in front.
+pub(crate) struct UpSystem {
+    pub(crate) launcher: Launcher,
+    /// The database's URI, for a plain client.
+    pub(crate) uri: String,
+    _dir: tempfile::TempDir,
+}
+
+impl UpSystem {
+    /// On a fresh database of `engine`'s shared server; `None` after saying SKIPPED (naming
+    /// `what`). `env` reaches every child (`RETENTION_MAX_EVENTS`, …).
+    pub(crate) async fn up(engine: Engine, what: &str, env: &[(&str, &str)]) -> Option<UpSystem> {
+        let uri = engine.database(what)?;
+        Some(UpSystem::up_on(uri, &[], env).await)
+    }
+
+    /// On the database `uri` names, with `flags` for `eventsys up`.
+    pub(crate) async fn up_on(uri: String, flags: &[&str], env: &[(&str, &str)]) -> UpSystem {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let variable = if uri.starts_with("mongodb") {
+            "MONGO_URI"
+        } else {
+            "DATABASE_URL"
+        };
+        let mut all = vec![(variable, uri.as_str())];
+        all.extend_from_slice(env);
+        let launcher = Launcher::start_backends(dir.path(), 2, flags, &all).await;
+        UpSystem {
+            launcher,
+            uri,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until the gateway holds both backends (`/readyz` counts them).
+    pub(crate) async fn ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let response = http().get(self.url("/readyz")).send().await.unwrap();
+            let body: Value = response.json().await.unwrap_or_default();
+            if body["backends"]["healthy"] == 2 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not both backends: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn kill_backend(&self, addr: &str) {
+        let pid = self.launcher.backend_pid(addr);
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    }
+
+    /// The ids of every event of `user`, read back through a store of this test's own.
+    pub(crate) async fn stored_ids(&self, user: &str) -> Vec<String> {
+        let uri: StoreUri = self.uri.parse().unwrap();
+        let store = eventsvc::store::open(&uri, StoreLimits::default())
+            .await
+            .unwrap();
+        let (mut ids, mut cursor) = (Vec::new(), None);
+        loop {
+            let page = store
+                .list(Some(user.to_owned()), 1000, cursor)
+                .await
+                .unwrap();
+            ids.extend(page.events.iter().map(|e| e.id.to_string()));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return ids,
+            }
+        }
+    }
+}
+
+impl Front for UpSystem {
+    fn url(&self, path: &str) -> String {
+        self.launcher.url(path)
+    }
+
+    fn backends(&self) -> usize {
+        self.launcher.backends.len()
+    }
+}
