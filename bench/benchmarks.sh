@@ -7,7 +7,8 @@
 # To compare two builds of the servers in one session with the same load tool:
 #   SERVERS=/path/to/old/release SECTIONS="1 2" bash bench/benchmarks.sh
 # (SERVERS: a folder with `eventsvc` and `gateway`; SECTIONS: which of 1-6 to run.)
-# Section 6 needs SecantusDB (`pip install secantusdb`, which gives `secantusd-py`).
+# Section 6 needs SecantusDB (`pip install secantusdb`, which gives `secantusd-py`) and Debian's
+# `postgresql`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
@@ -234,13 +235,23 @@ done
 fi
 
 if section 6; then
-echo "== 6. the store: SQLite vs MongoDB in one run (3 backends, concurrency 32, 10 s each)"
+echo "== 6. the store: SQLite vs MongoDB vs PostgreSQL in one run (3 backends, concurrency 32, 10 s each)"
 echo "   MongoDB here is SecantusDB, a Python server (--sync-on-commit): its figures say where our"
 echo "   code waits on the database, nothing about mongod's speed."
 stop_backends
 secantusd-py --port 13200 --storage-path "$DATA/mongo" --sync-on-commit >>"$DATA/mongo.log" 2>&1 &
 MONGO=$!; PIDS+=($MONGO); wait_port 13200
-for STORE in "sqlite://$DATA/stores.db" "mongodb://127.0.0.1:13200/bench?replicaSet=secantus"; do
+# Debian's PostgreSQL, a cluster of the run's own on 13300 (as the postgres user when root).
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+PGDIR=$(mktemp -d)
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres:postgres "$PGDIR"
+as_postgres "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
+as_postgres "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
+  -o "-p 13300 -k $PGDIR -c listen_addresses=127.0.0.1" start >/dev/null
+"$PGBIN/psql" -h 127.0.0.1 -p 13300 -U postgres -qc "CREATE DATABASE bench"
+for STORE in "sqlite://$DATA/stores.db" "mongodb://127.0.0.1:13200/bench?replicaSet=secantus" \
+    "postgres://postgres@127.0.0.1:13300/bench"; do
   export STORE
   echo "  --store ${STORE%%:*}"
   backend 15000; backend 15001; backend 15002; gateway "$ALL"
@@ -252,4 +263,5 @@ for STORE in "sqlite://$DATA/stores.db" "mongodb://127.0.0.1:13200/bench?replica
 done
 unset STORE
 kill "$MONGO"; wait "$MONGO" 2>/dev/null || true
+as_postgres "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null; rm -rf "$PGDIR"
 fi
