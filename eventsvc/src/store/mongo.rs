@@ -93,21 +93,24 @@ impl MongoStore {
             .map_err(|e| mongo_error(op, e))
     }
 
-    /// The event stored under `id`, if any.
-    async fn stored(&self, op: &'static str, id: Uuid) -> Result<Option<Event>> {
-        let found = self
-            .events
-            .find_one(doc! {"id": id.to_string()})
-            .await
-            .map_err(|e| mongo_error(op, e))?;
-        found.as_ref().map(from_document).transpose()
-    }
-
     /// `publish::publish` on the topic's turn in this process.
     async fn publish_in_turn(&self, new: &NewEvent) -> Result<Event> {
         let _turn = self.turns.take(&new.topic).await;
         publish::publish(&self.events, &self.counters, &self.hints, new).await
     }
+}
+
+/// The event stored under `id`, if any.
+async fn stored(
+    events: &Collection<Document>,
+    op: &'static str,
+    id: Uuid,
+) -> Result<Option<Event>> {
+    let found = events
+        .find_one(doc! {"id": id.to_string()})
+        .await
+        .map_err(|e| mongo_error(op, e))?;
+    found.as_ref().map(from_document).transpose()
 }
 
 /// The `counters` document of `topic`: its newest `seq` and the newest retention dropped.
@@ -124,7 +127,7 @@ impl EventStore for MongoStore {
             // The id is taken (the unique `id` index): a repeat of the request that stored it,
             // or another event.
             Err(err) if is_duplicate_key(&err) && new.id.is_some() => {
-                let stored = self.stored("create", event.id).await?;
+                let stored = stored(&self.events, "create", event.id).await?;
                 new.repeated(stored.ok_or(StoreError::NotFound)?)?
             }
             Err(err) => return Err(mongo_error("create", err)),
@@ -218,9 +221,7 @@ impl EventStore for MongoStore {
     }
 
     async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
-        // Nothing retention has recorded as dropped, even while its deletion is under way.
-        let dropped = retention::dropped_through(&self.counters, topic).await?;
-        let after = i64::try_from(after_seq.max(dropped)).unwrap_or(i64::MAX);
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
         let filter = doc! {"topic": topic, "seq": {"$gt": after}};
         let found = self
             .find("events_after", filter, doc! {"seq": 1}, limit)

@@ -187,7 +187,12 @@ async fn retention_by_count_keeps_the_newest_and_tells_readers_of_the_gap() {
         vec![21, 22, 23, 24, 25]
     );
 
-    // A subscriber resuming from before the oldest kept is told, then gets the rest.
+    a_resumed_subscriber_is_told_the_gap(&base).await;
+}
+
+/// With 25 published on `kept` and 16..=25 kept: a subscriber resuming after 3 gets the gap
+/// frame, then the 10 kept events, then live ones.
+pub(crate) async fn a_resumed_subscriber_is_told_the_gap(base: &str) {
     let (mut frames, _) = subscribe(format!("{base}/subscribe/kept"), Some(3)).await;
     let gap = tokio::time::timeout(Duration::from_secs(10), frames.next())
         .await
@@ -199,7 +204,7 @@ async fn retention_by_count_keeps_the_newest_and_tells_readers_of_the_gap() {
     assert_eq!(gap, json!({"requestedAfter": 3, "oldestAvailable": 16}));
     in_order(&read(&mut frames, 10).await, 16);
     // And live events follow.
-    publish_n(&base, "kept", 1).await;
+    publish_n(base, "kept", 1).await;
     assert_eq!(read(&mut frames, 1).await, vec![26]);
 }
 

@@ -105,22 +105,17 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
     let base = system.gateway.url();
     let topic = "kill.writes";
     let (mut frames, feeding) = subscribe(format!("{base}/subscribe/{topic}"), None).await;
-    let load = MixedLoad::start(&base, topic);
-    until_answered("writes before the kill", 200, || load.answered()).await;
     let victim = system
         .backends
         .iter()
         .find(|b| b.addr.to_string() == feeding)
         .expect("the subscription's backend is one of the system's");
-    victim.signal(Signal::SIGKILL);
-    let at_kill = load.answered();
-    until_answered("writes after the kill", at_kill + 1000, || load.answered()).await;
     let Answered {
         created,
         published,
-        failed,
-    } = load.stop().await;
-    none_failed(&created, &failed);
+        failed: _,
+    } = MixedLoad::through_a_kill(&base, topic, (200, 1000), || victim.signal(Signal::SIGKILL))
+        .await;
 
     // Each acknowledged id once in the store, and nothing else stored by these clients.
     let store = SqliteStore::open(system.db.clone()).await.unwrap();
@@ -173,7 +168,7 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
 }
 
 /// Asserts that no write of a `MixedLoad` failed, showing the first few that did.
-pub(crate) fn none_failed(created: &[String], failed: &[String]) {
+fn none_failed(created: &[String], failed: &[String]) {
     assert!(
         failed.is_empty(),
         "{} of {} writes failed: {:?}",
@@ -268,6 +263,24 @@ impl MixedLoad {
             failed,
             workers,
         }
+    }
+
+    /// Runs the load through `kill`: `before` writes answered before it, `after` more after
+    /// it, then stops; none may have failed.
+    pub(crate) async fn through_a_kill(
+        base: &str,
+        topic: &str,
+        (before, after): (usize, usize),
+        kill: impl FnOnce(),
+    ) -> Answered {
+        let load = MixedLoad::start(base, topic);
+        until_answered("writes before the kill", before, || load.answered()).await;
+        kill();
+        let at_kill = load.answered();
+        until_answered("writes after the kill", at_kill + after, || load.answered()).await;
+        let answered = load.stop().await;
+        none_failed(&answered.created, &answered.failed);
+        answered
     }
 
     /// Writes answered so far, failures included.

@@ -15,7 +15,7 @@ use mongodb::{
     bson::{Document, doc},
 };
 
-use super::{counter_id, from_document, is_duplicate_key, mongo_error, to_document};
+use super::{counter_id, is_duplicate_key, mongo_error, to_document};
 use crate::store::{Event, NewEvent, Result, StoreError};
 
 /// Seqs a publish tries before giving up as busy: each lost one was taken by another process.
@@ -74,14 +74,10 @@ pub(super) async fn publish(
 
 /// The event stored under `new`'s id, if it names one.
 async fn stored(events: &Collection<Document>, new: &NewEvent) -> Result<Option<Event>> {
-    let Some(id) = new.id else {
-        return Ok(None);
-    };
-    let found = events
-        .find_one(doc! {"id": id.to_string()})
-        .await
-        .map_err(|e| mongo_error("publish", e))?;
-    found.as_ref().map(from_document).transpose()
+    match new.id {
+        Some(id) => super::stored(events, "publish", id).await,
+        None => Ok(None),
+    }
 }
 
 /// The newest `seq` `topic`'s counter records: the newest published, or the newest retention

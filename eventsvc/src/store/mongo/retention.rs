@@ -12,8 +12,8 @@ use mongodb::{
 use super::{Result, Retention, counter_id, mongo_error};
 
 /// One batch: the first topic with events due is trimmed by up to `batch` events. The topic's
-/// new `dropped_through` is recorded before the events go, and readers see nothing at or below
-/// it (`events_after`), so none finds events gone without being told of the gap. Not a
+/// new `dropped_through` is recorded before the events go, so no reader finds events gone
+/// without being told of the gap (history reads answer nothing at or below it). Not a
 /// transaction: one abandoned by a killed backend would hold the topic's counter, and with it
 /// every publish, for a minute (see `publish`). A backend killed between the two steps leaves
 /// events that nobody reads; the topic's next trim removes them.

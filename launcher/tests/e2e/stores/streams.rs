@@ -2,15 +2,15 @@
 //! order, lists in creation order, and a backend's `kill -9` under mixed load (nothing failed,
 //! nothing lost or doubled, `Last-Event-ID` resumes), plus retention's gap frame.
 
-use std::{collections::HashSet, time::Duration};
+use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
 use crate::{
-    lists::{history_becomes, publish_n},
+    lists::{a_resumed_subscriber_is_told_the_gap, history_becomes, publish_n},
     pubsub::{in_order, publish, read, subscribe},
-    support::{Engine, Front, Local, UpSystem, http, until_answered},
-    writes::{Answered, MixedLoad, none_failed},
+    support::{Engine, Front, Local, UpSystem, http},
+    writes::{Answered, MixedLoad},
 };
 
 pub(super) async fn subscribers_on_both_backends_get_every_event_once_in_order(engine: Engine) {
@@ -88,17 +88,14 @@ pub(super) async fn a_backend_kill_9_under_load_fails_nothing_and_loses_nothing(
     system.ready().await;
     let topic = "kill.writes";
     let (mut frames, feeding) = subscribe(system.url(&format!("/subscribe/{topic}")), None).await;
-    let load = MixedLoad::start(&system.url(""), topic);
-    until_answered("writes before the kill", 100, || load.answered()).await;
-    system.kill_backend(&feeding);
-    let at_kill = load.answered();
-    until_answered("writes after the kill", at_kill + 300, || load.answered()).await;
     let Answered {
         created,
         published,
-        failed,
-    } = load.stop().await;
-    none_failed(&created, &failed);
+        failed: _,
+    } = MixedLoad::through_a_kill(&system.url(""), topic, (100, 300), || {
+        system.kill_backend(&feeding)
+    })
+    .await;
     let stored = system.stored_ids("kill-writes").await;
     let unique: HashSet<_> = stored.iter().collect();
     assert_eq!(unique.len(), stored.len(), "an event stored twice");
@@ -135,21 +132,5 @@ pub(super) async fn retention_keeps_the_newest_and_tells_readers_of_the_gap(engi
         history_becomes(&base, "kept", &expected).await.as_deref(),
         Some("16")
     );
-    let (mut frames, _) = subscribe(system.url("/subscribe/kept"), Some(3)).await;
-    let gap = read_frame(&mut frames).await;
-    assert_eq!(gap.event, "gap");
-    let gap: Value = serde_json::from_str(&gap.data).unwrap();
-    assert_eq!(gap, json!({"requestedAfter": 3, "oldestAvailable": 16}));
-    in_order(&read(&mut frames, 10).await, 16);
-    publish_n(&base, "kept", 1).await;
-    assert_eq!(read(&mut frames, 1).await, vec![26]);
-}
-
-async fn read_frame(frames: &mut crate::pubsub::Frames) -> eventsource_stream::Event {
-    use futures::StreamExt;
-    tokio::time::timeout(Duration::from_secs(10), frames.next())
-        .await
-        .expect("a frame")
-        .expect("stream open")
-        .expect("valid SSE")
+    a_resumed_subscriber_is_told_the_gap(&base).await;
 }

@@ -2,17 +2,14 @@
 //! the gateway as real processes, the store named the way its users name it (`MONGO_URI`,
 //! `DATABASE_URL`), on a fresh database.
 
-use std::time::Duration;
-
 use eventsvc::store::{StoreLimits, StoreUri};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Front, Launcher, http};
+use super::{Front, Launcher, wait_healthy};
 
 /// Which database server a system runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,21 +73,9 @@ impl UpSystem {
         }
     }
 
-    /// Waits until the gateway holds both backends (`/readyz` counts them).
+    /// Waits until the gateway holds both backends in its balancer.
     pub(crate) async fn ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let response = http().get(self.url("/readyz")).send().await.unwrap();
-            let body: Value = response.json().await.unwrap_or_default();
-            if body["backends"]["healthy"] == 2 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not both backends: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_healthy(self.launcher.rest, None, 2).await;
     }
 
     pub(crate) fn kill_backend(&self, addr: &str) {
