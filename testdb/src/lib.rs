@@ -2,13 +2,15 @@
 //! its data in a temporary folder, gone when the test is (even when the test process is killed).
 //! A test that needs a server this machine lacks gets `None` and says SKIPPED loudly.
 
+mod certs;
 mod log;
 mod mongo;
 mod postgres;
 mod watchdog;
 
+pub use certs::certificates;
 pub use mongo::{MongoServer, mongo_uri};
-pub use postgres::PostgresServer;
+pub use postgres::{PostgresServer, Setup as PostgresSetup};
 
 /// What a test does with a database server it owns, whatever the engine.
 pub trait Server {

@@ -4,7 +4,8 @@
 //! restart on the same data are there for durability and outage tests.
 
 use std::{
-    os::unix::process::CommandExt,
+    net::{IpAddr, Ipv4Addr},
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -63,9 +64,39 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// How a cluster is set up beyond `initdb`'s defaults.
+pub struct Setup {
+    /// The address it listens on (and its URIs name).
+    pub host: IpAddr,
+    /// A network namespace to run in (`ip netns exec`), for tests across hosts.
+    pub netns: Option<String>,
+    /// `postgresql.conf` settings, `name=value`, given on its command line (restarts keep them).
+    pub settings: Vec<String>,
+    /// `pg_hba.conf` in place of initdb's (which trusts loopback only).
+    pub hba: Option<String>,
+    /// Files copied into the data folder, readable by the server's user only (a TLS key):
+    /// (name there, source).
+    pub files: Vec<(&'static str, PathBuf)>,
+}
+
+impl Default for Setup {
+    fn default() -> Setup {
+        Setup {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            netns: None,
+            settings: Vec::new(),
+            hba: None,
+            files: Vec::new(),
+        }
+    }
+}
+
 /// A PostgreSQL cluster of this test's own; killed and its folder removed when dropped.
 pub struct PostgresServer {
+    host: IpAddr,
     port: u16,
+    netns: Option<String>,
+    settings: Vec<String>,
     dir: PathBuf,
     bin: PathBuf,
     user: Option<(u32, u32)>,
@@ -79,6 +110,18 @@ impl PostgresServer {
     /// Creates and starts a cluster, or says SKIPPED (naming `what`) and returns `None` when
     /// PostgreSQL is not installed here.
     pub fn start(what: &str) -> Option<PostgresServer> {
+        PostgresServer::start_with(what, Setup::default())
+    }
+
+    /// `start`, set up as `setup` says.
+    pub fn start_with(what: &str, setup: Setup) -> Option<PostgresServer> {
+        let Setup {
+            host,
+            netns,
+            settings,
+            hba,
+            files,
+        } = setup;
         let Some(bin) = bin_dir() else {
             skipped(what, "no /usr/lib/postgresql/*/bin");
             return None;
@@ -113,8 +156,24 @@ impl PostgresServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let data = dir.join("data");
+        if let Some(hba) = hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        }
+        for (name, source) in files {
+            let target = data.join(name);
+            std::fs::copy(&source, &target).expect("copy into the data folder");
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod 600");
+            if let Some((uid, gid)) = user {
+                std::os::unix::fs::chown(&target, Some(uid), Some(gid)).expect("chown");
+            }
+        }
         let mut server = PostgresServer {
+            host,
             port: free_port(),
+            netns,
+            settings,
             dir,
             bin,
             user,
@@ -141,34 +200,37 @@ impl PostgresServer {
 
     /// Creates database `name` (owned by `postgres`) and returns its URI.
     pub fn database(&self, name: &str) -> String {
+        self.sql("postgres", &format!("CREATE DATABASE \"{name}\""));
+        self.uri(name)
+    }
+
+    /// Runs `sql` in `database` as `postgres` (psql), and returns what it printed.
+    pub fn sql(&self, database: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args([
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                &format!("CREATE DATABASE \"{name}\""),
-            ])
+            .args(["-h", &self.host.to_string(), "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", database, "-At"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("run psql");
         assert!(
             out.status.success(),
-            "CREATE DATABASE {name}: {}",
+            "{sql}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        self.uri(name)
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// The URI of `database` on this cluster.
     pub fn uri(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!("postgres://postgres@{}/{database}", self.address())
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        match self.host {
+            IpAddr::V4(v4) => format!("{v4}:{}", self.port),
+            IpAddr::V6(v6) => format!("[{v6}]:{}", self.port),
+        }
     }
 
     /// `kill -9` of the postmaster, as on a crash (its backends exit when they notice).
@@ -190,19 +252,41 @@ impl PostgresServer {
     }
 
     fn spawn(&mut self) {
-        let mut postgres = Command::new(self.bin.join("postgres"));
+        let binary = self.bin.join("postgres");
+        let mut postgres = match &self.netns {
+            // `ip netns exec` then `setpriv` exec in turn, so the child is the postmaster.
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]);
+                if let Some((uid, gid)) = self.user {
+                    command
+                        .arg("setpriv")
+                        .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
+                        .arg("--clear-groups");
+                }
+                command.arg(&binary);
+                command
+            }
+            None => {
+                let mut command = Command::new(&binary);
+                if let Some((uid, gid)) = self.user {
+                    command.uid(uid).gid(gid);
+                }
+                command
+            }
+        };
         postgres
             .arg("-D")
             .arg(self.dir.join("data"))
             .args(["-p", &self.port.to_string()])
             .arg("-k")
             .arg(&self.dir)
-            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", &format!("listen_addresses={}", self.host)])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some((uid, gid)) = self.user {
-            postgres.uid(uid).gid(gid);
+        for setting in &self.settings {
+            postgres.args(["-c", setting]);
         }
         let mut process = postgres.spawn().expect("start postgres");
         self.watchdog.watch(process.id());
@@ -243,26 +327,7 @@ mod tests {
         let Some(mut server) = PostgresServer::start("the PostgreSQL helper") else {
             return;
         };
-        let psql = |server: &PostgresServer, sql: &str| {
-            let out = Command::new(server.bin.join("psql"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &server.port.to_string(),
-                    "-U",
-                    "postgres",
-                ])
-                .args(["-d", "t", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        };
+        let psql = |server: &PostgresServer, sql: &str| server.sql("t", sql);
         let uri = server.database("t");
         assert!(uri.ends_with("/t"), "{uri}");
         psql(

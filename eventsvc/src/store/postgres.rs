@@ -8,30 +8,27 @@
 //! and its connection hands `NOTIFY` messages to the caller, which the feed needs. A backend
 //! killed in a transaction holds nothing: the server aborts it when the connection drops.
 
+mod connect;
 mod follow;
 mod keys;
 mod retention;
 mod rows;
 
-use std::{str::FromStr, time::Duration};
-
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::stream::BoxStream;
-use tokio_postgres::{NoTls, error::SqlState};
+use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use super::{
     Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, OpenError, Result,
     Retention, StoreError,
 };
+use connect::{CONNECT_TIMEOUT, Connect};
 use rows::{COLUMNS, insert, to_event};
 
 /// Connections per process.
 const POOL_SIZE: usize = 16;
-/// How long a call waits for a connection (a new one included) before the store is
-/// unavailable: well inside the gateway's request deadline.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The channel publishes notify on.
 const CHANNEL: &str = "events_published";
 
@@ -93,7 +90,21 @@ fn pg_error(op: &'static str, err: tokio_postgres::Error) -> StoreError {
                 || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>())
         }
     };
-    StoreError::from_driver(op, err, unavailable)
+    // The driver's own text is one word ("db error"); what the server said is its source.
+    let mut reason = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        reason = format!("{reason}: {cause}");
+        source = cause.source();
+    }
+    if unavailable {
+        StoreError::Unavailable { op, reason }
+    } else {
+        StoreError::Internal {
+            op,
+            source: reason.into(),
+        }
+    }
 }
 
 /// No connection to be had: the server is unreachable or every connection is busy.
@@ -115,8 +126,8 @@ fn is_unique_violation(err: &tokio_postgres::Error) -> bool {
 /// transaction on the server, so several backends on one database agree.
 pub struct PostgresStore {
     pool: Pool,
-    /// What `follow` connects with: a connection of its own, outside the pool.
-    config: tokio_postgres::Config,
+    /// What `follow` and `ping` connect with: connections of their own, outside the pool.
+    connect: Connect,
 }
 
 impl PostgresStore {
@@ -124,13 +135,10 @@ impl PostgresStore {
     /// store ready to serve; fails with a one-line reason.
     pub async fn open(uri: &str) -> Result<Self, OpenError> {
         let fail = |reason: String| OpenError::Postgres { reason };
-        let mut config =
-            tokio_postgres::Config::from_str(uri).map_err(|e| fail(format!("invalid URI: {e}")))?;
-        config.connect_timeout(CONNECT_TIMEOUT);
-        config.application_name("eventsvc");
+        let connect = Connect::from_uri(uri).map_err(fail)?;
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            connect.config.clone(),
+            connect.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -142,7 +150,7 @@ impl PostgresStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| fail(e.to_string()))?;
-        let store = Self { pool, config };
+        let store = Self { pool, connect };
         store
             .migrate()
             .await
@@ -386,7 +394,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>> {
-        follow::follow(&self.config, self.pool.clone()).await
+        follow::follow(&self.connect, self.pool.clone()).await
     }
 
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {
@@ -412,14 +420,16 @@ impl EventStore for PostgresStore {
     async fn ping(&self) -> Result<()> {
         // A connection of its own: whether the server answers, not whether the pool has one
         // free under load.
-        let (client, connection) =
-            tokio::time::timeout(CONNECT_TIMEOUT, self.config.connect(NoTls))
-                .await
-                .map_err(|_| StoreError::Unavailable {
-                    op: "ping",
-                    reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
-                })?
-                .map_err(|e| pg_error("ping", e))?;
+        let (client, connection) = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.connect.config.connect(self.connect.tls.clone()),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable {
+            op: "ping",
+            reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+        })?
+        .map_err(|e| pg_error("ping", e))?;
         let connection = tokio::spawn(connection);
         let answered = client.simple_query("SELECT 1").await;
         drop(client);

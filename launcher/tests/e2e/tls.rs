@@ -2,91 +2,12 @@
 //! gets HTTP/2 by ALPN from the gateway, mTLS from the gateway to backends that require client
 //! certificates, and those backends refusing a gateway (and a gRPC client) without one.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use reqwest::{StatusCode, Version};
 use serde_json::{Value, json};
 
 use crate::support::{Launch, Server};
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by the CA.
-fn certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("openssl CLI");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=events test CA",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, subject) in [("server", "/CN=localhost"), ("client", "/CN=gateway")] {
-        let (key, csr, pem, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        openssl(
-            &[
-                &["req"][..],
-                &ec,
-                &["-keyout", &key, "-out", &csr, "-subj", subject],
-            ]
-            .concat(),
-        );
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "1",
-            "-extfile",
-            &ext,
-        ]);
-    }
-}
 
 fn https_client(ca: &Path) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
@@ -115,7 +36,7 @@ async fn healthy(client: &reqwest::Client, gateway: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn https_with_http2_to_the_gateway_and_mtls_to_the_backends() {
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    testdb::certificates(dir.path());
     let file = |name: &str| dir.path().join(name).display().to_string();
     let store = format!("sqlite://{}", file("events.db"));
     let (server_pem, server_key, ca, client_pem, client_key) = (

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use futures::{StreamExt, stream::BoxStream};
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{CHANNEL, COLUMNS, pg_error, pool_error, to_event};
+use super::{CHANNEL, COLUMNS, Connect, pg_error, pool_error, to_event};
 use crate::store::{Event, Result, StoreError};
 
 /// Notifications read ahead of the events being fetched; past it the connection is not read
@@ -32,11 +32,12 @@ fn parse(payload: &str) -> Option<(i64, String)> {
 
 /// Starts following: every publish that commits after this returns is in the stream.
 pub(super) async fn follow(
-    config: &tokio_postgres::Config,
+    connect: &Connect,
     pool: Pool,
 ) -> Result<BoxStream<'static, Result<Event>>> {
-    let (client, mut connection) = config
-        .connect(NoTls)
+    let (client, mut connection) = connect
+        .config
+        .connect(connect.tls.clone())
         .await
         .map_err(|e| pg_error("follow", e))?;
     let (notes, received) = mpsc::channel::<Result<(i64, String)>>(AHEAD);
