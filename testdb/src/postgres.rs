@@ -306,6 +306,11 @@ impl PostgresServer {
         }
     }
 
+    /// The server's last log lines.
+    pub fn log(&self) -> String {
+        self.logs.text()
+    }
+
     /// The cluster's folder (its data is `data/` in it).
     pub fn dir(&self) -> &Path {
         &self.dir

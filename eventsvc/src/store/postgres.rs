@@ -70,6 +70,40 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (scope, key)
      );
      CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);",
+    // 2: a publish in one statement. The topic's row is locked from its counter's increment
+    // to commit; inside one call that is the server's own work, never a round trip to a
+    // backend, so a backend cut off mid-publish cannot leave the lock held (and its topic's
+    // publishes waiting) on a session nobody will finish. The keyed outcome is the event as
+    // answered (`outcome::encode_up_to_seq` and the seq); `EV409`: the key is another
+    // request's now. Notifies `seq:topic` (`follow`).
+    "CREATE FUNCTION publish_event(
+         p_id UUID, p_user_id BYTEA, p_title BYTEA, p_description BYTEA, p_completed BOOLEAN,
+         p_created_at BIGINT, p_topic TEXT, p_data TEXT, p_time BIGINT,
+         p_key_scope BYTEA, p_key TEXT, p_outcome_head TEXT, p_channel TEXT
+     ) RETURNS BIGINT LANGUAGE plpgsql AS $$
+     DECLARE
+         new_seq BIGINT;
+     BEGIN
+         INSERT INTO topics (topic, last_seq) VALUES (p_topic, 1)
+             ON CONFLICT (topic) DO UPDATE SET last_seq = topics.last_seq + 1
+             RETURNING last_seq INTO new_seq;
+         INSERT INTO events
+             (id, user_id, title, description, completed, created_at, topic, data, time, seq)
+             VALUES (p_id, p_user_id, p_title, p_description, p_completed, p_created_at,
+                     p_topic, p_data, p_time, new_seq);
+         IF p_key IS NOT NULL THEN
+             UPDATE idempotency_keys
+                 SET outcome = p_outcome_head || new_seq || '}', lease_until = NULL
+                 WHERE scope = p_key_scope AND key = p_key AND event_id = p_id::TEXT
+                   AND outcome IS NULL;
+             IF NOT FOUND THEN
+                 RAISE EXCEPTION 'the idempotency key is another request''s'
+                     USING ERRCODE = 'EV409';
+             END IF;
+         END IF;
+         PERFORM pg_notify(p_channel, new_seq || ':' || p_topic);
+         RETURN new_seq;
+     END $$;",
 ];
 
 /// A full disk is `Full`; a lost connection, a server shutting down or a conflict to retry is
@@ -328,55 +362,30 @@ impl EventStore for PostgresStore {
     }
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {
-        let fail = |e| pg_error("publish", e);
-        let mut client = self.client("publish").await?;
-        let tx = client.transaction().await.map_err(fail)?;
+        let client = self.client("publish").await?;
         // A repeat of a publish that committed: its event and seq, no second one.
         if let Some(id) = new.id
-            && let Some(existing) = Self::find(&tx, "publish", id).await?
+            && let Some(existing) = Self::find(&client, "publish", id).await?
         {
             let event = new.repeated(existing)?;
             if let Some(key) = &new.key {
-                keys::answer(&tx, "publish", key, &event).await?;
-                tx.commit().await.map_err(fail)?;
+                keys::answer(&client, "publish", key, &event).await?;
             }
             return Ok(event);
         }
-        // The topic's row stays locked until commit: the next publisher of the topic waits,
-        // so seqs commit in order.
-        let seq: i64 = tx
-            .query_one(
-                "INSERT INTO topics (topic, last_seq) VALUES ($1, 1)
-                 ON CONFLICT (topic) DO UPDATE SET last_seq = topics.last_seq + 1
-                 RETURNING last_seq",
-                &[&new.topic],
-            )
-            .await
-            .map_err(fail)?
-            .get(0);
-        let event = new.clone().into_event(Some(seq as u64));
-        match insert(&tx, &event).await {
-            Ok(()) => {}
+        let event = new.clone().into_event(Some(0));
+        match rows::publish(&client, &event, new.key.as_ref(), CHANNEL).await {
+            Ok(seq) => Ok(Event { seq, ..event }),
             // The same id published meanwhile by another request: that one's answer.
             Err(err) if is_unique_violation(&err) && new.id.is_some() => {
-                drop(tx);
                 let stored = Self::find(&client, "publish", event.id).await?;
-                return new.repeated(stored.ok_or(StoreError::NotFound)?);
+                new.repeated(stored.ok_or(StoreError::NotFound)?)
             }
-            Err(err) => return Err(fail(err)),
+            Err(err) if err.code().map(SqlState::code) == Some(rows::KEY_TAKEN) => {
+                Err(StoreError::KeyInFlight)
+            }
+            Err(err) => Err(pg_error("publish", err)),
         }
-        if let Some(key) = &new.key {
-            keys::answer(&tx, "publish", key, &event).await?;
-        }
-        // Delivered to listeners at commit, in commit order.
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&CHANNEL, &follow::payload(&event)],
-        )
-        .await
-        .map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
-        Ok(event)
     }
 
     async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {

@@ -114,6 +114,7 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
         created,
         published,
         failed: _,
+        slowest_failure: _,
     } = MixedLoad::through_a_kill(&base, topic, (200, 1000), || victim.signal(Signal::SIGKILL))
         .await;
 
@@ -186,15 +187,19 @@ pub(crate) struct Answered {
     pub(crate) published: Vec<u64>,
     /// Every write that failed: what, the status and the body.
     pub(crate) failed: Vec<String>,
+    /// How long the slowest failure took to be answered (a hang shows here).
+    pub(crate) slowest_failure: Duration,
 }
 
 /// Creates (user `kill-writes`) and publishes (on one topic) from eight clients, half of them
-/// sending an `Idempotency-Key`, until stopped.
+/// sending an `Idempotency-Key` (of this load's own: loads one after another never share one),
+/// until stopped.
 pub(crate) struct MixedLoad {
     stop: Arc<std::sync::atomic::AtomicBool>,
     created: Arc<Mutex<Vec<String>>>,
     published: Arc<Mutex<Vec<u64>>>,
     failed: Arc<Mutex<Vec<String>>>,
+    slowest_failure: Arc<Mutex<Duration>>,
     workers: tokio::task::JoinSet<()>,
 }
 
@@ -204,15 +209,19 @@ impl MixedLoad {
         let created = Arc::new(Mutex::new(Vec::new()));
         let published = Arc::new(Mutex::new(Vec::new()));
         let failed = Arc::new(Mutex::new(Vec::new()));
+        let slowest_failure = Arc::new(Mutex::new(Duration::ZERO));
         let mut workers = tokio::task::JoinSet::new();
+        let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         for worker in 0..8 {
-            let (base, topic, stop, created, published, failed) = (
+            let run = run.clone();
+            let (base, topic, stop, created, published, failed, slowest_failure) = (
                 base.to_owned(),
                 topic.to_owned(),
                 stop.clone(),
                 created.clone(),
                 published.clone(),
                 failed.clone(),
+                slowest_failure.clone(),
             );
             workers.spawn(async move {
                 let client = http();
@@ -230,9 +239,15 @@ impl MixedLoad {
                     };
                     let mut request = client.post(format!("{base}/{path}")).json(&body);
                     if worker % 2 == 0 {
-                        request = request.header("idempotency-key", format!("w{worker}-{n}"));
+                        request = request.header("idempotency-key", format!("{run}-w{worker}-{n}"));
                     }
-                    match request.send().await {
+                    let sent = std::time::Instant::now();
+                    let answer = request.send().await;
+                    if !answer.as_ref().is_ok_and(|r| r.status().is_success()) {
+                        let mut slowest = slowest_failure.lock().unwrap();
+                        *slowest = (*slowest).max(sent.elapsed());
+                    }
+                    match answer {
                         Ok(r) if r.status().is_success() => {
                             let body: Value = r.json().await.unwrap();
                             created
@@ -261,6 +276,7 @@ impl MixedLoad {
             created,
             published,
             failed,
+            slowest_failure,
             workers,
         }
     }
@@ -298,6 +314,7 @@ impl MixedLoad {
             created: self.created.lock().unwrap().clone(),
             published,
             failed: self.failed.lock().unwrap().clone(),
+            slowest_failure: *self.slowest_failure.lock().unwrap(),
         }
     }
 }

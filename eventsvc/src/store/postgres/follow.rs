@@ -20,11 +20,7 @@ use crate::store::{Event, Result, StoreError};
 /// until the feed catches up (the server holds the rest).
 const AHEAD: usize = 1024;
 
-/// What a publish notifies: its `seq` and topic.
-pub(super) fn payload(event: &Event) -> String {
-    format!("{}:{}", event.seq, event.topic)
-}
-
+/// What a publish notifies (`publish_event`): `seq:topic`.
 fn parse(payload: &str) -> Option<(i64, String)> {
     let (seq, topic) = payload.split_once(':')?;
     Some((seq.parse().ok()?, topic.to_owned()))

@@ -7,7 +7,10 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::store::{Event, JsonObject, Result, StoreError};
+use crate::store::{Event, JsonObject, KeyClaim, Result, StoreError, outcome};
+
+/// What `publish_event` raises when the idempotency key is no longer the write's claim.
+pub(super) const KEY_TAKEN: &str = "EV409";
 
 /// The columns every event query selects, in `to_event`'s order.
 pub(super) const COLUMNS: &str =
@@ -87,4 +90,50 @@ pub(super) async fn insert(
         )
         .await?;
     Ok(())
+}
+
+/// Publishes `e` in one call of `publish_event` (its `seq` the topic's next), recording it as
+/// the answer to `key`'s claim; the `seq` given.
+pub(super) async fn publish(
+    client: &impl GenericClient,
+    e: &Event,
+    key: Option<&KeyClaim>,
+    channel: &str,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let Event {
+        id,
+        user_id,
+        title,
+        description,
+        completed,
+        created_at,
+        topic,
+        data,
+        time,
+        seq: _,
+    } = e;
+    let data = data
+        .as_ref()
+        .map(|d| serde_json::Value::Object(d.clone()).to_string());
+    let row = client
+        .query_one(
+            "SELECT publish_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            &[
+                id,
+                &user_id.as_bytes(),
+                &title.as_bytes(),
+                &description.as_bytes(),
+                completed,
+                &created_at.timestamp_millis(),
+                topic,
+                &data,
+                &time.map(|t| t.timestamp_millis()),
+                &key.map(|k| k.scope.as_bytes()),
+                &key.map(|k| &k.key),
+                &key.map(|_| outcome::encode_up_to_seq(e)),
+                &channel,
+            ],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
 }

@@ -92,6 +92,7 @@ pub(super) async fn a_backend_kill_9_under_load_fails_nothing_and_loses_nothing(
         created,
         published,
         failed: _,
+        slowest_failure: _,
     } = MixedLoad::through_a_kill(&system.url(""), topic, (100, 300), || {
         system.kill_backend(&feeding)
     })
