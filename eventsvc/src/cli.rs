@@ -34,6 +34,11 @@ pub struct StoreArgs {
     #[arg(long, env = "STORE_URI", hide_env_values = true)]
     pub store: Option<String>,
 
+    /// File holding the store URI (a Docker or Kubernetes secret), for a URI with a password,
+    /// which a command line or the environment would show; used when --store is not given.
+    #[arg(long, env = "STORE_URI_FILE")]
+    pub store_file: Option<PathBuf>,
+
     /// MongoDB URI, the store when --store is not given.
     #[arg(long, env = "MONGO_URI", hide_env_values = true)]
     pub mongo_uri: Option<String>,
@@ -63,7 +68,21 @@ pub struct StoreArgs {
 impl StoreArgs {
     /// The chosen store as written (it may hold credentials: never log it, use `uri()`'s
     /// `Display`).
-    pub fn chosen(&self) -> String {
+    pub fn chosen(&self) -> Result<String, UriError> {
+        match (&self.store, &self.store_file) {
+            (None, Some(file)) => match std::fs::read_to_string(file) {
+                Ok(text) => Ok(text.trim().to_owned()),
+                Err(err) => Err(UriError::File {
+                    path: file.clone(),
+                    reason: err.to_string(),
+                }),
+            },
+            _ => Ok(self.given()),
+        }
+    }
+
+    /// The store named by a flag or variable, else SQLite's default.
+    fn given(&self) -> String {
         match (&self.store, &self.mongo_uri, &self.database_url) {
             (Some(store), _, _) => store.clone(),
             (None, Some(mongo), _) => mongo.clone(),
@@ -75,7 +94,7 @@ impl StoreArgs {
     }
 
     pub fn uri(&self) -> Result<StoreUri, UriError> {
-        self.chosen().parse()
+        self.chosen()?.parse()
     }
 
     pub fn retention(&self) -> Retention {
@@ -94,7 +113,17 @@ impl StoreArgs {
     /// The settings besides the URI as the environment of a child `eventsvc` (how `eventsys
     /// up` hands them to its backends).
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
-        let mut env = vec![("STORE_URI", self.chosen())];
+        // A URI in a file stays in its file: the child reads it too.
+        let mut env = match (&self.store, &self.store_file) {
+            (None, Some(file)) => vec![(
+                "STORE_URI_FILE",
+                std::path::absolute(file)
+                    .unwrap_or_else(|_| file.clone())
+                    .display()
+                    .to_string(),
+            )],
+            _ => vec![("STORE_URI", self.given())],
+        };
         if let Some(max) = self.retention_max_events {
             env.push(("RETENTION_MAX_EVENTS", max.to_string()));
         }
@@ -325,6 +354,23 @@ mod tests {
         assert_eq!(c.uri(), Ok(StoreUri::Mongo("mongodb://m:27017".into())));
         c.store = Some("sqlite:///tmp/x.db".into());
         assert_eq!(c.uri(), Ok(StoreUri::Sqlite("/tmp/x.db".into())));
+        // A file comes after --store, before the variables; it is read, and handed on by name.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("uri");
+        std::fs::write(&file, "postgres://u:secret@db/events\n").unwrap();
+        c.store_file = Some(file.clone());
+        assert_eq!(c.uri(), Ok(StoreUri::Sqlite("/tmp/x.db".into())));
+        c.store = None;
+        assert_eq!(
+            c.uri(),
+            Ok(StoreUri::Postgres("postgres://u:secret@db/events".into()))
+        );
+        let env = c.to_env();
+        assert_eq!(env[0], ("STORE_URI_FILE", file.display().to_string()));
+        assert!(!format!("{env:?}").contains("secret"));
+        c.store_file = Some(dir.path().join("missing"));
+        let err = c.uri().unwrap_err().to_string();
+        assert!(err.starts_with("cannot read the store URI file"), "{err}");
     }
 
     #[test]

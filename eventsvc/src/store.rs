@@ -338,16 +338,20 @@ pub enum StoreUri {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UriError {
-    #[error(
-        "store URI {0:?} has no scheme: expected sqlite://PATH, mongodb://HOST or postgres://HOST"
-    )]
-    NoScheme(String),
+    /// (Without the text: with no scheme it may be anything, a password included.)
+    #[error("store URI has no scheme: expected sqlite://PATH, mongodb://HOST or postgres://HOST")]
+    NoScheme,
     #[error(
         "store URI scheme {0:?} is not supported: expected sqlite://, mongodb:// or postgres://"
     )]
     Scheme(String),
     #[error("store URI {0:?} names no database file")]
     EmptyPath(String),
+    #[error("cannot read the store URI file {path}: {reason}")]
+    File {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl std::str::FromStr for StoreUri {
@@ -356,7 +360,7 @@ impl std::str::FromStr for StoreUri {
     fn from_str(uri: &str) -> Result<Self, UriError> {
         let uri = uri.trim();
         let Some((scheme, rest)) = uri.split_once("://") else {
-            return Err(UriError::NoScheme(uri.to_owned()));
+            return Err(UriError::NoScheme);
         };
         match scheme.to_ascii_lowercase().as_str() {
             "sqlite" if rest.is_empty() => Err(UriError::EmptyPath(uri.to_owned())),
@@ -449,7 +453,7 @@ mod tests {
         );
         assert!(matches!(
             "data/events.db".parse::<StoreUri>(),
-            Err(UriError::NoScheme(_))
+            Err(UriError::NoScheme)
         ));
         assert_eq!(
             "postgres://x/db".parse(),

@@ -70,10 +70,9 @@ impl Plan {
         if args.count == 0 {
             return Err(Fatal::Config("--backends must be at least 1".into()));
         }
-        let store = args.store.chosen();
-        args.store
-            .uri()
-            .map_err(|e| Fatal::Config(format!("invalid store: {e}")))?;
+        let invalid = |e| Fatal::Config(format!("invalid store: {e}"));
+        let store = args.store.chosen().map_err(invalid)?;
+        store.parse::<StoreUri>().map_err(invalid)?;
         let backend_ports = if args.base_port == 0 {
             vec![0; usize::from(args.count)]
         } else {

@@ -1,5 +1,5 @@
 //! The deployment files, made correct by validation (no container runtime or cluster here):
-//! the Dockerfile under `hadolint`, the compose file under the compose-spec schema, every
+//! the Dockerfile under `hadolint`, the compose files under the compose-spec schema, every
 //! Kubernetes manifest and the kustomization's whole output (secrets generated, the HTTPS
 //! component applied) under `kubernetes-validate` for a current Kubernetes, and every flag and
 //! variable the files give the servers one the servers take.
@@ -36,17 +36,22 @@ fn the_dockerfile_passes_hadolint() {
     validate("hadolint", &[dockerfile.to_str().unwrap()]);
 }
 
+/// The compose files: MongoDB's and PostgreSQL's.
+const COMPOSE: [&str; 2] = ["compose.yaml", "compose.postgres.yaml"];
+
 #[test]
-fn the_compose_file_matches_the_compose_spec() {
-    let compose = deploy().join("compose.yaml");
-    validate(
-        "check-jsonschema",
-        &[
-            "--builtin-schema",
-            "vendor.compose-spec",
-            compose.to_str().unwrap(),
-        ],
-    );
+fn the_compose_files_match_the_compose_spec() {
+    for file in COMPOSE {
+        let compose = deploy().join(file);
+        validate(
+            "check-jsonschema",
+            &[
+                "--builtin-schema",
+                "vendor.compose-spec",
+                compose.to_str().unwrap(),
+            ],
+        );
+    }
 }
 
 const MANIFESTS: [&str; 4] = [
@@ -84,8 +89,8 @@ fn the_kubernetes_manifests_validate() {
     )
     .unwrap();
     std::fs::write(
-        copy.join("secrets/mongo-uri"),
-        "mongodb://mongo:27017/events?replicaSet=rs0",
+        copy.join("secrets/store-uri"),
+        "postgres://events:a-password@db:5432/events?sslmode=verify-full&sslrootcert=system",
     )
     .unwrap();
     std::fs::write(copy.join("https/secrets/tls.crt"), "not a real certificate").unwrap();
@@ -115,6 +120,12 @@ fn the_kubernetes_manifests_validate() {
         built.contains("TLS_CERT") && built.contains("scheme: HTTPS"),
         "{built}"
     );
+    // The store's URI reaches the backends as a file, never in their environment.
+    assert!(built.contains("STORE_URI_FILE"), "{built}");
+    assert!(
+        !built.contains("a-password"),
+        "a secret's value in plain text:\n{built}"
+    );
 }
 
 /// Every `--flag` and variable (`NAME: value`, `- name: NAME`) the compose file and the
@@ -129,10 +140,21 @@ fn the_files_pass_only_flags_and_variables_the_servers_take() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let known = format!("{}\n{}", help("gateway"), help("backend"));
-    // Read by the logging set-up, not by flags; and mongosh's own flags.
-    let not_ours = ["RUST_LOG", "LOG_FORMAT", "--quiet", "--eval"];
+    // Read by the logging set-up, not by flags; mongosh's and pg_isready's own flags, and the
+    // postgres image's own variables.
+    let not_ours = [
+        "RUST_LOG",
+        "LOG_FORMAT",
+        "--quiet",
+        "--eval",
+        "--username",
+        "--dbname",
+        "POSTGRES_USER",
+        "POSTGRES_DB",
+        "POSTGRES_PASSWORD_FILE",
+    ];
     let upper = |w: &str| w.len() >= 4 && w.chars().all(|c| c.is_ascii_uppercase() || c == '_');
-    let mut files = vec![deploy().join("compose.yaml")];
+    let mut files: Vec<_> = COMPOSE.iter().map(|f| deploy().join(f)).collect();
     files.extend(MANIFESTS.iter().map(|f| deploy().join("k8s").join(f)));
     files.push(deploy().join("k8s/https/gateway-https.yaml"));
     let mut checked = 0;

@@ -1,6 +1,7 @@
 //! The whole system on a database server as a user runs it: `eventsys up` with two backends and
-//! the gateway as real processes, the store named the way its users name it (`MONGO_URI`,
-//! `DATABASE_URL`), on a fresh database.
+//! the gateway as real processes, the store named the way its users name it (`MONGO_URI`; for
+//! PostgreSQL a file, `STORE_URI_FILE`, as the deploy files hand over a URI with a password), on
+//! a fresh database.
 
 use eventsvc::store::{StoreLimits, StoreUri};
 use nix::{
@@ -58,12 +59,14 @@ impl UpSystem {
     /// On the database `uri` names, with `flags` for `eventsys up`.
     pub(crate) async fn up_on(uri: String, flags: &[&str], env: &[(&str, &str)]) -> UpSystem {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let variable = if uri.starts_with("mongodb") {
-            "MONGO_URI"
+        let file = dir.path().join("store-uri");
+        let named = if uri.starts_with("mongodb") {
+            ("MONGO_URI", uri.clone())
         } else {
-            "DATABASE_URL"
+            std::fs::write(&file, &uri).expect("write the store URI file");
+            ("STORE_URI_FILE", file.display().to_string())
         };
-        let mut all = vec![(variable, uri.as_str())];
+        let mut all = vec![(named.0, named.1.as_str())];
         all.extend_from_slice(env);
         let launcher = Launcher::start_backends(dir.path(), 2, flags, &all).await;
         UpSystem {
