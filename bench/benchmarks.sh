@@ -262,6 +262,23 @@ for STORE in "sqlite://$DATA/stores.db" "mongodb://127.0.0.1:13200/bench?replica
   stop_gateway; stop_backends
 done
 unset STORE
+# The references: PostgreSQL's own client on the same server and disk, 32 clients, 10 s each.
+# A one-row INSERT into an event-shaped table (what a create could reach), and the store's own
+# publish function called directly (what a publish on one topic could reach without the
+# gateway, the backends and their round trips).
+"$PGBIN/psql" -h 127.0.0.1 -p 13300 -U postgres -d bench -qc "CREATE TABLE pgbench_events
+  (pk BIGSERIAL PRIMARY KEY, id UUID NOT NULL UNIQUE, user_id BYTEA NOT NULL, title BYTEA NOT NULL,
+   description BYTEA NOT NULL, completed BOOLEAN NOT NULL, created_at BIGINT NOT NULL,
+   topic TEXT NOT NULL, data TEXT, time BIGINT, seq BIGINT)"
+echo "INSERT INTO pgbench_events (id, user_id, title, description, completed, created_at, topic)
+  VALUES (gen_random_uuid(), 'pgbench', 'pgbench', '', false, 0, '');" > "$PGDIR/insert.sql"
+echo "SELECT publish_event(gen_random_uuid(), 'pgbench', 'pgbench', '', false, 0, 'pgbench', NULL,
+  0, NULL, NULL, NULL, 'events_published');" > "$PGDIR/publish.sql"
+for script in insert publish; do
+  echo "  reference: pgbench -c 32 -j 2 -T 10 -f $script.sql (one-row $script per transaction)"
+  "$PGBIN/pgbench" -h 127.0.0.1 -p 13300 -U postgres -n -c 32 -j 2 -T 10 -f "$PGDIR/$script.sql" bench 2>&1 \
+    | grep -E "^(tps|latency average)" | sed 's/^/    /'
+done
 kill "$MONGO"; wait "$MONGO" 2>/dev/null || true
 as_postgres "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null; rm -rf "$PGDIR"
 fi

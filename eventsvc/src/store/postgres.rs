@@ -124,13 +124,7 @@ fn pg_error(op: &'static str, err: tokio_postgres::Error) -> StoreError {
                 || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>())
         }
     };
-    // The driver's own text is one word ("db error"); what the server said is its source.
-    let mut reason = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        reason = format!("{reason}: {cause}");
-        source = cause.source();
-    }
+    let reason = with_sources(&err);
     if unavailable {
         StoreError::Unavailable { op, reason }
     } else {
@@ -139,6 +133,18 @@ fn pg_error(op: &'static str, err: tokio_postgres::Error) -> StoreError {
             source: reason.into(),
         }
     }
+}
+
+/// `err` and its sources: the driver's own text is a few words ("db error", "invalid connection
+/// string"); what the server or the parser said is its source.
+fn with_sources(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 /// No connection to be had: the server is unreachable or every connection is busy.

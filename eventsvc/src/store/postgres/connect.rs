@@ -102,7 +102,7 @@ impl Connect {
             format!("{base}?{}", kept.join("&"))
         };
         let mut config = tokio_postgres::Config::from_str(&driver_uri)
-            .map_err(|e| format!("invalid URI: {e}"))?;
+            .map_err(|e| format!("invalid URI: {}", super::with_sources(&e)))?;
         config.ssl_mode(ssl_mode);
         let gave = |key: &str| given.iter().any(|k| k == key);
         if !gave("connect_timeout") {
@@ -322,6 +322,9 @@ mod tests {
         let err = read("postgres://u:hunter2@h/db?nonsense=1").err().unwrap();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.starts_with("invalid URI"), "{err}");
+        // Client certificates are not supported: refused, not ignored.
+        let err = read("postgres://h/db?sslcert=/c.pem").err().unwrap();
+        assert!(err.contains("sslcert"), "{err}");
     }
 
     #[test]
