@@ -249,6 +249,8 @@ as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$
 as_postgres "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
 as_postgres "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
   -o "-p 13300 -k $PGDIR -c listen_addresses=127.0.0.1" start >/dev/null
+# Stopped with the rest on any exit (the postmaster's pid).
+PIDS+=("$(head -1 "$PGDIR/data/postmaster.pid")")
 "$PGBIN/psql" -h 127.0.0.1 -p 13300 -U postgres -qc "CREATE DATABASE bench"
 for STORE in "sqlite://$DATA/stores.db" "mongodb://127.0.0.1:13200/bench?replicaSet=secantus" \
     "postgres://postgres@127.0.0.1:13300/bench"; do
@@ -277,7 +279,7 @@ echo "SELECT publish_event(gen_random_uuid(), 'pgbench', 'pgbench', '', false, 0
 for script in insert publish; do
   echo "  reference: pgbench -c 32 -j 2 -T 10 -f $script.sql (one-row $script per transaction)"
   "$PGBIN/pgbench" -h 127.0.0.1 -p 13300 -U postgres -n -c 32 -j 2 -T 10 -f "$PGDIR/$script.sql" bench 2>&1 \
-    | grep -E "^(tps|latency average)" | sed 's/^/    /'
+    | grep -E "^(tps|latency average)|ERROR" | sed 's/^/    /' || true
 done
 kill "$MONGO"; wait "$MONGO" 2>/dev/null || true
 as_postgres "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null; rm -rf "$PGDIR"

@@ -355,7 +355,11 @@ async fn topics_are_spread_over_the_backends_one_stream_each() {
     }
     println!("12 topics: {per_backend:?}");
     assert_eq!(per_backend.len(), 3, "{per_backend:?}");
-    assert!(per_backend.values().all(|n| *n >= 3), "{per_backend:?}");
+    // Power of two choices over open streams, not round-robin: 4/4/4 is likeliest, and 2/5/5
+    // (the emptiest backend left out of four pairs in a row) came up once in CI, a chance of
+    // about 1 in 50. A backend left with 1 or none would take six or more such picks: about 1 in
+    // 1,000, and a balancer that ignored the streams would do it far more often.
+    assert!(per_backend.values().all(|n| *n >= 2), "{per_backend:?}");
     let load: Value = http()
         .get(system.url("/load"))
         .send()
