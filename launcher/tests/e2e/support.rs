@@ -21,7 +21,8 @@ mod up_system;
 use std::time::Duration;
 
 pub(crate) use clients::{
-    TokenMode, grpcurl, grpcurl_call, http, raw_http, readyz_becomes, served_by, until_answered,
+    TokenMode, grpcurl, grpcurl_call, http, publish_refused_with_503, raw_http, readyz_becomes,
+    served_by, until_answered,
 };
 pub(crate) use fake::Relay;
 pub(crate) use launch::{EVENTSYS, Launch, Process, Server};
@@ -29,7 +30,7 @@ pub(crate) use local::Local;
 pub(crate) use metrics::{Scrape, metric, series_value};
 pub(crate) use system::{Front, Single, System, wait_healthy};
 pub(crate) use up::Launcher;
-pub(crate) use up_system::{Engine, UpSystem};
+pub(crate) use up_system::{Engine, UpSystem, stored_ids_at};
 
 /// Held by tests that load the machine or measure timing, so they do not run at the same time
 /// as each other on a small CI machine: each measures the system, not its neighbours.

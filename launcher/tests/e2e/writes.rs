@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{
     pubsub::subscribe,
-    support::{EXCLUSIVE, Local, Relay, System, http, until_answered, wait_healthy},
+    support::{EXCLUSIVE, Local, Relay, System, http, stored_ids_at, until_answered, wait_healthy},
 };
 
 /// The first attempt commits on a backend that dies before it answers (a relay to a real
@@ -119,20 +119,7 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
         .await;
 
     // Each acknowledged id once in the store, and nothing else stored by these clients.
-    let store = SqliteStore::open(system.db.clone()).await.unwrap();
-    let mut stored = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = store
-            .list(Some("kill-writes".into()), 1000, cursor)
-            .await
-            .unwrap();
-        stored.extend(page.events.into_iter().map(|e| e.id.to_string()));
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let stored = stored_ids_at(&format!("sqlite://{}", system.db.display()), "kill-writes").await;
     let unique: HashSet<_> = stored.iter().collect();
     assert_eq!(unique.len(), stored.len(), "an event stored twice");
     let acknowledged: HashSet<_> = created.iter().collect();

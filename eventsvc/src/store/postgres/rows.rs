@@ -4,7 +4,7 @@
 
 use chrono::DateTime;
 use deadpool_postgres::GenericClient;
-use tokio_postgres::Row;
+use tokio_postgres::{Row, types::ToSql};
 use uuid::Uuid;
 
 use crate::store::{Event, JsonObject, KeyClaim, Result, StoreError, outcome};
@@ -49,44 +49,81 @@ pub(super) fn to_event(row: &Row) -> Result<Event> {
     })
 }
 
+/// An event's values as the columns hold them, in the order `insert` and `publish_event` take
+/// them: id, user_id, title, description, completed, created_at, topic, data, time.
+struct Values<'e> {
+    id: &'e Uuid,
+    user_id: &'e [u8],
+    title: &'e [u8],
+    description: &'e [u8],
+    completed: &'e bool,
+    created_at: i64,
+    topic: &'e String,
+    data: Option<String>,
+    time: Option<i64>,
+}
+
+impl<'e> Values<'e> {
+    /// `e`'s values, and its `seq` (the one field a publish gives the server to choose).
+    fn of(e: &'e Event) -> (Values<'e>, u64) {
+        // Every field named: a new one does not compile until it has a column.
+        let Event {
+            id,
+            user_id,
+            title,
+            description,
+            completed,
+            created_at,
+            topic,
+            data,
+            time,
+            seq,
+        } = e;
+        let values = Values {
+            id,
+            user_id: user_id.as_bytes(),
+            title: title.as_bytes(),
+            description: description.as_bytes(),
+            completed,
+            created_at: created_at.timestamp_millis(),
+            topic,
+            data: data
+                .as_ref()
+                .map(|d| serde_json::Value::Object(d.clone()).to_string()),
+            time: time.map(|t| t.timestamp_millis()),
+        };
+        (values, *seq)
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+        [
+            self.id,
+            &self.user_id,
+            &self.title,
+            &self.description,
+            self.completed,
+            &self.created_at,
+            self.topic,
+            &self.data,
+            &self.time,
+        ]
+    }
+}
+
 pub(super) async fn insert(
     client: &impl GenericClient,
     e: &Event,
 ) -> std::result::Result<(), tokio_postgres::Error> {
-    // Every field named: a new one does not compile until it has a column.
-    let Event {
-        id,
-        user_id,
-        title,
-        description,
-        completed,
-        created_at,
-        topic,
-        data,
-        time,
-        seq,
-    } = e;
-    let data = data
-        .as_ref()
-        .map(|d| serde_json::Value::Object(d.clone()).to_string());
-    let seq = (*seq > 0).then_some(*seq as i64);
+    let (values, seq) = Values::of(e);
+    let seq = (seq > 0).then_some(seq as i64);
+    let mut params = values.params().to_vec();
+    params.push(&seq);
     client
         .execute(
             "INSERT INTO events
                  (id, user_id, title, description, completed, created_at, topic, data, time, seq)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            &[
-                id,
-                &user_id.as_bytes(),
-                &title.as_bytes(),
-                &description.as_bytes(),
-                completed,
-                &created_at.timestamp_millis(),
-                topic,
-                &data,
-                &time.map(|t| t.timestamp_millis()),
-                &seq,
-            ],
+            &params,
         )
         .await?;
     Ok(())
@@ -100,39 +137,21 @@ pub(super) async fn publish(
     key: Option<&KeyClaim>,
     channel: &str,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
-    let Event {
-        id,
-        user_id,
-        title,
-        description,
-        completed,
-        created_at,
-        topic,
-        data,
-        time,
-        seq: _,
-    } = e;
-    let data = data
-        .as_ref()
-        .map(|d| serde_json::Value::Object(d.clone()).to_string());
+    let (values, _) = Values::of(e);
+    let scope = key.map(|k| k.scope.as_bytes());
+    let name = key.map(|k| &k.key);
+    let outcome_head = key.map(|_| outcome::encode_up_to_seq(e));
+    let mut params = values.params().to_vec();
+    params.extend([
+        &scope as &(dyn ToSql + Sync),
+        &name,
+        &outcome_head,
+        &channel,
+    ]);
     let row = client
         .query_one(
             "SELECT publish_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            &[
-                id,
-                &user_id.as_bytes(),
-                &title.as_bytes(),
-                &description.as_bytes(),
-                completed,
-                &created_at.timestamp_millis(),
-                topic,
-                &data,
-                &time.map(|t| t.timestamp_millis()),
-                &key.map(|k| k.scope.as_bytes()),
-                &key.map(|k| &k.key),
-                &key.map(|_| outcome::encode_up_to_seq(e)),
-                &channel,
-            ],
+            &params,
         )
         .await?;
     Ok(row.get::<_, i64>(0).max(0) as u64)

@@ -142,6 +142,18 @@ impl Net {
         Ok(addr)
     }
 
+    /// Backend hosts `hosts` at `.11`, `.12`, … and the gateway host `gw` at `.10`, whose hosts
+    /// file names them all `NAME`; their addresses, then the gateway's.
+    pub(super) fn backends_and_gateway(&mut self, hosts: &[&str]) -> (Vec<Ipv4Addr>, Ipv4Addr) {
+        let addrs: Vec<_> = (11..)
+            .zip(hosts)
+            .map(|(octet, host)| self.add_host(host, octet).unwrap())
+            .collect();
+        let gateway = self.add_host("gw", 10).unwrap();
+        self.hosts_file("gw", &addrs);
+        (addrs, gateway)
+    }
+
     /// Sets `host`'s port on the switch down (its packets vanish) or up.
     pub(super) fn link(&self, host: &str, up: bool) {
         let state = if up { "up" } else { "down" };
@@ -370,6 +382,21 @@ pub(super) async fn until_healthy(base: &str, backends: usize, gateway: &Remote)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Creates `read` events to read and update and `doomed` more to delete one each (user `mh`):
+/// the ids `load` takes.
+pub(super) async fn events(
+    base: &str,
+    read: usize,
+    doomed: usize,
+) -> (Arc<Vec<String>>, Arc<Mutex<Vec<String>>>) {
+    let mut ids = Vec::new();
+    for _ in 0..read + doomed {
+        ids.push(create(base, None).await["id"].as_str().unwrap().to_owned());
+    }
+    let doomed = ids.split_off(read);
+    (Arc::new(ids), Arc::new(Mutex::new(doomed)))
 }
 
 /// Calls the gateway sent to `backend`, from its `/metrics`.

@@ -17,15 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use eventsvc::store::{EventStore, PostgresStore};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
 use testdb::{PostgresServer, PostgresSetup};
 
-use super::net::{Net, Tally, backend, create, gateway, load, until_healthy};
+use super::net::{Net, Tally, backend, events, gateway, load, until_healthy};
 use crate::{
     pubsub::{Frames, in_order, read, subscribe},
-    support::{EXCLUSIVE, http, readyz_becomes, until_answered},
+    support::{EXCLUSIVE, publish_refused_with_503, readyz_becomes, stored_ids_at, until_answered},
     writes::{Answered, MixedLoad},
 };
 
@@ -87,12 +85,7 @@ async fn across_hosts_on_postgresql_a_lost_database_gives_503s_and_recovers_and_
     };
     let db_addr = net.add_host("db", 20).unwrap();
     let hosts = ["b1", "b2", "b3"];
-    let mut addrs = Vec::new();
-    for (i, host) in hosts.iter().enumerate() {
-        addrs.push(net.add_host(host, 11 + i as u8).unwrap());
-    }
-    let gateway_addr = net.add_host("gw", 10).unwrap();
-    net.hosts_file("gw", &addrs);
+    let (addrs, gateway_addr) = net.backends_and_gateway(&hosts);
     // The test's own port may administer it; every other host logs in with a password.
     let hba = format!(
         "local all all trust\nhost all postgres {}/32 trust\nhost all all {}/24 scram-sha-256\n",
@@ -121,22 +114,11 @@ async fn across_hosts_on_postgresql_a_lost_database_gives_503s_and_recovers_and_
     for (host, addr) in hosts.iter().zip(&addrs) {
         backends.push(backend(&net, host, *addr, &store_uri).await);
     }
-    // The default request deadline (10 s): the outage below is shorter than nothing.
+    // The default request deadline (10 s), which every request keeps through the outages below.
     let (gateway, base) = gateway(&net, "gw", gateway_addr, 3, &["--resolve-interval", "1s"]).await;
 
     // Events to read and update, and to delete one each.
-    let mut events = Vec::new();
-    let mut doomed = Vec::new();
-    for i in 0..300 {
-        let id = create(&base, None).await["id"].as_str().unwrap().to_owned();
-        if i < 50 {
-            events.push(id);
-        } else {
-            doomed.push(id);
-        }
-    }
-    let events = Arc::new(events);
-    let doomed = Arc::new(Mutex::new(doomed));
+    let (events, doomed) = events(&base, 50, 250).await;
     let topic = "multihost.pg";
     let (mut one, _) = subscribe(format!("{base}/subscribe/{topic}"), None).await;
     let (mut two, _) = subscribe(format!("{base}/subscribe/{topic}"), None).await;
@@ -156,17 +138,7 @@ async fn across_hosts_on_postgresql_a_lost_database_gives_503s_and_recovers_and_
     let why = not_ready["message"].as_str().unwrap().to_owned();
     assert!(why.contains("3 NOT_SERVING"), "{not_ready}");
     assert!(why.contains("store does not answer"), "{not_ready}");
-    let started = Instant::now();
-    let refused = http()
-        .post(format!("{base}/publish"))
-        .json(&json!({"topic": topic, "title": "while cut off"}))
-        .send()
-        .await
-        .unwrap();
-    let refused_after = started.elapsed();
-    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    let refused_after = publish_refused_with_503(&base, topic).await;
     assert!(
         refused_after < Duration::from_secs(2),
         "503 after {refused_after:?}"
@@ -244,20 +216,10 @@ async fn across_hosts_on_postgresql_a_lost_database_gives_503s_and_recovers_and_
     acknowledged.extend(killed_load.created.iter().cloned());
 
     // Nothing acknowledged lost: every event acknowledged is in the database.
-    let store = PostgresStore::open(&server.uri("events")).await.unwrap();
-    let mut stored = HashSet::new();
-    let mut cursor = None;
-    loop {
-        let page = store
-            .list(Some("kill-writes".into()), 1000, cursor)
-            .await
-            .unwrap();
-        stored.extend(page.events.into_iter().map(|e| e.id.to_string()));
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let stored: HashSet<_> = stored_ids_at(&server.uri("events"), "kill-writes")
+        .await
+        .into_iter()
+        .collect();
     for id in &acknowledged {
         assert!(stored.contains(id), "acknowledged {id} lost");
     }
@@ -291,7 +253,7 @@ async fn across_hosts_on_postgresql_a_lost_database_gives_503s_and_recovers_and_
         killed_reads.0,
         acknowledged.len(),
     );
-    drop((backends, gateway, store));
+    drop((backends, gateway));
 }
 
 /// The newest `seq` of `topic`, from the database.

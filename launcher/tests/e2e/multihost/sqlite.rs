@@ -16,7 +16,7 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::net::{Net, Tally, backend, calls_to, create, gateway, load};
+use super::net::{Net, Tally, backend, calls_to, create, events, gateway, load};
 use crate::{
     pubsub::subscribe,
     support::{EXCLUSIVE, http},
@@ -31,12 +31,7 @@ async fn across_hosts_a_blackholed_backend_fails_nothing_and_rejoins_and_the_nam
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("events.db").display());
     let hosts = ["b1", "b2", "b3"];
-    let mut addrs = Vec::new();
-    for (i, host) in hosts.iter().enumerate() {
-        addrs.push(net.add_host(host, 11 + i as u8).unwrap());
-    }
-    let gateway_addr = net.add_host("gw", 10).unwrap();
-    net.hosts_file("gw", &addrs);
+    let (addrs, gateway_addr) = net.backends_and_gateway(&hosts);
     let mut backends = Vec::new();
     for (host, addr) in hosts.iter().zip(&addrs) {
         backends.push(backend(&net, host, *addr, &store).await);
@@ -52,18 +47,7 @@ async fn across_hosts_a_blackholed_backend_fails_nothing_and_rejoins_and_the_nam
     .await;
 
     // Events to read and update, and to delete one each.
-    let mut events = Vec::new();
-    let mut doomed = Vec::new();
-    for i in 0..200 {
-        let id = create(&base, None).await["id"].as_str().unwrap().to_owned();
-        if i < 50 {
-            events.push(id);
-        } else {
-            doomed.push(id);
-        }
-    }
-    let events = Arc::new(events);
-    let doomed = Arc::new(Mutex::new(doomed));
+    let (events, doomed) = events(&base, 50, 150).await;
 
     // Two SSE clients of one topic; its hub's backend is the one to lose.
     let topic = "multihost";

@@ -3,12 +3,14 @@
 use std::{collections::HashSet, time::Duration};
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{
     lists::seqs,
     pubsub::{in_order, read, subscribe},
-    support::{Engine, Front, UpSystem, http, readyz_becomes, until_answered},
+    support::{
+        Engine, Front, UpSystem, http, publish_refused_with_503, readyz_becomes, until_answered,
+    },
     writes::{Answered, MixedLoad},
 };
 
@@ -40,18 +42,7 @@ pub(super) async fn the_database_killed_under_load_gives_503s_and_everything_rec
     assert!(why.contains("2 NOT_SERVING"), "{not_ready}");
     assert!(why.contains("store does not answer"), "{not_ready}");
     // A write now: a 503 with the contract's body, well inside the 10 s request deadline.
-    let started = std::time::Instant::now();
-    let refused = http()
-        .post(system.url("/publish"))
-        .json(&json!({"topic": topic, "title": "while down"}))
-        .send()
-        .await
-        .unwrap();
-    let took = started.elapsed();
-    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
-    assert_eq!(body["error"], body["message"], "{body}");
+    let took = publish_refused_with_503(&system.url(""), topic).await;
     assert!(took < Duration::from_secs(5), "503 after {took:?}");
     println!("{engine:?} down: /readyz 503 ({why}); a write 503 after {took:?}");
 

@@ -137,3 +137,21 @@ impl TokenMode {
         ["--auth", "jwt", "--jwt-secret-file", &self.flag]
     }
 }
+
+/// A publish on `topic` through the gateway at `base` now: refused with 503 and the contract's
+/// body (`UNAVAILABLE`); how long the refusal took.
+pub(crate) async fn publish_refused_with_503(base: &str, topic: &str) -> Duration {
+    let started = std::time::Instant::now();
+    let refused = http()
+        .post(format!("{base}/publish"))
+        .json(&serde_json::json!({"topic": topic, "title": "while the store is away"}))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    assert_eq!(body["error"], body["message"], "{body}");
+    took
+}

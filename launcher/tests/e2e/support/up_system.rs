@@ -88,21 +88,26 @@ impl UpSystem {
 
     /// The ids of every event of `user`, read back through a store of this test's own.
     pub(crate) async fn stored_ids(&self, user: &str) -> Vec<String> {
-        let uri: StoreUri = self.uri.parse().unwrap();
-        let store = eventsvc::store::open(&uri, StoreLimits::default())
+        stored_ids_at(&self.uri, user).await
+    }
+}
+
+/// The ids of every event `user` has in the store at `uri`, in list order.
+pub(crate) async fn stored_ids_at(uri: &str, user: &str) -> Vec<String> {
+    let uri: StoreUri = uri.parse().unwrap();
+    let store = eventsvc::store::open(&uri, StoreLimits::default())
+        .await
+        .unwrap();
+    let (mut ids, mut cursor) = (Vec::new(), None);
+    loop {
+        let page = store
+            .list(Some(user.to_owned()), 1000, cursor)
             .await
             .unwrap();
-        let (mut ids, mut cursor) = (Vec::new(), None);
-        loop {
-            let page = store
-                .list(Some(user.to_owned()), 1000, cursor)
-                .await
-                .unwrap();
-            ids.extend(page.events.iter().map(|e| e.id.to_string()));
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return ids,
-            }
+        ids.extend(page.events.iter().map(|e| e.id.to_string()));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return ids,
         }
     }
 }
