@@ -60,15 +60,15 @@ pub(super) async fn follow(
                 op: "follow",
                 source: Box::new(e),
             })?;
-        Arc::new(Mutex::new(opened.map_err(|e| sql_error("follow", e))?))
+        Arc::new(Mutex::new(opened.map_err(|e| sql_error("follow", &e))?))
     };
     let start = blocking(&conn, "follow", |c| {
-        let version = data_version(c).map_err(|e| sql_error("follow", e))?;
+        let version = data_version(c).map_err(|e| sql_error("follow", &e))?;
         let pk = c
             .query_row("SELECT COALESCE(MAX(pk), 0) FROM events", [], |row| {
                 row.get(0)
             })
-            .map_err(|e| sql_error("follow", e))?;
+            .map_err(|e| sql_error("follow", &e))?;
         Ok(Position { version, pk })
     })
     .await?;
@@ -114,7 +114,7 @@ async fn run(
 
 /// Published rows after `at`, when anything was committed since (or `more` were left over).
 fn read(conn: &mut Connection, at: Position, more: bool) -> Result<(Vec<Event>, Position, bool)> {
-    let fail = |e| sql_error("follow", e);
+    let fail = |e| sql_error("follow", &e);
     let version = data_version(conn).map_err(fail)?;
     if version == at.version && !more {
         return Ok((Vec::new(), at, false));

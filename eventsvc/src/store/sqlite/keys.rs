@@ -35,7 +35,7 @@ struct Held {
 /// follows syncs the WAL, the claim's frames with it; a claim lost to a power cut is one whose
 /// write never committed, and its request was never answered.
 pub(super) fn claim(conn: &mut Connection, claim: &KeyClaim, id: Uuid) -> Result<Claim> {
-    let fail = |e| sql_error("claim", e);
+    let fail = |e| sql_error("claim", &e);
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(fail)?;
     let claimed = claim_in(conn, claim, id);
@@ -45,7 +45,7 @@ pub(super) fn claim(conn: &mut Connection, claim: &KeyClaim, id: Uuid) -> Result
 }
 
 fn claim_in(conn: &mut Connection, claim: &KeyClaim, id: Uuid) -> Result<Claim> {
-    let fail = |e| sql_error("claim", e);
+    let fail = |e| sql_error("claim", &e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(fail)?;
@@ -126,7 +126,7 @@ pub(super) fn answer(
                 outcome::encode(event)
             ])
         })
-        .map_err(|e| sql_error(op, e))?;
+        .map_err(|e| sql_error(op, &e))?;
     if recorded == 0 {
         return Err(StoreError::KeyInFlight);
     }
@@ -139,5 +139,5 @@ pub(super) fn purge(conn: &Connection, batch: usize) -> Result<usize> {
              SELECT scope, key FROM idempotency_keys WHERE expires_at <= ?1 LIMIT ?2)",
     )
     .and_then(|mut stmt| stmt.execute(params![now_ms(), batch]))
-    .map_err(|e| sql_error("purge_keys", e))
+    .map_err(|e| sql_error("purge_keys", &e))
 }

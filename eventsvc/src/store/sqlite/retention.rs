@@ -9,7 +9,7 @@ use super::{Result, Retention, sql_error};
 
 /// One batch: the first topic with events due is trimmed by up to `batch` events.
 pub(super) fn compact(conn: &mut Connection, retention: Retention, batch: usize) -> Result<usize> {
-    let fail = |e| sql_error("compact", e);
+    let fail = |e| sql_error("compact", &e);
     let Some((topic, through)) = due(conn, retention).map_err(fail)? else {
         return Ok(0);
     };
@@ -82,6 +82,6 @@ pub(super) fn dropped_through(conn: &Connection, topic: &str) -> Result<u64> {
     let through: Option<i64> = conn
         .prepare_cached("SELECT dropped_through FROM topics WHERE topic = ?1")
         .and_then(|mut stmt| stmt.query_row(params![topic], |row| row.get(0)).optional())
-        .map_err(|e| sql_error("dropped_through", e))?;
+        .map_err(|e| sql_error("dropped_through", &e))?;
     Ok(through.unwrap_or(0).max(0) as u64)
 }

@@ -110,11 +110,11 @@ pub(super) fn query_events(
     sql: &str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<(i64, Event)>> {
-    let mut stmt = conn.prepare_cached(sql).map_err(|e| sql_error(op, e))?;
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| sql_error(op, &e))?;
     let rows = stmt
         .query_map(params, raw_row)
-        .map_err(|e| sql_error(op, e))?
+        .map_err(|e| sql_error(op, &e))?
         .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(|e| sql_error(op, e))?;
+        .map_err(|e| sql_error(op, &e))?;
     rows.into_iter().map(RawRow::into_event).collect()
 }

@@ -1,5 +1,5 @@
-//! The SQLite store on real files: reopening, concurrent openers, schema versions, and rows
-//! it cannot read.
+//! The SQLite store on real files: reopening, concurrent openers, schema versions, rows it
+//! cannot read, and group commit (writes queued behind another process's lock).
 
 use super::*;
 
@@ -81,7 +81,7 @@ async fn point_reads_run_inline_and_leave_what_would_wait_to_the_pool() {
     let busy =
         rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
     assert!(matches!(
-        sql_error("get", busy),
+        sql_error("get", &busy),
         StoreError::Unavailable { .. }
     ));
     let outcome = store.inline.read(|_| -> Result<()> {
@@ -144,4 +144,99 @@ async fn expired_keys_are_purged_in_batches_and_claims_leave_writes_synced() {
         .await
         .unwrap();
     assert_eq!(modes, 2, "FULL");
+}
+
+/// 40 writes queued while another process holds the write lock: creates, publishes, and every
+/// tenth a create under an id already stored with other content. Each write's answer.
+async fn queued_behind_the_lock(
+    release_after: Duration,
+) -> (tempfile::TempDir, SqliteStore, Vec<Result<Event>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = Arc::new(SqliteStore::open(path.clone()).await.unwrap());
+    let taken = Uuid::new_v4();
+    let first = NewEvent {
+        id: Some(taken),
+        title: "first".into(),
+        ..NewEvent::default()
+    };
+    store.create(first).await.unwrap();
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let writes: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let new = NewEvent {
+                    id: (i % 10 == 3).then_some(taken),
+                    title: format!("w{i}"),
+                    topic: if i % 2 == 0 {
+                        "t".into()
+                    } else {
+                        String::new()
+                    },
+                    ..NewEvent::default()
+                };
+                if i % 2 == 0 && i % 10 != 3 {
+                    store.publish(new).await
+                } else {
+                    store.create(new).await
+                }
+            })
+        })
+        .collect();
+    // One write waits in the writer for the lock; the other 39 in its queue.
+    while store.writer.queued() < 39 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(release_after).await;
+    other.execute_batch("COMMIT").unwrap();
+    let mut answers = Vec::new();
+    for write in writes {
+        answers.push(write.await.unwrap());
+    }
+    let store = Arc::into_inner(store).unwrap();
+    (dir, store, answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_queued_together_commit_together_and_one_that_fails_fails_alone() {
+    let (_dir, store, answers) = queued_behind_the_lock(Duration::ZERO).await;
+    let mut seqs = Vec::new();
+    for (i, answer) in answers.iter().enumerate() {
+        match answer {
+            Err(StoreError::AlreadyExists) if i % 10 == 3 => {}
+            Ok(event) if i % 10 != 3 => {
+                assert_eq!(store.get(event.id, None).await.unwrap(), *event);
+                if event.seq > 0 {
+                    seqs.push(event.seq);
+                }
+            }
+            other => panic!("write {i}: {other:?}"),
+        }
+    }
+    // The publishes: one seq each, none skipped (a failed write spends none).
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    let page = store.list(None, 100, None).await.unwrap();
+    assert_eq!(
+        page.events.len(),
+        1 + 36,
+        "the first event and every good write, once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_that_cannot_have_the_lock_fails_every_write_and_applies_none() {
+    // The lock held past the busy timeout: the writer gives up, and every queued write with it.
+    let (_dir, store, answers) =
+        queued_behind_the_lock(BUSY_TIMEOUT + Duration::from_secs(1)).await;
+    for (i, answer) in answers.iter().enumerate() {
+        assert!(
+            matches!(answer, Err(StoreError::Unavailable { .. })),
+            "write {i}: {answer:?}"
+        );
+    }
+    let page = store.list(None, 100, None).await.unwrap();
+    assert_eq!(page.events.len(), 1, "nothing of the batch applied");
 }
