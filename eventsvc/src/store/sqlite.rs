@@ -303,18 +303,8 @@ fn sql_error(op: &'static str, err: &rusqlite::Error) -> StoreError {
                 | ErrorCode::ReadOnly
         )
     );
-    // By reference: one error of a batch's commit fails each of its writes.
-    if transient {
-        StoreError::Unavailable {
-            op,
-            reason: err.to_string(),
-        }
-    } else {
-        StoreError::Internal {
-            op,
-            source: err.to_string().into(),
-        }
-    }
+    // By reference (its text): one error of a batch's commit fails each of its writes.
+    StoreError::from_driver(op, std::io::Error::other(err.to_string()), transient)
 }
 
 /// A second row with a unique column's value (an event id already stored).
