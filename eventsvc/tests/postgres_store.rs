@@ -1,12 +1,14 @@
 //! What only the PostgreSQL store has to show, against a real server (Debian's, a cluster of
 //! this test's own): TLS as the URI asks for it, libpq's `sslmode` rules, against a server that
-//! refuses unencrypted connections. The shared contract is `store_conformance.rs`.
+//! refuses unencrypted connections; publishes sent in batches, a repeated id in one stored once.
+//! The shared contract is `store_conformance.rs`.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use eventsvc::store::{EventStore, NewEvent, PostgresStore};
 use futures::StreamExt;
 use testdb::{PostgresServer, PostgresSetup};
+use uuid::Uuid;
 
 /// A cluster that speaks TLS with a certificate for 127.0.0.1 and `localhost` (signed by the CA
 /// in `certs`) and accepts TCP connections only over TLS.
@@ -127,4 +129,90 @@ async fn a_password_in_the_uri_never_reaches_an_error() {
     };
     assert!(err.contains("does not exist"), "{err}");
     assert!(!err.contains("wrong-battery-staple"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publishes_queued_together_commit_together_and_a_repeated_id_is_stored_once() {
+    let Some(server) = PostgresServer::shared("the PostgreSQL store's publish batches") else {
+        return;
+    };
+    let uri = server.database(&format!("batch_{}", Uuid::new_v4().simple()));
+    let store = Arc::new(PostgresStore::open(&uri).await.unwrap());
+    let first = NewEvent {
+        topic: "t".into(),
+        title: "first".into(),
+        ..NewEvent::default()
+    };
+    assert_eq!(store.publish(first).await.unwrap().seq, 1);
+    // Another session holds the topic's counter row, so the publishes below queue behind the
+    // first batch, which waits for it.
+    let (holder, connection) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    holder
+        .batch_execute("BEGIN; SELECT last_seq FROM topics WHERE topic = 't' FOR UPDATE")
+        .await
+        .unwrap();
+    // Every tenth publishes one new id with the same content: the first stores it, the others
+    // find it taken in the batch and answer with it (exactly once).
+    let dup = Uuid::new_v4();
+    let publishes: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let new = NewEvent {
+                    id: (i % 10 == 3).then_some(dup),
+                    topic: "t".into(),
+                    title: if i % 10 == 3 {
+                        "dup".into()
+                    } else {
+                        format!("p{i}")
+                    },
+                    ..NewEvent::default()
+                };
+                store.publish(new).await
+            })
+        })
+        .collect();
+    // The first batch waits for the lock (the server says so); the rest are queued behind it
+    // by then or soon after (no signal of that leaves the store: a moment for them).
+    loop {
+        let waiting: i64 = holder
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let mut seqs = Vec::new();
+    let mut dup_seqs = Vec::new();
+    for (i, publish) in publishes.into_iter().enumerate() {
+        let event = publish
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("publish {i}: {e}"));
+        if i % 10 == 3 {
+            assert_eq!(event.id, dup);
+            dup_seqs.push(event.seq);
+        } else {
+            seqs.push(event.seq);
+        }
+    }
+    dup_seqs.dedup();
+    assert_eq!(dup_seqs.len(), 1, "one event for the one id: {dup_seqs:?}");
+    // One seq each, none skipped: a publish that failed in the batch spent none.
+    seqs.extend(dup_seqs);
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..=38).collect::<Vec<_>>());
+    let history = store.events_after("t", 0, 100).await.unwrap();
+    assert_eq!(history.len(), 38);
 }

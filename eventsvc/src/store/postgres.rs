@@ -8,6 +8,7 @@
 //! and its connection hands `NOTIFY` messages to the caller, which the feed needs. A backend
 //! killed in a transaction holds nothing: the server aborts it when the connection drops.
 
+mod batch;
 mod connect;
 mod follow;
 mod keys;
@@ -25,7 +26,7 @@ use super::{
     Retention, StoreError,
 };
 use connect::{CONNECT_TIMEOUT, Connect};
-use rows::{COLUMNS, insert, to_event};
+use rows::{COLUMNS, Published, insert, to_event};
 
 /// Connections per process.
 const POOL_SIZE: usize = 16;
@@ -104,11 +105,42 @@ const MIGRATIONS: &[&str] = &[
          PERFORM pg_notify(p_channel, new_seq || ':' || p_topic);
          RETURN new_seq;
      END $$;",
+    // 3: publishes in batches (group commit): each element through `publish_event` in a
+    // subtransaction of its own, so one whose id is taken (`taken`) or whose key is another
+    // request's (`key`) fails alone; anything else fails the call, and with it the batch. One
+    // round trip and one commit for every publish a backend has queued.
+    "CREATE FUNCTION publish_events(
+         p_ids UUID[], p_user_ids BYTEA[], p_titles BYTEA[], p_descriptions BYTEA[],
+         p_completed BOOLEAN[], p_created_at BIGINT[], p_topics TEXT[], p_data TEXT[],
+         p_times BIGINT[], p_key_scopes BYTEA[], p_keys TEXT[], p_outcome_heads TEXT[],
+         p_channel TEXT
+     ) RETURNS TABLE (out_seq BIGINT, out_failure TEXT) LANGUAGE plpgsql AS $$
+     BEGIN
+         FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+             BEGIN
+                 out_seq := publish_event(p_ids[i], p_user_ids[i], p_titles[i],
+                     p_descriptions[i], p_completed[i], p_created_at[i], p_topics[i],
+                     p_data[i], p_times[i], p_key_scopes[i], p_keys[i], p_outcome_heads[i],
+                     p_channel);
+                 out_failure := NULL;
+             EXCEPTION
+                 WHEN unique_violation THEN
+                     out_seq := NULL;
+                     out_failure := 'taken';
+                 WHEN SQLSTATE 'EV409' THEN
+                     out_seq := NULL;
+                     out_failure := 'key';
+             END;
+             RETURN NEXT;
+         END LOOP;
+     END $$;",
 ];
 
 /// A full disk is `Full`; a lost connection, a server shutting down or a conflict to retry is
 /// the store being unavailable (the gateway retries elsewhere or later); anything else a fault.
-fn pg_error(op: &'static str, err: tokio_postgres::Error) -> StoreError {
+fn pg_error(op: &'static str, err: impl std::borrow::Borrow<tokio_postgres::Error>) -> StoreError {
+    // By reference too: one error of a batch's call fails each of its writes.
+    let err = err.borrow();
     let code = err.code().cloned();
     if code == Some(SqlState::DISK_FULL) {
         return StoreError::Full { op };
@@ -121,10 +153,10 @@ fn pg_error(op: &'static str, err: tokio_postgres::Error) -> StoreError {
         // parameter it cannot encode, is a fault).
         None => {
             err.is_closed()
-                || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>())
+                || std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>())
         }
     };
-    let reason = with_sources(&err);
+    let reason = with_sources(err);
     if unavailable {
         StoreError::Unavailable { op, reason }
     } else {
@@ -168,6 +200,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// What `follow` and `ping` connect with: connections of their own, outside the pool.
     connect: Connect,
+    /// Every publish, sent in batches (group commit).
+    publisher: batch::Publisher,
 }
 
 impl PostgresStore {
@@ -190,7 +224,12 @@ impl PostgresStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| fail(e.to_string()))?;
-        let store = Self { pool, connect };
+        let publisher = batch::Publisher::start(pool.clone(), CHANNEL);
+        let store = Self {
+            pool,
+            connect,
+            publisher,
+        };
         store
             .migrate()
             .await
@@ -368,29 +407,31 @@ impl EventStore for PostgresStore {
     }
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {
-        let client = self.client("publish").await?;
         // A repeat of a publish that committed: its event and seq, no second one.
-        if let Some(id) = new.id
-            && let Some(existing) = Self::find(&client, "publish", id).await?
-        {
-            let event = new.repeated(existing)?;
-            if let Some(key) = &new.key {
-                keys::answer(&client, "publish", key, &event).await?;
+        if let Some(id) = new.id {
+            let client = self.client("publish").await?;
+            if let Some(existing) = Self::find(&client, "publish", id).await? {
+                let event = new.repeated(existing)?;
+                if let Some(key) = &new.key {
+                    keys::answer(&client, "publish", key, &event).await?;
+                }
+                return Ok(event);
             }
-            return Ok(event);
         }
         let event = new.clone().into_event(Some(0));
-        match rows::publish(&client, &event, new.key.as_ref(), CHANNEL).await {
-            Ok(seq) => Ok(Event { seq, ..event }),
+        match self
+            .publisher
+            .publish(event.clone(), new.key.clone())
+            .await?
+        {
+            Published::Seq(seq) => Ok(Event { seq, ..event }),
             // The same id published meanwhile by another request: that one's answer.
-            Err(err) if is_unique_violation(&err) && new.id.is_some() => {
+            Published::Taken => {
+                let client = self.client("publish").await?;
                 let stored = Self::find(&client, "publish", event.id).await?;
                 new.repeated(stored.ok_or(StoreError::NotFound)?)
             }
-            Err(err) if err.code().map(SqlState::code) == Some(rows::KEY_TAKEN) => {
-                Err(StoreError::KeyInFlight)
-            }
-            Err(err) => Err(pg_error("publish", err)),
+            Published::KeyTaken => Err(StoreError::KeyInFlight),
         }
     }
 

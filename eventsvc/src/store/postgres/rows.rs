@@ -9,9 +9,6 @@ use uuid::Uuid;
 
 use crate::store::{Event, JsonObject, KeyClaim, Result, StoreError, outcome};
 
-/// What `publish_event` raises when the idempotency key is no longer the write's claim.
-pub(super) const KEY_TAKEN: &str = "EV409";
-
 /// The columns every event query selects, in `to_event`'s order.
 pub(super) const COLUMNS: &str =
     "pk, id, user_id, title, description, completed, created_at, topic, data, time, seq";
@@ -129,30 +126,68 @@ pub(super) async fn insert(
     Ok(())
 }
 
-/// Publishes `e` in one call of `publish_event` (its `seq` the topic's next), recording it as
-/// the answer to `key`'s claim; the `seq` given.
-pub(super) async fn publish(
+/// What `publish_events` said of one publish of a batch.
+pub(super) enum Published {
+    /// Stored with this seq.
+    Seq(u64),
+    /// Its id is stored already (a repeat, or another event's).
+    Taken,
+    /// Its idempotency key is another request's now.
+    KeyTaken,
+}
+
+/// Publishes `batch` in one call of `publish_events`: one round trip, one commit.
+pub(super) async fn publish_batch(
     client: &impl GenericClient,
-    e: &Event,
-    key: Option<&KeyClaim>,
+    batch: &[(&Event, Option<&KeyClaim>)],
     channel: &str,
-) -> std::result::Result<u64, tokio_postgres::Error> {
-    let (values, _) = Values::of(e);
-    let scope = key.map(|k| k.scope.as_bytes());
-    let name = key.map(|k| &k.key);
-    let outcome_head = key.map(|_| outcome::encode_up_to_seq(e));
-    let mut params = values.params().to_vec();
-    params.extend([
-        &scope as &(dyn ToSql + Sync),
-        &name,
-        &outcome_head,
-        &channel,
-    ]);
-    let row = client
-        .query_one(
-            "SELECT publish_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            &params,
+) -> std::result::Result<Vec<Published>, tokio_postgres::Error> {
+    let values: Vec<Values<'_>> = batch.iter().map(|(e, _)| Values::of(e).0).collect();
+    let ids: Vec<&Uuid> = values.iter().map(|v| v.id).collect();
+    let user_ids: Vec<&[u8]> = values.iter().map(|v| v.user_id).collect();
+    let titles: Vec<&[u8]> = values.iter().map(|v| v.title).collect();
+    let descriptions: Vec<&[u8]> = values.iter().map(|v| v.description).collect();
+    let completed: Vec<bool> = values.iter().map(|v| *v.completed).collect();
+    let created_at: Vec<i64> = values.iter().map(|v| v.created_at).collect();
+    let topics: Vec<&String> = values.iter().map(|v| v.topic).collect();
+    let data: Vec<Option<&String>> = values.iter().map(|v| v.data.as_ref()).collect();
+    let times: Vec<Option<i64>> = values.iter().map(|v| v.time).collect();
+    let scopes: Vec<Option<&[u8]>> = batch
+        .iter()
+        .map(|(_, k)| k.map(|k| k.scope.as_bytes()))
+        .collect();
+    let keys: Vec<Option<&String>> = batch.iter().map(|(_, k)| k.map(|k| &k.key)).collect();
+    let heads: Vec<Option<String>> = batch
+        .iter()
+        .map(|(e, k)| k.map(|_| outcome::encode_up_to_seq(e)))
+        .collect();
+    let rows = client
+        .query(
+            "SELECT out_seq, out_failure FROM publish_events(
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            &[
+                &ids,
+                &user_ids,
+                &titles,
+                &descriptions,
+                &completed,
+                &created_at,
+                &topics,
+                &data,
+                &times,
+                &scopes,
+                &keys,
+                &heads,
+                &channel,
+            ],
         )
         .await?;
-    Ok(row.get::<_, i64>(0).max(0) as u64)
+    Ok(rows
+        .iter()
+        .map(|row| match row.get::<_, Option<&str>>(1) {
+            Some("taken") => Published::Taken,
+            Some(_) => Published::KeyTaken,
+            None => Published::Seq(row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64),
+        })
+        .collect())
 }
