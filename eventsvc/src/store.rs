@@ -98,6 +98,20 @@ pub struct EventPage {
 }
 
 impl NewEvent {
+    /// Its free text and data in bytes, roughly: what bounds a batch of writes besides their
+    /// count (group commit).
+    pub(crate) fn size(&self) -> usize {
+        self.user_id.len()
+            + self.title.len()
+            + self.description.len()
+            + self.topic.len()
+            + self.data.as_ref().map_or(0, |data| {
+                data.iter()
+                    .map(|(key, value)| key.len() + value.to_string().len())
+                    .sum()
+            })
+    }
+
     /// Gives the event its identity. Timestamps are cut to milliseconds, the finest precision
     /// every store keeps, so what a write returns equals what a later read returns.
     pub fn into_event(self, seq: Option<u64>) -> Event {

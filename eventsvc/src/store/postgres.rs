@@ -421,7 +421,7 @@ impl EventStore for PostgresStore {
         let event = new.clone().into_event(Some(0));
         match self
             .publisher
-            .publish(event.clone(), new.key.clone())
+            .publish(event.clone(), new.size(), new.key.clone())
             .await?
         {
             Published::Seq(seq) => Ok(Event { seq, ..event }),

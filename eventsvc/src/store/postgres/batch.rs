@@ -44,19 +44,18 @@ impl Publisher {
         Publisher { queue }
     }
 
-    /// Publishes `event` (its `seq` the topic's next), recording it as `key`'s answer.
-    pub(super) async fn publish(&self, event: Event, key: Option<KeyClaim>) -> Result<Published> {
+    /// Publishes `event` (its `seq` the topic's next, `bytes` its `NewEvent::size`), recording
+    /// it as `key`'s answer.
+    pub(super) async fn publish(
+        &self,
+        event: Event,
+        bytes: usize,
+        key: Option<KeyClaim>,
+    ) -> Result<Published> {
         let stopped = || StoreError::Unavailable {
             op: "publish",
             reason: "the store's publisher stopped".into(),
         };
-        let bytes = event.user_id.len()
-            + event.title.len()
-            + event.description.len()
-            + event.topic.len()
-            + event.data.as_ref().map_or(0, |d| {
-                d.iter().map(|(k, v)| k.len() + v.to_string().len()).sum()
-            });
         let (answer, answered) = oneshot::channel();
         let pending = Pending {
             event,

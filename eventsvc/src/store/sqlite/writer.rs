@@ -54,17 +54,8 @@ impl Write {
 
     /// The free text and data it stores, roughly: what bounds a batch besides its count.
     fn bytes(&self) -> usize {
-        let new = |new: &NewEvent| {
-            new.user_id.len()
-                + new.title.len()
-                + new.description.len()
-                + new.topic.len()
-                + new.data.as_ref().map_or(0, |d| {
-                    d.iter().map(|(k, v)| k.len() + v.to_string().len()).sum()
-                })
-        };
         match self {
-            Write::Create(event, _) | Write::Publish(event, _) => new(event),
+            Write::Create(event, _) | Write::Publish(event, _) => event.size(),
             Write::Update { patch, .. } => patch.title.len() + patch.description.len(),
             Write::Delete { .. } => 0,
         }
