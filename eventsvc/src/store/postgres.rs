@@ -25,8 +25,9 @@ use super::{
     Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, OpenError, Result,
     Retention, StoreError,
 };
+use batch::Kind;
 use connect::{CONNECT_TIMEOUT, Connect};
-use rows::{COLUMNS, Published, insert, to_event};
+use rows::{COLUMNS, Written, to_event};
 
 /// Connections per process.
 const POOL_SIZE: usize = 16;
@@ -105,23 +106,43 @@ const MIGRATIONS: &[&str] = &[
          PERFORM pg_notify(p_channel, new_seq || ':' || p_topic);
          RETURN new_seq;
      END $$;",
-    // 3: publishes in batches (group commit): each element through `publish_event` in a
-    // subtransaction of its own, so one whose id is taken (`taken`) or whose key is another
-    // request's (`key`) fails alone; anything else fails the call, and with it the batch. One
-    // round trip and one commit for every publish a backend has queued.
-    "CREATE FUNCTION publish_events(
-         p_ids UUID[], p_user_ids BYTEA[], p_titles BYTEA[], p_descriptions BYTEA[],
-         p_completed BOOLEAN[], p_created_at BIGINT[], p_topics TEXT[], p_data TEXT[],
-         p_times BIGINT[], p_key_scopes BYTEA[], p_keys TEXT[], p_outcome_heads TEXT[],
-         p_channel TEXT
+    // 3: creates and publishes in batches (group commit): each element in a subtransaction
+    // of its own, a publish through `publish_event`, a create as its insert and its key's
+    // answer (`p_outcome_heads` and a seq of 0), so one whose id is taken (`taken`) or whose
+    // key is another request's (`key`) fails alone; anything else fails the call, and with it
+    // the batch. One round trip and one commit for every write a backend has queued.
+    "CREATE FUNCTION write_events(
+         p_publish BOOLEAN[], p_ids UUID[], p_user_ids BYTEA[], p_titles BYTEA[],
+         p_descriptions BYTEA[], p_completed BOOLEAN[], p_created_at BIGINT[], p_topics TEXT[],
+         p_data TEXT[], p_times BIGINT[], p_key_scopes BYTEA[], p_keys TEXT[],
+         p_outcome_heads TEXT[], p_channel TEXT
      ) RETURNS TABLE (out_seq BIGINT, out_failure TEXT) LANGUAGE plpgsql AS $$
      BEGIN
          FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
              BEGIN
-                 out_seq := publish_event(p_ids[i], p_user_ids[i], p_titles[i],
-                     p_descriptions[i], p_completed[i], p_created_at[i], p_topics[i],
-                     p_data[i], p_times[i], p_key_scopes[i], p_keys[i], p_outcome_heads[i],
-                     p_channel);
+                 IF p_publish[i] THEN
+                     out_seq := publish_event(p_ids[i], p_user_ids[i], p_titles[i],
+                         p_descriptions[i], p_completed[i], p_created_at[i], p_topics[i],
+                         p_data[i], p_times[i], p_key_scopes[i], p_keys[i],
+                         p_outcome_heads[i], p_channel);
+                 ELSE
+                     INSERT INTO events (id, user_id, title, description, completed,
+                                         created_at, topic, data, time, seq)
+                         VALUES (p_ids[i], p_user_ids[i], p_titles[i], p_descriptions[i],
+                                 p_completed[i], p_created_at[i], p_topics[i], p_data[i],
+                                 NULL, NULL);
+                     IF p_keys[i] IS NOT NULL THEN
+                         UPDATE idempotency_keys
+                             SET outcome = p_outcome_heads[i] || '0}', lease_until = NULL
+                             WHERE scope = p_key_scopes[i] AND key = p_keys[i]
+                               AND event_id = p_ids[i]::TEXT AND outcome IS NULL;
+                         IF NOT FOUND THEN
+                             RAISE EXCEPTION 'the idempotency key is another request''s'
+                                 USING ERRCODE = 'EV409';
+                         END IF;
+                     END IF;
+                     out_seq := 0;
+                 END IF;
                  out_failure := NULL;
              EXCEPTION
                  WHEN unique_violation THEN
@@ -190,18 +211,14 @@ fn pool_error(op: &'static str, err: deadpool_postgres::PoolError) -> StoreError
     }
 }
 
-fn is_unique_violation(err: &tokio_postgres::Error) -> bool {
-    err.code() == Some(&SqlState::UNIQUE_VIOLATION)
-}
-
 /// Events in a PostgreSQL database. No lock of its own: every rule that spans rows is a
 /// transaction on the server, so several backends on one database agree.
 pub struct PostgresStore {
     pool: Pool,
     /// What `follow` and `ping` connect with: connections of their own, outside the pool.
     connect: Connect,
-    /// Every publish, sent in batches (group commit).
-    publisher: batch::Publisher,
+    /// Every create and publish, sent in batches (group commit).
+    writer: batch::Writer,
 }
 
 impl PostgresStore {
@@ -224,11 +241,11 @@ impl PostgresStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| fail(e.to_string()))?;
-        let publisher = batch::Publisher::start(pool.clone(), CHANNEL);
+        let writer = batch::Writer::start(pool.clone(), CHANNEL);
         let store = Self {
             pool,
             connect,
-            publisher,
+            writer,
         };
         store
             .migrate()
@@ -300,25 +317,21 @@ impl PostgresStore {
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn create(&self, new: NewEvent) -> Result<Event> {
-        let fail = |e| pg_error("create", e);
-        let mut client = self.client("create").await?;
-        let tx = client.transaction().await.map_err(fail)?;
         let event = new.clone().into_event(None);
-        let event = match insert(&tx, &event).await {
-            Ok(()) => event,
+        let written = self
+            .writer
+            .write(Kind::Create, event.clone(), new.size(), new.key.clone())
+            .await?;
+        match written {
+            Written::Stored(_) => Ok(event),
             // The id is taken: a repeat of the request that stored it, or another event's.
-            Err(err) if is_unique_violation(&err) && new.id.is_some() => {
-                drop(tx);
+            Written::Taken => {
+                let client = self.client("create").await?;
                 let stored = Self::find(&client, "create", event.id).await?;
-                return new.repeated(stored.ok_or(StoreError::NotFound)?);
+                new.repeated(stored.ok_or(StoreError::NotFound)?)
             }
-            Err(err) => return Err(fail(err)),
-        };
-        if let Some(key) = &new.key {
-            keys::answer(&tx, "create", key, &event).await?;
+            Written::KeyTaken => Err(StoreError::KeyInFlight),
         }
-        tx.commit().await.map_err(fail)?;
-        Ok(event)
     }
 
     async fn get(&self, id: Uuid, owner: Option<String>) -> Result<Event> {
@@ -419,19 +432,19 @@ impl EventStore for PostgresStore {
             }
         }
         let event = new.clone().into_event(Some(0));
-        match self
-            .publisher
-            .publish(event.clone(), new.size(), new.key.clone())
-            .await?
-        {
-            Published::Seq(seq) => Ok(Event { seq, ..event }),
+        let written = self
+            .writer
+            .write(Kind::Publish, event.clone(), new.size(), new.key.clone())
+            .await?;
+        match written {
+            Written::Stored(seq) => Ok(Event { seq, ..event }),
             // The same id published meanwhile by another request: that one's answer.
-            Published::Taken => {
+            Written::Taken => {
                 let client = self.client("publish").await?;
                 let stored = Self::find(&client, "publish", event.id).await?;
                 new.repeated(stored.ok_or(StoreError::NotFound)?)
             }
-            Published::KeyTaken => Err(StoreError::KeyInFlight),
+            Written::KeyTaken => Err(StoreError::KeyInFlight),
         }
     }
 

@@ -1,9 +1,9 @@
-//! Group commit for publishes: one task per process sends every publish queued while its last
-//! batch was under way in one call of `publish_events`, so they share one round trip and one
-//! commit (a topic's publishes are otherwise one commit each: its counter's row stays locked
-//! to commit). A lone publish is sent at once (no timer). In the batch each publish runs in a
-//! subtransaction of its own: one whose id is taken or whose key is another request's fails
-//! alone; a call that fails (a lost connection, a full disk) fails each of its publishes, and
+//! Group commit for creates and publishes: one task per process sends every write queued while
+//! its last batch was under way in one call of `write_events`, so they share one round trip and
+//! one commit (a topic's publishes are otherwise one commit each: its counter's row stays
+//! locked to commit). A lone write is sent at once (no timer). In the batch each write runs in
+//! a subtransaction of its own: one whose id is taken or whose key is another request's fails
+//! alone; a call that fails (a lost connection, a full disk) fails each of its writes, and
 //! nothing of it is applied. An answer leaves after the commit.
 
 use deadpool_postgres::Pool;
@@ -11,53 +11,72 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     pg_error,
-    rows::{Published, publish_batch},
+    rows::{Written, write_batch},
 };
 use crate::store::{Event, KeyClaim, Result, StoreError};
 
-/// Publishes waiting for the task; a caller past it waits for room (its request's deadline
+/// Writes waiting for the task; a caller past it waits for room (its request's deadline
 /// bounds how long).
 const QUEUE: usize = 1024;
-/// The most publishes one call sends.
+/// The most writes one call sends.
 const MAX_BATCH: usize = 256;
 /// The most bytes of free text and data one call sends.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
-/// A publish with where its answer goes.
+/// Which write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Create,
+    Publish,
+}
+
+impl Kind {
+    fn op(self) -> &'static str {
+        match self {
+            Kind::Create => "create",
+            Kind::Publish => "publish",
+        }
+    }
+}
+
+/// A write with where its answer goes.
 struct Pending {
+    kind: Kind,
     event: Event,
     key: Option<KeyClaim>,
     bytes: usize,
-    answer: oneshot::Sender<Result<Published>>,
+    answer: oneshot::Sender<Result<Written>>,
 }
 
-/// The queue to this process's publishing task.
-pub(super) struct Publisher {
+/// The queue to this process's writing task.
+pub(super) struct Writer {
     queue: mpsc::Sender<Pending>,
 }
 
-impl Publisher {
-    /// Starts the task, which publishes over `pool` until the publisher is dropped.
-    pub(super) fn start(pool: Pool, channel: &'static str) -> Publisher {
+impl Writer {
+    /// Starts the task, which writes over `pool` until the writer is dropped.
+    pub(super) fn start(pool: Pool, channel: &'static str) -> Writer {
         let (queue, pending) = mpsc::channel(QUEUE);
         tokio::spawn(run(pool, pending, channel));
-        Publisher { queue }
+        Writer { queue }
     }
 
-    /// Publishes `event` (its `seq` the topic's next, `bytes` its `NewEvent::size`), recording
-    /// it as `key`'s answer.
-    pub(super) async fn publish(
+    /// Stores `event` (a publish's `seq` the topic's next; `bytes` its `NewEvent::size`),
+    /// recording it as `key`'s answer.
+    pub(super) async fn write(
         &self,
+        kind: Kind,
         event: Event,
         bytes: usize,
         key: Option<KeyClaim>,
-    ) -> Result<Published> {
+    ) -> Result<Written> {
         let stopped = || StoreError::Unavailable {
-            op: "publish",
-            reason: "the store's publisher stopped".into(),
+            op: kind.op(),
+            reason: "the store's writer stopped".into(),
         };
         let (answer, answered) = oneshot::channel();
         let pending = Pending {
+            kind,
             event,
             key,
             bytes,
@@ -68,7 +87,7 @@ impl Publisher {
     }
 }
 
-/// Until the publisher is dropped: a batch of what is queued, sent.
+/// Until the writer is dropped: a batch of what is queued, sent.
 async fn run(pool: Pool, mut pending: mpsc::Receiver<Pending>, channel: &'static str) {
     while let Some(first) = pending.recv().await {
         let mut bytes = first.bytes;
@@ -82,39 +101,42 @@ async fn run(pool: Pool, mut pending: mpsc::Receiver<Pending>, channel: &'static
                 Err(_) => break,
             }
         }
-        let sent: Vec<_> = batch.iter().map(|p| (&p.event, p.key.as_ref())).collect();
+        let sent: Vec<_> = batch
+            .iter()
+            .map(|p| (p.kind == Kind::Publish, &p.event, p.key.as_ref()))
+            .collect();
         let outcome = match pool.get().await {
-            Ok(client) => publish_batch(&client, &sent, channel)
+            Ok(client) => write_batch(&client, &sent, channel)
                 .await
                 .map_err(Failure::Pg),
             Err(deadpool_postgres::PoolError::Backend(err)) => Err(Failure::Pg(err)),
             Err(other) => Err(Failure::NoConnection(other.to_string())),
         };
         match outcome {
-            Ok(published) if published.len() == batch.len() => {
-                for (p, published) in batch.into_iter().zip(published) {
-                    let _ = p.answer.send(Ok(published));
+            Ok(written) if written.len() == batch.len() => {
+                for (p, written) in batch.into_iter().zip(written) {
+                    let _ = p.answer.send(Ok(written));
                 }
             }
-            Ok(published) => {
-                let reason = format!("{} answers for {} publishes", published.len(), batch.len());
+            Ok(written) => {
+                let reason = format!("{} answers for {} writes", written.len(), batch.len());
                 for p in batch {
                     let _ = p.answer.send(Err(StoreError::Internal {
-                        op: "publish",
+                        op: p.kind.op(),
                         source: reason.clone().into(),
                     }));
                 }
             }
             Err(failure) => {
                 for p in batch {
-                    let _ = p.answer.send(Err(failure.error()));
+                    let _ = p.answer.send(Err(failure.error(p.kind.op())));
                 }
             }
         }
     }
 }
 
-/// Why a batch was not published.
+/// Why a batch was not written.
 enum Failure {
     Pg(tokio_postgres::Error),
     /// No connection to be had in time.
@@ -122,12 +144,12 @@ enum Failure {
 }
 
 impl Failure {
-    /// The error of each publish of the batch.
-    fn error(&self) -> StoreError {
+    /// The error of each write (`op`) of the batch.
+    fn error(&self, op: &'static str) -> StoreError {
         match self {
-            Failure::Pg(err) => pg_error("publish", err),
+            Failure::Pg(err) => pg_error(op, err),
             Failure::NoConnection(reason) => StoreError::Unavailable {
-                op: "publish",
+                op,
                 reason: reason.clone(),
             },
         }

@@ -4,7 +4,7 @@
 
 use chrono::DateTime;
 use deadpool_postgres::GenericClient;
-use tokio_postgres::{Row, types::ToSql};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::store::{Event, JsonObject, KeyClaim, Result, StoreError, outcome};
@@ -46,8 +46,7 @@ pub(super) fn to_event(row: &Row) -> Result<Event> {
     })
 }
 
-/// An event's values as the columns hold them, in the order `insert` and `publish_event` take
-/// them: id, user_id, title, description, completed, created_at, topic, data, time.
+/// An event's values as the columns hold them (`write_events` takes each as an array).
 struct Values<'e> {
     id: &'e Uuid,
     user_id: &'e [u8],
@@ -61,8 +60,8 @@ struct Values<'e> {
 }
 
 impl<'e> Values<'e> {
-    /// `e`'s values, and its `seq` (the one field a publish gives the server to choose).
-    fn of(e: &'e Event) -> (Values<'e>, u64) {
+    /// `e`'s values (all but its `seq`, which a publish has the server choose).
+    fn of(e: &'e Event) -> Values<'e> {
         // Every field named: a new one does not compile until it has a column.
         let Event {
             id,
@@ -74,9 +73,9 @@ impl<'e> Values<'e> {
             topic,
             data,
             time,
-            seq,
+            seq: _,
         } = e;
-        let values = Values {
+        Values {
             id,
             user_id: user_id.as_bytes(),
             title: title.as_bytes(),
@@ -88,61 +87,29 @@ impl<'e> Values<'e> {
                 .as_ref()
                 .map(|d| serde_json::Value::Object(d.clone()).to_string()),
             time: time.map(|t| t.timestamp_millis()),
-        };
-        (values, *seq)
-    }
-
-    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
-        [
-            self.id,
-            &self.user_id,
-            &self.title,
-            &self.description,
-            self.completed,
-            &self.created_at,
-            self.topic,
-            &self.data,
-            &self.time,
-        ]
+        }
     }
 }
 
-pub(super) async fn insert(
-    client: &impl GenericClient,
-    e: &Event,
-) -> std::result::Result<(), tokio_postgres::Error> {
-    let (values, seq) = Values::of(e);
-    let seq = (seq > 0).then_some(seq as i64);
-    let mut params = values.params().to_vec();
-    params.push(&seq);
-    client
-        .execute(
-            "INSERT INTO events
-                 (id, user_id, title, description, completed, created_at, topic, data, time, seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            &params,
-        )
-        .await?;
-    Ok(())
-}
-
-/// What `publish_events` said of one publish of a batch.
-pub(super) enum Published {
-    /// Stored with this seq.
-    Seq(u64),
+/// What `write_events` said of one write of a batch.
+pub(super) enum Written {
+    /// Stored (a publish with this seq; a create with 0).
+    Stored(u64),
     /// Its id is stored already (a repeat, or another event's).
     Taken,
     /// Its idempotency key is another request's now.
     KeyTaken,
 }
 
-/// Publishes `batch` in one call of `publish_events`: one round trip, one commit.
-pub(super) async fn publish_batch(
+/// Writes `batch` (each a publish or not, its event and key) in one call of `write_events`:
+/// one round trip, one commit.
+pub(super) async fn write_batch(
     client: &impl GenericClient,
-    batch: &[(&Event, Option<&KeyClaim>)],
+    batch: &[(bool, &Event, Option<&KeyClaim>)],
     channel: &str,
-) -> std::result::Result<Vec<Published>, tokio_postgres::Error> {
-    let values: Vec<Values<'_>> = batch.iter().map(|(e, _)| Values::of(e).0).collect();
+) -> std::result::Result<Vec<Written>, tokio_postgres::Error> {
+    let publish: Vec<bool> = batch.iter().map(|(p, _, _)| *p).collect();
+    let values: Vec<Values<'_>> = batch.iter().map(|(_, e, _)| Values::of(e)).collect();
     let ids: Vec<&Uuid> = values.iter().map(|v| v.id).collect();
     let user_ids: Vec<&[u8]> = values.iter().map(|v| v.user_id).collect();
     let titles: Vec<&[u8]> = values.iter().map(|v| v.title).collect();
@@ -154,18 +121,19 @@ pub(super) async fn publish_batch(
     let times: Vec<Option<i64>> = values.iter().map(|v| v.time).collect();
     let scopes: Vec<Option<&[u8]>> = batch
         .iter()
-        .map(|(_, k)| k.map(|k| k.scope.as_bytes()))
+        .map(|(_, _, k)| k.map(|k| k.scope.as_bytes()))
         .collect();
-    let keys: Vec<Option<&String>> = batch.iter().map(|(_, k)| k.map(|k| &k.key)).collect();
+    let keys: Vec<Option<&String>> = batch.iter().map(|(_, _, k)| k.map(|k| &k.key)).collect();
     let heads: Vec<Option<String>> = batch
         .iter()
-        .map(|(e, k)| k.map(|_| outcome::encode_up_to_seq(e)))
+        .map(|(_, e, k)| k.map(|_| outcome::encode_up_to_seq(e)))
         .collect();
     let rows = client
         .query(
-            "SELECT out_seq, out_failure FROM publish_events(
-                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "SELECT out_seq, out_failure FROM write_events(
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
             &[
+                &publish,
                 &ids,
                 &user_ids,
                 &titles,
@@ -185,9 +153,9 @@ pub(super) async fn publish_batch(
     Ok(rows
         .iter()
         .map(|row| match row.get::<_, Option<&str>>(1) {
-            Some("taken") => Published::Taken,
-            Some(_) => Published::KeyTaken,
-            None => Published::Seq(row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64),
+            Some("taken") => Written::Taken,
+            Some(_) => Written::KeyTaken,
+            None => Written::Stored(row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64),
         })
         .collect())
 }
