@@ -9,7 +9,7 @@ use std::{
     process::Stdio,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -60,10 +60,14 @@ pub(super) struct Net {
 
 impl Net {
     fn create() -> Result<Net, String> {
+        // A name of its own per network, not per process: the kernel removes a deleted
+        // namespace's links a moment later, so the next test's network must not reuse them.
+        static MADE: AtomicU32 = AtomicU32::new(0);
         let pid = std::process::id();
-        let id = format!("evs{}", pid % 100_000);
+        let made = MADE.fetch_add(1, Ordering::Relaxed);
+        let id = format!("evs{}n{}", pid % 100_000, made % 100);
         let mut net = Net {
-            subnet: (pid % 250) as u8,
+            subnet: ((pid + made * 7) % 250) as u8,
             namespaces: Vec::new(),
             etc: Vec::new(),
             id,
