@@ -30,6 +30,27 @@ async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
     let base = gateway.url();
 
     readyz_becomes(&base, StatusCode::OK, Duration::from_secs(10)).await;
+    // Ready takes one healthy backend; the count below wants both (the second's first health
+    // answer may come a moment later).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body: Value = http()
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["backends"]["healthy"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both backends never healthy: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Far over the rate of 5 per second, without a token: every probe answers.
     for _ in 0..20 {
         let ready = http().get(format!("{base}/readyz")).send().await.unwrap();
