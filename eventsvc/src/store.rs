@@ -97,6 +97,24 @@ pub struct EventPage {
     pub next: Option<String>,
 }
 
+/// A JSON value's size, roughly: its strings and keys, and a few bytes for anything else. It
+/// is walked, not serialised: it is reckoned for every write, on the request's path.
+fn json_size(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.len() + 2,
+        Value::Array(items) => items.iter().map(json_size).sum::<usize>() + 2,
+        Value::Object(fields) => {
+            fields
+                .iter()
+                .map(|(key, value)| key.len() + 3 + json_size(value))
+                .sum::<usize>()
+                + 2
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+    }
+}
+
 impl NewEvent {
     /// Its free text and data in bytes, roughly: what bounds a batch of writes besides their
     /// count (group commit).
@@ -107,7 +125,7 @@ impl NewEvent {
             + self.topic.len()
             + self.data.as_ref().map_or(0, |data| {
                 data.iter()
-                    .map(|(key, value)| key.len() + value.to_string().len())
+                    .map(|(key, value)| key.len() + json_size(value))
                     .sum()
             })
     }

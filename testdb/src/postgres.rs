@@ -227,10 +227,7 @@ impl PostgresServer {
 
     /// `host:port`.
     pub fn address(&self) -> String {
-        match self.host {
-            IpAddr::V4(v4) => format!("{v4}:{}", self.port),
-            IpAddr::V6(v6) => format!("[{v6}]:{}", self.port),
-        }
+        std::net::SocketAddr::new(self.host, self.port).to_string()
     }
 
     /// `kill -9` of the postmaster, as on a crash (its backends exit when they notice).

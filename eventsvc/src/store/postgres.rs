@@ -420,17 +420,6 @@ impl EventStore for PostgresStore {
     }
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {
-        // A repeat of a publish that committed: its event and seq, no second one.
-        if let Some(id) = new.id {
-            let client = self.client("publish").await?;
-            if let Some(existing) = Self::find(&client, "publish", id).await? {
-                let event = new.repeated(existing)?;
-                if let Some(key) = &new.key {
-                    keys::answer(&client, "publish", key, &event).await?;
-                }
-                return Ok(event);
-            }
-        }
         let event = new.clone().into_event(Some(0));
         let written = self
             .writer
@@ -438,11 +427,16 @@ impl EventStore for PostgresStore {
             .await?;
         match written {
             Written::Stored(seq) => Ok(Event { seq, ..event }),
-            // The same id published meanwhile by another request: that one's answer.
+            // The id is stored (its publish spent no seq): a repeat of a publish that
+            // committed gets that one's event and seq, and its key that answer.
             Written::Taken => {
                 let client = self.client("publish").await?;
                 let stored = Self::find(&client, "publish", event.id).await?;
-                new.repeated(stored.ok_or(StoreError::NotFound)?)
+                let event = new.repeated(stored.ok_or(StoreError::NotFound)?)?;
+                if let Some(key) = &new.key {
+                    keys::answer(&client, "publish", key, &event).await?;
+                }
+                Ok(event)
             }
             Written::KeyTaken => Err(StoreError::KeyInFlight),
         }

@@ -43,7 +43,7 @@ fn next_link(response: &reqwest::Response) -> Option<String> {
 }
 
 /// Follows `Link` from `first` to the end; returns every page's seqs, in order.
-async fn walk(base: &str, first: &str) -> (Vec<u64>, usize) {
+pub(crate) async fn walk(base: &str, first: &str) -> (Vec<u64>, usize) {
     let (mut all, mut pages, mut next) = (Vec::new(), 0, Some(first.to_owned()));
     while let Some(path) = next {
         let response = http().get(format!("{base}{path}")).send().await.unwrap();

@@ -8,7 +8,9 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{EXCLUSIVE, Launch, Local, Server, http, readyz_becomes, series_value};
+use crate::support::{
+    EXCLUSIVE, Launch, Local, Server, get_json, http, readyz_becomes, series_value,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
@@ -34,14 +36,7 @@ async fn readyz_follows_the_backends_and_probes_need_no_token_and_no_rate() {
     // answer may come a moment later).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let body: Value = http()
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = get_json(format!("{base}/readyz")).await;
         if body["backends"]["healthy"] == 2 {
             break;
         }

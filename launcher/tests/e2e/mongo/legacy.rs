@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::{
     lists::seqs,
     pubsub::{in_order, publish, read, subscribe},
-    support::{Front, UpSystem, http},
+    support::{Front, UpSystem, get_json, http},
 };
 
 /// Go's zero `time.Time`, as the old service stored `time` for events it did not publish.
@@ -55,18 +55,11 @@ async fn the_old_services_documents_are_served_and_ours_read_back_in_its_shape()
     system.ready().await;
 
     // Listed, read, updated and deleted through the gateway.
-    let listed: Value = http()
-        .get(system.url("/events?userId=gopher"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(system.url("/events?userId=gopher")).await;
     assert_eq!(listed[0]["id"], created.to_string(), "{listed}");
     assert!(listed[0].get("time").is_none() && listed[0].get("seq").is_none());
     let url = system.url(&format!("/events/{created}"));
-    let found: Value = http().get(&url).send().await.unwrap().json().await.unwrap();
+    let found: Value = get_json(&url).await;
     assert_eq!(
         (&found["title"], &found["createdAt"]),
         (&json!("created in Go"), &json!("2023-11-14T22:13:20.000Z"))
@@ -78,7 +71,7 @@ async fn the_old_services_documents_are_served_and_ours_read_back_in_its_shape()
         .await
         .unwrap();
     assert_eq!(updated.status(), StatusCode::OK);
-    let updated: Value = http().get(&url).send().await.unwrap().json().await.unwrap();
+    let updated: Value = get_json(&url).await;
     assert_eq!(
         (
             &updated["title"],
@@ -89,14 +82,7 @@ async fn the_old_services_documents_are_served_and_ours_read_back_in_its_shape()
     );
 
     // The published ones are the topic's history, in their old order, and new ones follow.
-    let history: Value = http()
-        .get(system.url("/topic-events/legacy"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = get_json(system.url("/topic-events/legacy")).await;
     assert_eq!(seqs(&history), vec![1, 2]);
     assert_eq!(history[0]["id"], older.to_string());
     assert_eq!(publish(&system.url(""), "legacy", 1, 1, 0).await, 1);

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::{
     idempotency::{answer, post},
     lists::seqs,
-    support::{Engine, Front, TokenMode, UpSystem, http, readyz_becomes},
+    support::{Engine, Front, TokenMode, UpSystem, get_json, http, readyz_becomes},
     token::mint,
 };
 
@@ -48,14 +48,7 @@ pub(super) async fn idempotency_keys_answer_once_across_backends(engine: Engine)
         assert!(again);
         assert_eq!(repeat, published);
     }
-    let history: Value = http()
-        .get(system.url("/topic-events/pay"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = get_json(system.url("/topic-events/pay")).await;
     assert_eq!(seqs(&history), vec![1]);
 }
 

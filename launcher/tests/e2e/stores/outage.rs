@@ -3,14 +3,11 @@
 use std::{collections::HashSet, time::Duration};
 
 use reqwest::StatusCode;
-use serde_json::Value;
 
 use crate::{
-    lists::seqs,
+    lists::walk,
     pubsub::{in_order, read, subscribe},
-    support::{
-        Engine, Front, UpSystem, http, publish_refused_with_503, readyz_becomes, until_answered,
-    },
+    support::{Engine, Front, UpSystem, publish_refused_with_503, readyz_becomes, until_answered},
     writes::{Answered, MixedLoad},
 };
 
@@ -75,7 +72,12 @@ pub(super) async fn the_database_killed_under_load_gives_503s_and_everything_rec
         assert!(stored.contains(id), "acknowledged {id} lost");
     }
     // The subscriber: 1..=newest, each once, in order, every acknowledged publish among them.
-    let newest = history_newest(&system, topic).await;
+    let (history, _) = walk(
+        &system.url(""),
+        &format!("/topic-events/{topic}?limit=1000"),
+    )
+    .await;
+    let newest = history.last().copied().unwrap_or(0);
     let delivered = read(&mut frames, newest as usize).await;
     in_order(&delivered, 1);
     for seq in &published {
@@ -91,25 +93,4 @@ pub(super) async fn the_database_killed_under_load_gives_503s_and_everything_rec
         created.len(),
         failed.len()
     );
-}
-
-/// The newest `seq` of `topic`'s history.
-async fn history_newest(system: &UpSystem, topic: &str) -> u64 {
-    let mut after = 0;
-    loop {
-        let page: Value = http()
-            .get(system.url(&format!(
-                "/topic-events/{topic}?afterSeq={after}&limit=1000"
-            )))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        match seqs(&page).last() {
-            Some(last) => after = *last,
-            None => return after,
-        }
-    }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::{
     lists::{a_resumed_subscriber_is_told_the_gap, history_becomes, publish_n},
     pubsub::{in_order, publish, read, subscribe},
-    support::{Engine, Front, Local, UpSystem, http},
+    support::{Engine, Front, Local, UpSystem, get_json, http},
     writes::{Answered, MixedLoad},
 };
 
@@ -60,14 +60,7 @@ pub(super) async fn lists_are_in_creation_order_whichever_backend_created(engine
         created.push(event["id"].clone());
     }
     assert_eq!(backends.len(), 2, "both backends created some");
-    let listed: Value = http()
-        .get(system.url("/events?userId=lister"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(system.url("/events?userId=lister")).await;
     let listed: Vec<Value> = listed
         .as_array()
         .unwrap()

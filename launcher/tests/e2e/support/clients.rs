@@ -138,6 +138,11 @@ impl TokenMode {
     }
 }
 
+/// `GET url`'s body as JSON (whatever its status: the caller asserts on the body).
+pub(crate) async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// A publish on `topic` through the gateway at `base` now: refused with 503 and the contract's
 /// body (`UNAVAILABLE`); how long the refusal took.
 pub(crate) async fn publish_refused_with_503(base: &str, topic: &str) -> Duration {
