@@ -96,7 +96,7 @@ impl KeyPolicy {
             return Ok(Written::Stored(store_it(new).await?));
         };
         // A direct gRPC client may leave the id to us; the gateway always names it.
-        let id = *new.id.get_or_insert_with(Uuid::new_v4);
+        let id = *new.id.get_or_insert_with(Uuid::now_v7);
         let claim = KeyClaim {
             scope,
             key: key.as_str().to_owned(),

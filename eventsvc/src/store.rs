@@ -22,7 +22,7 @@ pub(crate) use timed::TimedStore;
 pub use eventsys::json::JsonObject;
 
 /// A stored event.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub id: Uuid,
     pub user_id: String,
@@ -40,7 +40,7 @@ pub struct Event {
 }
 
 /// What a client supplies to create or publish an event; the store assigns the rest.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewEvent {
     /// The id the caller chose (stored at most once); `None`: a new one.
     pub id: Option<Uuid>,
@@ -57,7 +57,7 @@ pub struct NewEvent {
 }
 
 /// A write's claim on a client's idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyClaim {
     /// Whose key: keys of different callers never meet.
     pub scope: String,
@@ -82,7 +82,7 @@ pub enum Claim {
 }
 
 /// The fields an update replaces; every other field is left as stored.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EventPatch {
     pub title: String,
     pub description: String,
@@ -135,7 +135,7 @@ impl NewEvent {
     pub fn into_event(self, seq: Option<u64>) -> Event {
         let now = Utc::now().trunc_subsecs(3);
         Event {
-            id: self.id.unwrap_or_else(Uuid::new_v4),
+            id: self.id.unwrap_or_else(Uuid::now_v7),
             user_id: self.user_id,
             title: self.title,
             description: self.description,

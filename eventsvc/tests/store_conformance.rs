@@ -61,7 +61,7 @@ pub async fn crud_round_trip(f: Fixture) {
         (0, None),
         "create does not publish"
     );
-    assert_eq!(created.id.get_version_num(), 4);
+    assert_eq!(created.id.get_version_num(), 7, "ids are time-ordered (v7)");
     assert_eq!(s.get(created.id, None).await.unwrap(), created);
 
     let patch = EventPatch {

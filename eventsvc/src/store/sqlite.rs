@@ -7,6 +7,7 @@
 mod follow;
 mod inline;
 mod keys;
+mod lead;
 mod retention;
 mod rows;
 mod writer;
@@ -22,10 +23,11 @@ use futures::stream::BoxStream;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use inline::InlineReaders;
+use lead::Lead;
 use rows::{insert, query_events, raw_row};
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
-use writer::{Write, Writer};
+use writer::{Done, Op, Writer};
 
 use super::{
     Claim, Event, EventPage, EventPatch, EventStore, JsonObject, KeyClaim, NewEvent, OpenError,
@@ -121,8 +123,11 @@ pub struct SqliteStore {
     published: Arc<Notify>,
     /// Connections for point reads on the calling thread.
     inline: InlineReaders,
-    /// Every create, update, delete and publish, committed in batches (group commit).
-    writer: Writer,
+    /// Every create, update, delete and publish, committed in batches (group commit): of
+    /// this process, and of the others on the file while this one leads.
+    writer: Arc<Writer>,
+    /// Which process's writer commits the file's writes (`lead`).
+    lead: Lead,
 }
 
 impl SqliteStore {
@@ -166,6 +171,8 @@ impl SqliteStore {
         let published = Arc::new(Notify::new());
         let writer = Writer::start(writer_conn, published.clone())
             .map_err(|e| fail(&target, e.to_string()))?;
+        let writer = Arc::new(writer);
+        let lead = Lead::join(&path, writer.clone(), published.clone());
         Ok(Self {
             inline: InlineReaders::new(path.clone()),
             path,
@@ -174,7 +181,13 @@ impl SqliteStore {
             permits: Arc::new(Semaphore::new(POOL_SIZE)),
             published,
             writer,
+            lead,
         })
+    }
+
+    /// Commits `op` (`lead`: by whichever process commits the file's writes).
+    async fn write(&self, op: Op) -> Result<Done> {
+        self.lead.write(op, &self.writer).await
     }
 
     /// Runs `f` on a pooled connection on the blocking pool.
@@ -386,10 +399,8 @@ fn update_in(
 
 fn delete_in(conn: &Connection, id: Uuid, owner: Option<String>) -> Result<()> {
     let deleted = conn
-        .execute(
-            "DELETE FROM events WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)",
-            params![id.to_string(), owner],
-        )
+        .prepare_cached("DELETE FROM events WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)")
+        .and_then(|mut stmt| stmt.execute(params![id.to_string(), owner]))
         .map_err(|e| sql_error("delete", &e))?;
     if deleted == 0 {
         return Err(StoreError::NotFound);
@@ -412,13 +423,12 @@ fn publish_in(conn: &Connection, new: NewEvent) -> Result<(Event, bool)> {
         return Ok((event, false));
     }
     let seq: i64 = conn
-        .query_row(
+        .prepare_cached(
             "INSERT INTO topics (topic, last_seq) VALUES (?1, 1)
              ON CONFLICT (topic) DO UPDATE SET last_seq = last_seq + 1
              RETURNING last_seq",
-            params![new.topic],
-            |row| row.get(0),
         )
+        .and_then(|mut stmt| stmt.query_row(params![new.topic], |row| row.get(0)))
         .map_err(fail)?;
     let key = new.key.clone();
     let event = new.into_event(Some(seq as u64));
@@ -432,10 +442,7 @@ fn publish_in(conn: &Connection, new: NewEvent) -> Result<(Event, bool)> {
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn create(&self, new: NewEvent) -> Result<Event> {
-        let (answer, answered) = oneshot::channel();
-        self.writer
-            .write(Write::Create(new, answer), answered)
-            .await
+        self.write(Op::Create(new)).await?.into_event("create")
     }
 
     async fn get(&self, id: Uuid, owner: Option<String>) -> Result<Event> {
@@ -488,27 +495,22 @@ impl EventStore for SqliteStore {
     }
 
     async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
-        let (answer, answered) = oneshot::channel();
-        let write = Write::Update {
-            id,
-            owner,
-            patch,
-            answer,
-        };
-        self.writer.write(write, answered).await
+        let op = Op::Update { id, owner, patch };
+        self.write(op).await?.into_event("update")
     }
 
     async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
-        let (answer, answered) = oneshot::channel();
-        let write = Write::Delete { id, owner, answer };
-        self.writer.write(write, answered).await
+        match self.write(Op::Delete { id, owner }).await? {
+            Done::Deleted => Ok(()),
+            Done::Event(_) => Err(StoreError::Internal {
+                op: "delete",
+                source: "the writer answered with an event".into(),
+            }),
+        }
     }
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {
-        let (answer, answered) = oneshot::channel();
-        self.writer
-            .write(Write::Publish(new, answer), answered)
-            .await
+        self.write(Op::Publish(new)).await?.into_event("publish")
     }
 
     async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {

@@ -16,7 +16,7 @@ use utoipa::{
 #[serde(rename_all = "camelCase")]
 #[schema(as = Event)]
 pub(crate) struct EventJson {
-    /// Assigned by the service (UUID v4).
+    /// Assigned by the service (UUID v7: time-ordered, so new ids land together in an index).
     #[schema(format = Uuid)]
     pub(crate) id: String,
     /// The event's owner.

@@ -213,7 +213,7 @@ pub(crate) struct Keyed<R> {
 }
 
 /// A request that stores a new event under the id it carries. The gateway gives it one (UUID
-/// v4) before the first attempt when the client did not, so a retry on another backend stores
+/// v7) before the first attempt when the client did not, so a retry on another backend stores
 /// the event at most once, and a retried publish keeps its `seq`.
 pub(crate) trait NewEvent {
     fn id_mut(&mut self) -> &mut String;
@@ -249,7 +249,7 @@ where
     fn prepare(mut self) -> Self::Prepared {
         let id = self.request.id_mut();
         if id.is_empty() {
-            *id = uuid::Uuid::new_v4().to_string();
+            *id = uuid::Uuid::now_v7().to_string();
         }
         // A parsed key is visible ASCII: always a header value.
         let key = self

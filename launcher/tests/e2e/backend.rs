@@ -51,7 +51,7 @@ async fn grpcurl_lists_services_and_round_trips_an_event() {
     .await
     .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
-    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
     assert_eq!(created["userId"], "u1");
     assert_eq!(created["data"], json!({"n": 1, "tags": ["a"]}));
     assert!(created["createdAt"].as_str().unwrap().ends_with('Z'));

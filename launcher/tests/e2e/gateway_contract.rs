@@ -112,7 +112,7 @@ async fn post_events_stores_what_the_contract_says_and_ignores_the_rest(
     let created: Value = response.json().await.unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
     assert_ne!(id, "client-chosen");
-    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
     for (field, expected) in [
         ("userId", json!("alice")),
         ("title", json!("Launch")),

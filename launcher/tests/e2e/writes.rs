@@ -155,6 +155,82 @@ async fn creates_and_publishes_under_a_kill_fail_none_and_are_stored_and_deliver
     );
 }
 
+/// The pid of the process holding the flock on `lock` (the SQLite file's writer), from
+/// `/proc/locks`.
+fn holder_of(lock: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(lock).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 4242 fe:01:1234 0 EOF"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let file = fields.get(5)?;
+        (fields.get(1) == Some(&"FLOCK") && file.rsplit(':').next()? == inode.to_string())
+            .then(|| fields.get(4)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Waits (bounded) for a backend of `system` other than `not` to hold the writer's lock.
+async fn writing_backend(system: &System<crate::support::Process>, not: Option<u32>) -> u32 {
+    let lock = std::path::PathBuf::from(format!("{}-writer.lock", system.db.display()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = holder_of(&lock).filter(|pid| Some(*pid) != not)
+            && system.backends.iter().any(|b| b.pid() == pid)
+        {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no backend took the writer's lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The three backends on one file send their writes to the one holding its writer's lock;
+/// that one is killed with `kill -9` under creates and publishes: none fails (a write it had
+/// taken and not answered is committed again under its id, found stored or not), every
+/// acknowledged event is stored exactly once, the publishes' seqs run 1..=N, and another
+/// backend takes the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_of_the_backend_committing_everyones_writes_loses_and_repeats_none() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let system = System::launch(3).await;
+    let base = system.gateway.url();
+    let leader = writing_backend(&system, None).await;
+    let victim = system.backends.iter().find(|b| b.pid() == leader).unwrap();
+    let Answered {
+        created,
+        published,
+        failed,
+        slowest_failure: _,
+    } = MixedLoad::through_a_kill(&base, "kill.leader", (300, 1000), || {
+        victim.signal(Signal::SIGKILL)
+    })
+    .await;
+    none_failed(&created, &failed);
+    let successor = writing_backend(&system, Some(leader)).await;
+
+    let stored = stored_ids_at(&format!("sqlite://{}", system.db.display()), "kill-writes").await;
+    let unique: HashSet<_> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "an event stored twice");
+    let acknowledged: HashSet<_> = created.iter().collect();
+    assert_eq!(unique, acknowledged, "stored and acknowledged differ");
+    let n = published.len();
+    assert_eq!(
+        published,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "publishes acknowledged with seqs 1..={n}, none skipped or repeated"
+    );
+    println!(
+        "kill -9 of the writing backend (pid {leader}) under writes: {} acknowledged, 0 failed, \
+         each stored once; pid {successor} writes now",
+        created.len()
+    );
+}
+
 /// Asserts that no write of a `MixedLoad` failed, showing the first few that did.
 fn none_failed(created: &[String], failed: &[String]) {
     assert!(

@@ -113,10 +113,13 @@ pub(super) fn answer(
     claim: &KeyClaim,
     event: &Event,
 ) -> Result<()> {
+    // An outcome already there is this event's (the claim names it): the write is a repeat of
+    // one that committed (sent again after the process committing it died), and the first
+    // answer stands.
     let recorded = tx
         .prepare_cached(
-            "UPDATE idempotency_keys SET outcome = ?4, lease_until = NULL
-             WHERE scope = ?1 AND key = ?2 AND event_id = ?3 AND outcome IS NULL",
+            "UPDATE idempotency_keys SET outcome = coalesce(outcome, ?4), lease_until = NULL
+             WHERE scope = ?1 AND key = ?2 AND event_id = ?3",
         )
         .and_then(|mut stmt| {
             stmt.execute(params![

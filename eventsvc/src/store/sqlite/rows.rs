@@ -84,10 +84,11 @@ pub(super) fn insert(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
     let data = data
         .as_ref()
         .map(|d| serde_json::Value::Object(d.clone()).to_string());
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO events (id, user_id, title, description, completed, created_at, topic, data, time, seq)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
+    )?
+    .execute(params![
             id.to_string(),
             user_id,
             title,
@@ -98,8 +99,7 @@ pub(super) fn insert(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
             data,
             time.map(millis),
             (*seq > 0).then_some(*seq as i64),
-        ],
-    )?;
+        ])?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -25,73 +26,95 @@ const MAX_BATCH: usize = 256;
 /// `QUEUE` requests of the servers' 4 MiB request limit).
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
-/// A write, with where its answer goes.
-pub(super) enum Write {
-    Create(NewEvent, oneshot::Sender<Result<Event>>),
+/// A write, as the writer applies it (and as another process sends it, `lead`).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Op {
+    Create(NewEvent),
     Update {
         id: Uuid,
         owner: Option<String>,
         patch: EventPatch,
-        answer: oneshot::Sender<Result<Event>>,
     },
     Delete {
         id: Uuid,
         owner: Option<String>,
-        answer: oneshot::Sender<Result<()>>,
     },
-    Publish(NewEvent, oneshot::Sender<Result<Event>>),
+    Publish(NewEvent),
 }
 
-impl Write {
-    fn op(&self) -> &'static str {
+/// What a write did.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Done {
+    /// The event as stored (a create, an update, a publish).
+    Event(Box<Event>),
+    Deleted,
+}
+
+impl Done {
+    /// The event, for the writes that answer with one.
+    pub(super) fn into_event(self, op: &'static str) -> Result<Event> {
         match self {
-            Write::Create(..) => "create",
-            Write::Update { .. } => "update",
-            Write::Delete { .. } => "delete",
-            Write::Publish(..) => "publish",
+            Done::Event(event) => Ok(*event),
+            Done::Deleted => Err(StoreError::Internal {
+                op,
+                source: "the writer answered a deletion".into(),
+            }),
+        }
+    }
+}
+
+impl Op {
+    /// Whether committing it twice is committing it once: a create or publish of a given id
+    /// (the second finds the first stored and answers with it).
+    pub(super) fn repeatable(&self) -> bool {
+        match self {
+            Op::Create(new) | Op::Publish(new) => new.id.is_some(),
+            Op::Update { .. } | Op::Delete { .. } => false,
+        }
+    }
+
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Op::Create(..) => "create",
+            Op::Update { .. } => "update",
+            Op::Delete { .. } => "delete",
+            Op::Publish(..) => "publish",
         }
     }
 
     /// The free text and data it stores, roughly: what bounds a batch besides its count.
     fn bytes(&self) -> usize {
         match self {
-            Write::Create(event, _) | Write::Publish(event, _) => event.size(),
-            Write::Update { patch, .. } => patch.title.len() + patch.description.len(),
-            Write::Delete { .. } => 0,
+            Op::Create(event) | Op::Publish(event) => event.size(),
+            Op::Update { patch, .. } => patch.title.len() + patch.description.len(),
+            Op::Delete { .. } => 0,
         }
     }
 
-    /// Applies it on `conn` (a savepoint in the batch's transaction); what to answer once the
-    /// batch commits.
-    fn apply(self, conn: &Connection) -> Applied {
+    /// Applies it on `conn` (a savepoint in the batch's transaction): what it did, and whether
+    /// it published a new event (not a repeat of an earlier publish).
+    fn apply(self, conn: &Connection) -> (Result<Done>, bool) {
         match self {
-            Write::Create(new, answer) => Applied::Event("create", create_in(conn, new), answer),
-            Write::Update {
-                id,
-                owner,
-                patch,
-                answer,
-            } => Applied::Event("update", update_in(conn, id, owner, patch), answer),
-            Write::Delete { id, owner, answer } => {
-                Applied::Deleted(delete_in(conn, id, owner), answer)
+            Op::Create(new) => (create_in(conn, new).map(event), false),
+            Op::Update { id, owner, patch } => {
+                (update_in(conn, id, owner, patch).map(event), false)
             }
-            Write::Publish(new, answer) => Applied::Published(publish_in(conn, new), answer),
-        }
-    }
-
-    /// Answers it with `failure` without applying it.
-    fn fail(self, failure: &Failure) {
-        let err = failure.error(self.op());
-        match self {
-            Write::Create(_, answer) | Write::Publish(_, answer) | Write::Update { answer, .. } => {
-                let _ = answer.send(Err(err));
-            }
-            Write::Delete { answer, .. } => {
-                let _ = answer.send(Err(err));
-            }
+            Op::Delete { id, owner } => (delete_in(conn, id, owner).map(|()| Done::Deleted), false),
+            Op::Publish(new) => match publish_in(conn, new) {
+                Ok((stored, new)) => (Ok(event(stored)), new),
+                Err(err) => (Err(err), false),
+            },
         }
     }
 }
+
+fn event(event: Event) -> Done {
+    Done::Event(Box::new(event))
+}
+
+/// A queued write: its size (`Op::bytes`, reckoned by the caller, not the writer), the write,
+/// and where its answer goes.
+type Queued = (usize, Op, oneshot::Sender<Result<Done>>);
 
 /// Why a batch did not commit.
 enum Failure {
@@ -114,72 +137,31 @@ impl Failure {
 }
 
 /// A write applied in its savepoint, its answer held until the batch commits.
-enum Applied {
-    /// A create's or an update's.
-    Event(&'static str, Result<Event>, oneshot::Sender<Result<Event>>),
-    Deleted(Result<()>, oneshot::Sender<Result<()>>),
-    /// The event, and whether it is new (not a repeat of an earlier publish).
-    Published(Result<(Event, bool)>, oneshot::Sender<Result<Event>>),
+struct Applied {
+    op: &'static str,
+    done: Result<Done>,
+    /// A new event was published.
+    published: bool,
+    answer: oneshot::Sender<Result<Done>>,
 }
 
 impl Applied {
-    fn failed(&self) -> bool {
-        match self {
-            Applied::Event(_, result, _) => result.is_err(),
-            Applied::Deleted(result, _) => result.is_err(),
-            Applied::Published(result, _) => result.is_err(),
-        }
-    }
-
-    /// Answers with what it did (its batch committed); whether it published a new event.
-    fn answer(self) -> bool {
-        match self {
-            Applied::Event(_, result, answer) => {
-                let _ = answer.send(result);
-                false
-            }
-            Applied::Deleted(result, answer) => {
-                let _ = answer.send(result);
-                false
-            }
-            Applied::Published(result, answer) => {
-                let new = matches!(result, Ok((_, true)));
-                let _ = answer.send(result.map(|(event, _)| event));
-                new
-            }
-        }
-    }
-
     /// Answers with `failure`: its batch did not commit. A write that had failed alone keeps
     /// its own error.
     fn undo(self, failure: &Failure) {
-        match self {
-            Applied::Event(_, Err(own), answer) => {
-                let _ = answer.send(Err(own));
-            }
-            Applied::Event(op, Ok(_), answer) => {
-                let _ = answer.send(Err(failure.error(op)));
-            }
-            Applied::Published(Err(own), answer) => {
-                let _ = answer.send(Err(own));
-            }
-            Applied::Published(Ok(_), answer) => {
-                let _ = answer.send(Err(failure.error("publish")));
-            }
-            Applied::Deleted(Err(own), answer) => {
-                let _ = answer.send(Err(own));
-            }
-            Applied::Deleted(Ok(()), answer) => {
-                let _ = answer.send(Err(failure.error("delete")));
-            }
-        }
+        let Applied {
+            op,
+            done,
+            published: _,
+            answer,
+        } = self;
+        let _ = answer.send(done.and(Err(failure.error(op))));
     }
 }
 
 /// The queue to this process's writer thread.
 pub(super) struct Writer {
-    /// Each write with its size (`Write::bytes`, reckoned by the caller, not the writer).
-    queue: mpsc::Sender<(usize, Write)>,
+    queue: mpsc::Sender<Queued>,
 }
 
 impl Writer {
@@ -198,37 +180,34 @@ impl Writer {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
-    /// Queues `write` and waits for its answer (`answer` is the receiving end of its sender).
-    pub(super) async fn write<T>(
-        &self,
-        write: Write,
-        answer: oneshot::Receiver<Result<T>>,
-    ) -> Result<T> {
-        let op = write.op();
+    /// Queues `op` and waits for its answer.
+    pub(super) async fn write(&self, op: Op) -> Result<Done> {
+        let name = op.name();
         let stopped = || StoreError::Unavailable {
-            op,
+            op: name,
             reason: "the store's writer stopped".into(),
         };
+        let (answer, answered) = oneshot::channel();
         self.queue
-            .send((write.bytes(), write))
+            .send((op.bytes(), op, answer))
             .await
             .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        answered.await.map_err(|_| stopped())?
     }
 }
 
 /// Until every sender is gone: a batch of what is queued, committed.
-fn run(mut conn: Connection, mut writes: mpsc::Receiver<(usize, Write)>, published: &Notify) {
-    while let Some((mut bytes, first)) = writes.blocking_recv() {
+fn run(mut conn: Connection, mut writes: mpsc::Receiver<Queued>, published: &Notify) {
+    while let Some((mut bytes, op, answer)) = writes.blocking_recv() {
         // The write lock first, then the batch: what queued while another process held the
         // lock joins this commit instead of waiting for the next.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate);
-        let mut batch = vec![first];
+        let mut batch = vec![(op, answer)];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match writes.try_recv() {
-                Ok((size, write)) => {
+                Ok((size, op, answer)) => {
                     bytes += size;
-                    batch.push(write);
+                    batch.push((op, answer));
                 }
                 Err(_) => break,
             }
@@ -236,10 +215,7 @@ fn run(mut conn: Connection, mut writes: mpsc::Receiver<(usize, Write)>, publish
         let published_any = match tx {
             Ok(tx) => commit(tx, batch),
             Err(err) => {
-                let failure = Failure::Sql(err);
-                for write in batch {
-                    write.fail(&failure);
-                }
+                fail(batch, &Failure::Sql(err));
                 false
             }
         };
@@ -249,49 +225,74 @@ fn run(mut conn: Connection, mut writes: mpsc::Receiver<(usize, Write)>, publish
     }
 }
 
+/// Runs a savepoint statement (cached: SQLite parses it once per connection, where
+/// `Transaction::savepoint` would parse it per write).
+fn savepoint(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Answers each write of `batch` with `failure`, without applying it.
+fn fail(batch: impl IntoIterator<Item = (Op, oneshot::Sender<Result<Done>>)>, failure: &Failure) {
+    for (op, answer) in batch {
+        let _ = answer.send(Err(failure.error(op.name())));
+    }
+}
+
 /// Commits `batch` in `tx` and answers every write; whether it published.
-fn commit(mut tx: Transaction<'_>, batch: Vec<Write>) -> bool {
+fn commit(tx: Transaction<'_>, batch: Vec<(Op, oneshot::Sender<Result<Done>>)>) -> bool {
     let mut applied = Vec::with_capacity(batch.len());
     let mut writes = batch.into_iter();
-    while let Some(write) = writes.next() {
-        let done = tx.savepoint().map(|savepoint| {
-            let done = write.apply(&savepoint);
-            // A failed write leaves nothing behind; the others are kept.
-            let ended = if done.failed() {
-                savepoint.finish()
-            } else {
-                savepoint.commit()
-            };
-            (done, ended)
-        });
-        let failure = match done {
-            Ok((done, Ok(()))) => {
-                applied.push(done);
-                if !tx.is_autocommit() {
-                    continue;
-                }
-                Failure::RolledBack
+    while let Some((op, answer)) = writes.next() {
+        let name = op.name();
+        let failure = match savepoint(&tx, "SAVEPOINT write") {
+            Ok(()) => {
+                let (done, published) = op.apply(&tx);
+                // A failed write leaves nothing behind; the others are kept.
+                let ended = if done.is_err() {
+                    savepoint(&tx, "ROLLBACK TO write")
+                        .and_then(|()| savepoint(&tx, "RELEASE write"))
+                } else {
+                    savepoint(&tx, "RELEASE write")
+                };
+                applied.push(Applied {
+                    op: name,
+                    done,
+                    published,
+                    answer,
+                });
+                ended.err().map(Failure::Sql)
             }
-            Ok((done, Err(err))) => {
-                applied.push(done);
-                Failure::Sql(err)
+            Err(err) => {
+                let failure = Failure::Sql(err);
+                let _ = answer.send(Err(failure.error(name)));
+                Some(failure)
             }
-            Err(err) => Failure::Sql(err),
+        };
+        let rolled_back = tx.is_autocommit();
+        let failure = match failure {
+            None if !rolled_back => continue,
+            None => Failure::RolledBack,
+            Some(failure) => failure,
         };
         // The batch fails as a whole: what was applied is undone, what was not is not tried.
         drop(tx);
         for done in applied {
             done.undo(&failure);
         }
-        for write in writes {
-            write.fail(&failure);
-        }
+        fail(writes, &failure);
         return false;
     }
     match tx.commit() {
-        Ok(()) => applied
-            .into_iter()
-            .fold(false, |any, done| done.answer() | any),
+        Ok(()) => applied.into_iter().fold(false, |any, applied| {
+            let Applied {
+                op: _,
+                done,
+                published,
+                answer,
+            } = applied;
+            let _ = answer.send(done);
+            any | published
+        }),
         Err(err) => {
             let failure = Failure::Sql(err);
             for done in applied {

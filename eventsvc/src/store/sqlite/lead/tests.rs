@@ -1,0 +1,129 @@
+//! The election between stores on one file, in one process (each store takes part as a
+//! process would): one leads, the others' writes are committed by its writer and answered as
+//! its writer answered them, and when it closes another takes over.
+
+use std::time::{Duration, Instant};
+
+use super::super::SqliteStore;
+use crate::store::{EventPatch, EventStore, NewEvent, StoreError};
+
+/// Waits (bounded) until `led` says `store` leads or not.
+async fn until_leading(store: &SqliteStore, led: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.lead.leading() != led {
+        assert!(Instant::now() < deadline, "leading stayed {}", !led);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn named(title: &str) -> NewEvent {
+    NewEvent {
+        id: Some(uuid::Uuid::now_v7()),
+        user_id: "u".into(),
+        title: title.into(),
+        topic: "t".into(),
+        ..NewEvent::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_has_its_writes_committed_by_the_leader_and_gives_its_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let leader = SqliteStore::open(path.clone()).await.unwrap();
+    until_leading(&leader, true).await;
+    let follower = std::sync::Arc::new(SqliteStore::open(path.clone()).await.unwrap());
+    assert!(!follower.lead.leading());
+
+    // With the lock held elsewhere, the follower's writes wait in the leader's queue (one in
+    // its writer, the rest queued), none in the follower's.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let writes: Vec<_> = (0..3)
+        .map(|i| {
+            let follower = follower.clone();
+            tokio::spawn(async move { follower.publish(named(&format!("w{i}"))).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader.writer.queued() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the writes never reached the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(follower.writer.queued(), 0);
+    other.execute_batch("COMMIT").unwrap();
+    let mut seqs = Vec::new();
+    for write in writes {
+        let event = write.await.unwrap().unwrap();
+        assert_eq!(follower.get(event.id, None).await.unwrap(), event);
+        seqs.push(event.seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2, 3]);
+
+    // Each answer as the leader's writer gave it, refusals included.
+    let first = named("first");
+    let stored = follower.publish(first.clone()).await.unwrap();
+    assert_eq!(stored.seq, 4);
+    assert_eq!(follower.publish(first.clone()).await.unwrap(), stored);
+    let other_content = NewEvent {
+        title: "other".into(),
+        ..first
+    };
+    assert!(matches!(
+        follower.create(other_content).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    let patch = EventPatch {
+        title: "patched".into(),
+        ..EventPatch::default()
+    };
+    let patched = follower
+        .update(stored.id, None, patch.clone())
+        .await
+        .unwrap();
+    assert_eq!(patched.title, "patched");
+    let missing = uuid::Uuid::now_v7();
+    assert!(matches!(
+        follower.update(missing, None, patch).await,
+        Err(StoreError::NotFound)
+    ));
+    follower.delete(stored.id, None).await.unwrap();
+    assert!(matches!(
+        follower.delete(stored.id, None).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(follower.writer.queued(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_leader_closes_the_follower_writes_on_and_takes_the_lead() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let leader = SqliteStore::open(path.clone()).await.unwrap();
+    until_leading(&leader, true).await;
+    let follower = SqliteStore::open(path.clone()).await.unwrap();
+    let sent = follower.create(named("sent")).await.unwrap();
+    let socket = super::beside(&path, "-writer.sock");
+    assert!(socket.exists());
+
+    drop(leader);
+    // Until it leads, it commits its own writes; then it serves the socket again.
+    let own = follower.create(named("own")).await.unwrap();
+    until_leading(&follower, true).await;
+    let led = follower.create(named("led")).await.unwrap();
+    for event in [sent, own, led] {
+        assert_eq!(follower.get(event.id, None).await.unwrap(), event);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the new leader never listened");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let third = SqliteStore::open(path).await.unwrap();
+    let event = third.create(named("third")).await.unwrap();
+    assert_eq!(follower.get(event.id, None).await.unwrap(), event);
+}
