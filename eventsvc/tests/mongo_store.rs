@@ -219,3 +219,127 @@ async fn a_database_that_goes_away_fails_fast_and_is_found_again() {
         .unwrap();
     assert_eq!(seen, next);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creates_sent_together_are_each_stored_once_and_a_taken_id_fails_alone() {
+    let Some(server) = MongoServer::shared("the MongoDB store's create batches") else {
+        return;
+    };
+    let uri = server.uri(&format!("batch_{}", Uuid::new_v4().simple()));
+    let store = Arc::new(MongoStore::open(&uri).await.unwrap());
+    let owner = |title: &str| NewEvent {
+        user_id: "batch".into(),
+        title: title.into(),
+        ..NewEvent::default()
+    };
+    let taken = store
+        .create(NewEvent {
+            id: Some(Uuid::now_v7()),
+            ..owner("taken")
+        })
+        .await
+        .unwrap();
+    // Sixty at once (they queue behind one another's inserts): every tenth repeats one new id
+    // with the same content (stored once, each answered with it), every tenth another names
+    // the id stored above with other content (refused alone), the rest are new.
+    let repeated = Uuid::now_v7();
+    let creates: Vec<_> = (0..60)
+        .map(|i| {
+            let store = store.clone();
+            let new = match i % 10 {
+                3 => NewEvent {
+                    id: Some(repeated),
+                    ..owner("repeated")
+                },
+                7 => NewEvent {
+                    id: Some(taken.id),
+                    ..owner("other content")
+                },
+                _ => owner(&format!("c{i}")),
+            };
+            tokio::spawn(async move { store.create(new).await })
+        })
+        .collect();
+    let mut stored = Vec::new();
+    for (i, create) in join_all(creates).await.into_iter().enumerate() {
+        match (i % 10, create.unwrap()) {
+            (7, Err(StoreError::AlreadyExists)) => {}
+            (3, Ok(event)) => {
+                assert_eq!(event.id, repeated);
+                stored.push(event);
+            }
+            (_, Ok(event)) if i % 10 != 7 => stored.push(event),
+            (_, other) => panic!("create {i}: {other:?}"),
+        }
+    }
+    for event in &stored {
+        assert_eq!(store.get(event.id, None).await.unwrap(), *event);
+    }
+    let page = store.list(Some("batch".into()), 100, None).await.unwrap();
+    assert_eq!(
+        page.events.len(),
+        1 + 48 + 1,
+        "the first, the new ones, and the repeated id once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publishes_of_two_processes_in_batches_take_each_seq_once_in_order() {
+    let Some(server) = MongoServer::shared("the MongoDB store's publish batches") else {
+        return;
+    };
+    let uri = server.uri(&format!("batch_{}", Uuid::new_v4().simple()));
+    let stores = [
+        Arc::new(MongoStore::open(&uri).await.unwrap()),
+        Arc::new(MongoStore::open(&uri).await.unwrap()),
+    ];
+    // Two stores (as two backends) publish on one topic at once, each many at a time, so
+    // their batches race for the same seqs; one id is published by both, eight times.
+    let repeated = Uuid::now_v7();
+    let publishes: Vec<_> = (0..80)
+        .map(|i| {
+            let store = stores[i % 2].clone();
+            let new = if i % 10 == 0 {
+                NewEvent {
+                    id: Some(repeated),
+                    ..published("t", "repeated")
+                }
+            } else {
+                NewEvent {
+                    id: Some(Uuid::now_v7()),
+                    ..published("t", &format!("p{i}"))
+                }
+            };
+            tokio::spawn(async move { store.publish(new).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    let mut repeats = Vec::new();
+    for (i, publish) in join_all(publishes).await.into_iter().enumerate() {
+        let event = publish
+            .unwrap()
+            .unwrap_or_else(|e| panic!("publish {i}: {e:?}"));
+        if i % 10 == 0 {
+            repeats.push(event.seq);
+        } else {
+            seqs.push(event.seq);
+        }
+    }
+    assert!(
+        repeats.windows(2).all(|w| w[0] == w[1]),
+        "the repeated id has one seq: {repeats:?}"
+    );
+    seqs.push(repeats[0]);
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=73).collect::<Vec<u64>>(),
+        "each seq once, none skipped"
+    );
+    let history = stores[0].events_after("t", 0, 100).await.unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        seqs,
+        "stored once each, in seq order"
+    );
+}

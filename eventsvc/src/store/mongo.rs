@@ -4,14 +4,15 @@
 //! write asks for what an acknowledgement promises: journaled (`j: true`) and, on a replica set,
 //! on a majority — never the server's defaults.
 
+mod batch;
 mod document;
 mod errors;
 mod keys;
 mod legacy;
 mod open;
 mod publish;
+mod queue;
 mod retention;
-mod turns;
 
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ pub const NEEDS_REPLICA_SET: &str = "MongoDB change streams need a replica set: 
 
 /// The events of the old Go service's database (`events`), with `counters` for each topic's
 /// newest and newest dropped `seq`, and `keys` for idempotency keys. No lock but the topics'
-/// turns: the driver's `Client` is a pool shared by clones, and every rule that spans documents
+/// publish queues: the driver's `Client` is a pool shared by clones, and every rule that spans documents
 /// (a topic's `seq` order, an id stored once, a key's answer with its event) rests on a unique
 /// index or a single-document compare-and-set on the server, so several backends on one
 /// database agree.
@@ -55,15 +56,14 @@ pub struct MongoStore {
     probe: mongodb::Database,
     events: Collection<Document>,
     counters: Collection<Document>,
-    /// `counters` for the newest-seq hint a publish leaves: acknowledged by the primary, not
-    /// waited on to disk, as losing it costs the next publisher a step (see `publish`).
-    hints: Collection<Document>,
     /// Clients' idempotency keys and their answers.
     keys: Collection<Document>,
     /// Replica set (or sharded cluster): change streams, majority writes.
     replicated: bool,
-    /// This process's publishes, one at a time per topic.
-    turns: turns::TopicTurns,
+    /// This process's publishes, in batches per topic.
+    publishes: queue::PublishQueues,
+    /// This process's creates, inserted many at a time (group commit).
+    creates: batch::Creates,
 }
 
 fn scope(id: Uuid, owner: Option<String>) -> Document {
@@ -92,12 +92,6 @@ impl MongoStore {
             .await
             .map_err(|e| mongo_error(op, e))
     }
-
-    /// `publish::publish` on the topic's turn in this process.
-    async fn publish_in_turn(&self, new: &NewEvent) -> Result<Event> {
-        let _turn = self.turns.take(&new.topic).await;
-        publish::publish(&self.events, &self.counters, &self.hints, new).await
-    }
 }
 
 /// The event stored under `id`, if any.
@@ -122,15 +116,18 @@ fn counter_id(topic: &str) -> String {
 impl EventStore for MongoStore {
     async fn create(&self, new: NewEvent) -> Result<Event> {
         let event = new.clone().into_event(None);
-        let event = match self.events.insert_one(to_document(&event)?).await {
-            Ok(_) => event,
+        let event = match self
+            .creates
+            .insert(to_document(&event)?, new.size())
+            .await?
+        {
+            batch::Inserted::Stored => event,
             // The id is taken (the unique `id` index): a repeat of the request that stored it,
             // or another event.
-            Err(err) if is_duplicate_key(&err) && new.id.is_some() => {
+            batch::Inserted::Taken => {
                 let stored = stored(&self.events, "create", event.id).await?;
                 new.repeated(stored.ok_or(StoreError::NotFound)?)?
             }
-            Err(err) => return Err(mongo_error("create", err)),
         };
         if let Some(key) = &new.key {
             keys::record(&self.keys, key, &event).await?;
@@ -205,7 +202,7 @@ impl EventStore for MongoStore {
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {
         let Ok(published) =
-            tokio::time::timeout(PUBLISH_DEADLINE, self.publish_in_turn(&new)).await
+            tokio::time::timeout(PUBLISH_DEADLINE, self.publishes.publish(new.clone())).await
         else {
             // Whether it was stored is unknown: a retry with the same id finds out.
             return Err(StoreError::Unavailable {

@@ -7,9 +7,11 @@ use crate::store::StoreError;
 /// MongoDB's code for a write refused for want of disk space.
 const OUT_OF_DISK_SPACE: i32 = 14031;
 
+/// MongoDB's code for a second document with a unique index's value.
+pub(super) const DUPLICATE_KEY: i32 = 11000;
+
 /// A second document with a unique index's value (an event id already stored).
 pub(super) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
-    const DUPLICATE_KEY: i32 = 11000;
     match err.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::InsertMany(e) => e
@@ -41,6 +43,18 @@ pub(super) fn mongo_error(op: &'static str, err: mongodb::error::Error) -> Store
     ) || err.contains_label("RetryableWriteError")
         || err.contains_label(TRANSIENT_TRANSACTION_ERROR);
     StoreError::from_driver(op, err, unreachable)
+}
+
+/// One document's refusal in a command that wrote several: `Full` for want of disk space, else
+/// a fault (the server's words kept for the log, never sent to a client).
+pub(super) fn write_error(op: &'static str, code: i32, message: &str) -> StoreError {
+    if code == OUT_OF_DISK_SPACE {
+        return StoreError::Full { op };
+    }
+    StoreError::Internal {
+        op,
+        source: format!("write error {code}: {message}").into(),
+    }
 }
 
 /// The first line of a driver error, for a one-line start-up failure.

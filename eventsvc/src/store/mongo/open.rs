@@ -14,9 +14,7 @@ use mongodb::{
     },
 };
 
-use super::{
-    COUNTERS, DEFAULT_DATABASE, EVENTS, KEYS, MongoStore, errors::one_line, legacy, turns,
-};
+use super::{COUNTERS, DEFAULT_DATABASE, EVENTS, KEYS, MongoStore, errors::one_line, legacy};
 use crate::store::OpenError;
 
 /// How long an operation waits for a server to talk to before it fails as unavailable: well
@@ -148,14 +146,19 @@ impl MongoStore {
                 ))
             })?;
         tracing::info!(database = %database_name, replicated, "MongoDB store ready");
+        let publishes = super::queue::PublishQueues::new(super::publish::Publishing {
+            events: events.clone(),
+            counters: counters.clone(),
+            hints,
+        });
         Ok(Self {
             probe,
+            creates: super::batch::Creates::start(events.clone()),
             events,
             counters,
-            hints,
             keys,
             replicated,
-            turns: turns::TopicTurns::default(),
+            publishes,
         })
     }
 }
