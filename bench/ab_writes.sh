@@ -4,7 +4,8 @@
 # times (default 2), on a fresh file per system (release builds: `cargo build --release
 # --workspace --bins`). With OLD=<folder holding another build's `gateway` and `eventsvc`>, each
 # system of this build is followed by the same system of that one, the reference in the same
-# run. Prints throughput and latency per row, and each write's throughput as a share of GET's.
+# run. Prints throughput and latency per row, each write's throughput as a share of GET's, and
+# the latency of lone writes (200 a second, open loop).
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
 start() { # the build in folder $1, backends on ports $2
@@ -21,6 +22,14 @@ system() { # label, build folder, ports
     get=$(python3 -c "
 import json; r=json.loads('''$report'''); l=r['latency_ms']; t=r['throughput']; g=$get or t
 import sys; print(f'round $round {\"$1\":22} {\"$endpoint\":8}: {t:7.0f} req/s ({100*t/g:3.0f} % of GET), p50 {l[\"p50\"]:.2f} ms, p99 {l[\"p99\"]:.2f} ms, failed {sum(r[\"errors\"].values())}', file=sys.stderr); print(g)")
+  done
+  # Lone writes: 200 a second, open loop (a write seldom meets another): the latency group
+  # commit must not worsen.
+  for endpoint in post publish; do
+    report=$(target/release/bench --json --gateway http://127.0.0.1:13000 rate --endpoint "$endpoint" --rate 200 --duration 8s)
+    python3 -c "
+import json, sys; r=json.loads('''$report'''); l=r['latency_ms']
+print(f'round $round {\"$1\":22} lone {\"$endpoint\":8}: p50 {l[\"p50\"]:.2f} ms, p90 {l[\"p90\"]:.2f} ms, p99 {l[\"p99\"]:.2f} ms, failed {sum(r[\"errors\"].values())}', file=sys.stderr)"
   done
   stop
 }

@@ -127,3 +127,36 @@ async fn when_the_leader_closes_the_follower_writes_on_and_takes_the_lead() {
     let event = third.create(named("third")).await.unwrap();
     assert_eq!(follower.get(event.id, None).await.unwrap(), event);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_that_sends_garbage_or_too_much_is_dropped_and_the_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let leader = SqliteStore::open(path.clone()).await.unwrap();
+    until_leading(&leader, true).await;
+    let socket = super::beside(&path, "-writer.sock");
+    let follower = SqliteStore::open(path.clone()).await.unwrap();
+
+    // A frame that is not a write; a length past the largest frame; each connection closed
+    // by the leader, nothing stored.
+    let garbage = b"not json";
+    let mut frames = vec![(garbage.len() as u32).to_be_bytes().to_vec()];
+    frames[0].extend_from_slice(garbage);
+    frames.push(u32::MAX.to_be_bytes().to_vec());
+    for frame in frames {
+        let mut peer = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        peer.write_all(&frame).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), peer.read_to_end(&mut rest))
+            .await
+            .expect("the leader closes the connection");
+        assert!(read.is_err() || rest.is_empty(), "answered: {rest:?}");
+    }
+    // The leader serves on.
+    let event = follower.create(named("after")).await.unwrap();
+    assert_eq!(leader.get(event.id, None).await.unwrap(), event);
+    let page = leader.list(None, 10, None).await.unwrap();
+    assert_eq!(page.events, [event]);
+}
