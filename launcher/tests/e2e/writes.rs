@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use crate::{
     pubsub::subscribe,
-    support::{EXCLUSIVE, Local, Relay, System, http, stored_ids_at, until_answered, wait_healthy},
+    support::{
+        EXCLUSIVE, Launch, Local, Relay, System, http, stored_ids_at, until_answered, wait_healthy,
+    },
 };
 
 /// The first attempt commits on a backend that dies before it answers (a relay to a real
@@ -228,6 +230,73 @@ async fn a_kill_of_the_backend_committing_everyones_writes_loses_and_repeats_non
         "kill -9 of the writing backend (pid {leader}) under writes: {} acknowledged, 0 failed, \
          each stored once; pid {successor} writes now",
         created.len()
+    );
+}
+
+/// Three backends on one file capped at 2 MiB, sixteen clients creating 64 KiB events at once
+/// until each is refused: the writes are committed in batches by one process, and the batches
+/// that meet the cap fail. Every refusal is the contract's 503 "store is full", and the file
+/// holds exactly the events acknowledged: none of a refused batch, all of an accepted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_filling_under_concurrent_writes_keeps_exactly_what_it_acknowledged() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let max = (2 * 1024 * 1024).to_string();
+    let mut backends = Vec::new();
+    for _ in 0..3 {
+        let backend = Launch::backend(&db).flags(&["--store-max-bytes", &max]);
+        backends.push(backend.start().await);
+    }
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let gateway = Launch::gateway(&addrs).start().await;
+    wait_healthy(gateway.addr, None, 3).await;
+    let base = gateway.url();
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let event = json!({
+                    "userId": "filling",
+                    "title": format!("client {c}"),
+                    "description": "d".repeat(64 * 1024 - 1),
+                });
+                let mut acknowledged = Vec::new();
+                // A 2 MiB file holds a few dozen: each client is refused long before this.
+                for _ in 0..100 {
+                    let response = http()
+                        .post(format!("{base}/events"))
+                        .json(&event)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status();
+                    let body: Value = response.json().await.unwrap();
+                    if status != StatusCode::CREATED {
+                        return (acknowledged, Some((status, body)));
+                    }
+                    acknowledged.push(body["id"].as_str().unwrap().to_owned());
+                }
+                (acknowledged, None)
+            })
+        })
+        .collect();
+    let mut acknowledged = HashSet::new();
+    for client in clients {
+        let (ids, refusal) = client.await.unwrap();
+        let (status, body) = refusal.expect("the file never filled");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["message"], "store is full", "{body}");
+        acknowledged.extend(ids);
+    }
+    assert!(acknowledged.len() > 5, "{} stored", acknowledged.len());
+    let stored = stored_ids_at(&format!("sqlite://{}", db.display()), "filling").await;
+    let unique: HashSet<_> = stored.iter().cloned().collect();
+    assert_eq!(unique.len(), stored.len(), "an event stored twice");
+    assert_eq!(unique, acknowledged, "stored and acknowledged differ");
+    println!(
+        "a 2 MiB file under 16 writers: {} acknowledged and stored, 16 refused 503",
+        acknowledged.len()
     );
 }
 

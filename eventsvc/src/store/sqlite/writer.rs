@@ -119,8 +119,11 @@ type Queued = (usize, Op, oneshot::Sender<Result<Done>>);
 /// Why a batch did not commit.
 enum Failure {
     Sql(rusqlite::Error),
-    /// SQLite rolled the transaction back itself (a full disk, an I/O error).
-    RolledBack,
+    /// SQLite rolled the transaction back itself after a write's error (a full disk, an I/O
+    /// error); `full`: that error was the file's size limit or the disk's.
+    RolledBack {
+        full: bool,
+    },
 }
 
 impl Failure {
@@ -128,7 +131,8 @@ impl Failure {
     fn error(&self, op: &'static str) -> StoreError {
         match self {
             Failure::Sql(err) => sql_error(op, err),
-            Failure::RolledBack => StoreError::Unavailable {
+            Failure::RolledBack { full: true } => StoreError::Full { op },
+            Failure::RolledBack { full: false } => StoreError::Unavailable {
                 op,
                 reason: "the transaction was rolled back".into(),
             },
@@ -244,13 +248,19 @@ fn commit(tx: Transaction<'_>, batch: Vec<(Op, oneshot::Sender<Result<Done>>)>) 
     let mut writes = batch.into_iter();
     while let Some((op, answer)) = writes.next() {
         let name = op.name();
+        let mut full = false;
         let failure = match savepoint(&tx, "SAVEPOINT write") {
             Ok(()) => {
                 let (done, published) = op.apply(&tx);
-                // A failed write leaves nothing behind; the others are kept.
-                let ended = if done.is_err() {
+                full = matches!(done, Err(StoreError::Full { .. }));
+                // A failed write leaves nothing behind; the others are kept. On some errors
+                // (a full disk among them) SQLite has rolled the whole transaction back
+                // already, savepoints included: the batch fails below.
+                let ended = if done.is_err() && !tx.is_autocommit() {
                     savepoint(&tx, "ROLLBACK TO write")
                         .and_then(|()| savepoint(&tx, "RELEASE write"))
+                } else if done.is_err() {
+                    Ok(())
                 } else {
                     savepoint(&tx, "RELEASE write")
                 };
@@ -271,7 +281,7 @@ fn commit(tx: Transaction<'_>, batch: Vec<(Op, oneshot::Sender<Result<Done>>)>) 
         let rolled_back = tx.is_autocommit();
         let failure = match failure {
             None if !rolled_back => continue,
-            None => Failure::RolledBack,
+            None => Failure::RolledBack { full },
             Some(failure) => failure,
         };
         // The batch fails as a whole: what was applied is undone, what was not is not tried.
