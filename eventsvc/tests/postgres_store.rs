@@ -5,7 +5,7 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use eventsvc::store::{EventStore, NewEvent, PostgresStore};
+use eventsvc::store::{EventPatch, EventStore, NewEvent, PostgresStore, StoreError};
 use futures::StreamExt;
 use testdb::{PostgresServer, PostgresSetup};
 use uuid::Uuid;
@@ -215,4 +215,115 @@ async fn publishes_queued_together_commit_together_and_a_repeated_id_is_stored_o
     assert_eq!(seqs, (2..=38).collect::<Vec<_>>());
     let history = store.events_after("t", 0, 100).await.unwrap();
     assert_eq!(history.len(), 38);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn updates_and_deletes_queued_together_are_each_answered_as_alone() {
+    let Some(server) = PostgresServer::shared("the PostgreSQL store's change batches") else {
+        return;
+    };
+    let uri = server.database(&format!("changes_{}", Uuid::new_v4().simple()));
+    let store = Arc::new(PostgresStore::open(&uri).await.unwrap());
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let new = NewEvent {
+            user_id: "u".into(),
+            title: format!("e{i}"),
+            ..NewEvent::default()
+        };
+        ids.push(store.create(new).await.unwrap().id);
+    }
+    // Another session holds e0's row: the first batch (its update) waits, and the changes
+    // below queue behind it.
+    let (holder, connection) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM events WHERE id = '{}' FOR UPDATE",
+            ids[0]
+        ))
+        .await
+        .unwrap();
+    let patch = |title: &str| EventPatch {
+        title: title.into(),
+        description: "d".into(),
+        completed: true,
+    };
+    let update = |id: Uuid, owner: &str, title: &str| {
+        let (store, owner, patch) = (store.clone(), owner.to_owned(), patch(title));
+        tokio::spawn(async move { store.update(id, Some(owner), patch).await.map(|e| e.title) })
+    };
+    let delete = |id: Uuid, owner: &str| {
+        let (store, owner) = (store.clone(), owner.to_owned());
+        tokio::spawn(async move { store.delete(id, Some(owner)).await.map(|()| String::new()) })
+    };
+    let first = update(ids[0], "u", "first");
+    loop {
+        let waiting: i64 = holder
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut changes = Vec::new();
+    for &id in &ids[1..8] {
+        changes.push(("updated", update(id, "u", "updated")));
+    }
+    for &id in &ids[8..12] {
+        changes.push(("deleted", delete(id, "u")));
+    }
+    // Another owner's, and ids never stored: NOT_FOUND, alone.
+    changes.push(("not found", update(ids[12], "other", "stolen")));
+    changes.push(("not found", delete(ids[13], "other")));
+    changes.push(("not found", update(Uuid::new_v4(), "u", "nothing")));
+    changes.push(("not found", delete(Uuid::new_v4(), "u")));
+    // No signal of the queue leaves the store: a moment for the changes to reach it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), "first");
+    for (i, (expected, change)) in changes.into_iter().enumerate() {
+        let answer = change.await.unwrap();
+        match (expected, answer) {
+            ("updated", Ok(title)) => assert_eq!(title, "updated"),
+            ("deleted", Ok(_)) => {}
+            ("not found", Err(StoreError::NotFound)) => {}
+            (expected, other) => panic!("change {i}: {expected} expected, {other:?}"),
+        }
+    }
+    for (i, &id) in ids.iter().enumerate() {
+        let stored = store.get(id, None).await;
+        match i {
+            0 => assert_eq!(stored.unwrap().title, "first"),
+            1..8 => assert_eq!(stored.unwrap().title, "updated"),
+            8..12 => assert!(
+                matches!(stored, Err(StoreError::NotFound)),
+                "{i}: {stored:?}"
+            ),
+            _ => assert_eq!(stored.unwrap().title, format!("e{i}")),
+        }
+    }
+    // Two changes of one id in one queue: applied one after the other.
+    let renamed = update(ids[14], "u", "renamed");
+    let gone = delete(ids[14], "u");
+    let (renamed, gone) = (renamed.await.unwrap(), gone.await.unwrap());
+    assert!(
+        matches!(
+            (&renamed, &gone),
+            (Ok(_), Ok(_)) | (Err(StoreError::NotFound), Ok(_))
+        ),
+        "{renamed:?} {gone:?}"
+    );
+    assert!(matches!(
+        store.get(ids[14], None).await,
+        Err(StoreError::NotFound)
+    ));
 }

@@ -9,6 +9,7 @@
 //! killed in a transaction holds nothing: the server aborts it when the connection drops.
 
 mod batch;
+mod changes;
 mod connect;
 mod follow;
 mod keys;
@@ -219,6 +220,8 @@ pub struct PostgresStore {
     connect: Connect,
     /// Every create and publish, sent in batches (group commit).
     writer: batch::Writer,
+    /// Every update and delete, applied in batches.
+    changes: changes::Changes,
 }
 
 impl PostgresStore {
@@ -242,10 +245,12 @@ impl PostgresStore {
             .build()
             .map_err(|e| fail(e.to_string()))?;
         let writer = batch::Writer::start(pool.clone(), CHANNEL);
+        let changes = changes::Changes::start(pool.clone());
         let store = Self {
             pool,
             connect,
             writer,
+            changes,
         };
         store
             .migrate()
@@ -378,45 +383,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
-        let client = self.client("update").await?;
-        let sql = format!(
-            "UPDATE events SET title = $3, description = $4, completed = $5
-             WHERE id = $1 AND ($2::BYTEA IS NULL OR user_id = $2) RETURNING {COLUMNS}"
-        );
-        let EventPatch {
-            title,
-            description,
-            completed,
-        } = patch;
-        let row = client
-            .query_opt(
-                &sql,
-                &[
-                    &id,
-                    &owner.map(String::into_bytes),
-                    &title.as_bytes(),
-                    &description.as_bytes(),
-                    &completed,
-                ],
-            )
-            .await
-            .map_err(|e| pg_error("update", e))?;
-        to_event(&row.ok_or(StoreError::NotFound)?)
+        self.changes.update(id, owner, patch).await
     }
 
     async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
-        let client = self.client("delete").await?;
-        let deleted = client
-            .execute(
-                "DELETE FROM events WHERE id = $1 AND ($2::BYTEA IS NULL OR user_id = $2)",
-                &[&id, &owner.map(String::into_bytes)],
-            )
-            .await
-            .map_err(|e| pg_error("delete", e))?;
-        if deleted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        self.changes.delete(id, owner).await
     }
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {
