@@ -31,6 +31,9 @@ pub(crate) enum Endpoint {
     Publish,
     /// GET a user's events.
     List,
+    /// PUT one event (each client updates one of its own, created first, so the clients do
+    /// not queue behind one another's changes of one event).
+    Put,
 }
 
 /// When a closed or rate run stops.
@@ -144,6 +147,7 @@ async fn one(target: &Target, endpoint: Endpoint, id: &str, user: &str) -> Outco
             target.publish("bench", sent).await
         }
         Endpoint::List => target.list(user).await,
+        Endpoint::Put => target.update(id, user).await,
     }
 }
 
@@ -182,6 +186,16 @@ pub(crate) async fn closed(
             user.clone(),
         );
         tasks.spawn(async move {
+            let id = match endpoint {
+                Endpoint::Put => match fixture(&target, &user).await {
+                    Ok(own) => own,
+                    Err(err) => {
+                        eprintln!("{err}");
+                        return;
+                    }
+                },
+                _ => id,
+            };
             loop {
                 let more = match limit {
                     Limit::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
@@ -208,7 +222,7 @@ pub(crate) async fn rate(
 ) -> Result<Duration, String> {
     let user = format!("bench-{}", run_id());
     let id = match endpoint {
-        Endpoint::Get => fixture(&target, &user).await?,
+        Endpoint::Get | Endpoint::Put => fixture(&target, &user).await?,
         _ => String::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second.max(1));
