@@ -5,14 +5,15 @@
 //! Why: each write transaction pays for the lock's hand-over and, in a process that did not
 //! write last, for reloading the pages another process changed; three processes each batching
 //! a third of the writes commit smaller batches at a higher price each. Measured here
-//! (docs/perf/log.md, "One writer per file"), one writer commits about 1.6× what three do.
+//! (docs/perf/log.md, "One writer per file"), one writer commits about 1.7× what three do.
 //!
 //! Sending is only ever faster, never needed: a write that finds no leader to send to (none
 //! elected yet, the socket unusable) is committed by this process itself, which SQLite's
-//! locking keeps correct. A write whose leader dies after it was sent fails `Unavailable`:
-//! it may have committed, and only its sender (the gateway retries under the same id) knows
-//! how to repeat it safely. When the leader goes, its lock goes with it and another process
-//! takes the lead within `ELECTION_POLL`.
+//! locking keeps correct. A write whose leader dies after it was sent may have committed:
+//! it is committed again here when that is safe (a create or publish with its id, an update
+//! or delete, which the contract marks idempotent), and fails `Unavailable` otherwise. When
+//! the leader goes, its lock goes with it and another process takes the lead within
+//! `ELECTION_POLL`.
 
 use std::{
     collections::HashMap,
@@ -137,8 +138,8 @@ impl Lead {
                 }
                 done
             }
-            // Its id makes a second commit a repeat of the first, found and answered as the
-            // first was: what the gateway would do with it, a hop sooner.
+            // Safe to commit again (`Op::repeatable`): what the gateway would do with it, a hop
+            // sooner.
             Ok(Attempt::Lost(op)) if op.repeatable() => own.write(*op).await,
             Ok(Attempt::Lost(_)) | Err(_) => Err(lost()),
         }

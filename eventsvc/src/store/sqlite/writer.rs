@@ -64,12 +64,14 @@ impl Done {
 }
 
 impl Op {
-    /// Whether committing it twice is committing it once: a create or publish of a given id
-    /// (the second finds the first stored and answers with it).
+    /// Whether it may be committed again when nobody knows whether it was: a create or publish
+    /// of a given id (the second finds the first stored and answers with it), and updates and
+    /// deletes, which the contract marks IDEMPOTENT (the gateway repeats them on another
+    /// backend too; a delete that had applied is answered NOT_FOUND, as its repeat there).
     pub(super) fn repeatable(&self) -> bool {
         match self {
             Op::Create(new) | Op::Publish(new) => new.id.is_some(),
-            Op::Update { .. } | Op::Delete { .. } => false,
+            Op::Update { .. } | Op::Delete { .. } => true,
         }
     }
 
