@@ -1,6 +1,7 @@
 //! The storage boundary: the `EventStore` trait every backend talks to, the domain types it
 //! speaks, its typed errors, and the store URI that picks an implementation at start-up.
 
+mod batching;
 pub mod mongo;
 mod outcome;
 mod postgres;

@@ -131,6 +131,24 @@ async fn a_password_in_the_uri_never_reaches_an_error() {
     assert!(!err.contains("wrong-battery-staple"), "{err}");
 }
 
+/// Waits until some session waits for a lock (the server's own word, `pg_stat_activity`).
+async fn until_a_session_waits_for_a_lock(holder: &tokio_postgres::Client) {
+    loop {
+        let waiting: i64 = holder
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publishes_queued_together_commit_together_and_a_repeated_id_is_stored_once() {
     let Some(server) = PostgresServer::shared("the PostgreSQL store's publish batches") else {
@@ -177,20 +195,7 @@ async fn publishes_queued_together_commit_together_and_a_repeated_id_is_stored_o
         .collect();
     // The first batch waits for the lock (the server says so); the rest are queued behind it
     // by then or soon after (no signal of that leaves the store: a moment for them).
-    loop {
-        let waiting: i64 = holder
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_a_session_waits_for_a_lock(&holder).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     holder.batch_execute("COMMIT").await.unwrap();
     let mut seqs = Vec::new();
@@ -260,20 +265,7 @@ async fn updates_and_deletes_queued_together_are_each_answered_as_alone() {
         tokio::spawn(async move { store.delete(id, Some(owner)).await.map(|()| String::new()) })
     };
     let first = update(ids[0], "u", "first");
-    loop {
-        let waiting: i64 = holder
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_a_session_waits_for_a_lock(&holder).await;
     let mut changes = Vec::new();
     for &id in &ids[1..8] {
         changes.push(("updated", update(id, "u", "updated")));

@@ -14,15 +14,7 @@ use mongodb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::errors::{DUPLICATE_KEY, mongo_error, write_error};
-use crate::store::{Result, StoreError};
-
-/// Creates waiting for the task; a caller past it waits for room (its request's deadline
-/// bounds how long).
-const QUEUE: usize = 1024;
-/// The most documents one command inserts.
-const MAX_BATCH: usize = 256;
-/// The most bytes of free text and data one command inserts (a command is at most 48 MB).
-const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+use crate::store::{Result, StoreError, batching};
 
 /// What became of an inserted document.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,7 +39,7 @@ pub(super) struct Creates {
 impl Creates {
     /// Starts the task, which inserts into `events` until this is dropped.
     pub(super) fn start(events: Collection<Document>) -> Creates {
-        let (queue, pending) = mpsc::channel(QUEUE);
+        let (queue, pending) = mpsc::channel(batching::QUEUE);
         tokio::spawn(run(events, pending));
         Creates { queue }
     }
@@ -73,22 +65,13 @@ impl Creates {
 /// Until the queue's sender is dropped: a batch of what is queued, inserted.
 async fn run(events: Collection<Document>, mut pending: mpsc::Receiver<Pending>) {
     while let Some(first) = pending.recv().await {
-        let mut bytes = first.bytes;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match pending.try_recv() {
-                Ok(next) => {
-                    bytes += next.bytes;
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = batching::fill(first, &mut pending, |p| p.bytes);
         let inserted = events
             .insert_many(batch.iter().map(|p| &p.document))
             .ordered(false)
             .await;
-        let mut answers = match inserted {
+        // One answer per create, in the batch's order.
+        let answers: Vec<Result<Inserted>> = match inserted {
             Ok(_) => batch.iter().map(|_| Ok(Inserted::Stored)).collect(),
             Err(err) => match err.kind.as_ref() {
                 ErrorKind::InsertMany(InsertManyError {
@@ -100,17 +83,10 @@ async fn run(events: Collection<Document>, mut pending: mpsc::Receiver<Pending>)
                 _ => batch
                     .iter()
                     .map(|_| Err(mongo_error("create", err.clone())))
-                    .collect::<Vec<_>>(),
+                    .collect(),
             },
-        }
-        .into_iter();
-        for p in batch {
-            let answer = answers.next().unwrap_or_else(|| {
-                Err(StoreError::Internal {
-                    op: "create",
-                    source: "no answer for the create".into(),
-                })
-            });
+        };
+        for (p, answer) in batch.into_iter().zip(answers) {
             let _ = p.answer.send(answer);
         }
     }

@@ -14,10 +14,7 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::publish::{Publishing, publish_batch};
-use crate::store::{Event, NewEvent, Result, StoreError};
-
-/// The most publishes one batch stores.
-const MAX_BATCH: usize = 256;
+use crate::store::{Event, NewEvent, Result, StoreError, batching};
 
 /// A publish waiting for its batch, with where its answer goes.
 struct Waiting {
@@ -127,7 +124,7 @@ async fn drain(to: Publishing, mut draining: Draining, mut batch: Vec<Waiting>) 
             draining.removed = true;
             return;
         };
-        let take = queue.len().min(MAX_BATCH);
+        let take = queue.len().min(batching::MAX_WRITES);
         batch = queue.drain(..take).collect();
     }
 }

@@ -13,15 +13,7 @@ use super::{
     pg_error,
     rows::{Written, write_batch},
 };
-use crate::store::{Event, KeyClaim, Result, StoreError};
-
-/// Writes waiting for the task; a caller past it waits for room (its request's deadline
-/// bounds how long).
-const QUEUE: usize = 1024;
-/// The most writes one call sends.
-const MAX_BATCH: usize = 256;
-/// The most bytes of free text and data one call sends.
-const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+use crate::store::{Event, KeyClaim, Result, StoreError, batching};
 
 /// Which write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +48,7 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the task, which writes over `pool` until the writer is dropped.
     pub(super) fn start(pool: Pool, channel: &'static str) -> Writer {
-        let (queue, pending) = mpsc::channel(QUEUE);
+        let (queue, pending) = mpsc::channel(batching::QUEUE);
         tokio::spawn(run(pool, pending, channel));
         Writer { queue }
     }
@@ -90,17 +82,7 @@ impl Writer {
 /// Until the writer is dropped: a batch of what is queued, sent.
 async fn run(pool: Pool, mut pending: mpsc::Receiver<Pending>, channel: &'static str) {
     while let Some(first) = pending.recv().await {
-        let mut bytes = first.bytes;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match pending.try_recv() {
-                Ok(next) => {
-                    bytes += next.bytes;
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = batching::fill(first, &mut pending, |p| p.bytes);
         let sent: Vec<_> = batch
             .iter()
             .map(|p| (p.kind == Kind::Publish, &p.event, p.key.as_ref()))
@@ -109,8 +91,7 @@ async fn run(pool: Pool, mut pending: mpsc::Receiver<Pending>, channel: &'static
             Ok(client) => write_batch(&client, &sent, channel)
                 .await
                 .map_err(Failure::Pg),
-            Err(deadpool_postgres::PoolError::Backend(err)) => Err(Failure::Pg(err)),
-            Err(other) => Err(Failure::NoConnection(other.to_string())),
+            Err(err) => Err(Failure::from(err)),
         };
         match outcome {
             Ok(written) if written.len() == batch.len() => {
@@ -136,16 +117,25 @@ async fn run(pool: Pool, mut pending: mpsc::Receiver<Pending>, channel: &'static
     }
 }
 
-/// Why a batch was not written.
-enum Failure {
+/// Why a batch (of writes here, of changes in `changes`) was not written.
+pub(super) enum Failure {
     Pg(tokio_postgres::Error),
     /// No connection to be had in time.
     NoConnection(String),
 }
 
+impl From<deadpool_postgres::PoolError> for Failure {
+    fn from(err: deadpool_postgres::PoolError) -> Failure {
+        match err {
+            deadpool_postgres::PoolError::Backend(err) => Failure::Pg(err),
+            other => Failure::NoConnection(other.to_string()),
+        }
+    }
+}
+
 impl Failure {
     /// The error of each write (`op`) of the batch.
-    fn error(&self, op: &'static str) -> StoreError {
+    pub(super) fn error(&self, op: &'static str) -> StoreError {
         match self {
             Failure::Pg(err) => pg_error(op, err),
             Failure::NoConnection(reason) => StoreError::Unavailable {

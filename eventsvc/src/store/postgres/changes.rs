@@ -13,14 +13,8 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{pg_error, pool_error, rows::to_event};
-use crate::store::{Event, EventPatch, Result, StoreError};
-
-/// Changes waiting for the task; a caller past it waits for room (its request's deadline
-/// bounds how long).
-const QUEUE: usize = 1024;
-/// The most changes one transaction applies.
-const MAX_BATCH: usize = 256;
+use super::{batch::Failure, rows::to_event};
+use crate::store::{Event, EventPatch, Result, StoreError, batching};
 
 /// The columns of an updated event, as `to_event` reads them, and its place in the batch.
 const RETURNED: &str = "u.idx, e.pk, e.id, e.user_id, e.title, e.description, e.completed, \
@@ -69,7 +63,7 @@ pub(super) struct Changes {
 impl Changes {
     /// Starts the task, which changes events over `pool` until this is dropped.
     pub(super) fn start(pool: Pool) -> Changes {
-        let (queue, changes) = mpsc::channel(QUEUE);
+        let (queue, changes) = mpsc::channel(batching::QUEUE);
         tokio::spawn(run(pool, changes));
         Changes { queue }
     }
@@ -126,7 +120,7 @@ async fn run(pool: Pool, mut changes: mpsc::Receiver<Change>) {
         };
         let mut ids = HashSet::from([first.id()]);
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < batching::MAX_WRITES {
             let Ok(next) = changes.try_recv() else { break };
             if !ids.insert(next.id()) {
                 held = Some(next);
@@ -217,25 +211,6 @@ struct Deletes {
     idx: Vec<i32>,
 }
 
-/// Why a batch was not applied.
-enum Failure {
-    Pg(tokio_postgres::Error),
-    /// No connection to be had in time.
-    NoConnection(StoreError),
-}
-
-impl Failure {
-    fn error(&self, op: &'static str) -> StoreError {
-        match self {
-            Failure::Pg(err) => pg_error(op, err),
-            Failure::NoConnection(err) => StoreError::Unavailable {
-                op,
-                reason: err.to_string(),
-            },
-        }
-    }
-}
-
 /// The updated events (by their place in the batch) and the places of the deletes that found
 /// their event, committed.
 async fn applied(
@@ -243,10 +218,7 @@ async fn applied(
     updates: &Updates,
     deletes: &Deletes,
 ) -> std::result::Result<(HashMap<i32, Result<Event>>, HashSet<i32>), Failure> {
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| Failure::NoConnection(pool_error("update", e)))?;
+    let mut client = pool.get().await.map_err(Failure::from)?;
     let tx = client.transaction().await.map_err(Failure::Pg)?;
     let mut updated = HashMap::new();
     if !updates.ids.is_empty() {

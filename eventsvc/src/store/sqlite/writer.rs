@@ -15,16 +15,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{create_in, delete_in, publish_in, sql_error, update_in};
-use crate::store::{Event, EventPatch, NewEvent, Result, StoreError};
-
-/// Writes waiting for the writer; a caller past it waits for room (its request's deadline
-/// bounds how long).
-const QUEUE: usize = 1024;
-/// The most writes one transaction commits.
-const MAX_BATCH: usize = 256;
-/// The most bytes of free text and data one transaction commits (the queue holds at most
-/// `QUEUE` requests of the servers' 4 MiB request limit).
-const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+use crate::store::{Event, EventPatch, NewEvent, Result, StoreError, batching};
 
 /// A write, as the writer applies it (and as another process sends it, `lead`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -173,7 +164,7 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer on `conn`; it wakes `published` after each batch that published.
     pub(super) fn start(conn: Connection, published: Arc<Notify>) -> std::io::Result<Writer> {
-        let (queue, writes) = mpsc::channel(QUEUE);
+        let (queue, writes) = mpsc::channel(batching::QUEUE);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run(conn, writes, &published))?;
@@ -204,20 +195,14 @@ impl Writer {
 
 /// Until every sender is gone: a batch of what is queued, committed.
 fn run(mut conn: Connection, mut writes: mpsc::Receiver<Queued>, published: &Notify) {
-    while let Some((mut bytes, op, answer)) = writes.blocking_recv() {
+    while let Some(first) = writes.blocking_recv() {
         // The write lock first, then the batch: what queued while another process held the
         // lock joins this commit instead of waiting for the next.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate);
-        let mut batch = vec![(op, answer)];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match writes.try_recv() {
-                Ok((size, op, answer)) => {
-                    bytes += size;
-                    batch.push((op, answer));
-                }
-                Err(_) => break,
-            }
-        }
+        let batch: Vec<_> = batching::fill(first, &mut writes, |(size, ..)| *size)
+            .into_iter()
+            .map(|(_, op, answer)| (op, answer))
+            .collect();
         let published_any = match tx {
             Ok(tx) => commit(tx, batch),
             Err(err) => {
