@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two builds of the servers against one MongoDB (SecantusDB) in one run, alternating, twice each:
 # 32 clients publishing on one topic through the gateway over three backends.
-#   BEFORE=/path/to/old/release bash bench/ab_mongo.sh   [ENDPOINTS="publish post"]
+#   BEFORE=/path/to/old/release bash bench/ab_mongo.sh   [ENDPOINTS="publish post put"]
 # (BEFORE: a folder with the previous build's `eventsvc` and `gateway`; needs `secantusd-py`.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,9 +16,10 @@ PIDS+=($!); wait_port 13200
 for round in 1 2; do
   for BIN in "$BEFORE" target/release; do
     BACKENDS=()
+    # A database per run, shared by its backends: each run starts from an empty topic.
+    DB="ab_${round}_$RANDOM"
     for port in 15000 15001 15002; do
-      # A database per run: each starts from an empty topic.
-      "$BIN/eventsvc" --port $port --store "mongodb://127.0.0.1:13200/ab_${round}_$RANDOM?replicaSet=secantus" >>"$DATA/backends.log" 2>&1 &
+      "$BIN/eventsvc" --port $port --store "mongodb://127.0.0.1:13200/$DB?replicaSet=secantus" >>"$DATA/backends.log" 2>&1 &
       BACKENDS+=($!); wait_port $port
     done
     "$BIN/gateway" --port 13000 --backends 127.0.0.1:15000,127.0.0.1:15001,127.0.0.1:15002 >>"$DATA/gateway.log" 2>&1 &

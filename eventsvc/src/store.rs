@@ -2,6 +2,7 @@
 //! speaks, its typed errors, and the store URI that picks an implementation at start-up.
 
 mod batching;
+mod changes;
 pub mod mongo;
 mod outcome;
 mod postgres;

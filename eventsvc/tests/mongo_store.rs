@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use eventsvc::store::{EventStore, MongoStore, NewEvent, StoreError};
+use eventsvc::store::{EventPatch, EventStore, JsonObject, MongoStore, NewEvent, StoreError};
 use futures::{StreamExt, future::join_all};
 use mongodb::bson::{self, doc, oid::ObjectId};
 use testdb::MongoServer;
@@ -341,5 +341,186 @@ async fn publishes_of_two_processes_in_batches_take_each_seq_once_in_order() {
         history.iter().map(|e| e.seq).collect::<Vec<_>>(),
         seqs,
         "stored once each, in seq order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn updates_and_deletes_sent_together_each_get_their_own_answer() {
+    let Some(server) = MongoServer::shared("the MongoDB store's change batches") else {
+        return;
+    };
+    let uri = server.uri(&format!("batch_{}", Uuid::new_v4().simple()));
+    // Two stores (as two backends) on one database: their batches touch the same events, so
+    // their transactions conflict and are run again.
+    let stores = [
+        Arc::new(MongoStore::open(&uri).await.unwrap()),
+        Arc::new(MongoStore::open(&uri).await.unwrap()),
+    ];
+    let mut events = Vec::new();
+    for i in 0..20 {
+        let new = NewEvent {
+            user_id: "batch".into(),
+            title: format!("e{i}"),
+            ..NewEvent::default()
+        };
+        events.push(stores[0].create(new).await.unwrap());
+    }
+    let patch = |title: String| EventPatch {
+        title,
+        description: "changed".into(),
+        completed: true,
+    };
+    let owner = |name: &str| Some(name.to_owned());
+    // All at once, queued behind one another: events 0–9 updated by both stores (each answered
+    // with its own patch), 0–4 also by another owner (not found); 10–14 deleted by both (one
+    // finds it); 15–19 deleted by another owner (not found, kept); an unknown id updated and
+    // deleted (not found).
+    let mut calls = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        for (s, store) in stores.iter().enumerate() {
+            let (store, id) = (store.clone(), event.id);
+            let call = match i {
+                0..10 => {
+                    let title = format!("s{s}e{i}");
+                    tokio::spawn(async move {
+                        let updated = store.update(id, owner("batch"), patch(title.clone())).await;
+                        updated.map(|event| Some(event.title)).map(|t| (t, title))
+                    })
+                }
+                10..15 => tokio::spawn(async move {
+                    store.delete(id, None).await.map(|()| (None, String::new()))
+                }),
+                _ => tokio::spawn(async move {
+                    store
+                        .delete(id, owner("other"))
+                        .await
+                        .map(|()| (None, String::new()))
+                }),
+            };
+            calls.push((i, call));
+        }
+        if i < 5 {
+            let (store, id) = (stores[i % 2].clone(), event.id);
+            let call = tokio::spawn(async move {
+                let updated = store
+                    .update(id, owner("other"), patch("theirs".into()))
+                    .await;
+                updated.map(|_| (None, String::new()))
+            });
+            calls.push((100, call));
+        }
+    }
+    let unknown = Uuid::now_v7();
+    for store in &stores {
+        let store = store.clone();
+        calls.push((
+            100,
+            tokio::spawn(async move {
+                store
+                    .update(unknown, None, patch("none".into()))
+                    .await
+                    .map(|_| (None, String::new()))
+            }),
+        ));
+        let store = stores[1].clone();
+        calls.push((
+            100,
+            tokio::spawn(async move {
+                store
+                    .delete(unknown, None)
+                    .await
+                    .map(|()| (None, String::new()))
+            }),
+        ));
+    }
+    let mut deleted = [0; 20];
+    for (i, call) in calls {
+        match (i, call.await.unwrap()) {
+            (0..10, Ok((Some(title), wanted))) => assert_eq!(title, wanted, "its own patch"),
+            (10..15, Ok(_)) => deleted[i] += 1,
+            (10..15 | 15..20 | 100, Err(StoreError::NotFound)) => {}
+            (i, other) => panic!("change of event {i}: {other:?}"),
+        }
+    }
+    assert_eq!(&deleted[10..15], &[1; 5], "each deleted once");
+    for (i, event) in events.iter().enumerate() {
+        let stored = stores[1].get(event.id, None).await;
+        match (i, stored) {
+            (0..10, Ok(stored)) => {
+                assert!(
+                    [format!("s0e{i}"), format!("s1e{i}")].contains(&stored.title),
+                    "event {i}: {stored:?}"
+                );
+                assert_eq!(
+                    (stored.description.as_str(), stored.completed),
+                    ("changed", true)
+                );
+                assert_eq!(
+                    (stored.user_id.as_str(), stored.created_at),
+                    ("batch", event.created_at)
+                );
+            }
+            (10..15, Err(StoreError::NotFound)) => {}
+            (15..20, Ok(stored)) => assert_eq!(&stored, event, "kept as it was"),
+            (i, other) => panic!("event {i}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_the_server_refuses_fails_alone_in_its_batch() {
+    let Some(server) = MongoServer::shared("a refused update in a batch") else {
+        return;
+    };
+    let uri = server.uri(&format!("batch_{}", Uuid::new_v4().simple()));
+    let store = Arc::new(MongoStore::open(&uri).await.unwrap());
+    // 9 MiB of data: with 8 MiB of description the document passes MongoDB's 16 MiB limit.
+    let mut data = JsonObject::new();
+    data.insert("blob".into(), "x".repeat(9 << 20).into());
+    let big = NewEvent {
+        title: "big".into(),
+        data: Some(data),
+        ..NewEvent::default()
+    };
+    let big = store.create(big).await.unwrap();
+    let mut small = Vec::new();
+    for i in 0..30 {
+        let new = NewEvent {
+            title: format!("e{i}"),
+            ..NewEvent::default()
+        };
+        small.push(store.create(new).await.unwrap().id);
+    }
+    let patch = |title: &str, description: String| EventPatch {
+        title: title.into(),
+        description,
+        completed: false,
+    };
+    let updates: Vec<_> = small
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let store = store.clone();
+            let description = if i == 15 {
+                "x".repeat(8 << 20)
+            } else {
+                String::new()
+            };
+            let id = if i == 15 { big.id } else { id };
+            tokio::spawn(async move { store.update(id, None, patch("changed", description)).await })
+        })
+        .collect();
+    for (i, update) in join_all(updates).await.into_iter().enumerate() {
+        match (i, update.unwrap()) {
+            (15, Err(StoreError::Internal { .. })) => {}
+            (15, other) => panic!("the oversized update: {other:?}"),
+            (_, Ok(event)) => assert_eq!(event.title, "changed"),
+            (i, Err(err)) => panic!("update {i} failed with the refused one: {err:?}"),
+        }
+    }
+    assert_eq!(
+        store.get(big.id, None).await.unwrap(),
+        big,
+        "left as it was"
     );
 }

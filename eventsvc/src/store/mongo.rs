@@ -5,6 +5,7 @@
 //! on a majority — never the server's defaults.
 
 mod batch;
+mod changes;
 mod document;
 mod errors;
 mod keys;
@@ -21,7 +22,6 @@ use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use mongodb::{
     Collection,
     bson::{Document, doc},
-    options::ReturnDocument,
 };
 use uuid::Uuid;
 
@@ -64,6 +64,9 @@ pub struct MongoStore {
     publishes: queue::PublishQueues,
     /// This process's creates, inserted many at a time (group commit).
     creates: batch::Creates,
+    /// This process's updates and deletes, applied many at a time; `None` on a standalone
+    /// server (no transactions), where each goes alone.
+    changes: Option<crate::store::changes::Changes>,
 }
 
 fn scope(id: Uuid, owner: Option<String>) -> Document {
@@ -72,6 +75,11 @@ fn scope(id: Uuid, owner: Option<String>) -> Document {
         filter.insert("userId", owner);
     }
     filter
+}
+
+/// Whether `document` is in `scope(.., owner)`: the same rule, for an event already read.
+fn in_scope(document: &Document, owner: Option<&str>) -> bool {
+    owner.is_none_or(|owner| document.get_str("userId") == Ok(owner))
 }
 
 impl MongoStore {
@@ -174,30 +182,17 @@ impl EventStore for MongoStore {
     }
 
     async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
-        let set = doc! {"$set": {
-            "title": patch.title,
-            "description": patch.description,
-            "completed": patch.completed,
-        }};
-        let updated = self
-            .events
-            .find_one_and_update(scope(id, owner), set)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(|e| mongo_error("update", e))?;
-        from_document(&updated.ok_or(StoreError::NotFound)?)
+        match &self.changes {
+            Some(changes) => changes.update(id, owner, patch).await,
+            None => changes::update_alone(&self.events, id, owner, patch).await,
+        }
     }
 
     async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
-        let deleted = self
-            .events
-            .delete_one(scope(id, owner))
-            .await
-            .map_err(|e| mongo_error("delete", e))?;
-        if deleted.deleted_count == 0 {
-            return Err(StoreError::NotFound);
+        match &self.changes {
+            Some(changes) => changes.delete(id, owner).await,
+            None => changes::delete_alone(&self.events, id, owner).await,
         }
-        Ok(())
     }
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {

@@ -221,7 +221,7 @@ pub struct PostgresStore {
     /// Every create and publish, sent in batches (group commit).
     writer: batch::Writer,
     /// Every update and delete, applied in batches.
-    changes: changes::Changes,
+    changes: crate::store::changes::Changes,
 }
 
 impl PostgresStore {
@@ -245,7 +245,7 @@ impl PostgresStore {
             .build()
             .map_err(|e| fail(e.to_string()))?;
         let writer = batch::Writer::start(pool.clone(), CHANNEL);
-        let changes = changes::Changes::start(pool.clone());
+        let changes = changes::start(pool.clone());
         let store = Self {
             pool,
             connect,

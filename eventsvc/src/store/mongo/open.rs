@@ -151,8 +151,17 @@ impl MongoStore {
             counters: counters.clone(),
             hints,
         });
+        let changes = replicated.then(|| {
+            super::changes::start(super::changes::Changing {
+                client: client.clone(),
+                database: database.clone(),
+                events: events.clone(),
+                transaction,
+            })
+        });
         Ok(Self {
             probe,
+            changes,
             creates: super::batch::Creates::start(events.clone()),
             events,
             counters,

@@ -1,0 +1,266 @@
+//! Updates and deletes in batches on MongoDB: each batch of `store::changes`'s queue in one
+//! transaction (read the batch's events, one `update` command, one `delete` command, commit),
+//! so they share one journal commit. A lone change goes at once as one command (no timer, no
+//! transaction). The read tells each change its answer (its event as now stored, or
+//! NOT_FOUND: no such id, or another owner's) and the transaction keeps that answer true: a
+//! write of another process to the same events conflicts, and the driver runs the
+//! transaction again. A batch that fails for a reason of its own (a refused statement aborts
+//! a transaction) is applied again a change at a time, so such a change fails alone; a lost
+//! connection or a full disk fails each change, with nothing of the batch applied.
+//!
+//! Transactions need a replica set; on a standalone server each change goes alone.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures::{FutureExt, TryStreamExt};
+use mongodb::{
+    Client, ClientSession, Collection, Database,
+    bson::{Document, doc},
+    options::{ReturnDocument, TransactionOptions},
+};
+use uuid::Uuid;
+
+use super::{from_document, in_scope, mongo_error, scope};
+use crate::store::{
+    Event, EventPatch, Result, StoreError,
+    changes::{Change, Changes},
+};
+
+/// The most a batch spends in its transaction, conflicts and the driver's retries included,
+/// before its changes fail as unavailable (well inside the gateway's request deadline).
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Where a batch is applied.
+#[derive(Clone)]
+pub(super) struct Changing {
+    pub(super) client: Client,
+    pub(super) database: Database,
+    pub(super) events: Collection<Document>,
+    /// The transaction's write concern: journaled, on a majority.
+    pub(super) transaction: TransactionOptions,
+}
+
+/// Starts the task that applies this process's updates and deletes.
+pub(super) fn start(changing: Changing) -> Changes {
+    Changes::start(move |batch| apply(changing.clone(), batch))
+}
+
+/// The fields an update sets.
+fn patched(patch: EventPatch) -> Document {
+    let EventPatch {
+        title,
+        description,
+        completed,
+    } = patch;
+    doc! {"title": title, "description": description, "completed": completed}
+}
+
+/// `patch` applied to the event `id` (of `owner`'s when given) by one command.
+pub(super) async fn update_alone(
+    events: &Collection<Document>,
+    id: Uuid,
+    owner: Option<String>,
+    patch: EventPatch,
+) -> Result<Event> {
+    let updated = events
+        .find_one_and_update(scope(id, owner), doc! {"$set": patched(patch)})
+        .return_document(ReturnDocument::After)
+        .await
+        .map_err(|e| mongo_error("update", e))?;
+    from_document(&updated.ok_or(StoreError::NotFound)?)
+}
+
+/// The event `id` (of `owner`'s when given) deleted by one command.
+pub(super) async fn delete_alone(
+    events: &Collection<Document>,
+    id: Uuid,
+    owner: Option<String>,
+) -> Result<()> {
+    let deleted = events
+        .delete_one(scope(id, owner))
+        .await
+        .map_err(|e| mongo_error("delete", e))?;
+    if deleted.deleted_count == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+async fn answer_alone(events: &Collection<Document>, change: Change) {
+    match change {
+        Change::Update {
+            id,
+            owner,
+            patch,
+            answer,
+        } => {
+            let _ = answer.send(update_alone(events, id, owner, patch).await);
+        }
+        Change::Delete { id, owner, answer } => {
+            let _ = answer.send(delete_alone(events, id, owner).await);
+        }
+    }
+}
+
+/// A change as its transaction needs it, which the driver may run more than once.
+struct Wanted {
+    id: String,
+    owner: Option<String>,
+    /// The fields an update sets; `None` for a delete.
+    set: Option<Document>,
+}
+
+/// What a change found in its batch's transaction.
+enum Outcome {
+    /// The event as the update left it.
+    Updated(Document),
+    Deleted,
+    NotFound,
+}
+
+/// Applies `batch` and answers each change.
+async fn apply(to: Changing, batch: Vec<Change>) {
+    if batch.len() == 1 {
+        for change in batch {
+            answer_alone(&to.events, change).await;
+        }
+        return;
+    }
+    let wanted = batch
+        .iter()
+        .map(|change| match change {
+            Change::Update {
+                id, owner, patch, ..
+            } => Wanted {
+                id: id.to_string(),
+                owner: owner.clone(),
+                set: Some(patched(patch.clone())),
+            },
+            Change::Delete { id, owner, .. } => Wanted {
+                id: id.to_string(),
+                owner: owner.clone(),
+                set: None,
+            },
+        })
+        .collect();
+    let failed = match tokio::time::timeout(DEADLINE, together(&to, wanted)).await {
+        Ok(Ok(outcomes)) => {
+            for (change, outcome) in batch.into_iter().zip(outcomes) {
+                answer(change, outcome);
+            }
+            return;
+        }
+        Ok(Err(err)) => err,
+        Err(_) => {
+            // Whether it committed is unknown: a retry of each change finds out.
+            for change in batch {
+                change.fail(|op| StoreError::Unavailable {
+                    op,
+                    reason: format!("not applied within {DEADLINE:?}"),
+                });
+            }
+            return;
+        }
+    };
+    if matches!(
+        mongo_error("update", failed.clone()),
+        StoreError::Unavailable { .. } | StoreError::Full { .. }
+    ) {
+        for change in batch {
+            change.fail(|op| mongo_error(op, failed.clone()));
+        }
+        return;
+    }
+    // Something in the batch was refused, and the transaction with it: each change alone.
+    tracing::debug!(changes = batch.len(), error = %failed, "batch refused; applying each alone");
+    for change in batch {
+        answer_alone(&to.events, change).await;
+    }
+}
+
+fn answer(change: Change, outcome: Outcome) {
+    match (change, outcome) {
+        (Change::Update { answer, .. }, Outcome::Updated(document)) => {
+            let _ = answer.send(from_document(&document));
+        }
+        (Change::Delete { answer, .. }, Outcome::Deleted) => {
+            let _ = answer.send(Ok(()));
+        }
+        (change, _) => change.fail(|_| StoreError::NotFound),
+    }
+}
+
+/// `wanted`'s outcomes, committed together.
+async fn together(to: &Changing, wanted: Vec<Wanted>) -> mongodb::error::Result<Vec<Outcome>> {
+    let mut session = to.client.start_session().await?;
+    let context = (to.database.clone(), to.events.clone(), wanted);
+    session
+        .start_transaction()
+        .with_options(to.transaction.clone())
+        .and_run(context, |session, (database, events, wanted)| {
+            in_transaction(session, database, events, wanted).boxed()
+        })
+        .await
+}
+
+async fn in_transaction(
+    session: &mut ClientSession,
+    database: &Database,
+    events: &Collection<Document>,
+    wanted: &[Wanted],
+) -> mongodb::error::Result<Vec<Outcome>> {
+    let ids: Vec<&str> = wanted.iter().map(|w| w.id.as_str()).collect();
+    let found: Vec<Document> = events
+        .find(doc! {"id": {"$in": ids}})
+        .session(&mut *session)
+        .await?
+        .stream(&mut *session)
+        .try_collect()
+        .await?;
+    let mut found: HashMap<String, Document> = found
+        .into_iter()
+        .filter_map(|document| Some((document.get_str("id").ok()?.to_owned(), document)))
+        .collect();
+    let mut outcomes = Vec::with_capacity(wanted.len());
+    let mut updates = Vec::new();
+    let mut deletes = Vec::new();
+    // A batch holds each id once, so each change finds its event as the batch began.
+    for Wanted { id, owner, set } in wanted {
+        let Some(mut document) = found
+            .remove(id)
+            .filter(|document| in_scope(document, owner.as_deref()))
+        else {
+            outcomes.push(Outcome::NotFound);
+            continue;
+        };
+        match set {
+            Some(set) => {
+                updates.push(doc! {"q": {"id": id}, "u": {"$set": set.clone()}});
+                document.extend(set.clone());
+                outcomes.push(Outcome::Updated(document));
+            }
+            None => {
+                deletes.push(id.as_str());
+                outcomes.push(Outcome::Deleted);
+            }
+        }
+    }
+    if !updates.is_empty() {
+        let reply = database
+            .run_command(doc! {"update": events.name(), "updates": updates, "ordered": true})
+            .session(&mut *session)
+            .await?;
+        if reply.contains_key("writeErrors") {
+            return Err(mongodb::error::Error::custom(
+                "a statement of a batched update was refused",
+            ));
+        }
+    }
+    if !deletes.is_empty() {
+        events
+            .delete_many(doc! {"id": {"$in": deletes}})
+            .session(&mut *session)
+            .await?;
+    }
+    Ok(outcomes)
+}
