@@ -151,7 +151,8 @@ async fn acknowledged_writes_survive_kill_9(mut server: MongoServer, publish: bo
 async fn writes_ask_for_the_journal_themselves() {
     // A server that syncs a write only when the write asks (`j: true`), as a mongod with its
     // journal default off: what survives is what the store asked for. (SecantusDB honours `j`
-    // on plain writes, which is all the store's writes are, but not on `commitTransaction`.)
+    // on plain writes, which creates and publishes are, but not on `commitTransaction`, which
+    // batched updates and deletes use: those are durable there with `--sync-on-commit`.)
     if let Some(server) = MongoServer::start_syncing_only_when_asked("the journal test") {
         acknowledged_writes_survive_kill_9(server, true).await;
     }
