@@ -177,12 +177,27 @@ async fn a_database_that_goes_away_fails_fast_and_is_found_again() {
     server.kill();
     // Each kind of call gives up as unavailable (503 at the gateway), well inside the
     // gateway's 10 s request deadline: nothing waits for the server to come back.
-    for call in ["ping", "create", "get", "publish", "events_after"] {
+    for call in [
+        "ping",
+        "create",
+        "get",
+        "update",
+        "delete",
+        "publish",
+        "events_after",
+    ] {
         let started = Instant::now();
+        let patch = || EventPatch {
+            title: "down".into(),
+            description: String::new(),
+            completed: false,
+        };
         let failed = match call {
             "ping" => store.ping().await.err(),
             "create" => store.create(published("", "down")).await.err(),
             "get" => store.get(before.id, None).await.err(),
+            "update" => store.update(before.id, None, patch()).await.err(),
+            "delete" => store.delete(before.id, None).await.err(),
             "publish" => store.publish(published("live", "down")).await.err(),
             _ => store.events_after("live", 0, 10).await.err(),
         };
@@ -192,6 +207,21 @@ async fn a_database_that_goes_away_fails_fast_and_is_found_again() {
         );
         assert!(started.elapsed() < Duration::from_secs(8), "{call} hung");
     }
+    // Changes sent together (a batch's transaction) give up as fast.
+    let started = Instant::now();
+    let patch = || EventPatch {
+        title: "down".into(),
+        description: String::new(),
+        completed: false,
+    };
+    let changes = join_all((0..10).map(|_| store.update(Uuid::now_v7(), None, patch()))).await;
+    for failed in changes {
+        assert!(
+            matches!(failed, Err(StoreError::Unavailable { .. })),
+            "{failed:?}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "a batch hung");
     // The change feed ends with an error rather than hanging: subscribers resubscribe.
     let ended = tokio::time::timeout(Duration::from_secs(30), feed.next())
         .await

@@ -27,8 +27,10 @@ use crate::store::{
 };
 
 /// The most a batch spends in its transaction, conflicts and the driver's retries included,
-/// before its changes fail as unavailable (well inside the gateway's request deadline).
-const DEADLINE: Duration = Duration::from_secs(5);
+/// before its changes fail as unavailable. A change may wait for the batch ahead of it and
+/// then its own, so twice this stays inside the gateway's request deadline (10 s); the driver
+/// would retry a transaction that cannot reach its server for 120 s.
+const DEADLINE: Duration = Duration::from_secs(3);
 
 /// Where a batch is applied.
 #[derive(Clone)]
