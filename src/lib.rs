@@ -54,6 +54,11 @@ pub mod idempotency {
     include!(concat!(env!("OUT_DIR"), "/idempotency.rs"));
 }
 
+/// The `grpc.health.v1` service name a backend reports SERVING under while it commits the writes
+/// of every backend sharing its store (the elected writer of a SQLite file), so the gateway
+/// sends writes there first rather than through another backend's hop to it.
+pub const WRITER_HEALTH: &str = "events.v1.EventService/writer";
+
 /// Encoded `FileDescriptorSet` of `proto/` and its imports, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/events_descriptor.bin"));

@@ -1,7 +1,9 @@
 //! The backend's gRPC health says whether it can serve: SERVING while its store answers,
 //! NOT_SERVING while it does not (a database that went away: the gateway then sends nothing here
 //! and its `/readyz` says so, rather than every request waiting for the database) and from the
-//! start of a shutdown on.
+//! start of a shutdown on. Beside it, `WRITER_HEALTH` is SERVING while this backend serves and
+//! commits the writes of every backend on its store (SQLite's elected writer): the gateway
+//! sends writes there first.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -10,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::store::StoreError;
-use eventsys::v1::event_service_server::SERVICE_NAME;
+use eventsys::{WRITER_HEALTH, v1::event_service_server::SERVICE_NAME};
 
 /// How often the store is asked whether it answers.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -29,53 +31,76 @@ struct State {
     leaving: bool,
     /// The store answered the last probe.
     store_answers: bool,
+    /// The store said at the last probe that this process commits every backend's writes.
+    writer: bool,
 }
 
-async fn report(health: &HealthReporter, status: ServingStatus) {
-    // The event API by name (what the gateway watches) and the server as a whole ("").
-    health.set_service_status(SERVICE_NAME, status).await;
-    health.set_service_status("", status).await;
+impl State {
+    async fn report(&self) {
+        let status = |on| {
+            if on {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
+        };
+        let serving = !self.leaving && self.store_answers;
+        // The event API by name (what the gateway watches) and the server as a whole ("").
+        self.health
+            .set_service_status(SERVICE_NAME, status(serving))
+            .await;
+        self.health.set_service_status("", status(serving)).await;
+        self.health
+            .set_service_status(WRITER_HEALTH, status(serving && self.writer))
+            .await;
+    }
 }
 
 impl Readiness {
     /// SERVING from now on, until the store stops answering or `leave`.
     pub(crate) async fn new(health: HealthReporter) -> Readiness {
-        report(&health, ServingStatus::Serving).await;
-        Readiness(Arc::new(Mutex::new(State {
+        let state = State {
             health,
             leaving: false,
             store_answers: true,
-        })))
+            writer: false,
+        };
+        state.report().await;
+        Readiness(Arc::new(Mutex::new(state)))
     }
 
     /// NOT_SERVING for good: the backend is shutting down.
     pub(crate) async fn leave(&self) {
         let mut state = self.0.lock().await;
         state.leaving = true;
-        report(&state.health, ServingStatus::NotServing).await;
+        state.report().await;
     }
 
-    async fn store_answers(&self, answers: bool) {
+    /// What the last probe found: whether the store answers, and whether this process commits
+    /// every backend's writes.
+    async fn probed(&self, answers: bool, writer: bool) {
         let mut state = self.0.lock().await;
-        if state.leaving || state.store_answers == answers {
+        if state.leaving || (state.store_answers, state.writer) == (answers, writer) {
             return;
         }
         state.store_answers = answers;
-        let status = if answers {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        report(&state.health, status).await;
+        state.writer = writer;
+        state.report().await;
     }
 }
 
-/// Asks the store (`ping`) once a second until `stop`, and reports what it finds. Logs only
-/// the changes.
-pub(crate) async fn probe<F, P>(readiness: Readiness, ping: P, stop: CancellationToken)
-where
+/// Asks the store once a second until `stop` whether it answers (`ping`) and whether this
+/// process commits every backend's writes (`writer`), and reports what it finds. Logs only the
+/// changes.
+pub(crate) async fn probe<F, P, W>(
+    readiness: Readiness,
+    ping: P,
+    writer: W,
+    stop: CancellationToken,
+) where
     P: Fn() -> F,
     F: Future<Output = Result<(), StoreError>>,
+    W: Fn() -> bool,
 {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,7 +126,7 @@ where
             _ => {}
         }
         answered = answer.is_ok();
-        readiness.store_answers(answered).await;
+        readiness.probed(answered, writer()).await;
     }
 }
 
@@ -115,8 +140,12 @@ mod tests {
     use super::*;
 
     async fn status(service: &impl Health) -> i32 {
+        status_of(service, SERVICE_NAME).await
+    }
+
+    async fn status_of(service: &impl Health, name: &str) -> i32 {
         let request = Request::new(HealthCheckRequest {
-            service: SERVICE_NAME.to_owned(),
+            service: name.to_owned(),
         });
         service.check(request).await.unwrap().into_inner().status
     }
@@ -142,7 +171,7 @@ mod tests {
                 }
             }
         };
-        tokio::spawn(probe(readiness.clone(), ping, stop.clone()));
+        tokio::spawn(probe(readiness.clone(), ping, || false, stop.clone()));
         let serving = ServingStatus::Serving as i32;
         let not_serving = ServingStatus::NotServing as i32;
         tokio::time::sleep(PROBE_INTERVAL * 2).await;
@@ -159,6 +188,74 @@ mod tests {
         readiness.leave().await;
         tokio::time::sleep(PROBE_INTERVAL * 3).await;
         assert_eq!(status(&service).await, not_serving, "leaving is for good");
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_status_follows_the_store_and_the_backends_own_health() {
+        let health = HealthReporter::new();
+        let service = tonic_health::server::HealthService::from_health_reporter(health.clone());
+        let readiness = Readiness::new(health).await;
+        let (answers, writer) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let stop = CancellationToken::new();
+        let ping = {
+            let answers = answers.clone();
+            move || {
+                let answers = answers.load(Ordering::SeqCst);
+                async move {
+                    if answers {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Unavailable {
+                            op: "ping",
+                            reason: "gone".into(),
+                        })
+                    }
+                }
+            }
+        };
+        let leads = {
+            let writer = writer.clone();
+            move || writer.load(Ordering::SeqCst)
+        };
+        tokio::spawn(probe(readiness.clone(), ping, leads, stop.clone()));
+        let serving = ServingStatus::Serving as i32;
+        let not_serving = ServingStatus::NotServing as i32;
+        tokio::time::sleep(PROBE_INTERVAL * 2).await;
+        assert_eq!(
+            status_of(&service, WRITER_HEALTH).await,
+            not_serving,
+            "not elected"
+        );
+
+        writer.store(true, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_INTERVAL * 2).await;
+        assert_eq!(status_of(&service, WRITER_HEALTH).await, serving, "elected");
+
+        answers.store(false, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_INTERVAL * 2).await;
+        assert_eq!(
+            status_of(&service, WRITER_HEALTH).await,
+            not_serving,
+            "store gone"
+        );
+        answers.store(true, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_INTERVAL * 2).await;
+        assert_eq!(
+            status_of(&service, WRITER_HEALTH).await,
+            serving,
+            "store back"
+        );
+
+        readiness.leave().await;
+        assert_eq!(
+            status_of(&service, WRITER_HEALTH).await,
+            not_serving,
+            "leaving"
+        );
         stop.cancel();
     }
 }

@@ -196,6 +196,10 @@ pub async fn serve(
                 async move { store.ping().await }
             }
         },
+        {
+            let store = store.clone();
+            move || store.commits_every_write()
+        },
         streams.clone(),
     ));
     let reflection = || {

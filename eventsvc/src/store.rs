@@ -356,6 +356,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// Whether the store answers now: `Unavailable` when its server cannot be reached. Backs
     /// the backend's health (NOT_SERVING while it fails), so it must be cheap.
     async fn ping(&self) -> Result<()>;
+    /// Whether this process commits the writes of every backend sharing the store (SQLite's
+    /// elected writer): writes sent here skip a hop. False where each backend writes its own.
+    fn commits_every_write(&self) -> bool {
+        false
+    }
 }
 
 /// Which store to open, parsed from `--store` / `STORE_URI` / `MONGO_URI`.

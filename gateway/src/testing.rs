@@ -89,6 +89,8 @@ impl Subscribed {
 pub(crate) struct FakeBackend {
     pub(crate) addr: SocketAddr,
     checks: watch::Sender<Checks>,
+    /// Whether it says it commits every backend's writes (`WRITER_HEALTH`).
+    writer: watch::Sender<bool>,
     /// Every `Subscribe` the gateway sends, in order.
     pub(crate) subscribes: mpsc::UnboundedReceiver<Subscribed>,
     stop: CancellationToken,
@@ -105,18 +107,23 @@ impl FakeBackend {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(addr, accept);
         let checks = watch::Sender::new(Checks::Serving);
+        let writer = watch::Sender::new(false);
         let (subscribed, subscribes) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let incoming = UnboundedReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(HealthServer::new(FakeHealth(checks.subscribe())))
+                .add_service(HealthServer::new(FakeHealth(
+                    checks.subscribe(),
+                    writer.subscribe(),
+                )))
                 .add_service(EventServiceServer::new(FakeEvents(subscribed)))
                 .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
         );
         FakeBackend {
             addr,
             checks,
+            writer,
             subscribes,
             stop,
         }
@@ -125,6 +132,11 @@ impl FakeBackend {
     /// From now on, health checks are answered so.
     pub(crate) fn checks(&self, checks: Checks) {
         self.checks.send_replace(checks);
+    }
+
+    /// From now on, says it commits every backend's writes (`true`) or not.
+    pub(crate) fn writer(&self, writer: bool) {
+        self.writer.send_replace(writer);
     }
 
     /// The next `Subscribe` the gateway sends.
@@ -210,7 +222,8 @@ pub(crate) async fn advance(by: Duration) {
     tokio::time::sleep(by).await;
 }
 
-struct FakeHealth(watch::Receiver<Checks>);
+/// The health checks' answers, and whether it is the writer (asked as `WRITER_HEALTH`).
+struct FakeHealth(watch::Receiver<Checks>, watch::Receiver<bool>);
 
 type Statuses = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
@@ -229,9 +242,15 @@ fn answer(checks: Checks) -> Option<HealthCheckResponse> {
 impl Health for FakeHealth {
     async fn check(
         &self,
-        _: Request<HealthCheckRequest>,
+        request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
-        let checks = *self.0.borrow();
+        let mut checks = *self.0.borrow();
+        if request.get_ref().service == eventsys::WRITER_HEALTH
+            && checks == Checks::Serving
+            && !*self.1.borrow()
+        {
+            checks = Checks::NotServing;
+        }
         match answer(checks) {
             Some(answer) => Ok(Response::new(answer)),
             None => std::future::pending().await,

@@ -1,5 +1,7 @@
 //! The gateway's upstream: discovery and health checking of the backends, one p2c balancer for
-//! requests (our PeakEwma load) and one for subscriptions (open streams), and the call policy.
+//! requests (our PeakEwma load), one for subscriptions (open streams) and one for writes (the
+//! requests' load, over the backends that commit every backend's writes when one says so), and
+//! the call policy.
 //! Its one-way interface is `Upstream::call` with typed answers and errors; it knows nothing
 //! of HTTP.
 
@@ -60,6 +62,9 @@ pub(crate) struct Upstream {
 struct Inner {
     requests: BalancedChannel,
     streams: BalancedChannel,
+    /// Creates, publishes, updates and deletes: straight to the backend that commits them
+    /// when there is one (no hop through another backend).
+    writes: BalancedChannel,
     membership: Arc<Membership>,
     config: Arc<UpstreamConfig>,
     retries: TpsBudget,
@@ -69,13 +74,14 @@ impl Upstream {
     /// Builds the balancers and starts resolving and health-checking `config.backends`. Must
     /// be called inside a tokio runtime; the tasks stop when `shutdown` is cancelled.
     pub(crate) fn start(config: UpstreamConfig, shutdown: CancellationToken) -> Upstream {
-        let (membership, [requests, streams]) = Membership::new(config.balancing);
+        let (membership, [requests, streams, writes]) = Membership::new(config.balancing);
         let config = Arc::new(config);
         tokio::spawn(discovery::run(membership.clone(), config.clone(), shutdown));
         Upstream {
             inner: Arc::new(Inner {
                 requests: BalancedChannel::new(requests),
                 streams: BalancedChannel::new(streams),
+                writes: BalancedChannel::new(writes),
                 membership,
                 config,
                 retries: call::retry_budget(),

@@ -570,6 +570,10 @@ impl EventStore for SqliteStore {
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
+
+    fn commits_every_write(&self) -> bool {
+        self.lead.leading()
+    }
 }
 
 #[cfg(test)]

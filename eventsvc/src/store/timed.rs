@@ -138,6 +138,10 @@ impl EventStore for TimedStore {
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }
+
+    fn commits_every_write(&self) -> bool {
+        self.inner.commits_every_write()
+    }
 }
 
 #[cfg(test)]

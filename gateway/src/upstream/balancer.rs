@@ -133,7 +133,7 @@ mod tests {
 
     #[tokio::test]
     async fn callers_waiting_for_an_endpoint_all_go_on_when_one_is_inserted() {
-        let (membership, [requests, _]) = Membership::new(Balancing::Pending);
+        let (membership, [requests, _, _]) = Membership::new(Balancing::Pending);
         let channel = BalancedChannel::new(requests);
         // Nothing listens on the discard port: a call that reaches the endpoint fails fast.
         let backend = Backend("127.0.0.1:9".parse().unwrap());

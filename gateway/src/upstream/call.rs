@@ -30,6 +30,9 @@ pub(crate) enum Route {
     Requests,
     /// Subscriptions, balanced by open streams.
     Streams,
+    /// Writes: balanced like requests, over the backends that commit every backend's writes
+    /// when one says so (a SQLite file's elected writer), else over all.
+    Writes,
 }
 
 /// A caller's token, forwarded to the backends (which apply the same rules): the
@@ -126,6 +129,7 @@ pub(crate) trait Rpc: Send + Sized + 'static {
 pub(crate) trait Method: Send + Sync + 'static {
     const PATH: &'static str;
     const IDEMPOTENCY: Idempotency;
+    const ROUTE: Route;
 }
 
 /// A gRPC client's request for `M` as the client framed it, passed on as it is: the reply comes
@@ -142,6 +146,7 @@ impl<M> Forwarded<M> {
 impl<M: Method> Rpc for Forwarded<M> {
     type Reply = Bytes;
     const IDEMPOTENCY: Idempotency = M::IDEMPOTENCY;
+    const ROUTE: Route = M::ROUTE;
     const PATH: &'static str = M::PATH;
     type Prepared = Bytes;
     fn prepare(self) -> Bytes {
@@ -159,18 +164,20 @@ impl<M: Method> Rpc for Forwarded<M> {
 
 /// A unary rpc, framed by `unary` once and re-sent as is by a retry; and its method's marker.
 macro_rules! unary {
-    ($method:ident: $request:ty => $reply:ty, $idempotency:expr) => {
+    ($method:ident: $request:ty => $reply:ty, $idempotency:expr, $route:expr) => {
         #[doc = concat!("`events.v1.EventService/", stringify!($method), "`.")]
         pub(crate) struct $method;
 
         impl Method for $method {
             const PATH: &'static str = concat!("/events.v1.EventService/", stringify!($method));
             const IDEMPOTENCY: Idempotency = $idempotency;
+            const ROUTE: Route = $route;
         }
 
         impl Rpc for $request {
             type Reply = $reply;
             const IDEMPOTENCY: Idempotency = <$method as Method>::IDEMPOTENCY;
+            const ROUTE: Route = $route;
             const PATH: &'static str = <$method as Method>::PATH;
             type Prepared = Bytes;
             fn prepare(self) -> Bytes {
@@ -193,15 +200,15 @@ macro_rules! unary {
 pub(crate) mod method {
     use super::*;
 
-    unary!(CreateEvent: v1::CreateEventRequest => v1::Event, idempotency::CREATE_EVENT);
-    unary!(Publish: v1::PublishRequest => v1::Event, idempotency::PUBLISH);
-    unary!(GetEvent: v1::GetEventRequest => v1::Event, idempotency::GET_EVENT);
-    unary!(ListEvents: v1::ListEventsRequest => v1::ListEventsResponse, idempotency::LIST_EVENTS);
-    unary!(ListAllEvents: v1::ListAllEventsRequest => v1::ListEventsResponse, idempotency::LIST_ALL_EVENTS);
-    unary!(UpdateEvent: v1::UpdateEventRequest => v1::Event, idempotency::UPDATE_EVENT);
-    unary!(DeleteEvent: v1::DeleteEventRequest => v1::DeleteEventResponse, idempotency::DELETE_EVENT);
-    unary!(ListTopicEvents: v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, idempotency::LIST_TOPIC_EVENTS);
-    unary!(Stats: v1::StatsRequest => v1::StatsResponse, idempotency::STATS);
+    unary!(CreateEvent: v1::CreateEventRequest => v1::Event, idempotency::CREATE_EVENT, Route::Writes);
+    unary!(Publish: v1::PublishRequest => v1::Event, idempotency::PUBLISH, Route::Writes);
+    unary!(GetEvent: v1::GetEventRequest => v1::Event, idempotency::GET_EVENT, Route::Requests);
+    unary!(ListEvents: v1::ListEventsRequest => v1::ListEventsResponse, idempotency::LIST_EVENTS, Route::Requests);
+    unary!(ListAllEvents: v1::ListAllEventsRequest => v1::ListEventsResponse, idempotency::LIST_ALL_EVENTS, Route::Requests);
+    unary!(UpdateEvent: v1::UpdateEventRequest => v1::Event, idempotency::UPDATE_EVENT, Route::Writes);
+    unary!(DeleteEvent: v1::DeleteEventRequest => v1::DeleteEventResponse, idempotency::DELETE_EVENT, Route::Writes);
+    unary!(ListTopicEvents: v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, idempotency::LIST_TOPIC_EVENTS, Route::Requests);
+    unary!(Stats: v1::StatsRequest => v1::StatsResponse, idempotency::STATS, Route::Requests);
 }
 
 /// A create or publish with the client's idempotency key (if it sent one), sent along as
@@ -244,6 +251,7 @@ where
 {
     type Reply = (v1::Event, Outcome);
     const IDEMPOTENCY: Idempotency = R::IDEMPOTENCY;
+    const ROUTE: Route = R::ROUTE;
     const PATH: &'static str = R::PATH;
     type Prepared = (Bytes, Option<HeaderValue>);
     fn prepare(mut self) -> Self::Prepared {
@@ -420,14 +428,23 @@ impl Upstream {
         self.inner.retries.deposit();
         let prepared = request.prepare();
         let again = R::IDEMPOTENCY.may_repeat().then(|| prepared.clone());
-        let failure = match self.attempt::<R>(prepared, bearer, deadline, timer).await {
+        let failure = match self
+            .attempt::<R>(R::ROUTE, prepared, bearer, deadline, timer)
+            .await
+        {
             Ok(answer) => return Ok(answer),
             Err(failure) => failure,
         };
         match again {
             Some(prepared) if failure.may_retry() && self.inner.retries.withdraw() => {
                 tracing::debug!(?failure, "retrying on another backend");
-                self.attempt::<R>(prepared, bearer, deadline, timer)
+                // A write balancer may hold the one backend that just failed; the request
+                // balancer holds every healthy one.
+                let route = match R::ROUTE {
+                    Route::Writes => Route::Requests,
+                    route => route,
+                };
+                self.attempt::<R>(route, prepared, bearer, deadline, timer)
                     .await
                     .map_err(|retry| CallError {
                         failure: retry.after(&failure),
@@ -443,6 +460,7 @@ impl Upstream {
 
     async fn attempt<R: Rpc>(
         &self,
+        route: Route,
         prepared: R::Prepared,
         bearer: Option<&Bearer>,
         deadline: Instant,
@@ -456,13 +474,14 @@ impl Upstream {
         {
             return Err(Failure::NoBackend);
         }
-        let channel = match R::ROUTE {
+        let channel = match route {
             Route::Requests => &inner.requests,
             Route::Streams => &inner.streams,
+            Route::Writes => &inner.writes,
         };
         // A stream lives past any request deadline: only its opening is bounded.
-        let timeout = (R::ROUTE == Route::Requests)
-            .then(|| deadline.saturating_duration_since(Instant::now()));
+        let timeout =
+            (route != Route::Streams).then(|| deadline.saturating_duration_since(Instant::now()));
         let sent = R::send(channel.clone(), prepared, bearer, timeout);
         let outcome = match timer {
             Some(at) => match tokio::time::timeout_at(at, sent).await {

@@ -1,11 +1,12 @@
 //! How backends come and go: names are re-resolved periodically (a DNS name may stand for many
 //! backends), and every address is health-checked (`grpc.health.v1` Check with a deadline, and
 //! a Watch that reports NOT_SERVING the moment a backend starts draining); their outcomes insert
-//! the backend into the balancers or remove it.
+//! the backend into the balancers or remove it. A healthy backend is also asked whether it
+//! commits every backend's writes (`WRITER_HEALTH`), which steers the writes balancer.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use eventsys::v1::event_service_server::SERVICE_NAME;
+use eventsys::{WRITER_HEALTH, v1::event_service_server::SERVICE_NAME};
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -207,13 +208,13 @@ async fn check(
         if !healthy && stopped_answering {
             link.sever();
         }
-        let health = match &outcome {
+        let verdict = match &outcome {
             _ if healthy => Health::Up,
             Ok(Ok(_)) => Health::Down(Down::NotServing),
             Ok(Err(_)) => Health::Down(Down::Refused),
             Err(_) => Health::Down(Down::MissedDeadlines),
         };
-        if membership.set_health(backend, health) {
+        if membership.set_health(backend, verdict) {
             if healthy {
                 tracing::info!(%backend, "backend healthy: receiving traffic");
             } else {
@@ -224,6 +225,19 @@ async fn check(
                 };
                 tracing::warn!(%backend, %reason, "backend unhealthy: removed");
             }
+        }
+        if healthy {
+            // Whether it commits every backend's writes: a backend that does not know the
+            // name (another store, an older build) answers NOT_FOUND, which is "no".
+            let request = HealthCheckRequest {
+                service: WRITER_HEALTH.into(),
+            };
+            let answer = tokio::time::timeout(config.health_timeout, health.check(request)).await;
+            let writer = matches!(
+                &answer,
+                Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32
+            );
+            membership.set_writer(backend, writer);
         }
     }
 }
@@ -331,6 +345,90 @@ mod tests {
             advance(Duration::from_millis(250) + MS).await;
             assert!(is_in(&state, &b), "not taken in at its first passing check");
             assert_eq!(held(&state), 2);
+        })
+        .await;
+    }
+
+    /// Calls each backend took since it was discovered, in the order given.
+    fn attempts(state: &crate::http::AppState, backends: &[&FakeBackend]) -> Vec<u64> {
+        let all = state.upstream.backends();
+        backends
+            .iter()
+            .map(|b| {
+                all.iter()
+                    .find(|s| s.backend == Backend(b.addr))
+                    .map_or(0, |s| s.attempts)
+            })
+            .collect()
+    }
+
+    /// Sends `n` of `request` through the upstream (the fakes refuse them: only where they
+    /// went counts).
+    async fn send<R: crate::upstream::Rpc + Clone>(
+        state: &crate::http::AppState,
+        request: R,
+        n: usize,
+    ) {
+        for _ in 0..n {
+            let _ = state.upstream.call(request.clone(), None).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_go_to_the_backend_that_commits_them_and_to_all_when_none_does() {
+        use eventsys::v1;
+        testing::bounded(async {
+            let (a, b, c) = (
+                FakeBackend::start().await,
+                FakeBackend::start().await,
+                FakeBackend::start().await,
+            );
+            a.writer(true);
+            let (state, _stop) = testing::gateway(&[&a, &b, &c], &[]).await;
+            // The writer check follows the health check that let them in.
+            advance(MS * 10).await;
+            let all = [&a, &b, &c];
+            let create = v1::CreateEventRequest::default();
+            send(&state, create.clone(), 30).await;
+            assert_eq!(
+                attempts(&state, &all),
+                [30, 0, 0],
+                "every write to the writer"
+            );
+            // Reads still go to every backend.
+            send(&state, v1::GetEventRequest::default(), 30).await;
+            let [to_a, to_b, to_c] = attempts(&state, &all)[..] else {
+                unreachable!()
+            };
+            assert_eq!(to_a + to_b + to_c, 60);
+            assert!(to_b + to_c > 0, "reads pinned to the writer");
+
+            // Another backend is elected: writes follow at its next check.
+            a.writer(false);
+            b.writer(true);
+            advance(Duration::from_millis(250) + MS * 10).await;
+            let before = attempts(&state, &all);
+            send(&state, v1::UpdateEventRequest::default(), 20).await;
+            send(&state, v1::DeleteEventRequest::default(), 10).await;
+            let after = attempts(&state, &all);
+            assert_eq!(
+                [
+                    after[0] - before[0],
+                    after[1] - before[1],
+                    after[2] - before[2]
+                ],
+                [0, 30, 0],
+                "updates and deletes to the new writer"
+            );
+
+            // The writer goes: no healthy backend says it writes, so writes go to all.
+            b.checks(Checks::NotServing);
+            advance(MS).await;
+            let before = attempts(&state, &all);
+            send(&state, v1::PublishRequest::default(), 30).await;
+            let after = attempts(&state, &all);
+            assert_eq!(after[1], before[1], "a backend that is out got writes");
+            assert_eq!((after[0] - before[0]) + (after[2] - before[2]), 30);
         })
         .await;
     }

@@ -1,6 +1,8 @@
 //! Which backends the balancers hold: every resolved address with its link and counters,
-//! and the one place that inserts a backend into both balancers or removes it from them
-//! (`Change::Insert` / `Change::Remove`), whether a health check or an endpoint asks.
+//! and the one place that inserts a backend into the balancers or removes it from them
+//! (`Change::Insert` / `Change::Remove`), whether a health check or an endpoint asks. The
+//! writes balancer holds the healthy backends that say they commit every backend's writes
+//! (`WRITER_HEALTH`), or every healthy backend when none does.
 
 use std::{
     collections::HashMap,
@@ -30,6 +32,10 @@ struct Member {
     stats: Arc<BackendStats>,
     /// Whether the balancers hold it now.
     inserted: bool,
+    /// Its last check said it commits every backend's writes.
+    writer: bool,
+    /// Whether the writes balancer holds it now.
+    in_writes: bool,
     checker: CancellationToken,
 }
 
@@ -45,6 +51,7 @@ pub(crate) struct Membership {
     /// and each balancer drains its channel on every poll.
     requests: mpsc::UnboundedSender<Change<Backend, Endpoint>>,
     streams: mpsc::UnboundedSender<Change<Backend, Endpoint>>,
+    writes: mpsc::UnboundedSender<Change<Backend, Endpoint>>,
     /// How many backends the balancers hold.
     ready: watch::Sender<usize>,
     /// How requests are weighed (subscriptions always go by open streams).
@@ -52,21 +59,27 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
-    /// The membership and what the request and stream balancers discover from it.
-    pub(crate) fn new(balancing: Balancing) -> (Arc<Membership>, [Discovered; 2]) {
+    /// The membership and what the request, stream and write balancers discover from it.
+    pub(crate) fn new(balancing: Balancing) -> (Arc<Membership>, [Discovered; 3]) {
         let (requests, for_requests) = mpsc::unbounded_channel();
         let (streams, for_streams) = mpsc::unbounded_channel();
+        let (writes, for_writes) = mpsc::unbounded_channel();
         let membership = Arc::new(Membership {
             members: Mutex::new(HashMap::new()),
             requests,
             streams,
+            writes,
             ready: watch::Sender::new(0),
             balancing,
         });
         let discovered = |rx| UnboundedReceiverStream::new(rx).map(Ok).boxed();
         (
             membership,
-            [discovered(for_requests), discovered(for_streams)],
+            [
+                discovered(for_requests),
+                discovered(for_streams),
+                discovered(for_writes),
+            ],
         )
     }
 
@@ -93,13 +106,15 @@ impl Membership {
                 link,
                 stats,
                 inserted: false,
+                writer: false,
+                in_writes: false,
                 checker,
             },
         );
     }
 
     /// Drops every address not in `keep`, stopping its health checks.
-    pub(crate) fn retain(&self, keep: impl Fn(Backend) -> bool) {
+    pub(crate) fn retain(self: &Arc<Self>, keep: impl Fn(Backend) -> bool) {
         let mut members = self.lock();
         let gone: Vec<Backend> = members.keys().filter(|b| !keep(**b)).copied().collect();
         for backend in gone {
@@ -109,8 +124,12 @@ impl Membership {
                 if member.inserted {
                     self.send(Change::Remove(backend), Change::Remove(backend));
                 }
+                if member.in_writes {
+                    let _ = self.writes.send(Change::Remove(backend));
+                }
             }
         }
+        self.sync_writes(&mut members);
         self.publish_ready(&members);
     }
 
@@ -142,6 +161,8 @@ impl Membership {
             return false;
         }
         member.inserted = healthy;
+        // Back from down, it may have restarted as a follower: a writer when a check says so.
+        member.writer = false;
         if healthy {
             // Fresh endpoints: latency estimates start over, as the backend may have restarted.
             let endpoint = |balancing| {
@@ -159,8 +180,49 @@ impl Membership {
         } else {
             self.send(Change::Remove(backend), Change::Remove(backend));
         }
+        self.sync_writes(&mut members);
         self.publish_ready(&members);
         true
+    }
+
+    /// Records whether `backend`'s check says it commits every backend's writes.
+    pub(crate) fn set_writer(self: &Arc<Self>, backend: Backend, writer: bool) {
+        let mut members = self.lock();
+        let Some(member) = members.get_mut(&backend) else {
+            return;
+        };
+        if member.writer != writer {
+            member.writer = writer;
+            self.sync_writes(&mut members);
+        }
+    }
+
+    /// Brings the writes balancer in line: the healthy writers, or every healthy backend when
+    /// there is none. Under the members' lock, like every other change.
+    fn sync_writes(self: &Arc<Self>, members: &mut HashMap<Backend, Member>) {
+        let any_writer = members.values().any(|m| m.inserted && m.writer);
+        for (backend, member) in members.iter_mut() {
+            let wanted = member.inserted && (member.writer || !any_writer);
+            if member.in_writes == wanted {
+                continue;
+            }
+            member.in_writes = wanted;
+            let change = if wanted {
+                Change::Insert(
+                    *backend,
+                    Endpoint::new(
+                        member.link.clone(),
+                        member.stats.clone(),
+                        self.balancing,
+                        self.clone(),
+                    ),
+                )
+            } else {
+                Change::Remove(*backend)
+            };
+            // The receiver lives in the writes balancer, which lives as long as the gateway.
+            let _ = self.writes.send(change);
+        }
     }
 
     fn send(&self, requests: Change<Backend, Endpoint>, streams: Change<Backend, Endpoint>) {
