@@ -13,6 +13,9 @@ use futures::StreamExt;
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::{
     pubsub::subscribe,
@@ -191,6 +194,42 @@ async fn writing_backend(system: &System<crate::support::Process>, not: Option<u
     }
 }
 
+/// Waits until the backend `writer` (a pid), and no other, says in its health that it commits
+/// every backend's writes (what the gateway sends writes by); the backends probe once a second.
+async fn says_it_writes(system: &System<crate::support::Process>, writer: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut says = Vec::new();
+        for backend in &system.backends {
+            // A killed one refuses the connection: it says nothing.
+            let Ok(channel) = tonic::transport::Channel::from_shared(backend.url())
+                .expect("valid URL")
+                .connect()
+                .await
+            else {
+                continue;
+            };
+            let mut health = HealthClient::new(channel);
+            let request = HealthCheckRequest {
+                service: eventsys::WRITER_HEALTH.into(),
+            };
+            if let Ok(answer) = health.check(request).await
+                && answer.into_inner().status == ServingStatus::Serving as i32
+            {
+                says.push(backend.pid());
+            }
+        }
+        if says == [writer] {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backends saying they write: {says:?}, the lock's holder: {writer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The three backends on one file send their writes to the one holding its writer's lock;
 /// that one is killed with `kill -9` under creates and publishes: none fails (a write it had
 /// taken and not answered is committed again under its id, found stored or not), every
@@ -202,6 +241,7 @@ async fn a_kill_of_the_backend_committing_everyones_writes_loses_and_repeats_non
     let system = System::launch(3).await;
     let base = system.gateway.url();
     let leader = writing_backend(&system, None).await;
+    says_it_writes(&system, leader).await;
     let victim = system.backends.iter().find(|b| b.pid() == leader).unwrap();
     let Answered {
         created,
@@ -214,6 +254,7 @@ async fn a_kill_of_the_backend_committing_everyones_writes_loses_and_repeats_non
     .await;
     none_failed(&created, &failed);
     let successor = writing_backend(&system, Some(leader)).await;
+    says_it_writes(&system, successor).await;
 
     let stored = stored_ids_at(&format!("sqlite://{}", system.db.display()), "kill-writes").await;
     let unique: HashSet<_> = stored.iter().collect();
