@@ -7,15 +7,9 @@
 # Release builds first: `cargo build --release --workspace --bins`.
 # shellcheck source=bench/common.sh
 source "$(dirname "$0")/common.sh"
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-# The postgres user needs to reach its folder inside the run's.
-chmod 711 "$DATA"; PGDIR="$DATA/pg"; mkdir -p "$PGDIR"
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$PGDIR"
-as_postgres "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
-as_postgres "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
-  -o "-p 13300 -k $PGDIR -c listen_addresses=127.0.0.1" start >/dev/null
-PIDS+=("$(head -1 "$PGDIR/data/postmaster.pid")")
+# shellcheck source=bench/postgres.sh
+source bench/postgres.sh
+start_postgres 13300
 system() { # label, build folder
   local db="changes_$RANDOM$RANDOM" started=()
   "$PGBIN/psql" -h 127.0.0.1 -p 13300 -U postgres -qc "CREATE DATABASE $db"
@@ -35,4 +29,4 @@ for round in $(seq "${ROUNDS:-2}"); do
   system "this build" target/release
   if [ -n "${OLD:-}" ]; then system "old build" "$OLD"; fi
 done
-as_postgres "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null
+stop_postgres

@@ -241,16 +241,10 @@ echo "   code waits on the database, nothing about mongod's speed."
 stop_backends
 secantusd-py --port 13200 --storage-path "$DATA/mongo" --sync-on-commit >>"$DATA/mongo.log" 2>&1 &
 MONGO=$!; PIDS+=($MONGO); wait_port 13200
-# Debian's PostgreSQL, a cluster of the run's own on 13300 (as the postgres user when root).
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-PGDIR=$(mktemp -d)
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$PGDIR"
-as_postgres "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
-as_postgres "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
-  -o "-p 13300 -k $PGDIR -c listen_addresses=127.0.0.1" start >/dev/null
-# Stopped with the rest on any exit (the postmaster's pid).
-PIDS+=("$(head -1 "$PGDIR/data/postmaster.pid")")
+# Debian's PostgreSQL, a cluster of the run's own on 13300 (stopped with the rest on any exit).
+# shellcheck source=bench/postgres.sh
+source bench/postgres.sh
+start_postgres 13300
 "$PGBIN/psql" -h 127.0.0.1 -p 13300 -U postgres -qc "CREATE DATABASE bench"
 for STORE in "sqlite://$DATA/stores.db" "mongodb://127.0.0.1:13200/bench?replicaSet=secantus" \
     "postgres://postgres@127.0.0.1:13300/bench"; do
@@ -282,5 +276,5 @@ for script in insert publish; do
     | grep -E "^(tps|latency average)|ERROR" | head -3 | sed 's/^/    /' || true
 done
 kill "$MONGO"; wait "$MONGO" 2>/dev/null || true
-as_postgres "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null; rm -rf "$PGDIR"
+stop_postgres
 fi
