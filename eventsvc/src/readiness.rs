@@ -150,49 +150,18 @@ mod tests {
         service.check(request).await.unwrap().into_inner().status
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn not_serving_while_the_store_does_not_answer_and_for_good_once_leaving() {
-        let health = HealthReporter::new();
-        let service = tonic_health::server::HealthService::from_health_reporter(health.clone());
-        let readiness = Readiness::new(health).await;
-        let answers = Arc::new(AtomicBool::new(true));
-        let stop = CancellationToken::new();
-        let ping = {
-            let answers = answers.clone();
-            move || {
-                let answers = answers.load(Ordering::SeqCst);
-                async move {
-                    if answers {
-                        Ok(())
-                    } else {
-                        // A server that is gone: no answer at all.
-                        std::future::pending().await
-                    }
-                }
-            }
-        };
-        tokio::spawn(probe(readiness.clone(), ping, || false, stop.clone()));
-        let serving = ServingStatus::Serving as i32;
-        let not_serving = ServingStatus::NotServing as i32;
-        tokio::time::sleep(PROBE_INTERVAL * 2).await;
-        assert_eq!(status(&service).await, serving);
-
-        answers.store(false, Ordering::SeqCst);
-        tokio::time::sleep(PROBE_INTERVAL + PROBE_TIMEOUT + PROBE_INTERVAL).await;
-        assert_eq!(status(&service).await, not_serving, "store gone");
-
-        answers.store(true, Ordering::SeqCst);
-        tokio::time::sleep(PROBE_INTERVAL + PROBE_TIMEOUT).await;
-        assert_eq!(status(&service).await, serving, "store back");
-
-        readiness.leave().await;
-        tokio::time::sleep(PROBE_INTERVAL * 3).await;
-        assert_eq!(status(&service).await, not_serving, "leaving is for good");
-        stop.cancel();
+    /// What a probed backend reports: its health service, its readiness, the switches for
+    /// whether its store answers (a store that does not never answers at all) and whether it
+    /// commits every backend's writes, and the probe's stop.
+    struct Probed {
+        service: tonic_health::server::HealthService,
+        readiness: Readiness,
+        answers: Arc<AtomicBool>,
+        writer: Arc<AtomicBool>,
+        stop: CancellationToken,
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_writer_status_follows_the_store_and_the_backends_own_health() {
+    async fn probed() -> Probed {
         let health = HealthReporter::new();
         let service = tonic_health::server::HealthService::from_health_reporter(health.clone());
         let readiness = Readiness::new(health).await;
@@ -209,10 +178,7 @@ mod tests {
                     if answers {
                         Ok(())
                     } else {
-                        Err(StoreError::Unavailable {
-                            op: "ping",
-                            reason: "gone".into(),
-                        })
+                        std::future::pending().await
                     }
                 }
             }
@@ -222,40 +188,71 @@ mod tests {
             move || writer.load(Ordering::SeqCst)
         };
         tokio::spawn(probe(readiness.clone(), ping, leads, stop.clone()));
-        let serving = ServingStatus::Serving as i32;
-        let not_serving = ServingStatus::NotServing as i32;
+        Probed {
+            service,
+            readiness,
+            answers,
+            writer,
+            stop,
+        }
+    }
+
+    const SERVING: i32 = ServingStatus::Serving as i32;
+    const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
+
+    #[tokio::test(start_paused = true)]
+    async fn not_serving_while_the_store_does_not_answer_and_for_good_once_leaving() {
+        let Probed {
+            service,
+            readiness,
+            answers,
+            writer: _,
+            stop,
+        } = probed().await;
         tokio::time::sleep(PROBE_INTERVAL * 2).await;
-        assert_eq!(
-            status_of(&service, WRITER_HEALTH).await,
-            not_serving,
-            "not elected"
-        );
+        assert_eq!(status(&service).await, SERVING);
+
+        answers.store(false, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_INTERVAL + PROBE_TIMEOUT + PROBE_INTERVAL).await;
+        assert_eq!(status(&service).await, NOT_SERVING, "store gone");
+
+        answers.store(true, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_INTERVAL + PROBE_TIMEOUT).await;
+        assert_eq!(status(&service).await, SERVING, "store back");
+
+        readiness.leave().await;
+        tokio::time::sleep(PROBE_INTERVAL * 3).await;
+        assert_eq!(status(&service).await, NOT_SERVING, "leaving is for good");
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_status_follows_the_store_and_the_backends_own_health() {
+        let Probed {
+            service,
+            readiness,
+            answers,
+            writer,
+            stop,
+        } = probed().await;
+        let says = || status_of(&service, WRITER_HEALTH);
+        tokio::time::sleep(PROBE_INTERVAL * 2).await;
+        assert_eq!(says().await, NOT_SERVING, "not elected");
 
         writer.store(true, Ordering::SeqCst);
         tokio::time::sleep(PROBE_INTERVAL * 2).await;
-        assert_eq!(status_of(&service, WRITER_HEALTH).await, serving, "elected");
+        assert_eq!(says().await, SERVING, "elected");
 
         answers.store(false, Ordering::SeqCst);
-        tokio::time::sleep(PROBE_INTERVAL * 2).await;
-        assert_eq!(
-            status_of(&service, WRITER_HEALTH).await,
-            not_serving,
-            "store gone"
-        );
+        tokio::time::sleep(PROBE_INTERVAL + PROBE_TIMEOUT + PROBE_INTERVAL).await;
+        assert_eq!(says().await, NOT_SERVING, "store gone");
+
         answers.store(true, Ordering::SeqCst);
-        tokio::time::sleep(PROBE_INTERVAL * 2).await;
-        assert_eq!(
-            status_of(&service, WRITER_HEALTH).await,
-            serving,
-            "store back"
-        );
+        tokio::time::sleep(PROBE_INTERVAL + PROBE_TIMEOUT).await;
+        assert_eq!(says().await, SERVING, "store back");
 
         readiness.leave().await;
-        assert_eq!(
-            status_of(&service, WRITER_HEALTH).await,
-            not_serving,
-            "leaving"
-        );
+        assert_eq!(says().await, NOT_SERVING, "leaving");
         stop.cancel();
     }
 }

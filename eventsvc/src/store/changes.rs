@@ -135,17 +135,10 @@ where
             },
         };
         let mut ids = HashSet::from([first.id()]);
-        let mut bytes = first.size();
-        let mut batch = vec![first];
-        while batch.len() < batching::MAX_WRITES && bytes < batching::MAX_BYTES {
-            let Ok(next) = changes.try_recv() else { break };
-            if !ids.insert(next.id()) {
-                held = Some(next);
-                break;
-            }
-            bytes += next.size();
-            batch.push(next);
-        }
+        let (batch, next) = batching::fill_while(first, &mut changes, Change::size, |next| {
+            ids.insert(next.id())
+        });
+        held = next;
         apply(batch).await;
     }
 }

@@ -95,7 +95,8 @@ pub(crate) struct BackendSnapshot {
     pub(crate) attempts: u64,
     /// Calls that found it unreachable since it was discovered.
     pub(crate) failures: u64,
-    /// The request balancer's last cost: latency estimate (ns) × (pending + 1), floored.
+    /// The last cost the request or write balancer weighed it at: latency estimate (ns) ×
+    /// (pending + 1), floored.
     pub(crate) cost: f64,
 }
 

@@ -177,7 +177,7 @@ macro_rules! unary {
         impl Rpc for $request {
             type Reply = $reply;
             const IDEMPOTENCY: Idempotency = <$method as Method>::IDEMPOTENCY;
-            const ROUTE: Route = $route;
+            const ROUTE: Route = <$method as Method>::ROUTE;
             const PATH: &'static str = <$method as Method>::PATH;
             type Prepared = Bytes;
             fn prepare(self) -> Bytes {

@@ -9,7 +9,8 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use eventsys::{WRITER_HEALTH, v1::event_service_server::SERVICE_NAME};
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+    health_client::HealthClient,
 };
 
 use super::{
@@ -185,10 +186,7 @@ async fn check(
             service: SERVICE_NAME.into(),
         };
         let outcome = tokio::time::timeout(config.health_timeout, health.check(request)).await;
-        let healthy = matches!(
-            &outcome,
-            Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32
-        );
+        let healthy = serving(&outcome);
         // A backend that refuses or says NOT_SERVING is out at once; one that is only slow to
         // answer may just be busy (a burst of fan-out on a loaded machine), and taking every
         // busy backend out would turn load into an outage.
@@ -233,13 +231,22 @@ async fn check(
                 service: WRITER_HEALTH.into(),
             };
             let answer = tokio::time::timeout(config.health_timeout, health.check(request)).await;
-            let writer = matches!(
-                &answer,
-                Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32
-            );
-            membership.set_writer(backend, writer);
+            membership.set_writer(backend, serving(&answer));
         }
     }
+}
+
+/// Whether a health check answered in time, and SERVING.
+fn serving(
+    outcome: &Result<
+        Result<tonic::Response<HealthCheckResponse>, tonic::Status>,
+        tokio::time::error::Elapsed,
+    >,
+) -> bool {
+    matches!(
+        outcome,
+        Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32
+    )
 }
 
 #[cfg(test)]

@@ -165,17 +165,9 @@ impl Membership {
         member.writer = false;
         if healthy {
             // Fresh endpoints: latency estimates start over, as the backend may have restarted.
-            let endpoint = |balancing| {
-                Endpoint::new(
-                    member.link.clone(),
-                    member.stats.clone(),
-                    balancing,
-                    self.clone(),
-                )
-            };
             self.send(
-                Change::Insert(backend, endpoint(self.balancing)),
-                Change::Insert(backend, endpoint(Balancing::OpenStreams)),
+                Change::Insert(backend, self.endpoint(member, self.balancing)),
+                Change::Insert(backend, self.endpoint(member, Balancing::OpenStreams)),
             );
         } else {
             self.send(Change::Remove(backend), Change::Remove(backend));
@@ -183,6 +175,16 @@ impl Membership {
         self.sync_writes(&mut members);
         self.publish_ready(&members);
         true
+    }
+
+    /// A new endpoint on `member` for a balancer that weighs by `balancing`.
+    fn endpoint(self: &Arc<Self>, member: &Member, balancing: Balancing) -> Endpoint {
+        Endpoint::new(
+            member.link.clone(),
+            member.stats.clone(),
+            balancing,
+            self.clone(),
+        )
     }
 
     /// Records whether `backend`'s check says it commits every backend's writes.
@@ -208,15 +210,7 @@ impl Membership {
             }
             member.in_writes = wanted;
             let change = if wanted {
-                Change::Insert(
-                    *backend,
-                    Endpoint::new(
-                        member.link.clone(),
-                        member.stats.clone(),
-                        self.balancing,
-                        self.clone(),
-                    ),
-                )
+                Change::Insert(*backend, self.endpoint(member, self.balancing))
             } else {
                 Change::Remove(*backend)
             };

@@ -124,7 +124,7 @@ async fn drain(to: Publishing, mut draining: Draining, mut batch: Vec<Waiting>) 
             draining.removed = true;
             return;
         };
-        let take = queue.len().min(batching::MAX_WRITES);
+        let take = batching::take(queue, |waiting| waiting.new.size());
         batch = queue.drain(..take).collect();
     }
 }
