@@ -59,6 +59,10 @@ pub mod idempotency {
 /// sends writes there first rather than through another backend's hop to it.
 pub const WRITER_HEALTH: &str = "events.v1.EventService/writer";
 
+/// The gRPC metadata of a FAILED_PRECONDITION that an `if_revision` or `if_exists` did not
+/// hold: the event's revision, `0` when it does not exist for the caller.
+pub const REVISION_METADATA: &str = "events-revision";
+
 /// Encoded `FileDescriptorSet` of `proto/` and its imports, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/events_descriptor.bin"));

@@ -27,6 +27,7 @@ pub(crate) fn event(e: Event) -> v1::Event {
         data,
         time,
         seq,
+        revision,
     } = e;
     v1::Event {
         id: id.to_string(),
@@ -39,6 +40,7 @@ pub(crate) fn event(e: Event) -> v1::Event {
         data: data.as_ref().map(json::to_struct),
         time: time.map(timestamp),
         seq,
+        revision,
     }
 }
 

@@ -424,7 +424,9 @@ mod tests {
     use super::*;
     use crate::{
         metrics::RpcMetrics,
-        store::{Claim, EventPage, EventPatch, KeyClaim, NewEvent, Result, Retention},
+        store::{
+            Claim, EventPage, EventPatch, KeyClaim, NewEvent, Precondition, Result, Retention,
+        },
     };
 
     /// A store that only follows: each `follow` is counted, and its feed is the test's to
@@ -458,6 +460,7 @@ mod tests {
                 data: None,
                 time: Some(chrono::Utc::now()),
                 seq,
+                revision: 1,
             };
             let feed = self.feed.lock().unwrap();
             feed.as_ref().expect("followed").send(event).unwrap();
@@ -495,11 +498,17 @@ mod tests {
             unimplemented!("the feed only follows")
         }
 
-        async fn update(&self, _: Uuid, _: Option<String>, _: EventPatch) -> Result<Event> {
+        async fn update(
+            &self,
+            _: Uuid,
+            _: Option<String>,
+            _: EventPatch,
+            _: Precondition,
+        ) -> Result<Event> {
             unimplemented!("the feed only follows")
         }
 
-        async fn delete(&self, _: Uuid, _: Option<String>) -> Result<()> {
+        async fn delete(&self, _: Uuid, _: Option<String>, _: Precondition) -> Result<()> {
             unimplemented!("the feed only follows")
         }
 

@@ -151,6 +151,17 @@ impl From<StoreError> for Status {
             }
             StoreError::KeyReused => KeyConflict::Reused.status(),
             StoreError::KeyInFlight => KeyConflict::InFlight.status(),
+            StoreError::PreconditionFailed { current } => {
+                let mut status = Status::failed_precondition(match current {
+                    Some(revision) => format!("the event is at revision {revision}"),
+                    None => "event not found".to_owned(),
+                });
+                status.metadata_mut().insert(
+                    eventsys::REVISION_METADATA,
+                    current.unwrap_or(0).to_string().parse().expect("digits"),
+                );
+                status
+            }
             StoreError::InvalidCursor => {
                 Status::invalid_argument("page_token is not a token this service issued")
             }
@@ -233,7 +244,8 @@ impl EventService for EventsApi {
         let id = validate::id(&req.id)?;
         let owner = validate::owner(who.caller()?.owner(&req.user_id).map_err(denied)?)?;
         let patch = validate::patch(req.title, req.description, req.completed)?;
-        let event = self.store.update(id, owner, patch).await?;
+        let when = validate::precondition(req.if_revision, req.if_exists);
+        let event = self.store.update(id, owner, patch, when).await?;
         Ok(Response::new(convert::event(event)))
     }
 
@@ -245,7 +257,8 @@ impl EventService for EventsApi {
         let req = request.into_inner();
         let id = validate::id(&req.id)?;
         let owner = validate::owner(who.caller()?.owner(&req.user_id).map_err(denied)?)?;
-        self.store.delete(id, owner).await?;
+        let when = validate::precondition(req.if_revision, req.if_exists);
+        self.store.delete(id, owner, when).await?;
         Ok(Response::new(v1::DeleteEventResponse {}))
     }
 

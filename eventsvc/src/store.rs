@@ -39,6 +39,8 @@ pub struct Event {
     pub time: Option<DateTime<Utc>>,
     /// Position in the topic's stream; 0 for events that were not published.
     pub seq: u64,
+    /// 1 when stored, one more with each update: what `If-Match` names.
+    pub revision: u64,
 }
 
 /// What a client supplies to create or publish an event; the store assigns the rest.
@@ -89,6 +91,83 @@ pub struct EventPatch {
     pub title: String,
     pub description: String,
     pub completed: bool,
+}
+
+/// What an update or a delete requires of the event as stored when it applies (HTTP
+/// `If-Match`): checked in the write's own transaction, so nothing changes in between.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Precondition {
+    /// Nothing: a missing event is NOT_FOUND.
+    #[default]
+    None,
+    /// That it exists (`If-Match: *`).
+    Exists,
+    /// That it exists at this revision.
+    Revision(u64),
+}
+
+impl Precondition {
+    /// The revision it names, if any.
+    pub fn revision(self) -> Option<u64> {
+        match self {
+            Precondition::Revision(revision) => Some(revision),
+            Precondition::None | Precondition::Exists => None,
+        }
+    }
+
+    /// Whether an event stored at `revision` meets it.
+    pub fn holds(self, revision: u64) -> bool {
+        self.revision().is_none_or(|wanted| wanted == revision)
+    }
+
+    /// The answer to a write that found no event (none, or another owner's).
+    pub fn missing(self) -> StoreError {
+        match self {
+            Precondition::None => StoreError::NotFound,
+            Precondition::Exists | Precondition::Revision(_) => {
+                StoreError::PreconditionFailed { current: None }
+            }
+        }
+    }
+
+    /// The answer to a delete whose precondition the event as stored (read in the delete's
+    /// transaction: at revision `current`, or `None` when missing) does not meet.
+    pub fn unmet(self, current: Option<u64>) -> StoreError {
+        match current {
+            None => self.missing(),
+            Some(revision) => StoreError::PreconditionFailed {
+                current: Some(revision),
+            },
+        }
+    }
+
+    /// The answer to an update of `patch` whose precondition `current` (the event as stored,
+    /// read in the update's transaction; `None` when missing) does not meet: FAILED_PRECONDITION
+    /// with its revision, unless `current` is what this update makes of the revision it names
+    /// (the next one, holding the patch): then it is a repeat of an update that applied (the
+    /// gateway sends an IDEMPOTENT call again when its backend is lost mid-call), answered
+    /// with the event as that update left it.
+    pub fn refused(self, current: Option<Event>, patch: &EventPatch) -> Result<Event> {
+        let Some(current) = current else {
+            return Err(self.missing());
+        };
+        let EventPatch {
+            title,
+            description,
+            completed,
+        } = patch;
+        let repeat = self
+            .revision()
+            .is_some_and(|r| r.checked_add(1) == Some(current.revision))
+            && current.title == *title
+            && current.description == *description
+            && current.completed == *completed;
+        if repeat {
+            Ok(current)
+        } else {
+            Err(self.unmet(Some(current.revision)))
+        }
+    }
 }
 
 /// One page of `EventStore::list`.
@@ -147,6 +226,7 @@ impl NewEvent {
             data: self.data,
             time: seq.map(|_| now),
             seq: seq.unwrap_or(0),
+            revision: 1,
         }
     }
 }
@@ -178,6 +258,7 @@ impl NewEvent {
             created_at: _,
             time: _,
             seq: _,
+            revision: _,
         } = stored;
         id.is_none_or(|id| id == *stored_id)
             && user_id == stored_user_id
@@ -260,6 +341,10 @@ pub enum StoreError {
     AlreadyExists,
     #[error("invalid page token")]
     InvalidCursor,
+    /// The write's `Precondition` does not hold: the event is at `current` (`None`: it does not
+    /// exist for the caller).
+    #[error("the event is not at the revision required")]
+    PreconditionFailed { current: Option<u64> },
     /// The idempotency key names an earlier request that asked something else.
     #[error("idempotency key reused with another request")]
     KeyReused,
@@ -326,9 +411,17 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<EventPage>;
-    /// Replaces title, description and completed; returns the event as now stored.
-    async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event>;
-    async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()>;
+    /// Replaces title, description and completed and adds one to the revision, if `when` holds;
+    /// returns the event as now stored.
+    async fn update(
+        &self,
+        id: Uuid,
+        owner: Option<String>,
+        patch: EventPatch,
+        when: Precondition,
+    ) -> Result<Event>;
+    /// Deletes the event, if `when` holds.
+    async fn delete(&self, id: Uuid, owner: Option<String>, when: Precondition) -> Result<()>;
     /// Stores an event on `event.topic` with the topic's next `seq`. Seqs are strictly
     /// increasing per topic across every process sharing the store, never reused, and a reader
     /// never sees seq `n + 1` before seq `n` is visible.

@@ -5,7 +5,7 @@ use eventsys::v1;
 use prost::Message;
 use uuid::Uuid;
 
-use crate::store::{EventPatch, JsonObject, NewEvent};
+use crate::store::{EventPatch, JsonObject, NewEvent, Precondition};
 
 /// Longest `title` or `description`, in characters (Unicode scalar values, what JSON Schema's
 /// `maxLength` counts, so the API document can state the limit exactly).
@@ -187,6 +187,15 @@ pub(crate) fn patch(
         description,
         completed,
     })
+}
+
+/// A request's `if_revision` and `if_exists`: revisions start at 1, so 0 is none.
+pub(crate) fn precondition(if_revision: u64, if_exists: bool) -> Precondition {
+    match (if_revision, if_exists) {
+        (0, false) => Precondition::None,
+        (0, true) => Precondition::Exists,
+        (revision, _) => Precondition::Revision(revision),
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use eventsvc::store::{EventPatch, EventStore, JsonObject, MongoStore, NewEvent, StoreError};
+use eventsvc::store::{
+    EventPatch, EventStore, JsonObject, MongoStore, NewEvent, Precondition, StoreError,
+};
 use futures::{StreamExt, future::join_all};
 use mongodb::bson::{self, doc, oid::ObjectId};
 use testdb::MongoServer;
@@ -196,8 +198,14 @@ async fn a_database_that_goes_away_fails_fast_and_is_found_again() {
             "ping" => store.ping().await.err(),
             "create" => store.create(published("", "down")).await.err(),
             "get" => store.get(before.id, None).await.err(),
-            "update" => store.update(before.id, None, patch()).await.err(),
-            "delete" => store.delete(before.id, None).await.err(),
+            "update" => store
+                .update(before.id, None, patch(), Precondition::None)
+                .await
+                .err(),
+            "delete" => store
+                .delete(before.id, None, Precondition::None)
+                .await
+                .err(),
             "publish" => store.publish(published("live", "down")).await.err(),
             _ => store.events_after("live", 0, 10).await.err(),
         };
@@ -214,7 +222,9 @@ async fn a_database_that_goes_away_fails_fast_and_is_found_again() {
         description: String::new(),
         completed: false,
     };
-    let changes = join_all((0..10).map(|_| store.update(Uuid::now_v7(), None, patch()))).await;
+    let changes =
+        join_all((0..10).map(|_| store.update(Uuid::now_v7(), None, patch(), Precondition::None)))
+            .await;
     for failed in changes {
         assert!(
             matches!(failed, Err(StoreError::Unavailable { .. })),
@@ -414,16 +424,21 @@ async fn updates_and_deletes_sent_together_each_get_their_own_answer() {
                 0..10 => {
                     let title = format!("s{s}e{i}");
                     tokio::spawn(async move {
-                        let updated = store.update(id, owner("batch"), patch(title.clone())).await;
+                        let updated = store
+                            .update(id, owner("batch"), patch(title.clone()), Precondition::None)
+                            .await;
                         updated.map(|event| Some(event.title)).map(|t| (t, title))
                     })
                 }
                 10..15 => tokio::spawn(async move {
-                    store.delete(id, None).await.map(|()| (None, String::new()))
+                    store
+                        .delete(id, None, Precondition::None)
+                        .await
+                        .map(|()| (None, String::new()))
                 }),
                 _ => tokio::spawn(async move {
                     store
-                        .delete(id, owner("other"))
+                        .delete(id, owner("other"), Precondition::None)
                         .await
                         .map(|()| (None, String::new()))
                 }),
@@ -434,7 +449,12 @@ async fn updates_and_deletes_sent_together_each_get_their_own_answer() {
             let (store, id) = (stores[i % 2].clone(), event.id);
             let call = tokio::spawn(async move {
                 let updated = store
-                    .update(id, owner("other"), patch("theirs".into()))
+                    .update(
+                        id,
+                        owner("other"),
+                        patch("theirs".into()),
+                        Precondition::None,
+                    )
                     .await;
                 updated.map(|_| (None, String::new()))
             });
@@ -448,7 +468,7 @@ async fn updates_and_deletes_sent_together_each_get_their_own_answer() {
             100,
             tokio::spawn(async move {
                 store
-                    .update(unknown, None, patch("none".into()))
+                    .update(unknown, None, patch("none".into()), Precondition::None)
                     .await
                     .map(|_| (None, String::new()))
             }),
@@ -458,7 +478,7 @@ async fn updates_and_deletes_sent_together_each_get_their_own_answer() {
             100,
             tokio::spawn(async move {
                 store
-                    .delete(unknown, None)
+                    .delete(unknown, None, Precondition::None)
                     .await
                     .map(|()| (None, String::new()))
             }),
@@ -538,7 +558,11 @@ async fn an_update_the_server_refuses_fails_alone_in_its_batch() {
                 String::new()
             };
             let id = if i == 15 { big.id } else { id };
-            tokio::spawn(async move { store.update(id, None, patch("changed", description)).await })
+            tokio::spawn(async move {
+                store
+                    .update(id, None, patch("changed", description), Precondition::None)
+                    .await
+            })
         })
         .collect();
     for (i, update) in join_all(updates).await.into_iter().enumerate() {

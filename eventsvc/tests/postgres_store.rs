@@ -5,7 +5,7 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use eventsvc::store::{EventPatch, EventStore, NewEvent, PostgresStore, StoreError};
+use eventsvc::store::{EventPatch, EventStore, NewEvent, PostgresStore, Precondition, StoreError};
 use futures::StreamExt;
 use testdb::{PostgresServer, PostgresSetup};
 use uuid::Uuid;
@@ -258,11 +258,21 @@ async fn updates_and_deletes_queued_together_are_each_answered_as_alone() {
     };
     let update = |id: Uuid, owner: &str, title: &str| {
         let (store, owner, patch) = (store.clone(), owner.to_owned(), patch(title));
-        tokio::spawn(async move { store.update(id, Some(owner), patch).await.map(|e| e.title) })
+        tokio::spawn(async move {
+            store
+                .update(id, Some(owner), patch, Precondition::None)
+                .await
+                .map(|e| e.title)
+        })
     };
     let delete = |id: Uuid, owner: &str| {
         let (store, owner) = (store.clone(), owner.to_owned());
-        tokio::spawn(async move { store.delete(id, Some(owner)).await.map(|()| String::new()) })
+        tokio::spawn(async move {
+            store
+                .delete(id, Some(owner), Precondition::None)
+                .await
+                .map(|()| String::new())
+        })
     };
     let first = update(ids[0], "u", "first");
     until_a_session_waits_for_a_lock(&holder).await;

@@ -7,7 +7,8 @@ use std::{collections::HashSet, sync::Arc};
 use std::time::Duration;
 
 use eventsvc::store::{
-    Claim, EventPatch, EventStore, JsonObject, KeyClaim, NewEvent, Retention, StoreError,
+    Claim, EventPatch, EventStore, JsonObject, KeyClaim, NewEvent, Precondition, Retention,
+    StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -69,7 +70,10 @@ pub async fn crud_round_trip(f: Fixture) {
         description: "new words".into(),
         completed: false,
     };
-    let updated = s.update(created.id, None, patch.clone()).await.unwrap();
+    let updated = s
+        .update(created.id, None, patch.clone(), Precondition::None)
+        .await
+        .unwrap();
     assert_eq!(updated.title, "renamed");
     assert_eq!(updated.description, "new words");
     assert!(!updated.completed);
@@ -87,17 +91,19 @@ pub async fn crud_round_trip(f: Fixture) {
     assert_eq!(untouched(&updated), untouched(&created));
     assert_eq!(s.get(created.id, None).await.unwrap(), updated);
 
-    s.delete(created.id, None).await.unwrap();
+    s.delete(created.id, None, Precondition::None)
+        .await
+        .unwrap();
     assert!(matches!(
         s.get(created.id, None).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        s.delete(created.id, None).await,
+        s.delete(created.id, None, Precondition::None).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        s.update(created.id, None, patch).await,
+        s.update(created.id, None, patch, Precondition::None).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
@@ -123,11 +129,12 @@ pub async fn user_scoping(f: Fixture) {
         ..EventPatch::default()
     };
     assert!(matches!(
-        s.update(alice.id, owner("bob"), patch).await,
+        s.update(alice.id, owner("bob"), patch, Precondition::None)
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        s.delete(alice.id, owner("bob")).await,
+        s.delete(alice.id, owner("bob"), Precondition::None).await,
         Err(StoreError::NotFound)
     ));
     assert_eq!(
@@ -157,7 +164,9 @@ pub async fn user_scoping(f: Fixture) {
         ids(s.list(None, 100, None).await.unwrap()),
         [alice.id, bob.id, alice2.id]
     );
-    s.delete(bob.id, owner("bob")).await.unwrap();
+    s.delete(bob.id, owner("bob"), Precondition::None)
+        .await
+        .unwrap();
 }
 
 pub async fn list_pages_in_creation_order(f: Fixture) {
@@ -241,7 +250,9 @@ pub async fn publish_orders_per_topic_and_never_reuses_seq(f: Fixture) {
 
     // Deleting the newest event must not hand its seq out again: a subscriber that already saw
     // seq 5 would otherwise skip the next event.
-    s.delete(published[4].id, None).await.unwrap();
+    s.delete(published[4].id, None, Precondition::None)
+        .await
+        .unwrap();
     assert_eq!(s.publish(on_topic("a", "a6")).await.unwrap().seq, 6);
 }
 
@@ -410,7 +421,9 @@ pub async fn idempotency_keys_answer_once(f: Fixture) {
         })
         .await
         .unwrap();
-    s.update(first, None, EventPatch::default()).await.unwrap();
+    s.update(first, None, EventPatch::default(), Precondition::None)
+        .await
+        .unwrap();
     for store in [&s, &f.other] {
         assert_eq!(
             store.claim(&claim, second).await.unwrap(),
@@ -560,6 +573,138 @@ pub async fn the_feed_delivers_every_publish_once_in_order(f: Fixture) {
     assert_eq!(seen.get("right"), Some(&expected));
 }
 
+fn patch(title: &str) -> EventPatch {
+    EventPatch {
+        title: title.into(),
+        description: String::new(),
+        completed: false,
+    }
+}
+
+/// Revisions: 1 when stored, one more per update; an update or delete whose precondition does
+/// not hold changes nothing and says the revision it found.
+pub async fn revisions_and_preconditions(f: Fixture) {
+    use Precondition::{Exists, Revision};
+    let s = f.store;
+    let created = s.create(event("rev", "one")).await.unwrap();
+    assert_eq!(created.revision, 1);
+    assert_eq!(s.get(created.id, None).await.unwrap().revision, 1);
+    let published = s.publish(on_topic("revised", "p")).await.unwrap();
+    assert_eq!(published.revision, 1);
+
+    let two = s
+        .update(created.id, None, patch("two"), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        two.revision, 2,
+        "an update without a precondition counts too"
+    );
+    let three = s
+        .update(created.id, None, patch("three"), Revision(2))
+        .await
+        .unwrap();
+    assert_eq!((three.revision, three.title.as_str()), (3, "three"));
+    assert_eq!(f.other.get(created.id, None).await.unwrap(), three);
+
+    // A stale revision: refused, with the current one; nothing changed.
+    assert!(matches!(
+        s.update(created.id, None, patch("stale"), Revision(2))
+            .await,
+        Err(StoreError::PreconditionFailed { current: Some(3) })
+    ));
+    assert!(matches!(
+        s.delete(created.id, None, Revision(1)).await,
+        Err(StoreError::PreconditionFailed { current: Some(3) })
+    ));
+    assert_eq!(s.get(created.id, None).await.unwrap(), three);
+
+    // The update that made revision 3, sent again: a repeat, answered with what it made.
+    assert_eq!(
+        s.update(created.id, None, patch("three"), Revision(2))
+            .await
+            .unwrap(),
+        three
+    );
+
+    // `Exists` holds at any revision; another owner's event does not exist for them.
+    let four = s
+        .update(created.id, None, patch("four"), Exists)
+        .await
+        .unwrap();
+    assert_eq!(four.revision, 4);
+    let owner = Some("someone else".to_owned());
+    assert!(matches!(
+        s.update(created.id, owner.clone(), patch("x"), Revision(4))
+            .await,
+        Err(StoreError::PreconditionFailed { current: None })
+    ));
+    assert!(matches!(
+        s.delete(created.id, owner, Exists).await,
+        Err(StoreError::PreconditionFailed { current: None })
+    ));
+
+    s.delete(created.id, Some("rev".into()), Revision(4))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.update(created.id, None, patch("gone"), Exists).await,
+        Err(StoreError::PreconditionFailed { current: None })
+    ));
+    assert!(matches!(
+        s.delete(created.id, None, Revision(4)).await,
+        Err(StoreError::PreconditionFailed { current: None })
+    ));
+    assert!(matches!(
+        s.delete(created.id, None, Precondition::None).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Updates racing on one revision, from two processes: exactly one applies; the others are
+/// told the revision it made. Repeated on fresh events so that the races meet inside batches
+/// and across them.
+pub async fn concurrent_updates_of_one_revision_apply_once(f: Fixture) {
+    for round in 0..10 {
+        let created = f
+            .store
+            .create(event("race", &format!("{round}")))
+            .await
+            .unwrap();
+        let racers: Vec<_> = (0..6)
+            .map(|i| {
+                let store = if i % 2 == 0 { &f.store } else { &f.other }.clone();
+                let id = created.id;
+                tokio::spawn(async move {
+                    store
+                        .update(
+                            id,
+                            None,
+                            patch(&format!("racer {i}")),
+                            Precondition::Revision(1),
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for racer in racers {
+            match racer.await.unwrap() {
+                Ok(event) => won.push(event),
+                Err(StoreError::PreconditionFailed { current: Some(2) }) => {}
+                Err(other) => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            won.len(),
+            1,
+            "round {round}: one update of revision 1 applies"
+        );
+        assert_eq!(won[0].revision, 2);
+        assert_eq!(f.store.get(created.id, None).await.unwrap(), won[0]);
+    }
+}
+
 /// Declares one `#[tokio::test]` per contract case for a store, given an async expression
 /// that yields `Option<Fixture>` (`None`: the store's server is not available here).
 macro_rules! conformance {
@@ -578,6 +723,8 @@ macro_rules! conformance {
                 idempotency_keys_answer_once,
                 retention_keeps_the_newest_and_records_the_gap,
                 the_feed_delivers_every_publish_once_in_order,
+                revisions_and_preconditions,
+                concurrent_updates_of_one_revision_apply_once,
             );
         }
     };

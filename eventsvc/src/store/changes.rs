@@ -9,20 +9,22 @@ use std::{collections::HashSet, future::Future};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Event, EventPatch, Result, StoreError, batching};
+use super::{Event, EventPatch, Precondition, Result, StoreError, batching};
 
-/// An update or a delete of the event `id`, scoped to `owner`'s events when given, with where
-/// its answer goes.
+/// An update or a delete of the event `id`, scoped to `owner`'s events when given, if `when`
+/// holds, with where its answer goes.
 pub(crate) enum Change {
     Update {
         id: Uuid,
         owner: Option<String>,
         patch: EventPatch,
+        when: Precondition,
         answer: oneshot::Sender<Result<Event>>,
     },
     Delete {
         id: Uuid,
         owner: Option<String>,
+        when: Precondition,
         answer: oneshot::Sender<Result<()>>,
     },
 }
@@ -85,12 +87,14 @@ impl Changes {
         id: Uuid,
         owner: Option<String>,
         patch: EventPatch,
+        when: Precondition,
     ) -> Result<Event> {
         let (answer, answered) = oneshot::channel();
         let change = Change::Update {
             id,
             owner,
             patch,
+            when,
             answer,
         };
         self.queue
@@ -100,9 +104,19 @@ impl Changes {
         answered.await.map_err(|_| stopped("update"))?
     }
 
-    pub(crate) async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
+    pub(crate) async fn delete(
+        &self,
+        id: Uuid,
+        owner: Option<String>,
+        when: Precondition,
+    ) -> Result<()> {
         let (answer, answered) = oneshot::channel();
-        let change = Change::Delete { id, owner, answer };
+        let change = Change::Delete {
+            id,
+            owner,
+            when,
+            answer,
+        };
         self.queue
             .send(change)
             .await

@@ -26,8 +26,8 @@ use mongodb::{
 use uuid::Uuid;
 
 use super::{
-    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Result, Retention,
-    StoreError,
+    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Precondition, Result,
+    Retention, StoreError,
 };
 pub use document::{from_document, to_document};
 use errors::{is_duplicate_key, mongo_error};
@@ -181,17 +181,23 @@ impl EventStore for MongoStore {
         })
     }
 
-    async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
+    async fn update(
+        &self,
+        id: Uuid,
+        owner: Option<String>,
+        patch: EventPatch,
+        when: Precondition,
+    ) -> Result<Event> {
         match &self.changes {
-            Some(changes) => changes.update(id, owner, patch).await,
-            None => changes::update_alone(&self.events, id, owner, patch).await,
+            Some(changes) => changes.update(id, owner, patch, when).await,
+            None => changes::update_alone(&self.events, id, owner, patch, when).await,
         }
     }
 
-    async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
+    async fn delete(&self, id: Uuid, owner: Option<String>, when: Precondition) -> Result<()> {
         match &self.changes {
-            Some(changes) => changes.delete(id, owner).await,
-            None => changes::delete_alone(&self.events, id, owner).await,
+            Some(changes) => changes.delete(id, owner, when).await,
+            None => changes::delete_alone(&self.events, id, owner, when).await,
         }
     }
 

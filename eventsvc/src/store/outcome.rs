@@ -70,6 +70,8 @@ pub(crate) fn decode(text: &str) -> Result<Event> {
         data: a.data,
         time: a.time_ms.map(at).transpose()?,
         seq: a.seq,
+        // Keyed writes are creates and publishes: the event as answered was new.
+        revision: 1,
     })
 }
 

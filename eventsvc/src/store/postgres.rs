@@ -23,8 +23,8 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use super::{
-    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, OpenError, Result,
-    Retention, StoreError,
+    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, OpenError, Precondition,
+    Result, Retention, StoreError,
 };
 use batch::Kind;
 use connect::{CONNECT_TIMEOUT, Connect};
@@ -156,6 +156,8 @@ const MIGRATIONS: &[&str] = &[
              RETURN NEXT;
          END LOOP;
      END $$;",
+    // 4: revisions (`If-Match`); the rows of before read as revision 1.
+    "ALTER TABLE events ADD COLUMN revision BIGINT NOT NULL DEFAULT 1;",
 ];
 
 /// A full disk is `Full`; a lost connection, a server shutting down or a conflict to retry is
@@ -382,12 +384,18 @@ impl EventStore for PostgresStore {
         })
     }
 
-    async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
-        self.changes.update(id, owner, patch).await
+    async fn update(
+        &self,
+        id: Uuid,
+        owner: Option<String>,
+        patch: EventPatch,
+        when: Precondition,
+    ) -> Result<Event> {
+        self.changes.update(id, owner, patch, when).await
     }
 
-    async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
-        self.changes.delete(id, owner).await
+    async fn delete(&self, id: Uuid, owner: Option<String>, when: Precondition) -> Result<()> {
+        self.changes.delete(id, owner, when).await
     }
 
     async fn publish(&self, new: NewEvent) -> Result<Event> {

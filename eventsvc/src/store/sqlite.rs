@@ -31,7 +31,7 @@ use writer::{Done, Op, Writer};
 
 use super::{
     Claim, Event, EventPage, EventPatch, EventStore, JsonObject, KeyClaim, NewEvent, OpenError,
-    Result, Retention, StoreError, StoreLimits,
+    Precondition, Result, Retention, StoreError, StoreLimits,
 };
 
 /// Concurrent SQLite connections per process. Readers proceed in parallel under WAL; writers
@@ -101,13 +101,15 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX events_by_time ON events (time) WHERE seq IS NOT NULL;",
     // 3: clients' idempotency keys and the outcomes answered under them.
     keys::MIGRATION,
+    // 4: revisions (`If-Match`); the rows of before read as revision 1.
+    "ALTER TABLE events ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;",
 ];
 
 /// The columns every event query reads, in `rows::raw_row`'s order; a macro so that queries
 /// are string literals (prepared once per connection, never formatted per call).
 macro_rules! columns {
     () => {
-        "pk, id, user_id, title, description, completed, created_at, topic, data, time, seq"
+        "pk, id, user_id, title, description, completed, created_at, topic, data, time, seq, revision"
     };
 }
 use columns;
@@ -375,37 +377,61 @@ fn update_in(
     id: Uuid,
     owner: Option<String>,
     patch: EventPatch,
+    when: Precondition,
 ) -> Result<Event> {
     const SQL: &str = concat!(
-        "UPDATE events SET title = ?3, description = ?4, completed = ?5 ",
-        "WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2) RETURNING ",
+        "UPDATE events SET title = ?3, description = ?4, completed = ?5, revision = revision + 1 ",
+        "WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2) AND (?6 IS NULL OR revision = ?6) ",
+        "RETURNING ",
         columns!()
     );
     let EventPatch {
         title,
         description,
         completed,
-    } = patch;
-    let args = params![id.to_string(), owner, title, description, completed];
+    } = &patch;
+    let wanted = when
+        .revision()
+        .map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+    let args = params![id.to_string(), owner, title, description, completed, wanted];
     let raw = conn
         .prepare_cached(SQL)
         .and_then(|mut stmt| stmt.query_row(args, raw_row))
         .optional()
         .map_err(|e| sql_error("update", &e))?;
-    raw.ok_or(StoreError::NotFound)?
-        .into_event()
-        .map(|(_, e)| e)
+    match raw {
+        Some(raw) => raw.into_event().map(|(_, e)| e),
+        // Under the write lock still: what it found is what the update met.
+        None => when.refused(find_owned(conn, "update", id, owner)?, &patch),
+    }
 }
 
-fn delete_in(conn: &Connection, id: Uuid, owner: Option<String>) -> Result<()> {
+fn delete_in(conn: &Connection, id: Uuid, owner: Option<String>, when: Precondition) -> Result<()> {
+    let wanted = when
+        .revision()
+        .map(|r| i64::try_from(r).unwrap_or(i64::MAX));
     let deleted = conn
-        .prepare_cached("DELETE FROM events WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)")
-        .and_then(|mut stmt| stmt.execute(params![id.to_string(), owner]))
+        .prepare_cached(
+            "DELETE FROM events WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2) \
+             AND (?3 IS NULL OR revision = ?3)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![id.to_string(), owner, wanted]))
         .map_err(|e| sql_error("delete", &e))?;
     if deleted == 0 {
-        return Err(StoreError::NotFound);
+        let current = find_owned(conn, "delete", id, owner)?;
+        return Err(when.unmet(current.map(|e| e.revision)));
     }
     Ok(())
+}
+
+/// The event `id` if it is `owner`'s (or `owner` is `None`).
+fn find_owned(
+    conn: &Connection,
+    op: &'static str,
+    id: Uuid,
+    owner: Option<String>,
+) -> Result<Option<Event>> {
+    Ok(find(conn, op, id)?.filter(|e| owner.is_none_or(|owner| e.user_id == owner)))
 }
 
 /// A publish: the topic's next seq, the event and its key's outcome; the event, and whether it
@@ -494,13 +520,24 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
-        let op = Op::Update { id, owner, patch };
+    async fn update(
+        &self,
+        id: Uuid,
+        owner: Option<String>,
+        patch: EventPatch,
+        when: Precondition,
+    ) -> Result<Event> {
+        let op = Op::Update {
+            id,
+            owner,
+            patch,
+            when,
+        };
         self.write(op).await?.into_event("update")
     }
 
-    async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
-        match self.write(Op::Delete { id, owner }).await? {
+    async fn delete(&self, id: Uuid, owner: Option<String>, when: Precondition) -> Result<()> {
+        match self.write(Op::Delete { id, owner, when }).await? {
             Done::Deleted => Ok(()),
             Done::Event(_) => Err(StoreError::Internal {
                 op: "delete",

@@ -10,7 +10,8 @@ use prometheus::{Histogram, HistogramVec};
 use uuid::Uuid;
 
 use super::{
-    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Result, Retention,
+    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Precondition, Result,
+    Retention,
 };
 
 /// The operations, in the order of `TimedStore::latency`.
@@ -89,13 +90,20 @@ impl EventStore for TimedStore {
             .await
     }
 
-    async fn update(&self, id: Uuid, owner: Option<String>, patch: EventPatch) -> Result<Event> {
-        self.timed(Op::Update, self.inner.update(id, owner, patch))
+    async fn update(
+        &self,
+        id: Uuid,
+        owner: Option<String>,
+        patch: EventPatch,
+        when: Precondition,
+    ) -> Result<Event> {
+        self.timed(Op::Update, self.inner.update(id, owner, patch, when))
             .await
     }
 
-    async fn delete(&self, id: Uuid, owner: Option<String>) -> Result<()> {
-        self.timed(Op::Delete, self.inner.delete(id, owner)).await
+    async fn delete(&self, id: Uuid, owner: Option<String>, when: Precondition) -> Result<()> {
+        self.timed(Op::Delete, self.inner.delete(id, owner, when))
+            .await
     }
 
     async fn publish(&self, event: NewEvent) -> Result<Event> {

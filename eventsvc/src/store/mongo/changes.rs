@@ -1,8 +1,9 @@
 //! Updates and deletes in batches on MongoDB: each batch of `store::changes`'s queue in one
 //! transaction (read the batch's events, one `update` command, one `delete` command, commit),
 //! so they share one journal commit. A lone change goes at once as one command (no timer, no
-//! transaction). The read tells each change its answer (its event as now stored, or
-//! NOT_FOUND: no such id, or another owner's) and the transaction keeps that answer true: a
+//! transaction). The read tells each change its answer (its event as now stored, NOT_FOUND: no
+//! such id, or another owner's, or FAILED_PRECONDITION: not at its `If-Match` revision) and
+//! the transaction keeps that answer true: a
 //! write of another process to the same events conflicts, and the driver runs the
 //! transaction again. A batch that fails for a reason of its own (a refused statement aborts
 //! a transaction) is applied again a change at a time, so such a change fails alone; a lost
@@ -20,9 +21,12 @@ use mongodb::{
 };
 use uuid::Uuid;
 
-use super::{from_document, in_scope, mongo_error, scope};
+use super::{
+    document::{at_revision, revision_of},
+    from_document, in_scope, mongo_error, scope,
+};
 use crate::store::{
-    Event, EventPatch, Result, StoreError,
+    Event, EventPatch, Precondition, Result, StoreError,
     changes::{Change, Changes},
 };
 
@@ -47,45 +51,85 @@ pub(super) fn start(changing: Changing) -> Changes {
     Changes::start(move |batch| apply(changing.clone(), batch))
 }
 
-/// The fields an update sets.
+/// The fields an update sets, as a `$set` of an update pipeline (values `$literal`: a title
+/// that starts with `$` is text, not a field path), the revision one more than stored.
 fn patched(patch: EventPatch) -> Document {
     let EventPatch {
         title,
         description,
         completed,
     } = patch;
-    doc! {"title": title, "description": description, "completed": completed}
+    doc! {
+        "title": {"$literal": title},
+        "description": {"$literal": description},
+        "completed": {"$literal": completed},
+        "revision": {"$add": [{"$ifNull": ["$revision", 1_i64]}, 1_i64]},
+    }
 }
 
-/// `patch` applied to the event `id` (of `owner`'s when given) by one command.
+/// `scope`, narrowed to the revision `when` names.
+fn scope_at(id: Uuid, owner: Option<String>, when: Precondition) -> Document {
+    let mut filter = scope(id, owner);
+    if let Some(revision) = when.revision() {
+        filter.insert("revision", at_revision(revision));
+    }
+    filter
+}
+
+/// `patch` applied to the event `id` (of `owner`'s when given) by one command, if `when`
+/// holds.
 pub(super) async fn update_alone(
     events: &Collection<Document>,
     id: Uuid,
     owner: Option<String>,
     patch: EventPatch,
+    when: Precondition,
 ) -> Result<Event> {
     let updated = events
-        .find_one_and_update(scope(id, owner), doc! {"$set": patched(patch)})
+        .find_one_and_update(
+            scope_at(id, owner.clone(), when),
+            vec![doc! {"$set": patched(patch.clone())}],
+        )
         .return_document(ReturnDocument::After)
         .await
         .map_err(|e| mongo_error("update", e))?;
-    from_document(&updated.ok_or(StoreError::NotFound)?)
+    match updated {
+        Some(updated) => from_document(&updated),
+        // The condition was checked by the command; this read only says why it failed.
+        None => when.refused(current(events, "update", id, owner).await?, &patch),
+    }
 }
 
-/// The event `id` (of `owner`'s when given) deleted by one command.
+/// The event `id` (of `owner`'s when given) deleted by one command, if `when` holds.
 pub(super) async fn delete_alone(
     events: &Collection<Document>,
     id: Uuid,
     owner: Option<String>,
+    when: Precondition,
 ) -> Result<()> {
     let deleted = events
-        .delete_one(scope(id, owner))
+        .delete_one(scope_at(id, owner.clone(), when))
         .await
         .map_err(|e| mongo_error("delete", e))?;
     if deleted.deleted_count == 0 {
-        return Err(StoreError::NotFound);
+        let current = current(events, "delete", id, owner).await?;
+        return Err(when.unmet(current.map(|e| e.revision)));
     }
     Ok(())
+}
+
+/// The event `id` as stored now, if `owner`'s.
+async fn current(
+    events: &Collection<Document>,
+    op: &'static str,
+    id: Uuid,
+    owner: Option<String>,
+) -> Result<Option<Event>> {
+    let found = events
+        .find_one(scope(id, owner))
+        .await
+        .map_err(|e| mongo_error(op, e))?;
+    found.as_ref().map(from_document).transpose()
 }
 
 async fn answer_alone(events: &Collection<Document>, change: Change) {
@@ -94,12 +138,18 @@ async fn answer_alone(events: &Collection<Document>, change: Change) {
             id,
             owner,
             patch,
+            when,
             answer,
         } => {
-            let _ = answer.send(update_alone(events, id, owner, patch).await);
+            let _ = answer.send(update_alone(events, id, owner, patch, when).await);
         }
-        Change::Delete { id, owner, answer } => {
-            let _ = answer.send(delete_alone(events, id, owner).await);
+        Change::Delete {
+            id,
+            owner,
+            when,
+            answer,
+        } => {
+            let _ = answer.send(delete_alone(events, id, owner, when).await);
         }
     }
 }
@@ -108,7 +158,8 @@ async fn answer_alone(events: &Collection<Document>, change: Change) {
 struct Wanted {
     id: String,
     owner: Option<String>,
-    /// The fields an update sets; `None` for a delete.
+    when: Precondition,
+    /// The fields an update sets (`EventPatch`); `None` for a delete.
     set: Option<Document>,
 }
 
@@ -117,7 +168,8 @@ enum Outcome {
     /// The event as the update left it.
     Updated(Document),
     Deleted,
-    NotFound,
+    /// Not applied: the event as found (`None`: missing) did not meet the precondition.
+    Unmet(Option<Document>),
 }
 
 /// Applies `batch` and answers each change.
@@ -132,15 +184,35 @@ async fn apply(to: Changing, batch: Vec<Change>) {
         .iter()
         .map(|change| match change {
             Change::Update {
-                id, owner, patch, ..
+                id,
+                owner,
+                patch,
+                when,
+                answer: _,
+            } => {
+                let EventPatch {
+                    title,
+                    description,
+                    completed,
+                } = patch.clone();
+                Wanted {
+                    id: id.to_string(),
+                    owner: owner.clone(),
+                    when: *when,
+                    set: Some(doc! {
+                        "title": title, "description": description, "completed": completed,
+                    }),
+                }
+            }
+            Change::Delete {
+                id,
+                owner,
+                when,
+                answer: _,
             } => Wanted {
                 id: id.to_string(),
                 owner: owner.clone(),
-                set: Some(patched(patch.clone())),
-            },
-            Change::Delete { id, owner, .. } => Wanted {
-                id: id.to_string(),
-                owner: owner.clone(),
+                when: *when,
                 set: None,
             },
         })
@@ -181,6 +253,7 @@ async fn apply(to: Changing, batch: Vec<Change>) {
 }
 
 fn answer(change: Change, outcome: Outcome) {
+    let found = |document: Option<Document>| document.as_ref().map(from_document).transpose();
     match (change, outcome) {
         (Change::Update { answer, .. }, Outcome::Updated(document)) => {
             let _ = answer.send(from_document(&document));
@@ -188,7 +261,25 @@ fn answer(change: Change, outcome: Outcome) {
         (Change::Delete { answer, .. }, Outcome::Deleted) => {
             let _ = answer.send(Ok(()));
         }
-        (change, _) => change.fail(|_| StoreError::NotFound),
+        (
+            Change::Update {
+                patch,
+                when,
+                answer,
+                ..
+            },
+            Outcome::Unmet(document),
+        ) => {
+            let _ = answer.send(found(document).and_then(|current| when.refused(current, &patch)));
+        }
+        (Change::Delete { when, answer, .. }, Outcome::Unmet(document)) => {
+            let current = found(document).map(|current| current.map(|e| e.revision));
+            let _ = answer.send(current.and_then(|current| Err(when.unmet(current))));
+        }
+        (change, _) => change.fail(|op| StoreError::Internal {
+            op,
+            source: "a change's outcome is of another kind".into(),
+        }),
     }
 }
 
@@ -227,18 +318,36 @@ async fn in_transaction(
     let mut updates = Vec::new();
     let mut deletes = Vec::new();
     // A batch holds each id once, so each change finds its event as the batch began.
-    for Wanted { id, owner, set } in wanted {
+    for Wanted {
+        id,
+        owner,
+        when,
+        set,
+    } in wanted
+    {
         let Some(mut document) = found
             .remove(id)
             .filter(|document| in_scope(document, owner.as_deref()))
         else {
-            outcomes.push(Outcome::NotFound);
+            outcomes.push(Outcome::Unmet(None));
             continue;
         };
+        let revision = revision_of(&document);
+        if !when.holds(revision) {
+            outcomes.push(Outcome::Unmet(Some(document)));
+            continue;
+        }
         match set {
             Some(set) => {
+                let mut set = set.clone();
+                set.insert(
+                    "revision",
+                    i64::try_from(revision.saturating_add(1)).unwrap_or(i64::MAX),
+                );
+                // On the revision read: the transaction's snapshot holds it, and a write of
+                // another process to the event conflicts (the driver runs the batch again).
                 updates.push(doc! {"q": {"id": id}, "u": {"$set": set.clone()}});
-                document.extend(set.clone());
+                document.extend(set);
                 outcomes.push(Outcome::Updated(document));
             }
             None => {

@@ -58,6 +58,7 @@ pub fn to_document(e: &Event) -> Result<Document, StoreError> {
         data,
         time,
         seq,
+        revision,
     } = e;
     let mut document = doc! {
         "_id": object_id(),
@@ -82,6 +83,7 @@ pub fn to_document(e: &Event) -> Result<Document, StoreError> {
     if *seq > 0 {
         document.insert("seq", *seq as i64);
     }
+    document.insert("revision", i64::try_from(*revision).unwrap_or(i64::MAX));
     Ok(document)
 }
 
@@ -125,11 +127,7 @@ pub fn from_document(d: &Document) -> Result<Event, StoreError> {
         }
     }
     .filter(|data: &JsonObject| !data.is_empty());
-    let seq = match d.get("seq") {
-        Some(Bson::Int64(n)) => *n,
-        Some(Bson::Int32(n)) => i64::from(*n),
-        _ => 0,
-    };
+    let seq = integer(d, "seq").unwrap_or(0);
     Ok(Event {
         id,
         user_id: text(d, "userId"),
@@ -141,7 +139,32 @@ pub fn from_document(d: &Document) -> Result<Event, StoreError> {
         data,
         time,
         seq: seq.max(0) as u64,
+        revision: revision_of(d),
     })
+}
+
+/// An integer field, stored as either width.
+fn integer(d: &Document, key: &str) -> Option<i64> {
+    match d.get(key) {
+        Some(Bson::Int64(n)) => Some(*n),
+        Some(Bson::Int32(n)) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+/// A document's revision (the old service's documents have none: 1).
+pub(super) fn revision_of(d: &Document) -> u64 {
+    integer(d, "revision").unwrap_or(1).max(1) as u64
+}
+
+/// A filter on the revision `revision`: the old service's documents, without one, are at 1.
+pub(super) fn at_revision(revision: u64) -> Bson {
+    let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+    if revision == 1 {
+        bson::bson!({"$in": [1_i64, Bson::Null]})
+    } else {
+        Bson::Int64(revision)
+    }
 }
 
 /// The page token of a listing: the last document's `_id`.
@@ -207,6 +230,7 @@ mod tests {
         };
         let event = from_document(&old).unwrap();
         assert_eq!(event.id, id);
+        assert_eq!(event.revision, 1, "no revision: the first");
         assert_eq!(event.user_id, "legacy");
         assert_eq!(
             (event.time, event.data.clone(), event.seq, event.completed),

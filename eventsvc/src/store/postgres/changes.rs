@@ -1,7 +1,8 @@
 //! Updates and deletes in batches on PostgreSQL: each batch of `store::changes`'s queue in one
 //! transaction (one `UPDATE … FROM unnest`, one `DELETE … USING unnest`), so they share one
 //! commit. A lone change goes at once (no timer). Each change is answered as alone: the event
-//! as now stored, or NOT_FOUND (no such id, or another owner's); a batch that fails (a lost
+//! as now stored, NOT_FOUND (no such id, or another owner's), or FAILED_PRECONDITION (its
+//! `If-Match` revision is not the event's, checked by the statement itself); a batch that fails (a lost
 //! connection, a full disk) fails each of its changes, and nothing of it is applied.
 
 use std::collections::{HashMap, HashSet};
@@ -9,19 +10,27 @@ use std::collections::{HashMap, HashSet};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use super::{batch::Failure, rows::to_event};
+use super::{
+    batch::Failure,
+    rows::{COLUMNS, to_event},
+};
 use crate::store::{
-    Event, EventPatch, Result, StoreError,
+    Event, EventPatch, Result,
     changes::{Change, Changes},
 };
 
 /// The columns of an updated event, as `to_event` reads them, and its place in the batch.
 const RETURNED: &str = "u.idx, e.pk, e.id, e.user_id, e.title, e.description, e.completed, \
-     e.created_at, e.topic, e.data, e.time, e.seq";
+     e.created_at, e.topic, e.data, e.time, e.seq, e.revision";
 
 /// Starts the task that applies this process's updates and deletes over `pool`.
 pub(super) fn start(pool: Pool) -> Changes {
     Changes::start(move |batch| apply(pool.clone(), batch))
+}
+
+/// A revision as its column holds it.
+fn column(revision: Option<u64>) -> Option<i64> {
+    revision.map(|r| i64::try_from(r).unwrap_or(i64::MAX))
 }
 
 /// Applies `batch` in one transaction and answers each change.
@@ -31,7 +40,11 @@ async fn apply(pool: Pool, batch: Vec<Change>) {
     for (idx, change) in (0i32..).zip(&batch) {
         match change {
             Change::Update {
-                id, owner, patch, ..
+                id,
+                owner,
+                patch,
+                when,
+                answer: _,
             } => {
                 let EventPatch {
                     title,
@@ -45,40 +58,71 @@ async fn apply(pool: Pool, batch: Vec<Change>) {
                 updates.titles.push(title.as_bytes().to_vec());
                 updates.descriptions.push(description.as_bytes().to_vec());
                 updates.completed.push(*completed);
+                updates.revisions.push(column(when.revision()));
                 updates.idx.push(idx);
             }
-            Change::Delete { id, owner, .. } => {
+            Change::Delete {
+                id,
+                owner,
+                when,
+                answer: _,
+            } => {
                 deletes.ids.push(*id);
                 deletes
                     .owners
                     .push(owner.as_ref().map(|o| o.as_bytes().to_vec()));
+                deletes.revisions.push(column(when.revision()));
                 deletes.idx.push(idx);
             }
         }
     }
-    match applied(&pool, &updates, &deletes).await {
-        Ok((updated, deleted)) => {
-            let mut updated = updated;
-            for (idx, change) in (0i32..).zip(batch) {
-                match change {
-                    Change::Update { answer, .. } => {
-                        let event = updated.remove(&idx).unwrap_or(Err(StoreError::NotFound));
-                        let _ = answer.send(event);
-                    }
-                    Change::Delete { answer, .. } => {
-                        let found = deleted.contains(&idx);
-                        let _ = answer.send(if found {
-                            Ok(())
-                        } else {
-                            Err(StoreError::NotFound)
-                        });
-                    }
-                }
-            }
-        }
+    let Applied {
+        mut updated,
+        deleted,
+        mut missed,
+    } = match applied(&pool, &updates, &deletes).await {
+        Ok(applied) => applied,
         Err(failure) => {
             for change in batch {
                 change.fail(|op| failure.error(op));
+            }
+            return;
+        }
+    };
+    // What a change that did not apply found, if its owner's.
+    let mut found = |id: &Uuid, owner: &Option<String>| {
+        missed
+            .remove(id)
+            .and_then(|event| event.ok())
+            .filter(|event| owner.as_ref().is_none_or(|o| event.user_id == *o))
+    };
+    for (idx, change) in (0i32..).zip(batch) {
+        match change {
+            Change::Update {
+                id,
+                owner,
+                patch,
+                when,
+                answer,
+            } => {
+                let event = match updated.remove(&idx) {
+                    Some(event) => event,
+                    None => when.refused(found(&id, &owner), &patch),
+                };
+                let _ = answer.send(event);
+            }
+            Change::Delete {
+                id,
+                owner,
+                when,
+                answer,
+            } => {
+                let done = if deleted.contains(&idx) {
+                    Ok(())
+                } else {
+                    Err(when.unmet(found(&id, &owner).map(|e| e.revision)))
+                };
+                let _ = answer.send(done);
             }
         }
     }
@@ -92,6 +136,8 @@ struct Updates {
     titles: Vec<Vec<u8>>,
     descriptions: Vec<Vec<u8>>,
     completed: Vec<bool>,
+    /// The revision each requires (`Precondition::revision`).
+    revisions: Vec<Option<i64>>,
     idx: Vec<i32>,
 }
 
@@ -100,19 +146,30 @@ struct Updates {
 struct Deletes {
     ids: Vec<Uuid>,
     owners: Vec<Option<Vec<u8>>>,
+    revisions: Vec<Option<i64>>,
     idx: Vec<i32>,
 }
 
-/// The updated events (by their place in the batch) and the places of the deletes that found
-/// their event, committed.
+/// A batch as committed.
+struct Applied {
+    /// The updated events, by their place in the batch.
+    updated: HashMap<i32, Result<Event>>,
+    /// The places of the deletes that found their event.
+    deleted: HashSet<i32>,
+    /// The events of the changes that did not apply, as the transaction then found them
+    /// (missing: no such event).
+    missed: HashMap<Uuid, Result<Event>>,
+}
+
 async fn applied(
     pool: &Pool,
     updates: &Updates,
     deletes: &Deletes,
-) -> std::result::Result<(HashMap<i32, Result<Event>>, HashSet<i32>), Failure> {
+) -> std::result::Result<Applied, Failure> {
     let mut client = pool.get().await.map_err(Failure::from)?;
     let tx = client.transaction().await.map_err(Failure::Pg)?;
     let mut updated = HashMap::new();
+    let mut applied_ids = HashSet::new();
     if !updates.ids.is_empty() {
         let Updates {
             ids,
@@ -120,40 +177,89 @@ async fn applied(
             titles,
             descriptions,
             completed,
+            revisions,
             idx,
         } = updates;
+        // A row another transaction changes meanwhile is checked again as that one left it
+        // (PostgreSQL re-evaluates the condition on the newest version): two updates of one
+        // revision never both apply.
         let sql = format!(
             "UPDATE events AS e
-             SET title = u.title, description = u.description, completed = u.completed
+             SET title = u.title, description = u.description, completed = u.completed,
+                 revision = e.revision + 1
              FROM unnest($1::UUID[], $2::BYTEA[], $3::BYTEA[], $4::BYTEA[], $5::BOOLEAN[],
-                         $6::INT[]) AS u(id, owner, title, description, completed, idx)
+                         $6::BIGINT[], $7::INT[])
+                  AS u(id, owner, title, description, completed, revision, idx)
              WHERE e.id = u.id AND (u.owner IS NULL OR e.user_id = u.owner)
+               AND (u.revision IS NULL OR e.revision = u.revision)
              RETURNING {RETURNED}"
         );
         let rows = tx
-            .query(&sql, &[ids, owners, titles, descriptions, completed, idx])
-            .await
-            .map_err(Failure::Pg)?;
-        updated = rows
-            .iter()
-            .map(|row| (row.get::<_, i32>("idx"), to_event(row)))
-            .collect();
-    }
-    let mut deleted = HashSet::new();
-    if !deletes.ids.is_empty() {
-        let Deletes { ids, owners, idx } = deletes;
-        let rows = tx
             .query(
-                "DELETE FROM events AS e
-                 USING unnest($1::UUID[], $2::BYTEA[], $3::INT[]) AS u(id, owner, idx)
-                 WHERE e.id = u.id AND (u.owner IS NULL OR e.user_id = u.owner)
-                 RETURNING u.idx",
-                &[ids, owners, idx],
+                &sql,
+                &[ids, owners, titles, descriptions, completed, revisions, idx],
             )
             .await
             .map_err(Failure::Pg)?;
-        deleted = rows.iter().map(|row| row.get::<_, i32>("idx")).collect();
+        for row in &rows {
+            let event = to_event(row);
+            if let Ok(event) = &event {
+                applied_ids.insert(event.id);
+            }
+            updated.insert(row.get::<_, i32>("idx"), event);
+        }
+    }
+    let mut deleted = HashSet::new();
+    if !deletes.ids.is_empty() {
+        let Deletes {
+            ids,
+            owners,
+            revisions,
+            idx,
+        } = deletes;
+        let rows = tx
+            .query(
+                "DELETE FROM events AS e
+                 USING unnest($1::UUID[], $2::BYTEA[], $3::BIGINT[], $4::INT[])
+                       AS u(id, owner, revision, idx)
+                 WHERE e.id = u.id AND (u.owner IS NULL OR e.user_id = u.owner)
+                   AND (u.revision IS NULL OR e.revision = u.revision)
+                 RETURNING u.idx, e.id",
+                &[ids, owners, revisions, idx],
+            )
+            .await
+            .map_err(Failure::Pg)?;
+        for row in &rows {
+            deleted.insert(row.get::<_, i32>("idx"));
+            applied_ids.insert(row.get::<_, Uuid>("id"));
+        }
+    }
+    // The changes that did not apply: their events as they are, to tell a missing event from
+    // one at another revision (read in this transaction, before it commits).
+    let missing: Vec<Uuid> = updates
+        .ids
+        .iter()
+        .chain(&deletes.ids)
+        .filter(|id| !applied_ids.contains(id))
+        .copied()
+        .collect();
+    let mut missed = HashMap::new();
+    if !missing.is_empty() {
+        let rows = tx
+            .query(
+                &format!("SELECT {COLUMNS} FROM events WHERE id = ANY($1)"),
+                &[&missing],
+            )
+            .await
+            .map_err(Failure::Pg)?;
+        for row in &rows {
+            missed.insert(row.get::<_, Uuid>("id"), to_event(row));
+        }
     }
     tx.commit().await.map_err(Failure::Pg)?;
-    Ok((updated, deleted))
+    Ok(Applied {
+        updated,
+        deleted,
+        missed,
+    })
 }

@@ -11,7 +11,7 @@ use crate::store::{Event, JsonObject, KeyClaim, Result, StoreError, outcome};
 
 /// The columns every event query selects, in `to_event`'s order.
 pub(super) const COLUMNS: &str =
-    "pk, id, user_id, title, description, completed, created_at, topic, data, time, seq";
+    "pk, id, user_id, title, description, completed, created_at, topic, data, time, seq, revision";
 
 pub(super) fn to_event(row: &Row) -> Result<Event> {
     let id: Uuid = row.get("id");
@@ -43,6 +43,7 @@ pub(super) fn to_event(row: &Row) -> Result<Event> {
         data,
         time: row.get::<_, Option<i64>>("time").map(at).transpose()?,
         seq: row.get::<_, Option<i64>>("seq").unwrap_or(0).max(0) as u64,
+        revision: row.get::<_, i64>("revision").max(1) as u64,
     })
 }
 
@@ -60,7 +61,8 @@ struct Values<'e> {
 }
 
 impl<'e> Values<'e> {
-    /// `e`'s values (all but its `seq`, which a publish has the server choose).
+    /// `e`'s values (all but its `seq`, which a publish has the server choose, and its
+    /// revision, 1 for every new event: the column's default).
     fn of(e: &'e Event) -> Values<'e> {
         // Every field named: a new one does not compile until it has a column.
         let Event {
@@ -74,6 +76,7 @@ impl<'e> Values<'e> {
             data,
             time,
             seq: _,
+            revision: _,
         } = e;
         Values {
             id,

@@ -36,6 +36,7 @@ pub(super) fn raw_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
             data: None,
             time: None,
             seq: row.get::<_, Option<i64>>(10)?.unwrap_or(0).max(0) as u64,
+            revision: row.get::<_, i64>(11)?.max(1) as u64,
         },
         data: row.get(8)?,
         created_at: row.get(6)?,
@@ -80,13 +81,14 @@ pub(super) fn insert(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
         data,
         time,
         seq,
+        revision,
     } = e;
     let data = data
         .as_ref()
         .map(|d| serde_json::Value::Object(d.clone()).to_string());
     conn.prepare_cached(
-        "INSERT INTO events (id, user_id, title, description, completed, created_at, topic, data, time, seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO events (id, user_id, title, description, completed, created_at, topic, data, time, seq, revision)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
             id.to_string(),
@@ -99,6 +101,7 @@ pub(super) fn insert(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
             data,
             time.map(millis),
             (*seq > 0).then_some(*seq as i64),
+            i64::try_from(*revision).unwrap_or(i64::MAX),
         ])?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{create_in, delete_in, publish_in, sql_error, update_in};
-use crate::store::{Event, EventPatch, NewEvent, Result, StoreError, batching};
+use crate::store::{Event, EventPatch, NewEvent, Precondition, Result, StoreError, batching};
 
 /// A write, as the writer applies it (and as another process sends it, `lead`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,10 +25,12 @@ pub(super) enum Op {
         id: Uuid,
         owner: Option<String>,
         patch: EventPatch,
+        when: Precondition,
     },
     Delete {
         id: Uuid,
         owner: Option<String>,
+        when: Precondition,
     },
     Publish(NewEvent),
 }
@@ -89,10 +91,16 @@ impl Op {
     fn apply(self, conn: &Connection) -> (Result<Done>, bool) {
         match self {
             Op::Create(new) => (create_in(conn, new).map(event), false),
-            Op::Update { id, owner, patch } => {
-                (update_in(conn, id, owner, patch).map(event), false)
-            }
-            Op::Delete { id, owner } => (delete_in(conn, id, owner).map(|()| Done::Deleted), false),
+            Op::Update {
+                id,
+                owner,
+                patch,
+                when,
+            } => (update_in(conn, id, owner, patch, when).map(event), false),
+            Op::Delete { id, owner, when } => (
+                delete_in(conn, id, owner, when).map(|()| Done::Deleted),
+                false,
+            ),
             Op::Publish(new) => match publish_in(conn, new) {
                 Ok((stored, new)) => (Ok(event(stored)), new),
                 Err(err) => (Err(err), false),

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::super::SqliteStore;
-use crate::store::{EventPatch, EventStore, NewEvent, StoreError};
+use crate::store::{EventPatch, EventStore, NewEvent, Precondition, StoreError};
 
 /// Waits (bounded) until `led` says `store` leads or not.
 async fn until_leading(store: &SqliteStore, led: bool) {
@@ -82,18 +82,23 @@ async fn a_follower_has_its_writes_committed_by_the_leader_and_gives_its_answers
         ..EventPatch::default()
     };
     let patched = follower
-        .update(stored.id, None, patch.clone())
+        .update(stored.id, None, patch.clone(), Precondition::None)
         .await
         .unwrap();
     assert_eq!(patched.title, "patched");
     let missing = uuid::Uuid::now_v7();
     assert!(matches!(
-        follower.update(missing, None, patch).await,
+        follower
+            .update(missing, None, patch, Precondition::None)
+            .await,
         Err(StoreError::NotFound)
     ));
-    follower.delete(stored.id, None).await.unwrap();
+    follower
+        .delete(stored.id, None, Precondition::None)
+        .await
+        .unwrap();
     assert!(matches!(
-        follower.delete(stored.id, None).await,
+        follower.delete(stored.id, None, Precondition::None).await,
         Err(StoreError::NotFound)
     ));
     assert_eq!(follower.writer.queued(), 0);
