@@ -260,6 +260,9 @@ impl Target {
                     title: "updated".into(),
                     description: "bench".into(),
                     completed: true,
+                    // Unconditional, as the REST request (no `If-Match`).
+                    if_revision: 0,
+                    if_exists: false,
                 };
                 self.rpc(|mut c| async move { c.update_event(request).await })
                     .await
@@ -283,6 +286,8 @@ impl Target {
                 let request = v1::DeleteEventRequest {
                     id: id.into(),
                     user_id: user.into(),
+                    if_revision: 0,
+                    if_exists: false,
                 };
                 self.rpc(|mut c| async move { c.delete_event(request).await })
                     .await

@@ -103,6 +103,69 @@ async fn the_old_services_published_events_get_seqs_once_in_their_order() {
     client.default_database().unwrap().drop().await.unwrap();
 }
 
+/// The old service's documents have no revision: they read as revision 1 and take `If-Match`
+/// preconditions like any other, alone and in batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_old_services_documents_are_at_revision_one() {
+    let Some(server) = MongoServer::shared("revisions of the old service's events") else {
+        return;
+    };
+    let uri = server.uri(&format!("legacy_rev_{}", Uuid::new_v4().simple()));
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let events = client
+        .default_database()
+        .unwrap()
+        .collection::<bson::Document>("events");
+    let old: Vec<_> = (0..12)
+        .map(|i| go_document("", &format!("old {i}"), GO_ZERO_TIME_MS, 1_700_000_000_000))
+        .collect();
+    events.insert_many(old.clone()).await.unwrap();
+    let ids: Vec<Uuid> = old
+        .iter()
+        .map(|d| Uuid::parse_str(d.get_str("id").unwrap()).unwrap())
+        .collect();
+    let store = MongoStore::open(&uri).await.unwrap();
+    assert_eq!(store.get(ids[0], None).await.unwrap().revision, 1);
+    let patch = |title: &str| EventPatch {
+        title: title.into(),
+        ..EventPatch::default()
+    };
+    // Alone: a stale revision is refused, the right one applies.
+    assert!(matches!(
+        store
+            .update(ids[0], None, patch("x"), Precondition::Revision(2))
+            .await,
+        Err(StoreError::PreconditionFailed { current: Some(1) })
+    ));
+    let updated = store
+        .update(ids[0], None, patch("new"), Precondition::Revision(1))
+        .await
+        .unwrap();
+    assert_eq!((updated.revision, updated.title.as_str()), (2, "new"));
+    // Together (one batch, as far as they meet): every other one deleted at revision 1, the
+    // rest updated at revision 1, each once.
+    let answers = join_all(ids[1..].iter().enumerate().map(|(i, id)| {
+        let store = &store;
+        async move {
+            if i % 2 == 0 {
+                store
+                    .delete(*id, None, Precondition::Revision(1))
+                    .await
+                    .map(|()| 0)
+            } else {
+                let event = store
+                    .update(*id, None, patch("batched"), Precondition::Revision(1))
+                    .await?;
+                Ok(event.revision)
+            }
+        }
+    }))
+    .await;
+    let answers: Vec<u64> = answers.into_iter().map(Result::unwrap).collect();
+    assert_eq!(answers, [0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0]);
+    client.default_database().unwrap().drop().await.unwrap();
+}
+
 /// Writes for a while (publishes too when `publish`), kills the server with `kill -9`, starts it
 /// on the same data and looks for every write it acknowledged.
 async fn acknowledged_writes_survive_kill_9(mut server: MongoServer, publish: bool) {

@@ -10,6 +10,7 @@ mod json;
 mod keyed;
 mod listing;
 mod rest;
+mod revision;
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 

@@ -29,6 +29,8 @@ pub(crate) struct ApiError {
     pub(crate) challenge: Option<&'static str>,
     /// `Retry-After` of a 429.
     pub(crate) retry_after: Option<Duration>,
+    /// A 412's current revision of the event (none: it does not exist for the caller).
+    pub(crate) revision: Option<u64>,
 }
 
 /// HTTP status and gRPC status name for a gRPC code (the usual gateway table).
@@ -66,6 +68,7 @@ impl ApiError {
             backend: None,
             challenge: None,
             retry_after: None,
+            revision: None,
         }
     }
 
@@ -78,6 +81,7 @@ impl ApiError {
             backend: None,
             challenge: None,
             retry_after: None,
+            revision: None,
         }
     }
 
@@ -153,6 +157,22 @@ impl From<CallError> for ApiError {
             }
             None => {}
         }
+        // An `If-Match` that did not hold: 412, with the revision the backend found. (Other
+        // FAILED_PRECONDITIONs are the table's 400.)
+        if status.code() == Code::FailedPrecondition
+            && let Some(found) = status.metadata().get(eventsys::REVISION_METADATA)
+        {
+            let revision = found.to_str().ok().and_then(|r| r.parse().ok());
+            return ApiError {
+                backend,
+                revision: revision.filter(|r| *r > 0),
+                ..Self::http(
+                    StatusCode::PRECONDITION_FAILED,
+                    Code::FailedPrecondition,
+                    status.message(),
+                )
+            };
+        }
         // Not a backend's answer: the gateway could not read the reply (too large, malformed).
         if backend.is_none()
             && matches!(
@@ -217,6 +237,10 @@ pub(crate) struct ErrorBody {
     /// The gRPC status name it maps from (`INVALID_ARGUMENT`, `NOT_FOUND`, …).
     #[schema(pattern = "^[A-Z_]+$")]
     code: &'static str,
+    /// On a 412: the event's current revision (absent when it does not exist for the caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, minimum = 1, nullable = false)]
+    revision: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
@@ -225,6 +249,7 @@ impl IntoResponse for ApiError {
             error: self.message.clone(),
             message: self.message,
             code: http_status(self.code).1,
+            revision: self.revision,
         };
         let challenge = self
             .challenge
@@ -283,6 +308,22 @@ mod tests {
             },
             retried: false,
         })
+    }
+
+    #[test]
+    fn a_precondition_that_did_not_hold_is_412_with_the_revision() {
+        let mut status = Status::failed_precondition("the event is at revision 4");
+        status
+            .metadata_mut()
+            .insert(eventsys::REVISION_METADATA, "4".parse().unwrap());
+        let err = answered(status);
+        assert_eq!((err.status.as_u16(), err.revision), (412, Some(4)));
+        let mut gone = Status::failed_precondition("event not found");
+        gone.metadata_mut()
+            .insert(eventsys::REVISION_METADATA, "0".parse().unwrap());
+        assert_eq!(answered(gone).revision, None);
+        let err = answered(Status::failed_precondition("needs a replica set"));
+        assert_eq!((err.status.as_u16(), err.revision), (400, None));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub(crate) struct EventJson {
     #[serde(skip_serializing_if = "is_zero")]
     #[schema(required = false, minimum = 1)]
     pub(crate) seq: u64,
+    /// 1 when stored, one more with each update: the `ETag` (quoted) that `If-Match` names.
+    #[schema(minimum = 1)]
+    pub(crate) revision: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -70,6 +73,7 @@ impl From<v1::Event> for EventJson {
             data,
             time,
             seq,
+            revision,
         } = e;
         Self {
             id,
@@ -85,6 +89,7 @@ impl From<v1::Event> for EventJson {
                 .filter(|d| !d.is_empty()),
             time: rfc3339(time),
             seq,
+            revision,
         }
     }
 }
@@ -231,6 +236,9 @@ pub(crate) struct Updated {
     /// Always `event updated successfully`.
     #[schema(example = "event updated successfully")]
     pub(crate) message: &'static str,
+    /// The event's revision after the update (also its `ETag`).
+    #[schema(minimum = 2)]
+    pub(crate) revision: u64,
 }
 
 /// The answer to `POST /publish`.
@@ -307,13 +315,15 @@ mod tests {
                 seconds: 1_700_000_000,
                 nanos: 5_000_000,
             }),
+            revision: 1,
             ..Default::default()
         };
         let json = serde_json::to_value(EventJson::from(event)).unwrap();
         assert_eq!(
             json,
             json!({"id": "i", "userId": "u", "title": "", "description": "",
-                   "completed": false, "createdAt": "2023-11-14T22:13:20.005Z"})
+                   "completed": false, "createdAt": "2023-11-14T22:13:20.005Z",
+                   "revision": 1})
         );
     }
 

@@ -18,6 +18,7 @@ use super::{
     json::{EventInput, EventJson, PublishInput, Published, UpdateInput, Updated},
     keyed::{KeyHeader, KeyHeaderParam},
     listing::{self, Limit, Page, Pager},
+    revision::{ETag, IfMatch, IfMatchParam},
 };
 use crate::upstream::{Answer, Bearer, CallError, Failure, Keyed};
 
@@ -29,7 +30,8 @@ use crate::upstream::{Answer, Bearer, CallError, Failure, Keyed};
     responses(
         (status = 201, description = "The stored event", body = EventJson,
             headers(("idempotent-replayed" = String,
-                description = "`true` when this is the answer an earlier request with the same `Idempotency-Key` got"))),
+                description = "`true` when this is the answer an earlier request with the same `Idempotency-Key` got"),
+                ("etag" = String, description = "The event's revision, quoted (`\"1\"`)"))),
         (status = 400, description = "Bad JSON, wrong types, a field over its limit or a malformed `Idempotency-Key`", body = ErrorBody),
         (status = 409, description = "A request with this `Idempotency-Key` is still in progress (`ABORTED`, with `Retry-After`)", body = ErrorBody),
         (status = 422, description = "This `Idempotency-Key` was used for a request with another body", body = ErrorBody),
@@ -49,8 +51,15 @@ pub(crate) async fn create_event(
     };
     let answer = state.upstream.call(create, who.bearer.as_ref()).await?;
     let (event, outcome) = answer.message;
+    let tag = ETag(event.revision);
     let event = EventJson::from(event);
-    Ok((StatusCode::CREATED, answer.backend, outcome, Json(event)))
+    Ok((
+        StatusCode::CREATED,
+        answer.backend,
+        outcome,
+        tag,
+        Json(event),
+    ))
 }
 
 /// `GET /events?userId=&limit=&pageToken=` → 200 and the user's events (everyone's without
@@ -149,7 +158,8 @@ impl Pager for UserEvents {
     summary = "Read an event",
     params(EventIdParam, UserIdParam),
     responses(
-        (status = 200, description = "The event", body = EventJson),
+        (status = 200, description = "The event", body = EventJson,
+            headers(("etag" = String, description = "The event's revision, quoted (`\"3\"`): what `If-Match` names"))),
         (status = 400, description = "A `userId` over 256 characters", body = ErrorBody),
         (status = 404, description = "No such event (or another user's)", body = ErrorBody,
             example = json!({"error": "event not found", "message": "event not found", "code": "NOT_FOUND"})),
@@ -170,19 +180,24 @@ pub(crate) async fn get_event(
     Ok((
         StatusCode::OK,
         answer.backend,
+        ETag(answer.message.revision),
         Json(EventJson::from(answer.message)),
     ))
 }
 
-/// `PUT /events/{id}?userId=` → 200 `{"message": "event updated successfully"}`.
+/// `PUT /events/{id}?userId=` (`If-Match:`) → 200 `{"message": "event updated successfully",
+/// "revision"}`.
 #[utoipa::path(put, path = "/events/{id}", tag = "events",
     summary = "Update an event's title, description and completed",
-    params(EventIdParam, UserIdParam),
+    params(EventIdParam, UserIdParam, IfMatchParam),
     request_body = UpdateInput,
     responses(
-        (status = 200, description = "Updated", body = Updated),
-        (status = 400, description = "Bad JSON, wrong types or a field over its limit", body = ErrorBody),
-        (status = 404, description = "No such event (or another user's)", body = ErrorBody),
+        (status = 200, description = "Updated", body = Updated,
+            headers(("etag" = String, description = "The event's new revision, quoted"))),
+        (status = 400, description = "Bad JSON, wrong types, a field over its limit or a malformed `If-Match`", body = ErrorBody),
+        (status = 404, description = "No such event (or another user's), without `If-Match`", body = ErrorBody),
+        (status = 412, description = "`If-Match` did not hold: the event is at another revision (`revision` says which) or, without `revision`, does not exist (for you)", body = ErrorBody,
+            example = json!({"error": "the event is at revision 4", "message": "the event is at revision 4", "code": "FAILED_PRECONDITION", "revision": 4})),
     ),
     security((), ("bearer" = [])),
 )]
@@ -191,31 +206,38 @@ pub(crate) async fn update_event(
     who: Credentials,
     EventId(id): EventId,
     UserId(user_id): UserId,
+    if_match: IfMatch,
     JsonBody(input): JsonBody<UpdateInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let user_id = who.caller()?.owner(&user_id)?;
+    let (if_revision, if_exists) = if_match.fields();
     let request = v1::UpdateEventRequest {
         id,
         user_id,
         title: input.title,
         description: input.description,
         completed: input.completed,
+        if_revision,
+        if_exists,
     };
     let answer = state.upstream.call(request, who.bearer.as_ref()).await?;
+    let revision = answer.message.revision;
     let body = Updated {
         message: "event updated successfully",
+        revision,
     };
-    Ok((StatusCode::OK, answer.backend, Json(body)))
+    Ok((StatusCode::OK, answer.backend, ETag(revision), Json(body)))
 }
 
-/// `DELETE /events/{id}?userId=` → 204.
+/// `DELETE /events/{id}?userId=` (`If-Match:`) → 204.
 #[utoipa::path(delete, path = "/events/{id}", tag = "events",
     summary = "Delete an event",
-    params(EventIdParam, UserIdParam),
+    params(EventIdParam, UserIdParam, IfMatchParam),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "A `userId` over 256 characters", body = ErrorBody),
-        (status = 404, description = "No such event (or another user's)", body = ErrorBody),
+        (status = 400, description = "A `userId` over 256 characters or a malformed `If-Match`", body = ErrorBody),
+        (status = 404, description = "No such event (or another user's), without `If-Match`", body = ErrorBody),
+        (status = 412, description = "`If-Match` did not hold: the event is at another revision (`revision` says which) or, without `revision`, does not exist (for you)", body = ErrorBody),
     ),
     security((), ("bearer" = [])),
 )]
@@ -224,23 +246,40 @@ pub(crate) async fn delete_event(
     who: Credentials,
     EventId(id): EventId,
     UserId(user_id): UserId,
+    if_match: IfMatch,
 ) -> Result<impl IntoResponse, ApiError> {
     let user_id = who.caller()?.owner(&user_id)?;
-    let backend = match state
-        .upstream
-        .call(v1::DeleteEventRequest { id, user_id }, who.bearer.as_ref())
-        .await
-    {
+    let (if_revision, if_exists) = if_match.fields();
+    let request = v1::DeleteEventRequest {
+        id,
+        user_id,
+        if_revision,
+        if_exists,
+    };
+    let backend = match state.upstream.call(request, who.bearer.as_ref()).await {
         Ok(answer) => answer.backend,
         // The attempt whose backend died may have deleted the event before it did: the event
         // is gone, which is what the client asked for.
         Err(CallError {
             retried: true,
             failure: Failure::Status { status, backend },
-        }) if status.code() == Code::NotFound => backend,
+        }) if gone(&status) => backend,
         Err(err) => return Err(err.into()),
     };
     Ok((StatusCode::NO_CONTENT, backend, ()))
+}
+
+/// Whether a delete's refusal says its event does not exist: NOT_FOUND, or (with `If-Match`)
+/// FAILED_PRECONDITION at no revision.
+fn gone(status: &tonic::Status) -> bool {
+    match status.code() {
+        Code::NotFound => true,
+        Code::FailedPrecondition => status
+            .metadata()
+            .get(eventsys::REVISION_METADATA)
+            .is_some_and(|revision| revision == "0"),
+        _ => false,
+    }
 }
 
 /// `POST /publish` → 200 `{"status": "Event broadcasted", "id", "seq"}`.

@@ -82,6 +82,25 @@ async fn grpcurl_lists_services_and_round_trips_an_event() {
     let got = call("GetEvent", json!({"id": id})).await.unwrap();
     assert_eq!(got, updated);
     assert_eq!(got["data"], created["data"], "update leaves data alone");
+    // 64-bit integers are strings in protobuf's JSON.
+    assert_eq!(
+        (&created["revision"], &updated["revision"]),
+        (&json!("1"), &json!("2"))
+    );
+    let stale = call(
+        "UpdateEvent",
+        json!({"id": id, "title": "stale", "ifRevision": 1}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        stale.contains("FailedPrecondition") && stale.contains("the event is at revision 2"),
+        "{stale}"
+    );
+    let stale = call("DeleteEvent", json!({"id": id, "ifRevision": 1}))
+        .await
+        .unwrap_err();
+    assert!(stale.contains("FailedPrecondition"), "{stale}");
 
     assert_eq!(
         call("DeleteEvent", json!({"id": id, "userId": "u1"}))

@@ -276,9 +276,10 @@ async fn put_event_changes_exactly_title_description_and_completed(
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["etag"], "\"2\"");
     assert_eq!(
         response.json::<Value>().await.unwrap(),
-        json!({"message": "event updated successfully"})
+        json!({"message": "event updated successfully", "revision": 2})
     );
     let after: Value = get(format!("/events/{id}"))
         .await
@@ -290,6 +291,7 @@ async fn put_event_changes_exactly_title_description_and_completed(
     expected["title"] = json!("Launched");
     expected["description"] = json!("v1.0");
     expected["completed"] = json!(true);
+    expected["revision"] = json!(2);
     assert_eq!(after, expected);
     assert_error(
         put(format!("/events/{id}?userId=bob"), update.clone())
@@ -320,6 +322,124 @@ async fn put_event_changes_exactly_title_description_and_completed(
         .await
         .unwrap();
     assert_error(response, 400, "INVALID_ARGUMENT", "invalid JSON").await;
+}
+
+/// `If-Match` on `PUT` and `DELETE /events/{id}`: the `ETag` of a read names the revision; a
+/// stale one is 412 with the current revision, and of concurrent updates naming one revision
+/// (through different backends) exactly one applies.
+async fn if_match_makes_updates_and_deletes_conditional(
+    system: &dyn Front,
+    client: reqwest::Client,
+) {
+    let url = |p: &str| system.url(p);
+    let created = create(&client, system, alice()).await;
+    assert_eq!(created["revision"], 1);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/events/{id}");
+    let read = client.get(url(&path)).send().await.unwrap();
+    assert_eq!(read.headers()["etag"], "\"1\"");
+    let put = |if_match: &str, title: &str| {
+        client
+            .put(url(&path))
+            .header("if-match", if_match)
+            .body(json!({"title": title}).to_string())
+            .send()
+    };
+
+    // Six writers read revision 1 and race: one wins, five are told revision 2.
+    let racers = futures::future::join_all((0..6).map(|i| {
+        let title = format!("racer {i}");
+        async move { put("\"1\"", &title).await.unwrap() }
+    }))
+    .await;
+    let mut won = Vec::new();
+    for response in racers {
+        match response.status().as_u16() {
+            200 => {
+                assert_eq!(response.headers()["etag"], "\"2\"");
+                won.push(response.json::<Value>().await.unwrap());
+            }
+            412 => {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["code"], "FAILED_PRECONDITION", "{body}");
+                assert_eq!(body["revision"], 2, "{body}");
+                assert_eq!(body["error"], body["message"]);
+            }
+            other => panic!("a racer got {other}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one update of revision 1 applies");
+    let now: Value = client
+        .get(url(&path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["revision"], 2);
+    assert!(now["title"].as_str().unwrap().starts_with("racer "));
+
+    // `*` holds while it exists; a tag naming no revision never holds; two revisions are 400.
+    assert_eq!(put("*", "star").await.unwrap().status(), StatusCode::OK);
+    for never in ["3", "W/\"3\"", "\"x\""] {
+        let refused = put(never, "never").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::PRECONDITION_FAILED, "{never}");
+        assert_eq!(refused.json::<Value>().await.unwrap()["revision"], 3);
+    }
+    assert_error(
+        put("\"3\", \"4\"", "two").await.unwrap(),
+        400,
+        "INVALID_ARGUMENT",
+        "If-Match",
+    )
+    .await;
+    let delete = |if_match: &str| {
+        client
+            .delete(url(&path))
+            .header("if-match", if_match)
+            .send()
+    };
+    let stale = delete("\"2\"").await.unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale.json::<Value>().await.unwrap()["revision"], 3);
+    // Another user's event does not exist for them: 412 without a revision, as for none.
+    let theirs = client
+        .delete(url(&format!("{path}?userId=bob")))
+        .header("if-match", "*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::PRECONDITION_FAILED);
+    assert!(
+        theirs
+            .json::<Value>()
+            .await
+            .unwrap()
+            .get("revision")
+            .is_none()
+    );
+    assert_eq!(
+        delete("\"3\"").await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    let gone = put("*", "gone").await.unwrap();
+    assert_eq!(gone.status(), StatusCode::PRECONDITION_FAILED);
+    assert!(
+        gone.json::<Value>()
+            .await
+            .unwrap()
+            .get("revision")
+            .is_none()
+    );
+    // Without `If-Match`, as before: 404.
+    assert_error(
+        client.put(url(&path)).body("{}").send().await.unwrap(),
+        404,
+        "NOT_FOUND",
+        "event not found",
+    )
+    .await;
 }
 
 async fn delete_event_removes_it_for_its_owner_only(system: &dyn Front, client: reqwest::Client) {
@@ -642,6 +762,7 @@ contract!(
     get_events_lists_one_user_or_everyone_as_an_array,
     get_event_reads_it_for_its_owner_only,
     put_event_changes_exactly_title_description_and_completed,
+    if_match_makes_updates_and_deletes_conditional,
     delete_event_removes_it_for_its_owner_only,
     publish_numbers_events_per_topic_and_rejects_bad_topics,
     topic_events_lists_a_topic_oldest_first,

@@ -138,6 +138,36 @@ async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
     }
     println!("{sent} GetEvent through the gateway: {per_backend:?}");
 
+    // A precondition that does not hold: FAILED_PRECONDITION with the event's revision in
+    // `events-revision`, passed through the front door as the backend said it.
+    let stale = events
+        .update_event(v1::UpdateEventRequest {
+            id: created.id.clone(),
+            title: "stale".into(),
+            if_revision: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
+    assert_eq!(
+        stale.metadata().get(eventsys::REVISION_METADATA).unwrap(),
+        "1"
+    );
+    let missing = events
+        .delete_event(v1::DeleteEventRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+            if_exists: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        missing.metadata().get(eventsys::REVISION_METADATA).unwrap(),
+        "0"
+    );
+
     // Only gRPC reaches the gRPC services: JSON on their path is REST's unknown route.
     let json = crate::support::http()
         .post(format!(

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use eventsvc::store::{
-    self, Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Retention,
-    SqliteStore,
+    self, Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Precondition,
+    Retention, SqliteStore,
 };
 use eventsys::v1;
 use futures::stream::BoxStream;
@@ -232,12 +232,18 @@ impl EventStore for Gated {
         id: Uuid,
         owner: Option<String>,
         patch: EventPatch,
+        when: Precondition,
     ) -> store::Result<Event> {
-        self.store.update(id, owner, patch).await
+        self.store.update(id, owner, patch, when).await
     }
 
-    async fn delete(&self, id: Uuid, owner: Option<String>) -> store::Result<()> {
-        self.store.delete(id, owner).await
+    async fn delete(
+        &self,
+        id: Uuid,
+        owner: Option<String>,
+        when: Precondition,
+    ) -> store::Result<()> {
+        self.store.delete(id, owner, when).await
     }
 
     async fn events_after(

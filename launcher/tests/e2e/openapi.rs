@@ -70,7 +70,8 @@ async fn schemathesis_finds_nothing(gateway: &Local, dir: &Path, headers: &[&str
     assert!(valid, "openapi-spec-validator: {said}");
 
     // 413 is how this API rejects a body over its limit, which a schema-violating string can
-    // be. 422 answers schema-valid data when schemathesis sends an `Idempotency-Key` it
+    // be. 412 answers a schema-valid `If-Match` naming a revision the event is not at (or an
+    // event that is not there). 422 answers schema-valid data when schemathesis sends an `Idempotency-Key` it
     // already sent with another body: a refusal the API must make. Everything else is
     // schemathesis's default, but one check is left out: a create repeated with its `Idempotency-Key`
     // answers what the first got, 201 and the event as it was, even when the event has been
@@ -80,9 +81,9 @@ async fn schemathesis_finds_nothing(gateway: &Local, dir: &Path, headers: &[&str
     std::fs::write(
         dir.join("schemathesis.toml"),
         "[checks.negative_data_rejection]\n\
-         expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, \"5XX\"]\n\
+         expected-statuses = [400, 401, 403, 404, 405, 406, 409, 412, 413, 415, 422, 428, 429, \"5XX\"]\n\
          [checks.positive_data_acceptance]\n\
-         expected-statuses = [\"2XX\", \"3XX\", 401, 403, 404, 409, 422, 429, \"5XX\"]\n",
+         expected-statuses = [\"2XX\", \"3XX\", 401, 403, 404, 409, 412, 422, 429, \"5XX\"]\n",
     )
     .unwrap();
     let mut args = vec![

@@ -73,6 +73,8 @@ async fn two_backends_on_one_file_share_events_and_seq_order() {
             title: "changed on B".into(),
             description: String::new(),
             completed: true,
+            if_revision: 0,
+            if_exists: false,
         })
         .await
         .unwrap();
