@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use eventsys::{json, v1};
 use prost_types::Timestamp;
 
-use crate::store::Event;
+use crate::store::{ChangeKind, Event, EventChange};
 
 pub(crate) fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
@@ -41,6 +41,26 @@ pub(crate) fn event(e: Event) -> v1::Event {
         time: time.map(timestamp),
         seq,
         revision,
+    }
+}
+
+pub(crate) fn change(c: EventChange) -> v1::Change {
+    let EventChange {
+        position,
+        kind,
+        time,
+        event: changed,
+    } = c;
+    let kind = match kind {
+        ChangeKind::Created => v1::change::Kind::Created,
+        ChangeKind::Updated => v1::change::Kind::Updated,
+        ChangeKind::Deleted => v1::change::Kind::Deleted,
+    };
+    v1::Change {
+        position,
+        kind: kind.into(),
+        event: Some(event(changed)),
+        time: Some(timestamp(time)),
     }
 }
 

@@ -1,6 +1,6 @@
-//! Topic streams for this backend's subscribers. One follower of the store's change feed runs
-//! while anyone is subscribed and hands each event, converted once, to its topic's bounded
-//! broadcast ring. A subscription registers before it replays, so nothing published meanwhile
+//! Topic streams and users' change feeds for this backend's subscribers. One follower of the
+//! store runs while anyone is subscribed and hands each event (each change), converted once,
+//! to its stream's bounded broadcast ring. A subscription registers before it replays, so nothing published meanwhile
 //! is missed; duplicates at the seam are dropped by `seq`; a gap or a lagged ring is filled
 //! from the store. Only a subscriber too far behind is closed, told how to resume.
 
@@ -19,9 +19,26 @@ use tonic::Status;
 use crate::{
     convert,
     stats::Stats,
-    store::{Event, EventStore},
+    store::{EventStore, Followed},
     subscribe::Encoded,
 };
+
+/// What a subscription follows: a topic's events (by `seq`) or a user's change feed (by
+/// position).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum StreamOf {
+    Topic(String),
+    Changes(String),
+}
+
+impl std::fmt::Display for StreamOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamOf::Topic(topic) => write!(f, "topic {topic}"),
+            StreamOf::Changes(user) => write!(f, "changes of {user}"),
+        }
+    }
+}
 
 /// Events read from the store per catch-up query.
 const BATCH: usize = 256;
@@ -61,8 +78,8 @@ enum Follower {
 /// A live event as every subscriber of its topic shares it: encoded once.
 type Shared = Encoded;
 
-struct Topic {
-    /// The newest `seq` the follower has seen on this topic.
+struct Stream {
+    /// The newest `seq` (position) the follower has seen on this stream.
     head: u64,
     ring: broadcast::Sender<Shared>,
     subscribers: usize,
@@ -71,8 +88,8 @@ struct Topic {
 /// Who is subscribed to what on this backend, and whether the store follower runs: the one
 /// piece of the feed that subscribers, the follower and leaving subscribers all change.
 struct Subscribers {
-    /// Topics with at least one subscriber (a topic leaves with its last).
-    topics: HashMap<String, Topic>,
+    /// Streams with at least one subscriber (a stream leaves with its last).
+    streams: HashMap<StreamOf, Stream>,
     /// The follower's state; subscribers watch it to learn it started or failed.
     follower: watch::Sender<Follower>,
 }
@@ -101,20 +118,20 @@ pub(crate) struct Feed(Arc<Inner>);
 /// A subscriber's place in `Subscribers`; leaving it (drop) unregisters.
 struct Registration {
     feed: Feed,
-    topic: String,
+    of: StreamOf,
     rx: broadcast::Receiver<Shared>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut subscribers = self.feed.subscribers();
-        if let Some(topic) = subscribers.topics.get_mut(&self.topic) {
-            topic.subscribers -= 1;
-            if topic.subscribers == 0 {
-                subscribers.topics.remove(&self.topic);
+        if let Some(stream) = subscribers.streams.get_mut(&self.of) {
+            stream.subscribers -= 1;
+            if stream.subscribers == 0 {
+                subscribers.streams.remove(&self.of);
             }
         }
-        if subscribers.topics.is_empty() {
+        if subscribers.streams.is_empty() {
             self.feed.0.emptied.notify_waiters();
         }
     }
@@ -139,7 +156,7 @@ impl Feed {
             settings,
             shutdown,
             subscribers: Mutex::new(Subscribers {
-                topics: HashMap::new(),
+                streams: HashMap::new(),
                 follower: watch::Sender::new(Follower::Stopped),
             }),
             emptied: Notify::new(),
@@ -153,13 +170,14 @@ impl Feed {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a stream of `topic`'s events with `seq > after_seq`: stored ones, then live.
-    pub(crate) fn subscribe(&self, topic: String, after_seq: u64) -> EventStream {
+    /// Starts a stream of `of`'s events (changes) with `seq` (position) `> after_seq`: stored
+    /// ones, then live.
+    pub(crate) fn subscribe(&self, of: StreamOf, after_seq: u64) -> EventStream {
         let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
         let feed = self.clone();
         tokio::spawn(async move {
             let _open = feed.0.stats.subscriber();
-            if let Err(status) = feed.serve(topic, after_seq, &tx).await {
+            if let Err(status) = feed.serve(of, after_seq, &tx).await {
                 // The client may already be gone; then there is no one to tell.
                 let _ = tx.try_send(Err(status));
             }
@@ -167,14 +185,14 @@ impl Feed {
         ReceiverStream::new(rx)
     }
 
-    /// Registers for `topic`, starting the follower if none runs, and waits until it follows.
-    async fn register(&self, topic: &str) -> Result<Registration, Status> {
+    /// Registers for `of`, starting the follower if none runs, and waits until it follows.
+    async fn register(&self, of: &StreamOf) -> Result<Registration, Status> {
         let (rx, mut follower) = {
             let mut subscribers = self.subscribers();
             let entry = subscribers
-                .topics
-                .entry(topic.to_owned())
-                .or_insert_with(|| Topic {
+                .streams
+                .entry(of.clone())
+                .or_insert_with(|| Stream {
                     head: 0,
                     ring: broadcast::channel(self.0.settings.buffer).0,
                     subscribers: 0,
@@ -192,7 +210,7 @@ impl Feed {
         };
         let registration = Registration {
             feed: self.clone(),
-            topic: topic.to_owned(),
+            of: of.clone(),
             rx,
         };
         let state = follower
@@ -226,7 +244,7 @@ impl Feed {
             let emptied = self.0.emptied.notified();
             tokio::pin!(emptied);
             emptied.as_mut().enable();
-            let idle = self.subscribers().topics.is_empty();
+            let idle = self.subscribers().streams.is_empty();
             let stop_at = match (idle, idle_since) {
                 (false, _) => {
                     idle_since = None;
@@ -248,7 +266,7 @@ impl Feed {
                     // Decided under the lock, so a subscriber joining now finds either this
                     // follower still running or none (and starts one).
                     let subscribers = self.subscribers();
-                    if subscribers.topics.is_empty() {
+                    if subscribers.streams.is_empty() {
                         subscribers.follower.send_replace(Follower::Stopped);
                         tracing::debug!("no subscriber left: stopped following");
                         return;
@@ -256,7 +274,7 @@ impl Feed {
                 }
                 _ = &mut emptied => {}
                 next = feed.next() => match next {
-                    Some(Ok(event)) => self.dispatch(event),
+                    Some(Ok(followed)) => self.dispatch(followed),
                     Some(Err(err)) => {
                         tracing::error!(error = %err, "change feed failed");
                         self.fail(Status::from(err).message().to_owned());
@@ -274,34 +292,44 @@ impl Feed {
     /// Ends every subscription (each resubscribes from its last `seq`).
     fn fail(&self, reason: String) {
         let mut subscribers = self.subscribers();
-        subscribers.topics.clear();
+        subscribers.streams.clear();
         subscribers.follower.send_replace(Follower::Failed(format!(
             "{reason}: subscribe again with after_seq"
         )));
     }
 
-    /// Hands `event` to its topic's subscribers: the ring is taken out of `Subscribers` first, so
-    /// the lock is held for a lookup whatever the number of subscribers.
-    fn dispatch(&self, event: Event) {
+    /// Hands what the store committed to its stream's subscribers: the ring is taken out of
+    /// `Subscribers` first, so the lock is held for a lookup whatever the number of subscribers.
+    fn dispatch(&self, followed: Followed) {
+        let (of, seq, time) = match &followed {
+            Followed::Published(event) => {
+                (StreamOf::Topic(event.topic.clone()), event.seq, event.time)
+            }
+            Followed::Changed(change) => (
+                StreamOf::Changes(change.event.user_id.clone()),
+                change.position,
+                Some(change.time),
+            ),
+        };
         let ring = {
             let mut subscribers = self.subscribers();
-            let Some(topic) = subscribers.topics.get_mut(&event.topic) else {
+            let Some(stream) = subscribers.streams.get_mut(&of) else {
                 return;
             };
-            topic.head = topic.head.max(event.seq);
-            topic.ring.clone()
+            stream.head = stream.head.max(seq);
+            stream.ring.clone()
         };
-        if let Some(time) = event.time {
+        if let Some(time) = time {
             let lag = (chrono::Utc::now() - time).to_std().unwrap_or_default();
             self.0.delay.observe(lag.as_secs_f64());
         }
-        // Only the follower sends, so every ring gets its topic's events in order. A send
+        // Only the follower sends, so every ring gets its stream's events in order. A send
         // fails only when nobody is subscribed any more.
-        let _ = ring.send(Encoded::from(convert::event(event)));
+        let _ = ring.send(encoded(followed));
     }
 
-    fn head(&self, topic: &str) -> u64 {
-        self.subscribers().topics.get(topic).map_or(0, |t| t.head)
+    fn head(&self, of: &StreamOf) -> u64 {
+        self.subscribers().streams.get(of).map_or(0, |t| t.head)
     }
 
     /// Sends one event; `Ok(false)` when the client is gone.
@@ -316,23 +344,23 @@ impl Feed {
         }
     }
 
-    /// Sends every stored event after `last`; returns the new last `seq`, or `None` when the
-    /// client is gone.
+    /// Sends every stored event (change) after `last`; returns the new last `seq`
+    /// (position), or `None` when the client is gone.
     async fn catch_up(
         &self,
-        topic: &str,
+        of: &StreamOf,
         mut last: u64,
         tx: &mpsc::Sender<Result<Encoded, Status>>,
     ) -> Result<Option<u64>, Status> {
         loop {
-            let events = tokio::select! {
+            let stored = tokio::select! {
                 _ = self.0.shutdown.cancelled() => return Err(shutting_down()),
-                events = self.0.store.events_after(topic, last, BATCH) => events?,
+                stored = self.stored_after(of, last) => stored?,
             };
-            let full = events.len() == BATCH;
-            for event in events {
-                let seq = event.seq;
-                if !self.send(tx, Encoded::from(convert::event(event))).await? {
+            let full = stored.len() == BATCH;
+            for item in stored {
+                let seq = item.seq;
+                if !self.send(tx, item).await? {
                     return Ok(None);
                 }
                 last = seq;
@@ -343,15 +371,34 @@ impl Feed {
         }
     }
 
+    /// Up to `BATCH` stored events (changes) of `of` after `last`, encoded.
+    async fn stored_after(&self, of: &StreamOf, last: u64) -> Result<Vec<Encoded>, Status> {
+        let store = &self.0.store;
+        Ok(match of {
+            StreamOf::Topic(topic) => store
+                .events_after(topic, last, BATCH)
+                .await?
+                .into_iter()
+                .map(|e| Encoded::from(convert::event(e)))
+                .collect(),
+            StreamOf::Changes(user) => store
+                .changes_after(user, last, BATCH)
+                .await?
+                .into_iter()
+                .map(|c| Encoded::from(convert::change(c)))
+                .collect(),
+        })
+    }
+
     /// One subscription; `Ok` when the client went away, else the status that ends it.
     async fn serve(
         &self,
-        topic: String,
+        of: StreamOf,
         after_seq: u64,
         tx: &mpsc::Sender<Result<Encoded, Status>>,
     ) -> Result<(), Status> {
-        let mut registration = self.register(&topic).await?;
-        let Some(mut last) = self.catch_up(&topic, after_seq, tx).await? else {
+        let mut registration = self.register(&of).await?;
+        let Some(mut last) = self.catch_up(&of, after_seq, tx).await? else {
             return Ok(());
         };
         loop {
@@ -363,10 +410,10 @@ impl Feed {
             let event = match next {
                 Ok(event) => event,
                 Err(RecvError::Lagged(_)) => {
-                    let behind = self.head(&topic).saturating_sub(last);
+                    let behind = self.head(&of).saturating_sub(last);
                     if behind > self.0.settings.max_lag {
                         self.0.stats.closed_too_far_behind();
-                        tracing::warn!(%topic, last, behind, "subscriber too far behind: closing it");
+                        tracing::warn!(stream = %of, last, behind, "subscriber too far behind: closing it");
                         return Err(Status::resource_exhausted(format!(
                             "subscriber fell {behind} events behind (limit {}): subscribe again \
                              with after_seq={last}",
@@ -374,11 +421,11 @@ impl Feed {
                         )));
                     }
                     self.0.stats.caught_up();
-                    tracing::info!(%topic, last, behind, "subscriber fell behind: catching up from the store");
+                    tracing::info!(stream = %of, last, behind, "subscriber fell behind: catching up from the store");
                     // Rejoin at the ring's end before reading the store: what the ring still
                     // holds is in the store too, what comes next is read from the ring.
                     registration.rx = registration.rx.resubscribe();
-                    match self.catch_up(&topic, last, tx).await? {
+                    match self.catch_up(&of, last, tx).await? {
                         Some(caught_up) => last = caught_up,
                         None => return Ok(()),
                     }
@@ -403,11 +450,19 @@ impl Feed {
                 last = event.seq;
                 continue;
             }
-            match self.catch_up(&topic, last, tx).await? {
+            match self.catch_up(&of, last, tx).await? {
                 Some(caught_up) => last = caught_up,
                 None => return Ok(()),
             }
         }
+    }
+}
+
+/// What the follower saw, encoded once for every subscriber of its stream.
+fn encoded(followed: Followed) -> Encoded {
+    match followed {
+        Followed::Published(event) => Encoded::from(convert::event(event)),
+        Followed::Changed(change) => Encoded::from(convert::change(change)),
     }
 }
 
@@ -425,14 +480,15 @@ mod tests {
     use crate::{
         metrics::RpcMetrics,
         store::{
-            Claim, EventPage, EventPatch, KeyClaim, NewEvent, Precondition, Result, Retention,
+            Claim, Event, EventChange, EventPage, EventPatch, KeyClaim, NewEvent, Precondition,
+            Result, Retention,
         },
     };
 
     /// A store that only follows: each `follow` is counted, and its feed is the test's to
     /// write; `live` counts the feeds not dropped yet.
     #[derive(Default)]
-    struct Followed {
+    struct FakeFeed {
         follows: AtomicUsize,
         live: Arc<AtomicUsize>,
         feed: Mutex<Option<mpsc::UnboundedSender<Event>>>,
@@ -447,7 +503,7 @@ mod tests {
         }
     }
 
-    impl Followed {
+    impl FakeFeed {
         fn publish(&self, topic: &str, seq: u64) {
             let event = Event {
                 id: Uuid::new_v4(),
@@ -468,8 +524,8 @@ mod tests {
     }
 
     #[async_trait]
-    impl EventStore for Followed {
-        async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>> {
+    impl EventStore for FakeFeed {
+        async fn follow(&self) -> Result<BoxStream<'static, Result<Followed>>> {
             self.follows.fetch_add(1, Ordering::SeqCst);
             self.live.fetch_add(1, Ordering::SeqCst);
             let (tx, mut rx) = mpsc::unbounded_channel();
@@ -477,13 +533,22 @@ mod tests {
             let live = Live(self.live.clone());
             Ok(futures::stream::poll_fn(move |cx| {
                 let _alive = &live;
-                rx.poll_recv(cx).map(|event| event.map(Ok))
+                rx.poll_recv(cx)
+                    .map(|event| event.map(|e| Ok(Followed::Published(e))))
             })
             .boxed())
         }
 
         async fn events_after(&self, _: &str, _: u64, _: usize) -> Result<Vec<Event>> {
             Ok(Vec::new())
+        }
+
+        async fn changes_after(&self, _: &str, _: u64, _: usize) -> Result<Vec<EventChange>> {
+            Ok(Vec::new())
+        }
+
+        async fn changes_dropped_through(&self, _: &str) -> Result<u64> {
+            Ok(0)
         }
 
         async fn create(&self, _: NewEvent) -> Result<Event> {
@@ -537,7 +602,7 @@ mod tests {
         }
     }
 
-    fn feed(store: &Arc<Followed>) -> Feed {
+    fn feed(store: &Arc<FakeFeed>) -> Feed {
         Feed::new(
             store.clone(),
             Arc::new(Stats::default()),
@@ -568,9 +633,9 @@ mod tests {
     }
 
     /// Subscribes to `topic` and reads one live event through it (so the follower runs).
-    async fn subscribed(feed: &Feed, store: &Followed, topic: &str, seq: u64) -> EventStream {
-        let mut events = feed.subscribe(topic.to_owned(), seq - 1);
-        until(|| follower(feed) == Follower::Running && !feed.subscribers().topics.is_empty())
+    async fn subscribed(feed: &Feed, store: &FakeFeed, topic: &str, seq: u64) -> EventStream {
+        let mut events = feed.subscribe(StreamOf::Topic(topic.to_owned()), seq - 1);
+        until(|| follower(feed) == Follower::Running && !feed.subscribers().streams.is_empty())
             .await;
         store.publish(topic, seq);
         let first = events
@@ -585,11 +650,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_follower_stops_idle_stop_after_the_last_subscriber_leaves() {
         bounded(async {
-            let store = Arc::new(Followed::default());
+            let store = Arc::new(FakeFeed::default());
             let feed = feed(&store);
             let events = subscribed(&feed, &store, "t", 1).await;
             drop(events);
-            until(|| feed.subscribers().topics.is_empty()).await;
+            until(|| feed.subscribers().streams.is_empty()).await;
 
             tokio::time::sleep(IDLE_STOP - Duration::from_millis(1)).await;
             assert_eq!(
@@ -617,10 +682,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_subscriber_back_within_idle_stop_keeps_the_follower() {
         bounded(async {
-            let store = Arc::new(Followed::default());
+            let store = Arc::new(FakeFeed::default());
             let feed = feed(&store);
             drop(subscribed(&feed, &store, "t", 1).await);
-            until(|| feed.subscribers().topics.is_empty()).await;
+            until(|| feed.subscribers().streams.is_empty()).await;
             tokio::time::sleep(IDLE_STOP / 2).await;
 
             let _back = subscribed(&feed, &store, "u", 2).await;

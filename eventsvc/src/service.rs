@@ -12,10 +12,11 @@ use eventsys::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-/// Subscribe's events decoded back into messages, for tonic's generated path.
-pub(crate) type DecodedStream = futures::stream::Map<
+/// Subscribe's events (WatchChanges' changes) decoded back into messages, for tonic's
+/// generated path.
+pub(crate) type DecodedStream<M> = futures::stream::Map<
     EventStream,
-    fn(Result<crate::subscribe::Encoded, Status>) -> Result<v1::Event, Status>,
+    fn(Result<crate::subscribe::Encoded, Status>) -> Result<M, Status>,
 >;
 
 use futures::StreamExt;
@@ -23,7 +24,7 @@ use futures::StreamExt;
 use crate::{
     auth::{Who, denied},
     convert,
-    feed::{EventStream, Feed},
+    feed::{EventStream, Feed, StreamOf},
     keyed::{self, KeyPolicy, Write, Written},
     stats::Stats,
     store::{EventStore, StoreError},
@@ -73,7 +74,38 @@ impl EventsApi {
             }
             .into_status());
         }
-        Ok(self.feed.subscribe(req.topic, req.after_seq))
+        Ok(self
+            .feed
+            .subscribe(StreamOf::Topic(req.topic), req.after_seq))
+    }
+
+    /// WatchChanges: checks whose feed the caller may read, refuses a start retention no
+    /// longer covers, then streams the feed's changes, each encoded once.
+    pub(crate) async fn watching(
+        &self,
+        request: Request<v1::WatchChangesRequest>,
+    ) -> Result<EventStream, Status> {
+        let who = Who::of(&request);
+        let req = request.into_inner();
+        let user = self.feed_user(&who, req.user_id)?;
+        let dropped = self.store.changes_dropped_through(&user).await?;
+        if req.after_position < dropped {
+            return Err(Gap {
+                requested_after: req.after_position,
+                oldest_available: dropped + 1,
+            }
+            .into_status());
+        }
+        Ok(self
+            .feed
+            .subscribe(StreamOf::Changes(user), req.after_position))
+    }
+
+    /// The user whose change feed a request names: in token mode the caller (another user is
+    /// denied), else the one given, which is required.
+    fn feed_user(&self, who: &Who, user_id: String) -> Result<String, Status> {
+        let user = who.caller()?.owner(&user_id).map_err(denied)?;
+        Ok(validate::feed_user(user)?)
     }
 
     /// One page of events (of `owner`, or everyone's), for ListEvents and ListAllEvents.
@@ -124,8 +156,62 @@ impl EventsApi {
 /// gateway's 16 MiB), and small enough that a gateway streaming a list holds little.
 const PAGE_BYTES: usize = 2 * 1024 * 1024;
 
+/// A page of a stream's history (topic events, a feed's changes).
+struct HistoryPage<T> {
+    items: Vec<T>,
+    more: bool,
+    /// The oldest `seq` (position) kept, when the read began before it; else 0.
+    oldest_available: u64,
+}
+
+/// One page of a stream's stored history after `after`: `limit` at most, fewer when they would
+/// pass `PAGE_BYTES`. Retention dropped what it no longer keeps: the reader gets the rest,
+/// told so. It may drop more while this reads: then the read is done again from the newer
+/// bound (a few times at most; after that nothing at or below the bound is answered).
+async fn history<T, D, R>(
+    after: u64,
+    limit: usize,
+    dropped_through: impl Fn() -> D,
+    read: impl Fn(u64, usize) -> R,
+    seq: impl Fn(&T) -> u64,
+) -> Result<HistoryPage<T>, Status>
+where
+    T: Message,
+    D: std::future::Future<Output = Result<u64, StoreError>>,
+    R: std::future::Future<Output = Result<Vec<T>, StoreError>>,
+{
+    let mut dropped = dropped_through().await?;
+    let mut stored;
+    let mut reads = 0;
+    loop {
+        reads += 1;
+        // One extra tells whether more follow.
+        stored = read(after.max(dropped), limit + 1).await?;
+        let now = dropped_through().await?;
+        if now == dropped || reads == 3 {
+            dropped = now;
+            break;
+        }
+        dropped = now;
+    }
+    stored.retain(|item| seq(item) > dropped);
+    let gap = after < dropped;
+    let mut more = stored.len() > limit;
+    stored.truncate(limit);
+    let fits = fitting(&stored);
+    if fits < stored.len() {
+        stored.truncate(fits);
+        more = true;
+    }
+    Ok(HistoryPage {
+        items: stored,
+        more,
+        oldest_available: if gap { dropped + 1 } else { 0 },
+    })
+}
+
 /// How many of `events`, from the first, fit in a page (at least one, so every page moves on).
-fn fitting(events: &[v1::Event]) -> usize {
+fn fitting<T: Message>(events: &[T]) -> usize {
     let mut total = 0;
     for (i, event) in events.iter().enumerate() {
         // The field's tag and length prefix on top of the message.
@@ -287,53 +373,74 @@ impl EventService for EventsApi {
         validate::topic(&req.topic)?;
         self.may_read(&who, &req.topic)?;
         let limit = validate::limit(req.limit)?;
-        // Retention dropped what it no longer keeps: the reader gets the rest, told so. It may
-        // drop more while this reads: then the read is done again from the newer bound (a few
-        // times at most; after that nothing at or below the bound is answered).
-        let mut dropped = self.store.dropped_through(&req.topic).await?;
-        let mut stored;
-        let mut reads = 0;
-        loop {
-            reads += 1;
-            let after = req.after_seq.max(dropped);
-            // One extra event tells whether more follow.
-            stored = self
-                .store
-                .events_after(&req.topic, after, limit + 1)
-                .await?;
-            let now = self.store.dropped_through(&req.topic).await?;
-            if now == dropped || reads == 3 {
-                dropped = now;
-                break;
-            }
-            dropped = now;
-        }
-        stored.retain(|event| event.seq > dropped);
-        let gap = req.after_seq < dropped;
-        let mut more = stored.len() > limit;
-        let mut events: Vec<v1::Event> =
-            stored.into_iter().take(limit).map(convert::event).collect();
-        let fits = fitting(&events);
-        if fits < events.len() {
-            events.truncate(fits);
-            more = true;
-        }
+        let store = &self.store;
+        let topic = req.topic.as_str();
+        let page = history(
+            req.after_seq,
+            limit,
+            || store.dropped_through(topic),
+            |after, n| async move {
+                let stored = store.events_after(topic, after, n).await?;
+                Ok(stored.into_iter().map(convert::event).collect())
+            },
+            |event: &v1::Event| event.seq,
+        )
+        .await?;
         Ok(Response::new(v1::ListTopicEventsResponse {
-            events,
-            more,
-            oldest_available: if gap { dropped + 1 } else { 0 },
+            events: page.items,
+            more: page.more,
+            oldest_available: page.oldest_available,
+        }))
+    }
+
+    async fn list_changes(
+        &self,
+        request: Request<v1::ListChangesRequest>,
+    ) -> Result<Response<v1::ListChangesResponse>, Status> {
+        let who = Who::of(&request);
+        let req = request.into_inner();
+        let user = self.feed_user(&who, req.user_id)?;
+        let limit = validate::limit(req.limit)?;
+        let store = &self.store;
+        let user = user.as_str();
+        let page = history(
+            req.after_position,
+            limit,
+            || store.changes_dropped_through(user),
+            |after, n| async move {
+                let stored = store.changes_after(user, after, n).await?;
+                Ok(stored.into_iter().map(convert::change).collect())
+            },
+            |change: &v1::Change| change.position,
+        )
+        .await?;
+        Ok(Response::new(v1::ListChangesResponse {
+            changes: page.items,
+            more: page.more,
+            oldest_available: page.oldest_available,
         }))
     }
 
     /// Reached only by a server composed without `SharedSubscribe`, which serves this
     /// method with each event encoded once; here every event is decoded back for tonic.
-    type SubscribeStream = DecodedStream;
+    type SubscribeStream = DecodedStream<v1::Event>;
 
     async fn subscribe(
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let stream = self.subscription(request).await?;
+        Ok(Response::new(stream.map(|item| item?.decode())))
+    }
+
+    /// As `subscribe`: reached only without `SharedSubscribe`.
+    type WatchChangesStream = DecodedStream<v1::Change>;
+
+    async fn watch_changes(
+        &self,
+        request: Request<v1::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let stream = self.watching(request).await?;
         Ok(Response::new(stream.map(|item| item?.decode())))
     }
 

@@ -43,6 +43,58 @@ pub struct Event {
     pub revision: u64,
 }
 
+/// What a change did to an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ChangeKind {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl ChangeKind {
+    /// As the stores keep it.
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            ChangeKind::Created => 1,
+            ChangeKind::Updated => 2,
+            ChangeKind::Deleted => 3,
+        }
+    }
+
+    pub(crate) fn from_code(code: i64) -> Option<ChangeKind> {
+        match code {
+            1 => Some(ChangeKind::Created),
+            2 => Some(ChangeKind::Updated),
+            3 => Some(ChangeKind::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a user's change feed: a create, update or delete of one of their events,
+/// recorded in the change's own transaction (so a committed change always has one, a
+/// rolled-back one never).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventChange {
+    /// Its place in its user's feed: strictly increasing per user, from 1, never reused.
+    pub position: u64,
+    pub kind: ChangeKind,
+    /// When it was committed (milliseconds).
+    pub time: DateTime<Utc>,
+    /// The event after the change; for a delete, as it was when deleted. Its `user_id` is the
+    /// feed's.
+    pub event: Event,
+}
+
+/// What the store's follower sees committed, in commit order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Followed {
+    /// An event published on a topic.
+    Published(Event),
+    /// An entry of a user's change feed.
+    Changed(EventChange),
+}
+
 /// What a client supplies to create or publish an event; the store assigns the rest.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewEvent {
@@ -401,7 +453,8 @@ impl StoreError {
 /// `owner` scopes a call to one user's events: `None` means any event.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Stores an event without a `seq` or `time`.
+    /// Stores an event without a `seq` or `time`. This, `update` and `delete` record their
+    /// change in the owner's change feed (events without an owner have none).
     async fn create(&self, event: NewEvent) -> Result<Event>;
     async fn get(&self, id: Uuid, owner: Option<String>) -> Result<Event>;
     /// Events in creation order; `cursor` is a previous page's `next`.
@@ -428,12 +481,19 @@ pub trait EventStore: Send + Sync + 'static {
     async fn publish(&self, event: NewEvent) -> Result<Event>;
     /// Up to `limit` published events of `topic` with `seq > after_seq`, in `seq` order.
     async fn events_after(&self, topic: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>>;
-    /// The change feed: every event published from the moment this returns, by any process
-    /// sharing the store, in commit order (so in `seq` order per topic). A backend runs one
-    /// follower for all its subscribers. The stream ends only after yielding an error.
-    async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>>;
-    /// Drops up to `batch` published events that `retention` no longer keeps, oldest first,
-    /// and records per topic the newest `seq` dropped. Returns how many it dropped: a full
+    /// Up to `limit` entries of `user`'s change feed with `position > after`, in order.
+    async fn changes_after(&self, user: &str, after: u64, limit: usize)
+    -> Result<Vec<EventChange>>;
+    /// The newest position of `user`'s change feed that retention has dropped; 0 when none.
+    async fn changes_dropped_through(&self, user: &str) -> Result<u64>;
+    /// What commits from the moment this returns, by any process sharing the store, in commit
+    /// order: every event published (so in `seq` order per topic) and every entry of a change
+    /// feed (in position order per user). A backend runs one follower for all its
+    /// subscribers. The stream ends only after yielding an error.
+    async fn follow(&self) -> Result<BoxStream<'static, Result<Followed>>>;
+    /// Drops up to `batch` published events (or change feed entries) that `retention` no
+    /// longer keeps, oldest first, and records per topic (per user) the newest `seq`
+    /// (position) dropped. Returns how many it dropped: a full
     /// batch means more may be due. Short, so publishers never wait long behind it.
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize>;
     /// The newest `seq` of `topic` that retention has dropped; 0 when none.

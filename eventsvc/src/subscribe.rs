@@ -1,6 +1,7 @@
-//! `Subscribe` served with each live event encoded once: the feed hands every subscriber of a
-//! topic the same protobuf bytes (`Encoded`), which this route's codec copies into the stream
-//! as they are. Every other method goes to the generated `EventServiceServer` unchanged.
+//! `Subscribe` and `WatchChanges` served with each live event (change) encoded once: the feed
+//! hands every subscriber of a stream the same protobuf bytes (`Encoded`), which these routes'
+//! codec copies into the stream as they are. Every other method goes to the generated
+//! `EventServiceServer` unchanged.
 
 use std::{
     convert::Infallible,
@@ -22,7 +23,8 @@ use tower::Service;
 
 use crate::{feed::EventStream, service::EventsApi};
 
-/// One `events.v1.Event`, encoded, and its `seq`.
+/// One message of a stream, encoded: an `events.v1.Event` of a topic and its `seq`, or an
+/// `events.v1.Change` of a user's feed and its `position`.
 #[derive(Debug, Clone)]
 pub(crate) struct Encoded {
     pub(crate) seq: u64,
@@ -38,17 +40,25 @@ impl From<v1::Event> for Encoded {
     }
 }
 
-impl Encoded {
-    /// The message again (for a server composed without [`SharedSubscribe`]).
-    pub(crate) fn decode(&self) -> Result<v1::Event, Status> {
-        prost::Message::decode(self.bytes.clone())
-            .map_err(|_| Status::internal("cannot decode a stored event"))
+impl From<v1::Change> for Encoded {
+    fn from(change: v1::Change) -> Self {
+        Encoded {
+            seq: change.position,
+            bytes: prost::Message::encode_to_vec(&change).into(),
+        }
     }
 }
 
-/// Reads `SubscribeRequest`s with prost, writes `Encoded` events as they are.
+impl Encoded {
+    /// The message again (for a server composed without [`SharedSubscribe`]).
+    pub(crate) fn decode<M: prost::Message + Default>(&self) -> Result<M, Status> {
+        M::decode(self.bytes.clone()).map_err(|_| Status::internal("cannot decode a stored event"))
+    }
+}
+
+/// Reads requests `R` with prost, writes `Encoded` messages as they are.
 #[derive(Debug, Default, Clone, Copy)]
-struct EncodedCodec;
+struct EncodedCodec<R>(std::marker::PhantomData<R>);
 
 #[derive(Debug, Default, Clone, Copy)]
 struct EncodedEncoder;
@@ -63,11 +73,11 @@ impl Encoder for EncodedEncoder {
     }
 }
 
-impl Codec for EncodedCodec {
+impl<R: prost::Message + Default + Send + 'static> Codec for EncodedCodec<R> {
     type Encode = Encoded;
-    type Decode = v1::SubscribeRequest;
+    type Decode = R;
     type Encoder = EncodedEncoder;
-    type Decoder = ProstDecoder<v1::SubscribeRequest>;
+    type Decoder = ProstDecoder<R>;
 
     fn encoder(&mut self) -> EncodedEncoder {
         EncodedEncoder
@@ -78,8 +88,8 @@ impl Codec for EncodedCodec {
     }
 }
 
-/// `S` (the generated server) with `/events.v1.EventService/Subscribe` taken by the
-/// shared-bytes path.
+/// `S` (the generated server) with `/events.v1.EventService/Subscribe` and `…/WatchChanges`
+/// taken by the shared-bytes path.
 #[derive(Clone)]
 pub(crate) struct SharedSubscribe<S> {
     inner: S,
@@ -97,7 +107,8 @@ impl<S> SharedSubscribe<S> {
     }
 }
 
-const PATH: &str = "/events.v1.EventService/Subscribe";
+const SUBSCRIBE: &str = "/events.v1.EventService/Subscribe";
+const WATCH_CHANGES: &str = "/events.v1.EventService/WatchChanges";
 
 impl<S> NamedService for SharedSubscribe<S> {
     const NAME: &'static str = SERVICE_NAME;
@@ -122,16 +133,21 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != PATH {
-            return Box::pin(self.inner.call(request));
-        }
-        let method = Subscribe(self.api.clone());
         let max_request = self.max_request;
-        Box::pin(async move {
-            let mut grpc =
-                Grpc::new(EncodedCodec).apply_max_message_size_config(Some(max_request), None);
-            Ok(grpc.server_streaming(method, request).await)
-        })
+        let api = self.api.clone();
+        match request.uri().path() {
+            SUBSCRIBE => Box::pin(async move {
+                let mut grpc = Grpc::new(EncodedCodec::<v1::SubscribeRequest>::default())
+                    .apply_max_message_size_config(Some(max_request), None);
+                Ok(grpc.server_streaming(Subscribe(api), request).await)
+            }),
+            WATCH_CHANGES => Box::pin(async move {
+                let mut grpc = Grpc::new(EncodedCodec::<v1::WatchChangesRequest>::default())
+                    .apply_max_message_size_config(Some(max_request), None);
+                Ok(grpc.server_streaming(WatchChanges(api), request).await)
+            }),
+            _ => Box::pin(self.inner.call(request)),
+        }
     }
 }
 
@@ -145,6 +161,19 @@ impl ServerStreamingService<v1::SubscribeRequest> for Subscribe {
     fn call(&mut self, request: Request<v1::SubscribeRequest>) -> Self::Future {
         let api = self.0.clone();
         Box::pin(async move { api.subscription(request).await.map(Response::new) })
+    }
+}
+
+struct WatchChanges(Arc<EventsApi>);
+
+impl ServerStreamingService<v1::WatchChangesRequest> for WatchChanges {
+    type Response = Encoded;
+    type ResponseStream = EventStream;
+    type Future = BoxFuture<Result<Response<EventStream>, Status>>;
+
+    fn call(&mut self, request: Request<v1::WatchChangesRequest>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move { api.watching(request).await.map(Response::new) })
     }
 }
 
@@ -218,13 +247,16 @@ mod tests {
         let first = tokio::time::timeout(next, shared.next()).await.unwrap();
         let first = first.unwrap().unwrap();
         assert_eq!(first.seq, stored.seq);
-        assert_eq!(first.decode().unwrap(), stored);
+        assert_eq!(first.decode::<v1::Event>().unwrap(), stored);
         let from_generated = tokio::time::timeout(next, generated.next()).await.unwrap();
         assert_eq!(from_generated.unwrap().unwrap(), stored);
 
         let live = api.publish(publish("live")).await.unwrap().into_inner();
         let second = tokio::time::timeout(next, shared.next()).await.unwrap();
-        assert_eq!(second.unwrap().unwrap().decode().unwrap(), live);
+        assert_eq!(
+            second.unwrap().unwrap().decode::<v1::Event>().unwrap(),
+            live
+        );
         let from_generated = tokio::time::timeout(next, generated.next()).await.unwrap();
         assert_eq!(from_generated.unwrap().unwrap(), live);
     }

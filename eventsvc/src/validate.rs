@@ -89,6 +89,13 @@ pub(crate) fn owner(user_id: String) -> Result<Option<String>, FieldError> {
     Ok(Some(user_id).filter(|u| !u.is_empty()))
 }
 
+/// Whose change feed: a user is required (events without an owner have no feed).
+pub(crate) fn feed_user(user_id: String) -> Result<String, FieldError> {
+    owner(user_id)?.ok_or_else(|| {
+        FieldError("user_id is required: events without an owner have no change feed".into())
+    })
+}
+
 /// A page size: 0 asks for the default.
 pub(crate) fn limit(limit: u32) -> Result<usize, FieldError> {
     match limit as usize {

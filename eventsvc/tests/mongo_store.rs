@@ -321,7 +321,7 @@ async fn a_database_that_goes_away_fails_fast_and_is_found_again() {
         .expect("the reopened feed delivers")
         .expect("an event")
         .unwrap();
-    assert_eq!(seen, next);
+    assert_eq!(seen, eventsvc::store::Followed::Published(next));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

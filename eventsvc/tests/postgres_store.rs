@@ -46,7 +46,10 @@ async fn serves(uri: &str) -> Result<(), String> {
     };
     let published = store.publish(new).await.map_err(|e| e.to_string())?;
     let fed = feed.next().await.expect("the feed is open");
-    assert_eq!(fed.map_err(|e| e.to_string())?.id, published.id);
+    assert_eq!(
+        fed.map_err(|e| e.to_string())?,
+        eventsvc::store::Followed::Published(published.clone())
+    );
     let read = store
         .get(published.id, None)
         .await

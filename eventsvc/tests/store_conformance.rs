@@ -7,8 +7,8 @@ use std::{collections::HashSet, sync::Arc};
 use std::time::Duration;
 
 use eventsvc::store::{
-    Claim, EventPatch, EventStore, JsonObject, KeyClaim, NewEvent, Precondition, Retention,
-    StoreError,
+    Claim, EventPatch, EventStore, Followed, JsonObject, KeyClaim, NewEvent, Precondition,
+    Retention, StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -555,22 +555,152 @@ pub async fn the_feed_delivers_every_publish_once_in_order(f: Fixture) {
             })
         })
         .collect();
-    f.store.create(event("u", "not on the feed")).await.unwrap();
+    // Without an owner: no change feed entry either.
+    f.store.create(event("", "not on the feed")).await.unwrap();
     for publisher in publishers {
         publisher.await.unwrap();
     }
     let mut seen: std::collections::HashMap<String, Vec<u64>> = Default::default();
     for _ in 0..20 {
-        let event = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        let followed = tokio::time::timeout(Duration::from_secs(10), feed.next())
             .await
             .expect("the feed delivers")
             .expect("the feed is open")
             .unwrap();
+        let Followed::Published(event) = followed else {
+            panic!("not a publish: {followed:?}");
+        };
         seen.entry(event.topic.clone()).or_default().push(event.seq);
     }
     let expected: Vec<u64> = (1..=10).collect();
     assert_eq!(seen.get("left"), Some(&expected));
     assert_eq!(seen.get("right"), Some(&expected));
+}
+
+/// Users' change feeds: each create, update and delete of an owned event once, in order, with
+/// the event as the change left it; nothing for what did not change, nor for events without
+/// an owner; each user's feed apart.
+pub async fn changes_are_recorded_once_in_order(f: Fixture) {
+    use eventsvc::store::ChangeKind::{Created, Deleted, Updated};
+    let s = f.store;
+    let user = format!("feed-{}", Uuid::now_v7());
+    let new = NewEvent {
+        id: Some(Uuid::now_v7()),
+        ..event(&user, "watched")
+    };
+    let created = s.create(new.clone()).await.unwrap();
+    // A repeat of the create, a refused update and an owner-less event change nothing.
+    assert_eq!(s.create(new).await.unwrap(), created);
+    assert!(
+        s.update(created.id, None, patch("stale"), Precondition::Revision(9))
+            .await
+            .is_err()
+    );
+    s.create(event("", "nobody's")).await.unwrap();
+    let other = s.create(event("someone else", "theirs")).await.unwrap();
+    let updated = s
+        .update(created.id, None, patch("renamed"), Precondition::None)
+        .await
+        .unwrap();
+    s.delete(created.id, None, Precondition::Revision(2))
+        .await
+        .unwrap();
+
+    let feed = f.other.changes_after(&user, 0, 100).await.unwrap();
+    let summary: Vec<_> = feed.iter().map(|c| (c.position, c.kind)).collect();
+    assert_eq!(summary, [(1, Created), (2, Updated), (3, Deleted)]);
+    assert_eq!(feed[0].event, created);
+    assert_eq!(feed[1].event, updated);
+    assert_eq!(
+        feed[2].event, updated,
+        "a delete carries the event as it was"
+    );
+    assert!(feed.windows(2).all(|w| w[0].time <= w[1].time));
+    assert_eq!(
+        f.other.changes_after(&user, 1, 1).await.unwrap(),
+        feed[1..2].to_vec()
+    );
+    let theirs = s.changes_after("someone else", 0, 100).await.unwrap();
+    assert!(theirs.iter().any(|c| c.event.id == other.id));
+    assert!(theirs.iter().all(|c| c.event.user_id == "someone else"));
+    assert!(s.changes_after("", 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.changes_dropped_through(&user).await.unwrap(), 0);
+}
+
+/// The follower delivers every change of every feed once, each feed in position order,
+/// whichever process wrote it.
+pub async fn the_follower_delivers_every_change_once_in_order(f: Fixture) {
+    use futures::StreamExt;
+    let mut followed = f.other.follow().await.unwrap();
+    let users: Vec<String> = (0..2)
+        .map(|i| format!("follow-{i}-{}", Uuid::now_v7()))
+        .collect();
+    let writers: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let store = if i == 0 { &f.store } else { &f.other }.clone();
+            let user = user.clone();
+            tokio::spawn(async move {
+                for n in 0..5 {
+                    let e = store.create(event(&user, &format!("{n}"))).await.unwrap();
+                    store
+                        .update(e.id, None, patch("x"), Precondition::None)
+                        .await
+                        .unwrap();
+                    store.delete(e.id, None, Precondition::None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut seen: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    while seen.values().map(Vec::len).sum::<usize>() < 30 {
+        let next = tokio::time::timeout(Duration::from_secs(10), followed.next())
+            .await
+            .expect("the follower delivers")
+            .expect("it is open")
+            .unwrap();
+        if let Followed::Changed(change) = next
+            && users.contains(&change.event.user_id)
+        {
+            seen.entry(change.event.user_id.clone())
+                .or_default()
+                .push(change.position);
+        }
+    }
+    let expected: Vec<u64> = (1..=15).collect();
+    for user in &users {
+        assert_eq!(seen.get(user), Some(&expected), "{user}");
+    }
+}
+
+/// Retention trims change feeds as it trims topics, and says how far.
+pub async fn retention_trims_change_feeds(f: Fixture) {
+    let s = f.store;
+    let user = format!("kept-{}", Uuid::now_v7());
+    for n in 0..12 {
+        s.create(event(&user, &format!("{n}"))).await.unwrap();
+    }
+    let retention = Retention {
+        max_events: Some(5),
+        max_age: None,
+    };
+    while s.compact(retention, 4).await.unwrap() > 0 {}
+    assert_eq!(s.changes_dropped_through(&user).await.unwrap(), 7);
+    let kept: Vec<u64> = s
+        .changes_after(&user, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.position)
+        .collect();
+    assert_eq!(kept, [8, 9, 10, 11, 12]);
+    let next = s.create(event(&user, "next")).await.unwrap();
+    let last = s.changes_after(&user, 12, 10).await.unwrap();
+    assert_eq!((last[0].position, last[0].event.id), (13, next.id));
 }
 
 fn patch(title: &str) -> EventPatch {
@@ -797,5 +927,14 @@ async fn postgres() -> Option<Fixture> {
 }
 
 conformance!(sqlite_store, sqlite());
+/// Change feeds, on the stores that keep them so far.
+mod sqlite_feeds {
+    use super::*;
+    conformance!(@cases sqlite();
+        changes_are_recorded_once_in_order,
+        the_follower_delivers_every_change_once_in_order,
+        retention_trims_change_feeds,
+    );
+}
 conformance!(mongo_store, mongo());
 conformance!(postgres_store, postgres());

@@ -63,6 +63,10 @@ pub(crate) fn router(state: AppState) -> Router {
             method::ListTopicEvents::PATH,
             post(forward::forward::<method::ListTopicEvents>),
         )
+        .route(
+            method::ListChanges::PATH,
+            post(forward::forward::<method::ListChanges>),
+        )
         .route(method::Stats::PATH, post(forward::forward::<method::Stats>))
         .with_state(state.clone());
     let mut router = service(forwarded, events);

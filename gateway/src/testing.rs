@@ -350,6 +350,22 @@ impl EventService for FakeEvents {
         not_here()
     }
 
+    async fn list_changes(
+        &self,
+        _: Request<v1::ListChangesRequest>,
+    ) -> Result<Response<v1::ListChangesResponse>, Status> {
+        not_here()
+    }
+
+    type WatchChangesStream = Pin<Box<dyn Stream<Item = Result<v1::Change, Status>> + Send>>;
+
+    async fn watch_changes(
+        &self,
+        _: Request<v1::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        not_here()
+    }
+
     async fn stats(
         &self,
         _: Request<v1::StatsRequest>,

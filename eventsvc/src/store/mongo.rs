@@ -26,8 +26,8 @@ use mongodb::{
 use uuid::Uuid;
 
 use super::{
-    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Precondition, Result,
-    Retention, StoreError,
+    Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, KeyClaim, NewEvent,
+    Precondition, Result, Retention, StoreError,
 };
 pub use document::{from_document, to_document};
 use errors::{is_duplicate_key, mongo_error};
@@ -35,6 +35,9 @@ pub use open::database_name;
 
 /// The old service's database, used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "fullApp";
+/// Until this store keeps users' change feeds.
+const CHANGE_FEEDS: &str = "users' change feeds need the SQLite store for now";
+
 const EVENTS: &str = "events";
 const COUNTERS: &str = "counters";
 const KEYS: &str = "idempotency_keys";
@@ -227,7 +230,7 @@ impl EventStore for MongoStore {
         found.iter().map(from_document).collect()
     }
 
-    async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>> {
+    async fn follow(&self) -> Result<BoxStream<'static, Result<Followed>>> {
         if !self.replicated {
             return Err(StoreError::Unsupported(NEEDS_REPLICA_SET.to_owned()));
         }
@@ -248,9 +251,17 @@ impl EventStore for MongoStore {
                     op: "follow",
                     source: "insert event without its document".into(),
                 })?;
-                from_document(&document)
+                from_document(&document).map(Followed::Published)
             })
             .boxed())
+    }
+
+    async fn changes_after(&self, _: &str, _: u64, _: usize) -> Result<Vec<EventChange>> {
+        Err(StoreError::Unsupported(CHANGE_FEEDS.to_owned()))
+    }
+
+    async fn changes_dropped_through(&self, _: &str) -> Result<u64> {
+        Err(StoreError::Unsupported(CHANGE_FEEDS.to_owned()))
     }
 
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {

@@ -1,5 +1,6 @@
-//! A keyed write's outcome as the stores keep it: the event exactly as it was answered, as JSON,
-//! so a repeat gets the same body even after the event is updated or deleted.
+//! An event as the stores keep a copy of it, as JSON: a keyed write's outcome (the event exactly
+//! as it was answered, so a repeat gets the same body even after the event is updated or
+//! deleted), and the event of an entry in a user's change feed (as the change left it).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,14 @@ struct Answered {
     topic: String,
     data: Option<JsonObject>,
     time_ms: Option<i64>,
+    /// Absent from what was kept before revisions: 1.
+    #[serde(default = "first_revision")]
+    revision: u64,
     seq: u64,
+}
+
+fn first_revision() -> u64 {
+    1
 }
 
 pub(crate) fn encode(event: &Event) -> String {
@@ -33,6 +41,7 @@ pub(crate) fn encode(event: &Event) -> String {
         topic: event.topic.clone(),
         data: event.data.clone(),
         time_ms: event.time.map(|t| t.timestamp_millis()),
+        revision: event.revision,
         seq: event.seq,
     };
     serde_json::to_string(&answered).expect("an event serialises")
@@ -70,8 +79,7 @@ pub(crate) fn decode(text: &str) -> Result<Event> {
         data: a.data,
         time: a.time_ms.map(at).transpose()?,
         seq: a.seq,
-        // Keyed writes are creates and publishes: the event as answered was new.
-        revision: 1,
+        revision: a.revision,
     })
 }
 
@@ -95,5 +103,14 @@ mod tests {
         // What a store that learns the seq in its write completes.
         assert_eq!(format!("{}7}}", encode_up_to_seq(&event)), encode(&event));
         assert!(matches!(decode("{}"), Err(StoreError::Corrupt { .. })));
+        // Kept before revisions: revision 1.
+        let mut old = encode(&event).replace(",\"revision\":1", "");
+        assert!(!old.contains("revision"));
+        assert_eq!(decode(&old).unwrap(), event);
+        old = encode(&Event {
+            revision: 4,
+            ..event.clone()
+        });
+        assert_eq!(decode(&old).unwrap().revision, 4);
     }
 }

@@ -18,13 +18,13 @@ mod rows;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use futures::stream::BoxStream;
+use futures::{StreamExt, stream::BoxStream};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use super::{
-    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, OpenError, Precondition,
-    Result, Retention, StoreError,
+    Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, KeyClaim, NewEvent,
+    OpenError, Precondition, Result, Retention, StoreError,
 };
 use batch::Kind;
 use connect::{CONNECT_TIMEOUT, Connect};
@@ -33,6 +33,9 @@ use rows::{COLUMNS, Written, to_event};
 /// Connections per process.
 const POOL_SIZE: usize = 16;
 /// The channel publishes notify on.
+/// Until this store keeps users' change feeds.
+const CHANGE_FEEDS: &str = "users' change feeds need the SQLite store for now";
+
 const CHANNEL: &str = "events_published";
 
 /// Schema migrations, applied in order; `schema_version` records how many ran.
@@ -435,8 +438,17 @@ impl EventStore for PostgresStore {
         rows.iter().map(to_event).collect()
     }
 
-    async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>> {
-        follow::follow(&self.connect, self.pool.clone()).await
+    async fn follow(&self) -> Result<BoxStream<'static, Result<Followed>>> {
+        let published = follow::follow(&self.connect, self.pool.clone()).await?;
+        Ok(published.map(|e| e.map(Followed::Published)).boxed())
+    }
+
+    async fn changes_after(&self, _: &str, _: u64, _: usize) -> Result<Vec<EventChange>> {
+        Err(StoreError::Unsupported(CHANGE_FEEDS.to_owned()))
+    }
+
+    async fn changes_dropped_through(&self, _: &str) -> Result<u64> {
+        Err(StoreError::Unsupported(CHANGE_FEEDS.to_owned()))
     }
 
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {

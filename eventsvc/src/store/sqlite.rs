@@ -4,6 +4,7 @@
 //! writer thread of the process's own (`writer`: group commit); every other call runs on
 //! tokio's blocking pool over a small connection pool.
 
+mod changelog;
 mod follow;
 mod inline;
 mod keys;
@@ -30,8 +31,8 @@ use uuid::Uuid;
 use writer::{Done, Op, Writer};
 
 use super::{
-    Claim, Event, EventPage, EventPatch, EventStore, JsonObject, KeyClaim, NewEvent, OpenError,
-    Precondition, Result, Retention, StoreError, StoreLimits,
+    ChangeKind, Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, JsonObject,
+    KeyClaim, NewEvent, OpenError, Precondition, Result, Retention, StoreError, StoreLimits,
 };
 
 /// Concurrent SQLite connections per process. Readers proceed in parallel under WAL; writers
@@ -103,6 +104,8 @@ const MIGRATIONS: &[&str] = &[
     keys::MIGRATION,
     // 4: revisions (`If-Match`); the rows of before read as revision 1.
     "ALTER TABLE events ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;",
+    // 5: users' change feeds.
+    changelog::MIGRATION,
 ];
 
 /// The columns every event query reads, in `rows::raw_row`'s order; a macro so that queries
@@ -331,14 +334,14 @@ fn is_unique_violation(err: &rusqlite::Error) -> bool {
     )
 }
 
-/// Inserts `new`; an id already stored is a repeat of the request that stored it (that event),
-/// or another event's (ALREADY_EXISTS).
-fn insert_new(conn: &Connection, new: NewEvent) -> Result<Event> {
+/// Inserts `new`: the event, and whether it is new; an id already stored is a repeat of the
+/// request that stored it (that event), or another event's (ALREADY_EXISTS).
+fn insert_new(conn: &Connection, new: NewEvent) -> Result<(Event, bool)> {
     let event = new.clone().into_event(None);
     match insert(conn, &event) {
-        Ok(()) => Ok(event),
+        Ok(()) => Ok((event, true)),
         Err(err) if is_unique_violation(&err) && new.id.is_some() => {
-            new.repeated(stored(conn, "create", event.id)?)
+            Ok((new.repeated(stored(conn, "create", event.id)?)?, false))
         }
         Err(err) => Err(sql_error("create", &err)),
     }
@@ -362,14 +365,21 @@ fn stored(conn: &Connection, op: &'static str, id: Uuid) -> Result<Event> {
 // transaction (taken IMMEDIATE, so the write lock is held from the start and a counter's
 // read-modify-write never meets a stale snapshot).
 
-/// A create, and its key's outcome, which commit together.
-fn create_in(conn: &Connection, new: NewEvent) -> Result<Event> {
+// Each change of an owned event is recorded in its owner's change feed in the same savepoint
+// (`changelog`); they answer whether they recorded one, so followers are woken.
+
+/// A create, its key's outcome and its change, which commit together.
+fn create_in(conn: &Connection, new: NewEvent) -> Result<(Event, bool)> {
     let key = new.key.clone();
-    let event = insert_new(conn, new)?;
+    let (event, new) = insert_new(conn, new)?;
     if let Some(key) = &key {
         keys::answer(conn, "create", key, &event)?;
     }
-    Ok(event)
+    if new {
+        changelog::record(conn, ChangeKind::Created, &event)?;
+    }
+    let recorded = new && !event.user_id.is_empty();
+    Ok((event, recorded))
 }
 
 fn update_in(
@@ -378,7 +388,7 @@ fn update_in(
     owner: Option<String>,
     patch: EventPatch,
     when: Precondition,
-) -> Result<Event> {
+) -> Result<(Event, bool)> {
     const SQL: &str = concat!(
         "UPDATE events SET title = ?3, description = ?4, completed = ?5, revision = revision + 1 ",
         "WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2) AND (?6 IS NULL OR revision = ?6) ",
@@ -400,28 +410,41 @@ fn update_in(
         .optional()
         .map_err(|e| sql_error("update", &e))?;
     match raw {
-        Some(raw) => raw.into_event().map(|(_, e)| e),
+        Some(raw) => {
+            let (_, event) = raw.into_event()?;
+            changelog::record(conn, ChangeKind::Updated, &event)?;
+            let recorded = !event.user_id.is_empty();
+            Ok((event, recorded))
+        }
         // Under the write lock still: what it found is what the update met.
-        None => when.refused(find_owned(conn, "update", id, owner)?, &patch),
+        None => Ok((
+            when.refused(find_owned(conn, "update", id, owner)?, &patch)?,
+            false,
+        )),
     }
 }
 
-fn delete_in(conn: &Connection, id: Uuid, owner: Option<String>, when: Precondition) -> Result<()> {
+fn delete_in(
+    conn: &Connection,
+    id: Uuid,
+    owner: Option<String>,
+    when: Precondition,
+) -> Result<bool> {
+    const SQL: &str = concat!(
+        "DELETE FROM events WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2) ",
+        "AND (?3 IS NULL OR revision = ?3) RETURNING ",
+        columns!()
+    );
     let wanted = when
         .revision()
         .map(|r| i64::try_from(r).unwrap_or(i64::MAX));
-    let deleted = conn
-        .prepare_cached(
-            "DELETE FROM events WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2) \
-             AND (?3 IS NULL OR revision = ?3)",
-        )
-        .and_then(|mut stmt| stmt.execute(params![id.to_string(), owner, wanted]))
-        .map_err(|e| sql_error("delete", &e))?;
-    if deleted == 0 {
+    let deleted = query_events(conn, "delete", SQL, params![id.to_string(), owner, wanted])?;
+    let Some((_, event)) = deleted.into_iter().next() else {
         let current = find_owned(conn, "delete", id, owner)?;
         return Err(when.unmet(current.map(|e| e.revision)));
-    }
-    Ok(())
+    };
+    changelog::record(conn, ChangeKind::Deleted, &event)?;
+    Ok(!event.user_id.is_empty())
 }
 
 /// The event `id` if it is `owner`'s (or `owner` is `None`).
@@ -565,13 +588,43 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>> {
+    async fn changes_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventChange>> {
+        let user = user.to_owned();
+        self.run("changes_after", move |conn| {
+            changelog::after(conn, &user, after, limit)
+        })
+        .await
+    }
+
+    async fn changes_dropped_through(&self, user: &str) -> Result<u64> {
+        if let Some(result) = self
+            .inline
+            .read(|conn| changelog::dropped_through(conn, user))
+        {
+            return result;
+        }
+        let user = user.to_owned();
+        self.run("changes_dropped_through", move |conn| {
+            changelog::dropped_through(conn, &user)
+        })
+        .await
+    }
+
+    async fn follow(&self) -> Result<BoxStream<'static, Result<Followed>>> {
         follow::follow(self.path.clone(), self.published.clone()).await
     }
 
+    /// A batch of each: topics', then change feeds'.
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {
         self.run("compact", move |conn| {
-            retention::compact(conn, retention, batch)
+            let topics = retention::compact(conn, retention, batch)?;
+            let feeds = changelog::compact(conn, retention, batch)?;
+            Ok(topics + feeds)
         })
         .await
     }

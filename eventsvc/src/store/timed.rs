@@ -10,8 +10,8 @@ use prometheus::{Histogram, HistogramVec};
 use uuid::Uuid;
 
 use super::{
-    Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Precondition, Result,
-    Retention,
+    Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, KeyClaim, NewEvent,
+    Precondition, Result, Retention,
 };
 
 /// The operations, in the order of `TimedStore::latency`.
@@ -118,8 +118,26 @@ impl EventStore for TimedStore {
         .await
     }
 
+    async fn changes_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventChange>> {
+        self.timed(
+            Op::EventsAfter,
+            self.inner.changes_after(user, after, limit),
+        )
+        .await
+    }
+
+    async fn changes_dropped_through(&self, user: &str) -> Result<u64> {
+        self.timed(Op::DroppedThrough, self.inner.changes_dropped_through(user))
+            .await
+    }
+
     /// The feed's long-lived stream is not a timed call.
-    async fn follow(&self) -> Result<BoxStream<'static, Result<Event>>> {
+    async fn follow(&self) -> Result<BoxStream<'static, Result<Followed>>> {
         self.inner.follow().await
     }
 

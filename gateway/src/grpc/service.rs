@@ -149,6 +149,23 @@ impl EventService for FrontDoor {
         subscribe::open(&self.state, who, request.into_inner()).await
     }
 
+    async fn list_changes(
+        &self,
+        request: Request<v1::ListChangesRequest>,
+    ) -> Result<Response<v1::ListChangesResponse>, Status> {
+        self.unary(request).await
+    }
+
+    type WatchChangesStream = subscribe::Items<v1::Change>;
+
+    async fn watch_changes(
+        &self,
+        request: Request<v1::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let who = self.caller(&request)?;
+        subscribe::open(&self.state, who, request.into_inner()).await
+    }
+
     /// One backend's figures (the balancer's pick); `/load` has them all.
     async fn stats(
         &self,

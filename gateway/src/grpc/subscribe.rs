@@ -1,7 +1,8 @@
-//! `Subscribe` through the gateway, with the REST stream's guarantee: when the backend feeding
-//! it ends the stream or dies, the gateway subscribes again on another backend after the last
-//! `seq` it forwarded, so the client sees no gap and no duplicate. Refusals (a bad topic, a
-//! token without the right, a resume point retention dropped) reach the client as they are.
+//! `Subscribe` and `WatchChanges` through the gateway, with the REST stream's guarantee: when
+//! the backend feeding one ends the stream or dies, the gateway opens it again on another
+//! backend after the last `seq` (position) it forwarded, so the client sees no gap and no
+//! duplicate. Refusals (a bad topic, a token without the right, a resume point retention
+//! dropped) reach the client as they are.
 
 use std::pin::Pin;
 
@@ -13,19 +14,75 @@ use crate::{
     api::Credentials,
     http::AppState,
     middleware::{StreamSlot, mark},
-    upstream::{Bearer, RESUBSCRIBE, is_permanent},
+    upstream::{Bearer, RESUBSCRIBE, Rpc, is_permanent},
 };
 
 /// The stream a client reads.
-pub(crate) type Events = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
+pub(crate) type Items<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+/// A `Subscribe` as the client reads it.
+pub(crate) type Events = Items<v1::Event>;
 
-struct Following {
+/// A streaming request the front door resumes: where it starts, and itself from elsewhere.
+pub(crate) trait Resumable:
+    Rpc<Reply = Streaming<Self::Item>> + Clone + Send + 'static
+{
+    type Item: Send + 'static;
+    /// An item's place: a topic event's `seq`, a change's position.
+    fn place(item: &Self::Item) -> u64;
+    /// Where the request starts (its items come after).
+    fn after(&self) -> u64;
+    /// The same request, after `after`.
+    fn resumed(&self, after: u64) -> Self;
+    /// What it follows, for the log.
+    fn describe(&self) -> String;
+}
+
+impl Resumable for v1::SubscribeRequest {
+    type Item = v1::Event;
+    fn place(event: &v1::Event) -> u64 {
+        event.seq
+    }
+    fn after(&self) -> u64 {
+        self.after_seq
+    }
+    fn resumed(&self, after_seq: u64) -> Self {
+        v1::SubscribeRequest {
+            topic: self.topic.clone(),
+            after_seq,
+        }
+    }
+    fn describe(&self) -> String {
+        format!("topic {}", self.topic)
+    }
+}
+
+impl Resumable for v1::WatchChangesRequest {
+    type Item = v1::Change;
+    fn place(change: &v1::Change) -> u64 {
+        change.position
+    }
+    fn after(&self) -> u64 {
+        self.after_position
+    }
+    fn resumed(&self, after_position: u64) -> Self {
+        v1::WatchChangesRequest {
+            user_id: self.user_id.clone(),
+            after_position,
+        }
+    }
+    fn describe(&self) -> String {
+        "a change feed".to_owned()
+    }
+}
+
+struct Following<R: Resumable> {
     state: AppState,
     bearer: Option<Bearer>,
-    topic: String,
-    /// The last `seq` forwarded: the resume point.
+    /// The request as first sent; `last` says where it resumes.
+    request: R,
+    /// The last `seq` (position) forwarded: the resume point.
     last: u64,
-    upstream: Option<Streaming<v1::Event>>,
+    upstream: Option<Streaming<R::Item>>,
     /// Pauses between attempts to subscribe again.
     pauses: Attempts,
     /// An error was the last item: the stream ends.
@@ -34,11 +91,11 @@ struct Following {
 }
 
 /// Opens the first backend stream before answering, so a refusal is the call's status.
-pub(crate) async fn open(
+pub(crate) async fn open<R: Resumable>(
     state: &AppState,
     who: Credentials,
-    request: v1::SubscribeRequest,
-) -> Result<Response<Events>, Status> {
+    request: R,
+) -> Result<Response<Items<R::Item>>, Status> {
     let slot = state.limiters.open_stream(who.client())?;
     let first = state
         .upstream
@@ -47,37 +104,36 @@ pub(crate) async fn open(
     let following = Following {
         state: state.clone(),
         bearer: who.bearer,
-        topic: request.topic,
-        last: request.after_seq,
+        last: request.after(),
+        request,
         upstream: Some(first.message),
         pauses: RESUBSCRIBE.attempts(),
         done: false,
         _slot: slot,
     };
-    let mut response = Response::new(Box::pin(stream::unfold(following, next)) as Events);
+    let mut response = Response::new(Box::pin(stream::unfold(following, next)) as Items<R::Item>);
     mark(&mut response, first.backend);
     Ok(response)
 }
 
-/// The next event for the client, subscribing again as often as a backend stream ends.
-async fn next(mut f: Following) -> Option<(Result<v1::Event, Status>, Following)> {
+type Next<R> = Option<(Result<<R as Resumable>::Item, Status>, Following<R>)>;
+
+/// The next item for the client, subscribing again as often as a backend stream ends.
+async fn next<R: Resumable>(mut f: Following<R>) -> Next<R> {
     if f.done {
         return None;
     }
     loop {
         let Some(upstream) = f.upstream.as_mut() else {
-            // Between backends: wait, then subscribe again after the last seq forwarded.
+            // Between backends: wait, then subscribe again after the last one forwarded.
             tokio::select! {
                 () = f.state.shutdown.cancelled() => return ended(f),
                 () = tokio::time::sleep(f.pauses.next_pause()) => {}
             }
-            let request = v1::SubscribeRequest {
-                topic: f.topic.clone(),
-                after_seq: f.last,
-            };
+            let request = f.request.resumed(f.last);
             match f.state.upstream.call(request, f.bearer.as_ref()).await {
                 Ok(answer) => {
-                    tracing::info!(topic = %f.topic, after = f.last, backend = ?answer.backend, "grpc subscription resumed");
+                    tracing::info!(stream = %f.request.describe(), after = f.last, backend = ?answer.backend, "grpc subscription resumed");
                     f.upstream = Some(answer.message);
                 }
                 Err(err) => {
@@ -85,7 +141,7 @@ async fn next(mut f: Following) -> Option<(Result<v1::Event, Status>, Following)
                     if is_permanent(status.code()) {
                         return last(status, f);
                     }
-                    tracing::warn!(topic = %f.topic, error = %status.message(), "grpc resubscribe failed");
+                    tracing::warn!(stream = %f.request.describe(), error = %status.message(), "grpc resubscribe failed");
                 }
             }
             continue;
@@ -95,16 +151,16 @@ async fn next(mut f: Following) -> Option<(Result<v1::Event, Status>, Following)
             message = upstream.message() => message,
         };
         match message {
-            Ok(Some(event)) if event.seq <= f.last => {}
-            Ok(Some(event)) => {
-                f.last = event.seq;
+            Ok(Some(item)) if R::place(&item) <= f.last => {}
+            Ok(Some(item)) => {
+                f.last = R::place(&item);
                 f.pauses.reset();
-                return Some((Ok(event), f));
+                return Some((Ok(item), f));
             }
             Err(status) if is_permanent(status.code()) => return last(status, f),
             // The backend ended the stream or went away: another one takes over.
             Ok(None) | Err(_) => {
-                tracing::info!(topic = %f.topic, after = f.last, "grpc subscription lost: resubscribing");
+                tracing::info!(stream = %f.request.describe(), after = f.last, "grpc subscription lost: resubscribing");
                 f.upstream = None;
             }
         }
@@ -112,16 +168,16 @@ async fn next(mut f: Following) -> Option<(Result<v1::Event, Status>, Following)
 }
 
 /// `status` as the stream's last item.
-fn last(status: Status, mut f: Following) -> Option<(Result<v1::Event, Status>, Following)> {
+fn last<R: Resumable>(status: Status, mut f: Following<R>) -> Next<R> {
     f.done = true;
     f.upstream = None;
     Some((Err(status), f))
 }
 
 /// The gateway is shutting down: the client is told where to resume.
-fn ended(f: Following) -> Option<(Result<v1::Event, Status>, Following)> {
+fn ended<R: Resumable>(f: Following<R>) -> Next<R> {
     let status = Status::unavailable(format!(
-        "the gateway is shutting down: subscribe again after seq {}",
+        "the gateway is shutting down: subscribe again after {}",
         f.last
     ));
     last(status, f)

@@ -208,6 +208,7 @@ pub(crate) mod method {
     unary!(UpdateEvent: v1::UpdateEventRequest => v1::Event, idempotency::UPDATE_EVENT, Route::Writes);
     unary!(DeleteEvent: v1::DeleteEventRequest => v1::DeleteEventResponse, idempotency::DELETE_EVENT, Route::Writes);
     unary!(ListTopicEvents: v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, idempotency::LIST_TOPIC_EVENTS, Route::Requests);
+    unary!(ListChanges: v1::ListChangesRequest => v1::ListChangesResponse, idempotency::LIST_CHANGES, Route::Requests);
     unary!(Stats: v1::StatsRequest => v1::StatsResponse, idempotency::STATS, Route::Requests);
 }
 
@@ -276,36 +277,44 @@ where
 }
 
 /// Subscriptions go through tonic's client, whose decoder turns the stream into messages.
-impl Rpc for v1::SubscribeRequest {
-    type Reply = Streaming<v1::Event>;
-    const IDEMPOTENCY: Idempotency = idempotency::SUBSCRIBE;
-    const ROUTE: Route = Route::Streams;
-    const PATH: &'static str = "/events.v1.EventService/Subscribe";
-    type Prepared = Self;
-    fn prepare(self) -> Self {
-        self
-    }
-    async fn send(
-        channel: BalancedChannel,
-        message: Self,
-        bearer: Option<&Bearer>,
-        _: Option<Duration>,
-    ) -> Result<(Self::Reply, Option<Backend>), Status> {
-        let mut client = EventServiceClient::new(channel).max_decoding_message_size(MAX_REPLY);
-        let mut request = tonic::Request::new(message);
-        if let Some(bearer) = bearer {
-            bearer.attach(&mut request);
+macro_rules! streaming {
+    ($request:ty => $item:ty, $method:ident, $path:literal, $idempotency:expr) => {
+        impl Rpc for $request {
+            type Reply = Streaming<$item>;
+            const IDEMPOTENCY: Idempotency = $idempotency;
+            const ROUTE: Route = Route::Streams;
+            const PATH: &'static str = $path;
+            type Prepared = Self;
+            fn prepare(self) -> Self {
+                self
+            }
+            async fn send(
+                channel: BalancedChannel,
+                message: Self,
+                bearer: Option<&Bearer>,
+                _: Option<Duration>,
+            ) -> Result<(Self::Reply, Option<Backend>), Status> {
+                let mut client =
+                    EventServiceClient::new(channel).max_decoding_message_size(MAX_REPLY);
+                let mut request = tonic::Request::new(message);
+                if let Some(bearer) = bearer {
+                    bearer.attach(&mut request);
+                }
+                if let Some(trace) = trace()
+                    && let Ok(value) = trace.to_string().parse()
+                {
+                    request.metadata_mut().insert(TRACEPARENT, value);
+                }
+                let response = client.$method(request).await?;
+                let backend = response.extensions().get::<Backend>().copied();
+                Ok((response.into_inner(), backend))
+            }
         }
-        if let Some(trace) = trace()
-            && let Ok(value) = trace.to_string().parse()
-        {
-            request.metadata_mut().insert(TRACEPARENT, value);
-        }
-        let response = client.subscribe(request).await?;
-        let backend = response.extensions().get::<Backend>().copied();
-        Ok((response.into_inner(), backend))
-    }
+    };
 }
+
+streaming!(v1::SubscribeRequest => v1::Event, subscribe, "/events.v1.EventService/Subscribe", idempotency::SUBSCRIBE);
+streaming!(v1::WatchChangesRequest => v1::Change, watch_changes, "/events.v1.EventService/WatchChanges", idempotency::WATCH_CHANGES);
 
 /// A backend's reply and the backend that gave it.
 #[derive(Debug)]
@@ -555,6 +564,8 @@ mod tests {
             v1::DeleteEventRequest::PATH,
             v1::ListTopicEventsRequest::PATH,
             v1::SubscribeRequest::PATH,
+            v1::ListChangesRequest::PATH,
+            v1::WatchChangesRequest::PATH,
         ] {
             assert!(path.starts_with(&format!("/{SERVICE_NAME}/")), "{path}");
             assert!(

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use eventsvc::store::{
-    self, Claim, Event, EventPage, EventPatch, EventStore, KeyClaim, NewEvent, Precondition,
-    Retention, SqliteStore,
+    self, Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, KeyClaim,
+    NewEvent, Precondition, Retention, SqliteStore,
 };
 use eventsys::v1;
 use futures::stream::BoxStream;
@@ -255,7 +255,20 @@ impl EventStore for Gated {
         self.store.events_after(topic, after_seq, limit).await
     }
 
-    async fn follow(&self) -> store::Result<BoxStream<'static, store::Result<Event>>> {
+    async fn changes_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> store::Result<Vec<EventChange>> {
+        self.store.changes_after(user, after, limit).await
+    }
+
+    async fn changes_dropped_through(&self, user: &str) -> store::Result<u64> {
+        self.store.changes_dropped_through(user).await
+    }
+
+    async fn follow(&self) -> store::Result<BoxStream<'static, store::Result<Followed>>> {
         self.store.follow().await
     }
 

@@ -1,6 +1,7 @@
-//! The SQLite change feed: one dedicated connection that notices commits by any process
-//! cheaply (`PRAGMA data_version` changes whenever another connection commits) and then reads
-//! the newly published rows in commit order (`pk` order; a topic's `seq` grows with it).
+//! The SQLite follower: one dedicated connection that notices commits by any process cheaply
+//! (`PRAGMA data_version` changes whenever another connection commits) and then reads the newly
+//! published rows and change feed entries in commit order (`pk` order; a topic's `seq` and a
+//! feed's position grow with it).
 
 use std::{
     path::PathBuf,
@@ -13,19 +14,24 @@ use rusqlite::{Connection, params};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{columns, connect, query_events, sql_error};
-use crate::store::{Event, Result, StoreError};
+use super::{
+    changelog::{self, entry_columns},
+    columns, connect, query_events, sql_error,
+};
+use crate::store::{Followed, Result, StoreError};
 
 /// How often to look for commits by other processes; this process's own publishes wake the
 /// follower at once.
 pub(super) const POLL: Duration = Duration::from_millis(10);
 const BATCH: usize = 512;
 
-/// Where the follower stands: the last `data_version` it read at and the last row it passed.
+/// Where the follower stands: the last `data_version` it read at and the last rows it passed
+/// (of `events`, of `changes`).
 #[derive(Debug, Clone, Copy)]
 struct Position {
     version: i64,
     pk: i64,
+    change_pk: i64,
 }
 
 type Shared = Arc<Mutex<Connection>>;
@@ -52,7 +58,7 @@ fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
 pub(super) async fn follow(
     path: PathBuf,
     published: Arc<Notify>,
-) -> Result<BoxStream<'static, Result<Event>>> {
+) -> Result<BoxStream<'static, Result<Followed>>> {
     let conn: Shared = {
         let opened = tokio::task::spawn_blocking(move || connect(&path))
             .await
@@ -64,12 +70,19 @@ pub(super) async fn follow(
     };
     let start = blocking(&conn, "follow", |c| {
         let version = data_version(c).map_err(|e| sql_error("follow", &e))?;
-        let pk = c
-            .query_row("SELECT COALESCE(MAX(pk), 0) FROM events", [], |row| {
-                row.get(0)
-            })
-            .map_err(|e| sql_error("follow", &e))?;
-        Ok(Position { version, pk })
+        let newest = |table: &str| {
+            c.query_row(
+                &format!("SELECT COALESCE(MAX(pk), 0) FROM {table}"),
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| sql_error("follow", &e))
+        };
+        Ok(Position {
+            version,
+            pk: newest("events")?,
+            change_pk: newest("changes")?,
+        })
     })
     .await?;
 
@@ -87,7 +100,7 @@ async fn run(
     conn: Shared,
     mut at: Position,
     published: Arc<Notify>,
-    tx: &mpsc::Sender<Result<Event>>,
+    tx: &mpsc::Sender<Result<Followed>>,
 ) -> Result<()> {
     let mut more = false;
     loop {
@@ -101,45 +114,83 @@ async fn run(
                 _ = tx.closed() => return Ok(()),
             }
         }
-        let (events, next, full) = blocking(&conn, "follow", move |c| read(c, at, more)).await?;
+        let (followed, next, full) = blocking(&conn, "follow", move |c| read(c, at, more)).await?;
         at = next;
         more = full;
-        for event in events {
-            if tx.send(Ok(event)).await.is_err() {
+        for item in followed {
+            if tx.send(Ok(item)).await.is_err() {
                 return Ok(());
             }
         }
     }
 }
 
-/// Published rows after `at`, when anything was committed since (or `more` were left over).
-fn read(conn: &mut Connection, at: Position, more: bool) -> Result<(Vec<Event>, Position, bool)> {
+/// Published rows and feed entries after `at`, when anything was committed since (or `more`
+/// were left over); whether a batch was full.
+fn read(
+    conn: &mut Connection,
+    at: Position,
+    more: bool,
+) -> Result<(Vec<Followed>, Position, bool)> {
     let fail = |e| sql_error("follow", &e);
     let version = data_version(conn).map_err(fail)?;
     if version == at.version && !more {
         return Ok((Vec::new(), at, false));
     }
-    // One read transaction: the upper bound and the rows come from the same snapshot.
+    // One read transaction: the upper bounds and the rows come from the same snapshot.
     let tx = conn.transaction().map_err(fail)?;
-    let newest: i64 = tx
-        .query_row("SELECT COALESCE(MAX(pk), 0) FROM events", [], |row| {
-            row.get(0)
-        })
-        .map_err(fail)?;
-    const SQL: &str = concat!(
+    let newest = |table: &str| -> Result<i64> {
+        tx.prepare_cached(&format!("SELECT COALESCE(MAX(pk), 0) FROM {table}"))
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .map_err(fail)
+    };
+    let (newest_event, newest_change) = (newest("events")?, newest("changes")?);
+    const EVENTS: &str = concat!(
         "SELECT ",
         columns!(),
         " FROM events WHERE pk > ?1 AND pk <= ?2 AND seq IS NOT NULL ORDER BY pk LIMIT ?3"
     );
-    let rows = query_events(&tx, "follow", SQL, params![at.pk, newest, BATCH])?;
+    let events = query_events(&tx, "follow", EVENTS, params![at.pk, newest_event, BATCH])?;
+    const CHANGES: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        " FROM changes WHERE pk > ?1 AND pk <= ?2 ORDER BY pk LIMIT ?3"
+    );
+    let changes = changelog::query(
+        &tx,
+        "follow",
+        CHANGES,
+        params![at.change_pk, newest_change, BATCH],
+    )?;
     tx.commit().map_err(fail)?;
-    let full = rows.len() == BATCH;
-    // Past unpublished rows too, so creates are never scanned twice; never backwards, as the
-    // newest rows may have been deleted.
-    let pk = match rows.last() {
-        Some((pk, _)) if full => *pk,
-        _ => newest.max(at.pk),
+    // Past a batch's last row when it was full; else to the newest (past unpublished rows
+    // too, so creates are never scanned twice; never backwards, as the newest rows may have
+    // been deleted).
+    let through = |rows_full: bool, last: Option<i64>, newest: i64, from: i64| match last {
+        Some(pk) if rows_full => pk,
+        _ => newest.max(from),
     };
-    let events = rows.into_iter().map(|(_, e)| e).collect();
-    Ok((events, Position { version, pk }, full))
+    let events_full = events.len() == BATCH;
+    let changes_full = changes.len() == BATCH;
+    let next = Position {
+        version,
+        pk: through(
+            events_full,
+            events.last().map(|(pk, _)| *pk),
+            newest_event,
+            at.pk,
+        ),
+        change_pk: through(
+            changes_full,
+            changes.last().map(|(pk, _)| *pk),
+            newest_change,
+            at.change_pk,
+        ),
+    };
+    let followed = events
+        .into_iter()
+        .map(|(_, e)| Followed::Published(e))
+        .chain(changes.into_iter().map(|(_, c)| Followed::Changed(c)))
+        .collect();
+    Ok((followed, next, events_full || changes_full))
 }

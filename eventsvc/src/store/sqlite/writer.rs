@@ -87,24 +87,24 @@ impl Op {
     }
 
     /// Applies it on `conn` (a savepoint in the batch's transaction): what it did, and whether
-    /// it published a new event (not a repeat of an earlier publish).
+    /// followers have something new (a new event published, a change recorded in a feed).
     fn apply(self, conn: &Connection) -> (Result<Done>, bool) {
-        match self {
-            Op::Create(new) => (create_in(conn, new).map(event), false),
+        let done = match self {
+            Op::Create(new) => create_in(conn, new).map(|(stored, new)| (event(stored), new)),
             Op::Update {
                 id,
                 owner,
                 patch,
                 when,
-            } => (update_in(conn, id, owner, patch, when).map(event), false),
-            Op::Delete { id, owner, when } => (
-                delete_in(conn, id, owner, when).map(|()| Done::Deleted),
-                false,
-            ),
-            Op::Publish(new) => match publish_in(conn, new) {
-                Ok((stored, new)) => (Ok(event(stored)), new),
-                Err(err) => (Err(err), false),
-            },
+            } => update_in(conn, id, owner, patch, when).map(|(stored, new)| (event(stored), new)),
+            Op::Delete { id, owner, when } => {
+                delete_in(conn, id, owner, when).map(|recorded| (Done::Deleted, recorded))
+            }
+            Op::Publish(new) => publish_in(conn, new).map(|(stored, new)| (event(stored), new)),
+        };
+        match done {
+            Ok((done, new)) => (Ok(done), new),
+            Err(err) => (Err(err), false),
         }
     }
 }
@@ -145,7 +145,7 @@ impl Failure {
 struct Applied {
     op: &'static str,
     done: Result<Done>,
-    /// A new event was published.
+    /// A new event was published, or a change recorded in a feed: followers are woken.
     published: bool,
     answer: oneshot::Sender<Result<Done>>,
 }

@@ -338,6 +338,31 @@ impl EventService for RelayService {
         Ok(answer.map(|events| events.boxed()))
     }
 
+    async fn list_changes(
+        &self,
+        request: Request<v1::ListChangesRequest>,
+    ) -> Result<Response<v1::ListChangesResponse>, Status> {
+        self.relay("ListChanges", request, |mut c, r| {
+            async move { c.list_changes(r).await }.boxed()
+        })
+        .await
+    }
+
+    type WatchChangesStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::Change, Status>> + Send>>;
+
+    async fn watch_changes(
+        &self,
+        request: Request<v1::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let answer = self
+            .relay("WatchChanges", request, |mut c, r| {
+                async move { c.watch_changes(r).await }.boxed()
+            })
+            .await?;
+        Ok(answer.map(|changes| changes.boxed()))
+    }
+
     async fn stats(
         &self,
         request: Request<v1::StatsRequest>,
