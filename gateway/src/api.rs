@@ -4,6 +4,7 @@
 //! body every door answers with (`error`). Handlers call backends only through `upstream`.
 
 mod auth;
+mod changes;
 mod error;
 mod extract;
 mod json;
@@ -16,8 +17,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub(crate) use auth::Credentials;
 pub(crate) use error::{ApiError, ErrorBody};
-pub(crate) use extract::{ResumeAfter, ResumeQuery, Topic, TopicParam};
-pub(crate) use json::{EventJson, JSON_VALUE, json_value_schema};
+pub(crate) use extract::{FeedUserParam, ResumeAfter, ResumeQuery, Topic, TopicParam, UserId};
+pub(crate) use json::{ChangeJson, EventJson, JSON_VALUE, json_value_schema};
 
 use crate::http::AppState;
 
@@ -33,4 +34,5 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(rest::publish))
         .routes(routes!(rest::topic_events))
+        .routes(routes!(changes::change_history))
 }

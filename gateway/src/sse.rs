@@ -8,16 +8,21 @@ mod frame;
 mod hub;
 mod reader;
 mod ring;
+mod source;
 
 use axum::{extract::State, response::IntoResponse};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub(crate) use hub::Hubs;
+pub(crate) use source::StreamOf;
 
 use frame::ServerEvent;
 
 use crate::{
-    api::{ApiError, Credentials, ErrorBody, ResumeAfter, ResumeQuery, Topic, TopicParam},
+    api::{
+        ApiError, Credentials, ErrorBody, FeedUserParam, ResumeAfter, ResumeQuery, Topic,
+        TopicParam, UserId,
+    },
     http::AppState,
     upstream::is_permanent,
 };
@@ -25,7 +30,9 @@ use reader::Reader;
 
 /// The stream route, registered with its OpenAPI row.
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(subscribe))
+    OpenApiRouter::new()
+        .routes(routes!(subscribe))
+        .routes(routes!(changes))
 }
 
 /// `GET /subscribe/{topic}` → 200 `text/event-stream`, `x-backend` naming the backend that
@@ -60,19 +67,55 @@ async fn subscribe(
     who.may_read(&state, &topic)?;
     let slot = state.limiters.open_stream(who.client())?;
     // Opened before the response starts, so a bad topic or no backend is a plain HTTP error.
-    let reader = Reader::open(&state, &topic, after, who.bearer, slot).await?;
+    let reader = Reader::open(&state, &StreamOf::Topic(topic), after, who.bearer, slot).await?;
+    Ok((reader.backend(), reader))
+}
+
+/// `GET /changes?userId=` → 200 `text/event-stream` of a user's changes, `x-backend` naming
+/// the backend that feeds the user's hub.
+#[utoipa::path(get, path = "/changes", tag = "changes",
+    summary = "Follow a user's changes (Server-Sent Events)",
+    description = "Every create, update and delete of the user's events (the token's subject; \
+        `userId` in anonymous mode), through any backend, in commit order, exactly once: \
+        `event: created` or `updated` with `data:` the event after the change (its `revision` \
+        included), `event: deleted` with `data:` its `id`, `userId` and last `revision`; \
+        `id:` is the change's position in the user's feed. Resume, retention (`event: gap`), \
+        keep-alives and limits as for `GET /subscribe/{topic}`.",
+    params(
+        FeedUserParam,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{0,19}$",
+            description = "The position of the last change the client has (a reconnecting EventSource sends it)"),
+        ResumeQuery,
+    ),
+    responses(
+        (status = 200, description = "The stream, one `ServerEvent` per frame", content_type = "text/event-stream",
+            body = ServerEvent),
+        (status = 400, description = "No `userId` (anonymous mode) or a bad resume point", body = ErrorBody),
+        (status = 403, description = "`userId` names another user than the token's", body = ErrorBody),
+    ),
+    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
+async fn changes(
+    State(state): State<AppState>,
+    who: Credentials,
+    UserId(user_id): UserId,
+    ResumeAfter(after): ResumeAfter,
+) -> Result<impl IntoResponse, ApiError> {
+    let user = who.feed_user(&user_id)?;
+    let slot = state.limiters.open_stream(who.client())?;
+    let reader = Reader::open(&state, &StreamOf::Changes(user), after, who.bearer, slot).await?;
     Ok((reader.backend(), reader))
 }
 
 /// Logs why a (re)subscription or catch-up failed; `true` when it never will succeed as
 /// asked (`upstream::is_permanent`), which ends the stream: the client reconnects with a
 /// fresh token and `Last-Event-ID`.
-fn log_refusal(topic: &str, err: &ApiError) -> bool {
+fn log_refusal(of: &StreamOf, err: &ApiError) -> bool {
     if is_permanent(err.code) {
-        tracing::info!(%topic, error = %err.message, "subscription refused: ending the stream");
+        tracing::info!(stream = %of, error = %err.message, "subscription refused: ending the stream");
         true
     } else {
-        tracing::warn!(%topic, error = %err.message, "resubscribe failed");
+        tracing::warn!(stream = %of, error = %err.message, "resubscribe failed");
         false
     }
 }

@@ -164,6 +164,18 @@ impl Credentials {
             .ok_or_else(|| unauthenticated(&Rejected::Missing))
     }
 
+    /// Whose change feed a request reads: the token's subject (naming another user is 403),
+    /// or in anonymous mode `userId`, which is required (events without an owner have none).
+    pub(crate) fn feed_user(&self, user_id: &str) -> Result<String, ApiError> {
+        let user = self.caller()?.owner(user_id)?;
+        if user.is_empty() {
+            return Err(ApiError::bad_request(
+                "userId is required: whose changes? (events without an owner have no feed)",
+            ));
+        }
+        Ok(user)
+    }
+
     /// Topic history and subscriptions: a subscribe right, or a public topic.
     pub(crate) fn may_read(&self, state: &AppState, topic: &str) -> Result<(), ApiError> {
         match &self.caller {

@@ -68,6 +68,19 @@ impl<S: Send + Sync> FromRequestParts<S> for UserId {
     }
 }
 
+/// `?userId=` of a change feed, as `UserId` reads it: required in anonymous mode (whose feed?),
+/// the token's subject otherwise.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "only describes the parameter: `UserId` reads it")]
+pub(crate) struct FeedUserParam {
+    /// Whose changes (anonymous mode, required). In token mode the token's subject: another
+    /// user's id is 403, absent means the caller.
+    #[serde(rename = "userId")]
+    #[param(min_length = 1, max_length = 256)]
+    user_id: String,
+}
+
 /// The `{id}` of `/events/{id}`, normalised; an id that is not a UUID names no event (404).
 pub(crate) struct EventId(pub(crate) String);
 

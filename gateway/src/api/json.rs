@@ -94,6 +94,94 @@ impl From<v1::Event> for EventJson {
     }
 }
 
+/// What a change did: the SSE `event:` of a `/changes` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ChangeKind {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl ChangeKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ChangeKind::Created => "created",
+            ChangeKind::Updated => "updated",
+            ChangeKind::Deleted => "deleted",
+        }
+    }
+}
+
+/// What a `deleted` change says of its event.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeletedJson {
+    #[schema(format = Uuid)]
+    pub(crate) id: String,
+    pub(crate) user_id: String,
+    /// The revision it had when deleted.
+    #[schema(minimum = 1)]
+    pub(crate) revision: u64,
+}
+
+/// A change's event: after the change, or (deleted) what identifies it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum ChangedEvent {
+    Event(Box<EventJson>),
+    Deleted(DeletedJson),
+}
+
+/// One entry of a user's change feed, as `GET /changes/history` lists it (the SSE stream sends
+/// `kind` as `event:`, `position` as `id:` and `event` as `data:`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Change)]
+pub(crate) struct ChangeJson {
+    /// Its place in the user's feed: strictly increasing, from 1.
+    #[schema(minimum = 1)]
+    pub(crate) position: u64,
+    pub(crate) kind: ChangeKind,
+    /// When it was committed: RFC 3339, UTC, milliseconds.
+    #[schema(format = DateTime)]
+    pub(crate) time: String,
+    pub(crate) event: ChangedEvent,
+}
+
+impl ChangeJson {
+    /// `None` for a change of no known kind (a newer backend's).
+    pub(crate) fn of(change: v1::Change) -> Option<ChangeJson> {
+        let v1::Change {
+            position,
+            kind,
+            event,
+            time,
+        } = change;
+        let kind = match v1::change::Kind::try_from(kind).ok()? {
+            v1::change::Kind::Created => ChangeKind::Created,
+            v1::change::Kind::Updated => ChangeKind::Updated,
+            v1::change::Kind::Deleted => ChangeKind::Deleted,
+            v1::change::Kind::Unspecified => return None,
+        };
+        let event = EventJson::from(event?);
+        let event = match kind {
+            ChangeKind::Deleted => ChangedEvent::Deleted(DeletedJson {
+                id: event.id,
+                user_id: event.user_id,
+                revision: event.revision,
+            }),
+            ChangeKind::Created | ChangeKind::Updated => ChangedEvent::Event(Box::new(event)),
+        };
+        Some(ChangeJson {
+            position,
+            kind,
+            time: rfc3339(time).unwrap_or_default(),
+            event,
+        })
+    }
+}
+
 /// `null` reads as the field's zero value, as the old service's Go decoder did.
 fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
 where

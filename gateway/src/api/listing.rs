@@ -15,7 +15,10 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{ApiError, json::EventJson};
+use super::{
+    ApiError,
+    json::{ChangeJson, EventJson},
+};
 use crate::upstream::{self, Answer, CallError};
 
 /// Events per backend page while streaming a whole list.
@@ -24,21 +27,53 @@ const PAGE: u32 = 1000;
 const MAX_LIMIT: u32 = 1000;
 
 /// One page a backend returned, and where the next one starts.
-pub(crate) struct Page<C> {
-    pub(crate) events: Vec<v1::Event>,
+pub(crate) struct Page<C, T = v1::Event> {
+    pub(crate) items: Vec<T>,
     pub(crate) next: Option<C>,
-    /// For topic history: the oldest seq kept, when the read began before it.
+    /// For a stream's history: the oldest seq (position) kept, when the read began before it.
     pub(crate) oldest_available: Option<u64>,
 }
+
+/// What a list holds: an element of its JSON array.
+pub(crate) trait Listed: Send + 'static {
+    /// Writes its JSON; `false` when it has none to show (logged).
+    fn write_json(self, out: &mut Vec<u8>) -> bool;
+}
+
+impl Listed for v1::Event {
+    fn write_json(self, out: &mut Vec<u8>) -> bool {
+        let seq = self.seq;
+        serde_json::to_writer(out, &EventJson::from(self))
+            .inspect_err(|err| tracing::error!(seq, error = %err, "cannot encode event"))
+            .is_ok()
+    }
+}
+
+impl Listed for v1::Change {
+    fn write_json(self, out: &mut Vec<u8>) -> bool {
+        let position = self.position;
+        let Some(change) = ChangeJson::of(self) else {
+            tracing::error!(position, "a change of no known kind");
+            return false;
+        };
+        serde_json::to_writer(out, &change)
+            .inspect_err(|err| tracing::error!(position, error = %err, "cannot encode change"))
+            .is_ok()
+    }
+}
+
+/// A page as fetched, or why not.
+pub(crate) type Fetched<C, T> = Result<Answer<Page<C, T>>, CallError>;
 
 /// One kind of list: how to fetch a page from a cursor, and the URL of a page.
 pub(crate) trait Pager: Send + Sync + 'static {
     type Cursor: Send + 'static;
+    type Item: Listed;
     fn fetch(
         &self,
         from: Option<Self::Cursor>,
         limit: u32,
-    ) -> impl Future<Output = Result<Answer<Page<Self::Cursor>>, CallError>> + Send;
+    ) -> impl Future<Output = Fetched<Self::Cursor, Self::Item>> + Send;
     /// The path and query of the page starting at `from`.
     fn link(&self, from: &Self::Cursor, limit: u32) -> String;
 }
@@ -103,7 +138,7 @@ pub(crate) async fn respond<P: Pager>(
     // The first page is fetched before the response starts, so its failure is a plain error.
     let first = pager.fetch(from, limit.unwrap_or(PAGE)).await?;
     let Page {
-        events,
+        items,
         next,
         oldest_available,
     } = first.message;
@@ -111,7 +146,7 @@ pub(crate) async fn respond<P: Pager>(
         Some(limit) => (next.map(|from| NextPage(pager.link(&from, limit))), None),
         None => (None, next),
     };
-    let body = Body::from_stream(array(pager, events, rest));
+    let body = Body::from_stream(array(pager, items, rest));
     let json = [(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -127,31 +162,29 @@ pub(crate) async fn respond<P: Pager>(
 }
 
 enum Step<P: Pager> {
-    Emit(P, Vec<v1::Event>, Option<P::Cursor>),
+    Emit(P, Vec<P::Item>, Option<P::Cursor>),
     Fetch(P, P::Cursor),
     Close,
     Done,
 }
 
-/// `[`, every event of `first` and of the pages after it, `]`. A page that cannot be fetched
+/// `[`, every item of `first` and of the pages after it, `]`. A page that cannot be fetched
 /// ends the body with an error, which aborts the response: the client sees it cut, never a
 /// well-formed but partial list.
 fn array<P: Pager>(
     pager: P,
-    first: Vec<v1::Event>,
+    first: Vec<P::Item>,
     next: Option<P::Cursor>,
 ) -> impl futures::Stream<Item = Result<Bytes, io::Error>> + Send {
     let deadline = upstream::deadline();
     // `opened`: whether `[` is written, so the next event needs a comma.
     stream::unfold((Step::Emit(pager, first, next), false), move |(step, mut opened)| async move {
         let (chunks, then) = match step {
-            Step::Emit(pager, events, next) => {
-                let mut chunks = Vec::with_capacity(events.len() + 1);
-                for event in events {
+            Step::Emit(pager, items, next) => {
+                let mut chunks = Vec::with_capacity(items.len() + 1);
+                for item in items {
                     let mut chunk = Vec::from(if opened { &b","[..] } else { &b"["[..] });
-                    let seq = event.seq;
-                    if let Err(err) = serde_json::to_writer(&mut chunk, &EventJson::from(event)) {
-                        tracing::error!(seq, error = %err, "cannot encode event");
+                    if !item.write_json(&mut chunk) {
                         continue;
                     }
                     opened = true;
@@ -172,8 +205,8 @@ fn array<P: Pager>(
                 };
                 match fetched {
                     Ok(page) => {
-                        let Page { events, next, .. } = page.message;
-                        (Vec::new(), Step::Emit(pager, events, next))
+                        let Page { items, next, .. } = page.message;
+                        (Vec::new(), Step::Emit(pager, items, next))
                     }
                     Err(err) => {
                         let err = ApiError::from(err);

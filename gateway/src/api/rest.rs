@@ -115,6 +115,7 @@ struct UserEvents {
 
 impl Pager for UserEvents {
     type Cursor = String;
+    type Item = v1::Event;
 
     async fn fetch(
         &self,
@@ -135,7 +136,7 @@ impl Pager for UserEvents {
         Ok(Answer {
             backend: answer.backend,
             message: Page {
-                events: answer.message.events,
+                items: answer.message.events,
                 next: Some(token).filter(|t| !t.is_empty()),
                 oldest_available: None,
             },
@@ -373,6 +374,7 @@ struct TopicHistory {
 
 impl Pager for TopicHistory {
     type Cursor = u64;
+    type Item = v1::Event;
 
     async fn fetch(&self, from: Option<u64>, limit: u32) -> Result<Answer<Page<u64>>, CallError> {
         let request = v1::ListTopicEventsRequest {
@@ -391,7 +393,7 @@ impl Pager for TopicHistory {
             backend: answer.backend,
             message: Page {
                 next: last.filter(|_| reply.more),
-                events: reply.events,
+                items: reply.events,
                 oldest_available: Some(reply.oldest_available).filter(|seq| *seq > 0),
             },
         })

@@ -37,6 +37,7 @@ use crate::api::{ErrorBody, JSON_VALUE, json_value_schema};
     tags(
         (name = "events", description = "A user's events"),
         (name = "topics", description = "Publish, history and live streams"),
+        (name = "changes", description = "Every create, update and delete of a user's events, live and as history"),
         (name = "operations", description = "Figures for operators (token mode: admin)"),
         (name = "probes", description = "Liveness and readiness; never authenticated"),
     ),
@@ -210,6 +211,8 @@ mod tests {
             "/publish",
             "/topic-events/{topic}",
             "/subscribe/{topic}",
+            "/changes",
+            "/changes/history",
             "/load",
             "/benchmark",
             "/memstats",

@@ -5,17 +5,19 @@ use bytes::{BufMut, Bytes, BytesMut};
 use eventsys::{gap::Gap, v1};
 use utoipa::ToSchema;
 
-use crate::api::EventJson;
+use crate::api::{ChangeJson, EventJson};
 
 /// A frame as an SSE client parses it, for the API description (`Frame` writes these bytes).
 #[derive(ToSchema)]
 #[allow(dead_code, reason = "only describes the stream")]
 pub(crate) struct ServerEvent {
     event: FrameKind,
-    /// The event's `seq` (`message` frames): what `Last-Event-ID` resumes from.
+    /// The event's `seq` (`message` frames), the change's position (`created`, `updated`,
+    /// `deleted`): what `Last-Event-ID` resumes from.
     #[schema(pattern = "^[0-9]+$", required = false, nullable = false)]
     id: Option<String>,
-    /// `message`: the Event as JSON (one line). `gap`: `{"requestedAfter": N, "oldestAvailable": M}`.
+    /// `message`, `created`, `updated`: the Event as JSON (one line). `deleted`:
+    /// `{"id", "userId", "revision"}`. `gap`: `{"requestedAfter": N, "oldestAvailable": M}`.
     #[schema(content_media_type = "application/json")]
     data: String,
 }
@@ -25,8 +27,14 @@ pub(crate) struct ServerEvent {
 #[schema(rename_all = "lowercase")]
 #[allow(dead_code, reason = "only describes the stream")]
 enum FrameKind {
-    /// A published event.
+    /// A published event (`/subscribe/{topic}`).
     Message,
+    /// An event created (`/changes`).
+    Created,
+    /// An event updated (`/changes`).
+    Updated,
+    /// An event deleted (`/changes`).
+    Deleted,
     /// Sent once, first, when retention already dropped events the client asked for.
     Gap,
 }
@@ -59,6 +67,43 @@ impl Frame {
         bytes.put_slice(b"\n\n");
         Some(Frame {
             seq: Some(seq),
+            bytes: bytes.freeze(),
+        })
+    }
+
+    /// `event: created|updated|deleted`, `id: <position>`, `data: <the event JSON>` (of a
+    /// deleted event: its `id`, `userId` and last `revision`).
+    pub(crate) fn change(change: v1::Change) -> Option<Frame> {
+        let position = change.position;
+        let change = ChangeJson::of(change)?;
+        let json = match serde_json::to_vec(&change.event) {
+            Ok(json) => json,
+            Err(err) => {
+                tracing::error!(position, error = %err, "cannot encode change");
+                return None;
+            }
+        };
+        let kind = change.kind.name();
+        let mut bytes = BytesMut::with_capacity(json.len() + 48);
+        bytes.put_slice(b"event: ");
+        bytes.put_slice(kind.as_bytes());
+        bytes.put_slice(
+            b"
+id: ",
+        );
+        bytes.put_slice(position.to_string().as_bytes());
+        bytes.put_slice(
+            b"
+data: ",
+        );
+        bytes.put_slice(&json);
+        bytes.put_slice(
+            b"
+
+",
+        );
+        Some(Frame {
+            seq: Some(position),
             bytes: bytes.freeze(),
         })
     }

@@ -1,6 +1,7 @@
-//! Topic hubs: one backend subscription per topic for all of this gateway's SSE clients on it,
-//! opened by the first client, kept while anyone reads and a moment after, moved to another
-//! backend from its last `seq` when its backend ends it. Each event is framed once, into a ring.
+//! Hubs: one backend stream per topic (per user's change feed) for all of this gateway's SSE
+//! clients on it, opened by the first client, kept while anyone reads and a moment after,
+//! moved to another backend from its last `seq` (position) when its backend ends it. Each
+//! event (change) is framed once, into a ring.
 
 use std::{
     collections::HashMap,
@@ -11,14 +12,18 @@ use std::{
     time::Duration,
 };
 
-use eventsys::{gap::Gap, v1};
+use eventsys::gap::Gap;
 use tokio::{
     sync::{Notify, Semaphore, watch},
     time::Instant,
 };
-use tonic::Streaming;
 
-use super::{frame::Frame, log_refusal, ring::Ring};
+use super::{
+    frame::Frame,
+    log_refusal,
+    ring::Ring,
+    source::{StreamOf, Upstream},
+};
 use crate::{
     api::ApiError,
     http::AppState,
@@ -33,16 +38,16 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Catch-up pages (history reads of clients that are behind) in flight at once.
 const CATCH_UPS: usize = 64;
 
-type Source = Answer<Streaming<v1::Event>>;
+type Source = Answer<Upstream>;
 
-/// Every open hub of this gateway, by topic: the first SSE client of a topic opens its hub
+/// Every open hub of this gateway, by stream: the first SSE client of a stream opens its hub
 /// (one backend subscription), later ones join it, and a hub with no reader left lingers
 /// `LINGER` and then closes itself.
 pub(crate) struct Hubs {
-    /// Topic → hub. A std mutex (not tokio's): held for a map lookup, insert or remove and
+    /// Stream → hub. A std mutex (not tokio's): held for a map lookup, insert or remove and
     /// never across an `.await`; joining waits for a hub's opening on the hub's own `opened`
     /// watch, outside this lock, so one slow backend never blocks other topics.
-    hubs: Mutex<HashMap<String, Arc<Hub>>>,
+    hubs: Mutex<HashMap<StreamOf, Arc<Hub>>>,
     /// How many hubs the map holds: read on every push (for the byte share) without the
     /// map's lock.
     open: AtomicUsize,
@@ -52,11 +57,11 @@ pub(crate) struct Hubs {
     pub(super) catch_ups: Semaphore,
 }
 
-/// One topic's hub: the task that reads the topic's backend stream (and moves it to another
-/// backend from its last `seq` when it ends) frames each event once into `ring`, which every
-/// reader of the topic reads at its own position.
+/// One stream's hub: the task that reads the stream from a backend (and moves it to another
+/// backend from its last `seq` when it ends) frames each item once into `ring`, which every
+/// reader of the stream reads at its own position.
 pub(crate) struct Hub {
-    pub(super) topic: String,
+    pub(super) of: StreamOf,
     /// Its own lock (an `RwLock`: one writer, many readers); see `Ring`.
     pub(super) ring: Ring,
     /// Readers now: an atomic, as every reader's drop changes it and the hub task only needs to
@@ -130,7 +135,7 @@ impl Hubs {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Hub>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<StreamOf, Arc<Hub>>> {
         self.hubs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -139,18 +144,18 @@ impl Hubs {
         self.budget / self.open.load(Ordering::Relaxed).max(1)
     }
 
-    /// Joins `topic`'s hub, opening one (which subscribes after `after`) if there is none;
+    /// Joins `of`'s hub, opening one (which subscribes after `after`) if there is none;
     /// answers once the hub's backend subscription is open, or with why it could not be.
     pub(super) async fn join(
         &self,
         state: &AppState,
-        topic: &str,
+        of: &StreamOf,
         after: u64,
         bearer: Option<Bearer>,
     ) -> Result<Joined, ApiError> {
         let joined = {
             let mut hubs = self.map();
-            match hubs.get(topic) {
+            match hubs.get(of) {
                 Some(hub) => {
                     // Counted under the map's lock, so a hub retiring for want of readers
                     // sees this one.
@@ -166,7 +171,7 @@ impl Hubs {
                 }
                 None => {
                     let hub = Arc::new(Hub {
-                        topic: topic.to_owned(),
+                        of: of.clone(),
                         ring: Ring::new(RING_FRAMES),
                         readers: AtomicUsize::new(1),
                         left: Notify::new(),
@@ -176,7 +181,7 @@ impl Hubs {
                         }),
                         opened: watch::Sender::new(Opening::Pending),
                     });
-                    hubs.insert(topic.to_owned(), hub.clone());
+                    hubs.insert(of.clone(), hub.clone());
                     self.open.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(run(state.clone(), hub.clone(), after));
                     Joined {
@@ -206,8 +211,8 @@ impl Hubs {
             if !always && hub.readers.load(Ordering::Acquire) > 0 {
                 return false;
             }
-            if hubs.get(&hub.topic).is_some_and(|h| Arc::ptr_eq(h, hub)) {
-                hubs.remove(&hub.topic);
+            if hubs.get(&hub.of).is_some_and(|h| Arc::ptr_eq(h, hub)) {
+                hubs.remove(&hub.of);
                 self.open.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -220,15 +225,18 @@ impl Hubs {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Open hubs, most read first.
+    /// Open topic hubs, most read first (users' change feeds are theirs: not listed).
     pub(crate) fn load(&self) -> Vec<HubLoad> {
         let mut hubs: Vec<HubLoad> = self
             .map()
             .values()
-            .map(|hub| HubLoad {
-                topic: hub.topic.clone(),
-                subscribers: hub.readers.load(Ordering::Relaxed),
-                backend: hub.current().backend,
+            .filter_map(|hub| match &hub.of {
+                StreamOf::Topic(topic) => Some(HubLoad {
+                    topic: topic.clone(),
+                    subscribers: hub.readers.load(Ordering::Relaxed),
+                    backend: hub.current().backend,
+                }),
+                StreamOf::Changes(_) => None,
             })
             .collect();
         hubs.sort_by(|a, b| {
@@ -251,18 +259,10 @@ impl Hub {
     }
 
     /// Subscribes after `after`; when retention dropped some of what follows it, from the
-    /// oldest kept event instead (readers notice the jump and learn of the gap from the store).
+    /// oldest kept item instead (readers notice the jump and learn of the gap from the store).
     async fn subscribe(&self, state: &AppState, after: u64) -> Result<(Source, u64), CallError> {
         let bearer = self.current().bearer.clone();
-        let call = |after_seq| {
-            let request = v1::SubscribeRequest {
-                topic: self.topic.clone(),
-                after_seq,
-            };
-            let bearer = bearer.clone();
-            async move { state.upstream.call(request, bearer.as_ref()).await }
-        };
-        let refused = match call(after).await {
+        let refused = match self.of.open(state, after, bearer.as_ref()).await {
             Ok(source) => return Ok((source, after)),
             Err(err) => err,
         };
@@ -273,8 +273,12 @@ impl Hub {
         let Some(gap) = gap else {
             return Err(refused);
         };
-        tracing::info!(topic = %self.topic, ?gap, "events dropped by retention while subscribing");
-        Ok((call(gap.resume_after()).await?, gap.resume_after()))
+        tracing::info!(stream = %self.of, ?gap, "dropped by retention while subscribing");
+        let resumed = self
+            .of
+            .open(state, gap.resume_after(), bearer.as_ref())
+            .await?;
+        Ok((resumed, gap.resume_after()))
     }
 }
 
@@ -282,7 +286,7 @@ impl Hub {
 /// last `seq` when the backend ends the stream, retire once nobody has read for `LINGER`.
 async fn run(state: AppState, hub: Arc<Hub>, after: u64) {
     let hubs = &state.hubs;
-    let topic = hub.topic.as_str();
+    let of = &hub.of;
     let mut last = after;
     let mut source = match hub.subscribe(&state, last).await {
         Ok((source, from)) => {
@@ -315,7 +319,7 @@ async fn run(state: AppState, hub: Arc<Hub>, after: u64) {
             }
             _ = tokio::time::sleep_until(retire_at.unwrap_or_else(Instant::now)), if retire_at.is_some() => {
                 if hubs.retire(&hub, false) {
-                    tracing::debug!(%topic, "no reader left: hub closed");
+                    tracing::debug!(stream = %of, "no reader left: hub closed");
                     return;
                 }
                 continue;
@@ -326,17 +330,17 @@ async fn run(state: AppState, hub: Arc<Hub>, after: u64) {
                 quiet_since = Instant::now();
                 continue;
             }
-            next = source.message.message() => next,
+            next = source.message.next() => next,
         };
         match next {
-            Ok(Some(event)) => {
+            Ok(Some((seq, frame))) => {
                 // A resubscription may repeat what was delivered; never a gap (the backend
                 // fills them from its store).
-                if event.seq <= last {
+                if seq <= last {
                     continue;
                 }
-                last = event.seq;
-                if let Some(frame) = Frame::event(event) {
+                last = seq;
+                if let Some(frame) = frame {
                     hub.ring.push(frame, hubs.share());
                     quiet_since = Instant::now();
                 }
@@ -349,7 +353,7 @@ async fn run(state: AppState, hub: Arc<Hub>, after: u64) {
                 // A backend that became unreachable has taken itself out already; one that
                 // ended the stream itself (draining) is taken out by its health checks.
                 let from = source.backend;
-                tracing::info!(%topic, last_seq = last, backend = ?from, %reason, "subscription lost: resubscribing");
+                tracing::info!(stream = %of, last_seq = last, backend = ?from, %reason, "subscription lost: resubscribing");
                 state.metrics.sse_resumed("backend_lost");
                 match resubscribe(&state, &hub, last).await {
                     Some((next, from)) => {
@@ -384,7 +388,7 @@ async fn resubscribe(state: &AppState, hub: &Hub, last: u64) -> Option<(Source, 
             Ok(resumed) => return Some(resumed),
             Err(err) => {
                 let err = ApiError::from(err);
-                if log_refusal(&hub.topic, &err) {
+                if log_refusal(&hub.of, &err) {
                     return None;
                 }
             }
@@ -409,10 +413,16 @@ mod tests {
         state: &AppState,
         backend: &mut FakeBackend,
         topic: &'static str,
-    ) -> (Joined, tokio::sync::mpsc::Sender<Result<v1::Event, Status>>) {
+    ) -> (
+        Joined,
+        tokio::sync::mpsc::Sender<Result<eventsys::v1::Event, Status>>,
+    ) {
         let joining = {
             let state = state.clone();
-            tokio::spawn(async move { state.hubs.join(&state, topic, 0, None).await })
+            tokio::spawn(async move {
+                let of = StreamOf::Topic(topic.into());
+                state.hubs.join(&state, &of, 0, None).await
+            })
         };
         let subscribed = backend.subscribed().await;
         assert_eq!(subscribed.request.topic, topic);
@@ -456,7 +466,8 @@ mod tests {
             drop(first);
             advance(LINGER / 2).await;
 
-            let again = state.hubs.join(&state, "t", 0, None).await.unwrap();
+            let of = StreamOf::Topic("t".into());
+            let again = state.hubs.join(&state, &of, 0, None).await.unwrap();
             assert!(!again.opened_it, "a second hub was opened");
             advance(LINGER * 3).await;
             assert_eq!(state.hubs.count(), 1);

@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
-use eventsys::{backoff::Attempts, gap::Gap, v1};
+use eventsys::{backoff::Attempts, gap::Gap};
 use http::{HeaderValue, header};
 use tokio::time::Instant;
 
@@ -19,6 +19,7 @@ use super::{
     hub::{Joined, Member},
     log_refusal,
     ring::Read,
+    source::{History, StreamOf},
 };
 use crate::{
     api::ApiError,
@@ -33,12 +34,12 @@ const CATCH_UP_PAGE: u32 = 32;
 
 pub(crate) struct Reader {
     state: AppState,
-    /// The client's place in its topic's hub (which it reads through).
+    /// The client's place in its stream's hub (which it reads through).
     hub: Member,
     bearer: Option<Bearer>,
     /// Next position to read in the ring.
     position: u64,
-    /// `seq` of the last event sent.
+    /// `seq` (position) of the last item sent.
     last: u64,
     /// Events up to the ring's are to be read from the store first.
     behind: bool,
@@ -51,11 +52,11 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    /// A client of `topic` resuming after `after`. Whatever would keep it from starting (no
+    /// A client of `of` resuming after `after`. Whatever would keep it from starting (no
     /// backend, a refused token) is an error before the response starts.
     pub(crate) async fn open(
         state: &AppState,
-        topic: &str,
+        of: &StreamOf,
         after: u64,
         bearer: Option<Bearer>,
         slot: StreamSlot,
@@ -64,7 +65,7 @@ impl Reader {
             member,
             position,
             opened_it,
-        } = state.hubs.join(state, topic, after, bearer.clone()).await?;
+        } = state.hubs.join(state, of, after, bearer.clone()).await?;
         let mut reader = Reader {
             state: state.clone(),
             hub: member,
@@ -84,7 +85,7 @@ impl Reader {
         Ok(reader)
     }
 
-    /// The backend feeding this client's topic now.
+    /// The backend feeding this client's stream now.
     pub(crate) fn backend(&self) -> Option<Backend> {
         self.hub.backend()
     }
@@ -159,7 +160,7 @@ impl Reader {
                 Err(err) => err,
             },
         };
-        if log_refusal(&self.hub.topic, &err) {
+        if log_refusal(&self.hub.of, &err) {
             return false;
         }
         tokio::select! {
@@ -168,42 +169,38 @@ impl Reader {
         }
     }
 
-    /// Reads the stored events after `last` into `pending`, one page; clears `behind` when the
+    /// Reads the stored items after `last` into `pending`, one page; clears `behind` when the
     /// store has no more.
     async fn page(&mut self) -> Result<(), ApiError> {
-        let reply = {
+        let History {
+            oldest_available,
+            frames,
+            more,
+        } = {
             let _turn = self.state.hubs.catch_ups.acquire().await;
-            let request = v1::ListTopicEventsRequest {
-                topic: self.hub.topic.clone(),
-                after_seq: self.last,
-                limit: CATCH_UP_PAGE,
-            };
-            let answer = self
-                .state
-                .upstream
-                .call(request, self.bearer.as_ref())
-                .await?;
-            answer.message
+            self.hub
+                .of
+                .history(&self.state, self.last, CATCH_UP_PAGE, self.bearer.as_ref())
+                .await?
         };
-        if reply.oldest_available > self.last.saturating_add(1) {
+        if oldest_available > self.last.saturating_add(1) {
             let gap = Gap {
                 requested_after: self.last,
-                oldest_available: reply.oldest_available,
+                oldest_available,
             };
-            tracing::info!(topic = %self.hub.topic, ?gap, "events dropped by retention before a reader caught up");
+            tracing::info!(stream = %self.hub.of, ?gap, "dropped by retention before a reader caught up");
             self.pending.push_back(Frame::gap(gap));
         }
-        for event in reply.events {
-            let seq = event.seq;
+        for (seq, frame) in frames {
             if seq <= self.last {
                 continue;
             }
-            if let Some(frame) = Frame::event(event) {
+            if let Some(frame) = frame {
                 self.pending.push_back(frame.bytes);
             }
             self.last = seq;
         }
-        self.behind = reply.more;
+        self.behind = more;
         Ok(())
     }
 }

@@ -78,6 +78,33 @@ async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
     let gone = grpcurl_call(front, "GetEvent", json!({"id": id, "userId": "grpc"})).await;
     assert!(gone.unwrap_err().contains("NotFound"));
 
+    // The user's change feed through the gateway: those three changes, in order.
+    let watched = grpcurl(&[
+        "-plaintext",
+        "-max-time",
+        "2",
+        "-d",
+        r#"{"userId": "grpc"}"#,
+        &address,
+        "events.v1.EventService/WatchChanges",
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&watched.stdout);
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("\"kind\": "))
+        .map(|v| v.trim_end_matches(',').trim_matches('"'))
+        .collect();
+    assert_eq!(kinds, ["CREATED", "UPDATED", "DELETED"], "{text}");
+    let history = grpcurl_call(
+        front,
+        "ListChanges",
+        json!({"userId": "grpc", "afterPosition": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(history["changes"].as_array().unwrap().len(), 2, "{history}");
+
     // A subscription through the gateway: the stored events, then it stays open.
     for n in 0..3 {
         grpcurl_call(

@@ -5,6 +5,7 @@
 mod backend;
 mod bench;
 mod cdp;
+mod changes;
 mod cli;
 mod deploy;
 mod gateway_balancing;

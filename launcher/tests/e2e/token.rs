@@ -213,6 +213,92 @@ async fn each_user_sees_and_changes_only_their_own_events() {
     assert_no_token_logged(&system, &tokens);
 }
 
+/// A change feed is its token subject's: another user's changes never reach it, naming
+/// another user is 403, and a browser's `?access_token=` opens it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_user_watches_only_their_own_changes() {
+    let (system, tokens) = system().await;
+    let client = http();
+    let url = |p: &str| system.url(p);
+    let watch = |query: &str, token: &str| {
+        let request = reqwest::Client::new()
+            .get(url(&format!("/changes{query}")))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    let alice_watching = watch("", &tokens.alice).await;
+    assert_eq!(alice_watching.status(), StatusCode::OK);
+    let mut alice_frames = alice_watching.bytes_stream().eventsource();
+    let by_query = reqwest::Client::new()
+        .get(url(&format!("/changes?access_token={}", tokens.alice)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.status(), StatusCode::OK);
+    assert_403(watch("?userId=bob", &tokens.alice).await).await;
+    assert_403(
+        client
+            .get(url("/changes/history?userId=bob"))
+            .bearer_auth(&tokens.alice)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_401(
+        client
+            .get(url("/changes?userId=alice"))
+            .send()
+            .await
+            .unwrap(),
+        false,
+    )
+    .await;
+
+    // Bob writes first, then Alice: her watcher sees her change, and only hers.
+    for (token, title) in [(&tokens.bob, "bob's"), (&tokens.alice, "alice's")] {
+        let created = client
+            .post(url("/events"))
+            .bearer_auth(token)
+            .json(&json!({"title": title}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let frame = tokio::time::timeout(Duration::from_secs(10), alice_frames.next())
+        .await
+        .expect("alice's change arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.event, "created");
+    let data: Value = serde_json::from_str(&frame.data).unwrap();
+    assert_eq!(
+        (&data["userId"], &data["title"]),
+        (&json!("alice"), &json!("alice's"))
+    );
+    // Her history has her one change; Bob's has his.
+    for (token, user) in [(&tokens.alice, "alice"), (&tokens.bob, "bob")] {
+        let listed: Value = client
+            .get(url("/changes/history"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let owners: Vec<&Value> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["event"]["userId"])
+            .collect();
+        assert_eq!(owners, [&json!(user)], "{listed}");
+    }
+    assert_no_token_logged(&system, &tokens);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn topics_follow_the_token_claims_and_public_topics_are_open() {
     let (system, tokens) = system().await;
