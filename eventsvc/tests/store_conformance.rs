@@ -928,13 +928,19 @@ async fn postgres() -> Option<Fixture> {
 
 conformance!(sqlite_store, sqlite());
 /// Change feeds, on the stores that keep them so far.
-mod sqlite_feeds {
-    use super::*;
-    conformance!(@cases sqlite();
-        changes_are_recorded_once_in_order,
-        the_follower_delivers_every_change_once_in_order,
-        retention_trims_change_feeds,
-    );
+macro_rules! feeds {
+    ($store:ident, $fixture:expr) => {
+        mod $store {
+            use super::*;
+            conformance!(@cases $fixture;
+                changes_are_recorded_once_in_order,
+                the_follower_delivers_every_change_once_in_order,
+                retention_trims_change_feeds,
+            );
+        }
+    };
 }
+feeds!(sqlite_feeds, sqlite());
+feeds!(postgres_feeds, postgres());
 conformance!(mongo_store, mongo());
 conformance!(postgres_store, postgres());

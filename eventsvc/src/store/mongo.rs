@@ -36,7 +36,7 @@ pub use open::database_name;
 /// The old service's database, used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "fullApp";
 /// Until this store keeps users' change feeds.
-const CHANGE_FEEDS: &str = "users' change feeds need the SQLite store for now";
+const CHANGE_FEEDS: &str = "users' change feeds need the SQLite or PostgreSQL store for now";
 
 const EVENTS: &str = "events";
 const COUNTERS: &str = "counters";

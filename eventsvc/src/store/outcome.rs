@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Event, JsonObject, Result, StoreError};
+use super::{ChangeKind, Event, EventChange, JsonObject, Result, StoreError};
 
 /// `Event` with times in milliseconds (the precision every store keeps).
 #[derive(Serialize, Deserialize)]
@@ -80,6 +80,28 @@ pub(crate) fn decode(text: &str) -> Result<Event> {
         time: a.time_ms.map(at).transpose()?,
         seq: a.seq,
         revision: a.revision,
+    })
+}
+
+/// A change feed entry as a store keeps it (position, kind code, time in milliseconds, the
+/// event as `encode` wrote it); `pk` names it in an error.
+pub(crate) fn change(
+    pk: i64,
+    position: i64,
+    kind: i64,
+    time: i64,
+    event: &str,
+) -> Result<EventChange> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: format!("(change feed entry {pk})"),
+        reason,
+    };
+    Ok(EventChange {
+        position: position.max(0) as u64,
+        kind: ChangeKind::from_code(kind).ok_or_else(|| corrupt(format!("kind {kind}")))?,
+        time: DateTime::from_timestamp_millis(time)
+            .ok_or_else(|| corrupt(format!("time {time}")))?,
+        event: decode(event)?,
     })
 }
 

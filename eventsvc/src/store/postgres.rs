@@ -9,6 +9,7 @@
 //! killed in a transaction holds nothing: the server aborts it when the connection drops.
 
 mod batch;
+mod changelog;
 mod changes;
 mod connect;
 mod follow;
@@ -18,7 +19,7 @@ mod rows;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use futures::{StreamExt, stream::BoxStream};
+use futures::stream::BoxStream;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -33,9 +34,6 @@ use rows::{COLUMNS, Written, to_event};
 /// Connections per process.
 const POOL_SIZE: usize = 16;
 /// The channel publishes notify on.
-/// Until this store keeps users' change feeds.
-const CHANGE_FEEDS: &str = "users' change feeds need the SQLite store for now";
-
 const CHANNEL: &str = "events_published";
 
 /// Schema migrations, applied in order; `schema_version` records how many ran.
@@ -161,6 +159,8 @@ const MIGRATIONS: &[&str] = &[
      END $$;",
     // 4: revisions (`If-Match`); the rows of before read as revision 1.
     "ALTER TABLE events ADD COLUMN revision BIGINT NOT NULL DEFAULT 1;",
+    // 5: users' change feeds (`changelog`).
+    changelog::MIGRATION,
 ];
 
 /// A full disk is `Full`; a lost connection, a server shutting down or a conflict to retry is
@@ -439,21 +439,30 @@ impl EventStore for PostgresStore {
     }
 
     async fn follow(&self) -> Result<BoxStream<'static, Result<Followed>>> {
-        let published = follow::follow(&self.connect, self.pool.clone()).await?;
-        Ok(published.map(|e| e.map(Followed::Published)).boxed())
+        follow::follow(&self.connect, self.pool.clone()).await
     }
 
-    async fn changes_after(&self, _: &str, _: u64, _: usize) -> Result<Vec<EventChange>> {
-        Err(StoreError::Unsupported(CHANGE_FEEDS.to_owned()))
+    async fn changes_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventChange>> {
+        let client = self.client("changes_after").await?;
+        changelog::after(&client, user, after, limit).await
     }
 
-    async fn changes_dropped_through(&self, _: &str) -> Result<u64> {
-        Err(StoreError::Unsupported(CHANGE_FEEDS.to_owned()))
+    async fn changes_dropped_through(&self, user: &str) -> Result<u64> {
+        let client = self.client("changes_dropped_through").await?;
+        changelog::dropped_through(&client, user).await
     }
 
+    /// A batch of each: topics', then change feeds'.
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {
         let mut client = self.client("compact").await?;
-        retention::compact(&mut client, retention, batch).await
+        let topics = retention::compact(&mut client, retention, batch).await?;
+        let feeds = changelog::compact(&mut client, retention, batch).await?;
+        Ok(topics + feeds)
     }
 
     async fn dropped_through(&self, topic: &str) -> Result<u64> {

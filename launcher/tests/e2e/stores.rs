@@ -35,6 +35,7 @@ per_engine!(
     streams::lists_are_in_creation_order_whichever_backend_created,
     streams::a_backend_kill_9_under_load_fails_nothing_and_loses_nothing,
     streams::retention_keeps_the_newest_and_tells_readers_of_the_gap,
+    streams::a_change_watcher_sees_every_change_once_across_a_kill_9,
     access::idempotency_keys_answer_once_across_backends,
     access::token_mode_scopes_events_to_the_tokens_subject,
     outage::the_database_killed_under_load_gives_503s_and_everything_recovers,

@@ -1,6 +1,7 @@
 //! Updates and deletes in batches on PostgreSQL: each batch of `store::changes`'s queue in one
 //! transaction (one `UPDATE … FROM unnest`, one `DELETE … USING unnest`), so they share one
-//! commit. A lone change goes at once (no timer). Each change is answered as alone: the event
+//! commit, with their entries in the owners' change feeds. A lone change goes at once (no
+//! timer). Each change is answered as alone: the event
 //! as now stored, NOT_FOUND (no such id, or another owner's), or FAILED_PRECONDITION (its
 //! `If-Match` revision is not the event's, checked by the statement itself); a batch that fails (a lost
 //! connection, a full disk) fails each of its changes, and nothing of it is applied.
@@ -11,11 +12,13 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use super::{
+    CHANNEL,
     batch::Failure,
+    changelog,
     rows::{COLUMNS, to_event},
 };
 use crate::store::{
-    Event, EventPatch, Result,
+    ChangeKind, Event, EventPatch, Result,
     changes::{Change, Changes},
 };
 
@@ -170,6 +173,8 @@ async fn applied(
     let tx = client.transaction().await.map_err(Failure::Pg)?;
     let mut updated = HashMap::new();
     let mut applied_ids = HashSet::new();
+    // What the owners' change feeds record, in this transaction.
+    let mut recorded = Vec::new();
     if !updates.ids.is_empty() {
         let Updates {
             ids,
@@ -205,6 +210,7 @@ async fn applied(
             let event = to_event(row);
             if let Ok(event) = &event {
                 applied_ids.insert(event.id);
+                recorded.push((ChangeKind::Updated, event.clone()));
             }
             updated.insert(row.get::<_, i32>("idx"), event);
         }
@@ -217,21 +223,25 @@ async fn applied(
             revisions,
             idx,
         } = deletes;
+        let sql = format!(
+            "DELETE FROM events AS e
+             USING unnest($1::UUID[], $2::BYTEA[], $3::BIGINT[], $4::INT[])
+                   AS u(id, owner, revision, idx)
+             WHERE e.id = u.id AND (u.owner IS NULL OR e.user_id = u.owner)
+               AND (u.revision IS NULL OR e.revision = u.revision)
+             RETURNING {RETURNED}"
+        );
         let rows = tx
-            .query(
-                "DELETE FROM events AS e
-                 USING unnest($1::UUID[], $2::BYTEA[], $3::BIGINT[], $4::INT[])
-                       AS u(id, owner, revision, idx)
-                 WHERE e.id = u.id AND (u.owner IS NULL OR e.user_id = u.owner)
-                   AND (u.revision IS NULL OR e.revision = u.revision)
-                 RETURNING u.idx, e.id",
-                &[ids, owners, revisions, idx],
-            )
+            .query(&sql, &[ids, owners, revisions, idx])
             .await
             .map_err(Failure::Pg)?;
         for row in &rows {
             deleted.insert(row.get::<_, i32>("idx"));
             applied_ids.insert(row.get::<_, Uuid>("id"));
+            // The event as it was: its feed's entry.
+            if let Ok(event) = to_event(row) {
+                recorded.push((ChangeKind::Deleted, event));
+            }
         }
     }
     // The changes that did not apply: their events as they are, to tell a missing event from
@@ -256,6 +266,9 @@ async fn applied(
             missed.insert(row.get::<_, Uuid>("id"), to_event(row));
         }
     }
+    changelog::record(&tx, recorded, CHANNEL)
+        .await
+        .map_err(Failure::Pg)?;
     tx.commit().await.map_err(Failure::Pg)?;
     Ok(Applied {
         updated,

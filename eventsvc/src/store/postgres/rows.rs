@@ -7,6 +7,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::changelog;
 use crate::store::{Event, JsonObject, KeyClaim, Result, StoreError, outcome};
 
 /// The columns every event query selects, in `to_event`'s order.
@@ -105,14 +106,30 @@ pub(super) enum Written {
 }
 
 /// Writes `batch` (each a publish or not, its event and key) in one call of `write_events`:
-/// one round trip, one commit.
+/// one round trip, one commit. A create of an owned event records its change too.
+///
+/// Sent in lock order: a publish holds its topic's counter row, an owned create its user's
+/// feed head, until commit; other processes' batches take theirs in the same order (topics,
+/// then users, each sorted), so they wait for each other rather than deadlock. The sort is
+/// stable: a topic's publishes keep their order, and so their seqs.
 pub(super) async fn write_batch(
     client: &impl GenericClient,
     batch: &[(bool, &Event, Option<&KeyClaim>)],
     channel: &str,
 ) -> std::result::Result<Vec<Written>, tokio_postgres::Error> {
-    let publish: Vec<bool> = batch.iter().map(|(p, _, _)| *p).collect();
-    let values: Vec<Values<'_>> = batch.iter().map(|(_, e, _)| Values::of(e)).collect();
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| {
+        let (publish, event, _) = batch[i];
+        if publish {
+            (0, event.topic.as_bytes())
+        } else {
+            (1, event.user_id.as_bytes())
+        }
+    });
+    let sorted: Vec<&(bool, &Event, Option<&KeyClaim>)> =
+        order.iter().map(|&i| &batch[i]).collect();
+    let publish: Vec<bool> = sorted.iter().map(|(p, _, _)| *p).collect();
+    let values: Vec<Values<'_>> = sorted.iter().map(|(_, e, _)| Values::of(e)).collect();
     let ids: Vec<&Uuid> = values.iter().map(|v| v.id).collect();
     let user_ids: Vec<&[u8]> = values.iter().map(|v| v.user_id).collect();
     let titles: Vec<&[u8]> = values.iter().map(|v| v.title).collect();
@@ -122,19 +139,29 @@ pub(super) async fn write_batch(
     let topics: Vec<&String> = values.iter().map(|v| v.topic).collect();
     let data: Vec<Option<&String>> = values.iter().map(|v| v.data.as_ref()).collect();
     let times: Vec<Option<i64>> = values.iter().map(|v| v.time).collect();
-    let scopes: Vec<Option<&[u8]>> = batch
+    let scopes: Vec<Option<&[u8]>> = sorted
         .iter()
         .map(|(_, _, k)| k.map(|k| k.scope.as_bytes()))
         .collect();
-    let keys: Vec<Option<&String>> = batch.iter().map(|(_, _, k)| k.map(|k| &k.key)).collect();
-    let heads: Vec<Option<String>> = batch
+    let keys: Vec<Option<&String>> = sorted.iter().map(|(_, _, k)| k.map(|k| &k.key)).collect();
+    let heads: Vec<Option<String>> = sorted
         .iter()
         .map(|(_, e, k)| k.map(|_| outcome::encode_up_to_seq(e)))
+        .collect();
+    let changes: Vec<Option<String>> = sorted
+        .iter()
+        .map(|(publish, e, _)| {
+            if *publish {
+                None
+            } else {
+                changelog::created(e)
+            }
+        })
         .collect();
     let rows = client
         .query(
             "SELECT out_seq, out_failure FROM write_events(
-                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             &[
                 &publish,
                 &ids,
@@ -149,16 +176,22 @@ pub(super) async fn write_batch(
                 &scopes,
                 &keys,
                 &heads,
+                &changes,
                 &channel,
             ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| match row.get::<_, Option<&str>>(1) {
+    let mut written: Vec<Option<Written>> = (0..batch.len()).map(|_| None).collect();
+    for (&i, row) in order.iter().zip(&rows) {
+        written[i] = Some(match row.get::<_, Option<&str>>(1) {
             Some("taken") => Written::Taken,
             Some(_) => Written::KeyTaken,
             None => Written::Stored(row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64),
-        })
+        });
+    }
+    // `write_events` answers each element once, in order.
+    Ok(written
+        .into_iter()
+        .map(|w| w.unwrap_or(Written::Taken))
         .collect())
 }

@@ -4,10 +4,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{SubsecRound, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-use super::{Result, Retention, StoreError, sql_error};
+use super::{Result, Retention, sql_error};
 use crate::store::{ChangeKind, Event, EventChange, outcome};
 
 /// The feeds' tables: the entries (each holding its event as the change left it), and per
@@ -72,24 +72,9 @@ pub(super) fn record(conn: &Connection, kind: ChangeKind, event: &Event) -> Resu
 /// An entry row as read: its `pk` and the entry, or why it cannot be read.
 pub(super) fn entry(row: &Row<'_>) -> rusqlite::Result<(i64, Result<EventChange>)> {
     let pk: i64 = row.get(0)?;
-    let position: i64 = row.get(1)?;
-    let kind: i64 = row.get(2)?;
-    let time: i64 = row.get(3)?;
     let event: String = row.get(4)?;
-    let corrupt = |reason: String| StoreError::Corrupt {
-        id: format!("(change feed entry {pk})"),
-        reason,
-    };
-    let parsed = (|| {
-        Ok(EventChange {
-            position: position.max(0) as u64,
-            kind: ChangeKind::from_code(kind).ok_or_else(|| corrupt(format!("kind {kind}")))?,
-            time: DateTime::from_timestamp_millis(time)
-                .ok_or_else(|| corrupt(format!("time {time}")))?,
-            event: outcome::decode(&event)?,
-        })
-    })();
-    Ok((pk, parsed))
+    let entry = outcome::change(pk, row.get(1)?, row.get(2)?, row.get(3)?, &event);
+    Ok((pk, entry))
 }
 
 /// Runs a query returning entry rows.

@@ -113,6 +113,19 @@ pub(super) async fn a_backend_kill_9_under_load_fails_nothing_and_loses_nothing(
     );
 }
 
+/// A user's change feed through `eventsys up` on the engine: every change of a mixed load
+/// once, in position order, across a `kill -9` of the backend feeding the watchers.
+pub(super) async fn a_change_watcher_sees_every_change_once_across_a_kill_9(engine: Engine) {
+    let Some(system) = UpSystem::up(engine, "a change feed across a kill -9", &[]).await else {
+        return;
+    };
+    system.ready().await;
+    crate::changes::watch_across_a_kill(&system.url(""), "watched", |feeding| {
+        system.kill_backend(feeding)
+    })
+    .await;
+}
+
 pub(super) async fn retention_keeps_the_newest_and_tells_readers_of_the_gap(engine: Engine) {
     let env = [("RETENTION_MAX_EVENTS", "10")];
     let Some(system) = UpSystem::up(engine, "retention", &env).await else {
