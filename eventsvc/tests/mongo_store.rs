@@ -166,9 +166,10 @@ async fn the_old_services_documents_are_at_revision_one() {
     client.default_database().unwrap().drop().await.unwrap();
 }
 
-/// Writes for a while (publishes too when `publish`), kills the server with `kill -9`, starts it
-/// on the same data and looks for every write it acknowledged.
-async fn acknowledged_writes_survive_kill_9(mut server: MongoServer, publish: bool) {
+/// Writes for a while (publishes too when `publish`; creates of owned events, which are
+/// transactions with their change feed entries, when `owned`), kills the server with `kill -9`,
+/// starts it on the same data and looks for every write it acknowledged.
+async fn acknowledged_writes_survive_kill_9(mut server: MongoServer, publish: bool, owned: bool) {
     let uri = server.uri("durability");
     let store = Arc::new(MongoStore::open(&uri).await.expect("open"));
     let writers = (0..4).map(|n| {
@@ -177,7 +178,10 @@ async fn acknowledged_writes_survive_kill_9(mut server: MongoServer, publish: bo
             let mut acknowledged = Vec::new();
             let until = Instant::now() + Duration::from_millis(1500);
             while Instant::now() < until {
-                let new = published(&format!("t{}", n % 2), "durable");
+                let mut new = published(&format!("t{}", n % 2), "durable");
+                if !owned {
+                    new.user_id.clear();
+                }
                 let written = if publish && n < 2 {
                     store.publish(new).await
                 } else {
@@ -216,17 +220,19 @@ async fn acknowledged_writes_survive_kill_9(mut server: MongoServer, publish: bo
 async fn writes_ask_for_the_journal_themselves() {
     // A server that syncs a write only when the write asks (`j: true`), as a mongod with its
     // journal default off: what survives is what the store asked for. (SecantusDB honours `j`
-    // on plain writes, which creates and publishes are, but not on `commitTransaction`, which
-    // batched updates and deletes use: those are durable there with `--sync-on-commit`.)
+    // on plain writes, which publishes and creates of events without an owner are, but not on
+    // `commitTransaction`, which updates, deletes and creates of owned events use (their
+    // change feed entries commit with them): those are durable there with `--sync-on-commit`,
+    // tested below.)
     if let Some(server) = MongoServer::start_syncing_only_when_asked("the journal test") {
-        acknowledged_writes_survive_kill_9(server, true).await;
+        acknowledged_writes_survive_kill_9(server, true, false).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_kill_9_of_the_database() {
     if let Some(server) = MongoServer::start("the database's kill -9") {
-        acknowledged_writes_survive_kill_9(server, true).await;
+        acknowledged_writes_survive_kill_9(server, true, true).await;
     }
 }
 

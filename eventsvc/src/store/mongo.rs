@@ -5,6 +5,7 @@
 //! on a majority — never the server's defaults.
 
 mod batch;
+mod changelog;
 mod changes;
 mod document;
 mod errors;
@@ -35,8 +36,9 @@ pub use open::database_name;
 
 /// The old service's database, used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "fullApp";
-/// Until this store keeps users' change feeds.
-const CHANGE_FEEDS: &str = "users' change feeds need the SQLite or PostgreSQL store for now";
+/// What a standalone server (no transactions) answers for a change feed.
+const CHANGE_FEEDS: &str = "users' change feeds on MongoDB need a replica set: start mongod \
+     with --replSet rs0 and run rs.initiate() once (see README, Running on MongoDB)";
 
 const EVENTS: &str = "events";
 const COUNTERS: &str = "counters";
@@ -70,6 +72,8 @@ pub struct MongoStore {
     /// This process's updates and deletes, applied many at a time; `None` on a standalone
     /// server (no transactions), where each goes alone.
     changes: Option<crate::store::changes::Changes>,
+    /// Users' change feeds; `None` on a standalone server (no transactions to record them in).
+    feeds: Option<changelog::Feeds>,
 }
 
 fn scope(id: Uuid, owner: Option<String>) -> Document {
@@ -86,6 +90,12 @@ fn in_scope(document: &Document, owner: Option<&str>) -> bool {
 }
 
 impl MongoStore {
+    fn feeds(&self) -> Result<&changelog::Feeds> {
+        self.feeds
+            .as_ref()
+            .ok_or_else(|| StoreError::Unsupported(CHANGE_FEEDS.to_owned()))
+    }
+
     async fn find(
         &self,
         op: &'static str,
@@ -244,7 +254,7 @@ impl EventStore for MongoStore {
             .pipeline(pipeline)
             .await
             .map_err(|e| mongo_error("follow", e))?;
-        Ok(changes
+        let published = changes
             .map(|change| {
                 let change = change.map_err(|e| mongo_error("follow", e))?;
                 let document = change.full_document.ok_or_else(|| StoreError::Internal {
@@ -253,19 +263,32 @@ impl EventStore for MongoStore {
                 })?;
                 from_document(&document).map(Followed::Published)
             })
-            .boxed())
+            .boxed();
+        let entries = self.feeds()?.follow().await?;
+        Ok(futures::stream::select(published, entries).boxed())
     }
 
-    async fn changes_after(&self, _: &str, _: u64, _: usize) -> Result<Vec<EventChange>> {
-        Err(StoreError::Unsupported(CHANGE_FEEDS.to_owned()))
+    async fn changes_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventChange>> {
+        self.feeds()?.after(user, after, limit).await
     }
 
-    async fn changes_dropped_through(&self, _: &str) -> Result<u64> {
-        Err(StoreError::Unsupported(CHANGE_FEEDS.to_owned()))
+    async fn changes_dropped_through(&self, user: &str) -> Result<u64> {
+        self.feeds()?.dropped_through(user).await
     }
 
+    /// A batch of each: topics', then change feeds'.
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {
-        retention::compact(&self.events, &self.counters, retention, batch).await
+        let topics = retention::compact(&self.events, &self.counters, retention, batch).await?;
+        let feeds = match &self.feeds {
+            Some(feeds) => feeds.compact(retention, batch).await?,
+            None => 0,
+        };
+        Ok(topics + feeds)
     }
 
     async fn dropped_through(&self, topic: &str) -> Result<u64> {

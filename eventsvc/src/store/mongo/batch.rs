@@ -5,16 +5,40 @@
 //! whose id is taken fails alone, the others are stored. A command that fails as a whole (a
 //! lost connection, a write concern not met) fails each of its creates; those may be stored,
 //! and a retry of the same id finds out, as with a single insert.
+//!
+//! On a replica set, a batch with an owned event is one transaction instead (`Recording`):
+//! it reads which ids are taken, inserts the rest and records their creates in the owners'
+//! change feeds, so an entry commits with its event or not at all. A batch the server refuses
+//! as a whole is inserted again a create at a time, so a bad one fails alone.
 
+use std::{collections::HashSet, time::Duration};
+
+use futures::{FutureExt, TryStreamExt};
 use mongodb::{
-    Collection,
-    bson::Document,
+    Client, ClientSession, Collection,
+    bson::{Document, doc},
     error::{ErrorKind, InsertManyError},
+    options::TransactionOptions,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::errors::{DUPLICATE_KEY, mongo_error, write_error};
-use crate::store::{Result, StoreError, batching};
+use super::{
+    changelog::{self, Feeds},
+    errors::{DUPLICATE_KEY, mongo_error, write_error},
+};
+use crate::store::{ChangeKind, Result, StoreError, batching};
+
+/// The most a batch's transaction may take, the driver's retries of conflicts included (as
+/// `changes::DEADLINE`): its creates then fail as unavailable (a retry finds what committed).
+const DEADLINE: Duration = Duration::from_secs(3);
+
+/// Where owned creates are recorded, and how: a replica set's transactions.
+#[derive(Clone)]
+pub(super) struct Recording {
+    pub(super) client: Client,
+    pub(super) feeds: Feeds,
+    pub(super) transaction: TransactionOptions,
+}
 
 /// What became of an inserted document.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,10 +61,11 @@ pub(super) struct Creates {
 }
 
 impl Creates {
-    /// Starts the task, which inserts into `events` until this is dropped.
-    pub(super) fn start(events: Collection<Document>) -> Creates {
+    /// Starts the task, which inserts into `events` until this is dropped; with `recording`,
+    /// owned creates are recorded in their feeds.
+    pub(super) fn start(events: Collection<Document>, recording: Option<Recording>) -> Creates {
         let (queue, pending) = mpsc::channel(batching::QUEUE);
-        tokio::spawn(run(events, pending));
+        tokio::spawn(run(events, recording, pending));
         Creates { queue }
     }
 
@@ -63,9 +88,20 @@ impl Creates {
 }
 
 /// Until the queue's sender is dropped: a batch of what is queued, inserted.
-async fn run(events: Collection<Document>, mut pending: mpsc::Receiver<Pending>) {
+async fn run(
+    events: Collection<Document>,
+    recording: Option<Recording>,
+    mut pending: mpsc::Receiver<Pending>,
+) {
     while let Some(first) = pending.recv().await {
         let batch = batching::fill(first, &mut pending, |p| p.bytes);
+        let owned = |p: &Pending| p.document.get_str("userId").is_ok_and(|u| !u.is_empty());
+        if let Some(recording) = &recording
+            && batch.iter().any(owned)
+        {
+            recorded(recording, &events, batch).await;
+            continue;
+        }
         let inserted = events
             .insert_many(batch.iter().map(|p| &p.document))
             .ordered(false)
@@ -90,6 +126,129 @@ async fn run(events: Collection<Document>, mut pending: mpsc::Receiver<Pending>)
             let _ = p.answer.send(answer);
         }
     }
+}
+
+/// Inserts `batch` and records its owned creates, in one transaction; a batch refused as a
+/// whole, a create at a time.
+async fn recorded(recording: &Recording, events: &Collection<Document>, batch: Vec<Pending>) {
+    let documents: Vec<Document> = batch.iter().map(|p| p.document.clone()).collect();
+    let failed = match together(recording, events, documents).await {
+        Ok(outcomes) => {
+            for (p, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = p.answer.send(Ok(outcome));
+            }
+            return;
+        }
+        Err(failed) => failed,
+    };
+    // Something in the batch was refused, and the transaction with it (not the server gone,
+    // not a full disk, not too late): each create alone.
+    let alone = batch.len() > 1
+        && !matches!(
+            failed.error(),
+            StoreError::Unavailable { .. } | StoreError::Full { .. }
+        );
+    if !alone {
+        for p in batch {
+            let _ = p.answer.send(Err(failed.error()));
+        }
+        return;
+    }
+    tracing::debug!(creates = batch.len(), "batch refused; inserting each alone");
+    for p in batch {
+        let answer = together(recording, events, vec![p.document.clone()])
+            .await
+            .map(|mut outcomes| outcomes.pop().unwrap_or(Inserted::Taken))
+            .map_err(|failed| failed.error());
+        let _ = p.answer.send(answer);
+    }
+}
+
+/// Why a batch's transaction did not commit.
+enum Refused {
+    /// Not within `DEADLINE`: whether it committed is unknown.
+    Late,
+    Mongo(mongodb::error::Error),
+}
+
+impl Refused {
+    fn error(&self) -> StoreError {
+        match self {
+            Refused::Late => StoreError::Unavailable {
+                op: "create",
+                reason: format!("not stored within {DEADLINE:?}"),
+            },
+            Refused::Mongo(err) => mongo_error("create", err.clone()),
+        }
+    }
+}
+
+/// Each document's outcome, committed with the feeds' entries.
+async fn together(
+    recording: &Recording,
+    events: &Collection<Document>,
+    documents: Vec<Document>,
+) -> std::result::Result<Vec<Inserted>, Refused> {
+    let run = async {
+        let mut session = recording.client.start_session().await?;
+        let context = (events.clone(), recording.feeds.clone(), documents);
+        session
+            .start_transaction()
+            .with_options(recording.transaction.clone())
+            .and_run(context, |session, (events, feeds, documents)| {
+                insert_in(session, events, feeds, documents).boxed()
+            })
+            .await
+    };
+    match tokio::time::timeout(DEADLINE, run).await {
+        Ok(Ok(outcomes)) => Ok(outcomes),
+        Ok(Err(err)) => Err(Refused::Mongo(err)),
+        Err(_) => Err(Refused::Late),
+    }
+}
+
+/// In the transaction: which ids are taken (by stored events, or by an earlier document of
+/// the batch), the rest inserted, their owners' entries recorded.
+async fn insert_in(
+    session: &mut ClientSession,
+    events: &Collection<Document>,
+    feeds: &Feeds,
+    documents: &[Document],
+) -> mongodb::error::Result<Vec<Inserted>> {
+    let ids: Vec<&str> = documents
+        .iter()
+        .filter_map(|d| d.get_str("id").ok())
+        .collect();
+    let stored: Vec<Document> = events
+        .find(doc! {"id": {"$in": &ids}})
+        .projection(doc! {"id": 1})
+        .session(&mut *session)
+        .await?
+        .stream(&mut *session)
+        .try_collect()
+        .await?;
+    let mut taken: HashSet<String> = stored
+        .iter()
+        .filter_map(|d| d.get_str("id").ok().map(str::to_owned))
+        .collect();
+    let mut outcomes = Vec::with_capacity(documents.len());
+    let mut inserting = Vec::new();
+    let mut entries = Vec::new();
+    for document in documents {
+        let id = document.get_str("id").unwrap_or_default();
+        if !taken.insert(id.to_owned()) {
+            outcomes.push(Inserted::Taken);
+            continue;
+        }
+        outcomes.push(Inserted::Stored);
+        inserting.push(document);
+        entries.extend(changelog::recorded(ChangeKind::Created, document));
+    }
+    if !inserting.is_empty() {
+        events.insert_many(inserting).session(&mut *session).await?;
+    }
+    feeds.record(session, entries).await?;
+    Ok(outcomes)
 }
 
 /// Each document's outcome of an unordered insert that refused some (`errors`, by index).

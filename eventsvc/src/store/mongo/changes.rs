@@ -1,15 +1,16 @@
 //! Updates and deletes in batches on MongoDB: each batch of `store::changes`'s queue in one
-//! transaction (read the batch's events, one `update` command, one `delete` command, commit),
-//! so they share one journal commit. A lone change goes at once as one command (no timer, no
-//! transaction). The read tells each change its answer (its event as now stored, NOT_FOUND: no
-//! such id, or another owner's, or FAILED_PRECONDITION: not at its `If-Match` revision) and
-//! the transaction keeps that answer true: a
-//! write of another process to the same events conflicts, and the driver runs the
+//! transaction (read the batch's events, one `update` command, one `delete` command, their
+//! entries in the owners' change feeds, commit), so they share one journal commit. A lone
+//! change is a transaction too (its feed entry commits with it; no timer). The read tells each
+//! change its answer (its event as now stored, NOT_FOUND: no such id, or another owner's, or
+//! FAILED_PRECONDITION: not at its `If-Match` revision) and the transaction keeps that answer
+//! true: a write of another process to the same events conflicts, and the driver runs the
 //! transaction again. A batch that fails for a reason of its own (a refused statement aborts
 //! a transaction) is applied again a change at a time, so such a change fails alone; a lost
 //! connection or a full disk fails each change, with nothing of the batch applied.
 //!
-//! Transactions need a replica set; on a standalone server each change goes alone.
+//! Transactions need a replica set; on a standalone server each change goes alone, as one
+//! command (`update_alone`, `delete_alone`), and there are no change feeds.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -22,11 +23,12 @@ use mongodb::{
 use uuid::Uuid;
 
 use super::{
+    changelog::{self, Feeds},
     document::{at_revision, revision_of},
     from_document, in_scope, mongo_error, scope,
 };
 use crate::store::{
-    Event, EventPatch, Precondition, Result, StoreError,
+    ChangeKind, Event, EventPatch, Precondition, Result, StoreError,
     changes::{Change, Changes},
 };
 
@@ -44,6 +46,8 @@ pub(super) struct Changing {
     pub(super) events: Collection<Document>,
     /// The transaction's write concern: journaled, on a majority.
     pub(super) transaction: TransactionOptions,
+    /// Where each change is recorded, in its batch's transaction.
+    pub(super) feeds: Feeds,
 }
 
 /// Starts the task that applies this process's updates and deletes.
@@ -132,28 +136,6 @@ async fn current(
     found.as_ref().map(from_document).transpose()
 }
 
-async fn answer_alone(events: &Collection<Document>, change: Change) {
-    match change {
-        Change::Update {
-            id,
-            owner,
-            patch,
-            when,
-            answer,
-        } => {
-            let _ = answer.send(update_alone(events, id, owner, patch, when).await);
-        }
-        Change::Delete {
-            id,
-            owner,
-            when,
-            answer,
-        } => {
-            let _ = answer.send(delete_alone(events, id, owner, when).await);
-        }
-    }
-}
-
 /// A change as its transaction needs it, which the driver may run more than once.
 struct Wanted {
     id: String,
@@ -172,83 +154,99 @@ enum Outcome {
     Unmet(Option<Document>),
 }
 
-/// Applies `batch` and answers each change.
-async fn apply(to: Changing, batch: Vec<Change>) {
-    if batch.len() == 1 {
-        for change in batch {
-            answer_alone(&to.events, change).await;
-        }
-        return;
-    }
-    let wanted = batch
-        .iter()
-        .map(|change| match change {
-            Change::Update {
-                id,
-                owner,
-                patch,
-                when,
-                answer: _,
-            } => {
-                let EventPatch {
-                    title,
-                    description,
-                    completed,
-                } = patch.clone();
-                Wanted {
-                    id: id.to_string(),
-                    owner: owner.clone(),
-                    when: *when,
-                    set: Some(doc! {
-                        "title": title, "description": description, "completed": completed,
-                    }),
-                }
-            }
-            Change::Delete {
-                id,
-                owner,
-                when,
-                answer: _,
-            } => Wanted {
+/// A change as its transaction reads it.
+fn wanted(change: &Change) -> Wanted {
+    match change {
+        Change::Update {
+            id,
+            owner,
+            patch,
+            when,
+            answer: _,
+        } => {
+            let EventPatch {
+                title,
+                description,
+                completed,
+            } = patch.clone();
+            Wanted {
                 id: id.to_string(),
                 owner: owner.clone(),
                 when: *when,
-                set: None,
+                set: Some(doc! {
+                    "title": title, "description": description, "completed": completed,
+                }),
+            }
+        }
+        Change::Delete {
+            id,
+            owner,
+            when,
+            answer: _,
+        } => Wanted {
+            id: id.to_string(),
+            owner: owner.clone(),
+            when: *when,
+            set: None,
+        },
+    }
+}
+
+/// Why a batch's transaction did not commit.
+enum Refused {
+    /// Not within `DEADLINE`: whether it committed is unknown (a retry of each change finds
+    /// out).
+    Late,
+    Mongo(mongodb::error::Error),
+}
+
+impl Refused {
+    fn error(&self, op: &'static str) -> StoreError {
+        match self {
+            Refused::Late => StoreError::Unavailable {
+                op,
+                reason: format!("not applied within {DEADLINE:?}"),
             },
-        })
-        .collect();
-    let failed = match tokio::time::timeout(DEADLINE, together(&to, wanted)).await {
-        Ok(Ok(outcomes)) => {
+            Refused::Mongo(err) => mongo_error(op, err.clone()),
+        }
+    }
+}
+
+/// Applies `batch` and answers each change: one transaction (a lone change too, so its entry
+/// in its owner's feed commits with it); a batch the server refused for a reason of its own
+/// (a refused statement aborts a transaction), again a change at a time.
+async fn apply(to: Changing, batch: Vec<Change>) {
+    let failed = match together(&to, batch.iter().map(wanted).collect()).await {
+        Ok(outcomes) => {
             for (change, outcome) in batch.into_iter().zip(outcomes) {
                 answer(change, outcome);
             }
             return;
         }
-        Ok(Err(err)) => err,
-        Err(_) => {
-            // Whether it committed is unknown: a retry of each change finds out.
-            for change in batch {
-                change.fail(|op| StoreError::Unavailable {
-                    op,
-                    reason: format!("not applied within {DEADLINE:?}"),
-                });
-            }
-            return;
-        }
+        Err(failed) => failed,
     };
-    if matches!(
-        mongo_error("update", failed.clone()),
+    let passing = matches!(
+        failed.error("update"),
         StoreError::Unavailable { .. } | StoreError::Full { .. }
-    ) {
+    );
+    if passing || batch.len() == 1 {
         for change in batch {
-            change.fail(|op| mongo_error(op, failed.clone()));
+            change.fail(|op| failed.error(op));
         }
         return;
     }
-    // Something in the batch was refused, and the transaction with it: each change alone.
-    tracing::debug!(changes = batch.len(), error = %failed, "batch refused; applying each alone");
+    tracing::debug!(changes = batch.len(), "batch refused; applying each alone");
     for change in batch {
-        answer_alone(&to.events, change).await;
+        match together(&to, vec![wanted(&change)]).await {
+            Ok(mut outcomes) => match outcomes.pop() {
+                Some(outcome) => answer(change, outcome),
+                None => change.fail(|op| StoreError::Internal {
+                    op,
+                    source: "a transaction answered nothing".into(),
+                }),
+            },
+            Err(failed) => change.fail(|op| failed.error(op)),
+        }
     }
 }
 
@@ -283,23 +281,39 @@ fn answer(change: Change, outcome: Outcome) {
     }
 }
 
-/// `wanted`'s outcomes, committed together.
-async fn together(to: &Changing, wanted: Vec<Wanted>) -> mongodb::error::Result<Vec<Outcome>> {
-    let mut session = to.client.start_session().await?;
-    let context = (to.database.clone(), to.events.clone(), wanted);
-    session
-        .start_transaction()
-        .with_options(to.transaction.clone())
-        .and_run(context, |session, (database, events, wanted)| {
-            in_transaction(session, database, events, wanted).boxed()
-        })
-        .await
+/// `wanted`'s outcomes, committed together with their entries in the owners' feeds.
+async fn together(
+    to: &Changing,
+    wanted: Vec<Wanted>,
+) -> std::result::Result<Vec<Outcome>, Refused> {
+    let run = async {
+        let mut session = to.client.start_session().await?;
+        let context = (
+            to.database.clone(),
+            to.events.clone(),
+            to.feeds.clone(),
+            wanted,
+        );
+        session
+            .start_transaction()
+            .with_options(to.transaction.clone())
+            .and_run(context, |session, (database, events, feeds, wanted)| {
+                in_transaction(session, database, events, feeds, wanted).boxed()
+            })
+            .await
+    };
+    match tokio::time::timeout(DEADLINE, run).await {
+        Ok(Ok(outcomes)) => Ok(outcomes),
+        Ok(Err(err)) => Err(Refused::Mongo(err)),
+        Err(_) => Err(Refused::Late),
+    }
 }
 
 async fn in_transaction(
     session: &mut ClientSession,
     database: &Database,
     events: &Collection<Document>,
+    feeds: &Feeds,
     wanted: &[Wanted],
 ) -> mongodb::error::Result<Vec<Outcome>> {
     let ids: Vec<&str> = wanted.iter().map(|w| w.id.as_str()).collect();
@@ -317,6 +331,7 @@ async fn in_transaction(
     let mut outcomes = Vec::with_capacity(wanted.len());
     let mut updates = Vec::new();
     let mut deletes = Vec::new();
+    let mut entries = Vec::new();
     // A batch holds each id once, so each change finds its event as the batch began.
     for Wanted {
         id,
@@ -348,10 +363,12 @@ async fn in_transaction(
                 // another process to the event conflicts (the driver runs the batch again).
                 updates.push(doc! {"q": {"id": id}, "u": {"$set": set.clone()}});
                 document.extend(set);
+                entries.extend(changelog::recorded(ChangeKind::Updated, &document));
                 outcomes.push(Outcome::Updated(document));
             }
             None => {
                 deletes.push(id.as_str());
+                entries.extend(changelog::recorded(ChangeKind::Deleted, &document));
                 outcomes.push(Outcome::Deleted);
             }
         }
@@ -373,5 +390,6 @@ async fn in_transaction(
             .session(&mut *session)
             .await?;
     }
+    feeds.record(session, entries).await?;
     Ok(outcomes)
 }

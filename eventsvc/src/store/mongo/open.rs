@@ -14,7 +14,9 @@ use mongodb::{
     },
 };
 
-use super::{COUNTERS, DEFAULT_DATABASE, EVENTS, KEYS, MongoStore, errors::one_line, legacy};
+use super::{
+    COUNTERS, DEFAULT_DATABASE, EVENTS, KEYS, MongoStore, changelog, errors::one_line, legacy,
+};
 use crate::store::OpenError;
 
 /// How long an operation waits for a server to talk to before it fails as unavailable: well
@@ -124,16 +126,25 @@ impl MongoStore {
             .create_indexes(indexes)
             .await
             .map_err(|e| fail(format!("cannot create indexes: {}", one_line(&e))))?;
-        // Created up front: creating a collection inside a transaction (the first publish)
-        // needs MongoDB 4.4 or later. "Already exists" is fine.
-        if let Err(err) = database.create_collection(COUNTERS).await
-            && !matches!(&*err.kind, ErrorKind::Command(c) if c.code == 48)
-        {
-            return Err(fail(format!(
-                "cannot create {COUNTERS}: {}",
-                one_line(&err)
-            )));
+        // Created up front: creating a collection inside a transaction (the first publish,
+        // the first change recorded) needs MongoDB 4.4 or later. "Already exists" is fine.
+        for name in [COUNTERS, changelog::CHANGES, changelog::HEADS] {
+            if let Err(err) = database.create_collection(name).await
+                && !matches!(&*err.kind, ErrorKind::Command(c) if c.code == 48)
+            {
+                return Err(fail(format!("cannot create {name}: {}", one_line(&err))));
+            }
         }
+        let feeds = changelog::Feeds {
+            changes: database.collection(changelog::CHANGES),
+            heads: database.collection(changelog::HEADS),
+        };
+        feeds
+            .changes
+            .create_indexes(changelog::Feeds::indexes())
+            .await
+            .map_err(|e| fail(format!("cannot create indexes: {}", one_line(&e))))?;
+        let feeds = replicated.then_some(feeds);
         let transaction = TransactionOptions::builder()
             .write_concern(durable(replicated))
             .build();
@@ -151,18 +162,25 @@ impl MongoStore {
             counters: counters.clone(),
             hints,
         });
-        let changes = replicated.then(|| {
+        let changes = feeds.as_ref().map(|feeds| {
             super::changes::start(super::changes::Changing {
                 client: client.clone(),
                 database: database.clone(),
                 events: events.clone(),
-                transaction,
+                transaction: transaction.clone(),
+                feeds: feeds.clone(),
             })
+        });
+        let recording = feeds.as_ref().map(|feeds| super::batch::Recording {
+            client: client.clone(),
+            feeds: feeds.clone(),
+            transaction: transaction.clone(),
         });
         Ok(Self {
             probe,
             changes,
-            creates: super::batch::Creates::start(events.clone()),
+            feeds,
+            creates: super::batch::Creates::start(events.clone(), recording),
             events,
             counters,
             keys,
