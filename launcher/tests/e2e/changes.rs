@@ -16,8 +16,9 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::{
+    cdp::Browser,
     pubsub::{Frames, subscribe},
-    support::{EXCLUSIVE, System, http},
+    support::{EXCLUSIVE, Launch, System, http, wait_healthy},
 };
 
 /// One change as a watcher saw it: position, kind, event id, revision.
@@ -293,4 +294,87 @@ async fn a_change_feed_needs_a_user_and_pages_like_history() {
         .await
         .unwrap();
     assert_eq!(empty, json!([]));
+}
+
+/// A browser's EventSource on `/changes`: it sees each change once, and when the gateway
+/// restarts it reconnects by itself with `Last-Event-ID` and misses nothing (not even what was
+/// changed while the gateway was down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_follows_its_changes_across_a_gateway_restart() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Launch::backend(&dir.path().join("events.db")).start().await;
+    let mut gateway = Launch::gateway(&[backend.addr]).start().await;
+    wait_healthy(gateway.addr, None, 1).await;
+    let base = gateway.url();
+    let create = |title: &'static str| {
+        let url = format!("{base}/events");
+        async move {
+            let created = http()
+                .post(url)
+                .json(&json!({"userId": "browser", "title": title}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(created.status(), StatusCode::CREATED);
+        }
+    };
+
+    let browser = Browser::launch(dir.path()).await;
+    let mut page = browser.page().await;
+    page.navigate(&format!("{base}/docs")).await;
+    page.eval(
+        "window.seen = []; window.opened = 0; \
+         const source = new EventSource('/changes?userId=browser'); \
+         source.onopen = () => { window.opened += 1; }; \
+         for (const kind of ['created', 'updated', 'deleted']) \
+           source.addEventListener(kind, e => window.seen.push( \
+             [Number(e.lastEventId), kind, JSON.parse(e.data).title])); \
+         true",
+    )
+    .await;
+    page.wait_for("window.opened", |v| v == 1, Duration::from_secs(10))
+        .await;
+    for title in ["one", "two", "three"] {
+        create(title).await;
+    }
+    page.wait_for("window.seen.length", |v| v == 3, Duration::from_secs(10))
+        .await;
+
+    // The gateway goes away; a change is made through the backend meanwhile; it comes back
+    // on the same address.
+    let addr = gateway.addr;
+    gateway.signal(Signal::SIGTERM);
+    gateway.exit_within(Duration::from_secs(15)).await;
+    backend
+        .client()
+        .await
+        .create_event(eventsys::v1::CreateEventRequest {
+            user_id: "browser".into(),
+            title: "while down".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let gateway = Launch::gateway(&[backend.addr]).on(addr).start().await;
+    wait_healthy(gateway.addr, None, 1).await;
+    page.wait_for("window.opened", |v| v == 2, Duration::from_secs(30))
+        .await;
+    create("after").await;
+    let seen = page
+        .wait_for("window.seen.length", |v| v == 5, Duration::from_secs(10))
+        .await;
+    assert_eq!(seen, 5);
+    let seen = page.eval("window.seen").await;
+    assert_eq!(
+        seen,
+        json!([
+            [1, "created", "one"],
+            [2, "created", "two"],
+            [3, "created", "three"],
+            [4, "created", "while down"],
+            [5, "created", "after"],
+        ])
+    );
+    page.report().assert_clean(&base);
 }
