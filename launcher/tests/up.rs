@@ -572,6 +572,49 @@ async fn the_dashboard_shows_the_balancer_a_killed_backend_and_a_topic_live() {
     )
     .await;
     page.screenshot(&shots.join("ui-5-tail.png")).await;
+    // Follow a user's changes: a create and an update of theirs appear, in order.
+    page.eval(
+        "document.getElementById('changes-user').value = 'dashboard-user'; \
+         document.querySelector('#changes-form button').click(); true",
+    )
+    .await;
+    page.wait_for(
+        "document.getElementById('tail-status').textContent",
+        |s| *s == "following dashboard-user changes",
+        within,
+    )
+    .await;
+    let created: Value = http()
+        .post(format!("{base}/events"))
+        .json(&json!({"userId": "dashboard-user", "title": "planned"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let updated = http()
+        .put(format!("{base}/events/{id}?userId=dashboard-user"))
+        .header("if-match", "\"1\"")
+        .json(&json!({"title": "done", "completed": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), 200);
+    let lines = page
+        .wait_for(
+            "[...document.querySelectorAll('#tail-events li')].map(li => li.textContent).join(' | ')",
+            |text| text.as_str().is_some_and(|t| t.contains("#2 updated")),
+            within,
+        )
+        .await;
+    assert_eq!(
+        lines,
+        "#2 updated done (revision 2) | #1 created planned (revision 1)",
+        "newest first"
+    );
+    page.screenshot(&shots.join("ui-5b-changes.png")).await;
     // A phone's width: one column, nothing cut off sideways.
     page.call(
         "Emulation.setDeviceMetricsOverride",

@@ -184,6 +184,27 @@ function tail(topic) {
   });
 }
 
+// A user's change feed in the same list: every create, update and delete of their events.
+function followChanges(user) {
+  if (state.tail) state.tail.close();
+  $("tail-events").replaceChildren();
+  const query = user ? `?userId=${encodeURIComponent(user)}` : "";
+  const source = new EventSource(withToken(`/changes${query}`));
+  const who = user || "your";
+  state.tail = source;
+  state.tailTopic = null;
+  source.addEventListener("open", () => { $("tail-status").textContent = `following ${who} changes`; });
+  source.addEventListener("error", () => { $("tail-status").textContent = "reconnecting…"; });
+  source.addEventListener("gap", (e) => addLine(`gap: ${e.data}`));
+  for (const kind of ["created", "updated", "deleted"]) {
+    source.addEventListener(kind, (e) => {
+      const event = JSON.parse(e.data);
+      const title = kind === "deleted" ? event.id : event.title;
+      addLine(`#${e.lastEventId} ${kind} ${title} (revision ${event.revision})`);
+    });
+  }
+}
+
 function addLine(text) {
   const list = $("tail-events");
   const item = document.createElement("li");
@@ -221,9 +242,14 @@ $("tail-form").addEventListener("submit", (e) => {
   e.preventDefault();
   tail($("tail-topic").value.trim());
 });
+$("changes-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  followChanges($("changes-user").value.trim());
+});
 $("publish-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const topic = state.tailTopic || $("tail-topic").value.trim();
+  // Following changes: the form publishes to the topic typed above, if any.
   if (!topic) {
     $("publish-status").textContent = "choose a topic above first";
     return;
