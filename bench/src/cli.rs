@@ -110,6 +110,27 @@ enum Workload {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
     },
+    /// Users' change feeds: W watchers per user on `/changes` while their events are created,
+    /// updated and deleted (at `--rate` writes per second, or by `--writers` concurrent
+    /// writers): change-to-watcher latency, a check that every watcher got its user's every
+    /// change once, in order, and the gateway's CPU per write and per delivery.
+    Changes {
+        #[arg(long, default_value_t = 10)]
+        users: u32,
+        /// Watchers per user (0: the writes alone).
+        #[arg(long, default_value_t = 1)]
+        watchers: u32,
+        /// Writes per second, whatever the answers' pace (open loop).
+        #[arg(long, default_value_t = 1000, conflicts_with = "writers")]
+        rate: u32,
+        /// Concurrent writers instead, each writing as soon as its last write is answered.
+        #[arg(long)]
+        writers: Option<u32>,
+        #[arg(long, value_enum, default_value = "mixed")]
+        writes: crate::changes::Writes,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        duration: Duration,
+    },
     /// A long run under faults injected meanwhile (see BENCHMARKS.md): idempotent requests,
     /// publishes at a rate, and SSE subscribers that reconnect with Last-Event-ID; fails unless
     /// every subscriber holds every stored event once.
@@ -286,6 +307,36 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let mode = format!("fanout {subscribers} subscribers on {topics} topics × {events}");
             (elapsed, mode, Some((delivery, whole)))
+        }
+        Workload::Changes {
+            users,
+            watchers,
+            rate,
+            writers,
+            writes,
+            duration,
+        } => {
+            let writing = match writers {
+                Some(writers) => crate::changes::Writing::Closed { writers },
+                None => crate::changes::Writing::Open { per_second: rate },
+            };
+            let settings = crate::changes::ChangesSettings {
+                users,
+                watchers,
+                writing,
+                writes,
+                duration,
+            };
+            let (elapsed, report, whole) =
+                crate::changes::changes(target, recorder.clone(), settings).await?;
+            let pace = match writing {
+                crate::changes::Writing::Open { per_second } => format!("{per_second} writes/s"),
+                crate::changes::Writing::Closed { writers } => format!("{writers} writers"),
+            };
+            let mode = format!(
+                "changes {writes:?} × {pace} for {duration:?}, {users} users × {watchers} watchers"
+            );
+            (elapsed, mode, Some((report, whole)))
         }
         Workload::Soak {
             duration,

@@ -44,12 +44,15 @@ const MAX_IN_FLIGHT: usize = 4096;
 
 /// The gateway's own process figures, from `/metrics`.
 #[derive(Debug, Clone, Copy)]
-struct GatewayProcess {
-    rss: f64,
-    cpu_seconds: f64,
+pub(crate) struct GatewayProcess {
+    pub(crate) rss: f64,
+    pub(crate) cpu_seconds: f64,
 }
 
-async fn gateway_process(client: &reqwest::Client, base: &str) -> Option<GatewayProcess> {
+pub(crate) async fn gateway_process(
+    client: &reqwest::Client,
+    base: &str,
+) -> Option<GatewayProcess> {
     let text = client
         .get(format!("{base}/metrics"))
         .send()
@@ -220,7 +223,7 @@ pub(crate) async fn fanout(
     Ok((elapsed, Report { extra, ..report }, whole))
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -252,7 +255,7 @@ fn round_robin(topics: &[String], n: u64) -> &str {
     &topics[(n % topics.len() as u64) as usize]
 }
 
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 

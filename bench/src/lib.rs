@@ -1,5 +1,6 @@
 //! The load tool: workloads against the gateway or the backends, and their reports.
 
+mod changes;
 mod cli;
 mod delay;
 mod fanout;

@@ -244,10 +244,15 @@ impl Target {
     }
 
     pub(crate) async fn update(&self, id: &str, user: &str) -> Outcome {
+        self.update_titled(id, user, "updated").await
+    }
+
+    /// An update that sets `title`.
+    pub(crate) async fn update_titled(&self, id: &str, user: &str, title: &str) -> Outcome {
         match &self.via {
             Via::Rest { base, client, .. } => {
                 let user = self.rest_user(user);
-                let body = json!({"title": "updated", "description": "bench", "completed": true});
+                let body = json!({"title": title, "description": "bench", "completed": true});
                 let request = client
                     .put(format!("{base}/events/{id}?userId={user}"))
                     .json(&body);
@@ -257,7 +262,7 @@ impl Target {
                 let request = v1::UpdateEventRequest {
                     id: id.into(),
                     user_id: user.into(),
-                    title: "updated".into(),
+                    title: title.into(),
                     description: "bench".into(),
                     completed: true,
                     // Unconditional, as the REST request (no `If-Match`).

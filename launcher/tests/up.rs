@@ -610,8 +610,7 @@ async fn the_dashboard_shows_the_balancer_a_killed_backend_and_a_topic_live() {
         )
         .await;
     assert_eq!(
-        lines,
-        "#2 updated done (revision 2) | #1 created planned (revision 1)",
+        lines, "#2 updated done (revision 2) | #1 created planned (revision 1)",
         "newest first"
     );
     page.screenshot(&shots.join("ui-5b-changes.png")).await;

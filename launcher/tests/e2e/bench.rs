@@ -136,6 +136,43 @@ async fn reports_exactly_the_requests_the_gateway_served() {
     assert_eq!(report["extra"]["delivered"].as_u64(), Some(60), "{report}");
 }
 
+/// `bench changes`: the writes it reports are what the gateway served, and each watcher got its
+/// user's feed whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_change_feed_benchmark_checks_every_watcher() {
+    let system = System::start(2).await;
+    let args = [
+        "changes",
+        "--users",
+        "3",
+        "--watchers",
+        "2",
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+    ];
+    let (ok, report) = bench(&system, &args).await;
+    assert!(ok, "{report}");
+    assert_eq!(report["requests"].as_u64(), Some(100), "{report}");
+    let extra = &report["extra"];
+    assert_eq!(
+        extra["complete"],
+        "6 of 6 watchers got every change of their user's feed once, in order"
+    );
+    // Mixed: of every 4 writes of a user, 2 creates, an update, a delete.
+    assert_eq!(extra["changes_recorded"].as_u64(), Some(100), "{report}");
+    assert!(
+        extra["delivery_ms"]["from_write_sent_p99"].as_f64() > Some(0.0),
+        "{report}"
+    );
+    let created = served(&system, "POST", "/events", 201).await;
+    let updated = served(&system, "PUT", "/events/{id}", 200).await;
+    let deleted = served(&system, "DELETE", "/events/{id}", 204).await;
+    assert_eq!(created + updated + deleted, 100);
+    assert_eq!((updated, deleted), (24, 24), "{created} created");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counts_failures_and_exits_non_zero() {
     let _exclusive = EXCLUSIVE.lock().await;
