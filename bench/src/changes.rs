@@ -308,12 +308,17 @@ async fn one(target: &Target, users: &[String], live: &Live, writes: Writes, n: 
     let user = &users[index];
     let turn = n / users.len() as u64;
     let sent = format!("t={}", micros_now());
+    // Updates take the newest live event, deletes the oldest (of two at least): an update
+    // never races the delete of its event (open loop: both may be in flight at once).
     let take = |oldest: bool| {
         let mut events = live[index].lock().unwrap_or_else(PoisonError::into_inner);
         if oldest {
+            if events.len() < 2 {
+                return None;
+            }
             events.pop_front()
         } else {
-            events.front().cloned()
+            events.back().cloned()
         }
     };
     let step = match writes {
