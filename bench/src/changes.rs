@@ -6,7 +6,7 @@
 //! watcher it measures what the writes cost alone.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -50,8 +50,15 @@ pub(crate) struct ChangesSettings {
     pub(crate) duration: Duration,
 }
 
-/// Events each user has that are not deleted, oldest first: what updates and deletes pick.
-type Live = Arc<Vec<Mutex<VecDeque<String>>>>;
+/// A user's events that are not deleted, oldest first (what updates and deletes pick), and
+/// those with an update in flight (never deleted meanwhile: its update would find nothing).
+#[derive(Default)]
+struct UserEvents {
+    live: VecDeque<String>,
+    updating: HashSet<String>,
+}
+
+type Live = Arc<Vec<Mutex<UserEvents>>>;
 
 /// Runs the workload; returns the delivery report and whether every watcher got every change
 /// of its user's feed once, in order.
@@ -308,31 +315,39 @@ async fn one(target: &Target, users: &[String], live: &Live, writes: Writes, n: 
     let user = &users[index];
     let turn = n / users.len() as u64;
     let sent = format!("t={}", micros_now());
-    // Updates take the newest live event, deletes the oldest (of two at least): an update
-    // never races the delete of its event (open loop: both may be in flight at once).
-    let take = |oldest: bool| {
-        let mut events = live[index].lock().unwrap_or_else(PoisonError::into_inner);
-        if oldest {
-            if events.len() < 2 {
-                return None;
-            }
-            events.pop_front()
-        } else {
-            events.back().cloned()
-        }
-    };
+    let events = || live[index].lock().unwrap_or_else(PoisonError::into_inner);
     let step = match writes {
         Writes::Creates => 0,
         Writes::Mixed => turn % 4,
     };
     match step {
+        // The newest live event, marked while its update is in flight.
         2 => {
-            if let Some(id) = take(false) {
-                return target.update_titled(&id, user, &sent).await;
+            let id = {
+                let mut events = events();
+                let id = events.live.back().cloned();
+                if let Some(id) = &id {
+                    events.updating.insert(id.clone());
+                }
+                id
+            };
+            if let Some(id) = id {
+                let outcome = target.update_titled(&id, user, &sent).await;
+                events().updating.remove(&id);
+                return outcome;
             }
         }
+        // The oldest live event, unless an update of it is in flight.
         3 => {
-            if let Some(id) = take(true) {
+            let id = {
+                let mut events = events();
+                let free = events
+                    .live
+                    .front()
+                    .is_some_and(|id| !events.updating.contains(id));
+                if free { events.live.pop_front() } else { None }
+            };
+            if let Some(id) = id {
                 return target.delete(&id, user).await;
             }
         }
@@ -340,10 +355,7 @@ async fn one(target: &Target, users: &[String], live: &Live, writes: Writes, n: 
     }
     let (outcome, id) = target.create(user, &sent).await;
     if let Some(id) = id {
-        live[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(id);
+        events().live.push_back(id);
     }
     outcome
 }

@@ -157,9 +157,11 @@ async fn read(pool: &Pool, notes: &[Note]) -> Result<Vec<Result<Followed>>> {
     let client = pool.get().await.map_err(|e| pool_error("follow", e))?;
     let mut events: HashMap<(String, i64), Result<Event>> = HashMap::new();
     if !topics.is_empty() {
+        // A join on the index's columns: a nested loop of index lookups (`IN (SELECT …)` may
+        // plan a scan of the whole table).
         let sql = format!(
-            "SELECT {COLUMNS} FROM events
-             WHERE (topic, seq) IN (SELECT * FROM unnest($1::TEXT[], $2::BIGINT[]))"
+            "SELECT {COLUMNS} FROM unnest($1::TEXT[], $2::BIGINT[]) AS n(t, s)
+             CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.topic = n.t AND e.seq = n.s) AS e"
         );
         for row in client
             .query(&sql, &[&topics, &seqs])
@@ -173,15 +175,19 @@ async fn read(pool: &Pool, notes: &[Note]) -> Result<Vec<Result<Followed>>> {
     let mut entries: HashMap<(Vec<u8>, i64), Result<EventChange>> = HashMap::new();
     if !users.is_empty() {
         let sql = format!(
-            "SELECT user_id, {ENTRY} FROM changes
-             WHERE (user_id, position) IN (SELECT * FROM unnest($1::BYTEA[], $2::BIGINT[]))"
+            "SELECT user_id, {ENTRY} FROM unnest($1::BYTEA[], $2::BIGINT[]) AS n(u, p)
+             CROSS JOIN LATERAL (SELECT * FROM changes c
+                                 WHERE c.user_id = n.u AND c.position = n.p) AS c"
         );
         for row in client
             .query(&sql, &[&users, &positions])
             .await
             .map_err(|e| pg_error("follow", e))?
         {
-            let key = (row.get::<_, Vec<u8>>("user_id"), row.get::<_, i64>("position"));
+            let key = (
+                row.get::<_, Vec<u8>>("user_id"),
+                row.get::<_, i64>("position"),
+            );
             entries.insert(key, entry(&row));
         }
     }
