@@ -261,6 +261,23 @@ async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
         .iter()
         .position(|b| b.addr.to_string() == victim_addr)
         .unwrap();
+    // The change feed of the user whose events the workers update, from after the creates,
+    // on the same backend (each stream is balanced alone: opened until one lands there).
+    let mut watch = None;
+    for _ in 0..50 {
+        let opened = events
+            .watch_changes(v1::WatchChangesRequest {
+                user_id: "kill".into(),
+                after_position: 20,
+            })
+            .await
+            .unwrap();
+        if backend_of(&opened) == victim_addr {
+            watch = Some(opened.into_inner());
+            break;
+        }
+    }
+    let mut watch = watch.expect("a WatchChanges on the backend to kill");
 
     // Idempotent calls from 8 clients, and a publisher, while the kill happens.
     let stop = Arc::new(AtomicBool::new(false));
@@ -354,11 +371,42 @@ async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
     }
     let expected: Vec<u64> = (first + 1..=last).collect();
     assert_eq!(seqs, expected, "a gap or a duplicate");
+
+    // The watch moved too: every update recorded in the feed, in order, once.
+    let mut recorded = 20;
+    loop {
+        let page = events
+            .list_changes(v1::ListChangesRequest {
+                user_id: "kill".into(),
+                after_position: recorded,
+                limit: 1000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        recorded = page.changes.last().map_or(recorded, |c| c.position);
+        if !page.more {
+            break;
+        }
+    }
+    let mut positions = Vec::new();
+    while positions.last().is_none_or(|p| *p < recorded) {
+        let change = tokio::time::timeout(Duration::from_secs(20), watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("watch stalled after {:?} of {recorded}", positions.last()))
+            .unwrap()
+            .expect("the watch stays open");
+        assert_eq!(change.kind, v1::change::Kind::Updated as i32);
+        positions.push(change.position);
+    }
+    let expected: Vec<u64> = (21..=recorded).collect();
+    assert_eq!(positions, expected, "a change missed or repeated");
     println!(
         "kill -9 of {victim_addr} (the subscription's): {} idempotent calls, 0 failed; {} events \
-         streamed in order across the move",
+         streamed in order across the move, {} changes watched",
         done.load(Ordering::Relaxed),
-        seqs.len()
+        seqs.len(),
+        positions.len()
     );
 }
 
