@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::{
     cdp::Browser,
     pubsub::{Frames, subscribe},
-    support::{EXCLUSIVE, Launch, System, http, wait_healthy},
+    support::{EXCLUSIVE, Launch, Single, System, http, wait_healthy},
 };
 
 /// One change as a watcher saw it: position, kind, event id, revision.
@@ -377,4 +377,69 @@ async fn a_browser_follows_its_changes_across_a_gateway_restart() {
         ])
     );
     page.report().assert_clean(&base);
+}
+
+/// Retention trims a user's feed as a topic: history reports the oldest kept, and a watcher
+/// resuming from before it is told of the gap first, then gets what is kept, then live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_trims_a_feed_and_a_resuming_watcher_is_told_the_gap() {
+    let single = Single::start(&["--retention-max-events", "10"], &[]).await;
+    let base = single.gateway.url();
+    for n in 0..25 {
+        let created = http()
+            .post(format!("{base}/events"))
+            .json(&json!({"userId": "trimmed", "title": format!("{n}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    // Retention runs every second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let oldest = loop {
+        let response = http()
+            .get(format!(
+                "{base}/changes/history?userId=trimmed&afterPosition=3"
+            ))
+            .send()
+            .await
+            .unwrap();
+        let oldest = response
+            .headers()
+            .get("events-oldest-available")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let listed: Value = response.json().await.unwrap();
+        if listed.as_array().unwrap().len() == 10 {
+            break oldest;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not trimmed: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(oldest.as_deref(), Some("16"));
+
+    let (mut frames, _) = subscribe(format!("{base}/changes?userId=trimmed"), Some(3)).await;
+    let gap = tokio::time::timeout(Duration::from_secs(10), frames.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(gap.event, "gap");
+    let data: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(data, json!({"requestedAfter": 3, "oldestAvailable": 16}));
+    let kept = read_changes(&mut frames, "trimmed", 10).await;
+    let positions: Vec<u64> = kept.iter().map(|c| c.position).collect();
+    assert_eq!(positions, (16..=25).collect::<Vec<_>>());
+    http()
+        .post(format!("{base}/events"))
+        .json(&json!({"userId": "trimmed", "title": "live"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        read_changes(&mut frames, "trimmed", 1).await[0].position,
+        26
+    );
 }
