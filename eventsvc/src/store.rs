@@ -81,9 +81,34 @@ pub struct EventChange {
     pub kind: ChangeKind,
     /// When it was committed (milliseconds).
     pub time: DateTime<Utc>,
-    /// The event after the change; for a delete, as it was when deleted. Its `user_id` is the
-    /// feed's.
+    /// The event after the change; for a delete, what identifies it (`EventChange::kept`).
+    /// Its `user_id` is the feed's.
     pub event: Event,
+}
+
+impl EventChange {
+    /// What a feed keeps of `event` for a change of `kind`: all of it after a create or an
+    /// update; after a delete only what identifies it (id, owner, creation time and the
+    /// revision it had), so that deleting an event frees its content (a full store gets room
+    /// back) and a feed never holds a deleted event's text.
+    pub fn kept(kind: ChangeKind, event: &Event) -> Event {
+        match kind {
+            ChangeKind::Created | ChangeKind::Updated => event.clone(),
+            ChangeKind::Deleted => Event {
+                id: event.id,
+                user_id: event.user_id.clone(),
+                title: String::new(),
+                description: String::new(),
+                completed: false,
+                created_at: event.created_at,
+                topic: String::new(),
+                data: None,
+                time: None,
+                seq: 0,
+                revision: event.revision,
+            },
+        }
+    }
 }
 
 /// What the store's follower sees committed, in commit order.

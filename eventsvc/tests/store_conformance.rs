@@ -611,9 +611,20 @@ pub async fn changes_are_recorded_once_in_order(f: Fixture) {
     assert_eq!(summary, [(1, Created), (2, Updated), (3, Deleted)]);
     assert_eq!(feed[0].event, created);
     assert_eq!(feed[1].event, updated);
+    let deleted = &feed[2].event;
     assert_eq!(
-        feed[2].event, updated,
-        "a delete carries the event as it was"
+        (
+            deleted.id,
+            &deleted.user_id,
+            deleted.revision,
+            deleted.created_at
+        ),
+        (updated.id, &updated.user_id, 2, updated.created_at),
+        "a delete says which event, at which revision"
+    );
+    assert!(
+        deleted.title.is_empty() && deleted.data.is_none(),
+        "and keeps none of its text"
     );
     assert!(feed.windows(2).all(|w| w[0].time <= w[1].time));
     assert_eq!(

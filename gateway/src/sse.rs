@@ -20,8 +20,8 @@ use frame::ServerEvent;
 
 use crate::{
     api::{
-        ApiError, Credentials, ErrorBody, FeedUserParam, ResumeAfter, ResumeQuery, Topic,
-        TopicParam, UserId,
+        ApiError, Credentials, ErrorBody, FeedUser, FeedUserParam, ResumeAfter, ResumeQuery, Topic,
+        TopicParam,
     },
     http::AppState,
     upstream::is_permanent,
@@ -98,10 +98,10 @@ async fn subscribe(
 async fn changes(
     State(state): State<AppState>,
     who: Credentials,
-    UserId(user_id): UserId,
+    FeedUser(user_id): FeedUser,
     ResumeAfter(after): ResumeAfter,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user = who.feed_user(&user_id)?;
+    let user = who.feed_user(user_id.as_deref())?;
     let slot = state.limiters.open_stream(who.client())?;
     let reader = Reader::open(&state, &StreamOf::Changes(user), after, who.bearer, slot).await?;
     Ok((reader.backend(), reader))

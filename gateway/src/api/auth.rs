@@ -166,8 +166,8 @@ impl Credentials {
 
     /// Whose change feed a request reads: the token's subject (naming another user is 403),
     /// or in anonymous mode `userId`, which is required (events without an owner have none).
-    pub(crate) fn feed_user(&self, user_id: &str) -> Result<String, ApiError> {
-        let user = self.caller()?.owner(user_id)?;
+    pub(crate) fn feed_user(&self, user_id: Option<&str>) -> Result<String, ApiError> {
+        let user = self.caller()?.owner(user_id.unwrap_or_default())?;
         if user.is_empty() {
             return Err(ApiError::bad_request(
                 "userId is required: whose changes? (events without an owner have no feed)",

@@ -8,7 +8,7 @@ use utoipa::IntoParams;
 
 use super::{
     ApiError, Credentials, ErrorBody,
-    extract::{FeedUserParam, Params, UserId},
+    extract::{FeedUser, FeedUserParam, Params},
     json::ChangeJson,
     listing::{self, Limit, Page, Pager},
 };
@@ -39,16 +39,16 @@ use crate::{
 pub(crate) async fn change_history(
     State(state): State<AppState>,
     who: Credentials,
-    UserId(user_id): UserId,
+    FeedUser(user_id): FeedUser,
     Params(after): Params<AfterPosition>,
     Params(limit): Params<Limit>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let user = who.feed_user(&user_id)?;
+    let user = who.feed_user(user_id.as_deref())?;
     let pager = ChangeHistory {
         state,
         bearer: who.bearer,
         user,
-        given: user_id,
+        given: user_id.unwrap_or_default(),
     };
     listing::respond(pager, Some(after.after_position.unwrap_or(0)), limit).await
 }

@@ -68,17 +68,34 @@ impl<S: Send + Sync> FromRequestParts<S> for UserId {
     }
 }
 
-/// `?userId=` of a change feed, as `UserId` reads it: required in anonymous mode (whose feed?),
-/// the token's subject otherwise.
+/// `?userId=` of a change feed as given: absent is `None` (in token mode the caller); given, it
+/// names a user (empty names nobody: 400).
+pub(crate) struct FeedUser(pub(crate) Option<String>);
+
+/// `?userId=` of a change feed, as `FeedUser` reads it: required in anonymous mode (whose
+/// feed?), the token's subject otherwise.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code, reason = "only describes the parameter: `UserId` reads it")]
 pub(crate) struct FeedUserParam {
     /// Whose changes (anonymous mode, required). In token mode the token's subject: another
     /// user's id is 403, absent means the caller.
     #[serde(rename = "userId")]
-    #[param(min_length = 1, max_length = 256)]
-    user_id: String,
+    #[param(required = true, min_length = 1, max_length = 256)]
+    user_id: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for FeedUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(given) = Query::<FeedUserParam>::from_request_parts(parts, state).await?;
+        match given.user_id {
+            Some(user) if user.is_empty() => Err(ApiError::bad_request(
+                "userId must name a user (it is empty)",
+            )),
+            user => Ok(FeedUser(user)),
+        }
+    }
 }
 
 /// The `{id}` of `/events/{id}`, normalised; an id that is not a UUID names no event (404).

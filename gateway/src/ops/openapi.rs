@@ -8,6 +8,7 @@ use std::sync::LazyLock;
 
 use axum::{
     body::Bytes,
+    extract::State,
     response::{IntoResponse, Response},
 };
 use http::{HeaderValue, header};
@@ -22,7 +23,10 @@ use utoipa::{
 
 pub(crate) use docs::{docs_asset, docs_page};
 
-use crate::api::{ErrorBody, JSON_VALUE, json_value_schema};
+use crate::{
+    api::{ErrorBody, JSON_VALUE, json_value_schema},
+    http::AppState,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,14 +58,34 @@ static DOCUMENT: LazyLock<Bytes> = LazyLock::new(|| {
     Bytes::from(serde_json::to_vec_pretty(&document).expect("the API document serialises"))
 });
 
-/// `GET /openapi.json`.
-pub(crate) async fn document() -> Response {
+/// The document as a token-mode gateway serves it: a change feed's `userId` may be left out
+/// there (it is the token's subject), where anonymous mode requires it.
+static TOKEN_MODE_DOCUMENT: LazyLock<Bytes> = LazyLock::new(|| {
+    let mut document: serde_json::Value =
+        serde_json::from_slice(&DOCUMENT).expect("the API document is JSON");
+    for path in ["/changes", "/changes/history"] {
+        if let Some(parameters) = document["paths"][path]["get"]["parameters"].as_array_mut() {
+            for parameter in parameters.iter_mut().filter(|p| p["name"] == "userId") {
+                parameter["required"] = serde_json::Value::Bool(false);
+            }
+        }
+    }
+    Bytes::from(serde_json::to_vec_pretty(&document).expect("the API document serialises"))
+});
+
+/// `GET /openapi.json`: the document of this gateway's mode.
+pub(crate) async fn document(State(state): State<AppState>) -> Response {
+    let document = if state.auth.token_mode() {
+        TOKEN_MODE_DOCUMENT.clone()
+    } else {
+        DOCUMENT.clone()
+    };
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        DOCUMENT.clone(),
+        document,
     )
         .into_response()
 }
@@ -199,6 +223,26 @@ fn tag_backend(operation: &mut Operation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_feeds_user_is_required_in_anonymous_mode_only() {
+        let required = |document: &[u8], path: &str| {
+            let doc: serde_json::Value = serde_json::from_slice(document).unwrap();
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "userId")
+                .map(|p| p["required"].clone())
+        };
+        for path in ["/changes", "/changes/history"] {
+            assert_eq!(required(&DOCUMENT, path), Some(serde_json::json!(true)));
+            assert_eq!(
+                required(&TOKEN_MODE_DOCUMENT, path),
+                Some(serde_json::json!(false))
+            );
+        }
+    }
 
     #[test]
     fn every_route_of_the_contract_is_described() {

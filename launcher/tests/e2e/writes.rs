@@ -459,6 +459,18 @@ impl MixedLoad {
     pub(crate) async fn through_a_kill(
         base: &str,
         topic: &str,
+        counts: (usize, usize),
+        kill: impl FnOnce(),
+    ) -> Answered {
+        let answered = MixedLoad::answered_through_a_kill(base, topic, counts, kill).await;
+        none_failed(&answered.created, &answered.failed);
+        answered
+    }
+
+    /// `through_a_kill`, failures left to the caller to judge.
+    pub(crate) async fn answered_through_a_kill(
+        base: &str,
+        topic: &str,
         (before, after): (usize, usize),
         kill: impl FnOnce(),
     ) -> Answered {
@@ -467,9 +479,7 @@ impl MixedLoad {
         kill();
         let at_kill = load.answered();
         until_answered("writes after the kill", at_kill + after, || load.answered()).await;
-        let answered = load.stop().await;
-        none_failed(&answered.created, &answered.failed);
-        answered
+        load.stop().await
     }
 
     /// Writes answered so far, failures included.

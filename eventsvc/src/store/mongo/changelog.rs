@@ -86,7 +86,7 @@ impl Feeds {
                     "position": position,
                     "kind": kind.code(),
                     "time": now,
-                    "event": outcome::encode(&event),
+                    "event": outcome::encode(&EventChange::kept(kind, &event)),
                 });
             }
         }

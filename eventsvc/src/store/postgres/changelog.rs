@@ -120,7 +120,10 @@ pub(super) async fn record(
         .map(|(kind, _)| i16::try_from(kind.code()).unwrap_or(0))
         .collect();
     let times: Vec<i64> = vec![now; changes.len()];
-    let events: Vec<String> = changes.iter().map(|(_, e)| outcome::encode(e)).collect();
+    let events: Vec<String> = changes
+        .iter()
+        .map(|(kind, e)| outcome::encode(&EventChange::kept(*kind, e)))
+        .collect();
     tx.query(
         "SELECT record_change(c.user_id, c.kind, c.time, c.event, $5)
          FROM unnest($1::BYTEA[], $2::SMALLINT[], $3::BIGINT[], $4::TEXT[])

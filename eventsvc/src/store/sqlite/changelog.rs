@@ -62,7 +62,7 @@ pub(super) fn record(conn: &Connection, kind: ChangeKind, event: &Event) -> Resu
             position,
             kind.code(),
             now,
-            outcome::encode(event)
+            outcome::encode(&EventChange::kept(kind, event))
         ])
     })
     .map_err(fail)?;
