@@ -166,6 +166,68 @@ async fn the_old_services_documents_are_at_revision_one() {
     client.default_database().unwrap().drop().await.unwrap();
 }
 
+/// A backend killed in the middle of a transaction leaves it open on the server, holding what
+/// it wrote (here a user's feed head) for the transaction's lifetime (60 s). Its sessions are
+/// registered with a heartbeat; a live backend ends them once the heartbeat is missed, and the
+/// user's next write goes through in seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_a_dead_backend_left_open_holds_its_users_only_seconds() {
+    let Some(server) = MongoServer::shared("a dead backend's open transaction") else {
+        return;
+    };
+    let uri = server.uri(&format!("dead_{}", Uuid::new_v4().simple()));
+    let store = MongoStore::open(&uri).await.expect("open");
+    // The dead backend: a transaction holding the head of `held`'s feed, never ended, its
+    // session registered with a heartbeat long stopped.
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let database = client.default_database().unwrap();
+    let mut session = client.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    database
+        .collection::<bson::Document>("change_heads")
+        .update_one(doc! {"_id": "held"}, doc! {"$inc": {"last": 1_i64}})
+        .upsert(true)
+        .session(&mut session)
+        .await
+        .unwrap();
+    let stopped = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 10_000);
+    database
+        .collection::<bson::Document>("backends")
+        .insert_one(doc! {"_id": "dead", "lsids": [session.id().clone()], "at": stopped})
+        .await
+        .unwrap();
+    // Neither committed nor aborted: as a killed process leaves it.
+    std::mem::forget(session);
+
+    let started = Instant::now();
+    let created = store
+        .create(NewEvent {
+            user_id: "held".into(),
+            title: "after the death".into(),
+            ..NewEvent::default()
+        })
+        .await
+        .expect("written once the dead backend's sessions are ended");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "held for {waited:?}");
+    let feed = store.changes_after("held", 0, 10).await.unwrap();
+    assert_eq!(
+        feed.iter()
+            .map(|c| (c.position, c.event.id))
+            .collect::<Vec<_>>(),
+        [(1, created.id)],
+        "the dead transaction's increment is gone"
+    );
+    let dead = database
+        .collection::<bson::Document>("backends")
+        .find_one(doc! {"_id": "dead"})
+        .await
+        .unwrap();
+    assert!(dead.is_none(), "its entry is ended with its sessions");
+    println!("a user held by a dead backend's transaction wrote again after {waited:?}");
+    database.drop().await.unwrap();
+}
+
 /// Writes for a while (publishes too when `publish`; creates of owned events, which are
 /// transactions with their change feed entries, when `owned`), kills the server with `kill -9`,
 /// starts it on the same data and looks for every write it acknowledged.

@@ -15,6 +15,7 @@ mod open;
 mod publish;
 mod queue;
 mod retention;
+mod sessions;
 
 use std::time::Duration;
 
@@ -74,6 +75,9 @@ pub struct MongoStore {
     changes: Option<crate::store::changes::Changes>,
     /// Users' change feeds; `None` on a standalone server (no transactions to record them in).
     feeds: Option<changelog::Feeds>,
+    /// This backend's sessions in `backends` (replica set only): while it lives, their
+    /// heartbeat; once it is dropped, nothing (its entry goes).
+    _sessions: Option<sessions::Registry>,
 }
 
 fn scope(id: Uuid, owner: Option<String>) -> Document {

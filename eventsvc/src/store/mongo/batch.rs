@@ -11,11 +11,11 @@
 //! change feeds, so an entry commits with its event or not at all. A batch the server refuses
 //! as a whole is inserted again a create at a time, so a bad one fails alone.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures::{FutureExt, TryStreamExt};
 use mongodb::{
-    Client, ClientSession, Collection,
+    ClientSession, Collection,
     bson::{Document, doc},
     error::{ErrorKind, InsertManyError},
     options::TransactionOptions,
@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     changelog::{self, Feeds},
     errors::{DUPLICATE_KEY, mongo_error, write_error},
+    sessions::Owned,
 };
 use crate::store::{ChangeKind, Result, StoreError, batching};
 
@@ -32,10 +33,11 @@ use crate::store::{ChangeKind, Result, StoreError, batching};
 /// `changes::DEADLINE`): its creates then fail as unavailable (a retry finds what committed).
 const DEADLINE: Duration = Duration::from_secs(3);
 
-/// Where owned creates are recorded, and how: a replica set's transactions.
+/// Where owned creates are recorded, and how: a replica set's transactions, in this task's
+/// own session (`sessions`).
 #[derive(Clone)]
 pub(super) struct Recording {
-    pub(super) client: Client,
+    pub(super) session: Arc<Owned>,
     pub(super) feeds: Feeds,
     pub(super) transaction: TransactionOptions,
 }
@@ -190,15 +192,17 @@ async fn together(
     documents: Vec<Document>,
 ) -> std::result::Result<Vec<Inserted>, Refused> {
     let run = async {
-        let mut session = recording.client.start_session().await?;
+        let mut session = recording.session.begin().await?;
         let context = (events.clone(), recording.feeds.clone(), documents);
-        session
+        let outcomes = session
             .start_transaction()
             .with_options(recording.transaction.clone())
             .and_run(context, |session, (events, feeds, documents)| {
                 insert_in(session, events, feeds, documents).boxed()
             })
-            .await
+            .await?;
+        session.ended();
+        Ok(outcomes)
     };
     match tokio::time::timeout(DEADLINE, run).await {
         Ok(Ok(outcomes)) => Ok(outcomes),

@@ -12,11 +12,11 @@
 //! Transactions need a replica set; on a standalone server each change goes alone, as one
 //! command (`update_alone`, `delete_alone`), and there are no change feeds.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::{FutureExt, TryStreamExt};
 use mongodb::{
-    Client, ClientSession, Collection, Database,
+    ClientSession, Collection, Database,
     bson::{Document, doc},
     options::{ReturnDocument, TransactionOptions},
 };
@@ -26,6 +26,7 @@ use super::{
     changelog::{self, Feeds},
     document::{at_revision, revision_of},
     from_document, in_scope, mongo_error, scope,
+    sessions::Owned,
 };
 use crate::store::{
     ChangeKind, Event, EventPatch, Precondition, Result, StoreError,
@@ -41,13 +42,14 @@ const DEADLINE: Duration = Duration::from_secs(3);
 /// Where a batch is applied.
 #[derive(Clone)]
 pub(super) struct Changing {
-    pub(super) client: Client,
     pub(super) database: Database,
     pub(super) events: Collection<Document>,
     /// The transaction's write concern: journaled, on a majority.
     pub(super) transaction: TransactionOptions,
     /// Where each change is recorded, in its batch's transaction.
     pub(super) feeds: Feeds,
+    /// The session the transactions run in, this task's own (`sessions`).
+    pub(super) session: Arc<Owned>,
 }
 
 /// Starts the task that applies this process's updates and deletes.
@@ -287,20 +289,22 @@ async fn together(
     wanted: Vec<Wanted>,
 ) -> std::result::Result<Vec<Outcome>, Refused> {
     let run = async {
-        let mut session = to.client.start_session().await?;
+        let mut session = to.session.begin().await?;
         let context = (
             to.database.clone(),
             to.events.clone(),
             to.feeds.clone(),
             wanted,
         );
-        session
+        let outcomes = session
             .start_transaction()
             .with_options(to.transaction.clone())
             .and_run(context, |session, (database, events, feeds, wanted)| {
                 in_transaction(session, database, events, feeds, wanted).boxed()
             })
-            .await
+            .await?;
+        session.ended();
+        Ok(outcomes)
     };
     match tokio::time::timeout(DEADLINE, run).await {
         Ok(Ok(outcomes)) => Ok(outcomes),

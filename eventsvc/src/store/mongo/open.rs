@@ -16,6 +16,7 @@ use mongodb::{
 
 use super::{
     COUNTERS, DEFAULT_DATABASE, EVENTS, KEYS, MongoStore, changelog, errors::one_line, legacy,
+    sessions::Registry,
 };
 use crate::store::OpenError;
 
@@ -162,24 +163,41 @@ impl MongoStore {
             counters: counters.clone(),
             hints,
         });
-        let changes = feeds.as_ref().map(|feeds| {
+        // The writing tasks' own sessions (creates, changes), registered with a heartbeat.
+        let (registry, sessions) = match replicated {
+            true => {
+                let (registry, sessions) = Registry::start(&client, &database, 2)
+                    .await
+                    .map_err(|e| fail(format!("cannot register sessions: {}", one_line(&e))))?;
+                (Some(registry), sessions)
+            }
+            false => (None, Vec::new()),
+        };
+        let mut sessions = sessions.into_iter();
+        let (creates_session, changes_session) = (sessions.next(), sessions.next());
+        let changes = feeds.as_ref().zip(changes_session).map(|(feeds, session)| {
             super::changes::start(super::changes::Changing {
-                client: client.clone(),
                 database: database.clone(),
                 events: events.clone(),
                 transaction: transaction.clone(),
                 feeds: feeds.clone(),
+                session,
             })
         });
-        let recording = feeds.as_ref().map(|feeds| super::batch::Recording {
-            client: client.clone(),
-            feeds: feeds.clone(),
-            transaction: transaction.clone(),
-        });
+        let recording =
+            feeds
+                .as_ref()
+                .zip(creates_session)
+                .map(|(feeds, session)| super::batch::Recording {
+                    session,
+                    feeds: feeds.clone(),
+                    transaction: transaction.clone(),
+                });
         Ok(Self {
             probe,
             changes,
             feeds,
+            _sessions: registry,
             creates: super::batch::Creates::start(events.clone(), recording),
             events,
             counters,

@@ -90,23 +90,14 @@ pub(super) async fn a_backend_kill_9_under_load_fails_nothing_and_loses_nothing(
         system.kill_backend(&feeding)
     })
     .await;
-    match engine {
-        // On MongoDB a create of an owned event is a transaction with its change feed entry,
-        // and the server keeps a transaction that a killed backend left open (with its hold on
-        // the user's feed head) until its lifetime runs out (60 s): the user's writes meanwhile
-        // fail, as 503 and never silently (docs/deployment.md, "MongoDB").
-        Engine::Mongo => {
-            let unavailable = |f: &String| f.contains(" 503 ") && f.contains("\"UNAVAILABLE\"");
-            assert!(failed.iter().all(unavailable), "{failed:?}");
-            if !failed.is_empty() {
-                println!(
-                    "MongoDB: {} writes refused 503 behind the killed backend's transaction",
-                    failed.len()
-                );
-            }
-        }
-        Engine::Postgres => assert!(failed.is_empty(), "{failed:?}"),
-    }
+    // None may fail. (On MongoDB a backend killed mid-transaction leaves it open on the server,
+    // holding the users of its batch: the others end its sessions within seconds, see
+    // `store::mongo::sessions`.)
+    assert!(
+        failed.is_empty(),
+        "{} writes failed: {failed:?}",
+        failed.len()
+    );
     let stored = system.stored_ids("kill-writes").await;
     let unique: HashSet<_> = stored.iter().collect();
     assert_eq!(unique.len(), stored.len(), "an event stored twice");
@@ -124,10 +115,9 @@ pub(super) async fn a_backend_kill_9_under_load_fails_nothing_and_loses_nothing(
     let (mut resumed, _) = subscribe(system.url(&format!("/subscribe/{topic}")), Some(from)).await;
     in_order(&read(&mut resumed, n - from as usize).await, from + 1);
     println!(
-        "{engine:?}, kill -9 of a backend under writes: {} acknowledged, {} failed (503), each \
-         stored once; {n} publishes delivered once, in order",
-        created.len(),
-        failed.len()
+        "{engine:?}, kill -9 of a backend under writes: {} acknowledged, 0 failed, each stored \
+         once; {n} publishes delivered once, in order",
+        created.len()
     );
 }
 
