@@ -11,14 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::{
-    fanout::{find, gateway_process, round},
+    fanout::{find, gateway_process, read_frames, round},
     modes::{micros_now, run_id},
-    report::{Outcome, Recorder, Report, histogram},
+    report::{Outcome, Recorder, Report},
     target::Target,
 };
 
@@ -108,50 +107,12 @@ pub(crate) async fn changes(
     let (recorded_tx, recorded_rx) = tokio::sync::watch::channel(None::<Arc<Vec<u64>>>);
     let mut readers = JoinSet::new();
     for (s, (_, response)) in streams.into_iter().enumerate() {
-        let (delivery, mut recorded_rx) = (delivery.clone(), recorded_rx.clone());
+        let (delivery, recorded_rx) = (delivery.clone(), recorded_rx.clone());
         let index = s / watchers.max(1) as usize;
         readers.spawn(async move {
-            let mut body = response.bytes_stream();
-            let mut latency = histogram();
-            let mut pending = Vec::new();
-            let (mut last, mut disorder) = (0u64, 0u64);
-            'read: loop {
-                let expected = recorded_rx.borrow().as_ref().map(|counts| counts[index]);
-                if expected.is_some_and(|n| last >= n) {
-                    break;
-                }
-                let next = tokio::select! {
-                    next = tokio::time::timeout(Duration::from_secs(30), body.next()) => next,
-                    _ = recorded_rx.changed() => continue,
-                };
-                let Ok(Some(Ok(chunk))) = next else { break };
-                pending.extend_from_slice(&chunk);
-                let mut start = 0;
-                while let Some(end) = find(&pending[start..], b"\n\n") {
-                    let frame = &pending[start..start + end];
-                    start += end + 2;
-                    let Some((position, sent)) = parse(frame) else {
-                        continue;
-                    };
-                    if position != last + 1 {
-                        disorder += 1;
-                        if position <= last {
-                            continue;
-                        }
-                    }
-                    last = position;
-                    if let Some(sent) = sent {
-                        let micros = micros_now().saturating_sub(u128::from(sent)) as u64;
-                        latency.saturating_record(micros.clamp(1, 60_000_000));
-                    }
-                    if expected.is_some_and(|n| last >= n) {
-                        break 'read;
-                    }
-                }
-                pending.drain(..start);
-            }
-            delivery.absorb(&latency);
-            (index, last, disorder, body)
+            let (received, disorder, open) =
+                read_frames(response, recorded_rx, index, parse, &delivery).await;
+            (index, received, disorder, open)
         });
     }
 
@@ -170,17 +131,17 @@ pub(crate) async fn changes(
         .join_all()
         .await
         .into_iter()
-        .map(|(user, last, disorder, _open)| (user, last, disorder))
+        .map(|(user, received, disorder, _open)| (user, received, disorder))
         .collect();
     let done = gateway_process(&client, &base).await;
 
     let watching = results.len();
     let complete = results
         .iter()
-        .filter(|(user, last, _)| *last == counts[*user])
+        .filter(|(user, received, _)| *received == counts[*user])
         .count();
     let disorder: u64 = results.iter().map(|(_, _, d)| d).sum();
-    let delivered: u64 = results.iter().map(|(_, last, _)| last).sum();
+    let delivered: u64 = results.iter().map(|(_, received, _)| received).sum();
     let changes: u64 = counts.iter().sum();
     let report = delivery.report("change delivery", elapsed);
     let mut extra = report.extra;

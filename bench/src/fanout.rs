@@ -111,57 +111,16 @@ pub(crate) async fn fanout(
 
     // Each subscriber must get exactly what its topic holds once publishing is over (not the
     // acknowledged count: a publish whose answer was lost may still have been stored).
-    let (stored_tx, stored_rx) = tokio::sync::watch::channel(None::<Arc<Vec<u32>>>);
+    let (stored_tx, stored_rx) = tokio::sync::watch::channel(None::<Arc<Vec<u64>>>);
     let mut readers = JoinSet::new();
     for (s, (_, response)) in streams.into_iter().enumerate() {
-        let delivery = delivery.clone();
-        let mut stored_rx = stored_rx.clone();
+        let (delivery, stored_rx) = (delivery.clone(), stored_rx.clone());
         let index = s % topics as usize;
         readers.spawn(async move {
-            // Ten thousand readers share the machine with the gateway: each parses only what
-            // it checks (the `id:` line and `sentAtMicros`) and keeps its own histogram.
-            let mut body = response.bytes_stream();
-            let mut latency = histogram();
-            let mut pending = Vec::new();
-            let (mut last, mut received, mut disorder) = (0u64, 0u32, 0u32);
-            'read: loop {
-                let expected = stored_rx.borrow().as_ref().map(|counts| counts[index]);
-                if expected.is_some_and(|n| received >= n) {
-                    break;
-                }
-                let next = tokio::select! {
-                    next = tokio::time::timeout(Duration::from_secs(30), body.next()) => next,
-                    _ = stored_rx.changed() => continue,
-                };
-                let Ok(Some(Ok(chunk))) = next else { break };
-                pending.extend_from_slice(&chunk);
-                let mut start = 0;
-                while let Some(end) = find(&pending[start..], b"\n\n") {
-                    let frame = &pending[start..start + end];
-                    start += end + 2;
-                    let Some((seq, sent)) = parse(frame) else {
-                        continue;
-                    };
-                    if seq != last + 1 {
-                        disorder += 1;
-                        if seq <= last {
-                            continue;
-                        }
-                    }
-                    last = seq;
-                    received += 1;
-                    let micros = micros_now().saturating_sub(u128::from(sent)) as u64;
-                    latency.saturating_record(micros.clamp(1, 60_000_000));
-                    if expected.is_some_and(|n| received >= n) {
-                        break 'read;
-                    }
-                }
-                pending.drain(..start);
-            }
-            delivery.absorb(&latency);
-            // The stream stays open until the gateway's figures are read: closing ten
-            // thousand connections is not delivering.
-            (index, received, disorder, body)
+            let parse = |frame: &[u8]| parse(frame).map(|(seq, sent)| (seq, Some(sent)));
+            let (received, disorder, open) =
+                read_frames(response, stored_rx, index, parse, &delivery).await;
+            (index, received, disorder, open)
         });
     }
 
@@ -170,13 +129,13 @@ pub(crate) async fn fanout(
     let elapsed = started.elapsed();
     let mut counts = Vec::with_capacity(names.len());
     for topic in &names {
-        counts.push(stored(&client, &base, topic).await?);
+        counts.push(u64::from(stored(&client, &base, topic).await?));
     }
     let counts = Arc::new(counts);
     let _ = stored_tx.send(Some(counts.clone()));
     let mut results = readers.join_all().await;
     let delivered_all = gateway_process(&client, &base).await;
-    let results: Vec<(usize, u32, u32)> = results
+    let results: Vec<(usize, u64, u64)> = results
         .drain(..)
         .map(|(topic, got, disorder, _open)| (topic, got, disorder))
         .collect();
@@ -185,9 +144,9 @@ pub(crate) async fn fanout(
         .iter()
         .filter(|(topic, got, _)| *got == counts[*topic])
         .count();
-    let delivered: u64 = results.iter().map(|(_, got, _)| u64::from(*got)).sum();
-    let disorder: u64 = results.iter().map(|(_, _, d)| u64::from(*d)).sum();
-    let published: u64 = counts.iter().map(|n| u64::from(*n)).sum();
+    let delivered: u64 = results.iter().map(|(_, got, _)| got).sum();
+    let disorder: u64 = results.iter().map(|(_, _, d)| d).sum();
+    let published: u64 = counts.iter().sum();
     let report = delivery.report("fanout delivery", started.elapsed());
     let mut extra = report.extra;
     extra.insert("subscribers".into(), json!(subscribers));
@@ -221,6 +180,68 @@ pub(crate) async fn fanout(
     }
     let whole = complete == subscribers as usize && disorder == 0;
     Ok((elapsed, Report { extra, ..report }, whole))
+}
+
+/// Reads one SSE frame: the item's place (its `id:`) and, when the frame says, the time it was
+/// sent (µs since the epoch); `None` for what is no item (comments, other events).
+pub(crate) type ParseFrame = fn(&[u8]) -> Option<(u64, Option<u64>)>;
+
+/// One SSE reader of a stream whose items are numbered 1, 2, …: reads until it has received
+/// the number `expected` will say for `index` (once the load is over), or the stream falls
+/// silent for 30 s; records each item's latency from the send time `parse` finds in its frame
+/// (none: not timed) into `delivery`. Ten thousand readers share the machine with the
+/// gateway: each parses only what it checks and keeps its own histogram. Returns the items
+/// received (each once), how many came out of order, and the stream, still open: closing
+/// thousands of connections is not delivering, and the gateway's figures are read first.
+pub(crate) async fn read_frames(
+    response: reqwest::Response,
+    mut expected: tokio::sync::watch::Receiver<Option<Arc<Vec<u64>>>>,
+    index: usize,
+    parse: ParseFrame,
+    delivery: &Recorder,
+) -> (u64, u64, impl Send + use<>) {
+    let mut body = response.bytes_stream();
+    let mut latency = histogram();
+    let mut pending = Vec::new();
+    let (mut last, mut received, mut disorder) = (0u64, 0u64, 0u64);
+    'read: loop {
+        let count = expected.borrow().as_ref().map(|counts| counts[index]);
+        if count.is_some_and(|n| received >= n) {
+            break;
+        }
+        let next = tokio::select! {
+            next = tokio::time::timeout(Duration::from_secs(30), body.next()) => next,
+            _ = expected.changed() => continue,
+        };
+        let Ok(Some(Ok(chunk))) = next else { break };
+        pending.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(end) = find(&pending[start..], b"\n\n") {
+            let frame = &pending[start..start + end];
+            start += end + 2;
+            let Some((place, sent)) = parse(frame) else {
+                continue;
+            };
+            if place != last + 1 {
+                disorder += 1;
+                if place <= last {
+                    continue;
+                }
+            }
+            last = place;
+            received += 1;
+            if let Some(sent) = sent {
+                let micros = micros_now().saturating_sub(u128::from(sent)) as u64;
+                latency.saturating_record(micros.clamp(1, 60_000_000));
+            }
+            if count.is_some_and(|n| received >= n) {
+                break 'read;
+            }
+        }
+        pending.drain(..start);
+    }
+    delivery.absorb(&latency);
+    (received, disorder, body)
 }
 
 pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

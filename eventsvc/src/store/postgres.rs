@@ -454,20 +454,23 @@ impl EventStore for PostgresStore {
 
     async fn changes_dropped_through(&self, user: &str) -> Result<u64> {
         let client = self.client("changes_dropped_through").await?;
-        changelog::dropped_through(&client, user).await
+        retention::dropped_through(&client, &changelog::TRIMMED, &user.as_bytes()).await
     }
 
     /// A batch of each: topics', then change feeds'.
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {
         let mut client = self.client("compact").await?;
-        let topics = retention::compact(&mut client, retention, batch).await?;
-        let feeds = changelog::compact(&mut client, retention, batch).await?;
+        let topics =
+            retention::compact::<String>(&mut client, &retention::TOPICS, retention, batch).await?;
+        let feeds =
+            retention::compact::<Vec<u8>>(&mut client, &changelog::TRIMMED, retention, batch)
+                .await?;
         Ok(topics + feeds)
     }
 
     async fn dropped_through(&self, topic: &str) -> Result<u64> {
         let client = self.client("dropped_through").await?;
-        retention::dropped_through(&client, topic).await
+        retention::dropped_through(&client, &retention::TOPICS, &topic).await
     }
 
     async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim> {

@@ -604,13 +604,13 @@ impl EventStore for SqliteStore {
     async fn changes_dropped_through(&self, user: &str) -> Result<u64> {
         if let Some(result) = self
             .inline
-            .read(|conn| changelog::dropped_through(conn, user))
+            .read(|conn| retention::dropped_through(conn, &changelog::TRIMMED, user))
         {
             return result;
         }
         let user = user.to_owned();
         self.run("changes_dropped_through", move |conn| {
-            changelog::dropped_through(conn, &user)
+            retention::dropped_through(conn, &changelog::TRIMMED, &user)
         })
         .await
     }
@@ -622,8 +622,8 @@ impl EventStore for SqliteStore {
     /// A batch of each: topics', then change feeds'.
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize> {
         self.run("compact", move |conn| {
-            let topics = retention::compact(conn, retention, batch)?;
-            let feeds = changelog::compact(conn, retention, batch)?;
+            let topics = retention::compact(conn, &retention::TOPICS, retention, batch)?;
+            let feeds = retention::compact(conn, &changelog::TRIMMED, retention, batch)?;
             Ok(topics + feeds)
         })
         .await
@@ -632,13 +632,13 @@ impl EventStore for SqliteStore {
     async fn dropped_through(&self, topic: &str) -> Result<u64> {
         if let Some(result) = self
             .inline
-            .read(|conn| retention::dropped_through(conn, topic))
+            .read(|conn| retention::dropped_through(conn, &retention::TOPICS, topic))
         {
             return result;
         }
         let topic = topic.to_owned();
         self.run("dropped_through", move |conn| {
-            retention::dropped_through(conn, &topic)
+            retention::dropped_through(conn, &retention::TOPICS, &topic)
         })
         .await
     }

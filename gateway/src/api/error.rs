@@ -12,7 +12,7 @@ use std::time::Duration;
 use eventsys::write_key::KeyConflict;
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
-use tonic::Code;
+use tonic::{Code, Status};
 use utoipa::ToSchema;
 
 use crate::upstream::{Backend, CallError, Failure};
@@ -159,13 +159,10 @@ impl From<CallError> for ApiError {
         }
         // An `If-Match` that did not hold: 412, with the revision the backend found. (Other
         // FAILED_PRECONDITIONs are the table's 400.)
-        if status.code() == Code::FailedPrecondition
-            && let Some(found) = status.metadata().get(eventsys::REVISION_METADATA)
-        {
-            let revision = found.to_str().ok().and_then(|r| r.parse().ok());
+        if let Some(revision) = precondition_failed(&status) {
             return ApiError {
                 backend,
-                revision: revision.filter(|r| *r > 0),
+                revision,
                 ..Self::http(
                     StatusCode::PRECONDITION_FAILED,
                     Code::FailedPrecondition,
@@ -201,6 +198,17 @@ impl From<CallError> for ApiError {
             ..Self::new(status.code(), message)
         }
     }
+}
+
+/// A backend's refusal of an `If-Match` that did not hold: `Some` with the event's revision
+/// (`None`: it does not exist for the caller); `None` for any other answer.
+pub(crate) fn precondition_failed(status: &Status) -> Option<Option<u64>> {
+    if status.code() != Code::FailedPrecondition {
+        return None;
+    }
+    let found = status.metadata().get(eventsys::REVISION_METADATA)?;
+    let revision = found.to_str().ok().and_then(|r| r.parse::<u64>().ok());
+    Some(revision.filter(|r| *r > 0))
 }
 
 // axum's rejection texts are its own wording (and name Rust types); clients get ours.
@@ -273,7 +281,6 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Status;
 
     #[test]
     fn grpc_codes_map_to_the_gateway_table() {

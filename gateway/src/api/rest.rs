@@ -14,6 +14,7 @@ use crate::http::AppState;
 
 use super::{
     ApiError, Credentials, ErrorBody,
+    error::precondition_failed,
     extract::{EventId, EventIdParam, JsonBody, Params, Topic, TopicParam, UserId, UserIdParam},
     json::{EventInput, EventJson, PublishInput, Published, UpdateInput, Updated},
     keyed::{KeyHeader, KeyHeaderParam},
@@ -273,14 +274,7 @@ pub(crate) async fn delete_event(
 /// Whether a delete's refusal says its event does not exist: NOT_FOUND, or (with `If-Match`)
 /// FAILED_PRECONDITION at no revision.
 fn gone(status: &tonic::Status) -> bool {
-    match status.code() {
-        Code::NotFound => true,
-        Code::FailedPrecondition => status
-            .metadata()
-            .get(eventsys::REVISION_METADATA)
-            .is_some_and(|revision| revision == "0"),
-        _ => false,
-    }
+    status.code() == Code::NotFound || precondition_failed(status) == Some(None)
 }
 
 /// `POST /publish` → 200 `{"status": "Event broadcasted", "id", "seq"}`.

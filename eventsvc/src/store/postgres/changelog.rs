@@ -2,15 +2,13 @@
 //! written by `record_change` inside the change's own transaction (a create in its
 //! subtransaction of `write_events`, an update or delete in its batch's transaction), which
 //! also notifies the followers. Entries are read by position and trimmed by retention like a
-//! topic's events.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! topic's events (`TRIMMED`).
 
 use chrono::{SubsecRound, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::pg_error;
-use crate::store::{ChangeKind, Event, EventChange, Result, Retention, outcome};
+use super::{pg_error, retention::Trimmed};
+use crate::store::{ChangeKind, Event, EventChange, Result, outcome};
 
 /// The feeds' tables (as SQLite's, user ids as bytes as the events'), `record_change`, and
 /// `write_events` again with each create's entry (`p_changes`: its event as
@@ -170,93 +168,19 @@ pub(super) async fn after(
     rows.iter().map(entry).collect()
 }
 
-pub(super) async fn dropped_through(client: &impl GenericClient, user: &str) -> Result<u64> {
-    let through: Option<i64> = client
-        .query_opt(
-            "SELECT dropped_through FROM change_heads WHERE user_id = $1",
-            &[&user.as_bytes()],
-        )
-        .await
-        .map_err(|e| pg_error("changes_dropped_through", e))?
-        .map(|row| row.get(0));
-    Ok(through.unwrap_or(0).max(0) as u64)
-}
-
-/// One batch of retention: the first feed with entries due is trimmed by up to `batch`.
-pub(super) async fn compact(
-    client: &mut deadpool_postgres::Object,
-    retention: Retention,
-    batch: usize,
-) -> Result<usize> {
-    let fail = |e| pg_error("compact", e);
-    let Some((user, through)) = due(&*client, retention).await.map_err(fail)? else {
-        return Ok(0);
-    };
-    let tx = client.transaction().await.map_err(fail)?;
-    let limit = i64::try_from(batch).unwrap_or(i64::MAX);
-    let dropped: Vec<i64> = tx
-        .query(
-            "DELETE FROM changes WHERE pk IN (
+/// What retention trims of the feeds (`retention`): a user's entries, by position.
+pub(super) const TRIMMED: Trimmed = Trimmed {
+    delete: "DELETE FROM changes WHERE pk IN (
                  SELECT pk FROM changes WHERE user_id = $1 AND position <= $2
                  ORDER BY position LIMIT $3)
              RETURNING position",
-            &[&user, &through, &limit],
-        )
-        .await
-        .map_err(fail)?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    // As for topics: the newest dropped bounds everything dropped before it.
-    let newest = if dropped.len() < batch {
-        through
-    } else {
-        dropped.iter().copied().max().unwrap_or(through)
-    };
-    tx.execute(
-        "UPDATE change_heads SET dropped_through = GREATEST(dropped_through, $2)
-         WHERE user_id = $1",
-        &[&user, &newest],
-    )
-    .await
-    .map_err(fail)?;
-    tx.commit().await.map_err(fail)?;
-    Ok(dropped.len())
-}
-
-/// A feed with entries retention no longer keeps, and the newest position to drop.
-async fn due(
-    client: &impl GenericClient,
-    retention: Retention,
-) -> std::result::Result<Option<(Vec<u8>, i64)>, tokio_postgres::Error> {
-    if let Some(max) = retention.max_events {
-        let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let found = client
-            .query_opt(
-                "SELECT user_id, last_position - $1 FROM change_heads
+    bound: "UPDATE change_heads SET dropped_through = GREATEST(dropped_through, $2)
+            WHERE user_id = $1",
+    over_count: "SELECT user_id, last_position - $1 FROM change_heads
                  WHERE last_position - $1 > dropped_through LIMIT 1",
-                &[&max],
-            )
-            .await?;
-        if let Some(row) = found {
-            return Ok(Some((row.get(0), row.get(1))));
-        }
-    }
-    if let Some(age) = retention.max_age {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let cutoff = i64::try_from(now.saturating_sub(age).as_millis()).unwrap_or(i64::MAX);
-        let found = client
-            .query_opt(
-                "SELECT c.user_id, max(c.position) FROM changes c
-                 JOIN change_heads h ON h.user_id = c.user_id
-                 WHERE c.time < $1
-                 GROUP BY c.user_id HAVING max(c.position) > max(h.dropped_through) LIMIT 1",
-                &[&cutoff],
-            )
-            .await?;
-        return Ok(found.map(|row| (row.get(0), row.get(1))));
-    }
-    Ok(None)
-}
+    over_age: "SELECT c.user_id, max(c.position) FROM changes c
+               JOIN change_heads h ON h.user_id = c.user_id
+               WHERE c.time < $1
+               GROUP BY c.user_id HAVING max(c.position) > max(h.dropped_through) LIMIT 1",
+    dropped: "SELECT dropped_through FROM change_heads WHERE user_id = $1",
+};

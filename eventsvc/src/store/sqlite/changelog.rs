@@ -1,13 +1,12 @@
 //! Users' change feeds on SQLite: an entry per create, update and delete of an owned event,
 //! written by the writer in the change's own savepoint (so it commits, or rolls back, with
-//! the change), read by position, followed by `pk`, and trimmed by retention like a topic.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! the change), read by position, followed by `pk`, and trimmed by retention like a topic
+//! (`TRIMMED`).
 
 use chrono::{SubsecRound, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, Row, params};
 
-use super::{Result, Retention, sql_error};
+use super::{Result, retention::Trimmed, sql_error};
 use crate::store::{ChangeKind, Event, EventChange, outcome};
 
 /// The feeds' tables: the entries (each holding its event as the change left it), and per
@@ -111,81 +110,19 @@ pub(super) fn after(
     Ok(rows.into_iter().map(|(_, entry)| entry).collect())
 }
 
-pub(super) fn dropped_through(conn: &Connection, user: &str) -> Result<u64> {
-    let through: Option<i64> = conn
-        .prepare_cached("SELECT dropped_through FROM change_heads WHERE user_id = ?1")
-        .and_then(|mut stmt| stmt.query_row(params![user], |row| row.get(0)).optional())
-        .map_err(|e| sql_error("changes_dropped_through", &e))?;
-    Ok(through.unwrap_or(0).max(0) as u64)
-}
-
-/// One batch of retention: the first feed with entries due is trimmed by up to `batch`.
-pub(super) fn compact(conn: &mut Connection, retention: Retention, batch: usize) -> Result<usize> {
-    let fail = |e| sql_error("compact", &e);
-    let Some((user, through)) = due(conn, retention).map_err(fail)? else {
-        return Ok(0);
-    };
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(fail)?;
-    let dropped: Vec<i64> = {
-        let mut stmt = tx
-            .prepare_cached(
-                "DELETE FROM changes WHERE pk IN (
-                     SELECT pk FROM changes WHERE user_id = ?1 AND position <= ?2
-                     ORDER BY position LIMIT ?3)
-                 RETURNING position",
-            )
-            .map_err(fail)?;
-        stmt.query_map(params![user, through, batch], |row| row.get(0))
-            .map_err(fail)?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(fail)?
-    };
-    // As for topics: the newest dropped bounds everything dropped before it.
-    let newest = if dropped.len() < batch {
-        through
-    } else {
-        dropped.iter().copied().max().unwrap_or(through)
-    };
-    tx.execute(
-        "UPDATE change_heads SET dropped_through = max(dropped_through, ?2) WHERE user_id = ?1",
-        params![user, newest],
-    )
-    .map_err(fail)?;
-    tx.commit().map_err(fail)?;
-    Ok(dropped.len())
-}
-
-/// A feed with entries retention no longer keeps, and the newest position to drop.
-fn due(conn: &Connection, retention: Retention) -> rusqlite::Result<Option<(String, i64)>> {
-    if let Some(max) = retention.max_events {
-        let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let found = conn
-            .prepare_cached(
-                "SELECT user_id, last_position - ?1 FROM change_heads
+/// What retention trims of the feeds (`retention`): a user's entries, by position.
+pub(super) const TRIMMED: Trimmed = Trimmed {
+    delete: "DELETE FROM changes WHERE pk IN (
+                 SELECT pk FROM changes WHERE user_id = ?1 AND position <= ?2
+                 ORDER BY position LIMIT ?3)
+             RETURNING position",
+    bound: "UPDATE change_heads SET dropped_through = max(dropped_through, ?2)
+            WHERE user_id = ?1",
+    over_count: "SELECT user_id, last_position - ?1 FROM change_heads
                  WHERE last_position - ?1 > dropped_through LIMIT 1",
-            )?
-            .query_row(params![max], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
-        if found.is_some() {
-            return Ok(found);
-        }
-    }
-    if let Some(age) = retention.max_age {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let cutoff = i64::try_from(now.saturating_sub(age).as_millis()).unwrap_or(i64::MAX);
-        return conn
-            .prepare_cached(
-                "SELECT c.user_id, max(c.position) FROM changes c
-                 JOIN change_heads h ON h.user_id = c.user_id
-                 WHERE c.time < ?1
-                 GROUP BY c.user_id HAVING max(c.position) > max(h.dropped_through) LIMIT 1",
-            )?
-            .query_row(params![cutoff], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional();
-    }
-    Ok(None)
-}
+    over_age: "SELECT c.user_id, max(c.position) FROM changes c
+               JOIN change_heads h ON h.user_id = c.user_id
+               WHERE c.time < ?1
+               GROUP BY c.user_id HAVING max(c.position) > max(h.dropped_through) LIMIT 1",
+    dropped: "SELECT dropped_through FROM change_heads WHERE user_id = ?1",
+};
