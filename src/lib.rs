@@ -20,6 +20,7 @@ pub mod process;
 mod tls_args;
 #[cfg(feature = "process")]
 pub use tls_args::TlsArgs;
+pub mod topics;
 pub mod trace;
 pub mod write_key;
 

@@ -3,6 +3,13 @@
 //! to its stream's bounded broadcast ring. A subscription registers before it replays, so nothing published meanwhile
 //! is missed; duplicates at the seam are dropped by `seq`; a gap or a lagged ring is filled
 //! from the store. Only a subscriber too far behind is closed, told how to resume.
+//!
+//! A selection (topic patterns and a filter, `matching`) has a ring of its own too: the
+//! follower hands it every event of its topics, the filter's verdict taken once per event for
+//! all its subscribers; one a filter rejects goes as a marker, so subscribers still see each
+//! topic's seqs without holes and know when to read the store.
+
+mod matching;
 
 use std::{
     collections::HashMap,
@@ -23,12 +30,15 @@ use crate::{
     subscribe::Encoded,
 };
 
-/// What a subscription follows: a topic's events (by `seq`) or a user's change feed (by
-/// position).
+pub(crate) use matching::Selection;
+
+/// What a subscription follows: a topic's events (by `seq`), a user's change feed (by
+/// position), or the events of a selection's topics (by `seq` per topic).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum StreamOf {
     Topic(String),
     Changes(String),
+    Matching(Selection),
 }
 
 impl std::fmt::Display for StreamOf {
@@ -36,6 +46,7 @@ impl std::fmt::Display for StreamOf {
         match self {
             StreamOf::Topic(topic) => write!(f, "topic {topic}"),
             StreamOf::Changes(user) => write!(f, "changes of {user}"),
+            StreamOf::Matching(selection) => write!(f, "topics {selection}"),
         }
     }
 }
@@ -75,8 +86,15 @@ enum Follower {
     Failed(String),
 }
 
-/// A live event as every subscriber of its topic shares it: encoded once.
-type Shared = Encoded;
+/// A live event (change) as every subscriber of its stream shares it: encoded once. In a
+/// selection's ring, an event its filter rejects comes without `event`: only its place.
+#[derive(Debug, Clone)]
+struct Shared {
+    /// The event's topic (empty for a change).
+    topic: Arc<str>,
+    seq: u64,
+    event: Option<Encoded>,
+}
 
 struct Stream {
     /// The newest `seq` (position) the follower has seen on this stream.
@@ -90,8 +108,25 @@ struct Stream {
 struct Subscribers {
     /// Streams with at least one subscriber (a stream leaves with its last).
     streams: HashMap<StreamOf, Stream>,
+    /// How many of `streams` are selections: the follower looks through them all for each
+    /// event only when there are any.
+    selections: usize,
     /// The follower's state; subscribers watch it to learn it started or failed.
     follower: watch::Sender<Follower>,
+}
+
+impl Subscribers {
+    fn leave(&mut self, of: &StreamOf) {
+        if let Some(stream) = self.streams.get_mut(of) {
+            stream.subscribers -= 1;
+            if stream.subscribers == 0 {
+                self.streams.remove(of);
+                if matches!(of, StreamOf::Matching(_)) {
+                    self.selections -= 1;
+                }
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -125,12 +160,7 @@ struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut subscribers = self.feed.subscribers();
-        if let Some(stream) = subscribers.streams.get_mut(&self.of) {
-            stream.subscribers -= 1;
-            if stream.subscribers == 0 {
-                subscribers.streams.remove(&self.of);
-            }
-        }
+        subscribers.leave(&self.of);
         if subscribers.streams.is_empty() {
             self.feed.0.emptied.notify_waiters();
         }
@@ -157,6 +187,7 @@ impl Feed {
             shutdown,
             subscribers: Mutex::new(Subscribers {
                 streams: HashMap::new(),
+                selections: 0,
                 follower: watch::Sender::new(Follower::Stopped),
             }),
             emptied: Notify::new(),
@@ -173,11 +204,21 @@ impl Feed {
     /// Starts a stream of `of`'s events (changes) with `seq` (position) `> after_seq`: stored
     /// ones, then live.
     pub(crate) fn subscribe(&self, of: StreamOf, after_seq: u64) -> EventStream {
+        self.serving(move |feed, tx| async move { feed.serve(of, after_seq, &tx).await })
+    }
+
+    /// Starts a subscription served by `serve` on a task of its own, its events going to the
+    /// client through a bounded queue.
+    fn serving<F, Fut>(&self, serve: F) -> EventStream
+    where
+        F: FnOnce(Feed, mpsc::Sender<Result<Encoded, Status>>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send,
+    {
         let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
         let feed = self.clone();
         tokio::spawn(async move {
             let _open = feed.0.stats.subscriber();
-            if let Err(status) = feed.serve(of, after_seq, &tx).await {
+            if let Err(status) = serve(feed, tx.clone()).await {
                 // The client may already be gone; then there is no one to tell.
                 let _ = tx.try_send(Err(status));
             }
@@ -189,14 +230,17 @@ impl Feed {
     async fn register(&self, of: &StreamOf) -> Result<Registration, Status> {
         let (rx, mut follower) = {
             let mut subscribers = self.subscribers();
-            let entry = subscribers
-                .streams
-                .entry(of.clone())
-                .or_insert_with(|| Stream {
+            let subscribers = &mut *subscribers;
+            let entry = subscribers.streams.entry(of.clone()).or_insert_with(|| {
+                if matches!(of, StreamOf::Matching(_)) {
+                    subscribers.selections += 1;
+                }
+                Stream {
                     head: 0,
                     ring: broadcast::channel(self.0.settings.buffer).0,
                     subscribers: 0,
-                });
+                }
+            });
             entry.subscribers += 1;
             let rx = entry.ring.subscribe();
             if matches!(
@@ -293,13 +337,16 @@ impl Feed {
     fn fail(&self, reason: String) {
         let mut subscribers = self.subscribers();
         subscribers.streams.clear();
+        subscribers.selections = 0;
         subscribers.follower.send_replace(Follower::Failed(format!(
             "{reason}: subscribe again with after_seq"
         )));
     }
 
-    /// Hands what the store committed to its stream's subscribers: the ring is taken out of
-    /// `Subscribers` first, so the lock is held for a lookup whatever the number of subscribers.
+    /// Hands what the store committed to its stream's subscribers, and a published event to
+    /// each selection of its topic. The rings are taken out of `Subscribers` first, so the
+    /// lock is held for lookups whatever the number of subscribers; filters are applied
+    /// outside it, each distinct one once.
     fn dispatch(&self, followed: Followed) {
         let (of, seq, time) = match &followed {
             Followed::Published(event) => {
@@ -311,21 +358,57 @@ impl Feed {
                 Some(change.time),
             ),
         };
-        let ring = {
+        let (ring, selections) = {
             let mut subscribers = self.subscribers();
-            let Some(stream) = subscribers.streams.get_mut(&of) else {
-                return;
-            };
-            stream.head = stream.head.max(seq);
-            stream.ring.clone()
+            let ring = subscribers.streams.get_mut(&of).map(|stream| {
+                stream.head = stream.head.max(seq);
+                stream.ring.clone()
+            });
+            let selections: Vec<(Selection, broadcast::Sender<Shared>)> =
+                match (&of, subscribers.selections) {
+                    (StreamOf::Topic(topic), 1..) => subscribers
+                        .streams
+                        .iter()
+                        .filter_map(|(of, stream)| match of {
+                            StreamOf::Matching(selection) if selection.patterns.matches(topic) => {
+                                Some((selection.clone(), stream.ring.clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+            (ring, selections)
         };
+        if ring.is_none() && selections.is_empty() {
+            return;
+        }
         if let Some(time) = time {
             let lag = (chrono::Utc::now() - time).to_std().unwrap_or_default();
             self.0.delay.observe(lag.as_secs_f64());
         }
+        let topic: Arc<str> = match &of {
+            StreamOf::Topic(topic) => topic.as_str().into(),
+            _ => "".into(),
+        };
+        let verdicts = match &followed {
+            Followed::Published(event) => matching::verdicts(&selections, event),
+            Followed::Changed(_) => Vec::new(),
+        };
+        let event = encoded(followed);
+        let shared = |accepted: bool| Shared {
+            topic: topic.clone(),
+            seq,
+            event: accepted.then(|| event.clone()),
+        };
         // Only the follower sends, so every ring gets its stream's events in order. A send
         // fails only when nobody is subscribed any more.
-        let _ = ring.send(encoded(followed));
+        if let Some(ring) = ring {
+            let _ = ring.send(shared(true));
+        }
+        for ((_, ring), accepted) in selections.iter().zip(verdicts) {
+            let _ = ring.send(shared(accepted));
+        }
     }
 
     fn head(&self, of: &StreamOf) -> u64 {
@@ -375,6 +458,7 @@ impl Feed {
     async fn stored_after(&self, of: &StreamOf, last: u64) -> Result<Vec<Encoded>, Status> {
         let store = &self.0.store;
         Ok(match of {
+            StreamOf::Matching(_) => unreachable!("a selection reads its topics' events itself"),
             StreamOf::Topic(topic) => store
                 .events_after(topic, last, BATCH)
                 .await?
@@ -407,8 +491,8 @@ impl Feed {
                 _ = tx.closed() => return Ok(()),
                 next = registration.rx.recv() => next,
             };
-            let event = match next {
-                Ok(event) => event,
+            let item = match next {
+                Ok(item) => item,
                 Err(RecvError::Lagged(_)) => {
                     let behind = self.head(&of).saturating_sub(last);
                     if behind > self.0.settings.max_lag {
@@ -439,15 +523,17 @@ impl Feed {
                     return Err(Status::unavailable(reason));
                 }
             };
-            if event.seq <= last {
+            if item.seq <= last {
                 continue;
             }
             // Saturating: a client may resume after any u64, the largest included.
-            if event.seq == last.saturating_add(1) {
-                if !self.send(tx, event.clone()).await? {
+            if item.seq == last.saturating_add(1) {
+                if let Some(event) = item.event
+                    && !self.send(tx, event).await?
+                {
                     return Ok(());
                 }
-                last = event.seq;
+                last = item.seq;
                 continue;
             }
             match self.catch_up(&of, last, tx).await? {
@@ -467,237 +553,4 @@ fn encoded(followed: Followed) -> Encoded {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The follower's life under paused time, over a store whose change feed the test writes.
-
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use async_trait::async_trait;
-    use futures::stream::BoxStream;
-    use uuid::Uuid;
-
-    use super::*;
-    use crate::{
-        metrics::RpcMetrics,
-        store::{
-            Claim, Event, EventChange, EventPage, EventPatch, KeyClaim, NewEvent, Precondition,
-            Result, Retention,
-        },
-    };
-
-    /// A store that only follows: each `follow` is counted, and its feed is the test's to
-    /// write; `live` counts the feeds not dropped yet.
-    #[derive(Default)]
-    struct FakeFeed {
-        follows: AtomicUsize,
-        live: Arc<AtomicUsize>,
-        feed: Mutex<Option<mpsc::UnboundedSender<Event>>>,
-    }
-
-    /// Counts a feed as live until it is dropped.
-    struct Live(Arc<AtomicUsize>);
-
-    impl Drop for Live {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    impl FakeFeed {
-        fn publish(&self, topic: &str, seq: u64) {
-            let event = Event {
-                id: Uuid::new_v4(),
-                user_id: String::new(),
-                title: format!("{seq}"),
-                description: String::new(),
-                completed: false,
-                created_at: chrono::Utc::now(),
-                topic: topic.to_owned(),
-                data: None,
-                time: Some(chrono::Utc::now()),
-                seq,
-                revision: 1,
-            };
-            let feed = self.feed.lock().unwrap();
-            feed.as_ref().expect("followed").send(event).unwrap();
-        }
-    }
-
-    #[async_trait]
-    impl EventStore for FakeFeed {
-        async fn follow(&self) -> Result<BoxStream<'static, Result<Followed>>> {
-            self.follows.fetch_add(1, Ordering::SeqCst);
-            self.live.fetch_add(1, Ordering::SeqCst);
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            *self.feed.lock().unwrap() = Some(tx);
-            let live = Live(self.live.clone());
-            Ok(futures::stream::poll_fn(move |cx| {
-                let _alive = &live;
-                rx.poll_recv(cx)
-                    .map(|event| event.map(|e| Ok(Followed::Published(e))))
-            })
-            .boxed())
-        }
-
-        async fn events_after(&self, _: &str, _: u64, _: usize) -> Result<Vec<Event>> {
-            Ok(Vec::new())
-        }
-
-        async fn changes_after(&self, _: &str, _: u64, _: usize) -> Result<Vec<EventChange>> {
-            Ok(Vec::new())
-        }
-
-        async fn changes_dropped_through(&self, _: &str) -> Result<u64> {
-            Ok(0)
-        }
-
-        async fn create(&self, _: NewEvent) -> Result<Event> {
-            unimplemented!("the feed only follows")
-        }
-
-        async fn get(&self, _: Uuid, _: Option<String>) -> Result<Event> {
-            unimplemented!("the feed only follows")
-        }
-
-        async fn list(&self, _: Option<String>, _: usize, _: Option<String>) -> Result<EventPage> {
-            unimplemented!("the feed only follows")
-        }
-
-        async fn update(
-            &self,
-            _: Uuid,
-            _: Option<String>,
-            _: EventPatch,
-            _: Precondition,
-        ) -> Result<Event> {
-            unimplemented!("the feed only follows")
-        }
-
-        async fn delete(&self, _: Uuid, _: Option<String>, _: Precondition) -> Result<()> {
-            unimplemented!("the feed only follows")
-        }
-
-        async fn publish(&self, _: NewEvent) -> Result<Event> {
-            unimplemented!("the feed only follows")
-        }
-
-        async fn compact(&self, _: Retention, _: usize) -> Result<usize> {
-            unimplemented!("the feed only follows")
-        }
-
-        async fn dropped_through(&self, _: &str) -> Result<u64> {
-            Ok(0)
-        }
-
-        async fn claim(&self, _: &KeyClaim, _: Uuid) -> Result<Claim> {
-            unimplemented!("the feed only follows")
-        }
-
-        async fn purge_keys(&self, _: usize) -> Result<usize> {
-            unimplemented!("the feed only follows")
-        }
-
-        async fn ping(&self) -> Result<()> {
-            Ok(())
-        }
-    }
-
-    fn feed(store: &Arc<FakeFeed>) -> Feed {
-        Feed::new(
-            store.clone(),
-            Arc::new(Stats::default()),
-            FeedSettings::default(),
-            CancellationToken::new(),
-            RpcMetrics::new().feed_delay(),
-        )
-    }
-
-    /// Runs a paused-time test's `body`, failing it when it has not finished within an hour of
-    /// virtual time (the clock jumps to the timeout when nothing else can run), instead of
-    /// hanging.
-    async fn bounded<F: std::future::Future>(body: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(3600), body)
-            .await
-            .expect("the test waited an hour of virtual time for what never came")
-    }
-
-    /// Runs other tasks, without letting time pass, until `done`.
-    async fn until(done: impl Fn() -> bool) {
-        while !done() {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    fn follower(feed: &Feed) -> Follower {
-        feed.subscribers().follower.borrow().clone()
-    }
-
-    /// Subscribes to `topic` and reads one live event through it (so the follower runs).
-    async fn subscribed(feed: &Feed, store: &FakeFeed, topic: &str, seq: u64) -> EventStream {
-        let mut events = feed.subscribe(StreamOf::Topic(topic.to_owned()), seq - 1);
-        until(|| follower(feed) == Follower::Running && !feed.subscribers().streams.is_empty())
-            .await;
-        store.publish(topic, seq);
-        let first = events
-            .next()
-            .await
-            .expect("an event")
-            .expect("not an error");
-        assert_eq!(first.seq, seq);
-        events
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_follower_stops_idle_stop_after_the_last_subscriber_leaves() {
-        bounded(async {
-            let store = Arc::new(FakeFeed::default());
-            let feed = feed(&store);
-            let events = subscribed(&feed, &store, "t", 1).await;
-            drop(events);
-            until(|| feed.subscribers().streams.is_empty()).await;
-
-            tokio::time::sleep(IDLE_STOP - Duration::from_millis(1)).await;
-            assert_eq!(
-                follower(&feed),
-                Follower::Running,
-                "stopped before IDLE_STOP"
-            );
-            assert_eq!(store.live.load(Ordering::SeqCst), 1);
-
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            assert_eq!(follower(&feed), Follower::Stopped);
-            assert_eq!(
-                store.live.load(Ordering::SeqCst),
-                0,
-                "the store's feed is let go"
-            );
-
-            // The next subscriber starts a new follower.
-            let _again = subscribed(&feed, &store, "t", 2).await;
-            assert_eq!(store.follows.load(Ordering::SeqCst), 2);
-        })
-        .await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_subscriber_back_within_idle_stop_keeps_the_follower() {
-        bounded(async {
-            let store = Arc::new(FakeFeed::default());
-            let feed = feed(&store);
-            drop(subscribed(&feed, &store, "t", 1).await);
-            until(|| feed.subscribers().streams.is_empty()).await;
-            tokio::time::sleep(IDLE_STOP / 2).await;
-
-            let _back = subscribed(&feed, &store, "u", 2).await;
-            // Long past the first idle period: the follower that was running still is.
-            tokio::time::sleep(IDLE_STOP * 3).await;
-            assert_eq!(follower(&feed), Follower::Running);
-            assert_eq!(
-                store.follows.load(Ordering::SeqCst),
-                1,
-                "one follower throughout"
-            );
-        })
-        .await;
-    }
-}
+mod tests;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use eventsys::{
     auth::Auth,
-    gap::Gap,
+    gap::{Gap, TopicGap},
+    topics::{Filter, Subject},
     v1::{self, event_service_server::EventService},
     write_key::{IdempotencyKey, KeyConflict},
 };
@@ -28,7 +29,7 @@ use crate::{
     keyed::{self, KeyPolicy, Write, Written},
     stats::Stats,
     store::{EventStore, StoreError},
-    validate::{self, FieldError},
+    validate::{self, FieldError, Subscribing},
 };
 
 pub(crate) struct EventsApi {
@@ -56,27 +57,66 @@ impl EventsApi {
         }
     }
 
-    /// Subscribe: checks the topic and the caller's right, refuses a start retention no
-    /// longer covers, then streams the topic's events, each encoded once.
+    /// Subscribe: checks the topic (patterns) and the caller's right, refuses a start
+    /// retention no longer covers, then streams the events, each encoded once.
     pub(crate) async fn subscription(
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<EventStream, Status> {
         let who = Who::of(&request);
-        let req = request.into_inner();
-        validate::topic(&req.topic)?;
-        self.may_read(&who, &req.topic)?;
-        let dropped = self.store.dropped_through(&req.topic).await?;
-        if req.after_seq < dropped {
-            return Err(Gap {
-                requested_after: req.after_seq,
-                oldest_available: dropped + 1,
+        let (selection, at, one_topic) = match validate::subscription(request.into_inner())? {
+            Subscribing::Topic { topic, after_seq } => {
+                self.may_read(&who, &topic)?;
+                let dropped = self.store.dropped_through(&topic).await?;
+                if after_seq < dropped {
+                    return Err(Gap {
+                        requested_after: after_seq,
+                        oldest_available: dropped + 1,
+                    }
+                    .into_status());
+                }
+                return Ok(self.feed.subscribe(StreamOf::Topic(topic), after_seq));
             }
-            .into_status());
+            Subscribing::Selected {
+                selection,
+                at,
+                one_topic,
+            } => (selection, at, one_topic),
+        };
+        for pattern in selection.patterns.iter() {
+            match &who.0 {
+                Some(caller) => self
+                    .auth
+                    .may_read_pattern(caller, pattern)
+                    .map_err(denied)?,
+                None if self.auth.public_pattern(pattern) => {}
+                None => return Err(Status::unauthenticated("a token is required")),
+            }
         }
-        Ok(self
+        // Only places the request names can be passed by retention: a topic it does not
+        // name starts at its oldest kept event.
+        let gaps: Vec<TopicGap> = self
             .feed
-            .subscribe(StreamOf::Topic(req.topic), req.after_seq))
+            .topics_of(&selection.patterns)
+            .await?
+            .into_iter()
+            .filter_map(|head| {
+                let asked = at.named(&head.topic)?;
+                (asked < head.dropped_through).then(|| TopicGap {
+                    topic: head.topic,
+                    gap: Gap {
+                        requested_after: asked,
+                        oldest_available: head.dropped_through + 1,
+                    },
+                })
+            })
+            .collect();
+        match gaps.first() {
+            Some(first) if one_topic => return Err(first.gap.into_status()),
+            Some(_) => return Err(TopicGap::into_status(&gaps)),
+            None => {}
+        }
+        Ok(self.feed.subscribe_selection(selection, at))
     }
 
     /// WatchChanges: checks whose feed the caller may read, refuses a start retention no
@@ -150,6 +190,23 @@ impl EventsApi {
             None => Err(Status::unauthenticated("a token is required")),
         }
     }
+}
+
+/// Pages of events a filtered history read looks through at most.
+const FILTER_SCAN: usize = 10;
+
+/// Whether `filter` accepts an event as the wire carries it.
+fn accepts(filter: &Filter, event: &v1::Event) -> bool {
+    let data = event
+        .data
+        .clone()
+        .and_then(|data| eventsys::json::from_struct(data).ok());
+    filter.accepts(&Subject {
+        title: &event.title,
+        user_id: &event.user_id,
+        topic: &event.topic,
+        data: data.as_ref(),
+    })
 }
 
 /// Largest encoded page: far below what a client decodes (gRPC's default is 4 MiB, the
@@ -373,24 +430,65 @@ impl EventService for EventsApi {
         validate::topic(&req.topic)?;
         self.may_read(&who, &req.topic)?;
         let limit = validate::limit(req.limit)?;
+        let filter = validate::filter(&req.filter)?;
         let store = &self.store;
         let topic = req.topic.as_str();
-        let page = history(
-            req.after_seq,
-            limit,
-            || store.dropped_through(topic),
-            |after, n| async move {
-                let stored = store.events_after(topic, after, n).await?;
-                Ok(stored.into_iter().map(convert::event).collect())
-            },
-            |event: &v1::Event| event.seq,
-        )
-        .await?;
-        Ok(Response::new(v1::ListTopicEventsResponse {
-            events: page.items,
-            more: page.more,
-            oldest_available: page.oldest_available,
-        }))
+        let page = |after| {
+            history(
+                after,
+                limit,
+                || store.dropped_through(topic),
+                move |after, n| async move {
+                    let stored = store.events_after(topic, after, n).await?;
+                    Ok(stored.into_iter().map(convert::event).collect())
+                },
+                |event: &v1::Event| event.seq,
+            )
+        };
+        let first = page(req.after_seq).await?;
+        let oldest_available = first.oldest_available;
+        let Some(filter) = filter else {
+            return Ok(Response::new(v1::ListTopicEventsResponse {
+                next_after_seq: first.items.last().map_or(0, |e| e.seq),
+                events: first.items,
+                more: first.more,
+                oldest_available,
+            }));
+        };
+        // Pages read until `limit` events pass the filter, or `FILTER_SCAN` pages were read.
+        let mut events = Vec::new();
+        let mut read = first;
+        let mut pages = 1;
+        let mut through = 0;
+        loop {
+            let mut items = read.items.into_iter();
+            for event in items.by_ref() {
+                through = event.seq;
+                if accepts(&filter, &event) {
+                    events.push(event);
+                    if events.len() == limit {
+                        break;
+                    }
+                }
+            }
+            let more = read.more || items.next().is_some();
+            if !more || events.len() == limit || pages == FILTER_SCAN {
+                let fits = fitting(&events);
+                let cut = fits < events.len();
+                if cut {
+                    events.truncate(fits);
+                    through = events.last().map_or(through, |e| e.seq);
+                }
+                return Ok(Response::new(v1::ListTopicEventsResponse {
+                    events,
+                    more: more || cut,
+                    oldest_available,
+                    next_after_seq: through,
+                }));
+            }
+            read = page(through).await?;
+            pages += 1;
+        }
     }
 
     async fn list_changes(

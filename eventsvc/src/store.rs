@@ -8,11 +8,13 @@ mod outcome;
 mod postgres;
 pub mod sqlite;
 mod timed;
+mod topics;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
+use eventsys::topics::Patterns;
 use futures::stream::BoxStream;
 use uuid::Uuid;
 
@@ -20,6 +22,8 @@ pub use mongo::MongoStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub(crate) use timed::TimedStore;
+pub use topics::TopicHead;
+pub(crate) use topics::{TopicRange, ranges as topic_ranges, sql_condition};
 
 pub use eventsys::json::JsonObject;
 
@@ -523,6 +527,8 @@ pub trait EventStore: Send + Sync + 'static {
     async fn compact(&self, retention: Retention, batch: usize) -> Result<usize>;
     /// The newest `seq` of `topic` that retention has dropped; 0 when none.
     async fn dropped_through(&self, topic: &str) -> Result<u64>;
+    /// The topics `patterns` select that have been published on, by name, up to `limit`.
+    async fn topics(&self, patterns: &Patterns, limit: usize) -> Result<Vec<TopicHead>>;
     /// Claims `claim.key` for the write of the event `id`: `Fresh` when the key is unused,
     /// expired, abandoned (its lease ran out unanswered) or already this write's (the gateway
     /// sending the same write again); `Done` with the answered event once its request was

@@ -238,6 +238,7 @@ mod tests {
                 v1::SubscribeRequest {
                     topic: "t".into(),
                     after_seq: 0,
+                    ..Default::default()
                 },
             )
         };

@@ -1,11 +1,17 @@
 //! Request validation: turns wire requests into store inputs, or into an error whose message
 //! names the offending field. Limits are checked here, once, before anything reaches a store.
 
-use eventsys::v1;
+use eventsys::{
+    topics::{Cursor, Filter, Patterns},
+    v1,
+};
 use prost::Message;
 use uuid::Uuid;
 
-use crate::store::{EventPatch, JsonObject, NewEvent, Precondition};
+use crate::{
+    feed::Selection,
+    store::{EventPatch, JsonObject, NewEvent, Precondition},
+};
 
 /// Longest `title` or `description`, in characters (Unicode scalar values, what JSON Schema's
 /// `maxLength` counts, so the API document can state the limit exactly).
@@ -76,6 +82,83 @@ pub(crate) fn topic(topic: &str) -> Result<(), FieldError> {
         )));
     }
     Ok(())
+}
+
+/// What a Subscribe asks for.
+pub(crate) enum Subscribing {
+    /// One topic, every event, after `after_seq`.
+    Topic { topic: String, after_seq: u64 },
+    /// The topics of some patterns (or one topic, `one_topic`, with a filter), each after its
+    /// place in `at`.
+    Selected {
+        selection: Selection,
+        at: Cursor,
+        one_topic: bool,
+    },
+}
+
+/// A Subscribe request: a topic, or patterns with their places; either with a filter.
+pub(crate) fn subscription(req: v1::SubscribeRequest) -> Result<Subscribing, FieldError> {
+    let v1::SubscribeRequest {
+        topic: name,
+        after_seq,
+        patterns,
+        filter: filter_text,
+        after_seqs,
+        cursor,
+    } = req;
+    let filter = filter(&filter_text)?;
+    if patterns.is_empty() {
+        topic(&name)?;
+        if !after_seqs.is_empty() || !cursor.is_empty() {
+            return Err(FieldError(
+                "after_seqs and cursor go with patterns; a topic resumes after after_seq".into(),
+            ));
+        }
+        let Some(filter) = filter else {
+            return Ok(Subscribing::Topic {
+                topic: name,
+                after_seq,
+            });
+        };
+        let patterns = Patterns::parse([name.as_str()]).map_err(|e| FieldError(e.0))?;
+        let mut at = Cursor::default();
+        at.advance(&name, after_seq)
+            .map_err(|e| FieldError(e.to_string()))?;
+        return Ok(Subscribing::Selected {
+            selection: Selection::new(patterns, Some(filter)),
+            at,
+            one_topic: true,
+        });
+    }
+    if !name.is_empty() || after_seq != 0 {
+        return Err(FieldError(
+            "give topic (and after_seq) or patterns (and after_seqs or cursor), not both".into(),
+        ));
+    }
+    let patterns =
+        Patterns::parse(patterns.iter().map(String::as_str)).map_err(|e| FieldError(e.0))?;
+    let at = match (after_seqs.is_empty(), cursor.is_empty()) {
+        (_, true) => Cursor::from_positions(after_seqs, &patterns),
+        (true, false) => Cursor::decode(&cursor, &patterns),
+        (false, false) => return Err(FieldError("give after_seqs or cursor, not both".into())),
+    }
+    .map_err(|e| FieldError(format!("after_seqs or cursor: {e}")))?;
+    Ok(Subscribing::Selected {
+        selection: Selection::new(patterns, filter),
+        at,
+        one_topic: false,
+    })
+}
+
+/// An optional filter: empty is none.
+pub(crate) fn filter(text: &str) -> Result<Option<Filter>, FieldError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Filter::parse(text)
+        .map(Some)
+        .map_err(|e| FieldError(e.to_string()))
 }
 
 /// An event id: a UUID in any of its usual spellings.

@@ -536,6 +536,83 @@ pub async fn retention_keeps_the_newest_and_records_the_gap(f: Fixture) {
     assert_eq!(next.seq, 26, "seqs are never reused");
 }
 
+/// The topics a set of patterns selects: published on (a create's label is no topic), by
+/// name in byte order, each with its newest seq and what retention dropped.
+pub async fn topics_are_listed_by_pattern(f: Fixture) {
+    use eventsys::topics::Patterns;
+    let s = f.store;
+    for topic in [
+        "orders.eu",
+        "orders",
+        "ordersx",
+        "orders.eu.de",
+        "alerts",
+        "a.b",
+        "orders.eu",
+    ] {
+        s.publish(on_topic(topic, "x")).await.unwrap();
+    }
+    s.create(on_topic("orders.label", "created, not published"))
+        .await
+        .unwrap();
+    let listed = |patterns: &'static [&'static str], limit: usize| {
+        let other = f.other.clone();
+        async move {
+            let patterns = Patterns::parse(patterns.iter().copied()).unwrap();
+            other
+                .topics(&patterns, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|h| (h.topic, h.last_seq, h.dropped_through))
+                .collect::<Vec<_>>()
+        }
+    };
+    let named = |heads: Vec<(String, u64, u64)>| -> Vec<String> {
+        heads.into_iter().map(|(topic, _, _)| topic).collect()
+    };
+    assert_eq!(
+        listed(&["orders.*"], 10).await,
+        [
+            ("orders.eu".to_owned(), 2, 0),
+            ("orders.eu.de".to_owned(), 1, 0)
+        ]
+    );
+    assert_eq!(
+        named(listed(&["orders", "alerts"], 10).await),
+        ["alerts", "orders"]
+    );
+    assert_eq!(
+        named(listed(&["*"], 10).await),
+        [
+            "a.b",
+            "alerts",
+            "orders",
+            "orders.eu",
+            "orders.eu.de",
+            "ordersx"
+        ]
+    );
+    assert_eq!(
+        named(listed(&["orders.*", "*"], 2).await),
+        ["a.b", "alerts"]
+    );
+    assert_eq!(
+        named(listed(&["orders.eu.*", "a.b"], 10).await),
+        ["a.b", "orders.eu.de"]
+    );
+    assert!(listed(&["nothing.*", "none"], 10).await.is_empty());
+    let retention = Retention {
+        max_events: Some(1),
+        max_age: None,
+    };
+    while f.other.compact(retention, 10).await.unwrap() > 0 {}
+    assert_eq!(
+        listed(&["orders.eu"], 10).await,
+        [("orders.eu".to_owned(), 2, 1)]
+    );
+}
+
 /// The change feed: a follower (in another process) gets every publish that commits after it
 /// started, once, each topic's in `seq` order, whoever published it; creates are not in it.
 pub async fn the_feed_delivers_every_publish_once_in_order(f: Fixture) {
@@ -866,6 +943,7 @@ macro_rules! conformance {
                 the_feed_delivers_every_publish_once_in_order,
                 revisions_and_preconditions,
                 concurrent_updates_of_one_revision_apply_once,
+                topics_are_listed_by_pattern,
             );
         }
     };

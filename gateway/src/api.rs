@@ -17,7 +17,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub(crate) use auth::Credentials;
 pub(crate) use error::{ApiError, ErrorBody};
-pub(crate) use extract::{FeedUser, FeedUserParam, ResumeAfter, ResumeQuery, Topic, TopicParam};
+pub(crate) use extract::{
+    FeedUser, FeedUserParam, FilterQuery, Params, ResumeAfter, ResumeQuery, Topic, TopicParam,
+    TopicsParam, TopicsQuery,
+};
 pub(crate) use json::{ChangeJson, EventJson, JSON_VALUE, json_value_schema};
 
 use crate::http::AppState;

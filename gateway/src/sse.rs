@@ -2,12 +2,14 @@
 //! `id: <seq>`, `data: <event JSON>`), resumable with `Last-Event-ID` or `?lastEventId=`. All
 //! of this gateway's clients of a topic share one backend stream (`hub`), framed once into a
 //! ring each client's response reads (`reader`); when retention dropped what a client asks
-//! for, it is told so (`event: gap`) first.
+//! for, it is told so (`event: gap`) first. `GET /subscribe?topic=…` does the same for the
+//! topics of some patterns, its `id` a cursor of every topic's place (`selection`).
 
 mod frame;
 mod hub;
 mod reader;
 mod ring;
+mod selection;
 mod source;
 
 use axum::{extract::State, response::IntoResponse};
@@ -20,18 +22,20 @@ use frame::ServerEvent;
 
 use crate::{
     api::{
-        ApiError, Credentials, ErrorBody, FeedUser, FeedUserParam, ResumeAfter, ResumeQuery, Topic,
-        TopicParam,
+        ApiError, Credentials, ErrorBody, FeedUser, FeedUserParam, FilterQuery, Params,
+        ResumeAfter, ResumeQuery, Topic, TopicParam, TopicsParam, TopicsQuery,
     },
     http::AppState,
     upstream::is_permanent,
 };
 use reader::Reader;
+use selection::{Place, Selection};
 
 /// The stream route, registered with its OpenAPI row.
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(subscribe))
+        .routes(routes!(subscribe_many))
         .routes(routes!(changes))
 }
 
@@ -44,17 +48,19 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         lines keep the connection alive. With `Last-Event-ID` (or `?lastEventId=`) the stream \
         first replays every event after that `seq`. When retention already dropped some of \
         them, one `event: gap` frame with data `{\"requestedAfter\": N, \"oldestAvailable\": M}` \
-        comes first.",
+        comes first. With `?filter=` only the events the filter accepts are sent (ids stay \
+        seqs).",
     params(
         TopicParam,
         ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{0,19}$",
             description = "The `seq` of the last event the client has (a reconnecting EventSource sends it)"),
         ResumeQuery,
+        FilterQuery,
     ),
     responses(
         (status = 200, description = "The stream, one `ServerEvent` per frame", content_type = "text/event-stream",
             body = ServerEvent),
-        (status = 400, description = "A bad topic or resume point", body = ErrorBody),
+        (status = 400, description = "A bad topic, filter or resume point", body = ErrorBody),
     ),
     security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
 )]
@@ -63,11 +69,69 @@ async fn subscribe(
     who: Credentials,
     Topic(topic): Topic,
     ResumeAfter(after): ResumeAfter,
+    Params(FilterQuery { filter }): Params<FilterQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.may_read(&state, &topic)?;
+    let (of, place) = match filter.filter(|f| !f.is_empty()) {
+        None => (StreamOf::Topic(topic), Place::Seq(after)),
+        Some(filter) => {
+            let selection = Selection::parse([topic.as_str()], Some(&filter))?;
+            let at = selection.resume(Some(&after.to_string()))?;
+            (StreamOf::Matching(selection), Place::Topics(at))
+        }
+    };
     let slot = state.limiters.open_stream(who.client())?;
     // Opened before the response starts, so a bad topic or no backend is a plain HTTP error.
-    let reader = Reader::open(&state, &StreamOf::Topic(topic), after, who.bearer, slot).await?;
+    let reader = Reader::open(&state, &of, place, who.bearer, slot).await?;
+    Ok((reader.backend(), reader))
+}
+
+/// `GET /subscribe?topic=orders.*&topic=alerts` → 200 `text/event-stream` of every matching
+/// topic's events on one connection, `x-backend` naming the backend that feeds its hub.
+#[utoipa::path(get, path = "/subscribe", tag = "topics",
+    summary = "Subscribe to many topics (Server-Sent Events)",
+    description = "Every event of every topic the patterns match (topics first published after \
+        the stream opened included), through any backend: each topic's events in `seq` order, \
+        exactly once, as `event: message`, `id: <cursor>`, `data: <Event JSON>` (its `topic` \
+        and `seq` say which). Topics interleave in the order the gateway forwards them. The \
+        `id` is an opaque cursor of every topic's place: `Last-Event-ID` (or `?lastEventId=`) \
+        resumes each topic after its own; topics it does not name (all, without one) start at \
+        their beginning. When retention dropped what follows a topic's place, one `event: gap` \
+        frame with data `{\"topic\": T, \"requestedAfter\": N, \"oldestAvailable\": M}` comes \
+        before that topic's next event. `?filter=` passes only the events it accepts. A \
+        cursor of other patterns, or not one, is 400; patterns that match more than 1000 \
+        topics are 400.",
+    params(
+        TopicsParam,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false,
+            description = "The `id` of the last frame the client has (a reconnecting EventSource sends it)"),
+    ),
+    responses(
+        (status = 200, description = "The stream, one `ServerEvent` per frame", content_type = "text/event-stream",
+            body = ServerEvent),
+        (status = 400, description = "A bad pattern, filter or cursor", body = ErrorBody),
+        (status = 403, description = "A pattern wider than the token's subscribe rights (named)", body = ErrorBody),
+    ),
+    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+)]
+async fn subscribe_many(
+    State(state): State<AppState>,
+    who: Credentials,
+    query: TopicsQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let TopicsQuery {
+        topics,
+        filter,
+        last_event_id,
+    } = query;
+    let selection = Selection::parse(topics.iter().map(String::as_str), filter.as_deref())?;
+    for pattern in selection.patterns.iter() {
+        who.may_read_pattern(&state, pattern)?;
+    }
+    let at = selection.resume(last_event_id.as_deref())?;
+    let slot = state.limiters.open_stream(who.client())?;
+    let of = StreamOf::Matching(selection);
+    let reader = Reader::open(&state, &of, Place::Topics(at), who.bearer, slot).await?;
     Ok((reader.backend(), reader))
 }
 
@@ -103,7 +167,8 @@ async fn changes(
 ) -> Result<impl IntoResponse, ApiError> {
     let user = who.feed_user(user_id.as_deref())?;
     let slot = state.limiters.open_stream(who.client())?;
-    let reader = Reader::open(&state, &StreamOf::Changes(user), after, who.bearer, slot).await?;
+    let of = StreamOf::Changes(user);
+    let reader = Reader::open(&state, &of, Place::Seq(after), who.bearer, slot).await?;
     Ok((reader.backend(), reader))
 }
 

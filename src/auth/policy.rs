@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{Rejected, Verifier};
+use crate::topics::{Pattern, matches};
 
 /// The claims a token carries (`sub` and `exp` required).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,15 +62,6 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// `orders` matches that topic, `orders.*` any topic starting `orders.`, `*` every topic.
-fn matches(pattern: &str, topic: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some("") => true,
-        Some(prefix) if prefix.ends_with('.') => topic.starts_with(prefix),
-        _ => pattern == topic,
-    }
-}
-
 fn any_match(patterns: &[String], topic: &str) -> bool {
     patterns.iter().any(|p| matches(p, topic))
 }
@@ -99,6 +91,14 @@ impl Caller {
         match self {
             Caller::Anyone => true,
             Caller::User(who) => any_match(&who.rights.subscribe, topic),
+        }
+    }
+
+    /// Whether every topic `pattern` matches is within the subscribe rights.
+    fn may_subscribe_all(&self, pattern: &Pattern) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::User(who) => who.rights.subscribe.iter().any(|r| pattern.within(r)),
         }
     }
 
@@ -169,6 +169,24 @@ impl Auth {
         } else {
             Err(Denied(format!("token may not read {topic:?}")))
         }
+    }
+
+    /// A multi-topic stream's pattern: every topic it matches within the subscribe rights or
+    /// the public topics (a pattern wider than both is denied, named).
+    pub fn may_read_pattern(&self, caller: &Caller, pattern: &Pattern) -> Result<(), Denied> {
+        if caller.may_subscribe_all(pattern) || self.public_pattern(pattern) {
+            Ok(())
+        } else {
+            Err(Denied(format!(
+                "token may not read every topic of {:?}",
+                pattern.as_str()
+            )))
+        }
+    }
+
+    /// Whether every topic of `pattern` may be read without a token.
+    pub fn public_pattern(&self, pattern: &Pattern) -> bool {
+        self.public_topics.iter().any(|p| pattern.within(p))
     }
 
     /// `/load`, `/benchmark`, `/memstats`, `/metrics` and the `Stats` rpc.

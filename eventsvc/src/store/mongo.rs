@@ -29,10 +29,11 @@ use uuid::Uuid;
 
 use super::{
     Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, KeyClaim, NewEvent,
-    Precondition, Result, Retention, StoreError,
+    Precondition, Result, Retention, StoreError, TopicHead, TopicRange, topic_ranges,
 };
 pub use document::{from_document, to_document};
 use errors::{is_duplicate_key, mongo_error};
+use eventsys::topics::Patterns;
 pub use open::database_name;
 
 /// The old service's database, used when the URI names none.
@@ -297,6 +298,45 @@ impl EventStore for MongoStore {
 
     async fn dropped_through(&self, topic: &str) -> Result<u64> {
         retention::dropped_through(&self.counters, topic).await
+    }
+
+    async fn topics(&self, patterns: &Patterns, limit: usize) -> Result<Vec<TopicHead>> {
+        // Counter ids are `topic:<name>`: the same ranges, behind that prefix.
+        let ids: Vec<Document> = topic_ranges(patterns)
+            .into_iter()
+            .map(|range| match range {
+                TopicRange::Exact(topic) => doc! {"_id": counter_id(&topic)},
+                TopicRange::Between { from, to } => {
+                    doc! {"_id": {"$gte": counter_id(&from), "$lt": counter_id(&to)}}
+                }
+                TopicRange::All => {
+                    doc! {"_id": {"$gte": counter_id(""), "$lt": "topic;"}}
+                }
+            })
+            .collect();
+        let fail = |e| mongo_error("topics", e);
+        let counters: Vec<Document> = self
+            .counters
+            .find(doc! {"$or": ids})
+            .sort(doc! {"_id": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(fail)?
+            .try_collect()
+            .await
+            .map_err(fail)?;
+        Ok(counters
+            .iter()
+            .filter_map(|counter| {
+                let topic = counter.get_str("_id").ok()?.strip_prefix("topic:")?;
+                let field = |name| counter.get_i64(name).unwrap_or(0).max(0) as u64;
+                Some(TopicHead {
+                    topic: topic.to_owned(),
+                    last_seq: field("seq"),
+                    dropped_through: field("dropped_through"),
+                })
+            })
+            .collect())
     }
 
     async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim> {

@@ -25,10 +25,11 @@ use uuid::Uuid;
 
 use super::{
     Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, KeyClaim, NewEvent,
-    OpenError, Precondition, Result, Retention, StoreError,
+    OpenError, Precondition, Result, Retention, StoreError, TopicHead, sql_condition, topic_ranges,
 };
 use batch::Kind;
 use connect::{CONNECT_TIMEOUT, Connect};
+use eventsys::topics::Patterns;
 use rows::{COLUMNS, Written, to_event};
 
 /// Connections per process.
@@ -471,6 +472,35 @@ impl EventStore for PostgresStore {
     async fn dropped_through(&self, topic: &str) -> Result<u64> {
         let client = self.client("dropped_through").await?;
         retention::dropped_through(&client, &retention::TOPICS, &topic).await
+    }
+
+    async fn topics(&self, patterns: &Patterns, limit: usize) -> Result<Vec<TopicHead>> {
+        // Byte order, whatever the database's collation: a range of names is one under it.
+        let (condition, values) =
+            sql_condition(&topic_ranges(patterns), "topic COLLATE \"C\"", 1, |n| {
+                format!("${n}")
+            });
+        let sql = format!(
+            "SELECT topic, last_seq, dropped_through FROM topics WHERE {condition}
+             ORDER BY topic COLLATE \"C\" LIMIT {limit}"
+        );
+        let client = self.client("topics").await?;
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+            .iter()
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = client
+            .query(&sql, &params)
+            .await
+            .map_err(|e| pg_error("topics", e))?;
+        Ok(rows
+            .iter()
+            .map(|row| TopicHead {
+                topic: row.get(0),
+                last_seq: row.get::<_, i64>(1).max(0) as u64,
+                dropped_through: row.get::<_, i64>(2).max(0) as u64,
+            })
+            .collect())
     }
 
     async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim> {

@@ -33,7 +33,9 @@ use writer::{Done, Op, Writer};
 use super::{
     ChangeKind, Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, JsonObject,
     KeyClaim, NewEvent, OpenError, Precondition, Result, Retention, StoreError, StoreLimits,
+    TopicHead, sql_condition, topic_ranges,
 };
+use eventsys::topics::Patterns;
 
 /// Concurrent SQLite connections per process. Readers proceed in parallel under WAL; writers
 /// serialise on the database lock whatever this is.
@@ -639,6 +641,31 @@ impl EventStore for SqliteStore {
         let topic = topic.to_owned();
         self.run("dropped_through", move |conn| {
             retention::dropped_through(conn, &retention::TOPICS, &topic)
+        })
+        .await
+    }
+
+    async fn topics(&self, patterns: &Patterns, limit: usize) -> Result<Vec<TopicHead>> {
+        let (condition, values) =
+            sql_condition(&topic_ranges(patterns), "topic", 1, |n| format!("?{n}"));
+        let sql = format!(
+            "SELECT topic, last_seq, dropped_through FROM topics WHERE {condition}
+             ORDER BY topic LIMIT {limit}"
+        );
+        self.run("topics", move |conn| {
+            let mut statement = conn
+                .prepare_cached(&sql)
+                .map_err(|e| sql_error("topics", &e))?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(&values), |row| {
+                    Ok(TopicHead {
+                        topic: row.get(0)?,
+                        last_seq: row.get::<_, i64>(1)?.max(0) as u64,
+                        dropped_through: row.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+            rows.map_err(|e| sql_error("topics", &e))
         })
         .await
     }

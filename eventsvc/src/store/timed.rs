@@ -11,11 +11,12 @@ use uuid::Uuid;
 
 use super::{
     Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, KeyClaim, NewEvent,
-    Precondition, Result, Retention,
+    Precondition, Result, Retention, TopicHead,
 };
+use eventsys::topics::Patterns;
 
 /// The operations, in the order of `TimedStore::latency`.
-const OPERATIONS: [&str; 11] = [
+const OPERATIONS: [&str; 12] = [
     "create",
     "get",
     "list",
@@ -27,6 +28,7 @@ const OPERATIONS: [&str; 11] = [
     "dropped_through",
     "claim",
     "purge_keys",
+    "topics",
 ];
 
 #[derive(Clone, Copy)]
@@ -42,6 +44,7 @@ enum Op {
     DroppedThrough,
     Claim,
     PurgeKeys,
+    Topics,
 }
 
 /// `inner`, with each call's duration observed under its operation (errors included: a
@@ -148,6 +151,11 @@ impl EventStore for TimedStore {
 
     async fn dropped_through(&self, topic: &str) -> Result<u64> {
         self.timed(Op::DroppedThrough, self.inner.dropped_through(topic))
+            .await
+    }
+
+    async fn topics(&self, patterns: &Patterns, limit: usize) -> Result<Vec<TopicHead>> {
+        self.timed(Op::Topics, self.inner.topics(patterns, limit))
             .await
     }
 

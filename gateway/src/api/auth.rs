@@ -7,7 +7,10 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Query};
-use eventsys::auth::{Caller, Denied, Rejected, bearer_token};
+use eventsys::{
+    auth::{Caller, Denied, Rejected, bearer_token},
+    topics::Pattern,
+};
 use http::{Method, StatusCode, header, request::Parts};
 use serde::Deserialize;
 use tonic::Code;
@@ -181,6 +184,20 @@ impl Credentials {
         match &self.caller {
             Some(caller) => Ok(state.auth.may_read(caller, topic)?),
             None if state.auth.public_topic(topic) => Ok(()),
+            None => Err(unauthenticated(&Rejected::Missing)),
+        }
+    }
+
+    /// A multi-topic stream's pattern: every topic it matches within the subscribe rights or
+    /// the public topics (a wider one is 403, named).
+    pub(crate) fn may_read_pattern(
+        &self,
+        state: &AppState,
+        pattern: &Pattern,
+    ) -> Result<(), ApiError> {
+        match &self.caller {
+            Some(caller) => Ok(state.auth.may_read_pattern(caller, pattern)?),
+            None if state.auth.public_pattern(pattern) => Ok(()),
             None => Err(unauthenticated(&Rejected::Missing)),
         }
     }

@@ -224,3 +224,72 @@ mod tests {
         );
     }
 }
+
+/// A multi-topic stream's query: `?topic=` (1 to 16, repeatable), `?filter=`, and the resume
+/// id (`Last-Event-ID`, else `?lastEventId=`) as given.
+pub(crate) struct TopicsQuery {
+    pub(crate) topics: Vec<String>,
+    pub(crate) filter: Option<String>,
+    pub(crate) last_event_id: Option<String>,
+}
+
+/// `GET /subscribe`'s query, as `TopicsQuery` reads it (for the API description).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "only describes the parameters")]
+pub(crate) struct TopicsParam {
+    /// A topic pattern, repeatable (1 to 16): `orders` (that topic), `orders.*` (every topic
+    /// starting `orders.`), `*` (every topic).
+    #[param(min_items = 1, max_items = 16, explode = true)]
+    topic: Vec<String>,
+    /// Only events this filter accepts (docs/api.md, "Filters"; at most 1024 bytes).
+    #[param(max_length = 1024, nullable = false)]
+    filter: Option<String>,
+    /// The `id` of the last frame the client has, for a browser's first connect (the
+    /// `Last-Event-ID` header wins when both are sent).
+    #[param(rename = "lastEventId", nullable = false)]
+    last_event_id: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TopicsQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let mut query = TopicsQuery {
+            topics: Vec::new(),
+            filter: None,
+            last_event_id: None,
+        };
+        let pairs = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes());
+        for (key, value) in pairs {
+            match &*key {
+                "topic" => query.topics.push(value.into_owned()),
+                "filter" if query.filter.is_some() => {
+                    return Err(ApiError::bad_request("give one filter"));
+                }
+                "filter" => query.filter = Some(value.into_owned()),
+                "lastEventId" => query.last_event_id = Some(value.into_owned()),
+                _ => {}
+            }
+            if query.topics.len() > eventsys::topics::MAX_PATTERNS {
+                break;
+            }
+        }
+        if let Some(header) = parts.headers.get("last-event-id") {
+            let header = header
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID is not a cursor"))?;
+            query.last_event_id = Some(header.trim().to_owned());
+        }
+        Ok(query)
+    }
+}
+
+/// `?filter=` of a single stream or a topic's history: only the events it accepts.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FilterQuery {
+    /// Only events this filter accepts (docs/api.md, "Filters"; at most 1024 bytes).
+    #[param(max_length = 1024, nullable = false)]
+    pub(crate) filter: Option<String>,
+}

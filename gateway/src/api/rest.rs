@@ -3,9 +3,9 @@
 //! extract, call, answer with the status, the serving backend and the body.
 
 use axum::{Json, extract::State, response::IntoResponse};
-use eventsys::v1;
+use eventsys::{topics::Filter, v1};
 use http::StatusCode;
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use tonic::Code;
 use utoipa::IntoParams;
@@ -15,7 +15,10 @@ use crate::http::AppState;
 use super::{
     ApiError, Credentials, ErrorBody,
     error::precondition_failed,
-    extract::{EventId, EventIdParam, JsonBody, Params, Topic, TopicParam, UserId, UserIdParam},
+    extract::{
+        EventId, EventIdParam, FilterQuery, JsonBody, Params, Topic, TopicParam, UserId,
+        UserIdParam,
+    },
     json::{EventInput, EventJson, PublishInput, Published, UpdateInput, Updated},
     keyed::{KeyHeader, KeyHeaderParam},
     listing::{self, Limit, Page, Pager},
@@ -321,8 +324,10 @@ pub(crate) async fn publish(
 #[utoipa::path(get, path = "/topic-events/{topic}", tag = "topics",
     summary = "A topic's history",
     description = "The topic's events after `afterSeq`, oldest first. Without `limit` all of them, \
-        streamed; with it one page, and `Link: <…>; rel=\"next\"` when more follow.",
-    params(TopicParam, AfterSeq, Limit),
+        streamed; with it one page, and `Link: <…>; rel=\"next\"` when more follow. With \
+        `?filter=` only the events it accepts; a page then reads at most ten pages' worth and \
+        may hold fewer than `limit` (or none) with a `Link` on.",
+    params(TopicParam, AfterSeq, Limit, FilterQuery),
     responses(
         (status = 200, description = "The events, in `seq` order", body = Vec<EventJson>,
             headers(
@@ -339,12 +344,23 @@ pub(crate) async fn topic_events(
     Topic(topic): Topic,
     Params(after): Params<AfterSeq>,
     Params(limit): Params<Limit>,
+    Params(FilterQuery { filter }): Params<FilterQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.may_read(&state, &topic)?;
+    // Checked here too, so a mistake is 400 with its position before any backend is asked.
+    let filter = match filter.filter(|f| !f.is_empty()) {
+        Some(text) => Some(
+            Filter::parse(&text)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+                .to_string(),
+        ),
+        None => None,
+    };
     let pager = TopicHistory {
         state,
         bearer: who.bearer,
         topic,
+        filter,
     };
     listing::respond(pager, Some(after.after_seq.unwrap_or(0)), limit).await
 }
@@ -359,11 +375,12 @@ pub(crate) struct AfterSeq {
     after_seq: Option<u64>,
 }
 
-/// A topic's history, paged by `seq`.
+/// A topic's history, paged by `seq`, its filter (canonical text) applied.
 struct TopicHistory {
     state: AppState,
     bearer: Option<Bearer>,
     topic: String,
+    filter: Option<String>,
 }
 
 impl Pager for TopicHistory {
@@ -375,6 +392,7 @@ impl Pager for TopicHistory {
             topic: self.topic.clone(),
             after_seq: from.unwrap_or(0),
             limit,
+            filter: self.filter.clone().unwrap_or_default(),
         };
         let answer = self
             .state
@@ -382,11 +400,14 @@ impl Pager for TopicHistory {
             .call(request, self.bearer.as_ref())
             .await?;
         let reply = answer.message;
-        let last = reply.events.last().map(|e| e.seq);
+        // With a filter, the page may end past its last event (or hold none).
+        let last = reply
+            .next_after_seq
+            .max(reply.events.last().map_or(0, |e| e.seq));
         Ok(Answer {
             backend: answer.backend,
             message: Page {
-                next: last.filter(|_| reply.more),
+                next: Some(last).filter(|_| reply.more),
                 items: reply.events,
                 oldest_available: Some(reply.oldest_available).filter(|seq| *seq > 0),
             },
@@ -395,7 +416,12 @@ impl Pager for TopicHistory {
 
     fn link(&self, from: &u64, limit: u32) -> String {
         let topic = utf8_percent_encode(&self.topic, PATH_SEGMENT);
-        format!("/topic-events/{topic}?afterSeq={from}&limit={limit}")
+        let mut link = format!("/topic-events/{topic}?afterSeq={from}&limit={limit}");
+        if let Some(filter) = &self.filter {
+            link.push_str("&filter=");
+            link.extend(utf8_percent_encode(filter, NON_ALPHANUMERIC));
+        }
+        link
     }
 }
 

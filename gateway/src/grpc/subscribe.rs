@@ -6,7 +6,11 @@
 
 use std::pin::Pin;
 
-use eventsys::{backoff::Attempts, v1};
+use eventsys::{
+    backoff::Attempts,
+    topics::{Cursor, Patterns},
+    v1,
+};
 use futures::{Stream, stream};
 use tonic::{Response, Status, Streaming};
 
@@ -27,51 +31,111 @@ pub(crate) trait Resumable:
     Rpc<Reply = Streaming<Self::Item>> + Clone + Send + 'static
 {
     type Item: Send + 'static;
-    /// An item's place: a topic event's `seq`, a change's position.
-    fn place(item: &Self::Item) -> u64;
+    /// Where a stream stands: what it has forwarded (shown in the log).
+    type Place: std::fmt::Display + Send + 'static;
     /// Where the request starts (its items come after).
-    fn after(&self) -> u64;
-    /// The same request, after `after`.
-    fn resumed(&self, after: u64) -> Self;
+    fn start(&self) -> Self::Place;
+    /// Moves `place` past `item`; `false` when it was forwarded already (a resumed stream
+    /// repeats what it is not sure the client has).
+    fn passes(place: &mut Self::Place, item: &Self::Item) -> bool;
+    /// The same request, after `place`.
+    fn resumed(&self, place: &Self::Place) -> Self;
     /// What it follows, for the log.
     fn describe(&self) -> String;
 }
 
+/// Where a `Subscribe` stands: one topic's last `seq`, or each topic's.
+pub(crate) enum SubscribePlace {
+    Seq(u64),
+    Topics(Cursor),
+}
+
 impl Resumable for v1::SubscribeRequest {
     type Item = v1::Event;
-    fn place(event: &v1::Event) -> u64 {
-        event.seq
+    type Place = SubscribePlace;
+    fn start(&self) -> SubscribePlace {
+        let Ok(patterns) = Patterns::parse(self.patterns.iter().map(String::as_str)) else {
+            return SubscribePlace::Seq(self.after_seq);
+        };
+        // The backend refuses what does not read (and then nothing is resumed).
+        let at = if self.cursor.is_empty() {
+            Cursor::from_positions(self.after_seqs.clone(), &patterns)
+        } else {
+            Cursor::decode(&self.cursor, &patterns)
+        };
+        SubscribePlace::Topics(at.unwrap_or_default())
     }
-    fn after(&self) -> u64 {
-        self.after_seq
+    fn passes(place: &mut SubscribePlace, event: &v1::Event) -> bool {
+        match place {
+            SubscribePlace::Seq(last) if event.seq > *last => {
+                *last = event.seq;
+                true
+            }
+            SubscribePlace::Seq(_) => false,
+            SubscribePlace::Topics(at) => {
+                // A cursor full to its bound is the backend's to refuse: it ends the stream.
+                event.seq > at.get(&event.topic) && at.advance(&event.topic, event.seq).is_ok()
+            }
+        }
     }
-    fn resumed(&self, after_seq: u64) -> Self {
+    fn resumed(&self, place: &SubscribePlace) -> Self {
+        let (after_seq, after_seqs) = match place {
+            SubscribePlace::Seq(last) => (*last, Default::default()),
+            SubscribePlace::Topics(at) => (
+                0,
+                at.iter()
+                    .map(|(topic, seq)| (topic.to_owned(), seq))
+                    .collect(),
+            ),
+        };
         v1::SubscribeRequest {
             topic: self.topic.clone(),
             after_seq,
+            patterns: self.patterns.clone(),
+            filter: self.filter.clone(),
+            after_seqs,
+            cursor: String::new(),
         }
     }
     fn describe(&self) -> String {
-        format!("topic {}", self.topic)
+        if self.patterns.is_empty() {
+            format!("topic {}", self.topic)
+        } else {
+            format!("topics {}", self.patterns.join(","))
+        }
     }
 }
 
 impl Resumable for v1::WatchChangesRequest {
     type Item = v1::Change;
-    fn place(change: &v1::Change) -> u64 {
-        change.position
-    }
-    fn after(&self) -> u64 {
+    type Place = u64;
+    fn start(&self) -> u64 {
         self.after_position
     }
-    fn resumed(&self, after_position: u64) -> Self {
+    fn passes(last: &mut u64, change: &v1::Change) -> bool {
+        let new = change.position > *last;
+        if new {
+            *last = change.position;
+        }
+        new
+    }
+    fn resumed(&self, last: &u64) -> Self {
         v1::WatchChangesRequest {
             user_id: self.user_id.clone(),
-            after_position,
+            after_position: *last,
         }
     }
     fn describe(&self) -> String {
         "a change feed".to_owned()
+    }
+}
+
+impl std::fmt::Display for SubscribePlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubscribePlace::Seq(last) => write!(f, "{last}"),
+            SubscribePlace::Topics(at) => write!(f, "{} topics' places", at.len()),
+        }
     }
 }
 
@@ -80,8 +144,8 @@ struct Following<R: Resumable> {
     bearer: Option<Bearer>,
     /// The request as first sent; `last` says where it resumes.
     request: R,
-    /// The last `seq` (position) forwarded: the resume point.
-    last: u64,
+    /// What was forwarded: the resume point.
+    last: R::Place,
     upstream: Option<Streaming<R::Item>>,
     /// Pauses between attempts to subscribe again.
     pauses: Attempts,
@@ -104,7 +168,7 @@ pub(crate) async fn open<R: Resumable>(
     let following = Following {
         state: state.clone(),
         bearer: who.bearer,
-        last: request.after(),
+        last: request.start(),
         request,
         upstream: Some(first.message),
         pauses: RESUBSCRIBE.attempts(),
@@ -130,10 +194,10 @@ async fn next<R: Resumable>(mut f: Following<R>) -> Next<R> {
                 () = f.state.shutdown.cancelled() => return ended(f),
                 () = tokio::time::sleep(f.pauses.next_pause()) => {}
             }
-            let request = f.request.resumed(f.last);
+            let request = f.request.resumed(&f.last);
             match f.state.upstream.call(request, f.bearer.as_ref()).await {
                 Ok(answer) => {
-                    tracing::info!(stream = %f.request.describe(), after = f.last, backend = ?answer.backend, "grpc subscription resumed");
+                    tracing::info!(stream = %f.request.describe(), after = %f.last, backend = ?answer.backend, "grpc subscription resumed");
                     f.upstream = Some(answer.message);
                 }
                 Err(err) => {
@@ -151,16 +215,16 @@ async fn next<R: Resumable>(mut f: Following<R>) -> Next<R> {
             message = upstream.message() => message,
         };
         match message {
-            Ok(Some(item)) if R::place(&item) <= f.last => {}
             Ok(Some(item)) => {
-                f.last = R::place(&item);
-                f.pauses.reset();
-                return Some((Ok(item), f));
+                if R::passes(&mut f.last, &item) {
+                    f.pauses.reset();
+                    return Some((Ok(item), f));
+                }
             }
             Err(status) if is_permanent(status.code()) => return last(status, f),
             // The backend ended the stream or went away: another one takes over.
             Ok(None) | Err(_) => {
-                tracing::info!(stream = %f.request.describe(), after = f.last, "grpc subscription lost: resubscribing");
+                tracing::info!(stream = %f.request.describe(), after = %f.last, "grpc subscription lost: resubscribing");
                 f.upstream = None;
             }
         }
@@ -203,6 +267,7 @@ mod tests {
         let request = v1::SubscribeRequest {
             topic: "t".into(),
             after_seq,
+            ..Default::default()
         };
         let state = state.clone();
         tokio::spawn(async move { open(&state, who, request).await })

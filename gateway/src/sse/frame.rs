@@ -1,6 +1,8 @@
 //! Server-Sent Events frames as the bytes a client receives: each event is encoded once, by its
 //! topic's hub, and the same bytes are written to every subscriber.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use eventsys::{gap::Gap, v1};
 use utoipa::ToSchema;
@@ -39,12 +41,27 @@ enum FrameKind {
     Gap,
 }
 
-/// One frame of a topic's stream: an event with its `seq`, or a keep-alive comment.
+/// One frame of a stream: an event with its `seq`, or a keep-alive comment.
 #[derive(Debug, Clone)]
 pub(crate) struct Frame {
     /// The event's `seq`; `None` for a comment.
     pub(crate) seq: Option<u64>,
     pub(crate) bytes: Bytes,
+    /// In a multi-topic stream: the event's topic and what comes before it.
+    pub(crate) placed: Option<Placed>,
+}
+
+/// A multi-topic stream's frame, as readers whose places differ from the hub's need it.
+#[derive(Debug, Clone)]
+pub(crate) struct Placed {
+    pub(crate) topic: Arc<str>,
+    /// The topic's place before this frame: a reader there (or past it) misses nothing
+    /// between; one behind it reads the topic from the store first.
+    pub(crate) prev: u64,
+    /// A gap's frame (the topic's place jumps to `seq`), not an event's.
+    pub(crate) gap: bool,
+    /// The frame from its `data:` line on, to be sent after another `id:`.
+    pub(crate) data: Bytes,
 }
 
 impl Frame {
@@ -68,6 +85,7 @@ impl Frame {
         Some(Frame {
             seq: Some(seq),
             bytes: bytes.freeze(),
+            placed: None,
         })
     }
 
@@ -105,6 +123,7 @@ data: ",
         Some(Frame {
             seq: Some(position),
             bytes: bytes.freeze(),
+            placed: None,
         })
     }
 
@@ -113,6 +132,7 @@ data: ",
         Frame {
             seq: None,
             bytes: Bytes::from_static(b":\n\n"),
+            placed: None,
         }
     }
 
@@ -123,6 +143,79 @@ data: ",
             "oldestAvailable": gap.oldest_available,
         });
         Bytes::from(format!("event: gap\ndata: {data}\n\n"))
+    }
+
+    /// A multi-topic stream's event: `event: message`, `id: <the stream's cursor after it>`,
+    /// `data: <event JSON>`.
+    pub(crate) fn selected(event: v1::Event, prev: u64, id: &str) -> Option<Frame> {
+        let (seq, topic) = (event.seq, Arc::from(event.topic.as_str()));
+        let json = match serde_json::to_vec(&EventJson::from(event)) {
+            Ok(json) => json,
+            Err(err) => {
+                tracing::error!(seq, error = %err, "cannot encode event");
+                return None;
+            }
+        };
+        let mut data = BytesMut::with_capacity(json.len() + 8);
+        data.put_slice(b"data: ");
+        data.put_slice(&json);
+        data.put_slice(b"\n\n");
+        Some(Frame::placed(
+            "message",
+            seq,
+            id,
+            topic,
+            prev,
+            false,
+            data.freeze(),
+        ))
+    }
+
+    /// A multi-topic stream's gap in one topic: `event: gap`, `id: <cursor>`, `data:
+    /// {"topic", "requestedAfter", "oldestAvailable"}`.
+    pub(crate) fn topic_gap(topic: &str, gap: Gap, id: &str) -> Frame {
+        let data = serde_json::json!({
+            "topic": topic,
+            "requestedAfter": gap.requested_after,
+            "oldestAvailable": gap.oldest_available,
+        });
+        let data = Bytes::from(format!("data: {data}\n\n"));
+        let through = gap.resume_after();
+        let prev = gap.requested_after;
+        Frame::placed("gap", through, id, topic.into(), prev, true, data)
+    }
+
+    fn placed(
+        kind: &str,
+        seq: u64,
+        id: &str,
+        topic: Arc<str>,
+        prev: u64,
+        gap: bool,
+        data: Bytes,
+    ) -> Frame {
+        Frame {
+            seq: Some(seq),
+            bytes: Frame::with_id(kind, id, &data),
+            placed: Some(Placed {
+                topic,
+                prev,
+                gap,
+                data,
+            }),
+        }
+    }
+
+    /// `event: <kind>`, `id: <id>`, then `data`.
+    pub(crate) fn with_id(kind: &str, id: &str, data: &Bytes) -> Bytes {
+        let mut bytes = BytesMut::with_capacity(kind.len() + id.len() + data.len() + 16);
+        bytes.put_slice(b"event: ");
+        bytes.put_slice(kind.as_bytes());
+        bytes.put_slice(b"\nid: ");
+        bytes.put_slice(id.as_bytes());
+        bytes.put_slice(b"\n");
+        bytes.put_slice(data);
+        bytes.freeze()
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use eventsys::gap::Gap;
+use eventsys::gap::{Gap, TopicGap};
 use tokio::{
     sync::{Notify, Semaphore, watch},
     time::Instant,
@@ -22,7 +22,8 @@ use super::{
     frame::Frame,
     log_refusal,
     ring::Ring,
-    source::{StreamOf, Upstream},
+    selection::Place,
+    source::{Item, StreamOf, Upstream},
 };
 use crate::{
     api::ApiError,
@@ -69,19 +70,21 @@ pub(crate) struct Hub {
     readers: AtomicUsize,
     /// Woken (with a permit) when the last reader leaves.
     left: Notify,
-    /// Which backend feeds it and with whose token: a std mutex held for a field copy, never
-    /// across an `.await` (read by `/load` and the dashboard, written on a resubscribe).
+    /// Which backend feeds it, with whose token, and where it stands: a std mutex held for a
+    /// field copy or one frame's update, never across an `.await` (read by `/load`, the
+    /// dashboard and readers joining, written by the hub task).
     current: Mutex<Current>,
     /// How its opening went: joiners wait on this watch, not on a lock.
     opened: watch::Sender<Opening>,
 }
 
-#[derive(Default)]
 struct Current {
     backend: Option<Backend>,
     /// The newest reader's token, which the hub (re)subscribes with: the gateway checked
     /// every reader's right to the topic, the backend checks this one.
     bearer: Option<Bearer>,
+    /// What the ring's newest frame brought the stream to: where it resubscribes from.
+    place: Place,
 }
 
 #[derive(Clone)]
@@ -116,6 +119,8 @@ pub(super) struct Joined {
     pub(super) position: u64,
     /// The client opened the hub, whose ring starts right after the client's `after`.
     pub(super) opened_it: bool,
+    /// Where the hub stood once the client joined (at or past `position`).
+    pub(super) hub_place: Place,
 }
 
 /// One hub as `/load` shows it.
@@ -150,7 +155,7 @@ impl Hubs {
         &self,
         state: &AppState,
         of: &StreamOf,
-        after: u64,
+        after: Place,
         bearer: Option<Bearer>,
     ) -> Result<Joined, ApiError> {
         let joined = {
@@ -167,6 +172,7 @@ impl Hubs {
                         member: Member(hub.clone()),
                         position: hub.ring.end(),
                         opened_it: false,
+                        hub_place: Place::Seq(0),
                     }
                 }
                 None => {
@@ -178,16 +184,18 @@ impl Hubs {
                         current: Mutex::new(Current {
                             backend: None,
                             bearer,
+                            place: after,
                         }),
                         opened: watch::Sender::new(Opening::Pending),
                     });
                     hubs.insert(of.clone(), hub.clone());
                     self.open.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(run(state.clone(), hub.clone(), after));
+                    tokio::spawn(run(state.clone(), hub.clone()));
                     Joined {
                         member: Member(hub),
                         position: 0,
                         opened_it: true,
+                        hub_place: Place::Seq(0),
                     }
                 }
             }
@@ -200,7 +208,11 @@ impl Hubs {
             .unwrap_or(Opening::Open);
         match opening {
             Opening::Refused(err) => Err(err),
-            _ => Ok(joined),
+            _ => {
+                let mut joined = joined;
+                joined.hub_place = joined.member.place();
+                Ok(joined)
+            }
         }
     }
 
@@ -225,18 +237,23 @@ impl Hubs {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Open topic hubs, most read first (users' change feeds are theirs: not listed).
+    /// Open topic hubs (a selection's by its patterns), most read first (users' change feeds
+    /// are theirs: not listed).
     pub(crate) fn load(&self) -> Vec<HubLoad> {
         let mut hubs: Vec<HubLoad> = self
             .map()
             .values()
-            .filter_map(|hub| match &hub.of {
-                StreamOf::Topic(topic) => Some(HubLoad {
-                    topic: topic.clone(),
+            .filter_map(|hub| {
+                let topic = match &hub.of {
+                    StreamOf::Topic(topic) => topic.clone(),
+                    StreamOf::Matching(selection) => selection.patterns.to_string(),
+                    StreamOf::Changes(_) => return None,
+                };
+                Some(HubLoad {
+                    topic,
                     subscribers: hub.readers.load(Ordering::Relaxed),
                     backend: hub.current().backend,
-                }),
-                StreamOf::Changes(_) => None,
+                })
             })
             .collect();
         hubs.sort_by(|a, b| {
@@ -258,39 +275,101 @@ impl Hub {
         self.current().backend
     }
 
-    /// Subscribes after `after`; when retention dropped some of what follows it, from the
-    /// oldest kept item instead (readers notice the jump and learn of the gap from the store).
-    async fn subscribe(&self, state: &AppState, after: u64) -> Result<(Source, u64), CallError> {
-        let bearer = self.current().bearer.clone();
-        let refused = match self.of.open(state, after, bearer.as_ref()).await {
-            Ok(source) => return Ok((source, after)),
-            Err(err) => err,
-        };
-        let gap = match &refused.failure {
-            Failure::Status { status, .. } => Gap::from_status(status, after),
-            _ => None,
-        };
-        let Some(gap) = gap else {
-            return Err(refused);
-        };
-        tracing::info!(stream = %self.of, ?gap, "dropped by retention while subscribing");
-        let resumed = self
-            .of
-            .open(state, gap.resume_after(), bearer.as_ref())
-            .await?;
-        Ok((resumed, gap.resume_after()))
+    /// Where the hub stands now.
+    pub(super) fn place(&self) -> Place {
+        self.current().place.clone()
+    }
+
+    /// Subscribes after the hub's place; when retention dropped some of what follows it, from
+    /// the oldest kept item instead: a single stream's readers notice the jump and learn of the
+    /// gap from the store, a selection's get a gap frame per topic.
+    async fn subscribe(&self, state: &AppState, hubs: &Hubs) -> Result<Source, CallError> {
+        // Each refusal names a batch of topics; a cursor names at most 1000.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (bearer, place) = {
+                let current = self.current();
+                (current.bearer.clone(), current.place.clone())
+            };
+            let refused = match self.of.open(state, &place, bearer.as_ref()).await {
+                Ok(source) => return Ok(source),
+                Err(err) => err,
+            };
+            let Failure::Status { status, .. } = &refused.failure else {
+                return Err(refused);
+            };
+            if attempt == 32 {
+                return Err(refused);
+            }
+            let mut current = self.current();
+            match &mut current.place {
+                Place::Seq(after) => {
+                    let Some(gap) = Gap::from_status(status, *after) else {
+                        return Err(refused);
+                    };
+                    tracing::info!(stream = %self.of, ?gap, "dropped by retention while subscribing");
+                    *after = gap.resume_after();
+                }
+                Place::Topics(at) => {
+                    let gaps = TopicGap::from_status(status, |topic| at.get(topic));
+                    if gaps.is_empty() {
+                        return Err(refused);
+                    }
+                    let StreamOf::Matching(selection) = &self.of else {
+                        return Err(refused);
+                    };
+                    for TopicGap { topic, gap } in gaps {
+                        tracing::info!(stream = %self.of, topic, ?gap, "dropped by retention while subscribing");
+                        if at.advance(&topic, gap.resume_after()).is_err() {
+                            return Err(refused);
+                        }
+                        let frame = Frame::topic_gap(&topic, gap, &selection.id(at));
+                        self.ring.push(frame, hubs.share());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a backend's item: the frame to push, if it is new. `Err` ends the hub: the
+    /// stream would name more topics than a cursor may.
+    fn take(&self, item: Item) -> Result<Option<Frame>, String> {
+        let mut current = self.current();
+        match (item, &mut current.place) {
+            (Item::Placed(seq, frame), Place::Seq(last)) => {
+                // A resubscription may repeat what was delivered; never a gap (the backend
+                // fills them from its store).
+                if seq <= *last {
+                    return Ok(None);
+                }
+                *last = seq;
+                Ok(frame)
+            }
+            (Item::Selected(event), Place::Topics(at)) => {
+                let StreamOf::Matching(selection) = &self.of else {
+                    return Ok(None);
+                };
+                let prev = at.get(&event.topic);
+                if event.seq <= prev {
+                    return Ok(None);
+                }
+                at.advance(&event.topic, event.seq)
+                    .map_err(|e| e.to_string())?;
+                Ok(Frame::selected(event, prev, &selection.id(at)))
+            }
+            _ => Ok(None),
+        }
     }
 }
 
-/// The hub's life: subscribe, frame every event into the ring, resubscribe elsewhere from the
-/// last `seq` when the backend ends the stream, retire once nobody has read for `LINGER`.
-async fn run(state: AppState, hub: Arc<Hub>, after: u64) {
+/// The hub's life: subscribe, frame every event into the ring, resubscribe elsewhere from its
+/// place when the backend ends the stream, retire once nobody has read for `LINGER`.
+async fn run(state: AppState, hub: Arc<Hub>) {
     let hubs = &state.hubs;
     let of = &hub.of;
-    let mut last = after;
-    let mut source = match hub.subscribe(&state, last).await {
-        Ok((source, from)) => {
-            last = from;
+    let mut source = match hub.subscribe(&state, hubs).await {
+        Ok(source) => {
             hub.current().backend = source.backend;
             hub.opened.send_replace(Opening::Open);
             source
@@ -333,18 +412,18 @@ async fn run(state: AppState, hub: Arc<Hub>, after: u64) {
             next = source.message.next() => next,
         };
         match next {
-            Ok(Some((seq, frame))) => {
-                // A resubscription may repeat what was delivered; never a gap (the backend
-                // fills them from its store).
-                if seq <= last {
-                    continue;
-                }
-                last = seq;
-                if let Some(frame) = frame {
+            Ok(Some(item)) => match hub.take(item) {
+                Ok(Some(frame)) => {
                     hub.ring.push(frame, hubs.share());
                     quiet_since = Instant::now();
                 }
-            }
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::warn!(stream = %of, %reason, "stream ended");
+                    hubs.retire(&hub, true);
+                    return;
+                }
+            },
             ended => {
                 let reason = match ended {
                     Err(status) => format!("{:?}: {}", status.code(), status.message()),
@@ -353,11 +432,11 @@ async fn run(state: AppState, hub: Arc<Hub>, after: u64) {
                 // A backend that became unreachable has taken itself out already; one that
                 // ended the stream itself (draining) is taken out by its health checks.
                 let from = source.backend;
-                tracing::info!(stream = %of, last_seq = last, backend = ?from, %reason, "subscription lost: resubscribing");
+                tracing::info!(stream = %of, place = %hub.place(), backend = ?from, %reason, "subscription lost: resubscribing");
                 state.metrics.sse_resumed("backend_lost");
-                match resubscribe(&state, &hub, last).await {
-                    Some((next, from)) => {
-                        (source, last) = (next, from);
+                match resubscribe(&state, &hub).await {
+                    Some(next) => {
+                        source = next;
                         hub.current().backend = source.backend;
                     }
                     None => {
@@ -370,11 +449,11 @@ async fn run(state: AppState, hub: Arc<Hub>, after: u64) {
     }
 }
 
-/// Subscribes again after `last`, backing off with jitter while no backend can take the
-/// stream (every hub of a lost backend moves at once otherwise). `None` ends the hub: the
+/// Subscribes again after the hub's place, backing off with jitter while no backend can take
+/// the stream (every hub of a lost backend moves at once otherwise). `None` ends the hub: the
 /// gateway shuts down, nobody reads any more, or the topic is refused (a token that expired:
 /// readers reconnect with fresh ones and `Last-Event-ID`).
-async fn resubscribe(state: &AppState, hub: &Hub, last: u64) -> Option<(Source, u64)> {
+async fn resubscribe(state: &AppState, hub: &Hub) -> Option<Source> {
     let mut pauses = RESUBSCRIBE.attempts();
     loop {
         tokio::select! {
@@ -384,7 +463,7 @@ async fn resubscribe(state: &AppState, hub: &Hub, last: u64) -> Option<(Source, 
         if hub.readers.load(Ordering::Acquire) == 0 {
             return None;
         }
-        match hub.subscribe(state, last).await {
+        match hub.subscribe(state, &state.hubs).await {
             Ok(resumed) => return Some(resumed),
             Err(err) => {
                 let err = ApiError::from(err);
@@ -421,7 +500,7 @@ mod tests {
             let state = state.clone();
             tokio::spawn(async move {
                 let of = StreamOf::Topic(topic.into());
-                state.hubs.join(&state, &of, 0, None).await
+                state.hubs.join(&state, &of, Place::Seq(0), None).await
             })
         };
         let subscribed = backend.subscribed().await;
@@ -467,7 +546,11 @@ mod tests {
             advance(LINGER / 2).await;
 
             let of = StreamOf::Topic("t".into());
-            let again = state.hubs.join(&state, &of, 0, None).await.unwrap();
+            let again = state
+                .hubs
+                .join(&state, &of, Place::Seq(0), None)
+                .await
+                .unwrap();
             assert!(!again.opened_it, "a second hub was opened");
             advance(LINGER * 3).await;
             assert_eq!(state.hubs.count(), 1);

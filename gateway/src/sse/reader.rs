@@ -3,7 +3,11 @@
 //! first registers at the ring's end, then catches up from the store page by page, and reads
 //! on from the ring where the store left off: no gap, no duplicate, nothing waits for it.
 
-use std::{collections::VecDeque, convert::Infallible, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    convert::Infallible,
+    time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -15,11 +19,12 @@ use http::{HeaderValue, header};
 use tokio::time::Instant;
 
 use super::{
-    frame::Frame,
+    frame::{Frame, Placed},
     hub::{Joined, Member},
     log_refusal,
     ring::Read,
-    source::{History, StreamOf},
+    selection::{Place, Selection},
+    source::{History, StreamOf, TopicPage},
 };
 use crate::{
     api::ApiError,
@@ -39,10 +44,16 @@ pub(crate) struct Reader {
     bearer: Option<Bearer>,
     /// Next position to read in the ring.
     position: u64,
-    /// `seq` (position) of the last item sent.
-    last: u64,
+    /// What the client has: the last `seq` (position) sent, or each topic's.
+    place: Place,
     /// Events up to the ring's are to be read from the store first.
     behind: bool,
+    /// A selection's topics to read from the store first, each with a `seq` the store's
+    /// answer is sure to cover (the hub had it when it was noticed).
+    behind_topics: BTreeMap<String, u64>,
+    /// A selection's topics where the client may be past the hub's frames (by the place it
+    /// has): until the hub's frames reach it, the client is sent its own cursor.
+    ahead: BTreeMap<String, u64>,
     /// Frames of a catch-up page, not sent yet.
     pending: VecDeque<Bytes>,
     /// Pauses between catch-up pages that failed.
@@ -57,7 +68,7 @@ impl Reader {
     pub(crate) async fn open(
         state: &AppState,
         of: &StreamOf,
-        after: u64,
+        after: Place,
         bearer: Option<Bearer>,
         slot: StreamSlot,
     ) -> Result<Reader, ApiError> {
@@ -65,24 +76,64 @@ impl Reader {
             member,
             position,
             opened_it,
-        } = state.hubs.join(state, of, after, bearer.clone()).await?;
+            hub_place,
+        } = state
+            .hubs
+            .join(state, of, after.clone(), bearer.clone())
+            .await?;
         let mut reader = Reader {
             state: state.clone(),
             hub: member,
             bearer,
             position,
-            last: after,
-            // The hub it opened starts right after `after`.
-            behind: !opened_it,
+            place: after,
+            behind: false,
+            behind_topics: BTreeMap::new(),
+            ahead: BTreeMap::new(),
             pending: VecDeque::new(),
             retry: RESUBSCRIBE.attempts(),
             ends: state.settings.sse_max_duration.map(|d| Instant::now() + d),
             _slot: slot,
         };
-        if reader.behind {
+        // The hub it opened starts right after `after`.
+        if !opened_it {
+            if let Place::Topics(at) = &reader.place {
+                // Any topic it has may be past the hub.
+                reader.ahead = at.iter().map(|(t, s)| (t.to_owned(), s)).collect();
+            }
+            reader.fall_behind(&hub_place);
+        }
+        if reader.is_behind() {
             reader.page().await?;
         }
         Ok(reader)
+    }
+
+    /// The hub is at `hub` (at or past the client's ring position): what it has that the
+    /// client may not is read from the store.
+    fn fall_behind(&mut self, hub: &Place) {
+        match (&self.place, hub) {
+            (Place::Topics(at), Place::Topics(hub)) => {
+                for (topic, seq) in hub.iter() {
+                    if seq > at.get(topic) {
+                        let covered = self.behind_topics.entry(topic.to_owned()).or_default();
+                        *covered = (*covered).max(seq);
+                    }
+                }
+            }
+            _ => self.behind = true,
+        }
+    }
+
+    fn is_behind(&self) -> bool {
+        self.behind || !self.behind_topics.is_empty()
+    }
+
+    fn selection(&self) -> Option<&Selection> {
+        match &self.hub.of {
+            StreamOf::Matching(selection) => Some(selection),
+            _ => None,
+        }
     }
 
     /// The backend feeding this client's stream now.
@@ -100,7 +151,7 @@ impl Reader {
                 // The client reconnects with Last-Event-ID and loses nothing.
                 return None;
             }
-            if self.behind {
+            if self.is_behind() {
                 // Boxed: the history call's future is large and rarely alive, and the stream
                 // is kept for as long as the client stays.
                 if !Box::pin(self.catch_up()).await {
@@ -108,41 +159,109 @@ impl Reader {
                 }
                 continue;
             }
-            let ring = &self.hub.ring;
-            let pushed = ring.pushed();
-            tokio::pin!(pushed);
-            pushed.as_mut().enable();
-            match ring.read(self.position) {
+            let read = {
+                let ring = &self.hub.ring;
+                let pushed = ring.pushed();
+                tokio::pin!(pushed);
+                pushed.as_mut().enable();
+                match ring.read(self.position) {
+                    Read::Empty => {
+                        let far = Instant::now() + Duration::from_secs(86_400);
+                        tokio::select! {
+                            _ = pushed => {}
+                            _ = tokio::time::sleep_until(self.ends.unwrap_or(far)), if self.ends.is_some() => return None,
+                        }
+                        continue;
+                    }
+                    read => read,
+                }
+            };
+            match read {
                 Read::Frame(frame) => {
                     self.position += 1;
-                    match frame.seq {
-                        None => return Some(frame.bytes),
-                        Some(seq) if seq <= self.last => {}
-                        Some(seq) if seq == self.last + 1 => {
-                            self.last = seq;
-                            return Some(frame.bytes);
-                        }
-                        // The hub moved on (it resumed past retention): the store has what
-                        // lies between, and this event.
-                        Some(_) => self.behind = true,
+                    match self.take(frame) {
+                        Taken::Send(bytes) => return Some(bytes),
+                        Taken::Skip => {}
+                        Taken::End => return None,
                     }
                 }
                 Read::Lagged => {
                     // Rejoin at the end first: what is pushed from now on is read from the
                     // ring, what came before from the store.
-                    self.position = ring.end();
-                    self.behind = true;
+                    self.position = self.hub.ring.end();
+                    let hub = self.hub.place();
+                    self.fall_behind(&hub);
                     self.state.metrics.sse_resumed("slow_client");
                 }
-                Read::Closed => return None,
-                Read::Empty => {
-                    let far = Instant::now() + Duration::from_secs(86_400);
-                    tokio::select! {
-                        _ = pushed => {}
-                        _ = tokio::time::sleep_until(self.ends.unwrap_or(far)), if self.ends.is_some() => return None,
-                    }
+                Read::Closed | Read::Empty => return None,
+            }
+        }
+    }
+
+    /// What to do with a frame of the ring.
+    fn take(&mut self, frame: Frame) -> Taken {
+        let Frame { seq, bytes, placed } = frame;
+        let Some(seq) = seq else {
+            return Taken::Send(bytes);
+        };
+        match (&mut self.place, placed) {
+            (Place::Seq(last), None) => {
+                if seq <= *last {
+                    return Taken::Skip;
+                }
+                if seq == *last + 1 {
+                    *last = seq;
+                    return Taken::Send(bytes);
+                }
+                // The hub moved on (it resumed past retention): the store has what lies
+                // between, and this event.
+                self.behind = true;
+                Taken::Skip
+            }
+            (Place::Topics(at), Some(placed)) => {
+                let Placed {
+                    topic,
+                    prev,
+                    gap,
+                    data,
+                } = placed;
+                let mine = at.get(&topic);
+                if self.ahead.get(&*topic).is_some_and(|a| *a <= seq) {
+                    // The hub has reached the client here.
+                    self.ahead.remove(&*topic);
+                }
+                if seq <= mine {
+                    return Taken::Skip;
+                }
+                if prev > mine {
+                    let covered = self.behind_topics.entry(topic.to_string()).or_default();
+                    *covered = (*covered).max(seq);
+                    return Taken::Skip;
+                }
+                if at.advance(&topic, seq).is_err() {
+                    return Taken::End;
+                }
+                let Some(selection) = self.selection() else {
+                    return Taken::End;
+                };
+                let Place::Topics(at) = &self.place else {
+                    return Taken::End;
+                };
+                if gap {
+                    // The client's own gap: from where it stood.
+                    let gap = Gap {
+                        requested_after: mine,
+                        oldest_available: seq + 1,
+                    };
+                    return Taken::Send(Frame::topic_gap(&topic, gap, &selection.id(at)).bytes);
+                }
+                if self.ahead.is_empty() {
+                    Taken::Send(bytes)
+                } else {
+                    Taken::Send(Frame::with_id("message", &selection.id(at), &data))
                 }
             }
+            _ => Taken::Skip,
         }
     }
 
@@ -169,9 +288,18 @@ impl Reader {
         }
     }
 
-    /// Reads the stored items after `last` into `pending`, one page; clears `behind` when the
-    /// store has no more.
+    /// Reads one page of what the client is behind on into `pending`.
     async fn page(&mut self) -> Result<(), ApiError> {
+        match self.place {
+            Place::Seq(_) => self.seq_page().await,
+            Place::Topics(_) => self.topic_page().await,
+        }
+    }
+
+    /// Reads the stored items after the last into `pending`, one page; clears `behind` when
+    /// the store has no more.
+    async fn seq_page(&mut self) -> Result<(), ApiError> {
+        let last = self.place.seq();
         let History {
             oldest_available,
             frames,
@@ -180,29 +308,106 @@ impl Reader {
             let _turn = self.state.hubs.catch_ups.acquire().await;
             self.hub
                 .of
-                .history(&self.state, self.last, CATCH_UP_PAGE, self.bearer.as_ref())
+                .history(&self.state, last, CATCH_UP_PAGE, self.bearer.as_ref())
                 .await?
         };
-        if oldest_available > self.last.saturating_add(1) {
+        let Place::Seq(last) = &mut self.place else {
+            return Ok(());
+        };
+        if oldest_available > last.saturating_add(1) {
             let gap = Gap {
-                requested_after: self.last,
+                requested_after: *last,
                 oldest_available,
             };
             tracing::info!(stream = %self.hub.of, ?gap, "dropped by retention before a reader caught up");
             self.pending.push_back(Frame::gap(gap));
         }
         for (seq, frame) in frames {
-            if seq <= self.last {
+            if seq <= *last {
                 continue;
             }
             if let Some(frame) = frame {
                 self.pending.push_back(frame.bytes);
             }
-            self.last = seq;
+            *last = seq;
         }
         self.behind = more;
         Ok(())
     }
+
+    /// Reads one page of the first topic the client is behind on into `pending`, each frame
+    /// with the client's own cursor.
+    async fn topic_page(&mut self) -> Result<(), ApiError> {
+        let Some((topic, covered)) = self
+            .behind_topics
+            .first_key_value()
+            .map(|(t, c)| (t.clone(), *c))
+        else {
+            return Ok(());
+        };
+        let (Some(selection), Place::Topics(at)) = (self.selection().cloned(), &self.place) else {
+            return Ok(());
+        };
+        let after = at.get(&topic);
+        let TopicPage {
+            oldest_available,
+            events,
+            through,
+            more,
+        } = {
+            let _turn = self.state.hubs.catch_ups.acquire().await;
+            selection
+                .history(
+                    &self.state,
+                    &topic,
+                    after,
+                    CATCH_UP_PAGE,
+                    self.bearer.as_ref(),
+                )
+                .await?
+        };
+        let Place::Topics(at) = &mut self.place else {
+            return Ok(());
+        };
+        let too_many = |e: eventsys::topics::CursorError| ApiError::bad_request(e.to_string());
+        if oldest_available > after.saturating_add(1) {
+            let gap = Gap {
+                requested_after: after,
+                oldest_available,
+            };
+            tracing::info!(stream = %self.hub.of, topic, ?gap, "dropped by retention before a reader caught up");
+            at.advance(&topic, gap.resume_after()).map_err(too_many)?;
+            self.pending
+                .push_back(Frame::topic_gap(&topic, gap, &selection.id(at)).bytes);
+        }
+        for event in events {
+            let prev = at.get(&topic);
+            if event.seq <= prev {
+                continue;
+            }
+            at.advance(&topic, event.seq).map_err(too_many)?;
+            if let Some(frame) = Frame::selected(event, prev, &selection.id(at)) {
+                self.pending.push_back(frame.bytes);
+            }
+        }
+        at.advance(&topic, through).map_err(too_many)?;
+        if !more {
+            // The store's answer covers what the hub had when this was noticed.
+            at.advance(&topic, covered).map_err(too_many)?;
+            self.behind_topics.remove(&topic);
+            // The hub's frames may not have reached this place yet.
+            self.ahead.insert(topic.clone(), at.get(&topic));
+        }
+        Ok(())
+    }
+}
+
+/// What a reader does with a frame of the ring.
+enum Taken {
+    Send(Bytes),
+    Skip,
+    /// The stream cannot go on (its cursor is full): the client reconnects and is told.
+    End,
 }
 
 impl IntoResponse for Reader {

@@ -129,6 +129,7 @@ mod tests {
         Frame {
             seq: Some(seq),
             bytes: Bytes::from(vec![b'x'; len]),
+            placed: None,
         }
     }
 

@@ -185,6 +185,7 @@ async fn sigterm_reports_not_serving_ends_streams_and_exits_cleanly() {
         .subscribe(v1::SubscribeRequest {
             topic: "live".into(),
             after_seq: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

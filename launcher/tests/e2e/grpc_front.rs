@@ -251,6 +251,7 @@ async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
         .subscribe(v1::SubscribeRequest {
             topic: topic.into(),
             after_seq: first,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -280,6 +280,14 @@ impl EventStore for Gated {
         self.store.dropped_through(topic).await
     }
 
+    async fn topics(
+        &self,
+        patterns: &eventsys::topics::Patterns,
+        limit: usize,
+    ) -> store::Result<Vec<store::TopicHead>> {
+        self.store.topics(patterns, limit).await
+    }
+
     async fn claim(&self, claim: &KeyClaim, id: Uuid) -> store::Result<Claim> {
         self.store.claim(claim, id).await
     }

@@ -27,6 +27,7 @@ mod support;
 mod tls;
 mod token;
 mod token_rejections;
+mod topics;
 mod tracing;
 mod ui;
 mod writes;

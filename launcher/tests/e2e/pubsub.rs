@@ -220,6 +220,7 @@ async fn subscribers_that_stop_reading_still_get_every_event() {
         .subscribe(v1::SubscribeRequest {
             topic: "slow".into(),
             after_seq: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -271,6 +272,7 @@ async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
         .subscribe(v1::SubscribeRequest {
             topic: "laggard".into(),
             after_seq: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -322,6 +324,7 @@ async fn a_subscriber_too_far_behind_is_closed_and_told_where_to_resume() {
         .subscribe(v1::SubscribeRequest {
             topic: "laggard".into(),
             after_seq: last,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -467,6 +470,7 @@ async fn resuming_after_the_largest_seq_neither_panics_nor_delivers() {
     let subscribe = |after_seq| v1::SubscribeRequest {
         topic: "edge".into(),
         after_seq,
+        ..Default::default()
     };
     let publish = || v1::PublishRequest {
         topic: "edge".into(),

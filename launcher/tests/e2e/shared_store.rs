@@ -26,6 +26,7 @@ async fn topic_history(client: &mut EventServiceClient<Channel>, topic: &str) ->
                 topic: topic.into(),
                 after_seq: all.last().map_or(0, |e: &v1::Event| e.seq),
                 limit: 64,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -153,6 +154,7 @@ async fn a_subscriber_on_one_backend_sees_publishes_through_another_in_order() {
         .subscribe(v1::SubscribeRequest {
             topic: "news".into(),
             after_seq: 1,
+            ..Default::default()
         })
         .await
         .unwrap()

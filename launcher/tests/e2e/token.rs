@@ -471,9 +471,67 @@ async fn backends_apply_the_same_rules_to_grpc_callers() {
     assert_eq!(all["events"][0]["userId"], "alice", "{all}");
     let (ok, out) = call(Some("garbage"), "ListEvents", json!({})).await;
     assert!(!ok && out.contains("Unauthenticated"), "{out}");
+    // A multi-topic Subscribe: every pattern within the rights, a wider one named.
+    let wide = json!({"patterns": ["orders.eu", "orders.*"]});
+    let (ok, out) = call(Some(&tokens.bob), "Subscribe", wide).await;
+    assert!(
+        !ok && out.contains("PermissionDenied") && out.contains("orders.*"),
+        "{out}"
+    );
     // Health stays open, for probes.
     let health = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]).await;
     assert!(health.status.success());
+    assert_no_token_logged(&system, &tokens);
+}
+
+/// A multi-topic stream in token mode: every pattern must lie within the caller's subscribe
+/// rights or the public topics; a wider one is 403, named, and no stream opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_pattern_of_a_stream_lies_within_the_rights() {
+    let (system, tokens) = system().await;
+    let open = |query: &str, token: Option<&str>| {
+        let mut request = reqwest::Client::new().get(system.url(&format!("/subscribe?{query}")));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let alice = Some(tokens.alice.as_str());
+    let bob = Some(tokens.bob.as_str());
+    // Within the rights (and the public `news.*`): the stream opens.
+    for (query, token) in [
+        ("topic=orders.eu.*&topic=orders.us", alice),
+        ("topic=orders.*", alice),
+        ("topic=orders.eu", bob),
+        ("topic=orders.eu&topic=news.sport.*", bob),
+        ("topic=news.*", None),
+    ] {
+        let response = open(query, token).await;
+        assert_eq!(response.status(), StatusCode::OK, "{query}");
+    }
+    // Wider: 403 naming the pattern.
+    for (query, token, named) in [
+        ("topic=*", alice, "\"*\""),
+        ("topic=orders.*&topic=alerts", alice, "\"alerts\""),
+        ("topic=orders.*", bob, "\"orders.*\""),
+        ("topic=orders.eu&topic=orders.eu.*", bob, "\"orders.eu.*\""),
+        ("topic=news.*&topic=*", None, ""),
+    ] {
+        let response = open(query, token).await;
+        if token.is_none() {
+            // No token, a pattern beyond the public topics: 401.
+            assert_401(response, false).await;
+            continue;
+        }
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "PERMISSION_DENIED", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(named), "{query}: {message}");
+    }
+    // An admin's `*` covers everything.
+    let admin = open("topic=*", Some(&tokens.admin)).await;
+    assert_eq!(admin.status(), StatusCode::OK);
     assert_no_token_logged(&system, &tokens);
 }
 

@@ -1,0 +1,265 @@
+//! Subscriptions to a selection: the topics some patterns match, the events a filter accepts.
+//! Each topic is served in `seq` order from its own place in a `Cursor`: first what the store
+//! holds after it (every topic the patterns match, so topics never delivered start at their
+//! beginning), then the selection's ring. The ring carries every event of the selection's
+//! topics (a rejected one as a bare place), so a hole in a topic's seqs means something was
+//! missed, and the subscriber reads that topic from the store.
+
+use std::{collections::HashMap, fmt, hash::Hash, sync::Arc};
+
+use eventsys::topics::{Cursor, CursorError, Filter, MAX_CURSOR_TOPICS, Patterns, Subject};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tonic::Status;
+
+use super::{BATCH, EventStream, Feed, Follower, Shared, StreamOf, shutting_down};
+use crate::{
+    convert,
+    store::{Event, TopicHead},
+    subscribe::Encoded,
+};
+
+/// What a multi-topic (or filtered) subscription follows. Two selections are the same stream
+/// when their patterns are the same set and their filters print the same.
+#[derive(Debug, Clone)]
+pub(crate) struct Selection {
+    pub(crate) patterns: Patterns,
+    filter: Option<Arc<Filter>>,
+    /// The filter's canonical text: what tells filters apart.
+    filter_key: Option<Arc<str>>,
+}
+
+impl Selection {
+    pub(crate) fn new(patterns: Patterns, filter: Option<Filter>) -> Selection {
+        let filter_key = filter.as_ref().map(|f| f.to_string().into());
+        Selection {
+            patterns,
+            filter: filter.map(Arc::new),
+            filter_key,
+        }
+    }
+
+    /// Whether the filter (if any) accepts `event`.
+    pub(crate) fn accepts(&self, event: &Event) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| f.accepts(&subject(event)))
+    }
+}
+
+fn subject(event: &Event) -> Subject<'_> {
+    Subject {
+        title: &event.title,
+        user_id: &event.user_id,
+        topic: &event.topic,
+        data: event.data.as_ref(),
+    }
+}
+
+impl PartialEq for Selection {
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns == other.patterns && self.filter_key == other.filter_key
+    }
+}
+
+impl Eq for Selection {}
+
+impl Hash for Selection {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.patterns.hash(state);
+        self.filter_key.hash(state);
+    }
+}
+
+impl fmt::Display for Selection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.patterns)?;
+        if let Some(filter) = &self.filter_key {
+            write!(f, " where {filter}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Each selection's verdict on `event`: every distinct filter is evaluated once, however many
+/// selections (and subscribers) share it.
+pub(super) fn verdicts<R>(selections: &[(Selection, R)], event: &Event) -> Vec<bool> {
+    let mut taken: HashMap<&str, bool> = HashMap::new();
+    let subject = subject(event);
+    selections
+        .iter()
+        .map(
+            |(selection, _)| match (&selection.filter, &selection.filter_key) {
+                (Some(filter), Some(key)) => {
+                    *taken.entry(key).or_insert_with(|| filter.accepts(&subject))
+                }
+                _ => true,
+            },
+        )
+        .collect()
+}
+
+type Client = mpsc::Sender<Result<Encoded, Status>>;
+
+/// A subscriber's ring ended without an error of its own.
+fn ended(feed: &Feed) -> Status {
+    let reason = match &*feed.subscribers().follower.borrow() {
+        Follower::Failed(reason) => reason.clone(),
+        _ => "change feed stopped: subscribe again with after_seqs".to_owned(),
+    };
+    Status::unavailable(reason)
+}
+
+fn too_many(err: CursorError) -> Status {
+    Status::invalid_argument(err.to_string())
+}
+
+impl Feed {
+    /// Starts a stream of `selection`'s events after each topic's place in `at`: stored ones,
+    /// then live.
+    pub(crate) fn subscribe_selection(&self, selection: Selection, at: Cursor) -> EventStream {
+        self.serving(move |feed, tx| async move { feed.serve_selection(selection, at, &tx).await })
+    }
+
+    /// The topics the selection's patterns match now, refused beyond what a cursor may name.
+    pub(crate) async fn topics_of(&self, patterns: &Patterns) -> Result<Vec<TopicHead>, Status> {
+        let heads = self.0.store.topics(patterns, MAX_CURSOR_TOPICS + 1).await?;
+        if heads.len() > MAX_CURSOR_TOPICS {
+            return Err(Status::invalid_argument(format!(
+                "the topic patterns {patterns} match more than {MAX_CURSOR_TOPICS} topics: \
+                 narrow them"
+            )));
+        }
+        Ok(heads)
+    }
+
+    /// One subscription; `Ok` when the client went away, else the status that ends it.
+    async fn serve_selection(
+        &self,
+        selection: Selection,
+        mut at: Cursor,
+        tx: &Client,
+    ) -> Result<(), Status> {
+        let of = StreamOf::Matching(selection.clone());
+        let mut registration = self.register(&of).await?;
+        if !self.catch_up_all(&selection, &mut at, tx, false).await? {
+            return Ok(());
+        }
+        loop {
+            let next = tokio::select! {
+                _ = self.0.shutdown.cancelled() => return Err(shutting_down()),
+                _ = tx.closed() => return Ok(()),
+                next = registration.rx.recv() => next,
+            };
+            let item = match next {
+                Ok(item) => item,
+                Err(RecvError::Lagged(_)) => {
+                    // Rejoin at the ring's end before reading the store, as a topic's
+                    // subscriber does.
+                    registration.rx = registration.rx.resubscribe();
+                    if !self.catch_up_all(&selection, &mut at, tx, true).await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(RecvError::Closed) => return Err(ended(self)),
+            };
+            if !self.take(&selection, item, &mut at, tx).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One item of the selection's ring; `Ok(false)` when the client is gone.
+    async fn take(
+        &self,
+        selection: &Selection,
+        item: Shared,
+        at: &mut Cursor,
+        tx: &Client,
+    ) -> Result<bool, Status> {
+        let Shared { topic, seq, event } = item;
+        let last = at.get(&topic);
+        if seq <= last {
+            return Ok(true);
+        }
+        if seq > last.saturating_add(1) {
+            // A hole: the store has what lies between, and this event.
+            return self.catch_up_topic(selection, &topic, at, tx).await;
+        }
+        if let Some(event) = event
+            && !self.send(tx, event).await?
+        {
+            return Ok(false);
+        }
+        at.advance(&topic, seq).map_err(too_many)?;
+        Ok(true)
+    }
+
+    /// Reads every topic of the selection from the store after its place; `lagged`: the
+    /// subscriber fell behind its ring, and is closed if too far behind.
+    async fn catch_up_all(
+        &self,
+        selection: &Selection,
+        at: &mut Cursor,
+        tx: &Client,
+        lagged: bool,
+    ) -> Result<bool, Status> {
+        let heads = tokio::select! {
+            _ = self.0.shutdown.cancelled() => return Err(shutting_down()),
+            heads = self.topics_of(&selection.patterns) => heads?,
+        };
+        if lagged {
+            let behind: u64 = heads
+                .iter()
+                .map(|h| h.last_seq.saturating_sub(at.get(&h.topic)))
+                .sum();
+            if behind > self.0.settings.max_lag {
+                self.0.stats.closed_too_far_behind();
+                tracing::warn!(stream = %selection, behind, "subscriber too far behind: closing it");
+                return Err(Status::resource_exhausted(format!(
+                    "subscriber fell {behind} events behind (limit {}): subscribe again with \
+                     after_seqs (each topic's last seq)",
+                    self.0.settings.max_lag
+                )));
+            }
+            self.0.stats.caught_up();
+            tracing::info!(stream = %selection, behind, "subscriber fell behind: catching up from the store");
+        }
+        for head in heads {
+            if !self.catch_up_topic(selection, &head.topic, at, tx).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends the stored events of `topic` after its place that the filter accepts, moving the
+    /// place past all it read; `Ok(false)` when the client is gone.
+    async fn catch_up_topic(
+        &self,
+        selection: &Selection,
+        topic: &str,
+        at: &mut Cursor,
+        tx: &Client,
+    ) -> Result<bool, Status> {
+        loop {
+            let stored = tokio::select! {
+                _ = self.0.shutdown.cancelled() => return Err(shutting_down()),
+                stored = self.0.store.events_after(topic, at.get(topic), BATCH) => stored?,
+            };
+            let full = stored.len() == BATCH;
+            for event in stored {
+                let seq = event.seq;
+                if selection.accepts(&event)
+                    && !self.send(tx, Encoded::from(convert::event(event))).await?
+                {
+                    return Ok(false);
+                }
+                at.advance(topic, seq).map_err(too_many)?;
+            }
+            if !full {
+                return Ok(true);
+            }
+        }
+    }
+}
