@@ -61,6 +61,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         (status = 200, description = "The stream, one `ServerEvent` per frame", content_type = "text/event-stream",
             body = ServerEvent),
         (status = 400, description = "A bad topic, filter or resume point", body = ErrorBody),
+        (status = 431, description = "The request head passed 8 KiB (a filter too long to send)"),
     ),
     security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
 )]
@@ -111,6 +112,7 @@ async fn subscribe(
             body = ServerEvent),
         (status = 400, description = "A bad pattern, filter or cursor", body = ErrorBody),
         (status = 403, description = "A pattern wider than the token's subscribe rights (named)", body = ErrorBody),
+        (status = 431, description = "The request head passed 8 KiB (a filter or cursor too long to send)"),
     ),
     security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
 )]

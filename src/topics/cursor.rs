@@ -11,9 +11,12 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use super::pattern::{Patterns, valid_topic};
 
-/// Topics one cursor may name: a stream delivering from more ends (its id would outgrow what
-/// clients send back as a header).
+/// Topics one cursor may name: a stream delivering from more ends.
 pub const MAX_CURSOR_TOPICS: usize = 1000;
+/// A cursor's longest text: clients send it back in a request head, which the gateway takes up
+/// to 8 KiB (cookies and a token beside it). About 1000 topics of short names sharing a prefix,
+/// fewer of long names; a stream whose cursor would pass it ends.
+pub const MAX_CURSOR_BYTES: usize = 6 * 1024;
 const VERSION: u8 = 1;
 
 /// Each topic's last `seq`; topics not named are at 0.
@@ -88,8 +91,8 @@ impl Cursor {
         Ok(cursor)
     }
 
-    /// The cursor's text for a stream of `patterns`.
-    pub fn encode(&self, patterns: &Patterns) -> String {
+    /// The cursor's text for a stream of `patterns`; `TooManyTopics` past `MAX_CURSOR_BYTES`.
+    pub fn encode(&self, patterns: &Patterns) -> Result<String, CursorError> {
         let mut bytes = Vec::with_capacity(8 + self.0.len() * 8);
         bytes.push(VERSION);
         bytes.extend_from_slice(&patterns.fingerprint().to_le_bytes());
@@ -108,13 +111,16 @@ impl Cursor {
             put_varint(&mut bytes, *seq);
             previous = topic;
         }
-        URL_SAFE_NO_PAD.encode(bytes)
+        // Base64 writes four characters for every three bytes.
+        if bytes.len().div_ceil(3) * 4 > MAX_CURSOR_BYTES {
+            return Err(CursorError::TooManyTopics);
+        }
+        Ok(URL_SAFE_NO_PAD.encode(bytes))
     }
 
     /// Reads a cursor `encode` wrote for the same `patterns`.
     pub fn decode(text: &str, patterns: &Patterns) -> Result<Cursor, CursorError> {
-        // The longest a cursor of MAX_CURSOR_TOPICS topics can be, and some.
-        if text.len() > 4 * (16 + MAX_CURSOR_TOPICS * 280) / 3 {
+        if text.len() > MAX_CURSOR_BYTES {
             return Err(CursorError::Malformed);
         }
         let bytes = URL_SAFE_NO_PAD
@@ -209,14 +215,17 @@ mod tests {
     fn a_cursor_reads_back_as_written_and_compactly() {
         let set = patterns(&["orders.*", "alerts"]);
         let mut cursor = Cursor::default();
-        assert_eq!(Cursor::decode(&cursor.encode(&set), &set).unwrap(), cursor);
+        assert_eq!(
+            Cursor::decode(&cursor.encode(&set).unwrap(), &set).unwrap(),
+            cursor
+        );
         for i in 0..100u64 {
             cursor.advance(&format!("orders.{i}"), 1000 + i).unwrap();
         }
         cursor.advance("alerts", u64::MAX).unwrap();
         cursor.advance("orders.7", 3).unwrap();
         assert_eq!(cursor.get("orders.7"), 1007, "never moves back");
-        let text = cursor.encode(&set);
+        let text = cursor.encode(&set).unwrap();
         assert_eq!(Cursor::decode(&text, &set).unwrap(), cursor);
         // Shared prefixes are written once: about 6 bytes a topic here.
         assert!(text.len() < 900, "{} bytes", text.len());
@@ -231,7 +240,7 @@ mod tests {
         let set = patterns(&["orders.*"]);
         let mut cursor = Cursor::default();
         cursor.advance("orders.eu", 4).unwrap();
-        let text = cursor.encode(&set);
+        let text = cursor.encode(&set).unwrap();
         assert_eq!(
             Cursor::decode(&text, &patterns(&["orders.*", "alerts"])),
             Err(CursorError::OtherPatterns)
@@ -250,7 +259,7 @@ mod tests {
         let mut outside = Cursor::default();
         outside.0.insert("alerts".into(), 1);
         assert_eq!(
-            Cursor::decode(&outside.encode(&set), &set),
+            Cursor::decode(&outside.encode(&set).unwrap(), &set),
             Err(CursorError::Malformed)
         );
     }
@@ -267,7 +276,7 @@ mod tests {
             Err(CursorError::TooManyTopics)
         );
         cursor.advance("t1", 2).unwrap();
-        let text = cursor.encode(&set);
+        let text = cursor.encode(&set).unwrap();
         assert_eq!(Cursor::decode(&text, &set).unwrap(), cursor);
         let positions = (0..=MAX_CURSOR_TOPICS).map(|i| (format!("t{i}"), 1));
         assert_eq!(

@@ -7,7 +7,9 @@
 
 use std::{collections::HashMap, fmt, hash::Hash, sync::Arc};
 
-use eventsys::topics::{Cursor, CursorError, Filter, MAX_CURSOR_TOPICS, Patterns, Subject};
+use eventsys::topics::{
+    Cursor, CursorError, Filter, MAX_CURSOR_BYTES, MAX_CURSOR_TOPICS, Patterns, Subject,
+};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tonic::Status;
 
@@ -120,13 +122,18 @@ impl Feed {
         self.serving(move |feed, tx| async move { feed.serve_selection(selection, at, &tx).await })
     }
 
-    /// The topics the selection's patterns match now, refused beyond what a cursor may name.
+    /// The topics the selection's patterns match now, refused beyond what a cursor may name
+    /// (every topic at its newest seq: more than a stream's cursor can grow to until then).
     pub(crate) async fn topics_of(&self, patterns: &Patterns) -> Result<Vec<TopicHead>, Status> {
         let heads = self.0.store.topics(patterns, MAX_CURSOR_TOPICS + 1).await?;
-        if heads.len() > MAX_CURSOR_TOPICS {
+        let whole = Cursor::from_positions(
+            heads.iter().map(|h| (h.topic.clone(), h.last_seq)),
+            patterns,
+        );
+        if whole.and_then(|at| at.encode(patterns)).is_err() {
             return Err(Status::invalid_argument(format!(
-                "the topic patterns {patterns} match more than {MAX_CURSOR_TOPICS} topics: \
-                 narrow them"
+                "the topic patterns {patterns} match more than {MAX_CURSOR_TOPICS} topics (or \
+                 more than a cursor of {MAX_CURSOR_BYTES} bytes names): narrow them"
             )));
         }
         Ok(heads)

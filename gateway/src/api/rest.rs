@@ -334,7 +334,8 @@ pub(crate) async fn publish(
                 ("link" = String, description = "`<next page URL>; rel=\"next\"` when the page was cut"),
                 ("events-oldest-available" = u64, description = "The oldest `seq` retention kept, when the read began before it"),
             )),
-        (status = 400, description = "A bad topic, `afterSeq` or `limit`", body = ErrorBody),
+        (status = 400, description = "A bad topic, `afterSeq`, `limit` or filter", body = ErrorBody),
+        (status = 431, description = "The request head passed 8 KiB (a filter too long to send)"),
     ),
     security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
 )]

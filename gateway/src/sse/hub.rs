@@ -321,11 +321,12 @@ impl Hub {
                     };
                     for TopicGap { topic, gap } in gaps {
                         tracing::info!(stream = %self.of, topic, ?gap, "dropped by retention while subscribing");
-                        if at.advance(&topic, gap.resume_after()).is_err() {
+                        let advanced = at.advance(&topic, gap.resume_after());
+                        let Ok(id) = advanced.and_then(|()| selection.id(at)) else {
                             return Err(refused);
-                        }
-                        let frame = Frame::topic_gap(&topic, gap, &selection.id(at));
-                        self.ring.push(frame, hubs.share());
+                        };
+                        self.ring
+                            .push(Frame::topic_gap(&topic, gap, &id), hubs.share());
                     }
                 }
             }
@@ -356,7 +357,8 @@ impl Hub {
                 }
                 at.advance(&event.topic, event.seq)
                     .map_err(|e| e.to_string())?;
-                Ok(Frame::selected(event, prev, &selection.id(at)))
+                let id = selection.id(at).map_err(|e| e.to_string())?;
+                Ok(Frame::selected(event, prev, &id))
             }
             _ => Ok(None),
         }

@@ -247,19 +247,22 @@ impl Reader {
                 let Place::Topics(at) = &self.place else {
                     return Taken::End;
                 };
+                if !gap && self.ahead.is_empty() {
+                    return Taken::Send(bytes);
+                }
+                // Its own id: where it stands is not where the hub does.
+                let Ok(id) = selection.id(at) else {
+                    return Taken::End;
+                };
                 if gap {
                     // The client's own gap: from where it stood.
                     let gap = Gap {
                         requested_after: mine,
                         oldest_available: seq + 1,
                     };
-                    return Taken::Send(Frame::topic_gap(&topic, gap, &selection.id(at)).bytes);
+                    return Taken::Send(Frame::topic_gap(&topic, gap, &id).bytes);
                 }
-                if self.ahead.is_empty() {
-                    Taken::Send(bytes)
-                } else {
-                    Taken::Send(Frame::with_id("message", &selection.id(at), &data))
-                }
+                Taken::Send(Frame::with_id("message", &id, &data))
             }
             _ => Taken::Skip,
         }
@@ -377,8 +380,9 @@ impl Reader {
             };
             tracing::info!(stream = %self.hub.of, topic, ?gap, "dropped by retention before a reader caught up");
             at.advance(&topic, gap.resume_after()).map_err(too_many)?;
+            let id = selection.id(at).map_err(too_many)?;
             self.pending
-                .push_back(Frame::topic_gap(&topic, gap, &selection.id(at)).bytes);
+                .push_back(Frame::topic_gap(&topic, gap, &id).bytes);
         }
         for event in events {
             let prev = at.get(&topic);
@@ -386,7 +390,8 @@ impl Reader {
                 continue;
             }
             at.advance(&topic, event.seq).map_err(too_many)?;
-            if let Some(frame) = Frame::selected(event, prev, &selection.id(at)) {
+            let id = selection.id(at).map_err(too_many)?;
+            if let Some(frame) = Frame::selected(event, prev, &id) {
                 self.pending.push_back(frame.bytes);
             }
         }

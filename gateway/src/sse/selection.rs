@@ -47,10 +47,11 @@ impl Selection {
         }
     }
 
-    /// The SSE `id` of a frame after which the stream stands at `at`.
-    pub(crate) fn id(&self, at: &Cursor) -> String {
+    /// The SSE `id` of a frame after which the stream stands at `at`; `Err` when a cursor
+    /// would pass its bound (the stream ends, and its client is refused when it comes back).
+    pub(crate) fn id(&self, at: &Cursor) -> Result<String, CursorError> {
         match self.one_topic() {
-            Some(topic) => at.get(topic).to_string(),
+            Some(topic) => Ok(at.get(topic).to_string()),
             None => at.encode(&self.patterns),
         }
     }
@@ -142,16 +143,16 @@ mod tests {
     fn one_topics_ids_are_its_seqs_and_others_are_cursors() {
         let one = Selection::parse(["orders"], Some("data.a > 1")).unwrap();
         let mut at = one.resume(Some("41")).unwrap();
-        assert_eq!(one.id(&at), "41");
+        assert_eq!(one.id(&at).unwrap(), "41");
         at.advance("orders", 42).unwrap();
-        assert_eq!(one.id(&at), "42");
+        assert_eq!(one.id(&at).unwrap(), "42");
         assert!(one.resume(Some("x")).is_err());
 
         let many = Selection::parse(["orders.*", "alerts"], None).unwrap();
         assert_eq!(many.resume(None).unwrap(), Cursor::default());
         let mut at = Cursor::default();
         at.advance("orders.eu", 3).unwrap();
-        let id = many.id(&at);
+        let id = many.id(&at).unwrap();
         assert_eq!(many.resume(Some(&id)).unwrap(), at);
         let err = many.resume(Some("41")).unwrap_err();
         assert_eq!(err.status.as_u16(), 400);

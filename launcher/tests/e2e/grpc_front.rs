@@ -279,6 +279,28 @@ async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
         }
     }
     let mut watch = watch.expect("a WatchChanges on the backend to kill");
+    // A multi-topic Subscribe with a filter, from its place in the topic, on the same backend
+    // (those that land elsewhere are held open, so the balancer's load moves it there).
+    let mut selected = None;
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        let opened = events
+            .subscribe(v1::SubscribeRequest {
+                patterns: vec!["grpc.*".into(), "elsewhere".into()],
+                filter: r#"title == "live""#.into(),
+                after_seqs: [(topic.to_owned(), first)].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if backend_of(&opened) == victim_addr {
+            selected = Some(opened.into_inner());
+            break;
+        }
+        held.push(opened);
+    }
+    drop(held);
+    let mut selected = selected.expect("a multi-topic Subscribe on the backend to kill");
 
     // Idempotent calls from 8 clients, and a publisher, while the kill happens.
     let stop = Arc::new(AtomicBool::new(false));
@@ -372,6 +394,23 @@ async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
     }
     let expected: Vec<u64> = (first + 1..=last).collect();
     assert_eq!(seqs, expected, "a gap or a duplicate");
+    let mut selected_seqs = Vec::new();
+    while selected_seqs.last().is_none_or(|s| *s < last) {
+        let event = tokio::time::timeout(Duration::from_secs(20), selected.message())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {:?} of {last}", selected_seqs.last()))
+            .unwrap()
+            .expect("the stream stays open");
+        assert_eq!(
+            (event.topic.as_str(), event.title.as_str()),
+            (topic, "live")
+        );
+        selected_seqs.push(event.seq);
+    }
+    assert_eq!(
+        selected_seqs, expected,
+        "the multi-topic stream: a gap or a duplicate"
+    );
 
     // The watch moved too: every update recorded in the feed, in order, once.
     let mut recorded = 20;

@@ -537,3 +537,137 @@ async fn malformed_filters_patterns_and_cursors_are_400_with_the_reason() {
         .unwrap();
     assert_eq!(read(&mut again, 1).await[0].title, "y");
 }
+
+/// A selection's stream under pressure: its backend's ring overflows (the backend catches its
+/// subscriber up, or closes it and the hub resubscribes from every topic's place), and a client
+/// that does not read falls off the gateway's ring and catches each topic up from the store.
+/// Both get every event of every topic once, in order, and the last `id` each was sent resumes
+/// exactly after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_readers_and_lagging_backends_lose_nothing_on_many_topics() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let backend = Launch::backend(&db)
+        .flags(&["--subscriber-buffer", "1", "--max-subscriber-lag", "5"])
+        .start()
+        .await;
+    // Publishes come from a sibling, so the backend sees them in batches from the store.
+    let sibling = Launch::backend(&db).start().await;
+    let gateway = Launch::gateway(&[backend.addr])
+        .flags(&["--sse-buffer-bytes", "32768"])
+        .start()
+        .await;
+    wait_healthy(gateway.addr, None, 1).await;
+    let url = format!("{}/subscribe?topic=burst.*", gateway.url());
+    let (mut reading, _) = open(&url, None).await;
+    let (mut stalled, _) = open(&url, None).await;
+    let client = sibling.client().await;
+    let topics = ["burst.a", "burst.b", "burst.c"];
+    let mut publishes = JoinSet::new();
+    for i in 0..300 {
+        let mut client = client.clone();
+        let topic = topics[i % 3];
+        publishes.spawn(async move {
+            let request = eventsys::v1::PublishRequest {
+                topic: topic.into(),
+                title: format!("{i}"),
+                data: Some(eventsys::json::to_struct(
+                    json!({"pad": "x".repeat(1024)}).as_object().unwrap(),
+                )),
+                ..Default::default()
+            };
+            client.publish(request).await.unwrap();
+        });
+    }
+    let read_now = read(&mut reading, 300).await;
+    publishes.join_all().await;
+    let read_late = read(&mut stalled, 300).await;
+    let expected: BTreeMap<String, Vec<u64>> = topics
+        .iter()
+        .map(|t| (t.to_string(), (1..=100).collect()))
+        .collect();
+    assert_eq!(by_topic(&read_now), expected, "the client that read");
+    assert_eq!(by_topic(&read_late), expected, "the client that stalled");
+    // The last id each was sent is exactly where it stands.
+    let mut client = sibling.client().await;
+    client
+        .publish(eventsys::v1::PublishRequest {
+            topic: "burst.b".into(),
+            title: "next".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for seen in [&read_now, &read_late] {
+        let (mut resumed, _) = open(&url, Some(&seen.last().unwrap().id)).await;
+        let next = read(&mut resumed, 1).await.remove(0);
+        assert_eq!((next.topic.as_str(), next.seq), ("burst.b", 101));
+    }
+    let logs = backend.logs();
+    assert!(
+        logs.contains("subscriber too far behind: closing it")
+            || logs.contains("subscriber fell behind: catching up from the store"),
+        "the backend's ring never overflowed"
+    );
+    let paused = "gateway_sse_resumes_total{reason=\"slow_client\"}";
+    assert!(
+        crate::support::metric(gateway.addr, paused).await >= 1,
+        "the stalled client never fell off the ring"
+    );
+}
+
+/// A stream's cursor names at most 1000 topics: patterns matching 1000 open, 1001 are 400, and
+/// a stream that meets the 1001st while open ends, its client refused on reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_follows_at_most_1000_topics() {
+    let system = System::start(1).await;
+    let base = system.url("");
+    let client = system.backends[0].client().await;
+    let publish_many = |range: std::ops::Range<usize>| {
+        let client = client.clone();
+        async move {
+            let mut publishes = JoinSet::new();
+            for chunk in range.collect::<Vec<_>>().chunks(64) {
+                let (mut client, chunk) = (client.clone(), chunk.to_vec());
+                publishes.spawn(async move {
+                    for i in chunk {
+                        let request = eventsys::v1::PublishRequest {
+                            topic: format!("many.{i:04}"),
+                            title: format!("{i}"),
+                            ..Default::default()
+                        };
+                        client.publish(request).await.unwrap();
+                    }
+                });
+            }
+            publishes.join_all().await;
+        }
+    };
+    publish_many(0..1000).await;
+    let url = format!("{base}/subscribe?topic=many.*");
+    let (mut frames, _) = open(&url, None).await;
+    let replayed = read(&mut frames, 1000).await;
+    assert_eq!(by_topic(&replayed).len(), 1000);
+    let full = replayed.last().unwrap().id.clone();
+    // A cursor of 1000 short topics fits the bound: a header clients send back.
+    assert!(
+        full.len() <= eventsys::topics::MAX_CURSOR_BYTES,
+        "{} bytes",
+        full.len()
+    );
+    let (mut resumed, _) = open(&url, Some(&full)).await;
+
+    publish_many(1000..1001).await;
+    for frames in [&mut frames, &mut resumed] {
+        let end = tokio::time::timeout(Duration::from_secs(30), frames.next())
+            .await
+            .expect("the stream ends");
+        assert!(end.is_none(), "an event past the bound: {end:?}");
+    }
+    let refused = try_open(&url, Some(&full)).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let body: Value = refused.json().await.unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("more than 1000 topics"), "{message}");
+}
