@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::{
-    fanout::{find, gateway_process, read_frames, round},
+    fanout::{Item, find, gateway_process, read_frames, round},
     modes::{micros_now, run_id},
     report::{Outcome, Recorder, Report},
     target::Target,
@@ -194,7 +194,7 @@ async fn recorded(client: &reqwest::Client, base: &str, user: &str) -> Result<u6
 
 /// A change frame's position (its `id:`) and the send time its title carries (`t=<µs>`; none
 /// for a delete); `None` for comments.
-fn parse(frame: &[u8]) -> Option<(u64, Option<u64>)> {
+fn parse(frame: &[u8]) -> Option<Item> {
     let mut position = None;
     let mut sent = None;
     for line in frame.split(|b| *b == b'\n') {
@@ -212,7 +212,11 @@ fn parse(frame: &[u8]) -> Option<(u64, Option<u64>)> {
             }
         }
     }
-    Some((position?, sent))
+    Some(Item {
+        lane: 0,
+        place: position?,
+        sent,
+    })
 }
 
 /// Sends writes as `writing` says for `duration`.

@@ -109,6 +109,9 @@ enum Workload {
         rate: Option<u32>,
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
+        /// Every subscriber follows all the topics on one stream (`/subscribe?topic=<run>.*`).
+        #[arg(long)]
+        pattern: bool,
     },
     /// Users' change feeds: W watchers per user on `/changes` while their events are created,
     /// updated and deleted (at `--rate` writes per second, or by `--writers` concurrent
@@ -280,6 +283,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             publishers,
             rate,
             duration,
+            pattern,
         } => {
             let publishing = match (rate, duration) {
                 (Some(per_second), Some(duration)) => Publishing::Open {
@@ -295,6 +299,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 subscribers,
                 topics,
                 publishing,
+                pattern,
             };
             let (elapsed, delivery, whole) =
                 fanout::fanout(target, recorder.clone(), settings).await?;
@@ -305,7 +310,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 } => format!("{per_second} events/s for {duration:?}"),
                 Publishing::Closed { count, .. } => format!("{count} publishes"),
             };
-            let mode = format!("fanout {subscribers} subscribers on {topics} topics × {events}");
+            let streams = if pattern { " (each on all, by a pattern)" } else { "" };
+            let mode =
+                format!("fanout {subscribers} subscribers on {topics} topics{streams} × {events}");
             (elapsed, mode, Some((delivery, whole)))
         }
         Workload::Changes {

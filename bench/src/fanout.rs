@@ -2,7 +2,8 @@
 //! fixed number by concurrent publishers, or at a fixed rate for a while); every delivery is
 //! timed from its publish, every subscriber checked to get its topic's events once, in order.
 //! With the gateway's process figures in `/metrics`, its RSS per open stream and CPU per
-//! delivery are reported too.
+//! delivery are reported too. With `pattern`, every subscriber follows all the topics on one
+//! stream (`/subscribe?topic=<run>.*`) and is checked per topic.
 
 use std::{
     sync::{
@@ -36,6 +37,8 @@ pub(crate) struct FanoutSettings {
     pub(crate) subscribers: u32,
     pub(crate) topics: u32,
     pub(crate) publishing: Publishing,
+    /// Every subscriber on one stream of every topic, by a wildcard.
+    pub(crate) pattern: bool,
 }
 
 /// Publishes in flight at once at a fixed rate; beyond it the rate is not kept (and the
@@ -87,10 +90,15 @@ pub(crate) async fn fanout(
         subscribers,
         topics,
         publishing,
+        pattern,
     } = settings;
-    let topics = topics.clamp(1, subscribers.max(1));
+    let topics = if pattern {
+        topics.max(1)
+    } else {
+        topics.clamp(1, subscribers.max(1))
+    };
     let run = run_id();
-    let names: Vec<String> = (0..topics).map(|t| format!("bench-{run}-{t}")).collect();
+    let names: Vec<String> = (0..topics).map(|t| format!("bench-{run}.{t}")).collect();
     let delivery = Arc::new(Recorder::default());
     let client = target.client().ok_or("fanout needs the gateway")?.clone();
     // One connection per stream, none kept idle.
@@ -103,21 +111,27 @@ pub(crate) async fn fanout(
     let idle = gateway_process(&client, &base).await;
     let mut streams = Vec::new();
     for s in 0..subscribers {
-        let topic = names[(s % topics) as usize].clone();
-        let response = crate::tail::subscribe(&streams_client, &base, &topic).await?;
-        streams.push((topic, response));
+        // A pattern's subscriber expects every topic: the count after the topics' own.
+        let (index, url) = if pattern {
+            (names.len(), format!("{base}/subscribe?topic=bench-{run}.*"))
+        } else {
+            let index = (s % topics) as usize;
+            (index, format!("{base}/subscribe/{}", names[index]))
+        };
+        let response = crate::tail::open(&streams_client, &url).await?;
+        streams.push((index, response));
     }
     let connected = gateway_process(&client, &base).await;
+    let backend_streams = backend_streams(&client, &base, &run).await;
 
     // Each subscriber must get exactly what its topic holds once publishing is over (not the
     // acknowledged count: a publish whose answer was lost may still have been stored).
     let (stored_tx, stored_rx) = tokio::sync::watch::channel(None::<Arc<Vec<u64>>>);
     let mut readers = JoinSet::new();
-    for (s, (_, response)) in streams.into_iter().enumerate() {
+    for (index, response) in streams {
         let (delivery, stored_rx) = (delivery.clone(), stored_rx.clone());
-        let index = s % topics as usize;
         readers.spawn(async move {
-            let parse = |frame: &[u8]| parse(frame).map(|(seq, sent)| (seq, Some(sent)));
+            let parse = if pattern { parse_any } else { parse };
             let (received, disorder, open) =
                 read_frames(response, stored_rx, index, parse, &delivery).await;
             (index, received, disorder, open)
@@ -127,10 +141,11 @@ pub(crate) async fn fanout(
     let started = Instant::now();
     publish(&target, &recorder, &names, publishing).await;
     let elapsed = started.elapsed();
-    let mut counts = Vec::with_capacity(names.len());
+    let mut counts = Vec::with_capacity(names.len() + 1);
     for topic in &names {
         counts.push(u64::from(stored(&client, &base, topic).await?));
     }
+    counts.push(counts.iter().sum());
     let counts = Arc::new(counts);
     let _ = stored_tx.send(Some(counts.clone()));
     let mut results = readers.join_all().await;
@@ -146,15 +161,20 @@ pub(crate) async fn fanout(
         .count();
     let delivered: u64 = results.iter().map(|(_, got, _)| got).sum();
     let disorder: u64 = results.iter().map(|(_, _, d)| d).sum();
-    let published: u64 = counts.iter().sum();
+    let published: u64 = counts[names.len()];
     let report = delivery.report("fanout delivery", started.elapsed());
     let mut extra = report.extra;
     extra.insert("subscribers".into(), json!(subscribers));
     extra.insert("topics".into(), json!(topics));
+    extra.insert("streams".into(), json!(if pattern { "one per subscriber, of every topic" } else { "one per subscriber, of one topic" }));
+    if let Some(hubs) = backend_streams {
+        extra.insert("backend_streams_per_gateway".into(), json!(hubs));
+    }
     extra.insert(
         "complete".into(),
         json!(format!(
-            "{complete} of {subscribers} got every stored event of their topic ({published} in all)"
+            "{complete} of {subscribers} got every stored event of {} ({published} in all)",
+            if pattern { "every topic" } else { "their topic" }
         )),
     );
     extra.insert("delivered".into(), json!(delivered));
@@ -182,9 +202,40 @@ pub(crate) async fn fanout(
     Ok((elapsed, Report { extra, ..report }, whole))
 }
 
-/// Reads one SSE frame: the item's place (its `id:`) and, when the frame says, the time it was
-/// sent (µs since the epoch); `None` for what is no item (comments, other events).
-pub(crate) type ParseFrame = fn(&[u8]) -> Option<(u64, Option<u64>)>;
+/// One item of a stream as a reader checks it: which of its sequences it is on (a multi-topic
+/// stream's topic; 0 for a stream of one), its place there, and, when the frame says, the time
+/// it was sent (µs since the epoch).
+pub(crate) struct Item {
+    pub(crate) lane: usize,
+    pub(crate) place: u64,
+    pub(crate) sent: Option<u64>,
+}
+
+/// Reads one SSE frame's item; `None` for what is no item (comments, other events).
+pub(crate) type ParseFrame = fn(&[u8]) -> Option<Item>;
+
+/// Lanes one reader tells apart at most (a multi-topic stream's topics).
+const MAX_LANES: usize = 100_000;
+
+/// The hubs (one backend stream each) the gateway holds for this run's topics, from `/load`.
+async fn backend_streams(client: &reqwest::Client, base: &str, run: &str) -> Option<usize> {
+    let load: serde_json::Value = client
+        .get(format!("{base}/load"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let prefix = format!("bench-{run}.");
+    Some(
+        load["topics"]
+            .as_array()?
+            .iter()
+            .filter(|hub| hub["topic"].as_str().is_some_and(|t| t.starts_with(&prefix)))
+            .count(),
+    )
+}
 
 /// One SSE reader of a stream whose items are numbered 1, 2, …: reads until it has received
 /// the number `expected` will say for `index` (once the load is over), or the stream falls
@@ -203,7 +254,8 @@ pub(crate) async fn read_frames(
     let mut body = response.bytes_stream();
     let mut latency = histogram();
     let mut pending = Vec::new();
-    let (mut last, mut received, mut disorder) = (0u64, 0u64, 0u64);
+    let mut last: Vec<u64> = Vec::new();
+    let (mut received, mut disorder) = (0u64, 0u64);
     'read: loop {
         let count = expected.borrow().as_ref().map(|counts| counts[index]);
         if count.is_some_and(|n| received >= n) {
@@ -219,16 +271,23 @@ pub(crate) async fn read_frames(
         while let Some(end) = find(&pending[start..], b"\n\n") {
             let frame = &pending[start..start + end];
             start += end + 2;
-            let Some((place, sent)) = parse(frame) else {
+            let Some(Item { lane, place, sent }) = parse(frame) else {
                 continue;
             };
-            if place != last + 1 {
+            if lane >= MAX_LANES {
                 disorder += 1;
-                if place <= last {
+                continue;
+            }
+            if lane >= last.len() {
+                last.resize(lane + 1, 0);
+            }
+            if place != last[lane] + 1 {
+                disorder += 1;
+                if place <= last[lane] {
                     continue;
                 }
             }
-            last = place;
+            last[lane] = place;
             received += 1;
             if let Some(sent) = sent {
                 let micros = micros_now().saturating_sub(u128::from(sent)) as u64;
@@ -250,25 +309,48 @@ pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// An event frame's `seq` (its `id:`) and `data.sentAtMicros`; `None` for comments and other
 /// events.
-fn parse(frame: &[u8]) -> Option<(u64, u64)> {
+fn parse(frame: &[u8]) -> Option<Item> {
     let mut seq = None;
     let mut sent = 0;
     for line in frame.split(|b| *b == b'\n') {
         if let Some(id) = line.strip_prefix(b"id: ") {
             seq = std::str::from_utf8(id).ok()?.parse().ok();
         } else if line.starts_with(b"data: ") {
-            const KEY: &[u8] = b"\"sentAtMicros\":";
-            if let Some(at) = find(line, KEY) {
-                let digits = &line[at + KEY.len()..];
-                let end = digits
-                    .iter()
-                    .position(|b| !b.is_ascii_digit())
-                    .unwrap_or(digits.len());
-                sent = std::str::from_utf8(&digits[..end]).ok()?.parse().ok()?;
-            }
+            sent = number_after(line, b"\"sentAtMicros\":").unwrap_or(0);
         }
     }
-    Some((seq?, sent))
+    Some(Item {
+        lane: 0,
+        place: seq?,
+        sent: Some(sent),
+    })
+}
+
+/// A multi-topic stream's event frame: its topic's number (`bench-<run>.<n>`), `seq` and
+/// `data.sentAtMicros`, all from its data (the `id:` is a cursor).
+fn parse_any(frame: &[u8]) -> Option<Item> {
+    let data = frame
+        .split(|b| *b == b'\n')
+        .find(|line| line.starts_with(b"data: "))?;
+    let at = find(data, b"\"topic\":\"bench-")?;
+    let topic = &data[at..];
+    let dot = topic.iter().position(|b| *b == b'.')?;
+    Some(Item {
+        lane: usize::try_from(number_after(&topic[dot..], b".")?).ok()?,
+        place: number_after(data, b"\"seq\":")?,
+        sent: number_after(data, b"\"sentAtMicros\":"),
+    })
+}
+
+/// The digits right after the first `key` in `line`, as a number.
+fn number_after(line: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(line, key)?;
+    let digits = &line[at + key.len()..];
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
 /// The topic the `n`-th publish goes to.

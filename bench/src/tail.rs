@@ -56,8 +56,13 @@ pub(crate) async fn subscribe(
     base: &str,
     topic: &str,
 ) -> Result<reqwest::Response, String> {
+    open(client, &format!("{base}/subscribe/{topic}")).await
+}
+
+/// Opens an SSE stream at `url`.
+pub(crate) async fn open(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, String> {
     let response = client
-        .get(format!("{base}/subscribe/{topic}"))
+        .get(url)
         .send()
         .await
         .map_err(|e| format!("cannot subscribe: {e}"))?;

@@ -120,6 +120,28 @@ async fn reports_exactly_the_requests_the_gateway_served() {
     );
     assert_eq!(served(&system, "POST", "/publish", 200).await, 15 + 50);
 
+    // Four subscribers each on all five topics by a pattern: one backend stream for them all.
+    let pattern = [
+        "fanout",
+        "--subscribers",
+        "4",
+        "--topics",
+        "5",
+        "--pattern",
+        "--publishes",
+        "50",
+    ];
+    let (ok, report) = bench(&system, &pattern).await;
+    assert!(ok, "{report}");
+    let extra = &report["extra"];
+    assert_eq!(extra["delivered"].as_u64(), Some(200), "{report}");
+    assert_eq!(
+        extra["complete"],
+        "4 of 4 got every stored event of every topic (50 in all)"
+    );
+    assert_eq!(extra["backend_streams_per_gateway"], 1, "{report}");
+    assert_eq!(served(&system, "POST", "/publish", 200).await, 15 + 100);
+
     // Open loop: 20 events a second for a second.
     let rate = [
         "fanout",
