@@ -310,7 +310,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 } => format!("{per_second} events/s for {duration:?}"),
                 Publishing::Closed { count, .. } => format!("{count} publishes"),
             };
-            let streams = if pattern { " (each on all, by a pattern)" } else { "" };
+            let streams = if pattern {
+                " (each on all, by a pattern)"
+            } else {
+                ""
+            };
             let mode =
                 format!("fanout {subscribers} subscribers on {topics} topics{streams} × {events}");
             (elapsed, mode, Some((delivery, whole)))

@@ -166,7 +166,14 @@ pub(crate) async fn fanout(
     let mut extra = report.extra;
     extra.insert("subscribers".into(), json!(subscribers));
     extra.insert("topics".into(), json!(topics));
-    extra.insert("streams".into(), json!(if pattern { "one per subscriber, of every topic" } else { "one per subscriber, of one topic" }));
+    extra.insert(
+        "streams".into(),
+        json!(if pattern {
+            "one per subscriber, of every topic"
+        } else {
+            "one per subscriber, of one topic"
+        }),
+    );
     if let Some(hubs) = backend_streams {
         extra.insert("backend_streams_per_gateway".into(), json!(hubs));
     }
@@ -174,7 +181,11 @@ pub(crate) async fn fanout(
         "complete".into(),
         json!(format!(
             "{complete} of {subscribers} got every stored event of {} ({published} in all)",
-            if pattern { "every topic" } else { "their topic" }
+            if pattern {
+                "every topic"
+            } else {
+                "their topic"
+            }
         )),
     );
     extra.insert("delivered".into(), json!(delivered));
@@ -232,7 +243,11 @@ async fn backend_streams(client: &reqwest::Client, base: &str, run: &str) -> Opt
         load["topics"]
             .as_array()?
             .iter()
-            .filter(|hub| hub["topic"].as_str().is_some_and(|t| t.starts_with(&prefix)))
+            .filter(|hub| {
+                hub["topic"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(&prefix))
+            })
             .count(),
     )
 }

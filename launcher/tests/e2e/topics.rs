@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use eventsource_stream::Eventsource;
+use eventsys::topics::{Cursor, Patterns};
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
@@ -14,7 +15,7 @@ use tokio::task::JoinSet;
 use crate::{
     cdp::Browser,
     pubsub::Frames,
-    support::{EXCLUSIVE, Launch, System, http, wait_healthy},
+    support::{EXCLUSIVE, Launch, Single, System, http, wait_healthy},
 };
 
 /// One event as a multi-topic stream delivered it.
@@ -670,4 +671,58 @@ async fn a_stream_follows_at_most_1000_topics() {
     let body: Value = refused.json().await.unwrap();
     let message = body["message"].as_str().unwrap();
     assert!(message.contains("more than 1000 topics"), "{message}");
+}
+
+/// Retention trims one topic of a stream: a client resuming from before what is kept is told of
+/// that topic's gap (`event: gap` naming it) before its next event, the other topic goes on
+/// from its place, and a second client joining the same stream (its hub already open) is told
+/// the same from its own catch-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_gaps_are_told_per_topic() {
+    let single = Single::start(&["--retention-max-events", "10"], &[]).await;
+    let base = single.gateway.url();
+    for (topic, n) in [("r.a", 25), ("r.b", 5)] {
+        assert_eq!(publish(base.clone(), vec![topic], n, 0).await, n);
+    }
+    // Retention runs every second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stored(&base, "r.a").await.first() != Some(&16) {
+        assert!(tokio::time::Instant::now() < deadline, "r.a not trimmed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let patterns = Patterns::parse(["r.*"]).unwrap();
+    let mut cursor = Cursor::default();
+    cursor.advance("r.a", 3).unwrap();
+    cursor.advance("r.b", 2).unwrap();
+    let cursor = cursor.encode(&patterns).unwrap();
+    let url = format!("{base}/subscribe?topic=r.*");
+    let (mut first, _) = open(&url, Some(&cursor)).await;
+    let (mut second, _) = open(&url, Some(&cursor)).await;
+    for frames in [&mut first, &mut second] {
+        let mut gaps = Vec::new();
+        let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        while seen.values().map(Vec::len).sum::<usize>() < 13 {
+            let frame = tokio::time::timeout(Duration::from_secs(10), frames.next())
+                .await
+                .expect("a frame")
+                .expect("stream open")
+                .expect("valid SSE");
+            let data: Value = serde_json::from_str(&frame.data).unwrap();
+            if frame.event == "gap" {
+                assert!(seen.get("r.a").is_none(), "the gap after r.a's events");
+                gaps.push(data);
+                continue;
+            }
+            let topic = data["topic"].as_str().unwrap().to_owned();
+            seen.entry(topic)
+                .or_default()
+                .push(data["seq"].as_u64().unwrap());
+        }
+        assert_eq!(
+            gaps,
+            [json!({"topic": "r.a", "requestedAfter": 3, "oldestAvailable": 16})]
+        );
+        assert_eq!(seen["r.a"], (16..=25).collect::<Vec<_>>());
+        assert_eq!(seen["r.b"], [3, 4, 5]);
+    }
 }
