@@ -6,7 +6,9 @@
 mod cursor;
 mod filter;
 mod pattern;
+mod selection;
 
 pub use cursor::{Cursor, CursorError, MAX_CURSOR_BYTES, MAX_CURSOR_TOPICS};
 pub use filter::{Filter, FilterError, MAX_FILTER_BYTES, Subject};
 pub use pattern::{BadPattern, MAX_PATTERNS, MAX_TOPIC, Pattern, Patterns, matches, valid_topic};
+pub use selection::Selection;

@@ -30,7 +30,7 @@ use crate::{
     subscribe::Encoded,
 };
 
-pub(crate) use matching::Selection;
+use eventsys::topics::Selection;
 
 /// What a subscription follows: a topic's events (by `seq`), a user's change feed (by
 /// position), or the events of a selection's topics (by `seq` per topic).
@@ -370,7 +370,9 @@ impl Feed {
                         .streams
                         .iter()
                         .filter_map(|(of, stream)| match of {
-                            StreamOf::Matching(selection) if selection.patterns.matches(topic) => {
+                            StreamOf::Matching(selection)
+                                if selection.patterns().matches(topic) =>
+                            {
                                 Some((selection.clone(), stream.ring.clone()))
                             }
                             _ => None,
@@ -458,7 +460,8 @@ impl Feed {
     async fn stored_after(&self, of: &StreamOf, last: u64) -> Result<Vec<Encoded>, Status> {
         let store = &self.0.store;
         Ok(match of {
-            StreamOf::Matching(_) => unreachable!("a selection reads its topics' events itself"),
+            // A selection reads its topics' events itself (`matching`).
+            StreamOf::Matching(_) => Vec::new(),
             StreamOf::Topic(topic) => store
                 .events_after(topic, last, BATCH)
                 .await?

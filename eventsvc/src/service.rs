@@ -83,7 +83,7 @@ impl EventsApi {
                 one_topic,
             } => (selection, at, one_topic),
         };
-        for pattern in selection.patterns.iter() {
+        for pattern in selection.patterns().iter() {
             match &who.0 {
                 Some(caller) => self
                     .auth
@@ -97,7 +97,7 @@ impl EventsApi {
         // name starts at its oldest kept event.
         let gaps: Vec<TopicGap> = self
             .feed
-            .topics_of(&selection.patterns)
+            .topics_of(selection.patterns())
             .await?
             .into_iter()
             .filter_map(|head| {

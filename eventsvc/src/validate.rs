@@ -2,16 +2,13 @@
 //! names the offending field. Limits are checked here, once, before anything reaches a store.
 
 use eventsys::{
-    topics::{Cursor, Filter, Patterns},
+    topics::{Cursor, Filter, Patterns, Selection},
     v1,
 };
 use prost::Message;
 use uuid::Uuid;
 
-use crate::{
-    feed::Selection,
-    store::{EventPatch, JsonObject, NewEvent, Precondition},
-};
+use crate::store::{EventPatch, JsonObject, NewEvent, Precondition};
 
 /// Longest `title` or `description`, in characters (Unicode scalar values, what JSON Schema's
 /// `maxLength` counts, so the API document can state the limit exactly).

@@ -29,7 +29,7 @@ use crate::{
     upstream::is_permanent,
 };
 use reader::Reader;
-use selection::{Place, Selection};
+use selection::{Ids, Place};
 
 /// The stream route, registered with its OpenAPI row.
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -76,7 +76,7 @@ async fn subscribe(
     let (of, place) = match filter.filter(|f| !f.is_empty()) {
         None => (StreamOf::Topic(topic), Place::Seq(after)),
         Some(filter) => {
-            let selection = Selection::parse([topic.as_str()], Some(&filter))?;
+            let selection = selection::parse([topic.as_str()], Some(&filter))?;
             let at = selection.resume(Some(&after.to_string()))?;
             (StreamOf::Matching(selection), Place::Topics(at))
         }
@@ -126,8 +126,8 @@ async fn subscribe_many(
         filter,
         last_event_id,
     } = query;
-    let selection = Selection::parse(topics.iter().map(String::as_str), filter.as_deref())?;
-    for pattern in selection.patterns.iter() {
+    let selection = selection::parse(topics.iter().map(String::as_str), filter.as_deref())?;
+    for pattern in selection.patterns().iter() {
         who.may_read_pattern(&state, pattern)?;
     }
     let at = selection.resume(last_event_id.as_deref())?;

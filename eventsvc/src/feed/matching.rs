@@ -5,10 +5,10 @@
 //! topics (a rejected one as a bare place), so a hole in a topic's seqs means something was
 //! missed, and the subscriber reads that topic from the store.
 
-use std::{collections::HashMap, fmt, hash::Hash, sync::Arc};
+use std::collections::HashMap;
 
 use eventsys::topics::{
-    Cursor, CursorError, Filter, MAX_CURSOR_BYTES, MAX_CURSOR_TOPICS, Patterns, Subject,
+    Cursor, CursorError, MAX_CURSOR_BYTES, MAX_CURSOR_TOPICS, Patterns, Selection, Subject,
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tonic::Status;
@@ -20,32 +20,9 @@ use crate::{
     subscribe::Encoded,
 };
 
-/// What a multi-topic (or filtered) subscription follows. Two selections are the same stream
-/// when their patterns are the same set and their filters print the same.
-#[derive(Debug, Clone)]
-pub(crate) struct Selection {
-    pub(crate) patterns: Patterns,
-    filter: Option<Arc<Filter>>,
-    /// The filter's canonical text: what tells filters apart.
-    filter_key: Option<Arc<str>>,
-}
-
-impl Selection {
-    pub(crate) fn new(patterns: Patterns, filter: Option<Filter>) -> Selection {
-        let filter_key = filter.as_ref().map(|f| f.to_string().into());
-        Selection {
-            patterns,
-            filter: filter.map(Arc::new),
-            filter_key,
-        }
-    }
-
-    /// Whether the filter (if any) accepts `event`.
-    pub(crate) fn accepts(&self, event: &Event) -> bool {
-        self.filter
-            .as_ref()
-            .is_none_or(|f| f.accepts(&subject(event)))
-    }
+/// Whether `selection` accepts a stored event.
+fn accepts(selection: &Selection, event: &Event) -> bool {
+    selection.accepts(&subject(event))
 }
 
 fn subject(event: &Event) -> Subject<'_> {
@@ -57,31 +34,6 @@ fn subject(event: &Event) -> Subject<'_> {
     }
 }
 
-impl PartialEq for Selection {
-    fn eq(&self, other: &Self) -> bool {
-        self.patterns == other.patterns && self.filter_key == other.filter_key
-    }
-}
-
-impl Eq for Selection {}
-
-impl Hash for Selection {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.patterns.hash(state);
-        self.filter_key.hash(state);
-    }
-}
-
-impl fmt::Display for Selection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.patterns)?;
-        if let Some(filter) = &self.filter_key {
-            write!(f, " where {filter}")?;
-        }
-        Ok(())
-    }
-}
-
 /// Each selection's verdict on `event`: every distinct filter is evaluated once, however many
 /// selections (and subscribers) share it.
 pub(super) fn verdicts<R>(selections: &[(Selection, R)], event: &Event) -> Vec<bool> {
@@ -89,14 +41,12 @@ pub(super) fn verdicts<R>(selections: &[(Selection, R)], event: &Event) -> Vec<b
     let subject = subject(event);
     selections
         .iter()
-        .map(
-            |(selection, _)| match (&selection.filter, &selection.filter_key) {
-                (Some(filter), Some(key)) => {
-                    *taken.entry(key).or_insert_with(|| filter.accepts(&subject))
-                }
-                _ => true,
-            },
-        )
+        .map(|(selection, _)| match selection.filter_text() {
+            Some(key) => *taken
+                .entry(key)
+                .or_insert_with(|| selection.accepts(&subject)),
+            None => true,
+        })
         .collect()
 }
 
@@ -213,7 +163,7 @@ impl Feed {
     ) -> Result<bool, Status> {
         let heads = tokio::select! {
             _ = self.0.shutdown.cancelled() => return Err(shutting_down()),
-            heads = self.topics_of(&selection.patterns) => heads?,
+            heads = self.topics_of(selection.patterns()) => heads?,
         };
         if lagged {
             let behind: u64 = heads
@@ -257,7 +207,7 @@ impl Feed {
             let full = stored.len() == BATCH;
             for event in stored {
                 let seq = event.seq;
-                if selection.accepts(&event)
+                if accepts(selection, &event)
                     && !self.send(tx, Encoded::from(convert::event(event))).await?
                 {
                     return Ok(false);

@@ -22,7 +22,7 @@ use super::{
     frame::Frame,
     log_refusal,
     ring::Ring,
-    selection::Place,
+    selection::{Ids, Place},
     source::{Item, StreamOf, Upstream},
 };
 use crate::{
@@ -246,7 +246,7 @@ impl Hubs {
             .filter_map(|hub| {
                 let topic = match &hub.of {
                     StreamOf::Topic(topic) => topic.clone(),
-                    StreamOf::Matching(selection) => selection.patterns.to_string(),
+                    StreamOf::Matching(selection) => selection.patterns().to_string(),
                     StreamOf::Changes(_) => return None,
                 };
                 Some(HubLoad {

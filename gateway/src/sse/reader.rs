@@ -23,8 +23,8 @@ use super::{
     hub::{Joined, Member},
     log_refusal,
     ring::Read,
-    selection::{Place, Selection},
-    source::{History, StreamOf, TopicPage},
+    selection::{Ids, Place},
+    source::{History, StreamOf, TopicPage, topic_history},
 };
 use crate::{
     api::ApiError,
@@ -129,7 +129,7 @@ impl Reader {
         self.behind || !self.behind_topics.is_empty()
     }
 
-    fn selection(&self) -> Option<&Selection> {
+    fn selection(&self) -> Option<&eventsys::topics::Selection> {
         match &self.hub.of {
             StreamOf::Matching(selection) => Some(selection),
             _ => None,
@@ -359,15 +359,16 @@ impl Reader {
             more,
         } = {
             let _turn = self.state.hubs.catch_ups.acquire().await;
-            selection
-                .history(
-                    &self.state,
-                    &topic,
-                    after,
-                    CATCH_UP_PAGE,
-                    self.bearer.as_ref(),
-                )
-                .await?
+            let bearer = self.bearer.as_ref();
+            topic_history(
+                &selection,
+                &self.state,
+                &topic,
+                after,
+                CATCH_UP_PAGE,
+                bearer,
+            )
+            .await?
         };
         let Place::Topics(at) = &mut self.place else {
             return Ok(());

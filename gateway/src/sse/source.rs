@@ -7,10 +7,9 @@
 use eventsys::v1;
 use tonic::{Status, Streaming};
 
-use super::{
-    frame::Frame,
-    selection::{Place, Selection},
-};
+use eventsys::topics::Selection;
+
+use super::{frame::Frame, selection::Place};
 use crate::{
     http::AppState,
     upstream::{Answer, Bearer, CallError},
@@ -93,8 +92,8 @@ impl StreamOf {
                 let request = v1::SubscribeRequest {
                     topic: String::new(),
                     after_seq: 0,
-                    patterns: selection.patterns.to_strings(),
-                    filter: selection.filter.as_deref().unwrap_or_default().to_owned(),
+                    patterns: selection.patterns().to_strings(),
+                    filter: selection.filter_text().unwrap_or_default().to_owned(),
                     after_seqs: after.topics().into_iter().collect(),
                     cursor: String::new(),
                 };
@@ -142,7 +141,12 @@ impl StreamOf {
         bearer: Option<&Bearer>,
     ) -> Result<History, CallError> {
         Ok(match self {
-            StreamOf::Matching(_) => unreachable!("a selection's history is read per topic"),
+            // A selection's history is read per topic (`topic_history`).
+            StreamOf::Matching(_) => History {
+                oldest_available: 0,
+                frames: Vec::new(),
+                more: false,
+            },
             StreamOf::Topic(topic) => {
                 let request = v1::ListTopicEventsRequest {
                     topic: topic.clone(),
@@ -191,30 +195,28 @@ pub(super) struct TopicPage {
     pub(super) more: bool,
 }
 
-impl Selection {
-    /// Up to `limit` stored events of `topic` after `after` that the filter accepts.
-    pub(super) async fn history(
-        &self,
-        state: &AppState,
-        topic: &str,
-        after: u64,
-        limit: u32,
-        bearer: Option<&Bearer>,
-    ) -> Result<TopicPage, CallError> {
-        let request = v1::ListTopicEventsRequest {
-            topic: topic.to_owned(),
-            after_seq: after,
-            limit,
-            filter: self.filter.as_deref().unwrap_or_default().to_owned(),
-        };
-        let reply = state.upstream.call(request, bearer).await?.message;
-        Ok(TopicPage {
-            oldest_available: reply.oldest_available,
-            through: reply
-                .next_after_seq
-                .max(reply.events.last().map_or(0, |e| e.seq)),
-            events: reply.events,
-            more: reply.more,
-        })
-    }
+/// Up to `limit` stored events of `topic` after `after` that `selection`'s filter accepts.
+pub(super) async fn topic_history(
+    selection: &Selection,
+    state: &AppState,
+    topic: &str,
+    after: u64,
+    limit: u32,
+    bearer: Option<&Bearer>,
+) -> Result<TopicPage, CallError> {
+    let request = v1::ListTopicEventsRequest {
+        topic: topic.to_owned(),
+        after_seq: after,
+        limit,
+        filter: selection.filter_text().unwrap_or_default().to_owned(),
+    };
+    let reply = state.upstream.call(request, bearer).await?.message;
+    Ok(TopicPage {
+        oldest_available: reply.oldest_available,
+        through: reply
+            .next_after_seq
+            .max(reply.events.last().map_or(0, |e| e.seq)),
+        events: reply.events,
+        more: reply.more,
+    })
 }
