@@ -108,9 +108,9 @@ struct Stream {
 struct Subscribers {
     /// Streams with at least one subscriber (a stream leaves with its last).
     streams: HashMap<StreamOf, Stream>,
-    /// How many of `streams` are selections: the follower looks through them all for each
-    /// event only when there are any.
-    selections: usize,
+    /// The selections among `streams`, with their rings: what the follower looks through for
+    /// each event (not every stream).
+    selections: Vec<(Arc<Selection>, broadcast::Sender<Shared>)>,
     /// The follower's state; subscribers watch it to learn it started or failed.
     follower: watch::Sender<Follower>,
 }
@@ -121,8 +121,9 @@ impl Subscribers {
             stream.subscribers -= 1;
             if stream.subscribers == 0 {
                 self.streams.remove(of);
-                if matches!(of, StreamOf::Matching(_)) {
-                    self.selections -= 1;
+                if let StreamOf::Matching(gone) = of {
+                    self.selections
+                        .retain(|(selection, _)| **selection != *gone);
                 }
             }
         }
@@ -187,7 +188,7 @@ impl Feed {
             shutdown,
             subscribers: Mutex::new(Subscribers {
                 streams: HashMap::new(),
-                selections: 0,
+                selections: Vec::new(),
                 follower: watch::Sender::new(Follower::Stopped),
             }),
             emptied: Notify::new(),
@@ -232,12 +233,15 @@ impl Feed {
             let mut subscribers = self.subscribers();
             let subscribers = &mut *subscribers;
             let entry = subscribers.streams.entry(of.clone()).or_insert_with(|| {
-                if matches!(of, StreamOf::Matching(_)) {
-                    subscribers.selections += 1;
+                let ring = broadcast::channel(self.0.settings.buffer).0;
+                if let StreamOf::Matching(selection) = of {
+                    subscribers
+                        .selections
+                        .push((Arc::new(selection.clone()), ring.clone()));
                 }
                 Stream {
                     head: 0,
-                    ring: broadcast::channel(self.0.settings.buffer).0,
+                    ring,
                     subscribers: 0,
                 }
             });
@@ -337,7 +341,7 @@ impl Feed {
     fn fail(&self, reason: String) {
         let mut subscribers = self.subscribers();
         subscribers.streams.clear();
-        subscribers.selections = 0;
+        subscribers.selections.clear();
         subscribers.follower.send_replace(Follower::Failed(format!(
             "{reason}: subscribe again with after_seq"
         )));
@@ -364,22 +368,15 @@ impl Feed {
                 stream.head = stream.head.max(seq);
                 stream.ring.clone()
             });
-            let selections: Vec<(Selection, broadcast::Sender<Shared>)> =
-                match (&of, subscribers.selections) {
-                    (StreamOf::Topic(topic), 1..) => subscribers
-                        .streams
-                        .iter()
-                        .filter_map(|(of, stream)| match of {
-                            StreamOf::Matching(selection)
-                                if selection.patterns().matches(topic) =>
-                            {
-                                Some((selection.clone(), stream.ring.clone()))
-                            }
-                            _ => None,
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
+            let selections: Vec<(Arc<Selection>, broadcast::Sender<Shared>)> = match &of {
+                StreamOf::Topic(topic) => subscribers
+                    .selections
+                    .iter()
+                    .filter(|(selection, _)| selection.patterns().matches(topic))
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
             (ring, selections)
         };
         if ring.is_none() && selections.is_empty() {

@@ -5,7 +5,7 @@
 //! topics (a rejected one as a bare place), so a hole in a topic's seqs means something was
 //! missed, and the subscriber reads that topic from the store.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use eventsys::topics::{
     Cursor, CursorError, MAX_CURSOR_BYTES, MAX_CURSOR_TOPICS, Patterns, Selection, Subject,
@@ -36,7 +36,7 @@ fn subject(event: &Event) -> Subject<'_> {
 
 /// Each selection's verdict on `event`: every distinct filter is evaluated once, however many
 /// selections (and subscribers) share it.
-pub(super) fn verdicts<R>(selections: &[(Selection, R)], event: &Event) -> Vec<bool> {
+pub(super) fn verdicts<R>(selections: &[(Arc<Selection>, R)], event: &Event) -> Vec<bool> {
     let mut taken: HashMap<&str, bool> = HashMap::new();
     let subject = subject(event);
     selections

@@ -14,7 +14,7 @@ use crate::{
         Retention, TopicHead,
     },
 };
-use eventsys::topics::Patterns;
+use eventsys::topics::{Patterns, Selection};
 
 /// A store that only follows: each `follow` is counted, and its feed is the test's to
 /// write; `live` counts the feeds not dropped yet.
@@ -231,6 +231,66 @@ async fn a_subscriber_back_within_idle_stop_keeps_the_follower() {
             1,
             "one follower throughout"
         );
+    })
+    .await;
+}
+
+/// Two selections on one follower: each gets the events of its own topics that its filter
+/// accepts, each topic's in order; a selection's leaving takes its ring out of the follower's
+/// list.
+#[tokio::test(start_paused = true)]
+async fn selections_get_their_topics_events_that_their_filters_accept() {
+    bounded(async {
+        let store = Arc::new(FakeFeed::default());
+        let feed = feed(&store);
+        let selection = |patterns: &[&str], filter: Option<&str>| {
+            Selection::new(
+                Patterns::parse(patterns.iter().copied()).unwrap(),
+                filter.map(|f| eventsys::topics::Filter::parse(f).unwrap()),
+            )
+        };
+        let mut wide = feed.subscribe_selection(selection(&["a.*"], None), Default::default());
+        let narrow_of = selection(&["a.x", "b"], Some(r#"title != "2""#));
+        let mut narrow = feed.subscribe_selection(narrow_of.clone(), Default::default());
+        until(|| follower(&feed) == Follower::Running && feed.subscribers().selections.len() == 2)
+            .await;
+        for (topic, seq) in [
+            ("a.x", 1),
+            ("b", 1),
+            ("a.x", 2),
+            ("c", 1),
+            ("a.y", 1),
+            ("b", 2),
+        ] {
+            store.publish(topic, seq);
+        }
+        let next = async |events: &mut EventStream| {
+            let event: eventsys::v1::Event = events
+                .next()
+                .await
+                .expect("an event")
+                .expect("not an error")
+                .decode()
+                .unwrap();
+            (event.topic, event.seq)
+        };
+        for want in [("a.x", 1), ("a.x", 2), ("a.y", 1)] {
+            let got = next(&mut wide).await;
+            assert_eq!((got.0.as_str(), got.1), want);
+        }
+        for want in [("a.x", 1), ("b", 1)] {
+            let got = next(&mut narrow).await;
+            assert_eq!((got.0.as_str(), got.1), want);
+        }
+        // `b` 2 is rejected (its title is "2"); the next accepted one comes through.
+        store.publish("a.x", 3);
+        let got = next(&mut narrow).await;
+        assert_eq!((got.0.as_str(), got.1), ("a.x", 3));
+
+        drop(narrow);
+        until(|| feed.subscribers().selections.len() == 1).await;
+        let left = feed.subscribers().selections[0].0.clone();
+        assert_ne!(*left, narrow_of);
     })
     .await;
 }
