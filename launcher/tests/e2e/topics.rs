@@ -420,6 +420,22 @@ async fn filters_select_exactly_what_they_say_on_streams_and_history() {
     assert_eq!(ids, ["2", "3"]);
     let (mut resumed, _) = open(&url, Some("2")).await;
     assert_eq!(read(&mut resumed, 1).await[0].title, "nested");
+    // The same through gRPC, one topic with a filter, from a backend.
+    let mut client = system.backends[0].client().await;
+    let mut events = client
+        .subscribe(eventsys::v1::SubscribeRequest {
+            topic: "f.a".into(),
+            after_seq: 1,
+            filter: "data.amount >= 50".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for want in [2, 3] {
+        let event = events.message().await.unwrap().expect("an event");
+        assert_eq!((event.topic.as_str(), event.seq), ("f.a", want));
+    }
 
     // Filtered history pages by what it read: a page of one, then the next from its place.
     let page = http()
