@@ -6,6 +6,7 @@ mod changes;
 pub mod mongo;
 mod outcome;
 mod postgres;
+pub mod presence;
 pub mod sqlite;
 mod timed;
 mod topics;
@@ -529,6 +530,35 @@ pub trait EventStore: Send + Sync + 'static {
     async fn dropped_through(&self, topic: &str) -> Result<u64>;
     /// The topics `patterns` select that have been published on, by name, up to `limit`.
     async fn topics(&self, patterns: &Patterns, limit: usize) -> Result<Vec<TopicHead>>;
+    /// Records a gateway's report of its members, renewing it: its subjects' joins and leaves
+    /// are published on their topics' presence topics in the same transaction.
+    async fn report_presence(
+        &self,
+        _report: presence::PresenceReport,
+    ) -> Result<presence::Reported> {
+        Err(StoreError::Unsupported(
+            "presence is not kept by this store".into(),
+        ))
+    }
+    /// Removes the members of up to `batch` gateways that have not reported since `cutoff`,
+    /// publishing their subjects' leaves (each gateway in one transaction, so once).
+    async fn expire_presence(&self, _cutoff: DateTime<Utc>, _batch: usize) -> Result<Vec<Event>> {
+        Err(StoreError::Unsupported(
+            "presence is not kept by this store".into(),
+        ))
+    }
+    /// Who is on `topic` through gateways that reported since `alive_since`; named subjects
+    /// only when `subjects`.
+    async fn presence(
+        &self,
+        _topic: &str,
+        _alive_since: DateTime<Utc>,
+        _subjects: bool,
+    ) -> Result<presence::Presence> {
+        Err(StoreError::Unsupported(
+            "presence is not kept by this store".into(),
+        ))
+    }
     /// Claims `claim.key` for the write of the event `id`: `Fresh` when the key is unused,
     /// expired, abandoned (its lease ran out unanswered) or already this write's (the gateway
     /// sending the same write again); `Done` with the answered event once its request was

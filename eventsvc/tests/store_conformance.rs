@@ -613,6 +613,136 @@ pub async fn topics_are_listed_by_pattern(f: Fixture) {
     );
 }
 
+/// Presence: gateways report their members; a subject's first connection anywhere and its
+/// last one gone are a `join` and a `leave` on the topic's presence topic, recorded once (a
+/// silent gateway's leaves by whichever handle expires it first); counts leave out gateways
+/// that stopped reporting.
+pub async fn presence_records_joins_and_leaves_once(f: Fixture) {
+    use chrono::{Duration as Span, SubsecRound, Utc};
+    use eventsvc::store::presence::{Member, PresenceReport, Present};
+    let t0 = Utc::now() - Span::seconds(60);
+    let member = |topic: &str, subject: &str, connections, at| Member {
+        topic: topic.into(),
+        subject: subject.into(),
+        connections,
+        since: at,
+    };
+    let report = |gateway: &str, at, full, members: Vec<Member>| PresenceReport {
+        gateway: gateway.into(),
+        at,
+        full,
+        members,
+    };
+    let names = |events: &[eventsvc::store::Event]| -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| (e.title.clone(), e.user_id.clone()))
+            .collect()
+    };
+    let pair = |title: &str, user: &str| (title.to_owned(), user.to_owned());
+    let s = f.store;
+
+    let first = report(
+        "g1",
+        t0,
+        true,
+        vec![member("orders", "ann", 1, t0), member("orders", "", 3, t0)],
+    );
+    let reported = s.report_presence(first).await.unwrap();
+    assert_eq!(names(&reported.events), [pair("join", "ann")]);
+    assert!(!reported.resync);
+    assert_eq!(reported.events[0].topic, "$presence.orders");
+    let t1 = t0 + Span::seconds(1);
+    // A gateway the store does not know, reporting changes only: asked for everything.
+    let second = report(
+        "g2",
+        t1,
+        false,
+        vec![
+            member("orders", "ann", 2, t1),
+            member("orders", "bob", 1, t1),
+        ],
+    );
+    let reported = f.other.report_presence(second).await.unwrap();
+    assert_eq!(names(&reported.events), [pair("join", "bob")]);
+    assert!(reported.resync);
+    let now = s.presence("orders", t0, true).await.unwrap();
+    assert_eq!((now.count, now.gateways), (7, 2));
+    assert_eq!(
+        now.subjects,
+        [
+            Present {
+                user_id: "ann".into(),
+                connections: 3,
+                since: t0.trunc_subsecs(3)
+            },
+            Present {
+                user_id: "bob".into(),
+                connections: 1,
+                since: t1.trunc_subsecs(3)
+            },
+        ]
+    );
+    let cheap = s.presence("orders", t0, false).await.unwrap();
+    assert_eq!((cheap.count, cheap.subjects.len()), (7, 0));
+
+    // Ann leaves g1 but is still on g2: no leave. g2 reports nobody (full): both leave.
+    let t2 = t1 + Span::seconds(1);
+    let reported = s
+        .report_presence(report(
+            "g1",
+            t2,
+            false,
+            vec![member("orders", "ann", 0, t2)],
+        ))
+        .await
+        .unwrap();
+    assert!(reported.events.is_empty(), "{:?}", names(&reported.events));
+    let reported = s
+        .report_presence(report("g2", t2, true, Vec::new()))
+        .await
+        .unwrap();
+    let mut left = names(&reported.events);
+    left.sort();
+    assert_eq!(left, [pair("leave", "ann"), pair("leave", "bob")]);
+    // Only g1's anonymous three are left.
+    let now = s.presence("orders", t0, true).await.unwrap();
+    assert_eq!((now.count, now.gateways, now.subjects.len()), (3, 1, 0));
+    // Counting only gateways that reported since a time leaves silent ones out.
+    let later = s
+        .presence("orders", t2 + Span::seconds(1), true)
+        .await
+        .unwrap();
+    assert_eq!((later.count, later.gateways), (0, 0));
+
+    // A gateway gone silent is expired once, whichever handle does it.
+    let t3 = t2 + Span::seconds(1);
+    s.report_presence(report("g3", t3, true, vec![member("alerts", "cy", 1, t3)]))
+        .await
+        .unwrap();
+    let cutoff = t3 + Span::seconds(10);
+    let (one, two) = tokio::join!(
+        s.expire_presence(cutoff, 10),
+        f.other.expire_presence(cutoff, 10)
+    );
+    let mut expired = names(&one.unwrap());
+    expired.extend(names(&two.unwrap()));
+    expired.sort();
+    assert_eq!(expired, [pair("leave", "cy")]);
+    assert!(s.expire_presence(cutoff, 10).await.unwrap().is_empty());
+    assert_eq!(s.presence("alerts", t0, true).await.unwrap().count, 0);
+
+    // The joins and leaves are a topic's events, in order, with seqs.
+    let stored = s.events_after("$presence.orders", 0, 10).await.unwrap();
+    let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    let stored = names(&stored);
+    assert_eq!(stored[..2], [pair("join", "ann"), pair("join", "bob")]);
+    let alerts = s.events_after("$presence.alerts", 0, 10).await.unwrap();
+    assert_eq!(names(&alerts), [pair("join", "cy"), pair("leave", "cy")]);
+    assert_eq!(alerts[1].data.as_ref().unwrap()["topic"], "alerts");
+}
+
 /// The change feed: a follower (in another process) gets every publish that commits after it
 /// started, once, each topic's in `seq` order, whoever published it; creates are not in it.
 pub async fn the_feed_delivers_every_publish_once_in_order(f: Fixture) {
@@ -1030,6 +1160,16 @@ macro_rules! feeds {
     };
 }
 feeds!(sqlite_feeds, sqlite());
+/// Presence (kept apart from `conformance!` while a store lacks it).
+macro_rules! presence {
+    ($store:ident, $fixture:expr) => {
+        mod $store {
+            use super::*;
+            conformance!(@cases $fixture; presence_records_joins_and_leaves_once);
+        }
+    };
+}
+presence!(sqlite_presence, sqlite());
 feeds!(postgres_feeds, postgres());
 feeds!(mongo_feeds, mongo());
 conformance!(mongo_store, mongo());

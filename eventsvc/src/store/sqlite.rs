@@ -9,6 +9,7 @@ mod follow;
 mod inline;
 mod keys;
 mod lead;
+mod presence;
 mod retention;
 mod rows;
 mod writer;
@@ -33,8 +34,11 @@ use writer::{Done, Op, Writer};
 use super::{
     ChangeKind, Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, JsonObject,
     KeyClaim, NewEvent, OpenError, Precondition, Result, Retention, StoreError, StoreLimits,
-    TopicHead, sql_condition, topic_ranges,
+    TopicHead,
+    presence::{Presence, PresenceReport, Reported},
+    sql_condition, topic_ranges,
 };
+use chrono::{DateTime, Utc};
 use eventsys::topics::Patterns;
 
 /// Concurrent SQLite connections per process. Readers proceed in parallel under WAL; writers
@@ -108,6 +112,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE events ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;",
     // 5: users' change feeds.
     changelog::MIGRATION,
+    // 6: presence: gateways and their members.
+    presence::MIGRATION,
 ];
 
 /// The columns every event query reads, in `rows::raw_row`'s order; a macro so that queries
@@ -666,6 +672,44 @@ impl EventStore for SqliteStore {
                 })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
             rows.map_err(|e| sql_error("topics", &e))
+        })
+        .await
+    }
+
+    async fn report_presence(&self, report: PresenceReport) -> Result<Reported> {
+        let reported = self
+            .run("report_presence", move |conn| {
+                presence::report(conn, report)
+            })
+            .await?;
+        if !reported.events.is_empty() {
+            // This process's follower reads them now, not at its next poll.
+            self.published.notify_one();
+        }
+        Ok(reported)
+    }
+
+    async fn expire_presence(&self, cutoff: DateTime<Utc>, batch: usize) -> Result<Vec<Event>> {
+        let events = self
+            .run("expire_presence", move |conn| {
+                presence::expire(conn, cutoff, batch)
+            })
+            .await?;
+        if !events.is_empty() {
+            self.published.notify_one();
+        }
+        Ok(events)
+    }
+
+    async fn presence(
+        &self,
+        topic: &str,
+        alive_since: DateTime<Utc>,
+        subjects: bool,
+    ) -> Result<Presence> {
+        let topic = topic.to_owned();
+        self.run("presence", move |conn| {
+            presence::presence(conn, &topic, alive_since, subjects)
         })
         .await
     }
