@@ -1170,6 +1170,7 @@ macro_rules! presence {
     };
 }
 presence!(sqlite_presence, sqlite());
+presence!(postgres_presence, postgres());
 feeds!(postgres_feeds, postgres());
 feeds!(mongo_feeds, mongo());
 conformance!(mongo_store, mongo());

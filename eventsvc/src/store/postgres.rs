@@ -14,6 +14,7 @@ mod changes;
 mod connect;
 mod follow;
 mod keys;
+mod presence;
 mod retention;
 mod rows;
 
@@ -25,9 +26,12 @@ use uuid::Uuid;
 
 use super::{
     Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, KeyClaim, NewEvent,
-    OpenError, Precondition, Result, Retention, StoreError, TopicHead, sql_condition, topic_ranges,
+    OpenError, Precondition, Result, Retention, StoreError, TopicHead,
+    presence::{Presence, PresenceReport, Reported},
+    sql_condition, topic_ranges,
 };
 use batch::Kind;
+use chrono::{DateTime, Utc};
 use connect::{CONNECT_TIMEOUT, Connect};
 use eventsys::topics::Patterns;
 use rows::{COLUMNS, Written, to_event};
@@ -162,6 +166,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE events ADD COLUMN revision BIGINT NOT NULL DEFAULT 1;",
     // 5: users' change feeds (`changelog`).
     changelog::MIGRATION,
+    // 6: presence: gateways and their members (`presence`).
+    presence::MIGRATION,
 ];
 
 /// A full disk is `Full`; a lost connection, a server shutting down or a conflict to retry is
@@ -501,6 +507,26 @@ impl EventStore for PostgresStore {
                 dropped_through: row.get::<_, i64>(2).max(0) as u64,
             })
             .collect())
+    }
+
+    async fn report_presence(&self, report: PresenceReport) -> Result<Reported> {
+        let mut client = self.client("report_presence").await?;
+        presence::report(&mut client, report).await
+    }
+
+    async fn expire_presence(&self, cutoff: DateTime<Utc>, batch: usize) -> Result<Vec<Event>> {
+        let mut client = self.client("expire_presence").await?;
+        presence::expire(&mut client, cutoff, batch).await
+    }
+
+    async fn presence(
+        &self,
+        topic: &str,
+        alive_since: DateTime<Utc>,
+        subjects: bool,
+    ) -> Result<Presence> {
+        let client = self.client("presence").await?;
+        presence::presence(&client, topic, alive_since, subjects).await
     }
 
     async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim> {
