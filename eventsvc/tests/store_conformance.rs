@@ -1074,6 +1074,7 @@ macro_rules! conformance {
                 revisions_and_preconditions,
                 concurrent_updates_of_one_revision_apply_once,
                 topics_are_listed_by_pattern,
+                presence_records_joins_and_leaves_once,
             );
         }
     };
@@ -1160,17 +1161,6 @@ macro_rules! feeds {
     };
 }
 feeds!(sqlite_feeds, sqlite());
-/// Presence (kept apart from `conformance!` while a store lacks it).
-macro_rules! presence {
-    ($store:ident, $fixture:expr) => {
-        mod $store {
-            use super::*;
-            conformance!(@cases $fixture; presence_records_joins_and_leaves_once);
-        }
-    };
-}
-presence!(sqlite_presence, sqlite());
-presence!(postgres_presence, postgres());
 feeds!(postgres_feeds, postgres());
 feeds!(mongo_feeds, mongo());
 conformance!(mongo_store, mongo());

@@ -12,6 +12,7 @@ mod errors;
 mod keys;
 mod legacy;
 mod open;
+mod presence;
 mod publish;
 mod queue;
 mod retention;
@@ -29,8 +30,11 @@ use uuid::Uuid;
 
 use super::{
     Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, KeyClaim, NewEvent,
-    Precondition, Result, Retention, StoreError, TopicHead, TopicRange, topic_ranges,
+    Precondition, Result, Retention, StoreError, TopicHead, TopicRange,
+    presence::{Presence, PresenceReport, Reported},
+    topic_ranges,
 };
+use chrono::{DateTime, Utc};
 pub use document::{from_document, to_document};
 use errors::{is_duplicate_key, mongo_error};
 use eventsys::topics::Patterns;
@@ -76,6 +80,8 @@ pub struct MongoStore {
     changes: Option<crate::store::changes::Changes>,
     /// Users' change feeds; `None` on a standalone server (no transactions to record them in).
     feeds: Option<changelog::Feeds>,
+    /// Presence (`presence`); `None` on a standalone server (no transactions to keep it in).
+    presences: Option<presence::Presences>,
     /// This backend's sessions in `backends` (replica set only): while it lives, their
     /// heartbeat; once it is dropped, nothing (its entry goes).
     _sessions: Option<sessions::Registry>,
@@ -95,6 +101,14 @@ fn in_scope(document: &Document, owner: Option<&str>) -> bool {
 }
 
 impl MongoStore {
+    fn presences(&self) -> Result<&presence::Presences> {
+        self.presences.as_ref().ok_or_else(|| {
+            StoreError::Unsupported(
+                "presence needs a replica set (transactions); a standalone server has none".into(),
+            )
+        })
+    }
+
     fn feeds(&self) -> Result<&changelog::Feeds> {
         self.feeds
             .as_ref()
@@ -337,6 +351,23 @@ impl EventStore for MongoStore {
                 })
             })
             .collect())
+    }
+
+    async fn report_presence(&self, report: PresenceReport) -> Result<Reported> {
+        presence::report(self.presences()?, report).await
+    }
+
+    async fn expire_presence(&self, cutoff: DateTime<Utc>, batch: usize) -> Result<Vec<Event>> {
+        presence::expire(self.presences()?, cutoff, batch).await
+    }
+
+    async fn presence(
+        &self,
+        topic: &str,
+        alive_since: DateTime<Utc>,
+        subjects: bool,
+    ) -> Result<Presence> {
+        presence::presence(self.presences()?, topic, alive_since, subjects).await
     }
 
     async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim> {

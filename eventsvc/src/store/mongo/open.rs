@@ -16,7 +16,7 @@ use mongodb::{
 
 use super::{
     COUNTERS, DEFAULT_DATABASE, EVENTS, KEYS, MongoStore, changelog, errors::one_line, legacy,
-    sessions::Registry,
+    presence, sessions::Registry,
 };
 use crate::store::OpenError;
 
@@ -129,7 +129,14 @@ impl MongoStore {
             .map_err(|e| fail(format!("cannot create indexes: {}", one_line(&e))))?;
         // Created up front: creating a collection inside a transaction (the first publish,
         // the first change recorded) needs MongoDB 4.4 or later. "Already exists" is fine.
-        for name in [COUNTERS, changelog::CHANGES, changelog::HEADS] {
+        for name in [
+            COUNTERS,
+            changelog::CHANGES,
+            changelog::HEADS,
+            presence::GATEWAYS,
+            presence::MEMBERS,
+            presence::SUBJECTS,
+        ] {
             if let Err(err) = database.create_collection(name).await
                 && !matches!(&*err.kind, ErrorKind::Command(c) if c.code == 48)
             {
@@ -146,6 +153,18 @@ impl MongoStore {
             .await
             .map_err(|e| fail(format!("cannot create indexes: {}", one_line(&e))))?;
         let feeds = replicated.then_some(feeds);
+        let presence_indexes = [
+            (presence::MEMBERS, doc! {"gateway": 1}),
+            (presence::MEMBERS, doc! {"topic": 1}),
+            (presence::GATEWAYS, doc! {"renewedAt": 1}),
+        ];
+        for (name, keys) in presence_indexes {
+            database
+                .collection::<Document>(name)
+                .create_index(IndexModel::builder().keys(keys).build())
+                .await
+                .map_err(|e| fail(format!("cannot create indexes: {}", one_line(&e))))?;
+        }
         let transaction = TransactionOptions::builder()
             .write_concern(durable(replicated))
             .build();
@@ -166,7 +185,7 @@ impl MongoStore {
         // The writing tasks' own sessions (creates, changes), registered with a heartbeat.
         let (registry, sessions) = match replicated {
             true => {
-                let (registry, sessions) = Registry::start(&client, &database, 2)
+                let (registry, sessions) = Registry::start(&client, &database, 3)
                     .await
                     .map_err(|e| fail(format!("cannot register sessions: {}", one_line(&e))))?;
                 (Some(registry), sessions)
@@ -174,7 +193,17 @@ impl MongoStore {
             false => (None, Vec::new()),
         };
         let mut sessions = sessions.into_iter();
-        let (creates_session, changes_session) = (sessions.next(), sessions.next());
+        let (creates_session, changes_session, presence_session) =
+            (sessions.next(), sessions.next(), sessions.next());
+        let presences = presence_session.map(|session| {
+            presence::Presences::new(
+                &database,
+                events.clone(),
+                counters.clone(),
+                session,
+                transaction.clone(),
+            )
+        });
         let changes = feeds.as_ref().zip(changes_session).map(|(feeds, session)| {
             super::changes::start(super::changes::Changing {
                 database: database.clone(),
@@ -195,6 +224,7 @@ impl MongoStore {
                 });
         Ok(Self {
             probe,
+            presences,
             changes,
             feeds,
             _sessions: registry,
