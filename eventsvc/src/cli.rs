@@ -179,6 +179,12 @@ pub(crate) struct Config {
     #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", value_parser = key_ttl)]
     pub(crate) idempotency_ttl: Duration,
 
+    /// How long a gateway's subscribers count as present after its last presence report
+    /// (e.g. 15s); then they are removed, each subject's leave recorded. Give every backend
+    /// sharing a store the same.
+    #[arg(long, env = "PRESENCE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub(crate) presence_ttl: Duration,
+
     /// Log one line per event-API request at INFO (it is at DEBUG otherwise: it costs every
     /// request).
     #[arg(long, env = "ACCESS_LOG")]
@@ -291,7 +297,10 @@ async fn build(config: &Config, listening: SocketAddr) -> Result<Backend, Fatal>
         .access_log(config.access_log)
         .reflection(!config.no_reflection)
         .feed(feed)
-        .idempotency_ttl(config.idempotency_ttl))
+        .idempotency_ttl(config.idempotency_ttl)
+        .presence(crate::PresencePolicy {
+            ttl: config.presence_ttl,
+        }))
 }
 
 async fn run(config: Config, mut inherited: Inherited) -> Result<(), Fatal> {

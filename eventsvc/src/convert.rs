@@ -14,6 +14,11 @@ pub(crate) fn timestamp(t: DateTime<Utc>) -> Timestamp {
     }
 }
 
+/// A wire timestamp as a time; `None` for one out of range.
+pub(crate) fn from_timestamp(t: Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
 pub(crate) fn event(e: Event) -> v1::Event {
     // Destructured, so a field added to `Event` does not compile until it is sent.
     let Event {

@@ -7,6 +7,7 @@ mod convert;
 mod feed;
 mod keyed;
 mod metrics;
+mod presence;
 mod readiness;
 mod retention;
 mod server;
@@ -18,4 +19,5 @@ mod validate;
 
 pub use cli::{StoreArgs, backend_from, main, main_from};
 pub use feed::FeedSettings;
+pub use presence::PresencePolicy;
 pub use server::{Backend, ServeError, serve};

@@ -20,6 +20,7 @@ use crate::{
     feed::{Feed, FeedSettings},
     keyed::{self, KeyPolicy},
     metrics::RpcMetrics,
+    presence::PresencePolicy,
     readiness::{self, Readiness},
     retention,
     service::EventsApi,
@@ -59,6 +60,7 @@ pub struct Backend {
     access_log: bool,
     metrics: Option<TcpListener>,
     key_ttl: Duration,
+    presence: PresencePolicy,
 }
 
 impl Backend {
@@ -74,7 +76,15 @@ impl Backend {
             access_log: false,
             metrics: None,
             key_ttl: DEFAULT_KEY_TTL,
+            presence: PresencePolicy::default(),
         }
+    }
+
+    /// How long a gateway's members outlive its last presence report (default 15 s). Every
+    /// backend sharing a store should be given the same.
+    pub fn presence(mut self, policy: PresencePolicy) -> Self {
+        self.presence = policy;
+        self
     }
 
     /// How long a write's answer is kept for repeats of its `Idempotency-Key` (default 24 h).
@@ -184,6 +194,11 @@ pub async fn serve(
     ));
 
     tokio::spawn(keyed::purge(store.clone(), streams.clone()));
+    tokio::spawn(crate::presence::expire(
+        store.clone(),
+        backend.presence,
+        streams.clone(),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(health).await;
@@ -241,6 +256,7 @@ pub async fn serve(
             ttl: backend.key_ttl,
             lease: CALL_TIMEOUT,
         },
+        backend.presence,
     ));
     tracing::info!(%addr, open_files = ?eventsys::process::open_file_limit(), "listening");
     let mut builder = Server::builder();

@@ -25,6 +25,7 @@ use crate::{
     convert,
     feed::{EventStream, Feed, StreamOf},
     keyed::{self, KeyPolicy, Write, Written},
+    presence::{self, PresencePolicy},
     stats::Stats,
     store::{EventStore, StoreError},
     validate::{self, FieldError, Subscribing},
@@ -42,6 +43,7 @@ pub(crate) struct EventsApi {
     feed: Feed,
     auth: Arc<Auth>,
     keys: KeyPolicy,
+    presence: PresencePolicy,
 }
 
 impl EventsApi {
@@ -51,6 +53,7 @@ impl EventsApi {
         feed: Feed,
         auth: Arc<Auth>,
         keys: KeyPolicy,
+        presence: PresencePolicy,
     ) -> Self {
         Self {
             store,
@@ -58,6 +61,7 @@ impl EventsApi {
             feed,
             auth,
             keys,
+            presence,
         }
     }
 
@@ -343,7 +347,7 @@ impl EventService for EventsApi {
     ) -> Result<Response<v1::ListTopicEventsResponse>, Status> {
         let who = Who::of(&request);
         let req = request.into_inner();
-        validate::topic(&req.topic)?;
+        validate::readable_topic(&req.topic)?;
         self.may_read(&who, &req.topic)?;
         let limit = validate::limit(req.limit)?;
         let filter = validate::filter(&req.filter)?;
@@ -400,6 +404,55 @@ impl EventService for EventsApi {
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let stream = self.watching(request).await?;
         Ok(Response::new(stream.map(|item| item?.decode())))
+    }
+
+    async fn presence(
+        &self,
+        request: Request<v1::PresenceRequest>,
+    ) -> Result<Response<v1::PresenceResponse>, Status> {
+        let who = Who::of(&request);
+        let v1::PresenceRequest { topic, count_only } = request.into_inner();
+        validate::topic(&topic)?;
+        self.may_read(&who, &topic)?;
+        let alive_since = chrono::Utc::now() - self.presence.ttl;
+        let now = self
+            .store
+            .presence(&topic, alive_since, !count_only)
+            .await?;
+        let crate::store::presence::Presence {
+            count,
+            subjects,
+            gateways,
+        } = now;
+        Ok(Response::new(v1::PresenceResponse {
+            topic,
+            count,
+            subjects: subjects
+                .into_iter()
+                .map(|p| v1::PresentSubject {
+                    user_id: p.user_id,
+                    connections: p.connections,
+                    since: Some(convert::timestamp(p.since)),
+                })
+                .collect(),
+            gateways,
+        }))
+    }
+
+    async fn report_presence(
+        &self,
+        request: Request<v1::ReportPresenceRequest>,
+    ) -> Result<Response<v1::ReportPresenceResponse>, Status> {
+        // Gateways report; in token mode with an admin token.
+        if !self.auth.public_ops() {
+            let who = Who::of(&request);
+            self.auth.may_operate(who.caller()?).map_err(denied)?;
+        }
+        let report = presence::report(request.into_inner())?;
+        let reported = self.store.report_presence(report).await?;
+        Ok(Response::new(v1::ReportPresenceResponse {
+            resync: reported.resync,
+        }))
     }
 
     async fn stats(

@@ -214,7 +214,14 @@ mod tests {
             ttl: Duration::from_secs(60),
             lease: Duration::from_secs(30),
         };
-        let api = EventsApi::new(store, stats, feed, auth.clone(), keys);
+        let api = EventsApi::new(
+            store,
+            stats,
+            feed,
+            auth.clone(),
+            keys,
+            crate::presence::PresencePolicy::default(),
+        );
         // As the server's interceptor passes them on.
         fn verified<T>(auth: &Arc<Auth>, message: T) -> Request<T> {
             let checked = Verify(auth.clone()).call(Request::new(())).unwrap();

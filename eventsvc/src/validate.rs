@@ -106,7 +106,7 @@ pub(crate) fn subscription(req: v1::SubscribeRequest) -> Result<Subscribing, Fie
     } = req;
     let filter = filter(&filter_text)?;
     if patterns.is_empty() {
-        topic(&name)?;
+        readable_topic(&name)?;
         if !after_seqs.is_empty() || !cursor.is_empty() {
             return Err(FieldError(
                 "after_seqs and cursor go with patterns; a topic resumes after after_seq".into(),
@@ -156,6 +156,15 @@ pub(crate) fn filter(text: &str) -> Result<Option<Filter>, FieldError> {
     Filter::parse(text)
         .map(Some)
         .map_err(|e| FieldError(e.to_string()))
+}
+
+/// A topic to read: a topic name, or a topic's presence topic (`$presence.<topic>`), which
+/// only the backends write.
+pub(crate) fn readable_topic(name: &str) -> Result<(), FieldError> {
+    topic(
+        name.strip_prefix(eventsys::topics::PRESENCE_PREFIX)
+            .unwrap_or(name),
+    )
 }
 
 /// An event id: a UUID in any of its usual spellings.

@@ -68,6 +68,14 @@ pub(crate) fn router(state: AppState) -> Router {
             post(forward::forward::<method::ListChanges>),
         )
         .route(method::Stats::PATH, post(forward::forward::<method::Stats>))
+        .route(
+            method::Presence::PATH,
+            post(forward::forward::<method::Presence>),
+        )
+        .route(
+            method::ReportPresence::PATH,
+            post(forward::forward::<method::ReportPresence>),
+        )
         .with_state(state.clone());
     let mut router = service(forwarded, events);
     router = service(router, health_service);

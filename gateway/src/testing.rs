@@ -372,6 +372,20 @@ impl EventService for FakeEvents {
     ) -> Result<Response<v1::StatsResponse>, Status> {
         not_here()
     }
+
+    async fn presence(
+        &self,
+        _: Request<v1::PresenceRequest>,
+    ) -> Result<Response<v1::PresenceResponse>, Status> {
+        not_here()
+    }
+
+    async fn report_presence(
+        &self,
+        _: Request<v1::ReportPresenceRequest>,
+    ) -> Result<Response<v1::ReportPresenceResponse>, Status> {
+        not_here()
+    }
 }
 
 /// An event of `topic` at `seq`, as a backend sends it.

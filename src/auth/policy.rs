@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{Rejected, Verifier};
-use crate::topics::{Pattern, matches};
+use crate::topics::{Pattern, matches, rights_topic};
 
 /// The claims a token carries (`sub` and `exp` required).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,14 +157,15 @@ impl Auth {
         })))
     }
 
-    /// Whether `topic` may be read without a token.
+    /// Whether `topic` may be read without a token (a presence topic as its topic).
     pub fn public_topic(&self, topic: &str) -> bool {
-        any_match(&self.public_topics, topic)
+        any_match(&self.public_topics, rights_topic(topic))
     }
 
-    /// Topic history and subscriptions: a subscribe match, or a public topic.
+    /// Topic history and subscriptions: a subscribe match, or a public topic (a presence
+    /// topic's rights are its topic's).
     pub fn may_read(&self, caller: &Caller, topic: &str) -> Result<(), Denied> {
-        if caller.may_subscribe(topic) || self.public_topic(topic) {
+        if caller.may_subscribe(rights_topic(topic)) || self.public_topic(topic) {
             Ok(())
         } else {
             Err(Denied(format!("token may not read {topic:?}")))

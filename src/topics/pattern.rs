@@ -9,6 +9,15 @@ pub const MAX_TOPIC: usize = 256;
 /// Patterns one stream may name.
 pub const MAX_PATTERNS: usize = 16;
 
+/// Where a topic's joins and leaves are stored: `$presence.<topic>`, a name nobody can publish
+/// to, readable by whoever may read the topic.
+pub const PRESENCE_PREFIX: &str = "$presence.";
+
+/// The topic whose rights cover reading `topic` (a presence topic's own topic).
+pub fn rights_topic(topic: &str) -> &str {
+    topic.strip_prefix(PRESENCE_PREFIX).unwrap_or(topic)
+}
+
 /// Whether `topic` is a topic name: 1 to 256 bytes of `[A-Za-z0-9._:-]`.
 pub fn valid_topic(topic: &str) -> bool {
     !topic.is_empty() && topic.len() <= MAX_TOPIC && topic.bytes().all(topic_byte)

@@ -124,6 +124,30 @@ impl EventStore for FakeFeed {
         Ok(Vec::new())
     }
 
+    async fn report_presence(
+        &self,
+        _: crate::store::presence::PresenceReport,
+    ) -> Result<crate::store::presence::Reported> {
+        unimplemented!("the feed only follows")
+    }
+
+    async fn expire_presence(
+        &self,
+        _: chrono::DateTime<chrono::Utc>,
+        _: usize,
+    ) -> Result<Vec<Event>> {
+        unimplemented!("the feed only follows")
+    }
+
+    async fn presence(
+        &self,
+        _: &str,
+        _: chrono::DateTime<chrono::Utc>,
+        _: bool,
+    ) -> Result<crate::store::presence::Presence> {
+        unimplemented!("the feed only follows")
+    }
+
     async fn claim(&self, _: &KeyClaim, _: Uuid) -> Result<Claim> {
         unimplemented!("the feed only follows")
     }

@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 
 use super::{JsonObject, NewEvent};
 
-/// The presence topic of `topic`: where its joins and leaves are stored.
-pub const PRESENCE_PREFIX: &str = "$presence.";
+pub use eventsys::topics::PRESENCE_PREFIX;
 
+/// The presence topic of `topic`: where its joins and leaves are stored.
 pub fn presence_topic(topic: &str) -> String {
     format!("{PRESENCE_PREFIX}{topic}")
 }

@@ -12,11 +12,13 @@ use uuid::Uuid;
 use super::{
     Claim, Event, EventChange, EventPage, EventPatch, EventStore, Followed, KeyClaim, NewEvent,
     Precondition, Result, Retention, TopicHead,
+    presence::{Presence, PresenceReport, Reported},
 };
+use chrono::{DateTime, Utc};
 use eventsys::topics::Patterns;
 
 /// The operations, in the order of `TimedStore::latency`.
-const OPERATIONS: [&str; 12] = [
+const OPERATIONS: [&str; 15] = [
     "create",
     "get",
     "list",
@@ -29,6 +31,9 @@ const OPERATIONS: [&str; 12] = [
     "claim",
     "purge_keys",
     "topics",
+    "report_presence",
+    "expire_presence",
+    "presence",
 ];
 
 #[derive(Clone, Copy)]
@@ -45,6 +50,9 @@ enum Op {
     Claim,
     PurgeKeys,
     Topics,
+    ReportPresence,
+    ExpirePresence,
+    Presence,
 }
 
 /// `inner`, with each call's duration observed under its operation (errors included: a
@@ -159,6 +167,32 @@ impl EventStore for TimedStore {
             .await
     }
 
+    async fn report_presence(&self, report: PresenceReport) -> Result<Reported> {
+        self.timed(Op::ReportPresence, self.inner.report_presence(report))
+            .await
+    }
+
+    async fn expire_presence(&self, cutoff: DateTime<Utc>, batch: usize) -> Result<Vec<Event>> {
+        self.timed(
+            Op::ExpirePresence,
+            self.inner.expire_presence(cutoff, batch),
+        )
+        .await
+    }
+
+    async fn presence(
+        &self,
+        topic: &str,
+        alive_since: DateTime<Utc>,
+        subjects: bool,
+    ) -> Result<Presence> {
+        self.timed(
+            Op::Presence,
+            self.inner.presence(topic, alive_since, subjects),
+        )
+        .await
+    }
+
     async fn claim(&self, claim: &KeyClaim, id: Uuid) -> Result<Claim> {
         self.timed(Op::Claim, self.inner.claim(claim, id)).await
     }
@@ -196,6 +230,10 @@ mod tests {
             (Op::DroppedThrough, "dropped_through"),
             (Op::Claim, "claim"),
             (Op::PurgeKeys, "purge_keys"),
+            (Op::Topics, "topics"),
+            (Op::ReportPresence, "report_presence"),
+            (Op::ExpirePresence, "expire_presence"),
+            (Op::Presence, "presence"),
         ] {
             assert_eq!(OPERATIONS[op as usize], name);
         }

@@ -166,6 +166,20 @@ impl EventService for FrontDoor {
         subscribe::open(&self.state, who, request.into_inner()).await
     }
 
+    async fn presence(
+        &self,
+        request: Request<v1::PresenceRequest>,
+    ) -> Result<Response<v1::PresenceResponse>, Status> {
+        self.unary(request).await
+    }
+
+    async fn report_presence(
+        &self,
+        request: Request<v1::ReportPresenceRequest>,
+    ) -> Result<Response<v1::ReportPresenceResponse>, Status> {
+        self.unary(request).await
+    }
+
     /// One backend's figures (the balancer's pick); `/load` has them all.
     async fn stats(
         &self,

@@ -210,6 +210,8 @@ pub(crate) mod method {
     unary!(ListTopicEvents: v1::ListTopicEventsRequest => v1::ListTopicEventsResponse, idempotency::LIST_TOPIC_EVENTS, Route::Requests);
     unary!(ListChanges: v1::ListChangesRequest => v1::ListChangesResponse, idempotency::LIST_CHANGES, Route::Requests);
     unary!(Stats: v1::StatsRequest => v1::StatsResponse, idempotency::STATS, Route::Requests);
+    unary!(Presence: v1::PresenceRequest => v1::PresenceResponse, idempotency::PRESENCE, Route::Requests);
+    unary!(ReportPresence: v1::ReportPresenceRequest => v1::ReportPresenceResponse, idempotency::REPORT_PRESENCE, Route::Writes);
 }
 
 /// A create or publish with the client's idempotency key (if it sent one), sent along as
@@ -566,6 +568,8 @@ mod tests {
             v1::SubscribeRequest::PATH,
             v1::ListChangesRequest::PATH,
             v1::WatchChangesRequest::PATH,
+            v1::PresenceRequest::PATH,
+            v1::ReportPresenceRequest::PATH,
         ] {
             assert!(path.starts_with(&format!("/{SERVICE_NAME}/")), "{path}");
             assert!(

@@ -288,6 +288,30 @@ impl EventStore for Gated {
         self.store.topics(patterns, limit).await
     }
 
+    async fn report_presence(
+        &self,
+        report: store::presence::PresenceReport,
+    ) -> store::Result<store::presence::Reported> {
+        self.store.report_presence(report).await
+    }
+
+    async fn expire_presence(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        batch: usize,
+    ) -> store::Result<Vec<store::Event>> {
+        self.store.expire_presence(cutoff, batch).await
+    }
+
+    async fn presence(
+        &self,
+        topic: &str,
+        alive_since: chrono::DateTime<chrono::Utc>,
+        subjects: bool,
+    ) -> store::Result<store::presence::Presence> {
+        self.store.presence(topic, alive_since, subjects).await
+    }
+
     async fn claim(&self, claim: &KeyClaim, id: Uuid) -> store::Result<Claim> {
         self.store.claim(claim, id).await
     }

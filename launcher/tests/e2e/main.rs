@@ -19,6 +19,7 @@ mod mongo;
 mod multihost;
 mod openapi;
 mod otlp;
+mod presence;
 mod probes;
 mod pubsub;
 mod shared_store;

@@ -372,4 +372,24 @@ impl EventService for RelayService {
         })
         .await
     }
+
+    async fn presence(
+        &self,
+        request: Request<v1::PresenceRequest>,
+    ) -> Result<Response<v1::PresenceResponse>, Status> {
+        self.relay("Presence", request, |mut c, r| {
+            async move { c.presence(r).await }.boxed()
+        })
+        .await
+    }
+
+    async fn report_presence(
+        &self,
+        request: Request<v1::ReportPresenceRequest>,
+    ) -> Result<Response<v1::ReportPresenceResponse>, Status> {
+        self.relay("ReportPresence", request, |mut c, r| {
+            async move { c.report_presence(r).await }.boxed()
+        })
+        .await
+    }
 }
