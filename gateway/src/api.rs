@@ -10,6 +10,7 @@ mod extract;
 mod json;
 mod keyed;
 mod listing;
+mod presence;
 mod rest;
 mod revision;
 
@@ -38,4 +39,5 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rest::publish))
         .routes(routes!(rest::topic_events))
         .routes(routes!(changes::change_history))
+        .routes(routes!(presence::presence))
 }

@@ -88,6 +88,17 @@ pub(crate) struct Config {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) sse_max_duration: Option<Duration>,
 
+    /// How often this gateway reports who has streams open through it to the backends (one
+    /// write per interval; it also renews the gateway there: keep it well inside their
+    /// `--presence-ttl`).
+    #[arg(long, env = "PRESENCE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) presence_interval: Duration,
+
+    /// How long a subject's last stream of a topic may be closed before it counts as gone (a
+    /// reconnect within it is no leave).
+    #[arg(long, env = "PRESENCE_DEBOUNCE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) presence_debounce: Duration,
+
     /// Bytes of recent events kept for SSE clients, all topics together (each topic's hub
     /// keeps an equal share, at least its newest event); a client further behind catches up
     /// from the store (nothing is lost).
@@ -232,6 +243,7 @@ impl Config {
             ("--resolve-interval", self.resolve_interval),
             ("--sse-keep-alive", self.sse_keep_alive),
             ("--header-timeout", self.header_timeout),
+            ("--presence-interval", self.presence_interval),
         ] {
             if value.is_zero() {
                 return Err(Fatal::Zero(name));
@@ -258,6 +270,8 @@ impl Config {
             settings: Settings {
                 sse_keep_alive: self.sse_keep_alive,
                 sse_max_duration: self.sse_max_duration,
+                presence_interval: self.presence_interval,
+                presence_debounce: self.presence_debounce,
                 sse_buffer: self.sse_buffer_bytes.max(1),
                 body_limit: BODY_LIMIT,
                 request_timeout: self.request_timeout,

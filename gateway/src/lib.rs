@@ -20,6 +20,7 @@ mod grpc;
 mod http;
 mod middleware;
 mod ops;
+mod presence;
 mod server;
 mod sse;
 #[cfg(test)]

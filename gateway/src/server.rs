@@ -58,6 +58,7 @@ pub(crate) fn state(
         auth,
         limiters: Arc::new(Limiters::new(settings.limits)),
         hubs: Hubs::new(settings.sse_buffer),
+        presences: crate::presence::Presences::new(),
         settings,
         metrics: Arc::new(Metrics::new()),
         started: Instant::now(),
@@ -87,6 +88,11 @@ pub async fn serve(
         leaving.clone(),
     );
     let metrics = state.metrics.clone();
+    tokio::spawn(crate::presence::report(
+        state.clone(),
+        state.settings.presence_interval,
+        state.settings.presence_debounce,
+    ));
     let draining = stop.clone();
     let delay = config.shutdown_delay;
     let signalled = async move {

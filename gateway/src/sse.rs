@@ -73,6 +73,7 @@ async fn subscribe(
     Params(FilterQuery { filter }): Params<FilterQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.may_read(&state, &topic)?;
+    let present = (topic.clone(), who.subject().to_owned());
     let (of, place) = match filter.filter(|f| !f.is_empty()) {
         None => (StreamOf::Topic(topic), Place::Seq(after)),
         Some(filter) => {
@@ -84,7 +85,9 @@ async fn subscribe(
     let slot = state.limiters.open_stream(who.client())?;
     // Opened before the response starts, so a bad topic or no backend is a plain HTTP error.
     let reader = Reader::open(&state, &of, place, who.bearer, slot).await?;
-    Ok((reader.backend(), reader))
+    // Counted once it is open: a refused stream is nobody's presence.
+    let here = state.presences.enter(&present.0, &present.1);
+    Ok((reader.backend(), reader.present(here)))
 }
 
 /// `GET /subscribe?topic=orders.*&topic=alerts` → 200 `text/event-stream` of every matching

@@ -160,6 +160,15 @@ impl Credentials {
         ClientKey::of(self.caller.as_ref(), self.peer)
     }
 
+    /// Whom the caller's streams count as in presence: the token's subject; empty (counted,
+    /// never named) without one, and in anonymous mode.
+    pub(crate) fn subject(&self) -> &str {
+        match &self.caller {
+            Some(Caller::User(who)) => &who.user,
+            _ => "",
+        }
+    }
+
     /// The caller; 401 when token mode has no token.
     pub(crate) fn caller(&self) -> Result<&Caller, ApiError> {
         self.caller

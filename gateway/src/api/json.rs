@@ -53,7 +53,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// RFC 3339 in UTC with millisecond fractions, the precision the stores keep.
-fn rfc3339(ts: Option<prost_types::Timestamp>) -> Option<String> {
+pub(crate) fn rfc3339(ts: Option<prost_types::Timestamp>) -> Option<String> {
     let ts = ts?;
     let t = DateTime::from_timestamp(ts.seconds, ts.nanos.max(0) as u32)?;
     Some(t.to_rfc3339_opts(SecondsFormat::Millis, true))

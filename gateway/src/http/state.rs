@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     middleware::{Browsers, LimitSettings, Limiters},
     ops::Metrics,
+    presence::Presences,
     sse::Hubs,
     upstream::Upstream,
 };
@@ -21,6 +22,10 @@ pub(crate) struct Settings {
     /// Longest an SSE stream stays open (the client then reconnects with `Last-Event-ID`);
     /// `None`: no limit.
     pub(crate) sse_max_duration: Option<Duration>,
+    /// How often the gateway reports its streams' presence to the backends.
+    pub(crate) presence_interval: Duration,
+    /// How long a subject's last stream of a topic may be closed before it is gone.
+    pub(crate) presence_debounce: Duration,
     /// Bytes of recent events the topic hubs keep for their SSE clients, all hubs together; a
     /// client further behind catches up from the store.
     pub(crate) sse_buffer: usize,
@@ -53,6 +58,14 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// The token this gateway's own calls carry (presence reports): none yet, so in token
+    /// mode backends refuse them.
+    pub(crate) fn service_bearer(&self) -> Option<crate::upstream::Bearer> {
+        None
+    }
+}
+
 impl std::ops::Deref for AppState {
     type Target = Shared;
 
@@ -70,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// One hub per topic with SSE clients.
     pub(crate) hubs: Hubs,
+    /// Who has streams open here, reported to the backends.
+    pub(crate) presences: Arc<Presences>,
     pub(crate) started: Instant,
     /// Cancelled when the gateway shuts down: open SSE streams end.
     pub(crate) shutdown: CancellationToken,

@@ -30,6 +30,7 @@ use crate::{
     api::ApiError,
     http::AppState,
     middleware::StreamSlot,
+    presence::Here,
     upstream::{Backend, Bearer, RESUBSCRIBE},
 };
 
@@ -60,6 +61,8 @@ pub(crate) struct Reader {
     retry: Attempts,
     ends: Option<Instant>,
     _slot: StreamSlot,
+    /// The stream counted in its topic's presence while it lasts.
+    _here: Option<Here>,
 }
 
 impl Reader {
@@ -94,6 +97,7 @@ impl Reader {
             retry: RESUBSCRIBE.attempts(),
             ends: state.settings.sse_max_duration.map(|d| Instant::now() + d),
             _slot: slot,
+            _here: None,
         };
         // The hub it opened starts right after `after`.
         if !opened_it {
@@ -134,6 +138,12 @@ impl Reader {
             StreamOf::Matching(selection) => Some(selection),
             _ => None,
         }
+    }
+
+    /// Counts the stream in its topic's presence for as long as it lasts.
+    pub(crate) fn present(mut self, here: Here) -> Self {
+        self._here = Some(here);
+        self
     }
 
     /// The backend feeding this client's stream now.

@@ -123,3 +123,71 @@ async fn a_gateways_members_are_counted_and_expire_with_their_leaves() {
     assert!(back.resync);
     let _ = http();
 }
+
+/// `GET /topics/{topic}/presence` counts every gateway's streams, from either gateway; a
+/// gateway killed with `kill -9` stops counting within the TTL and an interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_through_two_gateways_are_counted_from_either() {
+    let _exclusive = crate::support::EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let ttl = ["--presence-ttl", "2s"];
+    let one = Launch::backend(&db).flags(&ttl).start().await;
+    let two = Launch::backend(&db).flags(&ttl).start().await;
+    let fast = ["--presence-interval", "200ms", "--presence-debounce", "1s"];
+    let a = Launch::gateway(&[one.addr, two.addr])
+        .flags(&fast)
+        .start()
+        .await;
+    let b = Launch::gateway(&[one.addr, two.addr])
+        .flags(&fast)
+        .start()
+        .await;
+    crate::support::wait_healthy(a.addr, None, 2).await;
+    crate::support::wait_healthy(b.addr, None, 2).await;
+    let mut streams = Vec::new();
+    for (gateway, n) in [(&a, 3), (&b, 2)] {
+        for _ in 0..n {
+            let url = format!("{}/subscribe/room", gateway.url());
+            streams.push(crate::topics::open(&url, None).await.0);
+        }
+    }
+    let count = |gateway: String, query: &'static str| async move {
+        let response = http()
+            .get(format!("{gateway}/topics/room/presence{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        response.json::<serde_json::Value>().await.unwrap()
+    };
+    let until = |gateway: String, want: u64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = count(gateway.clone(), "?count=1").await;
+            if now["count"] == want {
+                return now;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "stuck at {now}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let seen = until(a.url(), 5).await;
+    assert_eq!(seen["gateways"], 2, "{seen}");
+    assert!(seen.get("subjects").is_none(), "{seen}");
+    let full = count(b.url(), "").await;
+    assert_eq!(
+        (full["count"].as_u64(), full["gateways"].as_u64()),
+        (Some(5), Some(2))
+    );
+    // Anonymous streams are counted, never named.
+    assert_eq!(full["subjects"], serde_json::json!([]));
+
+    // One of A's streams closes: gone after the debounce.
+    drop(streams.remove(0));
+    until(b.url(), 4).await;
+    // B dies without a word: its two leave the count within the TTL and an interval.
+    b.signal(nix::sys::signal::Signal::SIGKILL);
+    let after = until(a.url(), 2).await;
+    assert_eq!(after["gateways"], 1, "{after}");
+}
