@@ -9,6 +9,8 @@ mod policy;
 #[cfg(test)]
 mod testkeys;
 
-pub use args::{AuthArgs, AuthError, Mode, SECRET_ENV, sign_hs256, sign_with_private_key};
+pub use args::{
+    AuthArgs, AuthError, Mode, SECRET_ENV, ServiceSigner, sign_hs256, sign_with_private_key,
+};
 pub use keys::Rejected;
 pub use policy::{Auth, Caller, Claims, Denied, EventsClaim, Identity, bearer_token};

@@ -176,8 +176,36 @@ pub(crate) struct Config {
     #[arg(long, env = "BACKEND_TLS_NAME", requires = "backend_ca")]
     pub(crate) backend_tls_name: Option<String>,
 
+    /// In token mode, a file holding the token (with `"admin": true`) this gateway presents
+    /// for its own calls (presence reports); re-read at every use. Without it, a gateway with
+    /// an HMAC secret signs its own; one with public keys or a JWKS reports no presence.
+    #[arg(long, env = "SERVICE_TOKEN_FILE")]
+    pub(crate) service_token_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub(crate) auth: AuthArgs,
+}
+
+impl Config {
+    /// What the gateway's own calls carry in token mode.
+    fn service_token(&self) -> Result<crate::presence::ServiceToken, AuthError> {
+        use crate::presence::ServiceToken;
+        if self.auth.mode != eventsys::auth::Mode::Jwt {
+            return Ok(ServiceToken::None);
+        }
+        if let Some(file) = &self.service_token_file {
+            return Ok(ServiceToken::File(file.clone()));
+        }
+        Ok(match self.auth.service_signer()? {
+            Some(signer) => ServiceToken::Signed(signer),
+            None => {
+                tracing::warn!(
+                    "token mode without --service-token-file or an HMAC secret: this gateway reports no presence"
+                );
+                ServiceToken::None
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -292,6 +320,7 @@ impl Config {
             drain_timeout: self.drain_timeout,
             shutdown_delay: self.shutdown_delay,
             auth: Arc::new(Auth::anonymous()),
+            service: crate::presence::ServiceToken::None,
             tls: self.tls.files(),
         })
     }
@@ -373,6 +402,7 @@ where
             .await
             .map_err(|err| err.to_string())?,
     );
+    gateway.service = config.service_token().map_err(|err| err.to_string())?;
     Ok(gateway)
 }
 
@@ -404,6 +434,7 @@ async fn run(config: Config, inherited: Inherited) -> Result<(), Fatal> {
         }
     }
     gateway.auth = Arc::new(config.auth.build(&[listening]).await?);
+    gateway.service = config.service_token()?;
     tracing::info!(backends = ?gateway.upstream.backends, "balancing over");
     serve(listener, gateway, shutdown)
         .await

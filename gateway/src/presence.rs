@@ -12,10 +12,10 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use eventsys::v1;
+use eventsys::{auth::ServiceSigner, v1};
 use tokio::time::Instant;
 
-use crate::http::AppState;
+use crate::{http::AppState, upstream::Bearer};
 
 /// Named (topic, subject) members one gateway keeps; past it, streams are counted anonymous.
 const MAX_NAMED: usize = 20_000;
@@ -160,6 +160,67 @@ impl Presences {
     }
 }
 
+/// What this gateway's own calls (presence reports) carry in token mode: a token read from a
+/// file (re-read every time, so it can be rotated), or one minted with the deployment's HMAC
+/// secret. Anonymous mode: none.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum ServiceToken {
+    #[default]
+    None,
+    File(std::path::PathBuf),
+    Signed(ServiceSigner),
+}
+
+/// Minted tokens' life; one is minted again when less than a minute of it is left.
+const MINTED_FOR: Duration = Duration::from_secs(600);
+
+/// The service token's source and the last one minted.
+pub(crate) struct ServiceTokens {
+    source: ServiceToken,
+    /// A std mutex: held to copy or replace the cached token.
+    minted: Mutex<Option<(Bearer, u64)>>,
+}
+
+impl ServiceTokens {
+    pub(crate) fn new(source: ServiceToken) -> ServiceTokens {
+        ServiceTokens {
+            source,
+            minted: Mutex::new(None),
+        }
+    }
+
+    /// The bearer for the gateway `gateway`'s own calls now, if it has one.
+    pub(crate) fn bearer(&self, gateway: &str) -> Option<Bearer> {
+        match &self.source {
+            ServiceToken::None => None,
+            ServiceToken::File(path) => {
+                let token = std::fs::read_to_string(path)
+                    .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot read the service token"))
+                    .ok()?;
+                Bearer::new(token.trim())
+            }
+            ServiceToken::Signed(signer) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let mut minted = self.minted.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((bearer, exp)) = &*minted
+                    && *exp > now + 60
+                {
+                    return Some(bearer.clone());
+                }
+                let (token, exp) = signer
+                    .token(&format!("gateway:{gateway}"), MINTED_FOR)
+                    .inspect_err(|e| tracing::warn!(error = %e, "cannot sign a service token"))
+                    .ok()?;
+                let bearer = Bearer::new(&token)?;
+                *minted = Some((bearer.clone(), exp));
+                Some(bearer)
+            }
+        }
+    }
+}
+
 /// Reports this gateway's members every `every` until shutdown.
 pub(crate) async fn report(state: AppState, every: Duration, debounce: Duration) {
     let presences = state.presences.clone();
@@ -169,7 +230,7 @@ pub(crate) async fn report(state: AppState, every: Duration, debounce: Duration)
             () = tokio::time::sleep(every) => {}
         }
         let request = presences.report(debounce);
-        let bearer = state.service_bearer();
+        let bearer = state.service.bearer(&presences.gateway);
         match state.upstream.call(request, bearer.as_ref()).await {
             Ok(answer) if answer.message.resync => presences.resync(),
             Ok(_) => {}

@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     pub(crate) auth: Arc<Auth>,
     /// Certificate chain and key (PEM files) to serve HTTPS with; `None`: plain HTTP.
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    /// What the gateway's own calls carry in token mode.
+    pub(crate) service: crate::presence::ServiceToken,
 }
 
 /// What every handler shares, over an upstream started here: its tasks, and every open stream,
@@ -48,6 +50,7 @@ pub(crate) fn state(
     upstream: UpstreamConfig,
     settings: Settings,
     auth: Arc<Auth>,
+    service: crate::presence::ServiceToken,
     stop: CancellationToken,
     leaving: CancellationToken,
 ) -> AppState {
@@ -59,6 +62,7 @@ pub(crate) fn state(
         limiters: Arc::new(Limiters::new(settings.limits)),
         hubs: Hubs::new(settings.sse_buffer),
         presences: crate::presence::Presences::new(),
+        service: crate::presence::ServiceTokens::new(service),
         settings,
         metrics: Arc::new(Metrics::new()),
         started: Instant::now(),
@@ -84,6 +88,7 @@ pub async fn serve(
         config.upstream,
         config.settings.with_listen_addr(addr),
         config.auth,
+        config.service,
         stop.clone(),
         leaving.clone(),
     );

@@ -195,6 +195,7 @@ pub(crate) fn starting(backends: &[&FakeBackend], flags: &[&str]) -> (AppState, 
         config.upstream,
         config.settings,
         config.auth,
+        config.service,
         stop.clone(),
         CancellationToken::new(),
     );

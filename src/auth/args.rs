@@ -274,6 +274,64 @@ pub fn sign_with_private_key(pem: &[u8], claims: &Claims) -> Result<String, Auth
     encode(&Header::new(algorithm), claims, &key).map_err(|e| AuthError::Key(e.to_string()))
 }
 
+/// Mints the tokens a gateway presents for its own calls (presence reports) where the
+/// deployment's tokens are HS256 and the gateway holds the secret: short-lived admin tokens.
+/// The secret stays in memory; tokens never reach a log.
+#[derive(Clone)]
+pub struct ServiceSigner {
+    secret: Vec<u8>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for ServiceSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceSigner(..)")
+    }
+}
+
+impl ServiceSigner {
+    /// An admin token of `subject` valid for `ttl`, and when it expires (seconds since the
+    /// epoch).
+    pub fn token(
+        &self,
+        subject: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(String, u64), AuthError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let exp = now + ttl.as_secs();
+        let claims = Claims {
+            sub: subject.to_owned(),
+            exp,
+            nbf: None,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            events: crate::auth::EventsClaim {
+                admin: true,
+                ..Default::default()
+            },
+        };
+        Ok((sign_hs256(&self.secret, &claims)?, exp))
+    }
+}
+
+impl AuthArgs {
+    /// A signer for a gateway's own tokens: in token mode with an HMAC secret (the only keys a
+    /// gateway can sign with; with public keys or a JWKS it is given a token instead).
+    pub fn service_signer(&self) -> Result<Option<ServiceSigner>, AuthError> {
+        if self.mode != Mode::Jwt {
+            return Ok(None);
+        }
+        Ok(self.secret()?.map(|secret| ServiceSigner {
+            secret,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        }))
+    }
+}
+
 /// Signs `claims` with an HMAC secret (HS256), for `eventsys token` and tests.
 pub fn sign_hs256(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
     encode(

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     middleware::{Browsers, LimitSettings, Limiters},
     ops::Metrics,
-    presence::Presences,
+    presence::{Presences, ServiceTokens},
     sse::Hubs,
     upstream::Upstream,
 };
@@ -58,14 +58,6 @@ impl AppState {
     }
 }
 
-impl AppState {
-    /// The token this gateway's own calls carry (presence reports): none yet, so in token
-    /// mode backends refuse them.
-    pub(crate) fn service_bearer(&self) -> Option<crate::upstream::Bearer> {
-        None
-    }
-}
-
 impl std::ops::Deref for AppState {
     type Target = Shared;
 
@@ -85,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) hubs: Hubs,
     /// Who has streams open here, reported to the backends.
     pub(crate) presences: Arc<Presences>,
+    /// What the gateway's own calls (presence reports) carry in token mode.
+    pub(crate) service: ServiceTokens,
     pub(crate) started: Instant,
     /// Cancelled when the gateway shuts down: open SSE streams end.
     pub(crate) shutdown: CancellationToken,

@@ -191,3 +191,179 @@ async fn streams_through_two_gateways_are_counted_from_either() {
     let after = until(a.url(), 2).await;
     assert_eq!(after["gateways"], 1, "{after}");
 }
+
+/// `message` with `authorization: Bearer token`.
+fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Token mode, two gateways (each signing its own reports with the deployment's HMAC secret):
+/// subjects are named from either gateway; a reconnect inside the debounce is no leave; a
+/// subject still on another gateway is no leave; a gateway killed takes its subjects' leaves
+/// with it within the TTL; every join and leave is recorded once, in order, and streams from
+/// `$presence.<topic>`; the presence of a topic one may not read is 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subjects_join_and_leave_once_through_two_gateways() {
+    let _exclusive = crate::support::EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(
+        &secret,
+        "a presence test secret that is long enough for HS256",
+    )
+    .unwrap();
+    let secret_flag = secret.display().to_string();
+    let auth = ["--auth", "jwt", "--jwt-secret-file", &secret_flag];
+    let mint = |args: &[&str]| crate::token::mint(&secret, args);
+    let alice = mint(&["--sub", "alice", "--subscribe", "orders.*"]);
+    let bob = mint(&["--sub", "bob", "--subscribe", "orders.eu"]);
+    let admin = mint(&["--sub", "ops", "--admin", "--subscribe", "*"]);
+    let db = dir.path().join("events.db");
+    let mut backend_flags = auth.to_vec();
+    backend_flags.extend(["--presence-ttl", "2s"]);
+    let one = Launch::backend(&db).flags(&backend_flags).start().await;
+    let two = Launch::backend(&db).flags(&backend_flags).start().await;
+    let mut gateway_flags = auth.to_vec();
+    gateway_flags.extend(["--presence-interval", "200ms", "--presence-debounce", "1s"]);
+    let a = Launch::gateway(&[one.addr, two.addr])
+        .flags(&gateway_flags)
+        .start()
+        .await;
+    let b = Launch::gateway(&[one.addr, two.addr])
+        .flags(&gateway_flags)
+        .start()
+        .await;
+    crate::support::wait_healthy(a.addr, Some(&admin), 2).await;
+    crate::support::wait_healthy(b.addr, Some(&admin), 2).await;
+    // The joins and leaves as they are recorded, from a backend.
+    let mut watching = one
+        .client()
+        .await
+        .subscribe(authorized(
+            v1::SubscribeRequest {
+                topic: "$presence.orders.eu".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        let event = tokio::time::timeout(Duration::from_secs(15), watching.message())
+            .await
+            .expect("a presence event")
+            .unwrap()
+            .expect("the stream open");
+        (event.title, event.user_id, event.seq)
+    };
+    let open = |gateway: String, token: &str| {
+        let url = format!("{gateway}/subscribe/orders.eu?access_token={token}");
+        async move { crate::topics::open(&url, None).await.0 }
+    };
+    let mut alice_a = vec![open(a.url(), &alice).await, open(a.url(), &alice).await];
+    let alice_b = open(b.url(), &alice).await;
+    let bob_b = open(b.url(), &bob).await;
+    let mut joined = vec![next().await, next().await];
+    joined.sort();
+    assert_eq!(
+        joined,
+        [
+            ("join".into(), "alice".into(), joined[0].2),
+            ("join".into(), "bob".into(), joined[1].2)
+        ]
+    );
+    let presence = |gateway: String, token: &str, topic: &'static str| {
+        let request = http()
+            .get(format!("{gateway}/topics/{topic}/presence"))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let seen: serde_json::Value = presence(b.url(), &alice, "orders.eu")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if seen["count"] == 4 {
+            break seen;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{seen}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(seen["gateways"], 2, "{seen}");
+    let subjects: Vec<(String, u64)> = seen["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["userId"].as_str().unwrap().to_owned(),
+                s["connections"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(subjects, [("alice".to_owned(), 3), ("bob".to_owned(), 1)]);
+    // Bob may not read orders.us: its presence neither.
+    let refused = presence(a.url(), &bob, "orders.us").await;
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+
+    // Alice drops both streams through A and reconnects one at once: no leave. Bob leaves.
+    alice_a.clear();
+    alice_a.push(open(a.url(), &alice).await);
+    drop(bob_b);
+    let left = next().await;
+    assert_eq!((left.0.as_str(), left.1.as_str()), ("leave", "bob"));
+    // Gateway B dies: Alice is still on A, so no leave; then A dies: Alice leaves once.
+    b.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(alice_b);
+    // B is expired once A's count is all there is (Alice's one stream).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen: serde_json::Value = presence(a.url(), &alice, "orders.eu")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if seen["count"] == 1 && seen["gateways"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{seen}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.signal(nix::sys::signal::Signal::SIGKILL);
+    let left = next().await;
+    assert_eq!((left.0.as_str(), left.1.as_str()), ("leave", "alice"));
+    // Exactly these, once each, in order.
+    let history = one
+        .client()
+        .await
+        .list_topic_events(authorized(
+            v1::ListTopicEventsRequest {
+                topic: "$presence.orders.eu".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let recorded: Vec<(String, String)> = history
+        .events
+        .iter()
+        .map(|e| (e.title.clone(), e.user_id.clone()))
+        .collect();
+    assert_eq!(recorded.len(), 4, "{recorded:?}");
+    assert_eq!(
+        recorded[2..],
+        [
+            ("leave".into(), "bob".into()),
+            ("leave".into(), "alice".into())
+        ]
+    );
+}
