@@ -11,7 +11,7 @@ mod selection;
 pub use cursor::{Cursor, CursorError, MAX_CURSOR_BYTES, MAX_CURSOR_TOPICS};
 pub use filter::{Filter, FilterError, MAX_FILTER_BYTES, Subject};
 pub use pattern::{
-    BadPattern, MAX_PATTERNS, MAX_TOPIC, PRESENCE_PREFIX, Pattern, Patterns, matches, rights_topic,
-    valid_topic,
+    BadPattern, MAX_PATTERNS, MAX_TOPIC, PRESENCE_PREFIX, Pattern, Patterns, matches,
+    readable_topic, rights_topic, valid_topic,
 };
 pub use selection::Selection;

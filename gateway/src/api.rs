@@ -19,8 +19,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub(crate) use auth::Credentials;
 pub(crate) use error::{ApiError, ErrorBody};
 pub(crate) use extract::{
-    FeedUser, FeedUserParam, FilterQuery, Params, ResumeAfter, ResumeQuery, Topic, TopicParam,
-    TopicsParam, TopicsQuery,
+    FeedUser, FeedUserParam, LastEventId, Params, ResumeAfter, ResumeQuery, StreamQuery, Topic,
+    TopicParam, TopicsParam, TopicsQuery, flag,
 };
 pub(crate) use json::{ChangeJson, EventJson, JSON_VALUE, json_value_schema};
 

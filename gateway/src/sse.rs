@@ -22,12 +22,13 @@ use frame::ServerEvent;
 
 use crate::{
     api::{
-        ApiError, Credentials, ErrorBody, FeedUser, FeedUserParam, FilterQuery, Params,
-        ResumeAfter, ResumeQuery, Topic, TopicParam, TopicsParam, TopicsQuery,
+        ApiError, Credentials, ErrorBody, FeedUser, FeedUserParam, LastEventId, Params,
+        ResumeAfter, ResumeQuery, StreamQuery, Topic, TopicParam, TopicsParam, TopicsQuery, flag,
     },
     http::AppState,
     upstream::is_permanent,
 };
+use eventsys::topics::PRESENCE_PREFIX;
 use reader::Reader;
 use selection::{Ids, Place};
 
@@ -49,13 +50,14 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         first replays every event after that `seq`. When retention already dropped some of \
         them, one `event: gap` frame with data `{\"requestedAfter\": N, \"oldestAvailable\": M}` \
         comes first. With `?filter=` only the events the filter accepts are sent (ids stay \
-        seqs).",
+        seqs). With `?presence=1` the topic's joins and leaves come inline as `event: join` \
+        and `event: leave` frames, and the `id` is a cursor (as on `GET /subscribe?topic=`).",
     params(
         TopicParam,
-        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{0,19}$",
-            description = "The `seq` of the last event the client has (a reconnecting EventSource sends it)"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false,
+            description = "The `id` of the last frame the client has (a reconnecting EventSource sends it): a `seq`, or with `?presence=1` a cursor"),
         ResumeQuery,
-        FilterQuery,
+        StreamQuery,
     ),
     responses(
         (status = 200, description = "The stream, one `ServerEvent` per frame", content_type = "text/event-stream",
@@ -69,25 +71,36 @@ async fn subscribe(
     State(state): State<AppState>,
     who: Credentials,
     Topic(topic): Topic,
-    ResumeAfter(after): ResumeAfter,
-    Params(FilterQuery { filter }): Params<FilterQuery>,
+    LastEventId(id): LastEventId,
+    Params(StreamQuery { filter, presence }): Params<StreamQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.may_read(&state, &topic)?;
     let present = (topic.clone(), who.subject().to_owned());
-    let (of, place) = match filter.filter(|f| !f.is_empty()) {
-        None => (StreamOf::Topic(topic), Place::Seq(after)),
-        Some(filter) => {
-            let selection = selection::parse([topic.as_str()], Some(&filter))?;
-            let at = selection.resume(Some(&after.to_string()))?;
-            (StreamOf::Matching(selection), Place::Topics(at))
+    let inline = flag("presence", presence.as_deref())?;
+    let filter = filter.filter(|f| !f.is_empty());
+    let (of, place) = if !inline && filter.is_none() {
+        let ResumeAfter(after) = ResumeAfter::of(id.as_deref())?;
+        (StreamOf::Topic(topic), Place::Seq(after))
+    } else {
+        let presence_topic = format!("{PRESENCE_PREFIX}{topic}");
+        let mut topics = vec![topic.as_str()];
+        if inline {
+            topics.push(&presence_topic);
         }
+        let selection = selection::parse(topics, filter.as_deref())?;
+        let at = selection.resume(id.as_deref())?;
+        (StreamOf::Matching(selection), Place::Topics(at))
     };
     let slot = state.limiters.open_stream(who.client())?;
     // Opened before the response starts, so a bad topic or no backend is a plain HTTP error.
     let reader = Reader::open(&state, &of, place, who.bearer, slot).await?;
-    // Counted once it is open: a refused stream is nobody's presence.
-    let here = state.presences.enter(&present.0, &present.1);
-    Ok((reader.backend(), reader.present(here)))
+    // Counted once it is open: a refused stream is nobody's presence; a presence topic's
+    // readers are not its topic's.
+    let reader = match present.0.starts_with(PRESENCE_PREFIX) {
+        true => reader,
+        false => reader.present(state.presences.enter(&present.0, &present.1)),
+    };
+    Ok((reader.backend(), reader))
 }
 
 /// `GET /subscribe?topic=orders.*&topic=alerts` → 200 `text/event-stream` of every matching

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use super::pattern::{Patterns, valid_topic};
+use super::pattern::{Patterns, readable_topic};
 
 /// Topics one cursor may name: a stream delivering from more ends.
 pub const MAX_CURSOR_TOPICS: usize = 1000;
@@ -82,7 +82,7 @@ impl Cursor {
     ) -> Result<Cursor, CursorError> {
         let mut cursor = Cursor::default();
         for (topic, seq) in positions {
-            if !valid_topic(&topic) || !patterns.matches(&topic) {
+            if !readable_topic(&topic) || !patterns.matches(&topic) {
                 let shown: String = topic.chars().take(40).collect();
                 return Err(CursorError::Outside(shown));
             }
@@ -149,7 +149,7 @@ impl Cursor {
             let topic = format!("{head}{tail}");
             let seq = reader.varint()?;
             // Strictly ascending, as `encode` writes them: one spelling per cursor.
-            if topic <= previous || !valid_topic(&topic) || !patterns.matches(&topic) {
+            if topic <= previous || !readable_topic(&topic) || !patterns.matches(&topic) {
                 return Err(CursorError::Malformed);
             }
             positions.insert(topic.clone(), seq);

@@ -18,6 +18,11 @@ pub fn rights_topic(topic: &str) -> &str {
     topic.strip_prefix(PRESENCE_PREFIX).unwrap_or(topic)
 }
 
+/// Whether `topic` can be read: a topic name, or a topic's presence topic.
+pub fn readable_topic(topic: &str) -> bool {
+    valid_topic(rights_topic(topic))
+}
+
 /// Whether `topic` is a topic name: 1 to 256 bytes of `[A-Za-z0-9._:-]`.
 pub fn valid_topic(topic: &str) -> bool {
     !topic.is_empty() && topic.len() <= MAX_TOPIC && topic.bytes().all(topic_byte)
@@ -47,8 +52,14 @@ pub struct Pattern(String);
 pub struct BadPattern(pub String);
 
 impl Pattern {
-    /// `orders`, `orders.*` (the part before `.*` a topic name) or `*`.
+    /// `orders`, `orders.*` (the part before `.*` a topic name) or `*`; also a topic's
+    /// presence topic by its name (`$presence.orders`, no wildcard).
     pub fn parse(text: &str) -> Result<Pattern, BadPattern> {
+        if let Some(topic) = text.strip_prefix(PRESENCE_PREFIX)
+            && valid_topic(topic)
+        {
+            return Ok(Pattern(text.to_owned()));
+        }
         let name = match text.strip_suffix(".*") {
             Some(prefix) => prefix,
             None if text == "*" => return Ok(Pattern(text.to_owned())),
@@ -88,7 +99,8 @@ impl Pattern {
     /// `orders.eu`.
     pub fn within(&self, right: &str) -> bool {
         match self.prefix() {
-            None => matches(right, &self.0),
+            // A presence topic is read with its topic's rights.
+            None => matches(right, rights_topic(&self.0)),
             Some(prefix) => match right.strip_suffix('*') {
                 Some("") => true,
                 Some(wider) if wider.ends_with('.') => prefix.starts_with(wider),
@@ -207,7 +219,14 @@ mod tests {
         ] {
             assert!(Pattern::parse(bad).is_err(), "{bad:?} was taken");
         }
-        for good in ["orders", "orders.*", "*", "a:b-c_d.e", "a.b.*"] {
+        for good in [
+            "orders",
+            "orders.*",
+            "*",
+            "a:b-c_d.e",
+            "a.b.*",
+            "$presence.orders",
+        ] {
             assert!(Pattern::parse(good).is_ok(), "{good:?} was refused");
         }
         assert!(Pattern::parse(&"a".repeat(257)).is_err());
@@ -228,6 +247,8 @@ mod tests {
             ("*", "*", true),
             ("orders.*", "*", true),
             ("alerts", "orders.*", false),
+            ("$presence.orders.eu", "orders.*", true),
+            ("$presence.orders", "orders.*", false),
         ];
         for (pattern, right, expected) in cases {
             assert_eq!(

@@ -178,6 +178,65 @@ impl<S: Send + Sync> FromRequestParts<S> for ResumeAfter {
     }
 }
 
+/// The id an SSE stream resumes after, as sent: the `Last-Event-ID` header (trimmed), else
+/// `?lastEventId=`; empty is none. Read as a `seq` (`ResumeAfter::of`) or a cursor.
+pub(crate) struct LastEventId(pub(crate) Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(query) = Query::<ResumeQuery>::from_request_parts(parts, state).await?;
+        let header = match parts.headers.get("last-event-id") {
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| ApiError::bad_request("Last-Event-ID is not text"))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        Ok(LastEventId(
+            header
+                .filter(|h| !h.is_empty())
+                .or(query.last_event_id)
+                .filter(|id| !id.is_empty()),
+        ))
+    }
+}
+
+impl ResumeAfter {
+    /// A stream's `seq` to resume after, from its id (none: 0).
+    pub(crate) fn of(id: Option<&str>) -> Result<ResumeAfter, ApiError> {
+        Ok(ResumeAfter(seq(id)?.unwrap_or(0)))
+    }
+}
+
+/// `?filter=` and `?presence=` of a single topic's stream.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StreamQuery {
+    /// Only events this filter accepts (docs/api.md, "Filters"; at most 1024 bytes).
+    #[param(max_length = 1024, nullable = false)]
+    pub(crate) filter: Option<String>,
+    /// `1`: the topic's joins and leaves inline (`event: join`, `event: leave`); the `id`
+    /// is then a cursor, as on `GET /subscribe?topic=`.
+    #[param(nullable = false, value_type = Option<String>, pattern = "^(0|1|true|false)$")]
+    pub(crate) presence: Option<String>,
+}
+
+/// A `0`/`1` (`false`/`true`) query flag; absent is off.
+pub(crate) fn flag(name: &str, given: Option<&str>) -> Result<bool, ApiError> {
+    match given {
+        None | Some("0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{name} must be 1 or 0 (got {other:?})"
+        ))),
+    }
+}
+
 /// A resume point as given: absent or empty is none.
 fn seq(given: Option<&str>) -> Result<Option<u64>, ApiError> {
     match given {

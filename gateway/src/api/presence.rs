@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{
     ApiError, Credentials, ErrorBody,
-    extract::{Params, Topic, TopicParam},
+    extract::{Params, Topic, TopicParam, flag},
     json::rfc3339,
 };
 use crate::http::AppState;
@@ -68,15 +68,7 @@ pub(crate) async fn presence(
     Params(CountOnly { count }): Params<CountOnly>,
 ) -> Result<impl IntoResponse, ApiError> {
     who.may_read(&state, &topic)?;
-    let count_only = match count.as_deref() {
-        None | Some("0" | "false") => false,
-        Some("1" | "true") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "count must be 1 or 0 (got {other:?})"
-            )));
-        }
-    };
+    let count_only = flag("count", count.as_deref())?;
     let request = v1::PresenceRequest { topic, count_only };
     let answer = state.upstream.call(request, who.bearer.as_ref()).await?;
     let v1::PresenceResponse {

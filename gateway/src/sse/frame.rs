@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use eventsys::{gap::Gap, v1};
+use eventsys::{gap::Gap, topics::PRESENCE_PREFIX, v1};
 use utoipa::ToSchema;
 
 use crate::api::{ChangeJson, EventJson};
@@ -37,6 +37,10 @@ enum FrameKind {
     Updated,
     /// An event deleted (`/changes`).
     Deleted,
+    /// A subject's first stream of the topic opened (`$presence.<topic>`, `?presence=1`).
+    Join,
+    /// A subject's last stream of the topic closed, or its gateway was lost.
+    Leave,
     /// Sent once, first, when retention already dropped events the client asked for.
     Gap,
 }
@@ -60,15 +64,26 @@ pub(crate) struct Placed {
     pub(crate) prev: u64,
     /// A gap's frame (the topic's place jumps to `seq`), not an event's.
     pub(crate) gap: bool,
+    /// Its `event:` name.
+    pub(crate) kind: &'static str,
     /// The frame from its `data:` line on, to be sent after another `id:`.
     pub(crate) data: Bytes,
+}
+
+/// An event's `event:` name: `join` or `leave` on a presence topic, else `message`.
+fn kind_of(event: &v1::Event) -> &'static str {
+    match event.title.as_str() {
+        "join" if event.topic.starts_with(PRESENCE_PREFIX) => "join",
+        "leave" if event.topic.starts_with(PRESENCE_PREFIX) => "leave",
+        _ => "message",
+    }
 }
 
 impl Frame {
     /// `event: message`, `id: <seq>`, `data: <event JSON>`: the JSON is one line (serde_json
     /// escapes control characters in strings), so one `data:` field carries it.
     pub(crate) fn event(event: v1::Event) -> Option<Frame> {
-        let seq = event.seq;
+        let (seq, kind) = (event.seq, kind_of(&event));
         let json = match serde_json::to_vec(&EventJson::from(event)) {
             Ok(json) => json,
             Err(err) => {
@@ -77,7 +92,9 @@ impl Frame {
             }
         };
         let mut bytes = BytesMut::with_capacity(json.len() + 48);
-        bytes.put_slice(b"event: message\nid: ");
+        bytes.put_slice(b"event: ");
+        bytes.put_slice(kind.as_bytes());
+        bytes.put_slice(b"\nid: ");
         bytes.put_slice(seq.to_string().as_bytes());
         bytes.put_slice(b"\ndata: ");
         bytes.put_slice(&json);
@@ -148,7 +165,7 @@ data: ",
     /// A multi-topic stream's event: `event: message`, `id: <the stream's cursor after it>`,
     /// `data: <event JSON>`.
     pub(crate) fn selected(event: v1::Event, prev: u64, id: &str) -> Option<Frame> {
-        let (seq, topic) = (event.seq, Arc::from(event.topic.as_str()));
+        let (seq, topic, kind) = (event.seq, Arc::from(event.topic.as_str()), kind_of(&event));
         let json = match serde_json::to_vec(&EventJson::from(event)) {
             Ok(json) => json,
             Err(err) => {
@@ -161,7 +178,7 @@ data: ",
         data.put_slice(&json);
         data.put_slice(b"\n\n");
         Some(Frame::placed(
-            "message",
+            kind,
             seq,
             id,
             topic,
@@ -186,7 +203,7 @@ data: ",
     }
 
     fn placed(
-        kind: &str,
+        kind: &'static str,
         seq: u64,
         id: &str,
         topic: Arc<str>,
@@ -201,6 +218,7 @@ data: ",
                 topic,
                 prev,
                 gap,
+                kind,
                 data,
             }),
         }

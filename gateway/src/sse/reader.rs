@@ -233,6 +233,7 @@ impl Reader {
                     topic,
                     prev,
                     gap,
+                    kind,
                     data,
                 } = placed;
                 let mine = at.get(&topic);
@@ -272,7 +273,7 @@ impl Reader {
                     };
                     return Taken::Send(Frame::topic_gap(&topic, gap, &id).bytes);
                 }
-                Taken::Send(Frame::with_id("message", &id, &data))
+                Taken::Send(Frame::with_id(kind, &id, &data))
             }
             _ => Taken::Skip,
         }

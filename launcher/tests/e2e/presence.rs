@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use eventsys::v1;
+use futures::StreamExt;
 
 use crate::support::{Launch, http};
 
@@ -265,17 +266,30 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
         let url = format!("{gateway}/subscribe/orders.eu?access_token={token}");
         async move { crate::topics::open(&url, None).await.0 }
     };
+    // Through a gateway: the topic with its presence inline, and the presence topic itself.
+    let inline_url = format!(
+        "{}/subscribe/orders.eu?presence=1&access_token={admin}",
+        a.url()
+    );
+    let (mut inline, _) = crate::topics::open(&inline_url, None).await;
+    let presence_url = format!(
+        "{}/subscribe/$presence.orders.eu?access_token={admin}",
+        b.url()
+    );
+    let (mut presence_sse, _) = crate::topics::open(&presence_url, None).await;
     let mut alice_a = vec![open(a.url(), &alice).await, open(a.url(), &alice).await];
     let alice_b = open(b.url(), &alice).await;
     let bob_b = open(b.url(), &bob).await;
-    let mut joined = vec![next().await, next().await];
+    // The inline watcher is a stream of the topic too: "ops" is present.
+    let mut joined = [next().await, next().await, next().await];
     joined.sort();
+    let joined: Vec<(&str, &str)> = joined
+        .iter()
+        .map(|(title, user, _)| (title.as_str(), user.as_str()))
+        .collect();
     assert_eq!(
         joined,
-        [
-            ("join".into(), "alice".into(), joined[0].2),
-            ("join".into(), "bob".into(), joined[1].2)
-        ]
+        [("join", "alice"), ("join", "bob"), ("join", "ops")]
     );
     let presence = |gateway: String, token: &str, topic: &'static str| {
         let request = http()
@@ -290,7 +304,7 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
             .json()
             .await
             .unwrap();
-        if seen["count"] == 4 {
+        if seen["count"] == 5 {
             break seen;
         }
         assert!(tokio::time::Instant::now() < deadline, "{seen}");
@@ -308,7 +322,14 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
             )
         })
         .collect();
-    assert_eq!(subjects, [("alice".to_owned(), 3), ("bob".to_owned(), 1)]);
+    assert_eq!(
+        subjects,
+        [
+            ("alice".to_owned(), 3),
+            ("bob".to_owned(), 1),
+            ("ops".to_owned(), 1)
+        ]
+    );
     // Bob may not read orders.us: its presence neither.
     let refused = presence(a.url(), &bob, "orders.us").await;
     assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
@@ -319,10 +340,37 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
     drop(bob_b);
     let left = next().await;
     assert_eq!((left.0.as_str(), left.1.as_str()), ("leave", "bob"));
+    // The same through the gateways, as `join` and `leave` frames.
+    for frames in [&mut inline, &mut presence_sse] {
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            let frame = tokio::time::timeout(Duration::from_secs(10), frames.next())
+                .await
+                .expect("a frame")
+                .expect("the stream open")
+                .expect("valid SSE");
+            let data: serde_json::Value = serde_json::from_str(&frame.data).unwrap();
+            seen.push((
+                frame.event.clone(),
+                data["userId"].as_str().unwrap().to_owned(),
+            ));
+        }
+        seen[..3].sort();
+        let seen: Vec<(&str, &str)> = seen.iter().map(|(e, u)| (e.as_str(), u.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                ("join", "alice"),
+                ("join", "bob"),
+                ("join", "ops"),
+                ("leave", "bob")
+            ]
+        );
+    }
     // Gateway B dies: Alice is still on A, so no leave; then A dies: Alice leaves once.
     b.signal(nix::sys::signal::Signal::SIGKILL);
     drop(alice_b);
-    // B is expired once A's count is all there is (Alice's one stream).
+    // B is expired once A's count is all there is (Alice's one stream, the inline watcher).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let seen: serde_json::Value = presence(a.url(), &alice, "orders.eu")
@@ -330,15 +378,20 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
             .json()
             .await
             .unwrap();
-        if seen["count"] == 1 && seen["gateways"] == 1 {
+        if seen["count"] == 2 && seen["gateways"] == 1 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{seen}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     a.signal(nix::sys::signal::Signal::SIGKILL);
-    let left = next().await;
-    assert_eq!((left.0.as_str(), left.1.as_str()), ("leave", "alice"));
+    let mut left = [next().await, next().await];
+    left.sort();
+    let left: Vec<(&str, &str)> = left
+        .iter()
+        .map(|(title, user, _)| (title.as_str(), user.as_str()))
+        .collect();
+    assert_eq!(left, [("leave", "alice"), ("leave", "ops")]);
     // Exactly these, once each, in order.
     let history = one
         .client()
@@ -358,12 +411,21 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
         .iter()
         .map(|e| (e.title.clone(), e.user_id.clone()))
         .collect();
-    assert_eq!(recorded.len(), 4, "{recorded:?}");
+    // Three joins, Bob's leave, then Alice's and the watcher's when A went: once each.
+    assert_eq!(recorded.len(), 6, "{recorded:?}");
+    let mut joins = recorded[..3].to_vec();
+    joins.sort();
+    let mut last = recorded[4..].to_vec();
+    last.sort();
+    let pair = |t: &str, u: &str| (t.to_owned(), u.to_owned());
     assert_eq!(
-        recorded[2..],
+        joins,
         [
-            ("leave".into(), "bob".into()),
-            ("leave".into(), "alice".into())
+            pair("join", "alice"),
+            pair("join", "bob"),
+            pair("join", "ops")
         ]
     );
+    assert_eq!(recorded[3], pair("leave", "bob"));
+    assert_eq!(last, [pair("leave", "alice"), pair("leave", "ops")]);
 }
