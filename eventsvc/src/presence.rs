@@ -22,8 +22,8 @@ use crate::{
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(15);
 /// Gateways expired per transaction.
 const BATCH: usize = 16;
-/// Members one report may carry: a gateway with more sends them over several.
-pub(crate) const MAX_MEMBERS: usize = 10_000;
+/// Members one report may carry: every member of a gateway (gateways keep at most as many).
+pub(crate) const MAX_MEMBERS: usize = 20_000;
 /// Longest gateway id, in bytes.
 const MAX_GATEWAY: usize = 128;
 

@@ -3,7 +3,9 @@
 //! (one write per gateway per interval, never one per client), which also renews this gateway
 //! there. A subject whose last stream here closed is reported gone only after the debounce, so
 //! a reconnect is not a leave. Anonymous streams are counted under an empty subject, never
-//! named; past `MAX_NAMED` named members, more are counted the same way.
+//! named. A gateway keeps at most `MAX_MEMBERS` (topic, subject) members, so that a full report
+//! is one the backends take; past it a subject's streams are counted anonymously when their
+//! topic has anonymous ones, else not at all.
 
 use std::{
     collections::HashMap,
@@ -17,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::{http::AppState, upstream::Bearer};
 
-/// Named (topic, subject) members one gateway keeps; past it, streams are counted anonymous.
-const MAX_NAMED: usize = 20_000;
+/// (topic, subject) members one gateway keeps: what one report may carry.
+const MAX_MEMBERS: usize = 20_000;
 
 /// This gateway's members, by (topic, subject).
 pub(crate) struct Presences {
@@ -32,7 +34,6 @@ pub(crate) struct Presences {
 #[derive(Default)]
 struct Members {
     by_key: HashMap<(String, String), Local>,
-    named: usize,
     /// The next report must list every member (the first, after a failure, or asked for).
     full: bool,
 }
@@ -46,16 +47,18 @@ struct Local {
     empty_since: Option<Instant>,
 }
 
-/// A stream's place in its gateway's presence: counted until dropped.
+/// A stream's place in its gateway's presence: counted until dropped (`key` none: past the
+/// bound, not counted).
 pub(crate) struct Here {
     presences: Arc<Presences>,
-    key: (String, String),
+    key: Option<(String, String)>,
 }
 
 impl Drop for Here {
     fn drop(&mut self) {
+        let Some(key) = &self.key else { return };
         let mut members = self.presences.members();
-        if let Some(local) = members.by_key.get_mut(&self.key) {
+        if let Some(local) = members.by_key.get_mut(key) {
             local.connections = local.connections.saturating_sub(1);
             if local.connections == 0 {
                 local.empty_since = Some(Instant::now());
@@ -83,26 +86,26 @@ impl Presences {
     pub(crate) fn enter(self: &Arc<Self>, topic: &str, subject: &str) -> Here {
         let mut members = self.members();
         let mut key = (topic.to_owned(), subject.to_owned());
-        if !subject.is_empty() && !members.by_key.contains_key(&key) && members.named >= MAX_NAMED {
+        if !members.by_key.contains_key(&key) && members.by_key.len() >= MAX_MEMBERS {
             key.1 = String::new();
+            if !members.by_key.contains_key(&key) {
+                return Here {
+                    presences: self.clone(),
+                    key: None,
+                };
+            }
         }
-        let members = &mut *members;
-        let local = members.by_key.entry(key.clone()).or_insert_with(|| {
-            if !key.1.is_empty() {
-                members.named += 1;
-            }
-            Local {
-                connections: 0,
-                since: Utc::now(),
-                reported: 0,
-                empty_since: None,
-            }
+        let local = members.by_key.entry(key.clone()).or_insert_with(|| Local {
+            connections: 0,
+            since: Utc::now(),
+            reported: 0,
+            empty_since: None,
         });
         local.connections += 1;
         local.empty_since = None;
         Here {
             presences: self.clone(),
-            key,
+            key: Some(key),
         }
     }
 
@@ -143,9 +146,6 @@ impl Presences {
         }
         for key in forgotten {
             members.by_key.remove(&key);
-            if !key.1.is_empty() {
-                members.named -= 1;
-            }
         }
         v1::ReportPresenceRequest {
             gateway: self.gateway.clone(),
@@ -240,5 +240,85 @@ pub(crate) async fn report(state: AppState, every: Duration, debounce: Duration)
                 tracing::warn!(error = %crate::api::ApiError::from(err).message, "presence report failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The registry's reports under paused time: deltas, the debounce, full reports, the bound.
+
+    use super::*;
+
+    fn counts(report: &v1::ReportPresenceRequest) -> Vec<(String, String, u64)> {
+        let mut counts: Vec<_> = report
+            .members
+            .iter()
+            .map(|m| (m.topic.clone(), m.user_id.clone(), m.connections))
+            .collect();
+        counts.sort();
+        counts
+    }
+
+    fn at(topic: &str, user: &str, n: u64) -> (String, String, u64) {
+        (topic.to_owned(), user.to_owned(), n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_say_what_changed_and_a_leave_waits_for_the_debounce() {
+        let debounce = Duration::from_secs(5);
+        let presences = Presences::new();
+        let ann = presences.enter("t", "ann");
+        let anon = [presences.enter("t", ""), presences.enter("t", "")];
+        let first = presences.report(debounce);
+        assert!(first.full, "the first report is full");
+        assert_eq!(counts(&first), [at("t", "", 2), at("t", "ann", 1)]);
+        // Nothing changed: a report of nothing (it still renews the gateway).
+        let quiet = presences.report(debounce);
+        assert!(!quiet.full && quiet.members.is_empty());
+        // Ann goes: not reported before the debounce; back within it, never reported.
+        drop(ann);
+        tokio::time::advance(debounce / 2).await;
+        assert!(presences.report(debounce).members.is_empty());
+        let ann = presences.enter("t", "ann");
+        tokio::time::advance(debounce).await;
+        assert!(presences.report(debounce).members.is_empty());
+        // Gone for good: reported as 0 once the debounce passed.
+        drop(ann);
+        drop(anon);
+        tokio::time::advance(debounce).await;
+        assert_eq!(
+            counts(&presences.report(debounce)),
+            [at("t", "", 0), at("t", "ann", 0)]
+        );
+        assert!(presences.members().by_key.is_empty(), "forgotten");
+        // Asked to resync: everything there is.
+        let _bob = presences.enter("u", "bob");
+        presences.resync();
+        let full = presences.report(debounce);
+        assert!(full.full);
+        assert_eq!(counts(&full), [at("u", "bob", 1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_bound_streams_count_anonymously_or_not_at_all() {
+        let presences = Presences::new();
+        let mut held = Vec::new();
+        for i in 0..MAX_MEMBERS - 1 {
+            held.push(presences.enter("t", &format!("u{i}")));
+        }
+        held.push(presences.enter("t", ""));
+        // Full: a new subject counts under the topic's anonymous member.
+        held.push(presences.enter("t", "late"));
+        // Another topic has no anonymous member: not counted.
+        held.push(presences.enter("other", "late"));
+        let report = presences.report(Duration::from_secs(5));
+        assert_eq!(report.members.len(), MAX_MEMBERS);
+        let anonymous = report
+            .members
+            .iter()
+            .find(|m| m.topic == "t" && m.user_id.is_empty())
+            .unwrap();
+        assert_eq!(anonymous.connections, 2);
+        assert!(!report.members.iter().any(|m| m.topic == "other"));
     }
 }
