@@ -231,15 +231,22 @@ pub(crate) async fn report(state: AppState, every: Duration, debounce: Duration)
         }
         let request = presences.report(debounce);
         let bearer = state.service.bearer(&presences.gateway);
-        match state.upstream.call(request, bearer.as_ref()).await {
-            Ok(answer) if answer.message.resync => presences.resync(),
-            Ok(_) => {}
+        let outcome = match state.upstream.call(request, bearer.as_ref()).await {
+            Ok(answer) if answer.message.resync => {
+                presences.resync();
+                "resync"
+            }
+            Ok(_) => "ok",
             Err(err) => {
                 // What it carried may be lost: the next report says everything.
                 presences.resync();
                 tracing::warn!(error = %crate::api::ApiError::from(err).message, "presence report failed");
+                "failed"
             }
-        }
+        };
+        state
+            .metrics
+            .presence_reported(outcome, presences.members().by_key.len());
     }
 }
 

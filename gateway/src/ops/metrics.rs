@@ -35,6 +35,8 @@ pub(crate) struct Metrics {
     sse_topics: IntGauge,
     sse_streams: IntGauge,
     refusals: IntCounterVec,
+    presence_members: IntGauge,
+    presence_reports: IntCounterVec,
     rendering: std::sync::Mutex<()>,
     in_flight: AtomicI64,
     total: AtomicU64,
@@ -135,8 +137,25 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let presence_members = IntGauge::new(
+            "gateway_presence_members",
+            "(topic, subject) members this gateway keeps for presence (anonymous streams are \
+             one member per topic)",
+        )
+        .expect("valid metric");
+        let presence_reports = IntCounterVec::new(
+            Opts::new(
+                "gateway_presence_reports_total",
+                "Presence reports sent to the backends, by outcome: ok, resync (the backends \
+                 asked for a full one) or failed",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(presence_members.clone()),
+            Box::new(presence_reports.clone()),
             Box::new(sse_topics.clone()),
             Box::new(sse_streams.clone()),
             Box::new(refusals.clone()),
@@ -170,10 +189,20 @@ impl Metrics {
             sse_topics,
             sse_streams,
             refusals,
+            presence_members,
+            presence_reports,
             rendering: std::sync::Mutex::new(()),
             in_flight: AtomicI64::new(0),
             total: AtomicU64::new(0),
         }
+    }
+
+    /// A presence report went out (`outcome`: ok, resync, failed); the gateway keeps
+    /// `members` members.
+    pub(crate) fn presence_reported(&self, outcome: &str, members: usize) {
+        self.presence_reports.with_label_values(&[outcome]).inc();
+        self.presence_members
+            .set(i64::try_from(members).unwrap_or(i64::MAX));
     }
 
     /// Counts an SSE stream taken up again from its last seq, and why.
