@@ -134,6 +134,34 @@ enum Workload {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
         duration: Duration,
     },
+    /// Presence: S SSE subscribers of one topic through the gateway and `--also` (with
+    /// `--jwt-secret-file`, spread over `--subjects` named subjects; else anonymous): the
+    /// presence query's latency at steady state, the store writes presence costs per second,
+    /// and join/leave delivery latency of subjects coming and going one at a time.
+    Presence {
+        /// A second gateway (the subscribers alternate between the two).
+        #[arg(long)]
+        also: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: u32,
+        #[arg(long, default_value_t = 100)]
+        subjects: u32,
+        /// The deployment's HMAC secret, to mint the subjects' tokens.
+        #[arg(long)]
+        jwt_secret_file: Option<std::path::PathBuf>,
+        /// Presence queries at steady state (half `?count=1`).
+        #[arg(long, default_value_t = 200)]
+        queries: u32,
+        /// Subjects that join and leave, one at a time (token mode).
+        #[arg(long, default_value_t = 20)]
+        changes: u32,
+        /// How long the steady state's queries are spread over.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+        duration: Duration,
+        /// The gateways' `--presence-debounce`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        debounce: Duration,
+    },
     /// A long run under faults injected meanwhile (see BENCHMARKS.md): idempotent requests,
     /// publishes at a rate, and SSE subscribers that reconnect with Last-Event-ID; fails unless
     /// every subscriber holds every stored event once.
@@ -363,6 +391,33 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let (elapsed, report, whole) = soak::soak(target, recorder.clone(), settings).await?;
             let mode = format!("soak {subscribers} subscribers for {duration:?}");
+            (elapsed, mode, Some((report, whole)))
+        }
+        Workload::Presence {
+            also,
+            subscribers,
+            subjects,
+            jwt_secret_file,
+            queries,
+            changes,
+            duration,
+            debounce,
+        } => {
+            let mut gateways = vec![cli.gateway.trim_end_matches('/').to_owned()];
+            gateways.extend(also.map(|g| g.trim_end_matches('/').to_owned()));
+            let settings = crate::presence::PresenceSettings {
+                gateways,
+                subscribers,
+                subjects,
+                secret: jwt_secret_file,
+                queries,
+                changes,
+                steady: duration,
+                debounce,
+            };
+            let (elapsed, report, whole) =
+                crate::presence::presence(recorder.clone(), settings).await?;
+            let mode = format!("presence {subscribers} subscribers");
             (elapsed, mode, Some((report, whole)))
         }
         Workload::Delay { .. } => unreachable!("`delay` runs before any target is made"),

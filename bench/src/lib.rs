@@ -5,6 +5,7 @@ mod cli;
 mod delay;
 mod fanout;
 mod modes;
+mod presence;
 mod report;
 mod soak;
 mod tail;

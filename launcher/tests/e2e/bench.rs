@@ -158,6 +158,31 @@ async fn reports_exactly_the_requests_the_gateway_served() {
     assert_eq!(report["extra"]["delivered"].as_u64(), Some(60), "{report}");
 }
 
+/// `bench presence` (anonymous: counts, no subjects): every stream counted, the queries timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_presence_benchmark_counts_every_stream() {
+    let system = System::start(1).await;
+    let args = [
+        "presence",
+        "--subscribers",
+        "6",
+        "--queries",
+        "4",
+        "--changes",
+        "0",
+        "--duration",
+        "1s",
+    ];
+    let (ok, report) = bench(&system, &args).await;
+    assert!(ok, "{report}");
+    assert_eq!(report["requests"].as_u64(), Some(4), "{report}");
+    let extra = &report["extra"];
+    assert_eq!(extra["subscribers"], 6, "{report}");
+    assert_eq!(extra["subjects"], 0, "{report}");
+    assert!(extra["query_ms"]["count_p99"].as_f64() > Some(0.0), "{report}");
+    assert!(extra["store_writes_per_s"].is_number(), "{report}");
+}
+
 /// `bench changes`: the writes it reports are what the gateway served, and each watcher got its
 /// user's feed whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
