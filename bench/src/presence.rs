@@ -208,9 +208,22 @@ pub(crate) async fn presence(
     let mut joins = histogram();
     let mut leaves = histogram();
     if let Some(minter) = &minter {
-        let url = with_token(
-            format!("{}/subscribe/$presence.{topic}", gateways[0]),
+        // From the presence topic's newest event: the joins so far are not timed.
+        let history = json(
+            &client,
+            &format!("{}/topic-events/$presence.{topic}", gateways[0]),
             admin.as_deref(),
+        )
+        .await?;
+        let head = history
+            .as_array()
+            .and_then(|events| events.last())
+            .and_then(|event| event["seq"].as_u64())
+            .unwrap_or(0);
+        let url = format!(
+            "{}/subscribe/$presence.{topic}?lastEventId={head}&access_token={}",
+            gateways[0],
+            admin.as_deref().unwrap_or_default()
         );
         let watcher = crate::tail::open(&streams_client, &url).await?;
         let mut frames = watcher.bytes_stream();

@@ -179,7 +179,10 @@ async fn the_presence_benchmark_counts_every_stream() {
     let extra = &report["extra"];
     assert_eq!(extra["subscribers"], 6, "{report}");
     assert_eq!(extra["subjects"], 0, "{report}");
-    assert!(extra["query_ms"]["count_p99"].as_f64() > Some(0.0), "{report}");
+    assert!(
+        extra["query_ms"]["count_p99"].as_f64() > Some(0.0),
+        "{report}"
+    );
     assert!(extra["store_writes_per_s"].is_number(), "{report}");
 }
 
