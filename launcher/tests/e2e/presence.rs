@@ -429,3 +429,75 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
     assert_eq!(recorded[3], pair("leave", "bob"));
     assert_eq!(last, [pair("leave", "alice"), pair("leave", "ops")]);
 }
+
+/// The presence topic is a topic: its SSE stream through a gateway moves to another backend
+/// when the one feeding it is killed, and `Last-Event-ID` resumes it exactly; the gRPC
+/// `Presence` call answers through the gateway's port too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_presence_stream_resumes_across_a_backend_kill() {
+    let _exclusive = crate::support::EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    let one = Launch::backend(&db).start().await;
+    let two = Launch::backend(&db).start().await;
+    let gateway = Launch::gateway(&[one.addr, two.addr]).start().await;
+    crate::support::wait_healthy(gateway.addr, None, 2).await;
+    let report = |members: Vec<v1::PresenceMember>| v1::ReportPresenceRequest {
+        gateway: "elsewhere".into(),
+        full: false,
+        members,
+    };
+    let mut client = one.client().await;
+    client
+        .report_presence(report(vec![member("room", "ann", 1)]))
+        .await
+        .unwrap();
+    let url = format!("{}/subscribe/$presence.room", gateway.url());
+    let (mut frames, serving) = crate::topics::open(&url, None).await;
+    let join = frames.next().await.unwrap().unwrap();
+    assert_eq!(join.event, "join");
+    let victim = if serving == one.addr.to_string() { &one } else { &two };
+    let survivor = if serving == one.addr.to_string() { &two } else { &one };
+    victim.signal(nix::sys::signal::Signal::SIGKILL);
+    survivor
+        .client()
+        .await
+        .report_presence(report(vec![member("room", "ann", 0), member("room", "bo", 1)]))
+        .await
+        .unwrap();
+    // Through the hub on the surviving backend: Ann's leave, Bo's join, nothing twice.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let frame = tokio::time::timeout(Duration::from_secs(30), frames.next())
+            .await
+            .expect("a frame after the kill")
+            .unwrap()
+            .unwrap();
+        let data: serde_json::Value = serde_json::from_str(&frame.data).unwrap();
+        seen.push((frame.event, data["userId"].as_str().unwrap().to_owned(), frame.id));
+    }
+    assert_eq!(
+        seen.iter().map(|(e, u, _)| (e.as_str(), u.as_str())).collect::<Vec<_>>(),
+        [("leave", "ann"), ("join", "bo")]
+    );
+    // A client that had only the join resumes with exactly the rest.
+    let (mut resumed, _) = crate::topics::open(&url, Some(&join.id)).await;
+    for (event, user, id) in &seen {
+        let frame = resumed.next().await.unwrap().unwrap();
+        assert_eq!((&frame.event, &frame.id), (event, id), "{user}");
+    }
+    // gRPC through the gateway's port.
+    let mut front = v1::event_service_client::EventServiceClient::connect(gateway.url())
+        .await
+        .unwrap();
+    let now = front
+        .presence(v1::PresenceRequest {
+            topic: "room".into(),
+            count_only: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((now.count, now.subjects.len()), (1, 1));
+    assert_eq!(now.subjects[0].user_id, "bo");
+}
