@@ -152,7 +152,9 @@ function drawTopics(frame) {
   const body = $("topics").querySelector("tbody");
   body.replaceChildren(...frame.topics.map((t) => {
     const row = document.createElement("tr");
-    for (const text of [t.topic, String(t.subscribers), t.backend || "–"]) {
+    const everywhere = t.present === null || t.present === undefined ? "–" : String(t.present);
+    const named = (t.subjects || []).join(", ") || "–";
+    for (const text of [t.topic, String(t.subscribers), everywhere, named, t.backend || "–"]) {
       const cell = document.createElement("td");
       cell.textContent = text;
       row.appendChild(cell);

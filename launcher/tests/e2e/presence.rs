@@ -456,13 +456,24 @@ async fn the_presence_stream_resumes_across_a_backend_kill() {
     let (mut frames, serving) = crate::topics::open(&url, None).await;
     let join = frames.next().await.unwrap().unwrap();
     assert_eq!(join.event, "join");
-    let victim = if serving == one.addr.to_string() { &one } else { &two };
-    let survivor = if serving == one.addr.to_string() { &two } else { &one };
+    let victim = if serving == one.addr.to_string() {
+        &one
+    } else {
+        &two
+    };
+    let survivor = if serving == one.addr.to_string() {
+        &two
+    } else {
+        &one
+    };
     victim.signal(nix::sys::signal::Signal::SIGKILL);
     survivor
         .client()
         .await
-        .report_presence(report(vec![member("room", "ann", 0), member("room", "bo", 1)]))
+        .report_presence(report(vec![
+            member("room", "ann", 0),
+            member("room", "bo", 1),
+        ]))
         .await
         .unwrap();
     // Through the hub on the surviving backend: Ann's leave, Bo's join, nothing twice.
@@ -474,10 +485,16 @@ async fn the_presence_stream_resumes_across_a_backend_kill() {
             .unwrap()
             .unwrap();
         let data: serde_json::Value = serde_json::from_str(&frame.data).unwrap();
-        seen.push((frame.event, data["userId"].as_str().unwrap().to_owned(), frame.id));
+        seen.push((
+            frame.event,
+            data["userId"].as_str().unwrap().to_owned(),
+            frame.id,
+        ));
     }
     assert_eq!(
-        seen.iter().map(|(e, u, _)| (e.as_str(), u.as_str())).collect::<Vec<_>>(),
+        seen.iter()
+            .map(|(e, u, _)| (e.as_str(), u.as_str()))
+            .collect::<Vec<_>>(),
         [("leave", "ann"), ("join", "bo")]
     );
     // A client that had only the join resumes with exactly the rest.

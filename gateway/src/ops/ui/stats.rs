@@ -13,6 +13,7 @@ use axum::{
     extract::State,
     response::{IntoResponse, Response},
 };
+use eventsys::v1;
 use futures::stream;
 use http::{HeaderValue, header};
 use serde::Serialize;
@@ -69,8 +70,43 @@ struct BackendFrame {
 #[derive(Debug, Serialize)]
 struct TopicFrame {
     topic: String,
+    /// This gateway's SSE clients of the topic.
     subscribers: usize,
     backend: Option<String>,
+    /// Open streams of the topic over every gateway (presence), when known.
+    present: Option<u64>,
+    /// The first named subjects among them.
+    subjects: Vec<String>,
+}
+
+/// Topics of a frame whose presence is asked (one call each per frame).
+const PRESENCE_TOPICS: usize = 20;
+/// Subjects a frame names per topic.
+const SUBJECTS: usize = 10;
+
+/// Fills in the presence of the frame's first topics, asked with the viewer's token (a topic
+/// they may not read is left out; a selection's hub, named by its patterns, has none).
+async fn with_presence(state: &AppState, who: &Credentials, topics: &mut [TopicFrame]) {
+    for topic in topics
+        .iter_mut()
+        .filter(|t| eventsys::topics::valid_topic(&t.topic))
+        .take(PRESENCE_TOPICS)
+    {
+        let request = v1::PresenceRequest {
+            topic: topic.topic.clone(),
+            count_only: false,
+        };
+        if let Ok(answer) = state.upstream.call(request, who.bearer.as_ref()).await {
+            topic.present = Some(answer.message.count);
+            topic.subjects = answer
+                .message
+                .subjects
+                .into_iter()
+                .take(SUBJECTS)
+                .map(|s| s.user_id)
+                .collect();
+        }
+    }
 }
 
 /// What a stream remembers between frames, to turn counters into rates.
@@ -104,7 +140,8 @@ pub(crate) async fn stats(
                 _ = tick.tick() => {}
                 Ok(()) = changes.changed() => {}
             }
-            let frame = frame(&state, &who, admin, &mut previous);
+            let mut frame = frame(&state, &who, admin, &mut previous);
+            with_presence(&state, &who, &mut frame.topics).await;
             let json = serde_json::to_string(&frame).unwrap_or_default();
             let bytes = Bytes::from(format!("event: stats\ndata: {json}\n\n"));
             Some((
@@ -164,6 +201,8 @@ fn frame(state: &AppState, who: &Credentials, admin: bool, previous: &mut Previo
             topic: hub.topic,
             subscribers: hub.subscribers,
             backend: hub.backend.map(|b| b.to_string()),
+            present: None,
+            subjects: Vec::new(),
         })
         .collect();
     Frame {
