@@ -18,6 +18,7 @@ use crate::{
     api::Credentials,
     http::AppState,
     middleware::{StreamSlot, mark},
+    presence::Here,
     upstream::{Bearer, RESUBSCRIBE, Rpc, is_permanent},
 };
 
@@ -42,6 +43,10 @@ pub(crate) trait Resumable:
     fn resumed(&self, place: &Self::Place) -> Self;
     /// What it follows, for the log.
     fn describe(&self) -> String;
+    /// The topic whose presence a stream of it counts in, if any.
+    fn presence_topic(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Where a `Subscribe` stands: one topic's last `seq`, or each topic's.
@@ -104,6 +109,13 @@ impl Resumable for v1::SubscribeRequest {
             format!("topics {}", self.patterns.join(","))
         }
     }
+    /// One topic's stream (not a presence topic's, not patterns) counts in its presence.
+    fn presence_topic(&self) -> Option<&str> {
+        (self.patterns.is_empty()
+            && !self.topic.is_empty()
+            && !self.topic.starts_with(eventsys::topics::PRESENCE_PREFIX))
+        .then_some(self.topic.as_str())
+    }
 }
 
 impl Resumable for v1::WatchChangesRequest {
@@ -152,6 +164,8 @@ struct Following<R: Resumable> {
     /// An error was the last item: the stream ends.
     done: bool,
     _slot: StreamSlot,
+    /// The stream counted in its topic's presence while it lasts.
+    _here: Option<Here>,
 }
 
 /// Opens the first backend stream before answering, so a refusal is the call's status.
@@ -165,6 +179,10 @@ pub(crate) async fn open<R: Resumable>(
         .upstream
         .call(request.clone(), who.bearer.as_ref())
         .await?;
+    // Counted once open, as an SSE stream of the topic is.
+    let here = request
+        .presence_topic()
+        .map(|topic| state.presences.enter(topic, who.subject()));
     let following = Following {
         state: state.clone(),
         bearer: who.bearer,
@@ -174,6 +192,7 @@ pub(crate) async fn open<R: Resumable>(
         pauses: RESUBSCRIBE.attempts(),
         done: false,
         _slot: slot,
+        _here: here,
     };
     let mut response = Response::new(Box::pin(stream::unfold(following, next)) as Items<R::Item>);
     mark(&mut response, first.backend);

@@ -517,4 +517,29 @@ async fn the_presence_stream_resumes_across_a_backend_kill() {
         .into_inner();
     assert_eq!((now.count, now.subjects.len()), (1, 1));
     assert_eq!(now.subjects[0].user_id, "bo");
+    // A gRPC Subscribe of the topic through the gateway counts as a stream of it (anonymous).
+    let _streaming = front
+        .subscribe(v1::SubscribeRequest {
+            topic: "room".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = front
+            .presence(v1::PresenceRequest {
+                topic: "room".into(),
+                count_only: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if now.count == 2 {
+            assert_eq!(now.gateways, 2, "the gateway and the reports' own");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
