@@ -229,8 +229,12 @@ pub(crate) async fn report(state: AppState, every: Duration, debounce: Duration)
             () = state.shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let request = presences.report(debounce);
         let bearer = state.service.bearer(&presences.gateway);
+        if bearer.is_none() && state.auth.token_mode() {
+            // No token to report with (said once, at start): nothing is sent.
+            continue;
+        }
+        let request = presences.report(debounce);
         let outcome = match state.upstream.call(request, bearer.as_ref()).await {
             Ok(answer) if answer.message.resync => {
                 presences.resync();

@@ -563,10 +563,12 @@ async fn the_dashboard_shows_the_balancer_a_killed_backend_and_a_topic_live() {
         within,
     )
     .await;
-    // The topic's hub (the page's own tail) in the topics table, with the backend feeding it.
+    // The topic's hub (the page's own tail) in the topics table: its stream here and over
+    // every gateway (presence, once the gateway reported), and the backend feeding it.
     page.wait_for(
         "[...document.querySelectorAll('#topics tbody tr')].some(row => \
-         row.cells[0].textContent === 'dashboard-demo' && row.cells[2].textContent.startsWith('127.0.0.1:'))",
+         row.cells[0].textContent === 'dashboard-demo' && row.cells[1].textContent === '1' \
+         && row.cells[2].textContent === '1' && row.cells[4].textContent.startsWith('127.0.0.1:'))",
         |listed| *listed == true,
         within,
     )
