@@ -83,6 +83,47 @@ r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = e['d
 cpu = f'{($g1 - $g0) * 10000 / d:.2f} µs per delivery (whole run)' if d else f'{($g1 - $g0) / 100:.2f} s in all'
 print(f'  script: gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')"
 }
+# The peer: nginx with nchan (one worker), the same subscribers and publishes, measured the same
+# way (the nginx worker's CPU over the whole run, RSS per open stream).
+nchan_fanout() {
+  local conf="$DATA/nchan" w0 w1 base peak report sampler worker
+  mkdir -p "$conf"
+  cat > "$conf/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
+worker_processes 1;
+worker_rlimit_nofile 30000;
+error_log $conf/error.log;
+pid $conf/nginx.pid;
+events { worker_connections 30000; }
+http {
+  access_log off;
+  client_body_temp_path $conf/body;
+  server {
+    listen 127.0.0.1:13110;
+    location ~ ^/pub/(.+)\$ { nchan_publisher; nchan_channel_id \$1; }
+    location ~ ^/sub/(.+)\$ { nchan_subscriber eventsource; nchan_channel_id \$1; }
+  }
+}
+CONF
+  nginx -p "$conf" -c "$conf/nginx.conf" -g 'daemon off;' & local master=$!; PIDS+=($master)
+  wait_port 13110
+  worker=$(pgrep -P "$master" | head -1)
+  base=$(rss_kib "$worker")
+  ( while kill -0 "$worker" 2>/dev/null; do rss_kib "$worker"; sleep 0.2; done ) > "$DATA/rss" &
+  sampler=$!
+  w0=$(cpu_ticks "$worker")
+  report=$(run --gateway http://127.0.0.1:13110 fanout --nchan "$@" || true)
+  w1=$(cpu_ticks "$worker")
+  kill "$sampler" 2>/dev/null || true
+  peak=$(sort -n "$DATA/rss" | tail -1)
+  kill "$master"; wait "$master" 2>/dev/null || true
+  echo "$report" | summary
+  echo "$report" | python3 -c "
+import json, sys
+r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = e['delivered']
+cpu = f'{($w1 - $w0) * 10000 / d:.2f} µs per delivery (whole run)' if d else f'{($w1 - $w0) / 100:.2f} s in all'
+print(f'  script: nchan worker RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')"
+}
 echo "== machine: open files $(ulimit -n); $(nproc) cores, $(awk '/MemTotal/ {print int($2/1048576)}' /proc/meminfo) GiB, $(uname -sr)"
 
 echo "== servers from $BIN"
@@ -163,6 +204,13 @@ if section 3; then
 echo "== 3. fan-out: SSE subscribers through the gateway (one runtime worker, as eventsys up runs it here), publish-to-delivery latency, gateway memory and CPU"
 fanout --subscribers 1000 --rate 20 --duration 10s
 fanout --subscribers 10000 --rate 10 --duration 30s
+if command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
+  echo "  peer: nginx + nchan, one worker, the same two loads (apt-get install nginx libnginx-mod-nchan)"
+  nchan_fanout --subscribers 1000 --rate 20 --duration 10s
+  nchan_fanout --subscribers 10000 --rate 10 --duration 30s
+else
+  echo "  nginx + nchan not installed (apt-get install nginx libnginx-mod-nchan): peer rows skipped"
+fi
 fanout --subscribers 10000 --topics 1000 --rate 100 --duration 30s
 echo "  19,000 idle streams (the hard open-file limit is 20,000 per process)"
 fanout --subscribers 19000 --publishes 0

@@ -112,6 +112,11 @@ enum Workload {
         /// Every subscriber follows all the topics on one stream (`/subscribe?topic=<run>.*`).
         #[arg(long)]
         pattern: bool,
+        /// The peer instead of the gateway: `--gateway` is nginx with nchan, publishing by
+        /// POST to `/pub/<topic>`, subscribing at `/sub/<topic>` (EventSource); every
+        /// subscriber must get what nchan acknowledged, once, in order.
+        #[arg(long, conflicts_with = "pattern")]
+        nchan: bool,
     },
     /// Users' change feeds: W watchers per user on `/changes` while their events are created,
     /// updated and deleted (at `--rate` writes per second, or by `--writers` concurrent
@@ -312,6 +317,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             rate,
             duration,
             pattern,
+            nchan,
         } => {
             let publishing = match (rate, duration) {
                 (Some(per_second), Some(duration)) => Publishing::Open {
@@ -328,6 +334,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 topics,
                 publishing,
                 pattern,
+                nchan,
             };
             let (elapsed, delivery, whole) =
                 fanout::fanout(target, recorder.clone(), settings).await?;

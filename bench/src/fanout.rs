@@ -39,6 +39,56 @@ pub(crate) struct FanoutSettings {
     pub(crate) publishing: Publishing,
     /// Every subscriber on one stream of every topic, by a wildcard.
     pub(crate) pattern: bool,
+    /// The peer instead: nginx with nchan at the base URL (`/pub/<topic>`, `/sub/<topic>`).
+    pub(crate) nchan: bool,
+}
+
+/// Where publishes go: the gateway (`Target`), or nchan's publisher location, which answers
+/// each with 2xx (what it acknowledged is what its subscribers must get: it keeps no history
+/// to ask).
+#[derive(Clone)]
+enum Publisher {
+    Target(Arc<Target>),
+    Nchan {
+        client: reqwest::Client,
+        base: String,
+        acked: Arc<Vec<AtomicU64>>,
+    },
+}
+
+impl Publisher {
+    /// Publishes the `n`-th event (from 1) of topic `index`, named `topic`.
+    async fn send(&self, topic: &str, index: usize, n: u64) -> crate::report::Outcome {
+        match self {
+            Publisher::Target(target) => target.publish(topic, micros_now()).await,
+            Publisher::Nchan {
+                client,
+                base,
+                acked,
+            } => {
+                let sent = Instant::now();
+                let body = json!({"n": n, "sentAtMicros": micros_now() as u64}).to_string();
+                let answer = client
+                    .post(format!("{base}/pub/{topic}"))
+                    .body(body)
+                    .send()
+                    .await;
+                let error = match answer {
+                    Ok(response) if response.status().is_success() => {
+                        acked[index].fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    Ok(response) => Some(response.status().as_u16().to_string()),
+                    Err(err) => Some(err.to_string()),
+                };
+                crate::report::Outcome {
+                    latency: sent.elapsed(),
+                    error,
+                    backend: None,
+                }
+            }
+        }
+    }
 }
 
 /// Publishes in flight at once at a fixed rate; beyond it the rate is not kept (and the
@@ -91,6 +141,7 @@ pub(crate) async fn fanout(
         topics,
         publishing,
         pattern,
+        nchan,
     } = settings;
     let topics = if pattern {
         topics.max(1)
@@ -114,11 +165,23 @@ pub(crate) async fn fanout(
         // A pattern's subscriber expects every topic: the count after the topics' own.
         let (index, url) = if pattern {
             (names.len(), format!("{base}/subscribe?topic=bench-{run}.*"))
+        } else if nchan {
+            let index = (s % topics) as usize;
+            (index, format!("{base}/sub/{}", names[index]))
         } else {
             let index = (s % topics) as usize;
             (index, format!("{base}/subscribe/{}", names[index]))
         };
-        let response = crate::tail::open(&streams_client, &url).await?;
+        // nchan answers an EventSource only to one that says so.
+        let response = streams_client
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| format!("cannot subscribe: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("cannot subscribe: HTTP {}", response.status()));
+        }
         streams.push((index, response));
     }
     let connected = gateway_process(&client, &base).await;
@@ -131,19 +194,34 @@ pub(crate) async fn fanout(
     for (index, response) in streams {
         let (delivery, stored_rx) = (delivery.clone(), stored_rx.clone());
         readers.spawn(async move {
-            let parse = if pattern { parse_any } else { parse };
+            let parse = match (pattern, nchan) {
+                (true, _) => parse_any,
+                (_, true) => parse_numbered,
+                _ => parse,
+            };
             let (received, disorder, open) =
                 read_frames(response, stored_rx, index, parse, &delivery).await;
             (index, received, disorder, open)
         });
     }
 
+    let publisher = match nchan {
+        true => Publisher::Nchan {
+            client: client.clone(),
+            base: base.clone(),
+            acked: Arc::new(names.iter().map(|_| AtomicU64::new(0)).collect()),
+        },
+        false => Publisher::Target(target.clone()),
+    };
     let started = Instant::now();
-    publish(&target, &recorder, &names, publishing).await;
+    publish(&publisher, &recorder, &names, publishing).await;
     let elapsed = started.elapsed();
     let mut counts = Vec::with_capacity(names.len() + 1);
-    for topic in &names {
-        counts.push(u64::from(stored(&client, &base, topic).await?));
+    for (index, topic) in names.iter().enumerate() {
+        counts.push(match &publisher {
+            Publisher::Nchan { acked, .. } => acked[index].load(Ordering::Relaxed),
+            Publisher::Target(_) => u64::from(stored(&client, &base, topic).await?),
+        });
     }
     counts.push(counts.iter().sum());
     let counts = Arc::new(counts);
@@ -341,6 +419,19 @@ fn parse(frame: &[u8]) -> Option<Item> {
     })
 }
 
+/// nchan's frame of a bench publish: its number in its topic and `sentAtMicros`, from its data
+/// (nchan's `id:` is its own).
+fn parse_numbered(frame: &[u8]) -> Option<Item> {
+    let data = frame
+        .split(|b| *b == b'\n')
+        .find(|line| line.starts_with(b"data: "))?;
+    Some(Item {
+        lane: 0,
+        place: number_after(data, b"\"n\":")?,
+        sent: number_after(data, b"\"sentAtMicros\":"),
+    })
+}
+
 /// A multi-topic stream's event frame: its topic's number (`bench-<run>.<n>`), `seq` and
 /// `data.sentAtMicros`, all from its data (the `id:` is a cursor).
 fn parse_any(frame: &[u8]) -> Option<Item> {
@@ -377,9 +468,16 @@ pub(crate) fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// The `n`-th publish (from 0) over `topics` topics: its topic's index, and its number in that
+/// topic (from 1).
+fn place(topics: usize, n: u64) -> (usize, u64) {
+    let count = topics.max(1) as u64;
+    ((n % count) as usize, n / count + 1)
+}
+
 /// Publishes as `publishing` says, round robin over `topics`.
 async fn publish(
-    target: &Arc<Target>,
+    publisher: &Publisher,
     recorder: &Arc<Recorder>,
     topics: &[String],
     publishing: Publishing,
@@ -389,7 +487,8 @@ async fn publish(
             let next = Arc::new(AtomicU64::new(0));
             let mut tasks = JoinSet::new();
             for _ in 0..publishers.max(1) {
-                let (target, recorder, next) = (target.clone(), recorder.clone(), next.clone());
+                let (publisher, recorder, next) =
+                    (publisher.clone(), recorder.clone(), next.clone());
                 let topics = topics.to_vec();
                 tasks.spawn(async move {
                     loop {
@@ -397,8 +496,9 @@ async fn publish(
                         if n >= u64::from(count) {
                             break;
                         }
+                        let (index, within) = place(topics.len(), n);
                         let topic = round_robin(&topics, n);
-                        recorder.record(target.publish(topic, micros_now()).await);
+                        recorder.record(publisher.send(topic, index, within).await);
                     }
                 });
             }
@@ -417,10 +517,11 @@ async fn publish(
                 while tasks.len() >= MAX_IN_FLIGHT {
                     tasks.join_next().await;
                 }
-                let (target, recorder) = (target.clone(), recorder.clone());
+                let (publisher, recorder) = (publisher.clone(), recorder.clone());
                 let topic = round_robin(topics, n).to_owned();
+                let (index, within) = place(topics.len(), n);
                 tasks.spawn(
-                    async move { recorder.record(target.publish(&topic, micros_now()).await) },
+                    async move { recorder.record(publisher.send(&topic, index, within).await) },
                 );
                 while tasks.try_join_next().is_some() {}
             }
