@@ -135,13 +135,9 @@ async fn subscribe(
 async fn subscribe_many(
     State(state): State<AppState>,
     who: Credentials,
-    query: TopicsQuery,
+    TopicsQuery { topics, filter }: TopicsQuery,
+    LastEventId(last_event_id): LastEventId,
 ) -> Result<impl IntoResponse, ApiError> {
-    let TopicsQuery {
-        topics,
-        filter,
-        last_event_id,
-    } = query;
     let selection = selection::parse(topics.iter().map(String::as_str), filter.as_deref())?;
     for pattern in selection.patterns().iter() {
         who.may_read_pattern(&state, pattern)?;

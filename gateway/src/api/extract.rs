@@ -284,12 +284,11 @@ mod tests {
     }
 }
 
-/// A multi-topic stream's query: `?topic=` (1 to 16, repeatable), `?filter=`, and the resume
-/// id (`Last-Event-ID`, else `?lastEventId=`) as given.
+/// A multi-topic stream's query: `?topic=` (1 to 16, repeatable) and `?filter=` (its resume
+/// id is `LastEventId`'s).
 pub(crate) struct TopicsQuery {
     pub(crate) topics: Vec<String>,
     pub(crate) filter: Option<String>,
-    pub(crate) last_event_id: Option<String>,
 }
 
 /// `GET /subscribe`'s query, as `TopicsQuery` reads it (for the API description).
@@ -317,7 +316,6 @@ impl<S: Send + Sync> FromRequestParts<S> for TopicsQuery {
         let mut query = TopicsQuery {
             topics: Vec::new(),
             filter: None,
-            last_event_id: None,
         };
         let pairs = form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes());
         for (key, value) in pairs {
@@ -327,18 +325,11 @@ impl<S: Send + Sync> FromRequestParts<S> for TopicsQuery {
                     return Err(ApiError::bad_request("give one filter"));
                 }
                 "filter" => query.filter = Some(value.into_owned()),
-                "lastEventId" => query.last_event_id = Some(value.into_owned()),
                 _ => {}
             }
             if query.topics.len() > eventsys::topics::MAX_PATTERNS {
                 break;
             }
-        }
-        if let Some(header) = parts.headers.get("last-event-id") {
-            let header = header
-                .to_str()
-                .map_err(|_| ApiError::bad_request("Last-Event-ID is not a cursor"))?;
-            query.last_event_id = Some(header.trim().to_owned());
         }
         Ok(query)
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use eventsys::v1;
 use futures::StreamExt;
 
-use crate::support::{Launch, http};
+use crate::support::{Launch, eventually, http};
 
 fn member(topic: &str, user: &str, connections: u64) -> v1::PresenceMember {
     v1::PresenceMember {
@@ -150,7 +150,7 @@ async fn streams_through_two_gateways_are_counted_from_either() {
     for (gateway, n) in [(&a, 3), (&b, 2)] {
         for _ in 0..n {
             let url = format!("{}/subscribe/room", gateway.url());
-            streams.push(crate::topics::open(&url, None).await.0);
+            streams.push(crate::pubsub::open(&url, None).await.0);
         }
     }
     let count = |gateway: String, query: &'static str| async move {
@@ -162,16 +162,11 @@ async fn streams_through_two_gateways_are_counted_from_either() {
         assert_eq!(response.status(), reqwest::StatusCode::OK);
         response.json::<serde_json::Value>().await.unwrap()
     };
-    let until = |gateway: String, want: u64| async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let now = count(gateway.clone(), "?count=1").await;
-            if now["count"] == want {
-                return now;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "stuck at {now}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let until = |gateway: String, want: u64| {
+        let look = move || count(gateway.clone(), "?count=1");
+        eventually(Duration::from_secs(15), look, move |now| {
+            now["count"] == want
+        })
     };
     let seen = until(a.url(), 5).await;
     assert_eq!(seen["gateways"], 2, "{seen}");
@@ -264,19 +259,19 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
     };
     let open = |gateway: String, token: &str| {
         let url = format!("{gateway}/subscribe/orders.eu?access_token={token}");
-        async move { crate::topics::open(&url, None).await.0 }
+        async move { crate::pubsub::open(&url, None).await.0 }
     };
     // Through a gateway: the topic with its presence inline, and the presence topic itself.
     let inline_url = format!(
         "{}/subscribe/orders.eu?presence=1&access_token={admin}",
         a.url()
     );
-    let (mut inline, _) = crate::topics::open(&inline_url, None).await;
+    let (mut inline, _) = crate::pubsub::open(&inline_url, None).await;
     let presence_url = format!(
         "{}/subscribe/$presence.orders.eu?access_token={admin}",
         b.url()
     );
-    let (mut presence_sse, _) = crate::topics::open(&presence_url, None).await;
+    let (mut presence_sse, _) = crate::pubsub::open(&presence_url, None).await;
     let mut alice_a = vec![open(a.url(), &alice).await, open(a.url(), &alice).await];
     let alice_b = open(b.url(), &alice).await;
     let bob_b = open(b.url(), &bob).await;
@@ -297,19 +292,16 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
             .bearer_auth(token);
         async move { request.send().await.unwrap() }
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let seen = loop {
-        let seen: serde_json::Value = presence(b.url(), &alice, "orders.eu")
-            .await
-            .json()
-            .await
-            .unwrap();
-        if seen["count"] == 5 {
-            break seen;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{seen}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let counted = |gateway: String| {
+        let request = presence(gateway, &alice, "orders.eu");
+        async move { request.await.json::<serde_json::Value>().await.unwrap() }
     };
+    let seen = eventually(
+        Duration::from_secs(10),
+        || counted(b.url()),
+        |seen| seen["count"] == 5,
+    )
+    .await;
     assert_eq!(seen["gateways"], 2, "{seen}");
     let subjects: Vec<(String, u64)> = seen["subjects"]
         .as_array()
@@ -371,19 +363,12 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
     b.signal(nix::sys::signal::Signal::SIGKILL);
     drop(alice_b);
     // B is expired once A's count is all there is (Alice's one stream, the inline watcher).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let seen: serde_json::Value = presence(a.url(), &alice, "orders.eu")
-            .await
-            .json()
-            .await
-            .unwrap();
-        if seen["count"] == 2 && seen["gateways"] == 1 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{seen}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        || counted(a.url()),
+        |seen| seen["count"] == 2 && seen["gateways"] == 1,
+    )
+    .await;
     a.signal(nix::sys::signal::Signal::SIGKILL);
     let mut left = [next().await, next().await];
     left.sort();
@@ -453,7 +438,7 @@ async fn the_presence_stream_resumes_across_a_backend_kill() {
         .await
         .unwrap();
     let url = format!("{}/subscribe/$presence.room", gateway.url());
-    let (mut frames, serving) = crate::topics::open(&url, None).await;
+    let (mut frames, serving) = crate::pubsub::open(&url, None).await;
     let join = frames.next().await.unwrap().unwrap();
     assert_eq!(join.event, "join");
     let victim = if serving == one.addr.to_string() {
@@ -498,7 +483,7 @@ async fn the_presence_stream_resumes_across_a_backend_kill() {
         [("leave", "ann"), ("join", "bo")]
     );
     // A client that had only the join resumes with exactly the rest.
-    let (mut resumed, _) = crate::topics::open(&url, Some(&join.id)).await;
+    let (mut resumed, _) = crate::pubsub::open(&url, Some(&join.id)).await;
     for (event, user, id) in &seen {
         let frame = resumed.next().await.unwrap().unwrap();
         assert_eq!((&frame.event, &frame.id), (event, id), "{user}");
@@ -525,21 +510,16 @@ async fn the_presence_stream_resumes_across_a_backend_kill() {
         })
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = front
-            .presence(v1::PresenceRequest {
+    let look = || {
+        let mut front = front.clone();
+        async move {
+            let request = v1::PresenceRequest {
                 topic: "room".into(),
                 count_only: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if now.count == 2 {
-            assert_eq!(now.gateways, 2, "the gateway and the reports' own");
-            break;
+            };
+            front.presence(request).await.unwrap().into_inner()
         }
-        assert!(tokio::time::Instant::now() < deadline, "{now:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let now = eventually(Duration::from_secs(15), look, |now| now.count == 2).await;
+    assert_eq!(now.gateways, 2, "the gateway and the reports' own");
 }

@@ -19,19 +19,29 @@ use crate::support::{
 pub(crate) type Frames =
     std::pin::Pin<Box<dyn Stream<Item = Result<Frame, EventStreamError<reqwest::Error>>> + Send>>;
 
-/// Opens an SSE stream; returns it with the backend serving it.
+/// Opens an SSE stream resuming after `seq`; returns it with the backend serving it.
 pub(crate) async fn subscribe(url: String, last_event_id: Option<u64>) -> (Frames, String) {
-    let mut request = http().get(url);
-    if let Some(id) = last_event_id {
-        request = request.header("Last-Event-ID", id.to_string());
-    }
-    // SSE streams outlive the shared client's request timeout.
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let request = request.build().unwrap();
-    let response = client.execute(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    open(&url, last_event_id.map(|seq| seq.to_string()).as_deref()).await
+}
+
+/// Opens `GET url` as SSE with `Last-Event-ID: last_event_id` (a seq or a cursor); the stream
+/// and the backend feeding it.
+pub(crate) async fn open(url: &str, last_event_id: Option<&str>) -> (Frames, String) {
+    let response = try_open(url, last_event_id).await;
+    assert_eq!(response.status(), StatusCode::OK, "{url}");
     let backend = served_by(&response);
     (response.bytes_stream().eventsource().boxed(), backend)
+}
+
+/// The same request, its answer as it is (a refusal included).
+pub(crate) async fn try_open(url: &str, last_event_id: Option<&str>) -> reqwest::Response {
+    // SSE streams outlive the shared client's request timeout.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut request = client.get(url);
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id);
+    }
+    request.send().await.unwrap()
 }
 
 /// Reads `n` events; returns their seqs (checked against `id:` and the JSON body).

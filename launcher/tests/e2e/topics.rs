@@ -4,7 +4,6 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use eventsource_stream::Eventsource;
 use eventsys::topics::{Cursor, Patterns};
 use futures::StreamExt;
 use nix::sys::signal::Signal;
@@ -14,8 +13,8 @@ use tokio::task::JoinSet;
 
 use crate::{
     cdp::Browser,
-    pubsub::Frames,
-    support::{EXCLUSIVE, Launch, Single, System, http, wait_healthy},
+    pubsub::{Frames, open, try_open},
+    support::{EXCLUSIVE, Launch, Single, System, eventually, get_json, http, wait_healthy},
 };
 
 /// One event as a multi-topic stream delivered it.
@@ -26,24 +25,6 @@ pub(crate) struct Delivered {
     /// The frame's `id`: the cursor after it.
     pub(crate) id: String,
     pub(crate) title: String,
-}
-
-/// Opens `GET url` as SSE, resuming from `last_event_id`; the stream and the backend feeding it.
-pub(crate) async fn open(url: &str, last_event_id: Option<&str>) -> (Frames, String) {
-    let response = try_open(url, last_event_id).await;
-    assert_eq!(response.status(), StatusCode::OK, "{url}");
-    let backend = response.headers()["x-backend"].to_str().unwrap().to_owned();
-    (response.bytes_stream().eventsource().boxed(), backend)
-}
-
-async fn try_open(url: &str, last_event_id: Option<&str>) -> reqwest::Response {
-    // SSE streams outlive the shared client's request timeout.
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut request = client.get(url);
-    if let Some(id) = last_event_id {
-        request = request.header("Last-Event-ID", id);
-    }
-    request.send().await.unwrap()
 }
 
 /// Reads `n` events (gap frames are an error here).
@@ -97,15 +78,8 @@ async fn publish(base: String, topics: Vec<&'static str>, n: usize, writer: usiz
 
 /// A topic's stored seqs, from its history.
 async fn stored(base: &str, topic: &str) -> Vec<u64> {
-    let events: Value = http()
-        .get(format!("{base}/topic-events/{topic}"))
-        .send()
+    get_json(format!("{base}/topic-events/{topic}"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    events
         .as_array()
         .unwrap()
         .iter()
@@ -701,11 +675,11 @@ async fn retention_gaps_are_told_per_topic() {
         assert_eq!(publish(base.clone(), vec![topic], n, 0).await, n);
     }
     // Retention runs every second.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stored(&base, "r.a").await.first() != Some(&16) {
-        assert!(tokio::time::Instant::now() < deadline, "r.a not trimmed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let trimmed = || stored(&base, "r.a");
+    eventually(Duration::from_secs(10), trimmed, |kept| {
+        kept.first() == Some(&16)
+    })
+    .await;
     let patterns = Patterns::parse(["r.*"]).unwrap();
     let mut cursor = Cursor::default();
     cursor.advance("r.a", 3).unwrap();

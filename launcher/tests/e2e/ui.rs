@@ -85,17 +85,17 @@ async fn the_stats_stream_shows_only_what_the_token_may_see() {
     assert!(theirs.get("traffic").is_none(), "{theirs}");
     assert_eq!(topics(&theirs), ["orders.eu"]);
     // The topic's presence over every gateway, its subjects named (once the gateway reported).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let frame = first_frame(&base, &reader).await;
-        let orders = &frame["topics"][0];
-        if orders["present"] == 1 {
-            assert_eq!(orders["subjects"], serde_json::json!(["root"]), "{frame}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{frame}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let frame = crate::support::eventually(
+        Duration::from_secs(15),
+        || first_frame(&base, &reader),
+        |frame| frame["topics"][0]["present"] == 1,
+    )
+    .await;
+    assert_eq!(
+        frame["topics"][0]["subjects"],
+        serde_json::json!(["root"]),
+        "{frame}"
+    );
 
     let anonymous = http().get(format!("{base}/ui/stats")).send().await.unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);

@@ -42,6 +42,32 @@ pub(crate) async fn until_answered(what: &str, target: usize, answered: impl Fn(
     }
 }
 
+/// Asks `look` every 100 ms until `done` holds of its answer, and returns that answer; fails
+/// after `within` showing the last one. For what can only be seen by asking (a count that
+/// settles once a periodic report went out), never for waiting a time out.
+pub(crate) async fn eventually<T, Fut>(
+    within: Duration,
+    mut look: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    T: std::fmt::Debug,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = look().await;
+        if done(&seen) {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The backend a gateway response names in `x-backend`.
 pub(crate) fn served_by(response: &reqwest::Response) -> String {
     response
