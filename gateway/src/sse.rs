@@ -5,6 +5,7 @@
 //! for, it is told so (`event: gap`) first. `GET /subscribe?topic=…` does the same for the
 //! topics of some patterns, its `id` a cursor of every topic's place (`selection`).
 
+mod body;
 mod frame;
 mod hub;
 mod reader;

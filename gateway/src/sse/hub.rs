@@ -99,6 +99,15 @@ impl std::ops::Deref for Member {
     }
 }
 
+impl Member {
+    /// Completes after the ring's next push or close. It owns the hub (not the client's
+    /// membership), so a response body can keep it between polls.
+    pub(super) fn pushed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let hub = self.0.clone();
+        async move { hub.ring.pushed().await }
+    }
+}
+
 impl Drop for Member {
     fn drop(&mut self) {
         if self.0.readers.fetch_sub(1, Ordering::AcqRel) == 1 {

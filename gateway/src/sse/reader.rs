@@ -3,11 +3,7 @@
 //! first registers at the ring's end, then catches up from the store page by page, and reads
 //! on from the ring where the store left off: no gap, no duplicate, nothing waits for it.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    convert::Infallible,
-    time::Duration,
-};
+use std::collections::{BTreeMap, VecDeque};
 
 use axum::{
     body::Body,
@@ -19,6 +15,7 @@ use http::{HeaderValue, header};
 use tokio::time::Instant;
 
 use super::{
+    body::ReaderBody,
     frame::{Frame, Placed},
     hub::{Joined, Member},
     log_refusal,
@@ -151,48 +148,27 @@ impl Reader {
         self.hub.backend()
     }
 
-    /// The next bytes for the client; `None` ends the stream.
-    async fn next(&mut self) -> Option<Bytes> {
+    /// What the client gets next without waiting: what is pending, the ring's next frame, or
+    /// word that the store must be read first (`Step::Behind`) or the ring has nothing yet.
+    pub(super) fn step(&mut self) -> Step {
         loop {
             if let Some(bytes) = self.pending.pop_front() {
-                return Some(bytes);
+                return Step::Send(bytes);
             }
             if self.ends.is_some_and(|ends| Instant::now() >= ends) {
                 // The client reconnects with Last-Event-ID and loses nothing.
-                return None;
+                return Step::End;
             }
             if self.is_behind() {
-                // Boxed: the history call's future is large and rarely alive, and the stream
-                // is kept for as long as the client stays.
-                if !Box::pin(self.catch_up()).await {
-                    return None;
-                }
-                continue;
+                return Step::Behind;
             }
-            let read = {
-                let ring = &self.hub.ring;
-                let pushed = ring.pushed();
-                tokio::pin!(pushed);
-                pushed.as_mut().enable();
-                match ring.read(self.position) {
-                    Read::Empty => {
-                        let far = Instant::now() + Duration::from_secs(86_400);
-                        tokio::select! {
-                            _ = pushed => {}
-                            _ = tokio::time::sleep_until(self.ends.unwrap_or(far)), if self.ends.is_some() => return None,
-                        }
-                        continue;
-                    }
-                    read => read,
-                }
-            };
-            match read {
+            match self.hub.ring.read(self.position) {
                 Read::Frame(frame) => {
                     self.position += 1;
                     match self.take(frame) {
-                        Taken::Send(bytes) => return Some(bytes),
+                        Taken::Send(bytes) => return Step::Send(bytes),
                         Taken::Skip => {}
-                        Taken::End => return None,
+                        Taken::End => return Step::End,
                     }
                 }
                 Read::Lagged => {
@@ -203,9 +179,26 @@ impl Reader {
                     self.fall_behind(&hub);
                     self.state.metrics.sse_resumed("slow_client");
                 }
-                Read::Closed | Read::Empty => return None,
+                Read::Empty => return Step::Empty,
+                Read::Closed => return Step::End,
             }
         }
+    }
+
+    /// Whether the ring has nothing at the client's position yet (checked again once a wait
+    /// for the next push is registered, so that a push in between is not missed).
+    pub(super) fn ring_is_empty(&self) -> bool {
+        matches!(self.hub.ring.read(self.position), Read::Empty)
+    }
+
+    /// Completes after the hub's next push or close; owns its hub, so a body can keep it.
+    pub(super) fn pushed(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.hub.pushed()
+    }
+
+    /// When the stream ends by `--sse-max-duration`.
+    pub(super) fn ends(&self) -> Option<Instant> {
+        self.ends
     }
 
     /// What to do with a frame of the ring.
@@ -281,7 +274,7 @@ impl Reader {
 
     /// One page of catch-up; on a failure that may pass, waits and says to try again. `false`
     /// ends the stream (shutdown, or the client's token is refused now).
-    async fn catch_up(&mut self) -> bool {
+    pub(super) async fn catch_up(&mut self) -> bool {
         let shutdown = self.state.shutdown.clone();
         let err = tokio::select! {
             _ = shutdown.cancelled() => return false,
@@ -419,6 +412,17 @@ impl Reader {
     }
 }
 
+/// What a client gets next, as far as can be told without waiting.
+pub(super) enum Step {
+    Send(Bytes),
+    /// The stream ends (shutdown, `--sse-max-duration`, a full cursor, a closed hub).
+    End,
+    /// The store has what comes next: [`Reader::catch_up`].
+    Behind,
+    /// Nothing yet: wait for [`Reader::pushed`].
+    Empty,
+}
+
 /// What a reader does with a frame of the ring.
 enum Taken {
     Send(Bytes),
@@ -429,11 +433,7 @@ enum Taken {
 
 impl IntoResponse for Reader {
     fn into_response(self) -> Response {
-        let frames = futures::stream::unfold(self, |mut reader| async move {
-            let bytes = reader.next().await?;
-            Some((Ok::<_, Infallible>(bytes), reader))
-        });
-        let mut response = Body::from_stream(frames).into_response();
+        let mut response = Body::new(ReaderBody::new(self)).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
