@@ -11,6 +11,13 @@ mod collector;
 
 pub use collector::ProcessCollector;
 
+/// The servers' global allocator (each binary's `main.rs` installs it). jemalloc touches only
+/// the pages of an allocation that are written, where glibc's inline chunk headers touch the
+/// pages around each one: an open SSE stream (two 8 KiB connection buffers, mostly unused)
+/// holds 10.2 KiB of gateway memory with it, 14.5 KiB with glibc's malloc, and the gateway
+/// spends about 4% less CPU per delivery (`bench/ab_fanout.sh`, BENCHMARKS.md).
+pub use tikv_jemallocator::Jemalloc as Allocator;
+
 use crate::listen::Inherited;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,3 +1,6 @@
+#[global_allocator]
+static ALLOCATOR: eventsys::process::Allocator = eventsys::process::Allocator;
+
 fn main() -> std::process::ExitCode {
     gateway::main()
 }
