@@ -11,6 +11,8 @@
 # `postgresql`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/peers.sh
+source bench/peers.sh
 cargo build --release --workspace --bins
 # 10,000 SSE streams need 10,000+ descriptors in the bench client and in the gateway.
 ulimit -n "$(ulimit -Hn)"
@@ -81,30 +83,14 @@ fanout() {
 import json, sys
 r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = e['delivered']
 cpu = f'{($g1 - $g0) * 10000 / d:.2f} µs per delivery (whole run)' if d else f'{($g1 - $g0) / 100:.2f} s in all'
-print(f'  script: gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')"
+print(f'  script: gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')
+json.dump({'cpu': ($g1 - $g0) * 10000 / max(d, 1), 'rss': ($peak - $base) / n, 'p99': e['delivery_ms']['p99']}, open(f'$DATA/fan-gateway-{n}', 'w'))"
 }
 # The peer: nginx with nchan (one worker), the same subscribers and publishes, measured the same
 # way (the nginx worker's CPU over the whole run, RSS per open stream).
 nchan_fanout() {
   local conf="$DATA/nchan" w0 w1 base peak report sampler worker
-  mkdir -p "$conf"
-  cat > "$conf/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-worker_processes 1;
-worker_rlimit_nofile 30000;
-error_log $conf/error.log;
-pid $conf/nginx.pid;
-events { worker_connections 30000; }
-http {
-  access_log off;
-  client_body_temp_path $conf/body;
-  server {
-    listen 127.0.0.1:13110;
-    location ~ ^/pub/(.+)\$ { nchan_publisher; nchan_channel_id \$1; }
-    location ~ ^/sub/(.+)\$ { nchan_subscriber eventsource; nchan_channel_id \$1; }
-  }
-}
-CONF
+  nchan_conf "$conf"
   nginx -p "$conf" -c "$conf/nginx.conf" -g 'daemon off;' & local master=$!; PIDS+=($master)
   wait_port 13110
   worker=$(pgrep -P "$master" | head -1)
@@ -122,7 +108,8 @@ CONF
 import json, sys
 r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = e['delivered']
 cpu = f'{($w1 - $w0) * 10000 / d:.2f} µs per delivery (whole run)' if d else f'{($w1 - $w0) / 100:.2f} s in all'
-print(f'  script: nchan worker RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')"
+print(f'  script: nchan worker RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')
+json.dump({'cpu': ($w1 - $w0) * 10000 / max(d, 1), 'rss': ($peak - $base) / n, 'p99': e['delivery_ms']['p99']}, open(f'$DATA/fan-nchan-{n}', 'w'))"
 }
 echo "== machine: open files $(ulimit -n); $(nproc) cores, $(awk '/MemTotal/ {print int($2/1048576)}' /proc/meminfo) GiB, $(uname -sr)"
 
@@ -157,6 +144,7 @@ wrk_cpu() {
   echo "\$ wrk -t1 -c32 -d10s --latency $url" >&2
   echo "$out" | grep -E 'Requests/sec|^ +(50|99)%|Non-2xx|Socket errors' | sed 's/^/  /'
   python3 -c "n = max($n, 1); print(f'  $label CPU per request: front {($g1 - $g0) * 10000 / n:.1f} µs, backends {($b1 - $b0) * 10000 / n:.1f} µs')"
+  WRK_FRONT_US=$(python3 -c "print(($g1 - $g0) * 10000 / max($n, 1))")
 }
 if command -v wrk >/dev/null; then
   wrk_cpu "gateway get (wrk):" "$GATEWAY" "${BACKENDS[*]}" "http://127.0.0.1:13000/events/$ID?userId=wrk"
@@ -166,30 +154,41 @@ fi
 # Reference: nginx (Debian) as a least_conn proxy over three trivial upstreams that answer one
 # event's JSON, keepalive connections to them, no access log (like the gateway by default).
 if command -v nginx >/dev/null; then
-  NGX=$DATA/nginx; mkdir -p "$NGX/front" "$NGX/up"
-  BODY='{"id":"0f8b5c1e-1d2a-4c3b-9e4f-5a6b7c8d9e0f","userId":"wrk","title":"wrk","description":"one event read by wrk","completed":false,"createdAt":"2026-11-27T12:00:00Z","topic":"","seq":0}'
-  cat > "$NGX/up/nginx.conf" <<CONF
-worker_processes 1; pid $NGX/up/pid; error_log $NGX/up/error.log;
-events { worker_connections 4096; }
-http { access_log off; default_type application/json;
-  server { listen 127.0.0.1:13101; listen 127.0.0.1:13102; listen 127.0.0.1:13103; keepalive_requests 1000000;
-    location / { return 200 '$BODY'; } } }
-CONF
-  cat > "$NGX/front/nginx.conf" <<CONF
-worker_processes auto; pid $NGX/front/pid; error_log $NGX/front/error.log;
-events { worker_connections 4096; }
-http { access_log off;
-  upstream events { least_conn; server 127.0.0.1:13101; server 127.0.0.1:13102; server 127.0.0.1:13103; keepalive 64; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:13100; keepalive_requests 1000000;
-    location / { proxy_pass http://events; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
+  NGX=$DATA/nginx
+  upstreams_conf "$NGX/up"
+  # `front WORKERS`: the least_conn proxy with that many worker processes (FRONT, FRONT_PIDS).
+  front() {
+    front_conf "$NGX/front$1" "$1"
+    nginx -p "$NGX/front$1" -c "$NGX/front$1/nginx.conf" -g 'daemon off;' & FRONT=$!; PIDS+=($FRONT)
+    wait_port 13100; sleep 0.5
+    FRONT_PIDS="$FRONT $(pgrep -P "$FRONT" | tr '\n' ' ')"
+  }
   nginx -p "$NGX/up" -c "$NGX/up/nginx.conf" -g 'daemon off;' & UP=$!; PIDS+=($UP)
-  nginx -p "$NGX/front" -c "$NGX/front/nginx.conf" -g 'daemon off;' & FRONT=$!; PIDS+=($FRONT)
-  wait_port 13100; wait_port 13101; sleep 0.5
-  FRONT_PIDS="$FRONT $(pgrep -P "$FRONT" | tr '\n' ' ')"; UP_PIDS="$UP $(pgrep -P "$UP" | tr '\n' ' ')"
+  wait_port 13101
+  UP_PIDS="$UP $(pgrep -P "$UP" | tr '\n' ' ')"
+  front auto
   measure "nginx least_conn get:" "$FRONT_PIDS" "$UP_PIDS" -- run --gateway http://127.0.0.1:13100 closed --endpoint get --id "$ID" --concurrency 32 --duration 10s
   command -v wrk >/dev/null && wrk_cpu "nginx least_conn get (wrk):" "$FRONT_PIDS" "$UP_PIDS" "http://127.0.0.1:13100/events/$ID?userId=wrk"
-  kill "$FRONT" "$UP"; wait "$FRONT" "$UP" 2>/dev/null || true
+  kill "$FRONT"; wait "$FRONT" 2>/dev/null || true
+  # One worker each, as the issue-34 target compares them (the gateway runs one runtime worker
+  # under `eventsys up` here): wrk on the gateway, then on nginx, twice, each pair back to back.
+  if command -v wrk >/dev/null; then
+    echo "  one worker each (gateway TOKIO_WORKER_THREADS=1, nginx worker_processes 1), wrk, two pairs"
+    stop_gateway
+    RATIOS=()
+    for pair in 1 2; do
+      TOKIO_WORKER_THREADS=1 gateway "$ALL"
+      wrk_cpu "gateway get (1 worker, wrk):" "$GATEWAY" "${BACKENDS[*]}" "http://127.0.0.1:13000/events/$ID?userId=wrk"; GW_US=$WRK_FRONT_US
+      stop_gateway
+      front 1
+      wrk_cpu "nginx least_conn get (1 worker, wrk):" "$FRONT_PIDS" "$UP_PIDS" "http://127.0.0.1:13100/events/$ID?userId=wrk"
+      kill "$FRONT"; wait "$FRONT" 2>/dev/null || true
+      RATIOS+=("$(python3 -c "print(f'{$GW_US / max($WRK_FRONT_US, 0.1):.2f}')")")
+    done
+    echo "  gateway / nginx CPU per GET, one worker each: ${RATIOS[*]} (target ≤ 2)"
+    gateway "$ALL"
+  fi
+  kill "$UP"; wait "$UP" 2>/dev/null || true
 else
   echo "  nginx not installed (apt-get install nginx): reference rows skipped"
 fi
@@ -208,6 +207,11 @@ if command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_nchan_module.s
   echo "  peer: nginx + nchan, one worker, the same two loads (apt-get install nginx libnginx-mod-nchan)"
   nchan_fanout --subscribers 1000 --rate 20 --duration 10s
   nchan_fanout --subscribers 10000 --rate 10 --duration 30s
+  # The issue-34 targets: each figure of the gateway over nchan's, the same load (≤ 1 meets).
+  for n in 1000 10000; do python3 -c "
+import json
+g, c = (json.load(open(f'$DATA/fan-{w}-$n')) for w in ('gateway', 'nchan'))
+print('  gateway / nchan, $n subscribers: ' + ', '.join(f'{k} {g[k] / max(c[k], 1e-9):.2f}' for k in ('cpu', 'p99', 'rss')) + ' (each ≤ 1 meets the target)')" || true; done
 else
   echo "  nginx + nchan not installed (apt-get install nginx libnginx-mod-nchan): peer rows skipped"
 fi

@@ -215,6 +215,7 @@ fn parse(frame: &[u8]) -> Option<Item> {
     Some(Item {
         lane: 0,
         place: position?,
+        gapless: true,
         sent,
     })
 }

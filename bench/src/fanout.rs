@@ -297,6 +297,9 @@ pub(crate) async fn fanout(
 pub(crate) struct Item {
     pub(crate) lane: usize,
     pub(crate) place: u64,
+    /// Places follow one another (`seq`): the next is the last plus one. Otherwise each is
+    /// only past the last (nchan's message ids).
+    pub(crate) gapless: bool,
     pub(crate) sent: Option<u64>,
 }
 
@@ -364,7 +367,13 @@ pub(crate) async fn read_frames(
         while let Some(end) = find(&pending[start..], b"\n\n") {
             let frame = &pending[start..start + end];
             start += end + 2;
-            let Some(Item { lane, place, sent }) = parse(frame) else {
+            let Some(Item {
+                lane,
+                place,
+                gapless,
+                sent,
+            }) = parse(frame)
+            else {
                 continue;
             };
             if lane >= MAX_LANES {
@@ -374,7 +383,11 @@ pub(crate) async fn read_frames(
             if lane >= last.len() {
                 last.resize(lane + 1, 0);
             }
-            if place != last[lane] + 1 {
+            let next = match gapless {
+                true => place == last[lane] + 1,
+                false => place > last[lane],
+            };
+            if !next {
                 disorder += 1;
                 if place <= last[lane] {
                     continue;
@@ -415,20 +428,30 @@ fn parse(frame: &[u8]) -> Option<Item> {
     Some(Item {
         lane: 0,
         place: seq?,
+        gapless: true,
         sent: Some(sent),
     })
 }
 
-/// nchan's frame of a bench publish: its number in its topic and `sentAtMicros`, from its data
-/// (nchan's `id:` is its own).
+/// nchan's frame of a bench publish: its place is nchan's own message id (`<time>:<index>`, in
+/// the order nchan took the publishes, which overlap), and `sentAtMicros` from its data.
 fn parse_numbered(frame: &[u8]) -> Option<Item> {
-    let data = frame
-        .split(|b| *b == b'\n')
-        .find(|line| line.starts_with(b"data: "))?;
+    let mut place = None;
+    let mut sent = None;
+    for line in frame.split(|b| *b == b'\n') {
+        if let Some(id) = line.strip_prefix(b"id: ") {
+            let (time, index) = std::str::from_utf8(id).ok()?.split_once(':')?;
+            let (time, index): (u64, u64) = (time.parse().ok()?, index.parse().ok()?);
+            place = Some((time << 24) + index);
+        } else if line.starts_with(b"data: ") {
+            sent = number_after(line, b"\"sentAtMicros\":");
+        }
+    }
     Some(Item {
         lane: 0,
-        place: number_after(data, b"\"n\":")?,
-        sent: number_after(data, b"\"sentAtMicros\":"),
+        place: place?,
+        gapless: false,
+        sent,
     })
 }
 
@@ -444,6 +467,7 @@ fn parse_any(frame: &[u8]) -> Option<Item> {
     Some(Item {
         lane: usize::try_from(number_after(&topic[dot..], b".")?).ok()?,
         place: number_after(data, b"\"seq\":")?,
+        gapless: true,
         sent: number_after(data, b"\"sentAtMicros\":"),
     })
 }
@@ -527,5 +551,28 @@ async fn publish(
             }
             tasks.join_all().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// nchan's frames (as nchan 1.3 writes them) are placed by its message ids, in its order,
+    /// across a second's turn; the publish number in the data plays no part.
+    #[test]
+    fn nchan_frames_are_placed_by_nchans_own_ids() {
+        let place = |frame: &str| {
+            let item = parse_numbered(frame.as_bytes()).expect("an item");
+            assert!(!item.gapless);
+            (item.place, item.sent)
+        };
+        let first = place("id: 1796632911:0\ndata: {\"n\":2,\"sentAtMicros\":7}");
+        let second = place("id: 1796632911:1\ndata: {\"n\":1,\"sentAtMicros\":5}");
+        let third = place("id: 1796632912:0\ndata: {\"n\":3,\"sentAtMicros\":9}");
+        assert!(first.0 < second.0 && second.0 < third.0);
+        assert_eq!((first.1, second.1), (Some(7), Some(5)));
+        assert!(parse_numbered(b": hi").is_none());
+        assert!(parse_numbered(b"id: 17:x\ndata: {}").is_none());
     }
 }
