@@ -12,6 +12,7 @@ mod lead;
 mod presence;
 mod retention;
 mod rows;
+mod signal;
 mod writer;
 
 use std::{
@@ -141,6 +142,8 @@ pub struct SqliteStore {
     writer: Arc<Writer>,
     /// Which process's writer commits the file's writes (`lead`).
     lead: Lead,
+    /// How often followers look for commits they were not told of (`follow::POLL`).
+    follow_poll: Duration,
 }
 
 impl SqliteStore {
@@ -182,8 +185,12 @@ impl SqliteStore {
         let mut opened = opened;
         let writer_conn = opened.pop().expect("the writer's connection");
         let published = Arc::new(Notify::new());
-        let writer = Writer::start(writer_conn, published.clone())
-            .map_err(|e| fail(&target, e.to_string()))?;
+        let writer = Writer::start(
+            writer_conn,
+            published.clone(),
+            signal::Committed::open(&path),
+        )
+        .map_err(|e| fail(&target, e.to_string()))?;
         let writer = Arc::new(writer);
         let lead = Lead::join(&path, writer.clone(), published.clone());
         Ok(Self {
@@ -195,6 +202,7 @@ impl SqliteStore {
             published,
             writer,
             lead,
+            follow_poll: follow::POLL,
         })
     }
 
@@ -624,7 +632,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn follow(&self) -> Result<BoxStream<'static, Result<Followed>>> {
-        follow::follow(self.path.clone(), self.published.clone()).await
+        follow::follow(self.path.clone(), self.published.clone(), self.follow_poll).await
     }
 
     /// A batch of each: topics', then change feeds'.

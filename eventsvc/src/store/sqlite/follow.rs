@@ -16,14 +16,20 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
     changelog::{self, entry_columns},
-    columns, connect, query_events, sql_error,
+    columns, connect, query_events,
+    signal::Commits,
+    sql_error,
 };
 use crate::store::{Followed, Result, StoreError};
 
-/// How often to look for commits by other processes; this process's own publishes wake the
-/// follower at once.
+/// How often to look for commits by other processes that no signal told of (`signal`); this
+/// process's own publishes wake the follower at once.
 pub(super) const POLL: Duration = Duration::from_millis(10);
 const BATCH: usize = 512;
+/// The least time between two reads that another process's commit signal asks for: under a
+/// stream of commits a follower reads at most this often, not once per commit (each read is
+/// a read transaction on the blocking pool).
+const SIGNALLED_GAP: Duration = Duration::from_millis(2);
 
 /// Where the follower stands: the last `data_version` it read at and the last rows it passed
 /// (of `events`, of `changes`).
@@ -58,7 +64,10 @@ fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
 pub(super) async fn follow(
     path: PathBuf,
     published: Arc<Notify>,
+    poll: Duration,
 ) -> Result<BoxStream<'static, Result<Followed>>> {
+    // Watching first: a commit signalled while the start is read is read after it.
+    let commits = Commits::watch(&path);
     let conn: Shared = {
         let opened = tokio::task::spawn_blocking(move || connect(&path))
             .await
@@ -88,7 +97,7 @@ pub(super) async fn follow(
 
     let (tx, rx) = mpsc::channel(BATCH);
     tokio::spawn(async move {
-        if let Err(err) = run(conn, start, published, &tx).await {
+        if let Err(err) = run(conn, start, published, commits, poll, &tx).await {
             let _ = tx.send(Err(err)).await;
         }
     });
@@ -100,9 +109,12 @@ async fn run(
     conn: Shared,
     mut at: Position,
     published: Arc<Notify>,
+    mut commits: Commits,
+    poll: Duration,
     tx: &mpsc::Sender<Result<Followed>>,
 ) -> Result<()> {
     let mut more = false;
+    let mut last_read = tokio::time::Instant::now();
     loop {
         let woken = published.notified();
         tokio::pin!(woken);
@@ -110,10 +122,14 @@ async fn run(
         if !more {
             tokio::select! {
                 _ = &mut woken => {}
-                _ = tokio::time::sleep(POLL) => {}
+                () = commits.next() => {
+                    tokio::time::sleep_until(last_read + SIGNALLED_GAP).await;
+                }
+                _ = tokio::time::sleep(poll) => {}
                 _ = tx.closed() => return Ok(()),
             }
         }
+        last_read = tokio::time::Instant::now();
         let (followed, next, full) = blocking(&conn, "follow", move |c| read(c, at, more)).await?;
         at = next;
         more = full;

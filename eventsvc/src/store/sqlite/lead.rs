@@ -169,7 +169,7 @@ impl Lead {
 }
 
 /// `db`'s path with `suffix` appended to its file name.
-fn beside(db: &Path, suffix: &str) -> PathBuf {
+pub(super) fn beside(db: &Path, suffix: &str) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{create_in, delete_in, publish_in, sql_error, update_in};
+use super::{create_in, delete_in, publish_in, signal::Committed, sql_error, update_in};
 use crate::store::{Event, EventPatch, NewEvent, Precondition, Result, StoreError, batching};
 
 /// A write, as the writer applies it (and as another process sends it, `lead`).
@@ -170,12 +170,17 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer on `conn`; it wakes `published` after each batch that published.
-    pub(super) fn start(conn: Connection, published: Arc<Notify>) -> std::io::Result<Writer> {
+    /// Starts the writer on `conn`; after each batch that published it wakes `published`
+    /// (this process's followers) and tells `committed` (the other processes').
+    pub(super) fn start(
+        conn: Connection,
+        published: Arc<Notify>,
+        committed: Committed,
+    ) -> std::io::Result<Writer> {
         let (queue, writes) = mpsc::channel(batching::QUEUE);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, writes, &published))?;
+            .spawn(move || run(conn, writes, &published, &committed))?;
         Ok(Writer { queue })
     }
 
@@ -202,7 +207,12 @@ impl Writer {
 }
 
 /// Until every sender is gone: a batch of what is queued, committed.
-fn run(mut conn: Connection, mut writes: mpsc::Receiver<Queued>, published: &Notify) {
+fn run(
+    mut conn: Connection,
+    mut writes: mpsc::Receiver<Queued>,
+    published: &Notify,
+    committed: &Committed,
+) {
     while let Some(first) = writes.blocking_recv() {
         // The write lock first, then the batch: what queued while another process held the
         // lock joins this commit instead of waiting for the next.
@@ -220,6 +230,7 @@ fn run(mut conn: Connection, mut writes: mpsc::Receiver<Queued>, published: &Not
         };
         if published_any {
             published.notify_waiters();
+            committed.tell();
         }
     }
 }

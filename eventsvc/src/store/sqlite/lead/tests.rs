@@ -165,3 +165,31 @@ async fn a_peer_that_sends_garbage_or_too_much_is_dropped_and_the_others_are_ser
     let page = leader.list(None, 10, None).await.unwrap();
     assert_eq!(page.events, [event]);
 }
+
+/// A publish committed by the leader reaches a follower's feed at once: the leader's writer
+/// signals the commit and the follower's watch wakes it, with its poll set to an hour (so
+/// without the signal the follower would not read it within the test's bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_by_another_process_wakes_a_follower_without_its_poll() {
+    use futures::StreamExt;
+
+    use crate::store::Followed;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let leader = SqliteStore::open(path.clone()).await.unwrap();
+    until_leading(&leader, true).await;
+    let mut follower = SqliteStore::open(path.clone()).await.unwrap();
+    follower.follow_poll = Duration::from_secs(3600);
+    let mut followed = follower.follow().await.unwrap();
+    for title in ["first", "second"] {
+        let event = leader.publish(named(title)).await.unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(10), followed.next())
+            .await
+            .unwrap_or_else(|_| panic!("{title}: the follower was not woken"));
+        match next {
+            Some(Ok(Followed::Published(got))) => assert_eq!(got, event),
+            _ => panic!("{title}: not the published event"),
+        }
+    }
+}
