@@ -59,6 +59,8 @@ pub(crate) struct Hub {
     pub(super) of: StreamOf,
     /// Its own lock (an `RwLock`: one writer, many readers); see `Ring`.
     pub(super) ring: Ring,
+    /// Where its first client stood: its ring starts right after it.
+    opened_after: Place,
     /// Readers now: an atomic, as every reader's drop changes it and the hub task only needs to
     /// see it reach zero (then `left` wakes it).
     readers: AtomicUsize,
@@ -120,8 +122,10 @@ impl Drop for Member {
 pub(super) struct Joined {
     pub(super) member: Member,
     pub(super) position: u64,
-    /// The client opened the hub, whose ring starts right after the client's `after`.
-    pub(super) opened_it: bool,
+    /// The ring from `position` holds every frame after the client's `after`: it opened the
+    /// hub, or joined one opened from no later place whose ring has dropped nothing. Else
+    /// what came before its position is read from the store.
+    pub(super) covered: bool,
     /// Where the hub stood once the client joined (at or past `position`).
     pub(super) hub_place: Place,
 }
@@ -171,10 +175,17 @@ impl Hubs {
                     if bearer.is_some() {
                         hub.current().bearer = bearer;
                     }
+                    // Joining a hub that still holds everything since it opened, from a place
+                    // it opened at or before: the ring has all the client needs (no store
+                    // read, no backend call for a client of a topic's live stream).
+                    let covered = matches!(
+                        (&hub.opened_after, &after),
+                        (Place::Seq(opened), Place::Seq(after)) if after >= opened
+                    ) && hub.ring.kept_all();
                     Joined {
                         member: Member(hub.clone()),
-                        position: hub.ring.end(),
-                        opened_it: false,
+                        position: if covered { 0 } else { hub.ring.end() },
+                        covered,
                         hub_place: Place::Seq(0),
                     }
                 }
@@ -184,6 +195,7 @@ impl Hubs {
                         ring: Ring::new(RING_FRAMES),
                         readers: AtomicUsize::new(1),
                         left: Notify::new(),
+                        opened_after: after.clone(),
                         current: Mutex::new(Current {
                             backend: None,
                             bearer,
@@ -197,7 +209,7 @@ impl Hubs {
                     Joined {
                         member: Member(hub),
                         position: 0,
-                        opened_it: true,
+                        covered: true,
                         hub_place: Place::Seq(0),
                     }
                 }

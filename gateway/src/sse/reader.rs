@@ -75,7 +75,7 @@ impl Reader {
         let Joined {
             member,
             position,
-            opened_it,
+            covered,
             hub_place,
         } = state
             .hubs
@@ -96,8 +96,9 @@ impl Reader {
             _slot: slot,
             _here: None,
         };
-        // The hub it opened starts right after `after`.
-        if !opened_it {
+        // Unless the ring holds everything after `after` (the hub it opened starts right after
+        // it), what the hub had before the client joined is read from the store.
+        if !covered {
             if let Place::Topics(at) = &reader.place {
                 // Any topic it has may be past the hub.
                 reader.ahead = at.iter().map(|(t, s)| (t.to_owned(), s)).collect();

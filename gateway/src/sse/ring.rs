@@ -109,6 +109,15 @@ impl Ring {
         self.pushed.notified()
     }
 
+    /// Whether it still holds every frame ever pushed (none dropped to stay within bounds).
+    pub(crate) fn kept_all(&self) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first
+            == 0
+    }
+
     /// Bytes held now.
     #[cfg(test)]
     fn bytes(&self) -> usize {

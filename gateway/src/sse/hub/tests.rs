@@ -44,7 +44,7 @@ async fn a_hub_outlives_its_last_reader_by_linger_then_lets_its_stream_go() {
         let mut backend = FakeBackend::start().await;
         let (state, _stop) = testing::gateway(&[&backend], &[]).await;
         let (joined, events) = open(&state, &mut backend, "t").await;
-        assert!(joined.opened_it);
+        assert!(joined.covered && joined.position == 0);
         drop(joined);
 
         advance(LINGER - MS).await;
@@ -75,7 +75,9 @@ async fn a_reader_back_within_linger_finds_the_same_hub() {
             .join(&state, &of, Place::Seq(0), None)
             .await
             .unwrap();
-        assert!(!again.opened_it, "a second hub was opened");
+        assert_eq!(state.hubs.count(), 1, "a second hub was opened");
+        // Its ring still holds all since it opened at 0: read from there, not from the store.
+        assert!(again.covered && again.position == 0);
         advance(LINGER * 3).await;
         assert_eq!(state.hubs.count(), 1);
         assert!(backend.subscribes.try_recv().is_err(), "subscribed twice");
@@ -176,6 +178,52 @@ async fn a_permanent_refusal_ends_the_hub_without_another_try() {
         assert_eq!(state.hubs.count(), 0);
         advance(Duration::from_secs(60)).await;
         assert!(backend.subscribes.try_recv().is_err(), "tried again");
+    })
+    .await;
+}
+
+/// A client joining an open hub reads it from the ring's start, with no store read, only when
+/// the ring holds all it needs: the hub opened at or before the client's place and has
+/// dropped nothing since. Else it starts at the ring's end (and catches up from the store).
+#[tokio::test(start_paused = true)]
+async fn a_joiner_reads_the_ring_from_its_start_only_when_it_holds_all_the_joiner_needs() {
+    testing::bounded(async {
+        let mut backend = FakeBackend::start().await;
+        let (state, _stop) = testing::gateway(&[&backend], &[]).await;
+        let of = StreamOf::Topic("t".into());
+        let joining = {
+            let (state, of) = (state.clone(), of.clone());
+            tokio::spawn(async move { state.hubs.join(&state, &of, Place::Seq(5), None).await })
+        };
+        let events = backend.subscribed().await.accept();
+        let opener = joining.await.unwrap().expect("the hub opens");
+        events.send(Ok(event("t", 6))).await.unwrap();
+        until(|| matches!(read(&opener, 0), Read::Frame(_))).await;
+
+        let join = |after| {
+            let (state, of) = (state.clone(), of.clone());
+            async move {
+                state
+                    .hubs
+                    .join(&state, &of, Place::Seq(after), None)
+                    .await
+                    .unwrap()
+            }
+        };
+        let later = join(7).await;
+        assert!(later.covered && later.position == 0);
+        let earlier = join(2).await;
+        assert!(!earlier.covered, "seqs 3 to 5 are not in the ring");
+        assert_eq!(earlier.position, 1);
+
+        // Past its bound the ring drops its oldest frames: no joiner is covered any more.
+        for seq in 7..7 + RING_FRAMES as u64 {
+            events.send(Ok(event("t", seq))).await.unwrap();
+        }
+        until(|| matches!(read(&opener, 0), Read::Lagged)).await;
+        let late = join(5).await;
+        assert!(!late.covered);
+        assert_eq!(late.position, later.member.ring.end());
     })
     .await;
 }
