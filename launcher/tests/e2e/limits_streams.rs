@@ -43,9 +43,11 @@ async fn clients_that_do_not_read_hold_bytes_not_events_and_lose_nothing() {
     }
     assert_eq!(publish(&base, "firehose", 2000, 8, EVENT).await, 2000);
     let grown = gateway.rss().saturating_sub(idle);
-    // Ten budgets, and some MiB for everything else a busy process allocates (measured here
-    // at 4 to 7). Queuing whole events (64 of these per client) would take over 20 MiB.
-    let bound = 10 * BUDGET + 8 * 1024 * 1024;
+    // Ten budgets, and some MiB for everything else a busy process allocates and what its
+    // allocator keeps of what was freed (jemalloc returns freed pages after its decay time,
+    // 10 s): measured 3 to 9 MiB, 1.2 with the decay set to 0. Queuing whole events (64 of
+    // these per client) would take over 20 MiB.
+    let bound = 10 * BUDGET + 12 * 1024 * 1024;
     assert!(
         grown <= bound,
         "gateway grew by {grown} bytes with 10 stalled clients (bound {bound})"
