@@ -13,4 +13,4 @@ pub use args::{
     AuthArgs, AuthError, Mode, SECRET_ENV, ServiceSigner, sign_hs256, sign_with_private_key,
 };
 pub use keys::Rejected;
-pub use policy::{Auth, Caller, Claims, Denied, EventsClaim, Identity, bearer_token};
+pub use policy::{Audience, Auth, Caller, Claims, Denied, EventsClaim, Identity, bearer_token};

@@ -181,7 +181,7 @@ fn token(args: TokenArgs) -> ExitCode {
         exp: (now + args.ttl).as_secs(),
         nbf: None,
         iss: args.issuer,
-        aud: args.audience,
+        aud: args.audience.map(Into::into),
         events: EventsClaim {
             publish: args.publish,
             subscribe: args.subscribe,

@@ -307,7 +307,7 @@ impl ServiceSigner {
             exp,
             nbf: None,
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(Into::into),
             events: crate::auth::EventsClaim {
                 admin: true,
                 ..Default::default()

@@ -98,7 +98,12 @@ impl Verifier {
         let mut validation = Validation::new_for_family(key.family());
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // The library checks `iss` and `aud` only when a token carries them: configured, they
+        // are required too.
+        let mut required = vec!["exp", "sub"];
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &self.audience {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
@@ -167,7 +172,7 @@ mod tests {
 
     use super::*;
     use crate::auth::{
-        EventsClaim, sign_hs256,
+        Audience, EventsClaim, sign_hs256,
         testkeys::{EC_P256, pair},
     };
 
@@ -236,6 +241,25 @@ mod tests {
         with.iss = Some("us".into());
         let token = sign_hs256(SECRET, &with).unwrap();
         assert!(hs(Some("us"), Some("events")).verify(&token).is_ok());
+    }
+
+    #[test]
+    fn a_configured_issuer_or_audience_is_required() {
+        let bare = sign_hs256(SECRET, &claims(60)).unwrap();
+        assert!(hs(None, None).verify(&bare).is_ok());
+        let missing = "a required claim is missing";
+        assert_eq!(refused(&hs(Some("us"), None), &bare), missing);
+        assert_eq!(refused(&hs(None, Some("events")), &bare), missing);
+    }
+
+    #[test]
+    fn an_audience_list_is_accepted_when_it_holds_ours() {
+        let mut listed = claims(60);
+        listed.aud = Some(Audience::Many(vec!["billing".into(), "events".into()]));
+        let token = sign_hs256(SECRET, &listed).unwrap();
+        let verified = hs(None, Some("events")).verify(&token).unwrap();
+        assert_eq!(verified.aud, listed.aud);
+        assert_eq!(refused(&hs(None, Some("else")), &token), "wrong audience");
     }
 
     #[test]

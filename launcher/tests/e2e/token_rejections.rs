@@ -7,7 +7,7 @@ use std::process::Command;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use eventsys::{
-    auth::{Claims, EventsClaim},
+    auth::{Audience, Claims, EventsClaim},
     v1,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
@@ -188,6 +188,25 @@ async fn a_wrong_audience_is_refused() {
     let mut other = claims();
     other.aud = Some("another service".into());
     under.refuses(&hs256(&other, None)).await;
+}
+
+/// `--jwt-issuer` and `--jwt-audience`, when set, are required: a token without the claim is
+/// refused (the library alone checks them only when present). An `aud` list holding ours passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_issuer_or_audience_is_required_and_an_audience_list_holds_ours() {
+    let under = start(Keys::Secret).await;
+    under.accepts(&hs256(&claims(), None)).await;
+    let mut no_issuer = claims();
+    no_issuer.iss = None;
+    under.refuses(&hs256(&no_issuer, None)).await;
+    let mut no_audience = claims();
+    no_audience.aud = None;
+    under.refuses(&hs256(&no_audience, None)).await;
+    let mut listed = claims();
+    listed.aud = Some(Audience::Many(vec!["billing".into(), "events".into()]));
+    under.accepts(&hs256(&listed, None)).await;
+    listed.aud = Some(Audience::Many(vec!["billing".into()]));
+    under.refuses(&hs256(&listed, None)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
