@@ -29,7 +29,90 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {}", describe(&e))))
+    }
+}
+
+/// Field names quoted in an error at most this long (they may be the client's own).
+const MAX_QUOTED_NAME: usize = 64;
+
+/// What is wrong with a JSON body and where, without its text: serde quotes the value it
+/// refused (`invalid type: string "…", expected a boolean`), and a client's 300-character value
+/// came back in an 811-byte answer. Values (`"…"`) are left out; names (`` `…` ``: a field,
+/// a variant) are kept up to `MAX_QUOTED_NAME` characters.
+fn describe(err: &serde_json::Error) -> String {
+    if err.is_eof() {
+        return format!(
+            "the body ends early (line {} column {})",
+            err.line(),
+            err.column()
+        );
+    }
+    let text = err.to_string();
+    let mut out = String::with_capacity(text.len().min(256));
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                // serde writes the value as Rust's `Debug` does: quotes inside are escaped.
+                let mut escaped = false;
+                for c in chars.by_ref() {
+                    match (escaped, c) {
+                        (false, '\\') => escaped = true,
+                        (false, '"') => break,
+                        _ => escaped = false,
+                    }
+                }
+                out.push_str("(not shown)");
+            }
+            '`' => {
+                let name: String = chars.by_ref().take_while(|c| *c != '`').collect();
+                out.push('`');
+                if name.chars().count() > MAX_QUOTED_NAME {
+                    out.extend(name.chars().take(MAX_QUOTED_NAME));
+                    out.push('…');
+                } else {
+                    out.push_str(&name);
+                }
+                out.push('`');
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod body_errors {
+    use super::*;
+
+    fn error_of(body: &str) -> String {
+        let err = serde_json::from_str::<std::collections::BTreeMap<String, bool>>(body)
+            .expect_err("refused");
+        describe(&err)
+    }
+
+    #[test]
+    fn a_refused_value_is_not_repeated_but_what_and_where_are_said() {
+        let value = "v".repeat(300);
+        let said = error_of(&format!(r#"{{"completed": "{value}"}}"#));
+        assert!(!said.contains("vvv"), "{said}");
+        assert!(said.contains("expected a boolean"), "{said}");
+        assert!(said.contains("line 1 column 316"), "{said}");
+        assert!(said.len() < 120, "{said}");
+        // Escaped quotes inside the value do not end it early.
+        let said = error_of(r#"{"completed": "a "quoted" secret"}"#);
+        assert!(!said.contains("secret"), "{said}");
+    }
+
+    #[test]
+    fn syntax_errors_and_early_ends_say_where() {
+        assert!(error_of("{not json").contains("line 1 column 2"));
+        assert!(error_of(r#"{"completed": tru"#).contains("line 1"));
+        assert_eq!(
+            error_of(r#"{"completed": "#),
+            "the body ends early (line 1 column 14)"
+        );
     }
 }
 

@@ -166,6 +166,16 @@ async fn post_events_rejects_bad_bodies_with_the_contract_error(
         "boolean",
     )
     .await;
+    // What is wrong and where, without the client's value: not 800 bytes for 300 sent.
+    let long = format!(r#"{{"completed": "{}"}}"#, "v".repeat(300));
+    let response = client.post(url("/events")).body(long).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let said = response.text().await.unwrap();
+    assert!(!said.contains("vvv") && said.len() < 400, "{said}");
+    assert!(
+        said.contains("expected a boolean at line 1 column 316"),
+        "{said}"
+    );
     assert_error(
         post(r#"{"data": [1, 2]}"#).await.unwrap(),
         400,
