@@ -50,9 +50,10 @@ where
         eprintln!("{name}: {reason}");
         std::process::ExitCode::FAILURE
     };
-    if let Err(err) = load_dotenv() {
-        return fail(&err);
-    }
+    let from_dotenv = match load_dotenv() {
+        Ok(names) => names,
+        Err(err) => return fail(&err),
+    };
     let config = parse();
     let inherited = match Inherited::take() {
         Ok(inherited) => inherited,
@@ -62,6 +63,9 @@ where
         Ok(guard) => guard,
         Err(err) => return fail(&err),
     };
+    if !from_dotenv.is_empty() {
+        tracing::info!(variables = %from_dotenv.join(", "), "read from .env in the working directory");
+    }
     let spans = match crate::otlp::init(service_name(name)) {
         Ok(guard) => guard,
         Err(err) => return fail(&err),
@@ -132,12 +136,28 @@ pub fn open_file_limit() -> Option<u64> {
         .map(|(soft, _)| soft)
 }
 
-/// Reads `.env` in the working directory into the environment, if there is one.
-pub fn load_dotenv() -> Result<(), SetupError> {
-    match dotenvy::dotenv() {
-        Err(err) if !err.not_found() => Err(err.into()),
-        _ => Ok(()),
+/// Reads `.env` in the working directory, if there is one, into the environment (variables
+/// set already keep their value). Only there: dotenvy's `dotenv()` also reads the first
+/// `.env` of any parent folder, so a file in a folder above the server's (one anybody may
+/// write to, say) would configure it. Returns the names it set, for the log; never the values.
+pub fn load_dotenv() -> Result<Vec<String>, SetupError> {
+    let path = std::path::Path::new(".env");
+    let entries = match dotenvy::from_path_iter(path) {
+        Ok(entries) => entries,
+        Err(err) if err.not_found() => return Ok(Vec::new()),
+        Err(err) => return Err(err.into()),
+    };
+    let mut taken = Vec::new();
+    for entry in entries {
+        let (name, _) = entry?;
+        if std::env::var_os(&name).is_none() {
+            taken.push(name);
+        }
     }
+    taken.sort();
+    taken.dedup();
+    dotenvy::from_path(path)?;
+    Ok(taken)
 }
 
 /// Log lines waiting for the writer thread at most. Beyond this, lines are dropped (and

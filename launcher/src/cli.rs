@@ -124,9 +124,19 @@ pub(crate) struct UpArgs {
 /// Entry point of the `eventsys` binary.
 pub fn main() -> ExitCode {
     // Before parsing: flags fall back to variables that `.env` may set.
-    if let Err(err) = eventsys::process::load_dotenv() {
-        eprintln!("eventsys: {err}");
-        return ExitCode::FAILURE;
+    match eventsys::process::load_dotenv() {
+        // Named, never their values; the servers it starts find them set already.
+        Ok(names) if !names.is_empty() => {
+            eprintln!(
+                "eventsys: read from .env in the working directory: {}",
+                names.join(", ")
+            );
+        }
+        Ok(_) => {}
+        Err(err) => {
+            eprintln!("eventsys: {err}");
+            return ExitCode::FAILURE;
+        }
     }
     let cli = Cli::parse();
     let program = |name: &str| std::iter::once(OsString::from(format!("eventsys {name}")));

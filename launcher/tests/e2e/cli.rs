@@ -45,6 +45,54 @@ fn bad_gateway_configuration_exits_non_zero_with_a_one_line_reason() {
     );
 }
 
+/// `.env` is read from the working directory only, never from a folder above it; what it sets
+/// is named on stderr, never its values.
+#[test]
+fn dot_env_is_read_from_the_working_directory_only_and_named_not_shown() {
+    let above = tempfile::tempdir().unwrap();
+    let here = above.path().join("here");
+    std::fs::create_dir(&here).unwrap();
+    let gateway = |args: &[&str]| {
+        let out = Command::new(EVENTSYS)
+            .current_dir(&here)
+            .arg("gateway")
+            .args(["--port", "0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("BACKENDS")
+            .env_remove("PORT")
+            .env_remove("LISTEN_FDS")
+            .env_remove("PASSWORDISH")
+            .output()
+            .expect("run eventsys");
+        assert!(!out.status.success(), "{args:?} must be refused");
+        String::from_utf8_lossy(&out.stderr).trim().to_owned()
+    };
+    // The folder above's BACKENDS would be refused first; its own flag is refused instead.
+    std::fs::write(above.path().join(".env"), "BACKENDS=from-above\n").unwrap();
+    let said = gateway(&["--health-interval", "0s"]);
+    assert_eq!(
+        said,
+        "gateway: invalid --health-interval: must be more than zero"
+    );
+    // The working directory's is read, and what it set is named.
+    std::fs::write(
+        here.join(".env"),
+        "BACKENDS=from-here\nPASSWORDISH=hunter2\n",
+    )
+    .unwrap();
+    let said = gateway(&[]);
+    assert!(
+        said.contains("read from .env in the working directory: BACKENDS, PASSWORDISH"),
+        "{said}"
+    );
+    assert!(
+        said.ends_with("gateway: invalid --backends: \"from-here\" is not host:port"),
+        "{said}"
+    );
+    assert!(!said.contains("hunter2"), "{said}");
+}
+
 #[test]
 fn a_backend_refuses_to_keep_idempotency_keys_for_no_time() {
     let reason = refused("backend", &["--port", "0", "--idempotency-ttl", "0s"], &[]);
