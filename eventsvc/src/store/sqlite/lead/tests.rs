@@ -104,6 +104,14 @@ async fn a_follower_has_its_writes_committed_by_the_leader_and_gives_its_answers
     assert_eq!(follower.writer.queued(), 0);
 }
 
+/// `step`, failing the test with its name if it takes longer than any step should (a hand-over
+/// that hung once in CI: this says where, instead of stalling the run).
+async fn within<T>(step: &str, work: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .unwrap_or_else(|_| panic!("{step}: no answer within 20 s"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn when_the_leader_closes_the_follower_writes_on_and_takes_the_lead() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,15 +119,17 @@ async fn when_the_leader_closes_the_follower_writes_on_and_takes_the_lead() {
     let leader = SqliteStore::open(path.clone()).await.unwrap();
     until_leading(&leader, true).await;
     let follower = SqliteStore::open(path.clone()).await.unwrap();
-    let sent = follower.create(named("sent")).await.unwrap();
+    let sent = within("sent", follower.create(named("sent")))
+        .await
+        .unwrap();
     let socket = super::beside(&path, "-writer.sock");
     assert!(socket.exists());
 
     drop(leader);
     // Until it leads, it commits its own writes; then it serves the socket again.
-    let own = follower.create(named("own")).await.unwrap();
+    let own = within("own", follower.create(named("own"))).await.unwrap();
     until_leading(&follower, true).await;
-    let led = follower.create(named("led")).await.unwrap();
+    let led = within("led", follower.create(named("led"))).await.unwrap();
     for event in [sent, own, led] {
         assert_eq!(follower.get(event.id, None).await.unwrap(), event);
     }
@@ -128,8 +138,8 @@ async fn when_the_leader_closes_the_follower_writes_on_and_takes_the_lead() {
         assert!(Instant::now() < deadline, "the new leader never listened");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let third = SqliteStore::open(path).await.unwrap();
-    let event = third.create(named("third")).await.unwrap();
+    let third = within("open third", SqliteStore::open(path)).await.unwrap();
+    let event = within("third", third.create(named("third"))).await.unwrap();
     assert_eq!(follower.get(event.id, None).await.unwrap(), event);
 }
 
