@@ -62,54 +62,44 @@ measure() {
   requests=$(echo "$report" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
   python3 -c "n = max($requests, 1); print(f'  $label CPU per request: front {($g1 - $g0) * 10000 / n:.1f} µs, backends {($b1 - $b0) * 10000 / n:.1f} µs')"
 }
-# Each run gets a gateway of its own: RSS per stream is measured from the same start. CPU per
-# delivery ("script") is the gateway's user + system time over the whole run, subscribing and
-# publishing included, divided by the deliveries; bench's own figures (builds that export
-# process_* in /metrics) cover the delivery phase only.
+# `fanout_on WHO PID URL [bench fanout flags]`: the fan-out load against URL, measured on the
+# server process PID: its user + system time over the whole run (subscribing and publishing
+# included) divided by the deliveries, and its RSS per open stream (peak, sampled every 0.2 s,
+# minus before). The figures are kept for the ratios (under WHO's first word).
+fanout_on() {
+  local who=$1 pid=$2 url=$3 c0 c1 base peak report sampler; shift 3
+  base=$(rss_kib "$pid")
+  ( while kill -0 "$pid" 2>/dev/null; do rss_kib "$pid"; sleep 0.2; done ) > "$DATA/rss" &
+  sampler=$!
+  c0=$(cpu_ticks "$pid")
+  report=$(run --gateway "$url" fanout "$@" || true)
+  c1=$(cpu_ticks "$pid")
+  kill "$sampler" 2>/dev/null || true
+  peak=$(sort -n "$DATA/rss" | tail -1)
+  echo "$report" | summary
+  echo "$report" | python3 -c "
+import json, sys
+r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = e['delivered']
+cpu = f'{($c1 - $c0) * 10000 / d:.2f} µs per delivery (whole run)' if d else f'{($c1 - $c0) / 100:.2f} s in all'
+print(f'  script: $who RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')
+json.dump({'cpu': ($c1 - $c0) * 10000 / max(d, 1), 'rss': ($peak - $base) / n, 'p99': e['delivery_ms']['p99']}, open(f'$DATA/fan-${who%% *}-{n}', 'w'))"
+}
+# Each run gets a gateway of its own: RSS per stream is measured from the same start. bench's own
+# figures (builds that export process_* in /metrics) cover the delivery phase only.
 fanout() {
   stop_gateway
   TOKIO_WORKER_THREADS=1 MAX_SSE_STREAMS=20000 gateway "$ALL"
-  local g0 g1 base peak report sampler
-  base=$(rss_kib "$GATEWAY")
-  ( while kill -0 "$GATEWAY" 2>/dev/null; do rss_kib "$GATEWAY"; sleep 0.2; done ) > "$DATA/rss" &
-  sampler=$!
-  g0=$(cpu_ticks "$GATEWAY")
-  report=$(run --gateway http://127.0.0.1:13000 fanout "$@" || true)
-  g1=$(cpu_ticks "$GATEWAY")
-  kill "$sampler" 2>/dev/null || true
-  peak=$(sort -n "$DATA/rss" | tail -1)
-  echo "$report" | summary
-  echo "$report" | python3 -c "
-import json, sys
-r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = e['delivered']
-cpu = f'{($g1 - $g0) * 10000 / d:.2f} µs per delivery (whole run)' if d else f'{($g1 - $g0) / 100:.2f} s in all'
-print(f'  script: gateway RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')
-json.dump({'cpu': ($g1 - $g0) * 10000 / max(d, 1), 'rss': ($peak - $base) / n, 'p99': e['delivery_ms']['p99']}, open(f'$DATA/fan-gateway-{n}', 'w'))"
+  fanout_on gateway "$GATEWAY" http://127.0.0.1:13000 "$@"
 }
 # The peer: nginx with nchan (one worker), the same subscribers and publishes, measured the same
-# way (the nginx worker's CPU over the whole run, RSS per open stream).
+# way on its worker process.
 nchan_fanout() {
-  local conf="$DATA/nchan" w0 w1 base peak report sampler worker
+  local conf="$DATA/nchan" master
   nchan_conf "$conf"
-  nginx -p "$conf" -c "$conf/nginx.conf" -g 'daemon off;' & local master=$!; PIDS+=($master)
+  nginx -p "$conf" -c "$conf/nginx.conf" -g 'daemon off;' & master=$!; PIDS+=($master)
   wait_port 13110
-  worker=$(pgrep -P "$master" | head -1)
-  base=$(rss_kib "$worker")
-  ( while kill -0 "$worker" 2>/dev/null; do rss_kib "$worker"; sleep 0.2; done ) > "$DATA/rss" &
-  sampler=$!
-  w0=$(cpu_ticks "$worker")
-  report=$(run --gateway http://127.0.0.1:13110 fanout --nchan "$@" || true)
-  w1=$(cpu_ticks "$worker")
-  kill "$sampler" 2>/dev/null || true
-  peak=$(sort -n "$DATA/rss" | tail -1)
+  fanout_on "nchan worker" "$(pgrep -P "$master" | head -1)" http://127.0.0.1:13110 --nchan "$@"
   kill "$master"; wait "$master" 2>/dev/null || true
-  echo "$report" | summary
-  echo "$report" | python3 -c "
-import json, sys
-r = json.load(sys.stdin); e = r['extra']; n = max(e['subscribers'], 1); d = e['delivered']
-cpu = f'{($w1 - $w0) * 10000 / d:.2f} µs per delivery (whole run)' if d else f'{($w1 - $w0) / 100:.2f} s in all'
-print(f'  script: nchan worker RSS {$base} KiB before, {$peak} KiB at peak: {($peak - $base) / n:.1f} KiB per open stream; CPU {cpu}')
-json.dump({'cpu': ($w1 - $w0) * 10000 / max(d, 1), 'rss': ($peak - $base) / n, 'p99': e['delivery_ms']['p99']}, open(f'$DATA/fan-nchan-{n}', 'w'))"
 }
 echo "== machine: open files $(ulimit -n); $(nproc) cores, $(awk '/MemTotal/ {print int($2/1048576)}' /proc/meminfo) GiB, $(uname -sr)"
 

@@ -141,22 +141,17 @@ pub fn open_file_limit() -> Option<u64> {
 /// `.env` of any parent folder, so a file in a folder above the server's (one anybody may
 /// write to, say) would configure it. Returns the names it set, for the log; never the values.
 pub fn load_dotenv() -> Result<Vec<String>, SetupError> {
-    let path = std::path::Path::new(".env");
-    let entries = match dotenvy::from_path_iter(path) {
-        Ok(entries) => entries,
+    let before: std::collections::HashSet<_> = std::env::vars_os().map(|(name, _)| name).collect();
+    match dotenvy::from_path(".env") {
         Err(err) if err.not_found() => return Ok(Vec::new()),
         Err(err) => return Err(err.into()),
-    };
-    let mut taken = Vec::new();
-    for entry in entries {
-        let (name, _) = entry?;
-        if std::env::var_os(&name).is_none() {
-            taken.push(name);
-        }
+        Ok(()) => {}
     }
+    let mut taken: Vec<String> = std::env::vars_os()
+        .filter(|(name, _)| !before.contains(name))
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .collect();
     taken.sort();
-    taken.dedup();
-    dotenvy::from_path(path)?;
     Ok(taken)
 }
 

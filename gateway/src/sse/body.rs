@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use tokio::time::Sleep;
 use tokio_util::sync::ReusableBoxFuture;
 
@@ -130,9 +130,5 @@ impl http_body::Body for ReaderBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
