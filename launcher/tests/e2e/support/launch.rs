@@ -200,13 +200,13 @@ impl Launch {
         drop(command);
         let kept = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
-        let unread = match logs {
-            Logs::Unread => Some(stderr),
+        let (unread, reader) = match logs {
+            Logs::Unread => (Some(stderr), None),
             Logs::Kept => {
                 let sink = kept.clone();
                 // Keeps draining stderr for the child's whole life so it never blocks on a
                 // full pipe.
-                tokio::spawn(async move {
+                let reader = tokio::spawn(async move {
                     let mut lines = BufReader::new(stderr).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
                         let mut logs = sink.lock().unwrap();
@@ -214,13 +214,14 @@ impl Launch {
                         logs.push('\n');
                     }
                 });
-                None
+                (None, Some(reader))
             }
         };
         let mut process = Process {
             child,
             addr,
             logs: kept,
+            reader,
             _unread: unread,
         };
         if probe {
@@ -235,6 +236,9 @@ pub(crate) struct Process {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
+    /// The task copying stderr into `logs`: done once the process has exited and its last
+    /// line is in.
+    reader: Option<tokio::task::JoinHandle<()>>,
     /// The read end of a stderr pipe nobody reads (`Launch::unread_logs`).
     _unread: Option<tokio::process::ChildStderr>,
 }
@@ -355,7 +359,13 @@ impl Process {
     /// Waits for the process to exit, failing the test if it takes longer than `limit`.
     pub(crate) async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
         match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status.expect("wait for the process"),
+            Ok(status) => {
+                // Its last lines may still be in the pipe: the reader ends at its end.
+                if let Some(reader) = self.reader.take() {
+                    let _ = tokio::time::timeout(limit, reader).await;
+                }
+                status.expect("wait for the process")
+            }
             Err(_) => panic!(
                 "process still running after {limit:?}; logs:\n{}",
                 self.logs()
