@@ -468,6 +468,12 @@ async fn with_log_format_json_every_line_is_a_json_object() {
 /// test's temp dir (or `EVENTSYS_TEST_SCREENSHOTS`, a directory, when set).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_shows_the_balancer_a_killed_backend_and_a_topic_live() {
+    if !testdb::needs(
+        "the_dashboard_shows_the_balancer_a_killed_backend_and_a_topic_live",
+        &[testdb::Tool::Chromium],
+    ) {
+        return;
+    }
     use std::sync::{
         Arc,
         atomic::{AtomicBool, Ordering},

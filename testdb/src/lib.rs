@@ -1,16 +1,19 @@
 //! Database servers the tests start for themselves: a real server process on a free port with
 //! its data in a temporary folder, gone when the test is (even when the test process is killed).
-//! A test that needs a server this machine lacks gets `None` and says SKIPPED loudly.
+//! A test that needs a server this machine lacks gets `None` and says SKIPPED loudly; one that
+//! drives a tool this machine lacks (grpcurl, Chromium, a validator) asks [`needs`] first.
 
 mod certs;
 mod log;
 mod mongo;
 mod postgres;
+mod tools;
 mod watchdog;
 
 pub use certs::certificates;
 pub use mongo::{MongoServer, mongo_uri};
 pub use postgres::{PostgresServer, Setup as PostgresSetup};
+pub use tools::{REQUIRE_ALL, Tool, needs};
 
 /// What a test does with a database server it owns, whatever the engine.
 pub trait Server {

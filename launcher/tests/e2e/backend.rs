@@ -18,6 +18,12 @@ use crate::support::{EVENTSYS, Launch, grpcurl, grpcurl_call};
 
 #[tokio::test]
 async fn grpcurl_lists_services_and_round_trips_an_event() {
+    if !testdb::needs(
+        "grpcurl_lists_services_and_round_trips_an_event",
+        &[testdb::Tool::Grpcurl],
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let backend = Launch::backend(&dir.path().join("events.db")).start().await;
     let addr = backend.addr.to_string();
@@ -291,6 +297,9 @@ async fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
 
 #[tokio::test]
 async fn reflection_can_be_switched_off() {
+    if !testdb::needs("reflection_can_be_switched_off", &[testdb::Tool::Grpcurl]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
     let backend = Launch::backend(&db)

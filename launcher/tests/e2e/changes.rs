@@ -301,6 +301,12 @@ async fn a_change_feed_needs_a_user_and_pages_like_history() {
 /// changed while the gateway was down).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_follows_its_changes_across_a_gateway_restart() {
+    if !testdb::needs(
+        "a_browser_follows_its_changes_across_a_gateway_restart",
+        &[testdb::Tool::Chromium],
+    ) {
+        return;
+    }
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = Launch::backend(&dir.path().join("events.db")).start().await;

@@ -32,6 +32,9 @@ fn validate(program: &str, args: &[&str]) -> String {
 
 #[test]
 fn the_dockerfile_passes_hadolint() {
+    if !testdb::needs("the_dockerfile_passes_hadolint", &[testdb::Tool::Hadolint]) {
+        return;
+    }
     let dockerfile = deploy().join("Dockerfile");
     validate("hadolint", &[dockerfile.to_str().unwrap()]);
 }
@@ -41,6 +44,12 @@ const COMPOSE: [&str; 2] = ["compose.yaml", "compose.postgres.yaml"];
 
 #[test]
 fn the_compose_files_match_the_compose_spec() {
+    if !testdb::needs(
+        "the_compose_files_match_the_compose_spec",
+        &[testdb::Tool::CheckJsonschema],
+    ) {
+        return;
+    }
     for file in COMPOSE {
         let compose = deploy().join(file);
         validate(
@@ -63,6 +72,12 @@ const MANIFESTS: [&str; 4] = [
 
 #[test]
 fn the_kubernetes_manifests_validate() {
+    if !testdb::needs(
+        "the_kubernetes_manifests_validate",
+        &[testdb::Tool::KubernetesValidate],
+    ) {
+        return;
+    }
     let k8s = deploy().join("k8s");
     let files: Vec<String> = MANIFESTS
         .iter()

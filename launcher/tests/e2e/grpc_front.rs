@@ -30,6 +30,12 @@ fn backend_of<T>(response: &tonic::Response<T>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpcurl_lists_describes_and_round_trips_through_the_gateway() {
+    if !testdb::needs(
+        "grpcurl_lists_describes_and_round_trips_through_the_gateway",
+        &[testdb::Tool::Grpcurl],
+    ) {
+        return;
+    }
     let system = System::start(3).await;
     let front = system.gateway.addr;
     let address = front.to_string();

@@ -51,6 +51,12 @@ pub(crate) async fn answer(response: Response) -> (StatusCode, bool, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_replays_its_first_answer_refuses_another_body_and_outlives_restarts() {
+    if !testdb::needs(
+        "a_key_replays_its_first_answer_refuses_another_body_and_outlives_restarts",
+        &[testdb::Tool::Grpcurl],
+    ) {
+        return;
+    }
     let _exclusive = EXCLUSIVE.lock().await;
     let mut system = System::launch(2).await;
     let base = system.gateway.url();

@@ -133,6 +133,12 @@ async fn schemathesis_finds_nothing(gateway: &Local, dir: &Path, headers: &[&str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_validates_and_schemathesis_finds_nothing_in_any_operation() {
+    if !testdb::needs(
+        "the_document_validates_and_schemathesis_finds_nothing_in_any_operation",
+        &[testdb::Tool::Schemathesis],
+    ) {
+        return;
+    }
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (_backend, gateway) = system(&dir.path().join("events.db"), &[]).await;
@@ -143,6 +149,12 @@ async fn the_document_validates_and_schemathesis_finds_nothing_in_any_operation(
 /// part of what is checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_in_token_mode_either() {
+    if !testdb::needs(
+        "schemathesis_finds_nothing_in_token_mode_either",
+        &[testdb::Tool::Schemathesis],
+    ) {
+        return;
+    }
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let token_mode = crate::support::TokenMode::new(dir.path());
@@ -166,6 +178,12 @@ async fn schemathesis_finds_nothing_in_token_mode_either() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docs_page_renders_offline_in_chromium() {
+    if !testdb::needs(
+        "the_docs_page_renders_offline_in_chromium",
+        &[testdb::Tool::Chromium],
+    ) {
+        return;
+    }
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (_backend, gateway) = system(&dir.path().join("events.db"), &[]).await;

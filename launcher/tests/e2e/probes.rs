@@ -245,6 +245,12 @@ fn assert_kinds(families: &serde_json::Map<String, Value>, kinds: &[(&str, &str)
 /// `rate()`d is a counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_parse_as_prometheus_text_and_counts_are_counters() {
+    if !testdb::needs(
+        "metrics_parse_as_prometheus_text_and_counts_are_counters",
+        &[testdb::Tool::PrometheusClient],
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let backend = Local::backend(&dir.path().join("events.db"), &[]).await;
     let gateway = Local::gateway(&[backend.addr], &[]).await;

@@ -421,6 +421,12 @@ async fn topics_follow_the_token_claims_and_public_topics_are_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backends_apply_the_same_rules_to_grpc_callers() {
+    if !testdb::needs(
+        "backends_apply_the_same_rules_to_grpc_callers",
+        &[testdb::Tool::Grpcurl],
+    ) {
+        return;
+    }
     let (system, tokens) = system().await;
     let addr = system.backends[0].addr.to_string();
     let call = |token: Option<&str>, method: &str, body: Value| {

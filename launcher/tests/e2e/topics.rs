@@ -173,6 +173,12 @@ async fn two_topics_and_a_wildcard_on_one_stream_across_a_kill_9_and_a_resume() 
 /// cursor as `Last-Event-ID` and misses nothing (not even what was published meanwhile).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_follows_many_topics_across_a_gateway_restart() {
+    if !testdb::needs(
+        "a_browser_follows_many_topics_across_a_gateway_restart",
+        &[testdb::Tool::Chromium],
+    ) {
+        return;
+    }
     let _exclusive = EXCLUSIVE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = Launch::backend(&dir.path().join("events.db")).start().await;
