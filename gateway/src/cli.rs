@@ -21,7 +21,7 @@ use http::HeaderValue;
 
 use crate::{
     http::Settings,
-    middleware::{Browsers, HostPolicy, Hosts, LimitSettings},
+    middleware::{Browsers, CorsOrigins, HostPolicy, Hosts, LimitSettings},
     server::{ConnectionLimits, GatewayConfig, serve},
     upstream::{BackendTls, Balancing, UpstreamConfig},
 };
@@ -132,9 +132,10 @@ pub(crate) struct Config {
     #[arg(long, default_value_t = 256)]
     pub(crate) max_streams_per_connection: u32,
 
-    /// Origins web pages may call from, comma-separated, or `*` for any (the contract's
-    /// default).
-    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',', default_value = "*")]
+    /// Origins web pages may call from, comma-separated, or `*` for any. Default: in
+    /// anonymous mode only pages of this machine (http(s)://localhost, 127.0.0.1, [::1] on any
+    /// port) and the gateway's own; in token mode any (`*`).
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub(crate) cors_origins: Vec<String>,
 
     /// Host names requests may be addressed to (besides loopback names and the listening
@@ -335,9 +336,21 @@ impl Config {
                 .collect();
             (!values.iter().any(|v| v == "*")).then_some(values)
         };
+        let anonymous = self.auth.mode == eventsys::auth::Mode::None;
         let cors_origins = match listed(&self.cors_origins) {
-            None => None,
-            Some(origins) => Some(
+            None => {
+                if anonymous {
+                    tracing::warn!(
+                        "--cors-origins '*' in anonymous mode: a page on any web site can read \
+                         and change every user's events through this gateway; list the pages' \
+                         origins instead, or use token mode"
+                    );
+                }
+                CorsOrigins::Any
+            }
+            Some(origins) if origins.is_empty() && anonymous => CorsOrigins::Loopback,
+            Some(origins) if origins.is_empty() => CorsOrigins::Any,
+            Some(origins) => CorsOrigins::Listed(
                 origins
                     .into_iter()
                     .map(|o| HeaderValue::try_from(o.as_str()).map_err(|_| Fatal::Origin(o)))
@@ -447,6 +460,27 @@ mod tests {
 
     fn parse(args: &[&str]) -> Config {
         Config::try_parse_from(std::iter::once("gateway").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn cors_origins_default_to_this_machines_pages_without_tokens_and_any_with() {
+        let origins = |args: &[&str]| parse(args).validate().unwrap().settings.browsers;
+        let origins = |args: &[&str]| origins(args).cors_origins;
+        assert!(matches!(origins(&[]), CorsOrigins::Loopback));
+        assert!(matches!(origins(&["--auth", "jwt"]), CorsOrigins::Any));
+        assert!(matches!(
+            origins(&["--cors-origins", "*"]),
+            CorsOrigins::Any
+        ));
+        let listed = origins(&["--cors-origins", "https://app.example, http://localhost:1"]);
+        assert!(matches!(listed, CorsOrigins::Listed(list) if list.len() == 2));
+        let err = parse(&["--cors-origins", "bad\norigin"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid --cors-origins"),
+            "{err}"
+        );
     }
 
     #[test]

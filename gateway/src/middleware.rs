@@ -13,7 +13,7 @@ mod track;
 
 pub(crate) use cors::layer as cors;
 pub(crate) use deadline::DeadlineLayer;
-pub(crate) use guard::{Browsers, GuardLayer, HostPolicy, Hosts};
+pub(crate) use guard::{Browsers, CorsOrigins, GuardLayer, HostPolicy, Hosts};
 pub(crate) use limits::{ClientKey, LimitSettings, Limiters, StreamSlot};
 pub(crate) use served::mark;
 pub(crate) use traced::TracedLayer;

@@ -1,24 +1,34 @@
 //! CORS, for browsers: tower-http's policy on every request that carries an `Origin`. Others
 //! (curl, services, load tools) skip it when any origin is allowed, since the answer would be
-//! the same `*` for everyone; with a list of origins every request goes through it, so that
-//! its `Vary` keeps caches from serving a browser an answer made for someone else.
+//! the same `*` for everyone; otherwise every request goes through it, so that its `Vary` keeps
+//! caches from serving a browser an answer made for someone else.
 
-use std::task::{Context, Poll};
+use std::{
+    net::IpAddr,
+    task::{Context, Poll},
+};
 
 use axum::extract::Request;
 use eventsys::write_key::REPLAYED_HEADER;
 use futures::future::Either;
-use http::{HeaderName, Method, header};
+use http::{HeaderName, HeaderValue, Method, header, request::Parts};
 use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer, ResponseFuture};
 
-use super::{guard::Browsers, served::SERVED_BY, traced::REQUEST_ID};
+use super::{
+    guard::{Browsers, CorsOrigins},
+    served::SERVED_BY,
+    traced::REQUEST_ID,
+};
 
-/// CORS as configured: any origin by default (the contract), or the listed ones.
+/// CORS as configured: loopback pages and our own, any origin, or the listed ones.
 pub(crate) fn layer(browsers: &Browsers) -> BrowserCorsLayer {
     let origins = match &browsers.cors_origins {
-        None => AllowOrigin::any(),
-        Some(list) => AllowOrigin::list(list.iter().cloned()),
+        CorsOrigins::Loopback => AllowOrigin::predicate(|origin: &HeaderValue, parts: &Parts| {
+            is_loopback(origin) || is_same_origin(origin, parts)
+        }),
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::Listed(list) => AllowOrigin::list(list.iter().cloned()),
     };
     let cors = CorsLayer::new()
         .allow_origin(origins)
@@ -40,8 +50,49 @@ pub(crate) fn layer(browsers: &Browsers) -> BrowserCorsLayer {
         ]);
     BrowserCorsLayer {
         cors,
-        any_origin: browsers.cors_origins.is_none(),
+        any_origin: matches!(browsers.cors_origins, CorsOrigins::Any),
     }
+}
+
+/// The `host[:port]` of an `http` or `https` origin (`None` for `null` and other schemes).
+fn authority(origin: &HeaderValue) -> Option<&str> {
+    let origin = origin.to_str().ok()?;
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .filter(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', '@']))
+}
+
+/// A page served from this machine: `localhost` or a loopback address, on any port.
+fn is_loopback(origin: &HeaderValue) -> bool {
+    let Some(authority) = authority(origin) else {
+        return false;
+    };
+    let host = match authority.rsplit_once(':') {
+        // `[::1]:8080` splits at the port; `[::1]` alone ends in `]`.
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    literal.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A page of the gateway itself (`/ui`, `/docs`): its origin names the `Host` the request is
+/// addressed to, which the guard has already checked is ours.
+fn is_same_origin(origin: &HeaderValue, parts: &Parts) -> bool {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    authority(origin)
+        .zip(host)
+        .is_some_and(|(a, h)| a.eq_ignore_ascii_case(h))
 }
 
 #[derive(Debug, Clone)]
@@ -86,5 +137,59 @@ where
         } else {
             Either::Right(self.cors.call(request))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_origins_are_pages_of_this_machine_on_any_port() {
+        for origin in [
+            "http://localhost:5173",
+            "http://LOCALHOST",
+            "https://localhost:8443",
+            "http://127.0.0.1:8080",
+            "http://127.0.0.2",
+            "http://[::1]:3000",
+            "http://[::1]",
+        ] {
+            assert!(is_loopback(&HeaderValue::from_static(origin)), "{origin}");
+        }
+        for origin in [
+            "https://evil.example",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.evil.example:80",
+            "http://evil.example#@localhost",
+            "http://user@localhost",
+            "http://10.0.0.1:3000",
+            "http://[::2]:3000",
+            "null",
+            "file://",
+            "ftp://localhost",
+            "http://",
+            "http://localhost/path",
+        ] {
+            assert!(!is_loopback(&HeaderValue::from_static(origin)), "{origin}");
+        }
+    }
+
+    #[test]
+    fn the_gateways_own_pages_are_same_origin() {
+        let parts = |host: &'static str| {
+            http::Request::get("/ui/stats")
+                .header(header::HOST, host)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let origin = HeaderValue::from_static("https://events.example:8443");
+        assert!(is_same_origin(&origin, &parts("events.example:8443")));
+        assert!(!is_same_origin(&origin, &parts("events.example")));
+        assert!(!is_same_origin(&origin, &parts("other.example:8443")));
+        let null = HeaderValue::from_static("null");
+        assert!(!is_same_origin(&null, &parts("null")));
     }
 }

@@ -40,9 +40,23 @@ pub(crate) enum Hosts {
 /// The browser-facing policy.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Browsers {
-    /// `None`: any origin (`*`, the old service's behaviour).
-    pub(crate) cors_origins: Option<Vec<HeaderValue>>,
+    pub(crate) cors_origins: CorsOrigins,
     pub(crate) hosts: HostPolicy,
+}
+
+/// `--cors-origins`: the web pages whose scripts may read the answers and send writes.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum CorsOrigins {
+    /// Pages served from this machine (`http://localhost:*`, `http://127.0.0.1:*`,
+    /// `http://[::1]:*`, or https) and the gateway's own pages (same origin): anonymous mode's
+    /// default, where anything a page may call reads and changes every user's events.
+    #[default]
+    Loopback,
+    /// `*`: any page. Token mode's default (a call needs a token that a page of another
+    /// origin does not hold), and anonymous mode's only when given explicitly.
+    Any,
+    /// These origins only.
+    Listed(Vec<HeaderValue>),
 }
 
 #[derive(Debug, Clone, Default)]

@@ -42,6 +42,9 @@ impl Browser {
                 "--window-size=1280,1600",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
+                // Other sites' pages for the cross-origin tests, served from loopback; nothing
+                // under .example leaves the machine.
+                "--host-resolver-rules=MAP *.example 127.0.0.1",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")

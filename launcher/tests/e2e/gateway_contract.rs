@@ -676,36 +676,64 @@ async fn metrics_are_prometheus_text(system: &dyn Front, client: reqwest::Client
     }
 }
 
-async fn any_origin_may_call_with_the_old_services_methods(
+async fn pages_of_this_machine_may_call_with_the_old_services_methods(
     system: &dyn Front,
     client: reqwest::Client,
 ) {
     let url = |p: &str| system.url(p);
-    // Cross-origin: any origin, the old service's methods.
-    let preflight = client
-        .request(Method::OPTIONS, url("/events"))
-        .header("Origin", "https://app.example")
-        .header("Access-Control-Request-Method", "PUT")
-        .header("Access-Control-Request-Headers", "content-type")
-        .send()
-        .await
-        .unwrap();
-    assert!(preflight.status().is_success());
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
-    let methods = preflight.headers()["access-control-allow-methods"]
+    // Cross-origin, anonymous mode's default: a page of this machine, with the old service's
+    // methods; a page of another site is told nothing (its browser then withholds the answer
+    // and sends no write).
+    let preflight = |origin: &'static str| {
+        client
+            .request(Method::OPTIONS, url("/events"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "PUT")
+            .header("Access-Control-Request-Headers", "content-type")
+            .send()
+    };
+    let local = preflight("http://localhost:5173").await.unwrap();
+    assert!(local.status().is_success());
+    assert_eq!(
+        local.headers()["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    let methods = local.headers()["access-control-allow-methods"]
         .to_str()
         .unwrap();
     for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
         assert!(methods.contains(method), "{methods}");
     }
-    let simple = client
-        .get(url("/events"))
-        .header("Origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(simple.headers()["access-control-allow-origin"], "*");
-    // Not a browser: no CORS work, no CORS headers.
+    let foreign = preflight("https://app.example").await.unwrap();
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "{:?}",
+        foreign.headers()
+    );
+    for (origin, allowed) in [
+        ("http://127.0.0.1:8080", true),
+        ("https://app.example", false),
+    ] {
+        let simple = client
+            .get(url("/events"))
+            .header("Origin", origin)
+            .send()
+            .await
+            .unwrap();
+        let granted = simple.headers().get("access-control-allow-origin");
+        assert_eq!(granted.is_some(), allowed, "{origin}");
+        // Caches keep answers to different pages apart.
+        assert!(
+            simple.headers()["vary"]
+                .to_str()
+                .unwrap()
+                .contains("origin")
+        );
+    }
+    // Not a browser: no CORS headers.
     let plain = client.get(url("/events")).send().await.unwrap();
     assert!(plain.status().is_success());
     assert!(plain.headers().get("access-control-allow-origin").is_none());
@@ -779,6 +807,6 @@ contract!(
     subscribe_streams_the_topic_as_server_sent_events,
     load_benchmark_and_memstats_keep_their_old_shapes,
     metrics_are_prometheus_text,
-    any_origin_may_call_with_the_old_services_methods,
+    pages_of_this_machine_may_call_with_the_old_services_methods,
     unknown_routes_and_methods_answer_in_the_error_shape,
 );

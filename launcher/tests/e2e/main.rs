@@ -7,6 +7,7 @@ mod bench;
 mod cdp;
 mod changes;
 mod cli;
+mod cross_origin;
 mod deploy;
 mod gateway_balancing;
 mod gateway_contract;
