@@ -2,6 +2,7 @@
 //! our accept loop until shutdown, then ends SSE streams and drains in-flight requests.
 
 mod accept;
+mod head;
 mod throttle;
 mod tls;
 

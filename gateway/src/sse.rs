@@ -64,7 +64,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         (status = 200, description = "The stream, one `ServerEvent` per frame", content_type = "text/event-stream",
             body = ServerEvent),
         (status = 400, description = "A bad topic, filter or resume point", body = ErrorBody),
-        (status = 431, description = "The request head passed 8 KiB (a filter too long to send)"),
+        (status = 414, description = "The request line passed 8 KiB (a filter too long to send)", body = ErrorBody),
+        (status = 431, description = "The request headers passed 8 KiB", body = ErrorBody),
     ),
     security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
 )]
@@ -129,7 +130,8 @@ async fn subscribe(
             body = ServerEvent),
         (status = 400, description = "A bad pattern, filter or cursor", body = ErrorBody),
         (status = 403, description = "A pattern wider than the token's subscribe rights (named)", body = ErrorBody),
-        (status = 431, description = "The request head passed 8 KiB (a filter or cursor too long to send)"),
+        (status = 414, description = "The request line passed 8 KiB (patterns, a filter or `lastEventId` too long to send)", body = ErrorBody),
+        (status = 431, description = "The request headers passed 8 KiB (a `Last-Event-ID` too long to send)", body = ErrorBody),
     ),
     security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
 )]

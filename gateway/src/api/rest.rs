@@ -335,7 +335,8 @@ pub(crate) async fn publish(
                 ("events-oldest-available" = u64, description = "The oldest `seq` retention kept, when the read began before it"),
             )),
         (status = 400, description = "A bad topic, `afterSeq`, `limit` or filter", body = ErrorBody),
-        (status = 431, description = "The request head passed 8 KiB (a filter too long to send)"),
+        (status = 414, description = "The request line passed 8 KiB (a filter too long to send)", body = ErrorBody),
+        (status = 431, description = "The request headers passed 8 KiB", body = ErrorBody),
     ),
     security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
 )]

@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::throttle::Throttle;
+use super::{head::HeadWatch, throttle::Throttle};
 use crate::ops::Metrics;
 
 /// What one client connection may hold.
@@ -80,7 +80,8 @@ pub(crate) async fn serve(
     let graceful = GracefulShutdown::new();
     let mut http = auto::Builder::new(TokioExecutor::new());
     // The buffer bounds what one connection holds of a response its client does not read, and
-    // a request head (8 KiB, as Tomcat's and nginx's per-line default; beyond it 431). Any
+    // a request head (8 KiB, as Tomcat's and nginx's per-line default; beyond it 431, or 414
+    // when the request line is what did not fit: `HeadWatch`). Any
     // larger bound costs every connection 8 KiB more: hyper then keeps 8 KiB free in its read
     // buffer after each read, which doubles it to 16 KiB (measured: an open SSE stream holds
     // 20.5 KiB of gateway memory with 16 or 64 KiB here, 13.8 KiB with 8).
@@ -138,8 +139,10 @@ pub(crate) async fn serve(
                         tracing::debug!(%peer, "connection sent nothing in time");
                         return;
                     }
-                    let connection =
-                        http.serve_connection_with_upgrades(TokioIo::new(socket), service);
+                    let connection = http.serve_connection_with_upgrades(
+                        TokioIo::new(HeadWatch::new(socket)),
+                        service,
+                    );
                     watcher.watch(connection.into_owned()).await
                 }
                 Some(tls) => {
@@ -148,8 +151,10 @@ pub(crate) async fn serve(
                         tracing::debug!(%peer, "TLS handshake failed or timed out");
                         return;
                     };
-                    let connection =
-                        http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let connection = http.serve_connection_with_upgrades(
+                        TokioIo::new(HeadWatch::new(stream)),
+                        service,
+                    );
                     watcher.watch(connection.into_owned()).await
                 }
             };

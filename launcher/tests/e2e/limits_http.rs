@@ -92,22 +92,62 @@ async fn slow_heads_idle_connections_and_endless_bodies_are_cut_off() {
 }
 
 /// Request heads are bounded (8 KiB, which keeps each connection's read buffer at 8 KiB): a
-/// large cookie passes, a head over the bound is refused with 431, and the gateway serves on.
+/// large cookie passes; headers over the bound are refused with 431, a request line over it
+/// (a 10 KB id or topic in the path) with 414, on a fresh connection or a kept-alive one, both
+/// with the JSON error; and the gateway serves on.
 #[tokio::test]
-async fn request_heads_over_8_kib_get_431() {
+async fn request_heads_over_8_kib_get_431_and_request_lines_414() {
     let gateway = gateway(&[]).await;
-    let head = |cookie: usize| {
+    let head = |path: &str, cookie: usize| {
         format!(
-            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nCookie: c={}\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nCookie: c={}\r\nConnection: close\r\n\r\n",
             "x".repeat(cookie)
         )
     };
     let wait = Duration::from_secs(5);
-    let fits = raw_http(gateway.addr, head(6 * 1024).as_bytes(), wait).await;
+    let refused = |answer: &str, status: u16| {
+        let (got, body) = parse(answer);
+        assert_eq!(got, status, "{answer:.300}");
+        assert_eq!(body["code"], "RESOURCE_EXHAUSTED", "{answer:.300}");
+        assert!(
+            body["message"].as_str().unwrap().contains("8 KiB"),
+            "{answer:.300}"
+        );
+        assert!(!answer.contains("xxxxxxxx"), "the input is not echoed");
+    };
+    let fits = raw_http(gateway.addr, head("/metrics", 6 * 1024).as_bytes(), wait).await;
     assert!(fits.starts_with("HTTP/1.1 200"), "{fits:.200}");
-    let over = raw_http(gateway.addr, head(9 * 1024).as_bytes(), wait).await;
-    assert!(over.starts_with("HTTP/1.1 431"), "{over:.200}");
-    let after = raw_http(gateway.addr, head(10).as_bytes(), wait).await;
+    let over = raw_http(gateway.addr, head("/metrics", 9 * 1024).as_bytes(), wait).await;
+    refused(&over, 431);
+    let path = format!("/events/{}", "x".repeat(10_000));
+    let long = raw_http(gateway.addr, head(&path, 0).as_bytes(), wait).await;
+    refused(&long, 414);
+    let path = format!("/subscribe/{}", "x".repeat(10_000));
+    let long = raw_http(gateway.addr, head(&path, 0).as_bytes(), wait).await;
+    refused(&long, 414);
+    // The same on a connection that has had an answer already.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut socket = TcpStream::connect(gateway.addr).await.unwrap();
+        let first = b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        socket.write_all(first).await.unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(socket.read(&mut byte).await.unwrap(), 1, "the HEAD answer");
+            answer.push(byte[0]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+        let long = head(&format!("/events/{}", "x".repeat(10_000)), 0);
+        socket.write_all(long.as_bytes()).await.unwrap();
+        let mut second = Vec::new();
+        tokio::time::timeout(wait, socket.read_to_end(&mut second))
+            .await
+            .expect("the answer and the close")
+            .unwrap();
+        refused(&String::from_utf8_lossy(&second), 414);
+    }
+    let after = raw_http(gateway.addr, head("/metrics", 10).as_bytes(), wait).await;
     assert!(after.starts_with("HTTP/1.1 200"), "{after:.200}");
 }
 

@@ -80,17 +80,17 @@ async fn schemathesis_finds_nothing(gateway: &Local, dir: &Path, headers: &[&str
     // (ST302). Reading what was created is covered by the end-to-end tests. A `filter` is a
     // language no schema can spell (and patterns may match more topics than a stream
     // follows): on the operations that take one, a schema-valid request may be a 400, and
-    // one of 1024 four-byte characters, percent-encoded, passes the 8 KiB request head (431).
+    // one of 1024 four-byte characters, percent-encoded, passes the 8 KiB request line (414).
     std::fs::write(
         dir.join("schemathesis.toml"),
         "[checks.negative_data_rejection]\n\
-         expected-statuses = [400, 401, 403, 404, 405, 406, 409, 412, 413, 415, 422, 428, 429, 431, \"5XX\"]\n\
+         expected-statuses = [400, 401, 403, 404, 405, 406, 409, 412, 413, 414, 415, 422, 428, 429, 431, \"5XX\"]\n\
          [checks.positive_data_acceptance]\n\
          expected-statuses = [\"2XX\", \"3XX\", 401, 403, 404, 409, 412, 422, 429, \"5XX\"]\n\
          [[operations]]\n\
          include-path = [\"/subscribe\", \"/subscribe/{topic}\", \"/topic-events/{topic}\"]\n\
          checks.positive_data_acceptance.expected-statuses = \
-         [\"2XX\", \"3XX\", 400, 401, 403, 404, 409, 412, 422, 429, 431, \"5XX\"]\n",
+         [\"2XX\", \"3XX\", 400, 401, 403, 404, 409, 412, 414, 422, 429, 431, \"5XX\"]\n",
     )
     .unwrap();
     let mut args = vec![
