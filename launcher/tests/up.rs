@@ -498,6 +498,16 @@ async fn the_dashboard_shows_the_balancer_a_killed_backend_and_a_topic_live() {
     )
     .await;
     page.screenshot(&shots.join("ui-1-healthy.png")).await;
+    // The traffic charts show the last 60 s from the first frame on, ending at the newest.
+    page.wait_for("state.charts !== null", |drawn| *drawn == true, within)
+        .await;
+    let axis = page
+        .eval(
+            "[state.charts.rps.scales.x, state.charts.latency.scales.x]\
+             .map(x => [x.max - x.min, Math.abs(Date.now() / 1000 - x.max) < 10])",
+        )
+        .await;
+    assert_eq!(axis, serde_json::json!([[60, true], [60, true]]), "x-axes");
 
     // Load: every backend's share of the last 10 s becomes non-zero.
     let stop = Arc::new(AtomicBool::new(false));

@@ -4,6 +4,7 @@
 
 const HISTORY = 300; // frames kept: five minutes
 const SPARK = 120; // frames in a sparkline
+const WINDOW_S = 60; // the traffic charts' x-axis: the last minute, from the first frame on
 const TAIL = 50; // events kept in the topic tail
 
 const state = { token: null, frames: [], stats: null, tail: null, charts: null };
@@ -115,12 +116,14 @@ function drawBackends(frame) {
 function makeCharts() {
   const width = (id) => Math.max(200, $(id).clientWidth || 320);
   const axes = [{ stroke: "#888" }, { stroke: "#888" }];
+  // A fixed window ending at the newest frame: uPlot would stretch one sample over years.
+  const scales = { x: { time: true, range: (u, min, max) => [max - WINDOW_S, max] } };
   const rps = new uPlot({
-    width: width("chart-rps"), height: 170, axes,
+    width: width("chart-rps"), height: 170, axes, scales,
     series: [{}, { label: "requests/s", stroke: "#2563eb", width: 1.5 }],
   }, [[], []], $("chart-rps"));
   const latency = new uPlot({
-    width: width("chart-latency"), height: 170, axes,
+    width: width("chart-latency"), height: 170, axes, scales,
     series: [{}, { label: "p50", stroke: "#16a34a", width: 1.5 }, { label: "p99", stroke: "#dc2626", width: 1.5 }],
   }, [[], [], []], $("chart-latency"));
   return { rps, latency };
@@ -134,7 +137,8 @@ function drawTraffic(frame) {
   }
   section.hidden = false;
   if (!state.charts) state.charts = makeCharts();
-  const frames = state.frames.filter((f) => f.traffic);
+  const since = frame.time_ms - WINDOW_S * 1000;
+  const frames = state.frames.filter((f) => f.traffic && f.time_ms >= since);
   const times = frames.map((f) => f.time_ms / 1000);
   state.charts.rps.setData([times, frames.map((f) => f.traffic.requests_per_s)]);
   state.charts.latency.setData([
