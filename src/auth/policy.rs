@@ -134,7 +134,8 @@ impl Caller {
         }
     }
 
-    fn is_admin(&self) -> bool {
+    /// Anonymous mode's anyone, or a token with the admin claim.
+    pub fn is_admin(&self) -> bool {
         match self {
             Caller::Anyone => true,
             Caller::User(who) => who.rights.admin,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::{Json, extract::State};
-use eventsys::v1;
+use eventsys::{auth::Caller, v1};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -130,6 +130,9 @@ pub(crate) async fn load(
     who: Credentials,
 ) -> Result<Json<Load>, ApiError> {
     who.may_operate(&state)?;
+    // With --public-ops the figures are for anyone, but a topic's name only for whoever may
+    // read the topic (an admin, every one), as on /ui/stats.
+    let admin = who.caller().is_ok_and(Caller::is_admin);
     let reports = reports(&state, &who).await;
     let in_flight = reports
         .iter()
@@ -150,6 +153,7 @@ pub(crate) async fn load(
             .hubs
             .load()
             .into_iter()
+            .filter(|hub| admin || who.may_read(&state, &hub.topic).is_ok())
             .take(TOPICS_SHOWN)
             .map(|hub| TopicLoad {
                 topic: hub.topic,

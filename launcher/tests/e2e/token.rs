@@ -561,3 +561,67 @@ fn anonymous_mode_refuses_a_non_loopback_address() {
         );
     }
 }
+
+/// `--public-ops` opens the operational figures to anyone, not the names of private topics:
+/// `/load` lists a topic only to whoever may read it (an admin, every one), as `/ui/stats`.
+#[tokio::test]
+async fn public_operations_name_only_the_topics_the_caller_may_read() {
+    use crate::{
+        pubsub::open,
+        support::{Local, TokenMode, readyz_becomes},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token_mode = TokenMode::new(dir.path());
+    let mut flags = token_mode.flags().to_vec();
+    flags.extend(["--public-ops", "--public-topics", "news.*"]);
+    let backend = Local::backend(&dir.path().join("events.db"), &flags).await;
+    let gateway = Local::gateway(&[backend.addr], &flags).await;
+    readyz_becomes(&gateway.url(), StatusCode::OK, Duration::from_secs(10)).await;
+    let admin = mint(&token_mode.secret, &["--sub", "ops", "--admin"]);
+    let alice = mint(
+        &token_mode.secret,
+        &["--sub", "alice", "--subscribe", "orders.*"],
+    );
+    let bob = mint(
+        &token_mode.secret,
+        &["--sub", "bob", "--subscribe", "other"],
+    );
+    let base = gateway.url();
+    let _news = open(&format!("{base}/subscribe/news.today"), None).await;
+    let _orders = open(
+        &format!("{base}/subscribe/orders.eu?access_token={alice}"),
+        None,
+    )
+    .await;
+
+    let topics = |token: Option<String>| {
+        let mut request = http().get(format!("{base}/load"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let load: Value = request.send().await.unwrap().json().await.unwrap();
+            assert!(load["in_flight"].is_u64(), "{load}");
+            let mut names: Vec<String> = load["topics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["topic"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(topics(None).await, ["news.today"], "anonymous");
+    assert_eq!(topics(Some(bob)).await, ["news.today"], "bob");
+    assert_eq!(
+        topics(Some(alice)).await,
+        ["news.today", "orders.eu"],
+        "alice"
+    );
+    assert_eq!(
+        topics(Some(admin)).await,
+        ["news.today", "orders.eu"],
+        "admin"
+    );
+}
