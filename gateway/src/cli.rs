@@ -265,6 +265,7 @@ impl Config {
                 return Err(Fatal::Backends(format!("{backend:?} is not host:port")));
             }
         }
+        self.warn_of_plaintext_tokens(&backends);
         for (name, value) in [
             ("--request-timeout", self.request_timeout),
             ("--health-interval", self.health_interval),
@@ -326,6 +327,27 @@ impl Config {
         })
     }
 
+    /// In token mode every call carries its caller's bearer token (and presence reports the
+    /// gateway's own) to a backend: says so when that crosses a network in plaintext.
+    fn warn_of_plaintext_tokens(&self, backends: &[String]) {
+        if self.auth.mode != eventsys::auth::Mode::Jwt || self.backend_ca.is_some() {
+            return;
+        }
+        let exposed: Vec<&str> = backends
+            .iter()
+            .map(String::as_str)
+            .filter(|backend| !on_loopback(backend))
+            .collect();
+        if !exposed.is_empty() {
+            tracing::warn!(
+                backends = ?exposed,
+                "token mode with plaintext backends off this machine: callers' bearer tokens \
+                 cross the network readable; give --backend-ca (TLS to the backends) or keep \
+                 them on loopback"
+            );
+        }
+    }
+
     /// CORS origins and allowed host names.
     fn browsers(&self) -> Result<Browsers, Fatal> {
         let listed = |values: &[String]| -> Option<Vec<String>> {
@@ -381,6 +403,14 @@ impl Config {
             .map(Some)
             .map_err(Fatal::BackendTls)
     }
+}
+
+/// Whether a backend's `host:port` names this machine (`localhost` or a loopback address).
+fn on_loopback(backend: &str) -> bool {
+    let host = backend.rsplit_once(':').map_or(backend, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Entry point of the `gateway` binary.
@@ -481,6 +511,26 @@ mod tests {
             err.to_string().starts_with("invalid --cors-origins"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn loopback_backends_are_told_apart_from_the_network() {
+        for local in [
+            "127.0.0.1:5000",
+            "localhost:5001",
+            "[::1]:5002",
+            "127.9.9.9:1",
+        ] {
+            assert!(on_loopback(local), "{local}");
+        }
+        for remote in [
+            "10.0.0.2:5000",
+            "events.svc:5000",
+            "[2001:db8::1]:5000",
+            "localhost.evil:1",
+        ] {
+            assert!(!on_loopback(remote), "{remote}");
+        }
     }
 
     #[test]

@@ -625,3 +625,29 @@ async fn public_operations_name_only_the_topics_the_caller_may_read() {
         "admin"
     );
 }
+
+/// In token mode each call carries a bearer token to a backend: the gateway warns at start when
+/// that goes in plaintext to a backend off this machine, and not for loopback or TLS.
+#[tokio::test]
+async fn plaintext_tokens_to_backends_off_this_machine_are_warned_of() {
+    use crate::support::{Launch, Server, TokenMode};
+    const WARNING: &str = "token mode with plaintext backends off this machine";
+    let dir = tempfile::tempdir().unwrap();
+    let token_mode = TokenMode::new(dir.path());
+    let gateway = |backends: &'static str| {
+        let mut flags = token_mode.flags().to_vec();
+        flags.extend(["--backends", backends]);
+        Launch::server(Server::Gateway).flags(&flags).start()
+    };
+    // 192.0.2.0/24 is documentation space: nothing answers there.
+    let remote = gateway("127.0.0.1:1,192.0.2.1:5000").await;
+    remote.wait_for_log(WARNING).await;
+    assert!(
+        remote.logs().contains("192.0.2.1:5000"),
+        "{}",
+        remote.logs()
+    );
+    let local = gateway("127.0.0.1:1,localhost:2").await;
+    local.wait_for_log("balancing over").await;
+    assert!(!local.logs().contains(WARNING), "{}", local.logs());
+}
