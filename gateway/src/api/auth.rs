@@ -1,6 +1,6 @@
 //! The caller of a request, in axum's idiom: `Credentials` extracts the bearer token
-//! (`Authorization: Bearer`, and for GET only `?access_token=` or the `events_token` cookie, for
-//! EventSource), verifies it, and keeps it to forward to the backends. A token that is present
+//! (`Authorization: Bearer`; for GET only `?access_token=`; and the `events_token` cookie on
+//! the streams EventSource reads, which cannot send a header), verifies it, and keeps it to forward to the backends. A token that is present
 //! but invalid is rejected at once (401 `invalid_token`); a missing one is the handler's call,
 //! since public topics and operations may be read without one.
 
@@ -18,8 +18,15 @@ use tonic::Code;
 use super::ApiError;
 use crate::{http::AppState, middleware::ClientKey, upstream::Bearer};
 
-/// The cookie EventSource clients may carry their token in (GET only).
+/// The cookie EventSource clients may carry their token in (GET of a stream only).
 const COOKIE: &str = "events_token";
+
+/// The streams an EventSource reads, which cannot send a header: the only requests whose
+/// cookie counts. Anywhere else a browser sends the cookie of its own accord, so a page of
+/// another site could spend the user's quotas and probe what answers 200, 403 or 404.
+fn reads_a_stream(path: &str) -> bool {
+    matches!(path, "/subscribe" | "/changes" | "/ui/stats") || path.starts_with("/subscribe/")
+}
 
 /// Who is calling, and the token to forward on their behalf.
 pub(crate) struct Credentials {
@@ -49,6 +56,9 @@ fn token(parts: &Parts) -> Option<String> {
         && let Some(token) = query.access_token
     {
         return Some(token);
+    }
+    if !reads_a_stream(parts.uri.path()) {
+        return None;
     }
     parts
         .headers
@@ -252,5 +262,20 @@ mod tests {
             &[("cookie", "events_token=c1")],
         );
         assert_eq!(token(&write), None, "no query or cookie token on writes");
+        for stream in ["/subscribe", "/subscribe/t", "/changes", "/ui/stats"] {
+            let cookie = parts(Method::GET, stream, &[("cookie", "events_token=c1")]);
+            assert_eq!(token(&cookie).as_deref(), Some("c1"), "{stream}");
+        }
+        for other in [
+            "/events",
+            "/events/1",
+            "/topic-events/t",
+            "/changes/history",
+            "/load",
+            "/subscribers",
+        ] {
+            let cookie = parts(Method::GET, other, &[("cookie", "events_token=c1")]);
+            assert_eq!(token(&cookie), None, "no cookie token on {other}");
+        }
     }
 }

@@ -59,7 +59,7 @@ pub(crate) struct SubjectJson {
         (status = 200, description = "Who is on the topic", body = PresenceJson),
         (status = 400, description = "A bad topic or `count`", body = ErrorBody),
     ),
-    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+    security((), ("bearer" = []), ("access_token" = [])),
 )]
 pub(crate) async fn presence(
     State(state): State<AppState>,

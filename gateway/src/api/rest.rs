@@ -79,7 +79,7 @@ pub(crate) async fn create_event(
             headers(("link" = String, description = "`<next page URL>; rel=\"next\"` when the page was cut"))),
         (status = 400, description = "A bad `limit` or `pageToken`", body = ErrorBody),
     ),
-    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+    security((), ("bearer" = []), ("access_token" = [])),
 )]
 pub(crate) async fn list_events(
     State(state): State<AppState>,
@@ -169,7 +169,7 @@ impl Pager for UserEvents {
         (status = 404, description = "No such event (or another user's)", body = ErrorBody,
             example = json!({"error": "event not found", "message": "event not found", "code": "NOT_FOUND"})),
     ),
-    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+    security((), ("bearer" = []), ("access_token" = [])),
 )]
 pub(crate) async fn get_event(
     State(state): State<AppState>,
@@ -338,7 +338,7 @@ pub(crate) async fn publish(
         (status = 414, description = "The request line passed 8 KiB (a filter too long to send)", body = ErrorBody),
         (status = 431, description = "The request headers passed 8 KiB", body = ErrorBody),
     ),
-    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+    security((), ("bearer" = []), ("access_token" = [])),
 )]
 pub(crate) async fn topic_events(
     State(state): State<AppState>,

@@ -123,7 +123,7 @@ pub(crate) struct TopicLoad {
 #[utoipa::path(get, path = "/load", tag = "operations",
     summary = "Load of the gateway and of each backend",
     responses((status = 200, description = "The load", body = Load)),
-    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+    security((), ("bearer" = []), ("access_token" = [])),
 )]
 pub(crate) async fn load(
     State(state): State<AppState>,
@@ -188,7 +188,7 @@ pub(crate) struct Throughput {
 #[utoipa::path(get, path = "/benchmark", tag = "operations",
     summary = "Request counts of the gateway and of each backend",
     responses((status = 200, description = "The counts", body = Benchmark)),
-    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+    security((), ("bearer" = []), ("access_token" = [])),
 )]
 pub(crate) async fn benchmark(
     State(state): State<AppState>,
@@ -231,7 +231,7 @@ pub(crate) struct Alloc {
 #[utoipa::path(get, path = "/memstats", tag = "operations",
     summary = "Resident memory of the gateway and of each backend",
     responses((status = 200, description = "The figures", body = Memstats)),
-    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+    security((), ("bearer" = []), ("access_token" = [])),
 )]
 pub(crate) async fn memstats(
     State(state): State<AppState>,

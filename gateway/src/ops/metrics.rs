@@ -327,7 +327,7 @@ impl Metrics {
     summary = "Prometheus metrics of the gateway",
     responses((status = 200, description = "Prometheus text format 0.0.4",
         content_type = "text/plain; version=0.0.4", body = String)),
-    security((), ("bearer" = []), ("access_token" = []), ("cookie" = [])),
+    security((), ("bearer" = []), ("access_token" = [])),
 )]
 pub(crate) async fn scrape(
     State(state): State<AppState>,

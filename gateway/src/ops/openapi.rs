@@ -36,7 +36,8 @@ use crate::{
             gateway that balances every request over the backends. Errors are \
             `{\"error\", \"message\", \"code\"}` (`code`: the gRPC status name). In token mode \
             every API request carries a JWT: `Authorization: Bearer`, or for GET only \
-            `?access_token=` or the `events_token` cookie.",
+            `?access_token=`, or on the streams EventSource reads (`/subscribe…`, `/changes`) \
+            the `events_token` cookie (set it `SameSite=Strict; HttpOnly; Secure`).",
     ),
     tags(
         (name = "events", description = "A user's events"),
@@ -120,7 +121,8 @@ impl Modify for Contract {
             "cookie",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
                 "events_token",
-                "The JWT, for GET only",
+                "The JWT, on the streams EventSource reads only (`/subscribe…`, `/changes`); \
+                 set it `SameSite=Strict; HttpOnly; Secure`",
             ))),
         );
         for (path, item) in doc.paths.paths.iter_mut() {

@@ -386,6 +386,14 @@ async fn topics_follow_the_token_claims_and_public_topics_are_open() {
         .get(url("/subscribe/orders.eu"))
         .header("cookie", format!("events_token={}", tokens.bob));
     assert_eq!(first_frame(by_cookie).await["topic"], "orders.eu");
+    // Only there: on a plain GET the cookie is no token (another site's page would send it).
+    let not_a_stream = client
+        .get(url("/topic-events/orders.eu"))
+        .header("cookie", format!("events_token={}", tokens.bob))
+        .send()
+        .await
+        .unwrap();
+    assert_401(not_a_stream, false).await;
     // A query token on a write is not a token.
     let write = url(&format!("/publish?access_token={}", tokens.alice));
     let response = client
