@@ -194,10 +194,6 @@ pub(crate) struct Config {
     #[arg(long, env = "METRICS_ADDR")]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 
-    /// Do not serve gRPC server reflection (v1 and v1alpha).
-    #[arg(long)]
-    pub(crate) no_reflection: bool,
-
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
 
@@ -295,7 +291,7 @@ async fn build(config: &Config, listening: SocketAddr) -> Result<Backend, Fatal>
     }
     Ok(backend
         .access_log(config.access_log)
-        .reflection(!config.no_reflection)
+        .reflection(config.auth.reflection())
         .feed(feed)
         .idempotency_ttl(config.idempotency_ttl)
         .presence(crate::PresencePolicy {

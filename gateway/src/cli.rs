@@ -312,6 +312,7 @@ impl Config {
                 },
                 browsers: self.browsers()?,
                 access_log: self.access_log,
+                grpc_reflection: self.auth.reflection(),
             },
             connections: ConnectionLimits {
                 max_connections: self.max_connections.max(1),

@@ -79,11 +79,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state.clone());
     let mut router = service(forwarded, events);
     router = service(router, health_service);
-    if let Ok(v1) = reflection().build_v1() {
-        router = service(router, v1);
-    }
-    if let Ok(v1alpha) = reflection().build_v1alpha() {
-        router = service(router, v1alpha);
+    if state.settings.grpc_reflection {
+        if let Ok(v1) = reflection().build_v1() {
+            router = service(router, v1);
+        }
+        if let Ok(v1alpha) = reflection().build_v1alpha() {
+            router = service(router, v1alpha);
+        }
     }
     // Counted like REST requests (route: the service), for /metrics and the dashboard; and
     // only gRPC is gRPC: anything else on these paths is the REST side's unknown route.

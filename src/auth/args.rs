@@ -64,6 +64,13 @@ pub struct AuthArgs {
     /// Operational endpoints (/load, /benchmark, /memstats, /metrics) without an admin token.
     #[arg(long, env = "EVENTS_PUBLIC_OPS")]
     pub public_ops: bool,
+
+    /// gRPC server reflection (what grpcurl lists and describes without .proto files), `on` or
+    /// `off`. Default: on in anonymous mode, off in token mode, where it would describe the
+    /// API to callers without a token.
+    #[arg(long, env = "GRPC_REFLECTION", value_name = "on|off",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub reflection: Option<bool>,
 }
 
 /// The environment variable the HMAC secret may come from.
@@ -198,6 +205,11 @@ impl AuthArgs {
         Err(AuthError::NoKey)
     }
 
+    /// Whether gRPC server reflection is served: as asked, else only in anonymous mode.
+    pub fn reflection(&self) -> bool {
+        self.reflection.unwrap_or(self.mode == Mode::None)
+    }
+
     /// The variables that make a child process configure itself as this does (the secret
     /// itself is inherited through `JWT_SECRET`, never written to a command line).
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
@@ -220,6 +232,12 @@ impl AuthArgs {
         }
         if self.public_ops {
             env.push(("EVENTS_PUBLIC_OPS", "true".into()));
+        }
+        if let Some(reflection) = self.reflection {
+            env.push((
+                "GRPC_REFLECTION",
+                if reflection { "on" } else { "off" }.into(),
+            ));
         }
         for (name, file) in [
             ("JWT_SECRET_FILE", &self.jwt_secret_file),

@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     pub(crate) browsers: Browsers,
     /// One INFO line per request (`--access-log`).
     pub(crate) access_log: bool,
+    /// gRPC server reflection on the front door (`--reflection`; by default not in token mode).
+    pub(crate) grpc_reflection: bool,
 }
 
 impl Settings {

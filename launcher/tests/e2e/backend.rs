@@ -295,31 +295,73 @@ async fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
     assert!(line.contains("has no scheme"), "{line}");
 }
 
+/// Whether grpcurl can list the services at `addr` by reflection.
+async fn reflection_lists(addr: std::net::SocketAddr) -> bool {
+    let listed = grpcurl(&["-plaintext", &addr.to_string(), "list"]).await;
+    if !listed.status.success() {
+        let said = String::from_utf8_lossy(&listed.stderr);
+        assert!(
+            said.contains("does not support the reflection API"),
+            "{said}"
+        );
+    }
+    listed.status.success()
+}
+
+/// Reflection describes the API to anyone who asks: on in anonymous mode, off in token mode
+/// (backends and the gateway's front door) unless `--reflection on`; `--reflection off` in
+/// either. The API itself is unaffected.
 #[tokio::test]
-async fn reflection_can_be_switched_off() {
-    if !testdb::needs("reflection_can_be_switched_off", &[testdb::Tool::Grpcurl]) {
+async fn reflection_is_off_in_token_mode_unless_asked() {
+    if !testdb::needs(
+        "reflection_is_off_in_token_mode_unless_asked",
+        &[testdb::Tool::Grpcurl],
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("events.db");
-    let backend = Launch::backend(&db)
-        .flags(&["--no-reflection"])
+    let token_mode = crate::support::TokenMode::new(dir.path());
+    let off = Launch::backend(&db)
+        .flags(&["--reflection", "off"])
         .start()
         .await;
-    let addr = backend.addr.to_string();
-    let listed = grpcurl(&["-plaintext", &addr, "list"]).await;
-    assert!(!listed.status.success(), "reflection must be off");
-    assert!(
-        String::from_utf8_lossy(&listed.stderr).contains("does not support the reflection API"),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    // The API itself is unaffected.
-    let mut client = backend.client().await;
+    assert!(!reflection_lists(off.addr).await, "--reflection off");
+    let mut client = off.client().await;
     assert!(
         client
             .list_events(v1::ListEventsRequest::default())
             .await
             .is_ok()
+    );
+
+    let token = Launch::backend(&db)
+        .flags(&token_mode.flags())
+        .start()
+        .await;
+    assert!(!reflection_lists(token.addr).await, "token mode's default");
+    let gateway = Launch::gateway(&[token.addr])
+        .flags(&token_mode.flags())
+        .start()
+        .await;
+    assert!(
+        !reflection_lists(gateway.addr).await,
+        "the front door in token mode"
+    );
+
+    let mut asked = token_mode.flags().to_vec();
+    asked.extend(["--reflection", "on"]);
+    let token_on = Launch::backend(&db).flags(&asked).start().await;
+    assert!(
+        reflection_lists(token_on.addr).await,
+        "token mode with --reflection on"
+    );
+    let gateway_on = Launch::gateway(&[token_on.addr])
+        .flags(&asked)
+        .start()
+        .await;
+    assert!(
+        reflection_lists(gateway_on.addr).await,
+        "the front door, asked"
     );
 }

@@ -67,6 +67,9 @@ async fn system() -> (System<Process>, Tokens) {
         "news.*",
         // Every request logged, so that the check that no token is logged has lines to read.
         "--access-log",
+        // grpcurl finds the API by reflection (off by default in token mode).
+        "--reflection",
+        "on",
     ];
     let system = System::launch_with(3, &flags, Some(tokens.admin.clone()), dir).await;
     (system, tokens)
