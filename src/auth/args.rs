@@ -41,7 +41,8 @@ pub struct AuthArgs {
     #[arg(long, env = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// JWKS document, a file or an http(s) URL; tokens name their key with `kid`.
+    /// JWKS document, a file or an https URL (http only to a loopback address, such as a
+    /// sidecar; redirects are not followed); tokens name their key with `kid`.
     #[arg(long, env = "JWT_JWKS")]
     pub jwks: Option<String>,
 
@@ -124,6 +125,9 @@ impl AuthArgs {
     /// key source is given and (for files) readable. For supervisors that start the servers.
     pub fn check(&self, listeners: &[SocketAddr]) -> Result<(), AuthError> {
         self.exposure(listeners)?;
+        if let Some(url) = self.jwks.as_deref().filter(|j| is_url(j)) {
+            fetched_safely(url)?;
+        }
         if self.mode == Mode::Jwt && !self.jwks.as_deref().is_some_and(is_url) {
             self.keys_from_files()?;
         }
@@ -154,11 +158,12 @@ impl AuthArgs {
             }
             Mode::Jwt => {
                 let keys = match self.jwks.as_deref().filter(|j| is_url(j)) {
-                    Some(url) => Keys::Remote(
+                    Some(url) => Keys::Remote({
+                        fetched_safely(url)?;
                         RemoteJwks::start(url.to_owned(), self.jwks_refresh, JWKS_REFRESH_FLOOR)
                             .await
-                            .map_err(AuthError::Key)?,
-                    ),
+                            .map_err(AuthError::Key)?
+                    }),
                     None => self.keys_from_files()?,
                 };
                 Ok(Auth {
@@ -273,6 +278,33 @@ impl AuthArgs {
 
 fn is_url(jwks: &str) -> bool {
     jwks.starts_with("http://") || jwks.starts_with("https://")
+}
+
+/// A JWKS URL the keys can be trusted from: https, or http to this machine (a sidecar). Over
+/// plain http elsewhere anyone on the path could hand the servers keys of their own.
+fn fetched_safely(url: &str) -> Result<(), AuthError> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Ok(());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback && !authority.contains('@') {
+        Ok(())
+    } else {
+        Err(AuthError::Key(
+            "--jwks must be an https URL (or http to a loopback address, or a file): keys \
+             fetched over plain http could be anyone's"
+                .into(),
+        ))
+    }
 }
 
 /// Signs `claims` with a PEM private key: EC P-256 (ES256), RSA (RS256) or Ed25519 (EdDSA),
@@ -477,6 +509,19 @@ mod tests {
             several.check(&loopback()),
             Err(AuthError::SeveralKeys)
         ));
+        for (url, safe) in [
+            ("https://idp.example/jwks.json", true),
+            ("http://127.0.0.1:8080/jwks.json", true),
+            ("http://localhost/jwks", true),
+            ("http://[::1]:9/jwks", true),
+            ("http://idp.example/jwks.json", false),
+            ("http://10.0.0.1:8080/jwks.json", false),
+            ("http://localhost.idp.example/jwks", false),
+            ("http://user@127.0.0.1.idp.example/jwks", false),
+        ] {
+            let checked = args(&["--auth", "jwt", "--jwks", url]).check(&loopback());
+            assert_eq!(checked.is_ok(), safe, "{url}: {checked:?}");
+        }
         let not_pem = args(&["--auth", "jwt", "--jwt-public-key", &secret]);
         let err = not_pem.check(&loopback()).unwrap_err().to_string();
         assert!(

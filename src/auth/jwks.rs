@@ -35,8 +35,11 @@ impl RemoteJwks {
         every: Duration,
         floor: Duration,
     ) -> Result<Arc<RemoteJwks>, String> {
+        // No redirects: an https URL must not be able to hand the fetch to a plain http one
+        // (a 3xx is a failed fetch, naming its status).
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .use_rustls_tls()
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;

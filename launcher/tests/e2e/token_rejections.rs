@@ -376,3 +376,57 @@ async fn a_jwks_url_is_refreshed_but_never_fetched_per_unknown_kid() {
         "{fetched} fetches in {elapsed:?} for 100 unknown kids"
     );
 }
+
+/// A JWKS URL's keys decide who is anyone: the fetch follows no redirect (a server could send
+/// it to a plain http URL, or anywhere), so a gateway whose JWKS answers 301 does not start,
+/// saying why; and an http URL off this machine is refused before any fetch.
+#[tokio::test]
+async fn a_jwks_fetch_follows_no_redirect_and_needs_https_off_this_machine() {
+    use std::time::Duration;
+
+    use crate::support::{Launch, Server};
+    let served = tempfile::tempdir().unwrap();
+    // http.server answers `/keys` with a 301 to `/keys/`, whose index is a good JWKS.
+    std::fs::create_dir(served.path().join("keys")).unwrap();
+    std::fs::write(served.path().join("keys/index.html"), jwks(&["k1"])).unwrap();
+    let (_server, base, requests) = serve_dir(served.path()).await;
+    let start = |jwks: String| {
+        let flags = [
+            "--auth",
+            "jwt",
+            "--backends",
+            "127.0.0.1:9",
+            "--jwks",
+            &jwks,
+        ];
+        Launch::server(Server::Gateway)
+            .flags(&flags)
+            .unprobed()
+            .start()
+    };
+    let mut redirected = start(format!("{base}keys")).await;
+    let exit = redirected.exit_within(Duration::from_secs(20)).await;
+    assert!(!exit.success(), "started on a redirected JWKS");
+    assert!(
+        redirected.logs().contains("HTTP 301"),
+        "{}",
+        redirected.logs()
+    );
+    let asked: Vec<String> = requests.lock().unwrap().clone();
+    assert!(
+        asked.iter().all(|r| !r.contains("/keys/ ")),
+        "followed: {asked:?}"
+    );
+
+    let mut plain = start("http://192.0.2.1/jwks.json".into()).await;
+    let exit = plain.exit_within(Duration::from_secs(20)).await;
+    assert!(
+        !exit.success(),
+        "started on a plain http JWKS off this machine"
+    );
+    assert!(
+        plain.logs().contains("--jwks must be an https URL"),
+        "{}",
+        plain.logs()
+    );
+}
