@@ -75,11 +75,12 @@ impl FromRequestParts<AppState> for Credentials {
 
     /// Also counts the request against the client's rate, once it is known who the client is.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let credentials = Self::verify(parts, state)?;
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
+        let credentials =
+            Self::verify(parts, state).map_err(|refused| refused.counted(state, peer))?;
         state
             .limiters
             .request(|| ClientKey::of(credentials.caller.as_ref(), peer))?;
@@ -99,7 +100,8 @@ impl Credentials {
             let value = metadata.get("authorization")?.to_str().ok()?;
             bearer_token(value).map(str::to_owned)
         });
-        let credentials = Self::verify_token(token.flatten(), state)?;
+        let credentials = Self::verify_token(token.flatten(), state)
+            .map_err(|refused| refused.counted(state, peer))?;
         state
             .limiters
             .request(|| ClientKey::of(credentials.caller.as_ref(), peer))?;
@@ -135,6 +137,17 @@ impl Credentials {
                 peer: None,
             }),
             Err(rejected) => Err(unauthenticated(&rejected)),
+        }
+    }
+}
+
+impl ApiError {
+    /// A refused token counts against its address's rate like any request without one, so a
+    /// client trying made-up tokens meets the same limit (429 once over it) as everyone else.
+    fn counted(self, state: &AppState, peer: Option<SocketAddr>) -> ApiError {
+        match state.limiters.request(|| ClientKey::of(None, peer)) {
+            Ok(()) => self,
+            Err(over) => over,
         }
     }
 }

@@ -161,6 +161,43 @@ async fn a_client_over_its_rate_gets_429_and_others_do_not() {
     );
 }
 
+/// Invalid tokens count against their address's rate: a client trying made-up tokens gets
+/// 401s, then 429s like any other client over its rate.
+#[tokio::test]
+async fn refused_tokens_count_against_the_clients_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_mode = crate::support::TokenMode::new(dir.path());
+    let backend =
+        crate::support::Local::backend(&dir.path().join("events.db"), &token_mode.flags()).await;
+    let mut flags = token_mode.flags().to_vec();
+    flags.extend(["--rate-limit", "5"]);
+    let gateway = crate::support::Local::gateway(&[backend.addr], &flags).await;
+    let url = format!("{}/events", gateway.url());
+    let client = http();
+    let mut refused = None;
+    for attempt in 0..20 {
+        let response = client
+            .get(&url)
+            .bearer_auth(format!("made.up.{attempt}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let refused = refused.expect("20 bad tokens at once exceed 5 per second");
+    assert_too_many(refused, "too many requests").await;
+    // Another address is not held back by it.
+    let other = client_from("127.0.0.2")
+        .get(&url)
+        .bearer_auth("made.up")
+        .send();
+    assert_eq!(other.await.unwrap().status(), StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_ended_for_one_subscriber_leaves_its_backend_in_rotation() {
     let _exclusive = EXCLUSIVE.lock().await;
