@@ -269,8 +269,11 @@ async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
         .position(|b| b.addr.to_string() == victim_addr)
         .unwrap();
     // The change feed of the user whose events the workers update, from after the creates,
-    // on the same backend (each stream is balanced alone: opened until one lands there).
+    // on the same backend (each stream is balanced alone: opened until one lands there; those
+    // that land elsewhere are held open, so the balancer's load moves it there, as the
+    // victim's own stream makes it the busiest).
     let mut watch = None;
+    let mut held = Vec::new();
     for _ in 0..50 {
         let opened = events
             .watch_changes(v1::WatchChangesRequest {
@@ -283,7 +286,9 @@ async fn a_tonic_client_loses_nothing_when_a_backend_is_killed() {
             watch = Some(opened.into_inner());
             break;
         }
+        held.push(opened);
     }
+    drop(held);
     let mut watch = watch.expect("a WatchChanges on the backend to kill");
     // A multi-topic Subscribe with a filter, from its place in the topic, on the same backend
     // (those that land elsewhere are held open, so the balancer's load moves it there).
