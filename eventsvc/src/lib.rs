@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod convert;
 mod feed;
+mod ids;
 mod keyed;
 mod metrics;
 mod presence;

@@ -224,8 +224,8 @@ pub(crate) fn create(req: v1::CreateEventRequest) -> Result<NewEvent, FieldError
     if !topic.is_empty() {
         self::topic(&topic)?;
     }
-    let id = new_id(&id)?;
     at_most_chars("user_id", MAX_USER_ID, &user_id)?;
+    let id = new_id(&id)?.map(|chosen| crate::ids::owned(&user_id, chosen));
     text("title", &title)?;
     text("description", &description)?;
     let data = match data {

@@ -662,3 +662,76 @@ async fn plaintext_tokens_to_backends_off_this_machine_are_warned_of() {
     local.wait_for_log("balancing over").await;
     assert!(!local.logs().contains(WARNING), "{}", local.logs());
 }
+
+/// A caller-chosen id on CreateEvent is scoped to its owner, on a backend and through the
+/// gateway's front door alike: holding another user's id (the one chosen, or the one stored)
+/// gets a create exactly what a free id gets, an event of one's own, so it tells nothing of
+/// that event (whose reads are NOT_FOUND); the owner's repeat finds the owner's event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chosen_id_tells_nothing_of_another_users_event() {
+    let (system, tokens) = system().await;
+    let with = |token: &str, title: &str, id: &str| {
+        let mut request = tonic::Request::new(eventsys::v1::CreateEventRequest {
+            id: id.into(),
+            title: title.into(),
+            ..Default::default()
+        });
+        let bearer = format!("Bearer {token}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+        request
+    };
+    let read = |token: &str, id: &str| {
+        let mut request = tonic::Request::new(eventsys::v1::GetEventRequest {
+            id: id.into(),
+            ..Default::default()
+        });
+        let bearer = format!("Bearer {token}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+        request
+    };
+    for (place, mut client) in [
+        ("a backend", system.backends[0].client().await),
+        ("the front door", system.gateway.client().await),
+    ] {
+        let chosen = uuid::Uuid::now_v7().to_string();
+        let alices = client
+            .create_event(with(&tokens.alice, "alice's", &chosen))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(alices.user_id, "alice");
+        let again = client
+            .create_event(with(&tokens.alice, "alice's", &chosen))
+            .await;
+        assert_eq!(
+            again.unwrap().into_inner().id,
+            alices.id,
+            "{place}: the repeat"
+        );
+        let changed = client
+            .create_event(with(&tokens.alice, "other", &chosen))
+            .await;
+        assert_eq!(
+            changed.unwrap_err().code(),
+            tonic::Code::AlreadyExists,
+            "{place}"
+        );
+
+        let free = uuid::Uuid::now_v7().to_string();
+        for id in [&chosen, &alices.id, &free] {
+            let bobs = client
+                .create_event(with(&tokens.bob, "bob's", id))
+                .await
+                .unwrap_or_else(|status| panic!("{place}: bob with {id}: {status:?}"))
+                .into_inner();
+            assert_eq!(bobs.user_id, "bob", "{place}");
+            assert_ne!(bobs.id, alices.id, "{place}");
+            let his = client.get_event(read(&tokens.bob, &bobs.id)).await;
+            assert_eq!(his.unwrap().into_inner().title, "bob's", "{place}");
+        }
+        let theirs = client.get_event(read(&tokens.bob, &alices.id)).await;
+        assert_eq!(theirs.unwrap_err().code(), tonic::Code::NotFound, "{place}");
+        let hers = client.get_event(read(&tokens.alice, &alices.id)).await;
+        assert_eq!(hers.unwrap().into_inner().title, "alice's", "{place}");
+    }
+}
