@@ -60,6 +60,11 @@ pub mod idempotency {
 /// sends writes there first rather than through another backend's hop to it.
 pub const WRITER_HEALTH: &str = "events.v1.EventService/writer";
 
+/// The gRPC metadata a backend's health answers carry: `jwt` in token mode, else `none`. A
+/// gateway in token mode refuses a backend that does not say `jwt`: it would serve the calls
+/// the gateway passes on without reading them to anyone, token or not.
+pub const AUTH_MODE_METADATA: &str = "events-auth";
+
 /// The gRPC metadata of a FAILED_PRECONDITION that an `if_revision` or `if_exists` did not
 /// hold: the event's revision, `0` when it does not exist for the caller.
 pub const REVISION_METADATA: &str = "events-revision";

@@ -8,6 +8,7 @@ mod feed;
 mod ids;
 mod keyed;
 mod metrics;
+mod mode;
 mod presence;
 mod readiness;
 mod retention;

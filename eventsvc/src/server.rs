@@ -7,6 +7,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use eventsys::{auth::Auth, coalesce::Coalesce, v1::event_service_server::EventServiceServer};
+
 use futures::TryStreamExt;
 use tokio::{net::TcpListener, sync::oneshot};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,7 @@ use crate::{
     feed::{Feed, FeedSettings},
     keyed::{self, KeyPolicy},
     metrics::RpcMetrics,
+    mode::SaysMode,
     presence::PresencePolicy,
     readiness::{self, Readiness},
     retention,
@@ -281,7 +283,7 @@ pub async fn serve(
             addr.port(),
             backend.access_log,
         ))
-        .add_service(health_service)
+        .add_service(SaysMode::new(health_service, backend.auth.token_mode()))
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .add_service(InterceptedService::new(

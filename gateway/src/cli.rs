@@ -296,6 +296,7 @@ impl Config {
                 request_timeout: self.request_timeout,
                 no_backend_wait: self.no_backend_wait,
                 tls: self.backend_tls()?,
+                token_mode: self.auth.mode == eventsys::auth::Mode::Jwt,
             },
             settings: Settings {
                 sse_keep_alive: self.sse_keep_alive,

@@ -51,6 +51,8 @@ pub(crate) struct UpstreamConfig {
     pub(crate) no_backend_wait: Duration,
     /// TLS to the backends (verify them, and present a client certificate for mTLS).
     pub(crate) tls: Option<BackendTls>,
+    /// Token mode: only backends whose health answers say token mode too are let in.
+    pub(crate) token_mode: bool,
 }
 
 /// The shared handle on the backends.

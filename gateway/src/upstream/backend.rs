@@ -42,6 +42,9 @@ pub(crate) enum Down {
     MissedDeadlines,
     /// A call found it unreachable.
     Unreachable,
+    /// It runs in anonymous mode while this gateway is in token mode: it would serve anyone the
+    /// calls the gateway passes on without reading them.
+    Anonymous,
 }
 
 impl Down {
@@ -52,6 +55,7 @@ impl Down {
             Down::NotServing => "NOT_SERVING",
             Down::MissedDeadlines => "missed deadlines",
             Down::Unreachable => "unreachable",
+            Down::Anonymous => "anonymous mode",
         }
     }
 
@@ -62,6 +66,7 @@ impl Down {
             Down::NotServing,
             Down::MissedDeadlines,
             Down::Unreachable,
+            Down::Anonymous,
         ]
         .into_iter()
         .find(|d| *d as u8 == value)

@@ -164,6 +164,7 @@ async fn check(
 ) {
     let mut health = HealthClient::new(link.clone());
     let mut slow_answers = 0;
+    let mut refused_anonymous = false;
     let mut tick = tokio::time::interval(config.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -186,7 +187,8 @@ async fn check(
             service: SERVICE_NAME.into(),
         };
         let outcome = tokio::time::timeout(config.health_timeout, health.check(request)).await;
-        let healthy = serving(&outcome);
+        let anonymous = config.token_mode && serving(&outcome) && !says_token_mode(&outcome);
+        let healthy = serving(&outcome) && !anonymous;
         // A backend that refuses or says NOT_SERVING is out at once; one that is only slow to
         // answer may just be busy (a burst of fan-out on a loaded machine), and taking every
         // busy backend out would turn load into an outage.
@@ -208,14 +210,24 @@ async fn check(
         }
         let verdict = match &outcome {
             _ if healthy => Health::Up,
+            _ if anonymous => Health::Down(Down::Anonymous),
             Ok(Ok(_)) => Health::Down(Down::NotServing),
             Ok(Err(_)) => Health::Down(Down::Refused),
             Err(_) => Health::Down(Down::MissedDeadlines),
         };
+        // Said once as it starts (a backend not yet checked is already out: no change).
+        if anonymous && !refused_anonymous {
+            tracing::error!(
+                %backend,
+                "backend in anonymous mode behind a gateway in token mode: refused (it would \
+                 serve calls without a token); start it with --auth jwt"
+            );
+        }
+        refused_anonymous = anonymous;
         if membership.set_health(backend, verdict) {
             if healthy {
                 tracing::info!(%backend, "backend healthy: receiving traffic");
-            } else {
+            } else if !anonymous {
                 let reason = match outcome {
                     Ok(Ok(response)) => format!("status {:?}", response.get_ref().status()),
                     Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
@@ -234,6 +246,22 @@ async fn check(
             membership.set_writer(backend, serving(&answer));
         }
     }
+}
+
+/// Whether a health answer says its backend is in token mode.
+fn says_token_mode(
+    outcome: &Result<
+        Result<tonic::Response<HealthCheckResponse>, tonic::Status>,
+        tokio::time::error::Elapsed,
+    >,
+) -> bool {
+    matches!(
+        outcome,
+        Ok(Ok(response)) if response
+            .metadata()
+            .get(eventsys::AUTH_MODE_METADATA)
+            .is_some_and(|mode| mode == "jwt")
+    )
 }
 
 /// Whether a health check answered in time, and SERVING.

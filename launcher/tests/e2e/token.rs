@@ -735,3 +735,58 @@ async fn a_chosen_id_tells_nothing_of_another_users_event() {
         assert_eq!(hers.unwrap().into_inner().title, "alice's", "{place}");
     }
 }
+
+/// The front door passes most calls on without reading them, so the backends' own checks are
+/// what stands: a gateway in token mode refuses a backend in anonymous mode (allowed on
+/// loopback), which would answer ListAllEvents or a Publish as anyone to a caller with no
+/// token. Backends say their mode on each health answer; a token-mode backend is let in.
+#[tokio::test]
+async fn a_token_mode_gateway_refuses_backends_in_anonymous_mode() {
+    use eventsys::v1;
+
+    use crate::support::{Launch, TokenMode};
+    let dir = tempfile::tempdir().unwrap();
+    let token_mode = TokenMode::new(dir.path());
+    let db = dir.path().join("events.db");
+    let anonymous = Launch::backend(&db).start().await;
+    let gateway = Launch::gateway(&[anonymous.addr])
+        .flags(&token_mode.flags())
+        .start()
+        .await;
+    gateway
+        .wait_for_log("backend in anonymous mode behind a gateway in token mode")
+        .await;
+    let mut front = gateway.client().await;
+    let all = front
+        .list_all_events(v1::ListAllEventsRequest::default())
+        .await;
+    assert_eq!(
+        all.unwrap_err().code(),
+        tonic::Code::Unavailable,
+        "listed through it"
+    );
+    let publish = v1::PublishRequest {
+        topic: "orders".into(),
+        user_id: "alice".into(),
+        title: "as alice".into(),
+        ..Default::default()
+    };
+    let published = front.publish(publish).await;
+    assert!(published.is_err(), "published through it: {published:?}");
+
+    let backend = Launch::backend(&db)
+        .flags(&token_mode.flags())
+        .start()
+        .await;
+    let gateway = Launch::gateway(&[backend.addr])
+        .flags(&token_mode.flags())
+        .start()
+        .await;
+    let admin = mint(&token_mode.secret, &["--sub", "ops", "--admin"]);
+    crate::support::wait_healthy(gateway.addr, Some(&admin), 1).await;
+    let mut front = gateway.client().await;
+    let refused = front
+        .list_all_events(v1::ListAllEventsRequest::default())
+        .await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+}

@@ -110,8 +110,20 @@ impl Relay {
             }
         });
         let service = EventServiceServer::new(RelayService(shared.clone()));
+        // Its answers say the backend's auth mode, as the backend's own health answers do (a
+        // gateway in token mode lets in only backends that say token mode).
+        let mode = backend_mode(backend).await;
+        let says_mode = tower::util::MapResponseLayer::new(move |mut answer: http::Response<_>| {
+            if let Some(mode) = &mode {
+                answer
+                    .headers_mut()
+                    .insert(eventsys::AUTH_MODE_METADATA, mode.clone());
+            }
+            answer
+        });
         tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(says_mode)
                 .add_service(health_service)
                 .add_service(service)
                 .serve_with_incoming(incoming),
@@ -129,6 +141,24 @@ impl Relay {
     pub(crate) fn kill(&self) {
         self.shared.dead.cancel();
     }
+}
+
+/// The auth mode `backend`'s health answer says, if it says one.
+async fn backend_mode(backend: SocketAddr) -> Option<http::HeaderValue> {
+    let channel = Channel::from_shared(format!("http://{backend}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(request)
+        .await
+        .ok()?;
+    let mode = answer.metadata().get(eventsys::AUTH_MODE_METADATA)?;
+    http::HeaderValue::from_bytes(mode.as_bytes()).ok()
 }
 
 impl Drop for Relay {
