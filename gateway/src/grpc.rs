@@ -4,6 +4,7 @@
 //! `Subscribe` outlives its backend (`subscribe`); health says whether any backend is healthy.
 
 mod forward;
+mod guard;
 mod service;
 mod subscribe;
 

@@ -1,7 +1,8 @@
 //! Unary calls of gRPC clients passed on as they are framed: the request's frame goes to the
-//! backend the balancer picks, its reply frame comes back, and the gateway decodes neither. Used
-//! for every unary method the gateway need not read (creates and publishes are decoded: the
-//! gateway names their event, see `service`).
+//! backend the balancer picks, its reply frame comes back, and the gateway decodes neither
+//! (but in token mode, where it reads the request to apply REST's rule: `guard`). Used for
+//! every unary method the gateway need not read otherwise (creates and publishes are decoded:
+//! the gateway names their event, see `service`).
 
 use std::{convert::Infallible, net::SocketAddr};
 
@@ -12,9 +13,10 @@ use axum::{
 };
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::{BodyExt, Limited, StreamBody};
+use prost::Message;
 use tonic::{Status, metadata::MetadataMap};
 
-use super::{MAX_MESSAGE, grpc_timeout, within};
+use super::{MAX_MESSAGE, grpc_timeout, guard::Guarded, within};
 use crate::{
     api::Credentials,
     http::AppState,
@@ -22,7 +24,7 @@ use crate::{
 };
 
 /// `POST /events.v1.EventService/{M}` from a gRPC client.
-pub(crate) async fn forward<M: Method>(
+pub(crate) async fn forward<M: Method<Request: Guarded>>(
     State(state): State<AppState>,
     request: Request,
 ) -> Response {
@@ -32,7 +34,7 @@ pub(crate) async fn forward<M: Method>(
     }
 }
 
-async fn call<M: Method>(
+async fn call<M: Method<Request: Guarded>>(
     state: &AppState,
     request: Request,
 ) -> Result<(Bytes, Option<upstream::Backend>), Status> {
@@ -49,6 +51,11 @@ async fn call<M: Method>(
         .map_err(|_| Status::resource_exhausted("request message over the size limit"))?
         .to_bytes();
     check(&framed)?;
+    if state.auth.token_mode() {
+        let request = M::Request::decode(&framed[5..])
+            .map_err(|_| Status::invalid_argument("the request message does not decode"))?;
+        request.guard(&who, state)?;
+    }
     let call = state
         .upstream
         .call(Forwarded::<M>::new(framed), who.bearer.as_ref());

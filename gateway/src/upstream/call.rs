@@ -125,8 +125,10 @@ pub(crate) trait Rpc: Send + Sized + 'static {
     ) -> impl Future<Output = Result<(Self::Reply, Option<Backend>), Status>> + Send;
 }
 
-/// A unary method of `events.v1.EventService`: its path and whether it may be repeated.
+/// A unary method of `events.v1.EventService`: its request, its path and whether it may be
+/// repeated.
 pub(crate) trait Method: Send + Sync + 'static {
+    type Request;
     const PATH: &'static str;
     const IDEMPOTENCY: Idempotency;
     const ROUTE: Route;
@@ -169,6 +171,7 @@ macro_rules! unary {
         pub(crate) struct $method;
 
         impl Method for $method {
+            type Request = $request;
             const PATH: &'static str = concat!("/events.v1.EventService/", stringify!($method));
             const IDEMPOTENCY: Idempotency = $idempotency;
             const ROUTE: Route = $route;

@@ -757,9 +757,12 @@ async fn a_token_mode_gateway_refuses_backends_in_anonymous_mode() {
         .wait_for_log("backend in anonymous mode behind a gateway in token mode")
         .await;
     let mut front = gateway.client().await;
-    let all = front
-        .list_all_events(v1::ListAllEventsRequest::default())
-        .await;
+    // Even a call the front door's own rules let through (an admin's) finds no backend.
+    let admin = mint(&token_mode.secret, &["--sub", "ops", "--admin"]);
+    let mut all = tonic::Request::new(v1::ListAllEventsRequest::default());
+    let bearer = format!("Bearer {admin}").parse().unwrap();
+    all.metadata_mut().insert("authorization", bearer);
+    let all = front.list_all_events(all).await;
     assert_eq!(
         all.unwrap_err().code(),
         tonic::Code::Unavailable,
@@ -782,11 +785,93 @@ async fn a_token_mode_gateway_refuses_backends_in_anonymous_mode() {
         .flags(&token_mode.flags())
         .start()
         .await;
-    let admin = mint(&token_mode.secret, &["--sub", "ops", "--admin"]);
     crate::support::wait_healthy(gateway.addr, Some(&admin), 1).await;
     let mut front = gateway.client().await;
     let refused = front
         .list_all_events(v1::ListAllEventsRequest::default())
         .await;
     assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+}
+
+/// Behind a backend that says token mode but checks nothing (a fake), the front door's own
+/// rules hold: in token mode it reads each call it passes on and applies REST's rule first
+/// (no token: 401 UNAUTHENTICATED; another user's events or every user's: 403).
+#[tokio::test]
+async fn the_front_door_applies_the_rules_itself_in_token_mode() {
+    use eventsys::v1;
+
+    use crate::support::{Launch, Relay, TokenMode};
+    let dir = tempfile::tempdir().unwrap();
+    let token_mode = TokenMode::new(dir.path());
+    let anonymous = Launch::backend(&dir.path().join("events.db")).start().await;
+    let lying = Relay::claiming_token_mode(anonymous.addr).await;
+    let gateway = Launch::gateway(&[lying.addr])
+        .flags(&token_mode.flags())
+        .start()
+        .await;
+    let admin = mint(&token_mode.secret, &["--sub", "ops", "--admin"]);
+    let bob = mint(&token_mode.secret, &["--sub", "bob", "--subscribe", "news"]);
+    crate::support::wait_healthy(gateway.addr, Some(&admin), 1).await;
+    let mut direct = anonymous.client().await;
+    let alices = direct
+        .create_event(v1::CreateEventRequest {
+            user_id: "alice".into(),
+            title: "alice's".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut front = gateway.client().await;
+    fn as_user<T>(token: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let bearer = format!("Bearer {token}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+        request
+    }
+    fn code<T>(result: Result<T, tonic::Status>) -> tonic::Code {
+        result.map(|_| ()).unwrap_err().code()
+    }
+    let all = front
+        .list_all_events(v1::ListAllEventsRequest::default())
+        .await;
+    assert_eq!(code(all), tonic::Code::Unauthenticated, "no token");
+    let all = front
+        .list_all_events(as_user(&bob, v1::ListAllEventsRequest::default()))
+        .await;
+    assert_eq!(
+        code(all),
+        tonic::Code::PermissionDenied,
+        "bob lists everyone"
+    );
+    let get = v1::GetEventRequest {
+        id: alices.id.clone(),
+        user_id: "alice".into(),
+    };
+    assert_eq!(
+        code(front.get_event(get.clone()).await),
+        tonic::Code::Unauthenticated
+    );
+    let theirs = front.get_event(as_user(&bob, get)).await;
+    assert_eq!(
+        code(theirs),
+        tonic::Code::PermissionDenied,
+        "bob reads alice's"
+    );
+    let history = v1::ListTopicEventsRequest {
+        topic: "orders".into(),
+        ..Default::default()
+    };
+    let history = front.list_topic_events(as_user(&bob, history)).await;
+    assert_eq!(
+        code(history),
+        tonic::Code::PermissionDenied,
+        "bob reads orders"
+    );
+    // What bob may do passes.
+    let mine = front
+        .list_events(as_user(&bob, v1::ListEventsRequest::default()))
+        .await;
+    assert!(mine.is_ok(), "{mine:?}");
 }

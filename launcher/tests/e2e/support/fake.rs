@@ -36,6 +36,9 @@ struct Fault {
     /// The first call of this method is held once the real backend has answered it, until
     /// the relay is killed (its connections cut, as when its process is killed).
     hold: Option<&'static str>,
+    /// Says token mode on its health answers whatever the real backend is (a backend that
+    /// claims checks it does not make).
+    claims_token_mode: bool,
 }
 
 struct Shared {
@@ -79,10 +82,24 @@ impl Relay {
         .await
     }
 
+    /// Relays to `backend` (in anonymous mode: it answers anyone) while its health answers
+    /// say token mode: a backend that claims checks it does not make.
+    pub(crate) async fn claiming_token_mode(backend: SocketAddr) -> Relay {
+        Relay::start(
+            backend,
+            Fault {
+                claims_token_mode: true,
+                ..Fault::default()
+            },
+        )
+        .await
+    }
+
     async fn start(backend: SocketAddr, fault: Fault) -> Relay {
         let channel = Channel::from_shared(format!("http://{backend}"))
             .expect("a URL")
             .connect_lazy();
+        let claims_token_mode = fault.claims_token_mode;
         let shared = Arc::new(Shared {
             backend: EventServiceClient::new(channel),
             fault,
@@ -112,7 +129,11 @@ impl Relay {
         let service = EventServiceServer::new(RelayService(shared.clone()));
         // Its answers say the backend's auth mode, as the backend's own health answers do (a
         // gateway in token mode lets in only backends that say token mode).
-        let mode = backend_mode(backend).await;
+        let mode = if claims_token_mode {
+            Some(http::HeaderValue::from_static("jwt"))
+        } else {
+            backend_mode(backend).await
+        };
         let says_mode = tower::util::MapResponseLayer::new(move |mut answer: http::Response<_>| {
             if let Some(mode) = &mode {
                 answer
