@@ -23,6 +23,11 @@ impl Who {
             .unwrap_or(Who(None))
     }
 
+    /// What is left of the caller's token: its streams end then (`None` without a token).
+    pub(crate) fn remaining(&self) -> Option<std::time::Duration> {
+        self.0.as_ref()?.remaining()
+    }
+
     pub(crate) fn caller(&self) -> Result<&Caller, Status> {
         self.0
             .as_ref()

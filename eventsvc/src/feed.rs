@@ -203,14 +203,22 @@ impl Feed {
     }
 
     /// Starts a stream of `of`'s events (changes) with `seq` (position) `> after_seq`: stored
-    /// ones, then live.
-    pub(crate) fn subscribe(&self, of: StreamOf, after_seq: u64) -> EventStream {
-        self.serving(move |feed, tx| async move { feed.serve(of, after_seq, &tx).await })
+    /// ones, then live; ended with UNAUTHENTICATED once `expires` (what is left of the caller's
+    /// token) has passed.
+    pub(crate) fn subscribe(
+        &self,
+        of: StreamOf,
+        after_seq: u64,
+        expires: Option<Duration>,
+    ) -> EventStream {
+        self.serving(expires, move |feed, tx| async move {
+            feed.serve(of, after_seq, &tx).await
+        })
     }
 
     /// Starts a subscription served by `serve` on a task of its own, its events going to the
-    /// client through a bounded queue.
-    fn serving<F, Fut>(&self, serve: F) -> EventStream
+    /// client through a bounded queue, until the caller's token expires.
+    fn serving<F, Fut>(&self, expires: Option<Duration>, serve: F) -> EventStream
     where
         F: FnOnce(Feed, mpsc::Sender<Result<Encoded, Status>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), Status>> + Send,
@@ -219,7 +227,17 @@ impl Feed {
         let feed = self.clone();
         tokio::spawn(async move {
             let _open = feed.0.stats.subscriber();
-            if let Err(status) = serve(feed, tx.clone()).await {
+            let served = serve(feed, tx.clone());
+            let outcome = match expires {
+                None => served.await,
+                Some(left) => tokio::select! {
+                    outcome = served => outcome,
+                    () = tokio::time::sleep(left) => Err(Status::unauthenticated(
+                        "token expired: subscribe again with a fresh token",
+                    )),
+                },
+            };
+            if let Err(status) = outcome {
                 // The client may already be gone; then there is no one to tell.
                 let _ = tx.try_send(Err(status));
             }

@@ -83,7 +83,9 @@ impl EventsApi {
                     }
                     .into_status());
                 }
-                return Ok(self.feed.subscribe(StreamOf::Topic(topic), after_seq));
+                return Ok(self
+                    .feed
+                    .subscribe(StreamOf::Topic(topic), after_seq, who.remaining()));
             }
             Subscribing::Selected {
                 selection,
@@ -124,7 +126,9 @@ impl EventsApi {
             Some(_) => return Err(TopicGap::into_status(&gaps)),
             None => {}
         }
-        Ok(self.feed.subscribe_selection(selection, at))
+        Ok(self
+            .feed
+            .subscribe_selection(selection, at, who.remaining()))
     }
 
     /// WatchChanges: checks whose feed the caller may read, refuses a start retention no
@@ -146,7 +150,7 @@ impl EventsApi {
         }
         Ok(self
             .feed
-            .subscribe(StreamOf::Changes(user), req.after_position))
+            .subscribe(StreamOf::Changes(user), req.after_position, who.remaining()))
     }
 
     /// The user whose change feed a request names: in token mode the caller (another user is

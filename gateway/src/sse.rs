@@ -16,6 +16,7 @@ mod source;
 use axum::{extract::State, response::IntoResponse};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+pub(crate) use frame::Frame;
 pub(crate) use hub::Hubs;
 pub(crate) use source::StreamOf;
 
@@ -95,7 +96,7 @@ async fn subscribe(
     };
     let slot = state.limiters.open_stream(who.client())?;
     // Opened before the response starts, so a bad topic or no backend is a plain HTTP error.
-    let reader = Reader::open(&state, &of, place, who.bearer, slot).await?;
+    let reader = Reader::open(&state, &of, place, who.stream_token(), slot).await?;
     // Counted once it is open: a refused stream is nobody's presence; a presence topic's
     // readers are not its topic's.
     let reader = match present.0.starts_with(PRESENCE_PREFIX) {
@@ -148,7 +149,7 @@ async fn subscribe_many(
     let at = selection.resume(last_event_id.as_deref())?;
     let slot = state.limiters.open_stream(who.client())?;
     let of = StreamOf::Matching(selection);
-    let reader = Reader::open(&state, &of, Place::Topics(at), who.bearer, slot).await?;
+    let reader = Reader::open(&state, &of, Place::Topics(at), who.stream_token(), slot).await?;
     Ok((reader.backend(), reader))
 }
 
@@ -185,7 +186,7 @@ async fn changes(
     let user = who.feed_user(user_id.as_deref())?;
     let slot = state.limiters.open_stream(who.client())?;
     let of = StreamOf::Changes(user);
-    let reader = Reader::open(&state, &of, Place::Seq(after), who.bearer, slot).await?;
+    let reader = Reader::open(&state, &of, Place::Seq(after), who.stream_token(), slot).await?;
     Ok((reader.backend(), reader))
 }
 

@@ -15,7 +15,7 @@ use jsonwebtoken::{
 use super::{jwks::RemoteJwks, policy::Claims};
 
 /// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECS: u64 = 30;
+pub(super) const LEEWAY_SECS: u64 = 30;
 /// A JWKS file is re-read on an unknown `kid` at most this often, so a flood of made-up `kid`s
 /// cannot make the server read it in a loop.
 pub(super) const JWKS_REFRESH_FLOOR: Duration = Duration::from_secs(30);

@@ -2,11 +2,14 @@
 //! `events` claim names (`orders` exact, `orders.*` under `orders.`, `*` all), reach the
 //! operational endpoints when it is an admin. Anonymous mode allows everything, as before.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use serde::{Deserialize, Serialize};
 
-use super::keys::{Rejected, Verifier};
+use super::keys::{LEEWAY_SECS, Rejected, Verifier};
 use crate::topics::{Pattern, matches, rights_topic};
 
 /// The claims a token carries (`sub` and `exp` required).
@@ -61,6 +64,9 @@ pub struct EventsClaim {
 pub struct Identity {
     pub user: String,
     pub rights: EventsClaim,
+    /// When the token stops being accepted (its `exp` and the clock-skew leeway every check
+    /// allows): a stream opened with it ends then.
+    pub valid_until: SystemTime,
 }
 
 /// Who a request comes from.
@@ -134,6 +140,19 @@ impl Caller {
         }
     }
 
+    /// How long the caller's token is still accepted: `None` in anonymous mode (no token to
+    /// expire), zero once it has expired.
+    pub fn remaining(&self) -> Option<Duration> {
+        match self {
+            Caller::Anyone => None,
+            Caller::User(who) => Some(
+                who.valid_until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
     /// Anonymous mode's anyone, or a token with the admin claim.
     pub fn is_admin(&self) -> bool {
         match self {
@@ -176,6 +195,10 @@ impl Auth {
         Ok(Caller::User(Arc::new(Identity {
             user: claims.sub,
             rights: claims.events,
+            // Checks compare whole seconds: a token is accepted through the second of
+            // `exp` plus the leeway, and refused from the next one.
+            valid_until: UNIX_EPOCH
+                + Duration::from_secs(claims.exp.saturating_add(LEEWAY_SECS).saturating_add(1)),
         })))
     }
 
@@ -239,6 +262,7 @@ mod tests {
                 subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
                 admin: false,
             },
+            valid_until: SystemTime::now() + Duration::from_secs(60),
         }))
     }
 

@@ -5,7 +5,7 @@
 //! topics (a rejected one as a bare place), so a hole in a topic's seqs means something was
 //! missed, and the subscriber reads that topic from the store.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use eventsys::topics::{
     Cursor, CursorError, MAX_CURSOR_BYTES, MAX_CURSOR_TOPICS, Patterns, Selection, Subject,
@@ -67,9 +67,16 @@ fn too_many(err: CursorError) -> Status {
 
 impl Feed {
     /// Starts a stream of `selection`'s events after each topic's place in `at`: stored ones,
-    /// then live.
-    pub(crate) fn subscribe_selection(&self, selection: Selection, at: Cursor) -> EventStream {
-        self.serving(move |feed, tx| async move { feed.serve_selection(selection, at, &tx).await })
+    /// then live; ended once the caller's token expires (`expires`, as in `subscribe`).
+    pub(crate) fn subscribe_selection(
+        &self,
+        selection: Selection,
+        at: Cursor,
+        expires: Option<Duration>,
+    ) -> EventStream {
+        self.serving(expires, move |feed, tx| async move {
+            feed.serve_selection(selection, at, &tx).await
+        })
     }
 
     /// The topics the selection's patterns match now, refused beyond what a cursor may name

@@ -193,7 +193,7 @@ fn follower(feed: &Feed) -> Follower {
 
 /// Subscribes to `topic` and reads one live event through it (so the follower runs).
 async fn subscribed(feed: &Feed, store: &FakeFeed, topic: &str, seq: u64) -> EventStream {
-    let mut events = feed.subscribe(StreamOf::Topic(topic.to_owned()), seq - 1);
+    let mut events = feed.subscribe(StreamOf::Topic(topic.to_owned()), seq - 1, None);
     until(|| follower(feed) == Follower::Running && !feed.subscribers().streams.is_empty()).await;
     store.publish(topic, seq);
     let first = events
@@ -273,9 +273,10 @@ async fn selections_get_their_topics_events_that_their_filters_accept() {
                 filter.map(|f| eventsys::topics::Filter::parse(f).unwrap()),
             )
         };
-        let mut wide = feed.subscribe_selection(selection(&["a.*"], None), Default::default());
+        let mut wide =
+            feed.subscribe_selection(selection(&["a.*"], None), Default::default(), None);
         let narrow_of = selection(&["a.x", "b"], Some(r#"title != "2""#));
-        let mut narrow = feed.subscribe_selection(narrow_of.clone(), Default::default());
+        let mut narrow = feed.subscribe_selection(narrow_of.clone(), Default::default(), None);
         until(|| follower(&feed) == Follower::Running && feed.subscribers().selections.len() == 2)
             .await;
         for (topic, seq) in [

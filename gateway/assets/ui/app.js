@@ -36,7 +36,18 @@ function connect() {
   const source = new EventSource(withToken("/ui/stats"));
   state.stats = source;
   source.addEventListener("open", () => setStatus("live", "live"));
-  source.addEventListener("error", () => setStatus("reconnecting…", "lost"));
+  source.addEventListener("error", (e) => {
+    // The server's last frame when the token expired (a MessageEvent with data): ask for a
+    // fresh token rather than reconnecting with the old one.
+    if (e.data) {
+      source.close();
+      state.token = null;
+      $("token-form").hidden = false;
+      setStatus("token expired", "lost");
+      return;
+    }
+    setStatus("reconnecting…", "lost");
+  });
   source.addEventListener("stats", (e) => {
     state.frames.push(JSON.parse(e.data));
     if (state.frames.length > HISTORY) state.frames.shift();

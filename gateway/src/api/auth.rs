@@ -183,6 +183,19 @@ impl Credentials {
         ClientKey::of(self.caller.as_ref(), self.peer)
     }
 
+    /// When a stream this caller opens must end: as its token stops being accepted (`None`
+    /// without one to expire).
+    pub(crate) fn expires(&self) -> Option<tokio::time::Instant> {
+        let remaining = self.caller.as_ref()?.remaining()?;
+        Some(tokio::time::Instant::now() + remaining)
+    }
+
+    /// What a stream opened by this caller carries: the token to forward, and when it
+    /// expires.
+    pub(crate) fn stream_token(&self) -> (Option<Bearer>, Option<tokio::time::Instant>) {
+        (self.bearer.clone(), self.expires())
+    }
+
     /// Whom the caller's streams count as in presence: the token's subject; empty (counted,
     /// never named) without one, and in anonymous mode.
     pub(crate) fn subject(&self) -> &str {

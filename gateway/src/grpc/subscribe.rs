@@ -12,6 +12,7 @@ use eventsys::{
     v1,
 };
 use futures::{Stream, stream};
+use tokio::time::Instant;
 use tonic::{Response, Status, Streaming};
 
 use crate::{
@@ -163,6 +164,8 @@ struct Following<R: Resumable> {
     pauses: Attempts,
     /// An error was the last item: the stream ends.
     done: bool,
+    /// When the client's token expires: the stream ends with UNAUTHENTICATED.
+    expires: Option<Instant>,
     _slot: StreamSlot,
     /// The stream counted in its topic's presence while it lasts.
     _here: Option<Here>,
@@ -185,6 +188,7 @@ pub(crate) async fn open<R: Resumable>(
         .map(|topic| state.presences.enter(topic, who.subject()));
     let following = Following {
         state: state.clone(),
+        expires: who.expires(),
         bearer: who.bearer,
         last: request.start(),
         request,
@@ -211,6 +215,7 @@ async fn next<R: Resumable>(mut f: Following<R>) -> Next<R> {
             // Between backends: wait, then subscribe again after the last one forwarded.
             tokio::select! {
                 () = f.state.shutdown.cancelled() => return ended(f),
+                () = expiry(f.expires) => return expired(f),
                 () = tokio::time::sleep(f.pauses.next_pause()) => {}
             }
             let request = f.request.resumed(&f.last);
@@ -231,6 +236,7 @@ async fn next<R: Resumable>(mut f: Following<R>) -> Next<R> {
         };
         let message = tokio::select! {
             () = f.state.shutdown.cancelled() => return ended(f),
+            () = expiry(f.expires) => return expired(f),
             message = upstream.message() => message,
         };
         match message {
@@ -248,6 +254,24 @@ async fn next<R: Resumable>(mut f: Following<R>) -> Next<R> {
             }
         }
     }
+}
+
+/// Completes when the token expires (never without one).
+async fn expiry(expires: Option<Instant>) {
+    match expires {
+        Some(expires) => tokio::time::sleep_until(expires).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The client's token expired: UNAUTHENTICATED ends the stream; the client subscribes again,
+/// after the last item it has, with a fresh token.
+fn expired<R: Resumable>(f: Following<R>) -> Next<R> {
+    let status = Status::unauthenticated(format!(
+        "token expired: subscribe again after {} with a fresh token",
+        f.last
+    ));
+    last(status, f)
 }
 
 /// `status` as the stream's last item.

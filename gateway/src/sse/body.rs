@@ -27,7 +27,7 @@ pub(super) struct ReaderBody {
     /// The wait for the ring's next push, once one is registered (`waiting`).
     pushed: Option<ReusableBoxFuture<'static, ()>>,
     waiting: bool,
-    /// `--sse-max-duration`'s end, for a stream that waits past it.
+    /// `--sse-max-duration`'s end or the token's expiry, for a stream that waits past it.
     ends: Option<Pin<Box<Sleep>>>,
     done: bool,
 }
@@ -96,10 +96,20 @@ impl ReaderBody {
         }
     }
 
-    /// Waiting for a push: ends the stream instead once `--sse-max-duration` has passed.
+    /// Waiting for a push: once `--sse-max-duration` has passed or the token has expired, the
+    /// reader's next step says so instead (the end, or the expiry's frame and then the end).
     fn pending(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         match self.ends.as_mut().map(|ends| ends.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(None),
+            Some(Poll::Ready(())) => {
+                self.ends = None;
+                self.waiting = false;
+                let reader = self.reader.as_mut().expect("a waiting reader");
+                match reader.step() {
+                    Step::Send(bytes) => Poll::Ready(Some(bytes)),
+                    // Past the deadline the reader has nothing else to say.
+                    _ => Poll::Ready(None),
+                }
+            }
             _ => Poll::Pending,
         }
     }

@@ -153,6 +153,15 @@ data: ",
         }
     }
 
+    /// `event: error`, the last frame of a stream whose token has expired: the contract's
+    /// error body, code `UNAUTHENTICATED`. The client reconnects with a fresh token and
+    /// `Last-Event-ID` (its old token now gets 401).
+    pub(crate) fn token_expired() -> Bytes {
+        Bytes::from_static(
+            b"event: error\ndata: {\"error\":\"token expired\",\"message\":\"token expired\",\"code\":\"UNAUTHENTICATED\"}\n\n",
+        )
+    }
+
     /// `event: gap`, sent before the first event after a gap retention left.
     pub(crate) fn gap(gap: Gap) -> Bytes {
         let data = serde_json::json!({

@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::{
+    sync::{Notify, Semaphore, watch},
+    time::Instant,
+};
 
 use super::{
     ring::Ring,
@@ -76,9 +79,11 @@ pub(crate) struct Hub {
 
 struct Current {
     backend: Option<Backend>,
-    /// The newest reader's token, which the hub (re)subscribes with: the gateway checked
-    /// every reader's right to the topic, the backend checks this one.
-    bearer: Option<Bearer>,
+    /// The token the hub (re)subscribes with, and when it expires: of the readers' tokens, the
+    /// one accepted longest (the gateway checked every reader's right to the topic, the
+    /// backend checks this one). Readers end as their tokens expire, so while any reader is
+    /// left this one is valid: an expired token never resubscribes.
+    bearer: Option<(Bearer, Instant)>,
     /// What the ring's newest frame brought the stream to: where it resubscribes from.
     place: Place,
 }
@@ -163,7 +168,7 @@ impl Hubs {
         state: &AppState,
         of: &StreamOf,
         after: Place,
-        bearer: Option<Bearer>,
+        bearer: Option<(Bearer, Instant)>,
     ) -> Result<Joined, ApiError> {
         let joined = {
             let mut hubs = self.map();
@@ -172,8 +177,15 @@ impl Hubs {
                     // Counted under the map's lock, so a hub retiring for want of readers
                     // sees this one.
                     hub.readers.fetch_add(1, Ordering::AcqRel);
-                    if bearer.is_some() {
-                        hub.current().bearer = bearer;
+                    if let Some((token, expires)) = bearer {
+                        let mut current = hub.current();
+                        if current
+                            .bearer
+                            .as_ref()
+                            .is_none_or(|(_, held)| expires > *held)
+                        {
+                            current.bearer = Some((token, expires));
+                        }
                     }
                     // Joining a hub that still holds everything since it opened, from a place
                     // it opened at or before: the ring has all the client needs (no store

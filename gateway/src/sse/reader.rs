@@ -56,7 +56,10 @@ pub(crate) struct Reader {
     pending: VecDeque<Bytes>,
     /// Pauses between catch-up pages that failed.
     retry: Attempts,
+    /// `--sse-max-duration`'s end: the stream ends (the client resumes with `Last-Event-ID`).
     ends: Option<Instant>,
+    /// When the client's token expires: a last `event: error` frame, then the end.
+    expires: Option<Instant>,
     _slot: StreamSlot,
     /// The stream counted in its topic's presence while it lasts.
     _here: Option<Here>,
@@ -69,7 +72,7 @@ impl Reader {
         state: &AppState,
         of: &StreamOf,
         after: Place,
-        bearer: Option<Bearer>,
+        (bearer, expires): (Option<Bearer>, Option<Instant>),
         slot: StreamSlot,
     ) -> Result<Reader, ApiError> {
         let Joined {
@@ -79,7 +82,7 @@ impl Reader {
             hub_place,
         } = state
             .hubs
-            .join(state, of, after.clone(), bearer.clone())
+            .join(state, of, after.clone(), bearer.clone().zip(expires))
             .await?;
         let mut reader = Reader {
             state: state.clone(),
@@ -93,6 +96,7 @@ impl Reader {
             pending: VecDeque::new(),
             retry: RESUBSCRIBE.attempts(),
             ends: state.settings.sse_max_duration.map(|d| Instant::now() + d),
+            expires,
             _slot: slot,
             _here: None,
         };
@@ -156,6 +160,15 @@ impl Reader {
             if let Some(bytes) = self.pending.pop_front() {
                 return Step::Send(bytes);
             }
+            if self
+                .expires
+                .is_some_and(|expires| Instant::now() >= expires)
+            {
+                // Said once; the stream ends right after it.
+                self.expires = None;
+                self.ends = Some(Instant::now());
+                return Step::Send(Frame::token_expired());
+            }
             if self.ends.is_some_and(|ends| Instant::now() >= ends) {
                 // The client reconnects with Last-Event-ID and loses nothing.
                 return Step::End;
@@ -197,9 +210,12 @@ impl Reader {
         self.hub.pushed()
     }
 
-    /// When the stream ends by `--sse-max-duration`.
+    /// When the stream ends (`--sse-max-duration`) or its token expires, whichever is first.
     pub(super) fn ends(&self) -> Option<Instant> {
-        self.ends
+        match (self.ends, self.expires) {
+            (Some(ends), Some(expires)) => Some(ends.min(expires)),
+            (ends, expires) => ends.or(expires),
+        }
     }
 
     /// What to do with a frame of the ring.

@@ -9,6 +9,7 @@ mod changes;
 mod cli;
 mod cross_origin;
 mod deploy;
+mod expiry;
 mod gateway_balancing;
 mod gateway_contract;
 mod grpc_front;

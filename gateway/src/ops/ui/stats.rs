@@ -132,11 +132,24 @@ pub(crate) async fn stats(
     };
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the token expires: a last `event: error` frame, then the end (`None` once said).
+    let expires = Some(who.expires());
     let frames = stream::unfold(
-        (state, who, admin, slot, changes, previous, tick),
-        |(state, who, admin, slot, mut changes, mut previous, mut tick)| async move {
+        (state, who, admin, slot, changes, previous, tick, expires),
+        |(state, who, admin, slot, mut changes, mut previous, mut tick, expires)| async move {
+            let expires = expires?;
+            let expiry = async {
+                match expires {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = state.shutdown.cancelled() => return None,
+                () = expiry => {
+                    let said = Ok(crate::sse::Frame::token_expired());
+                    return Some((said, (state, who, admin, slot, changes, previous, tick, None)));
+                }
                 _ = tick.tick() => {}
                 Ok(()) = changes.changed() => {}
             }
@@ -146,7 +159,16 @@ pub(crate) async fn stats(
             let bytes = Bytes::from(format!("event: stats\ndata: {json}\n\n"));
             Some((
                 Ok::<_, Infallible>(bytes),
-                (state, who, admin, slot, changes, previous, tick),
+                (
+                    state,
+                    who,
+                    admin,
+                    slot,
+                    changes,
+                    previous,
+                    tick,
+                    Some(expires),
+                ),
             ))
         },
     );

@@ -31,7 +31,8 @@ impl Hub {
             attempt += 1;
             let (bearer, place) = {
                 let current = self.current();
-                (current.bearer.clone(), current.place.clone())
+                let bearer = current.bearer.as_ref().map(|(bearer, _)| bearer.clone());
+                (bearer, current.place.clone())
             };
             let refused = match self.of.open(state, &place, bearer.as_ref()).await {
                 Ok(source) => return Ok(source),
