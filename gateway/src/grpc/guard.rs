@@ -33,29 +33,24 @@ fn topic_readable(who: &Credentials, state: &AppState, topic: &str) -> Result<()
     }
 }
 
-impl Guarded for v1::GetEventRequest {
-    fn guard(&self, who: &Credentials, _: &AppState) -> Result<(), ApiError> {
-        owned_by_caller(who, &self.user_id)
-    }
+/// Requests about one user's events (or change feed): the caller's own.
+macro_rules! owned_by_caller {
+    ($($request:ty),+) => {$(
+        impl Guarded for $request {
+            fn guard(&self, who: &Credentials, _: &AppState) -> Result<(), ApiError> {
+                owned_by_caller(who, &self.user_id)
+            }
+        }
+    )+};
 }
 
-impl Guarded for v1::ListEventsRequest {
-    fn guard(&self, who: &Credentials, _: &AppState) -> Result<(), ApiError> {
-        owned_by_caller(who, &self.user_id)
-    }
-}
-
-impl Guarded for v1::UpdateEventRequest {
-    fn guard(&self, who: &Credentials, _: &AppState) -> Result<(), ApiError> {
-        owned_by_caller(who, &self.user_id)
-    }
-}
-
-impl Guarded for v1::DeleteEventRequest {
-    fn guard(&self, who: &Credentials, _: &AppState) -> Result<(), ApiError> {
-        owned_by_caller(who, &self.user_id)
-    }
-}
+owned_by_caller!(
+    v1::GetEventRequest,
+    v1::ListEventsRequest,
+    v1::UpdateEventRequest,
+    v1::DeleteEventRequest,
+    v1::ListChangesRequest
+);
 
 impl Guarded for v1::ListAllEventsRequest {
     fn guard(&self, who: &Credentials, _: &AppState) -> Result<(), ApiError> {
@@ -67,12 +62,6 @@ impl Guarded for v1::ListAllEventsRequest {
 impl Guarded for v1::ListTopicEventsRequest {
     fn guard(&self, who: &Credentials, state: &AppState) -> Result<(), ApiError> {
         topic_readable(who, state, &self.topic)
-    }
-}
-
-impl Guarded for v1::ListChangesRequest {
-    fn guard(&self, who: &Credentials, _: &AppState) -> Result<(), ApiError> {
-        owned_by_caller(who, &self.user_id)
     }
 }
 

@@ -248,13 +248,14 @@ async fn check(
     }
 }
 
+/// How a health check went: an answer in time, a refusal, or no answer within the deadline.
+type Checked = Result<
+    Result<tonic::Response<HealthCheckResponse>, tonic::Status>,
+    tokio::time::error::Elapsed,
+>;
+
 /// Whether a health answer says its backend is in token mode.
-fn says_token_mode(
-    outcome: &Result<
-        Result<tonic::Response<HealthCheckResponse>, tonic::Status>,
-        tokio::time::error::Elapsed,
-    >,
-) -> bool {
+fn says_token_mode(outcome: &Checked) -> bool {
     matches!(
         outcome,
         Ok(Ok(response)) if response
@@ -265,12 +266,7 @@ fn says_token_mode(
 }
 
 /// Whether a health check answered in time, and SERVING.
-fn serving(
-    outcome: &Result<
-        Result<tonic::Response<HealthCheckResponse>, tonic::Status>,
-        tokio::time::error::Elapsed,
-    >,
-) -> bool {
+fn serving(outcome: &Checked) -> bool {
     matches!(
         outcome,
         Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32

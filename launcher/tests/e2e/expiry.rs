@@ -127,18 +127,27 @@ async fn subscribe_until_the_end(
     (titles, ended)
 }
 
+/// Token mode in this process: `backends` backends on one SQLite file in `dir`, and a
+/// gateway over them, ready.
+async fn system(dir: &std::path::Path, backends: usize) -> (TokenMode, Vec<Local>, Local) {
+    let mode = TokenMode::new(dir);
+    let db = dir.join("events.db");
+    let mut started = Vec::new();
+    for _ in 0..backends {
+        started.push(Local::backend(&db, &mode.flags()).await);
+    }
+    let addrs: Vec<SocketAddr> = started.iter().map(|b| b.addr).collect();
+    let gateway = Local::gateway(&addrs, &mode.flags()).await;
+    let ready = reqwest::StatusCode::OK;
+    readyz_becomes(&gateway.url(), ready, Duration::from_secs(10)).await;
+    (mode, started, gateway)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_end_when_their_token_expires() {
     let dir = tempfile::tempdir().unwrap();
-    let mode = TokenMode::new(dir.path());
-    let backend = Local::backend(&dir.path().join("events.db"), &mode.flags()).await;
-    let gateway = Local::gateway(&[backend.addr], &mode.flags()).await;
-    readyz_becomes(
-        &gateway.url(),
-        reqwest::StatusCode::OK,
-        Duration::from_secs(10),
-    )
-    .await;
+    let (mode, backends, gateway) = system(dir.path(), 1).await;
+    let backend = &backends[0];
     let base = gateway.url();
     let publisher = token(&mode, "publisher", Duration::from_secs(600));
     let short = token(&mode, "bob", Duration::from_secs(4));
@@ -199,20 +208,7 @@ async fn streams_end_when_their_token_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hub_resubscribes_with_a_token_still_valid() {
     let dir = tempfile::tempdir().unwrap();
-    let mode = TokenMode::new(dir.path());
-    let db = dir.path().join("events.db");
-    let mut backends = vec![
-        Local::backend(&db, &mode.flags()).await,
-        Local::backend(&db, &mode.flags()).await,
-    ];
-    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    let gateway = Local::gateway(&addrs, &mode.flags()).await;
-    readyz_becomes(
-        &gateway.url(),
-        reqwest::StatusCode::OK,
-        Duration::from_secs(10),
-    )
-    .await;
+    let (mode, mut backends, gateway) = system(dir.path(), 2).await;
     let base = gateway.url();
     let publisher = token(&mode, "publisher", Duration::from_secs(600));
     let long = token(&mode, "alice", Duration::from_secs(600));
