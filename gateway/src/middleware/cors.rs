@@ -118,6 +118,18 @@ pub(crate) struct BrowserCors<S> {
     any_origin: bool,
 }
 
+/// A request without an `Origin` (no browser page's) when only some origins may call: its
+/// answer is the same for every such request, and says it depends on `Origin`, so that a cache
+/// does not hand it to a page (nor a page's answer to anyone else).
+fn varies_by_origin<B>(mut response: http::Response<B>) -> http::Response<B> {
+    response
+        .headers_mut()
+        .append(header::VARY, HeaderValue::from_static("origin"));
+    response
+}
+
+type NoOrigin<F, B> = futures::future::MapOk<F, fn(http::Response<B>) -> http::Response<B>>;
+
 impl<S, B> Service<Request> for BrowserCors<S>
 where
     S: Service<Request, Response = http::Response<B>>,
@@ -125,18 +137,25 @@ where
 {
     type Response = http::Response<B>;
     type Error = S::Error;
-    type Future = Either<S::Future, ResponseFuture<S::Future>>;
+    type Future = Either<Either<S::Future, NoOrigin<S::Future, B>>, ResponseFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.cors.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        if self.any_origin && !request.headers().contains_key(header::ORIGIN) {
-            Either::Left(self.cors.get_mut().call(request))
-        } else {
-            Either::Right(self.cors.call(request))
+        use futures::TryFutureExt;
+        // No page's request: nothing for CORS to decide (tower-http's layer would build the
+        // same answer each time).
+        if !request.headers().contains_key(header::ORIGIN) {
+            let answer = self.cors.get_mut().call(request);
+            if self.any_origin {
+                return Either::Left(Either::Left(answer));
+            }
+            let vary: fn(http::Response<B>) -> http::Response<B> = varies_by_origin;
+            return Either::Left(Either::Right(answer.map_ok(vary)));
         }
+        Either::Right(self.cors.call(request))
     }
 }
 

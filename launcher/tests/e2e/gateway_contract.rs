@@ -733,10 +733,11 @@ async fn pages_of_this_machine_may_call_with_the_old_services_methods(
                 .contains("origin")
         );
     }
-    // Not a browser: no CORS headers.
+    // Not a browser: no CORS headers, but the answer still varies by `Origin` for caches.
     let plain = client.get(url("/events")).send().await.unwrap();
     assert!(plain.status().is_success());
     assert!(plain.headers().get("access-control-allow-origin").is_none());
+    assert!(plain.headers()["vary"].to_str().unwrap().contains("origin"));
 }
 
 async fn unknown_routes_and_methods_answer_in_the_error_shape(
