@@ -247,3 +247,38 @@ async fn a_hub_resubscribes_with_a_token_still_valid() {
     .expect("the long reader reads on after the failover");
     assert_eq!(titles, ["one", "two"]);
 }
+
+/// The dashboard in a browser, given a token that expires: its stream's last frame makes the
+/// page ask for a fresh token, rather than reconnect with the old one.
+#[tokio::test]
+async fn the_dashboard_asks_for_a_fresh_token_when_its_own_expires() {
+    if !testdb::needs(
+        "the_dashboard_asks_for_a_fresh_token_when_its_own_expires",
+        &[testdb::Tool::Chromium],
+    ) {
+        return;
+    }
+    let _exclusive = crate::support::EXCLUSIVE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mode, _backends, gateway) = system(dir.path(), 1).await;
+    let short = token(&mode, "bob", Duration::from_secs(4));
+    let browser = crate::cdp::Browser::launch(dir.path()).await;
+    let mut page = browser.page().await;
+    page.navigate(&format!("{}/ui", gateway.url())).await;
+    let status = "document.getElementById('status').textContent";
+    let within = Duration::from_secs(15);
+    page.wait_for(status, |s| *s == "token needed", within)
+        .await;
+    page.eval(&format!(
+        "document.getElementById('token').value = {short:?}; \
+         document.getElementById('token-form').requestSubmit(); true"
+    ))
+    .await;
+    page.wait_for(status, |s| *s == "live", within).await;
+    page.wait_for(status, |s| *s == "token expired", within)
+        .await;
+    let form = page
+        .eval("document.getElementById('token-form').hidden")
+        .await;
+    assert_eq!(form, json!(false), "the page asks for a token again");
+}
