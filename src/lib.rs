@@ -9,6 +9,7 @@ pub mod backoff;
 #[cfg(feature = "process")]
 pub mod coalesce;
 pub mod gap;
+pub mod host;
 pub mod json;
 #[cfg(feature = "process")]
 pub mod listen;

@@ -16,7 +16,7 @@ mod revision;
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub(crate) use auth::Credentials;
+pub(crate) use auth::{Credentials, token_expiry};
 pub(crate) use error::{ApiError, ErrorBody};
 pub(crate) use extract::{
     FeedUser, FeedUserParam, LastEventId, Params, ResumeAfter, ResumeQuery, StreamQuery, Topic,

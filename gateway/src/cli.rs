@@ -338,7 +338,7 @@ impl Config {
         let exposed: Vec<&str> = backends
             .iter()
             .map(String::as_str)
-            .filter(|backend| !on_loopback(backend))
+            .filter(|backend| !eventsys::host::is_loopback(backend))
             .collect();
         if !exposed.is_empty() {
             tracing::warn!(
@@ -405,14 +405,6 @@ impl Config {
             .map(Some)
             .map_err(Fatal::BackendTls)
     }
-}
-
-/// Whether a backend's `host:port` names this machine (`localhost` or a loopback address).
-fn on_loopback(backend: &str) -> bool {
-    let host = backend.rsplit_once(':').map_or(backend, |(host, _)| host);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Entry point of the `gateway` binary.
@@ -513,26 +505,6 @@ mod tests {
             err.to_string().starts_with("invalid --cors-origins"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn loopback_backends_are_told_apart_from_the_network() {
-        for local in [
-            "127.0.0.1:5000",
-            "localhost:5001",
-            "[::1]:5002",
-            "127.9.9.9:1",
-        ] {
-            assert!(on_loopback(local), "{local}");
-        }
-        for remote in [
-            "10.0.0.2:5000",
-            "events.svc:5000",
-            "[2001:db8::1]:5000",
-            "localhost.evil:1",
-        ] {
-            assert!(!on_loopback(remote), "{remote}");
-        }
     }
 
     #[test]

@@ -158,12 +158,12 @@ impl AuthArgs {
             }
             Mode::Jwt => {
                 let keys = match self.jwks.as_deref().filter(|j| is_url(j)) {
-                    Some(url) => Keys::Remote({
+                    Some(url) => {
                         fetched_safely(url)?;
-                        RemoteJwks::start(url.to_owned(), self.jwks_refresh, JWKS_REFRESH_FLOOR)
-                            .await
-                            .map_err(AuthError::Key)?
-                    }),
+                        let every = self.jwks_refresh;
+                        let remote = RemoteJwks::start(url.to_owned(), every, JWKS_REFRESH_FLOOR);
+                        Keys::Remote(remote.await.map_err(AuthError::Key)?)
+                    }
                     None => self.keys_from_files()?,
                 };
                 Ok(Auth {
@@ -287,16 +287,7 @@ fn fetched_safely(url: &str) -> Result<(), AuthError> {
         return Ok(());
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback && !authority.contains('@') {
+    if crate::host::is_loopback(authority) && !authority.contains('@') {
         Ok(())
     } else {
         Err(AuthError::Key(

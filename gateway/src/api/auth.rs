@@ -1,8 +1,9 @@
 //! The caller of a request, in axum's idiom: `Credentials` extracts the bearer token
 //! (`Authorization: Bearer`; for GET only `?access_token=`; and the `events_token` cookie on
-//! the streams EventSource reads, which cannot send a header), verifies it, and keeps it to forward to the backends. A token that is present
-//! but invalid is rejected at once (401 `invalid_token`); a missing one is the handler's call,
-//! since public topics and operations may be read without one.
+//! the streams EventSource reads, which cannot send a header), verifies it, and keeps it to
+//! forward to the backends. A token that is present but invalid is rejected at once (401
+//! `invalid_token`); a missing one is the handler's call, since public topics and operations
+//! may be read without one.
 
 use std::net::SocketAddr;
 
@@ -138,6 +139,14 @@ impl Credentials {
             }),
             Err(rejected) => Err(unauthenticated(&rejected)),
         }
+    }
+}
+
+/// Completes when a stream's token expires (`Credentials::expires`); never without one.
+pub(crate) async fn token_expiry(expires: Option<tokio::time::Instant>) {
+    match expires {
+        Some(expires) => tokio::time::sleep_until(expires).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -251,13 +251,24 @@ pub(crate) struct ErrorBody {
     revision: Option<u64>,
 }
 
+impl ErrorBody {
+    /// The body of an error `code` saying `message`; also for answers written below axum (a
+    /// connection's, a stream's last frame).
+    pub(crate) fn of(message: String, code: Code) -> ErrorBody {
+        ErrorBody {
+            error: message.clone(),
+            message,
+            code: http_status(code).1,
+            revision: None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: self.message.clone(),
-            message: self.message,
-            code: http_status(self.code).1,
             revision: self.revision,
+            ..ErrorBody::of(self.message, self.code)
         };
         let challenge = self
             .challenge

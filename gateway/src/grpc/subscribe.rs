@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tonic::{Response, Status, Streaming};
 
 use crate::{
-    api::Credentials,
+    api::{Credentials, token_expiry},
     http::AppState,
     middleware::{StreamSlot, mark},
     presence::Here,
@@ -215,7 +215,7 @@ async fn next<R: Resumable>(mut f: Following<R>) -> Next<R> {
             // Between backends: wait, then subscribe again after the last one forwarded.
             tokio::select! {
                 () = f.state.shutdown.cancelled() => return ended(f),
-                () = expiry(f.expires) => return expired(f),
+                () = token_expiry(f.expires) => return expired(f),
                 () = tokio::time::sleep(f.pauses.next_pause()) => {}
             }
             let request = f.request.resumed(&f.last);
@@ -236,7 +236,7 @@ async fn next<R: Resumable>(mut f: Following<R>) -> Next<R> {
         };
         let message = tokio::select! {
             () = f.state.shutdown.cancelled() => return ended(f),
-            () = expiry(f.expires) => return expired(f),
+            () = token_expiry(f.expires) => return expired(f),
             message = upstream.message() => message,
         };
         match message {
@@ -253,14 +253,6 @@ async fn next<R: Resumable>(mut f: Following<R>) -> Next<R> {
                 f.upstream = None;
             }
         }
-    }
-}
-
-/// Completes when the token expires (never without one).
-async fn expiry(expires: Option<Instant>) {
-    match expires {
-        Some(expires) => tokio::time::sleep_until(expires).await,
-        None => std::future::pending().await,
     }
 }
 

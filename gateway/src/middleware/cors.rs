@@ -1,12 +1,9 @@
 //! CORS, for browsers: tower-http's policy on every request that carries an `Origin`. Others
-//! (curl, services, load tools) skip it when any origin is allowed, since the answer would be
-//! the same `*` for everyone; otherwise every request goes through it, so that its `Vary` keeps
-//! caches from serving a browser an answer made for someone else.
+//! (curl, services, load tools) skip it: the answer would be the same for each of them. When
+//! only some origins may call, theirs still says `Vary: origin`, so that caches do not serve a
+//! browser an answer made for someone else.
 
-use std::{
-    net::IpAddr,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use axum::extract::Request;
 use eventsys::write_key::REPLAYED_HEADER;
@@ -65,22 +62,7 @@ fn authority(origin: &HeaderValue) -> Option<&str> {
 
 /// A page served from this machine: `localhost` or a loopback address, on any port.
 fn is_loopback(origin: &HeaderValue) -> bool {
-    let Some(authority) = authority(origin) else {
-        return false;
-    };
-    let host = match authority.rsplit_once(':') {
-        // `[::1]:8080` splits at the port; `[::1]` alone ends in `]`.
-        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    };
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    let literal = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    literal.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    authority(origin).is_some_and(eventsys::host::is_loopback)
 }
 
 /// A page of the gateway itself (`/ui`, `/docs`): its origin names the `Host` the request is

@@ -84,32 +84,18 @@ impl HostPolicy {
             Hosts::Loopback => &[][..],
             Hosts::Named(names) => names.as_slice(),
         };
-        let name = strip_port(host).to_ascii_lowercase();
-        if name == "localhost" || names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+        if eventsys::host::is_loopback(host) {
             return true;
         }
-        let Ok(ip) = name
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        else {
+        let name = eventsys::host::name_of(host);
+        if names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return true;
+        }
+        let Ok(ip) = name.parse::<IpAddr>() else {
             return false;
         };
-        ip.is_loopback()
-            || self
-                .listen
-                .is_some_and(|listen| listen.ip() == ip || listen.ip().is_unspecified())
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // [v6]:port
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
+        self.listen
+            .is_some_and(|listen| listen.ip() == ip || listen.ip().is_unspecified())
     }
 }
 

@@ -17,6 +17,9 @@ use std::{
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::Code;
+
+use crate::api::ErrorBody;
 
 /// How hyper's refusal of a head too large begins (it answers errors before the version is
 /// known in HTTP/1.1).
@@ -25,12 +28,8 @@ const HYPERS_431: &[&[u8]] = &[b"HTTP/1.1 431 ", b"HTTP/1.0 431 "];
 /// A whole answer in the contract's error shape, closing the connection (as hyper does after
 /// refusing a head).
 fn answer(status: &str, message: &str) -> Vec<u8> {
-    let body = serde_json::json!({
-        "error": message,
-        "message": message,
-        "code": "RESOURCE_EXHAUSTED",
-    })
-    .to_string();
+    let body = ErrorBody::of(message.to_owned(), Code::ResourceExhausted);
+    let body = serde_json::to_string(&body).unwrap_or_default();
     format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          connection: close\r\n\r\n{body}",

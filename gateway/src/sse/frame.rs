@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use eventsys::{gap::Gap, topics::PRESENCE_PREFIX, v1};
 use utoipa::ToSchema;
 
-use crate::api::{ChangeJson, EventJson};
+use crate::api::{ChangeJson, ErrorBody, EventJson};
 
 /// A frame as an SSE client parses it, for the API description (`Frame` writes these bytes).
 #[derive(ToSchema)]
@@ -157,9 +157,9 @@ data: ",
     /// error body, code `UNAUTHENTICATED`. The client reconnects with a fresh token and
     /// `Last-Event-ID` (its old token now gets 401).
     pub(crate) fn token_expired() -> Bytes {
-        Bytes::from_static(
-            b"event: error\ndata: {\"error\":\"token expired\",\"message\":\"token expired\",\"code\":\"UNAUTHENTICATED\"}\n\n",
-        )
+        let body = ErrorBody::of("token expired".into(), tonic::Code::Unauthenticated);
+        let data = serde_json::to_string(&body).unwrap_or_default();
+        Bytes::from(format!("event: error\ndata: {data}\n\n"))
     }
 
     /// `event: gap`, sent before the first event after a gap retention left.

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::{
     pubsub::{Frames, open, try_open},
-    support::{Local, TokenMode, http, readyz_becomes},
+    support::{Local, TokenMode, authorized, http, readyz_becomes},
 };
 
 /// A token of `sub` for the test's secret, reading and publishing every topic, accepted for
@@ -85,13 +85,6 @@ async fn publish(base: &str, token: &str, topic: &str, title: &str) {
         .await
         .unwrap();
     assert_eq!(published.status(), 200);
-}
-
-fn authorized<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let bearer = format!("Bearer {token}").parse().unwrap();
-    request.metadata_mut().insert("authorization", bearer);
-    request
 }
 
 /// Reads a gRPC `Subscribe` at `addr` with `token` until it ends; its events' titles, and the

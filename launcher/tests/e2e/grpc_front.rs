@@ -499,7 +499,7 @@ async fn tokens_and_deadlines_hold_through_the_front_door() {
     let alice = crate::token::mint(secret, &["--sub", "alice"]);
     let bob = crate::token::mint(secret, &["--sub", "bob"]);
     let created = events
-        .create_event(with(
+        .create_event(crate::support::authorized(
             &alice,
             v1::CreateEventRequest {
                 title: "alice's".into(),
@@ -511,7 +511,7 @@ async fn tokens_and_deadlines_hold_through_the_front_door() {
         .into_inner();
     assert_eq!(created.user_id, "alice");
     let not_theirs = events
-        .get_event(with(
+        .get_event(crate::support::authorized(
             &bob,
             v1::GetEventRequest {
                 id: created.id.clone(),
@@ -558,15 +558,6 @@ async fn tokens_and_deadlines_hold_through_the_front_door() {
         late.headers()
     );
     assert!(took < Duration::from_millis(290), "{took:?}");
-}
-
-/// `message` with `authorization: Bearer token`.
-fn with<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
 }
 
 /// The gateway's access log names the backend that served a gRPC call, decoded (a create) or

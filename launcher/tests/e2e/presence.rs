@@ -188,15 +188,6 @@ async fn streams_through_two_gateways_are_counted_from_either() {
     assert_eq!(after["gateways"], 1, "{after}");
 }
 
-/// `message` with `authorization: Bearer token`.
-fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 /// Token mode, two gateways (each signing its own reports with the deployment's HMAC secret):
 /// subjects are named from either gateway; a reconnect inside the debounce is no leave; a
 /// subject still on another gateway is no leave; a gateway killed takes its subjects' leaves
@@ -239,12 +230,12 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
     let mut watching = one
         .client()
         .await
-        .subscribe(authorized(
+        .subscribe(crate::support::authorized(
+            &admin,
             v1::SubscribeRequest {
                 topic: "$presence.orders.eu".into(),
                 ..Default::default()
             },
-            &admin,
         ))
         .await
         .unwrap()
@@ -381,12 +372,12 @@ async fn subjects_join_and_leave_once_through_two_gateways() {
     let history = one
         .client()
         .await
-        .list_topic_events(authorized(
+        .list_topic_events(crate::support::authorized(
+            &admin,
             v1::ListTopicEventsRequest {
                 topic: "$presence.orders.eu".into(),
                 ..Default::default()
             },
-            &admin,
         ))
         .await
         .unwrap()

@@ -21,7 +21,7 @@ mod up_system;
 use std::time::Duration;
 
 pub(crate) use clients::{
-    TokenMode, eventually, get_json, grpc_channel, grpcurl, grpcurl_call, http,
+    TokenMode, authorized, eventually, get_json, grpc_channel, grpcurl, grpcurl_call, http,
     publish_refused_with_503, raw_http, readyz_becomes, served_by, until_answered,
 };
 pub(crate) use fake::Relay;

@@ -670,24 +670,21 @@ async fn plaintext_tokens_to_backends_off_this_machine_are_warned_of() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chosen_id_tells_nothing_of_another_users_event() {
     let (system, tokens) = system().await;
+    use crate::support::authorized;
     let with = |token: &str, title: &str, id: &str| {
-        let mut request = tonic::Request::new(eventsys::v1::CreateEventRequest {
+        let create = eventsys::v1::CreateEventRequest {
             id: id.into(),
             title: title.into(),
             ..Default::default()
-        });
-        let bearer = format!("Bearer {token}").parse().unwrap();
-        request.metadata_mut().insert("authorization", bearer);
-        request
+        };
+        authorized(token, create)
     };
     let read = |token: &str, id: &str| {
-        let mut request = tonic::Request::new(eventsys::v1::GetEventRequest {
+        let get = eventsys::v1::GetEventRequest {
             id: id.into(),
             ..Default::default()
-        });
-        let bearer = format!("Bearer {token}").parse().unwrap();
-        request.metadata_mut().insert("authorization", bearer);
-        request
+        };
+        authorized(token, get)
     };
     for (place, mut client) in [
         ("a backend", system.backends[0].client().await),
@@ -759,10 +756,10 @@ async fn a_token_mode_gateway_refuses_backends_in_anonymous_mode() {
     let mut front = gateway.client().await;
     // Even a call the front door's own rules let through (an admin's) finds no backend.
     let admin = mint(&token_mode.secret, &["--sub", "ops", "--admin"]);
-    let mut all = tonic::Request::new(v1::ListAllEventsRequest::default());
-    let bearer = format!("Bearer {admin}").parse().unwrap();
-    all.metadata_mut().insert("authorization", bearer);
-    let all = front.list_all_events(all).await;
+    let all = v1::ListAllEventsRequest::default();
+    let all = front
+        .list_all_events(crate::support::authorized(&admin, all))
+        .await;
     assert_eq!(
         all.unwrap_err().code(),
         tonic::Code::Unavailable,
@@ -824,12 +821,6 @@ async fn the_front_door_applies_the_rules_itself_in_token_mode() {
         .into_inner();
 
     let mut front = gateway.client().await;
-    fn as_user<T>(token: &str, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        let bearer = format!("Bearer {token}").parse().unwrap();
-        request.metadata_mut().insert("authorization", bearer);
-        request
-    }
     fn code<T>(result: Result<T, tonic::Status>) -> tonic::Code {
         result.map(|_| ()).unwrap_err().code()
     }
@@ -838,7 +829,10 @@ async fn the_front_door_applies_the_rules_itself_in_token_mode() {
         .await;
     assert_eq!(code(all), tonic::Code::Unauthenticated, "no token");
     let all = front
-        .list_all_events(as_user(&bob, v1::ListAllEventsRequest::default()))
+        .list_all_events(crate::support::authorized(
+            &bob,
+            v1::ListAllEventsRequest::default(),
+        ))
         .await;
     assert_eq!(
         code(all),
@@ -853,7 +847,7 @@ async fn the_front_door_applies_the_rules_itself_in_token_mode() {
         code(front.get_event(get.clone()).await),
         tonic::Code::Unauthenticated
     );
-    let theirs = front.get_event(as_user(&bob, get)).await;
+    let theirs = front.get_event(crate::support::authorized(&bob, get)).await;
     assert_eq!(
         code(theirs),
         tonic::Code::PermissionDenied,
@@ -863,7 +857,9 @@ async fn the_front_door_applies_the_rules_itself_in_token_mode() {
         topic: "orders".into(),
         ..Default::default()
     };
-    let history = front.list_topic_events(as_user(&bob, history)).await;
+    let history = front
+        .list_topic_events(crate::support::authorized(&bob, history))
+        .await;
     assert_eq!(
         code(history),
         tonic::Code::PermissionDenied,
@@ -871,7 +867,10 @@ async fn the_front_door_applies_the_rules_itself_in_token_mode() {
     );
     // What bob may do passes.
     let mine = front
-        .list_events(as_user(&bob, v1::ListEventsRequest::default()))
+        .list_events(crate::support::authorized(
+            &bob,
+            v1::ListEventsRequest::default(),
+        ))
         .await;
     assert!(mine.is_ok(), "{mine:?}");
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::traffic::Sample;
 use crate::{
-    api::{ApiError, Credentials},
+    api::{ApiError, Credentials, token_expiry},
     http::AppState,
     upstream::{Backend, BackendSnapshot},
 };
@@ -138,15 +138,9 @@ pub(crate) async fn stats(
         (state, who, admin, slot, changes, previous, tick, expires),
         |(state, who, admin, slot, mut changes, mut previous, mut tick, expires)| async move {
             let expires = expires?;
-            let expiry = async {
-                match expires {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = state.shutdown.cancelled() => return None,
-                () = expiry => {
+                () = token_expiry(expires) => {
                     let said = Ok(crate::sse::Frame::token_expired());
                     return Some((said, (state, who, admin, slot, changes, previous, tick, None)));
                 }

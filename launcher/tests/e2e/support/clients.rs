@@ -18,6 +18,15 @@ pub(crate) async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel 
         .expect("connect to server")
 }
 
+/// `message` with `authorization: Bearer token`, as a gRPC client in token mode sends it.
+pub(crate) fn authorized<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
 /// An HTTP client for the gateway (never through a proxy: tests talk to loopback only).
 pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
